@@ -1,0 +1,75 @@
+"""``meshd``: run a mesh node.
+
+``meshd embedded`` runs a complete single-node mesh in one process, with no
+etcd: state in ``--data-dir``, mounts from ``--mount`` (and from earlier
+``meshctl mount add``), ports from flags or free ones, published in
+``DATA_DIR/endpoints.json``. Cluster mode (``meshd run``) comes with the
+region-cluster issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import NodeConfig, from_dict, load, parse_mount_flag, parse_size
+from .errors import MeshError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshd", description="Data mesh cache node.")
+    p.add_argument("--version", action="version", version=f"meshd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("embedded", help="run a single-node mesh in one process (no etcd)")
+    e.add_argument("--config", help="YAML configuration file (see CONFIGURATION.md)")
+    e.add_argument("--data-dir", help="state directory (default: $MESH_DATA_DIR or ~/.local/share/mesh)")
+    e.add_argument("--mount", action="append", default=[], metavar="/PATH=URI[,k=v...]",
+                   help="mount an under-store (repeatable)")
+    e.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    e.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    e.add_argument("--http-port", type=int, help="HTTP data/metrics port (default: a free one)")
+    e.add_argument("--page-size", help="cache page size, e.g. 4MiB")
+    e.add_argument("--memory-capacity", help="memory tier capacity, e.g. 1GiB")
+    e.add_argument("--disk-capacity", help="disk tier capacity, e.g. 32GiB")
+    e.add_argument("--no-default-mount", action="store_true",
+                   help="do not mount DATA_DIR/local-store at /local when no mount exists")
+    e.add_argument("--log-level", default="INFO")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> NodeConfig:
+    cfg = load(args.config) if args.config else from_dict({})
+    cfg = cfg.with_overrides(
+        data_dir=args.data_dir, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+        page_size=parse_size(args.page_size, "--page-size") if args.page_size else None,
+        memory_capacity=parse_size(args.memory_capacity, "--memory-capacity") if args.memory_capacity else None,
+        disk_capacity=parse_size(args.disk_capacity, "--disk-capacity") if args.disk_capacity else None,
+        default_mount=False if args.no_default_mount else None,
+    )
+    if args.mount:
+        cfg = cfg.with_overrides(mounts=cfg.mounts + tuple(parse_mount_flag(m) for m in args.mount))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .daemon import Daemon
+
+    try:
+        cfg = build_config(args)
+        asyncio.run(Daemon(cfg).run_forever())
+    except MeshError as e:
+        print(f"meshd: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Node configuration: small frozen objects with named defaults.
+
+Loaded from a YAML file (``meshd embedded --config FILE``), then overridden by
+command-line flags. Unknown keys are refused with the key's name, so a typo
+never silently falls back to a default. Sizes accept integers or strings with
+a binary unit (``4MiB``, ``512M``, ``16GiB``). Every key is documented in
+CONFIGURATION.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import yaml
+
+from .errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 4 << 20
+DEFAULT_MEMORY_CAPACITY = 1 << 30
+DEFAULT_DISK_CAPACITY = 32 << 30
+DEFAULT_HIGH_WATERMARK = 0.9
+DEFAULT_LOW_WATERMARK = 0.8
+DEFAULT_READAHEAD_PAGES = 16
+DEFAULT_LOAD_PARALLELISM = 8
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
+          "tib": 1 << 40}
+
+
+def parse_size(value: Any, name: str = "size") -> int:
+    """``4MiB`` -> 4194304. Units are binary (K = KiB)."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidArgument(f"{name}: size may not be negative")
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidArgument(f"{name}: cannot parse size {value!r} (examples: 4194304, 4MiB, 16GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_data_dir() -> str:
+    return os.environ.get("MESH_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mesh")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    page_size: int = DEFAULT_PAGE_SIZE
+    memory_capacity: int = DEFAULT_MEMORY_CAPACITY
+    disk_capacity: int = DEFAULT_DISK_CAPACITY
+    high_watermark: float = DEFAULT_HIGH_WATERMARK
+    low_watermark: float = DEFAULT_LOW_WATERMARK
+    readahead_pages: int = DEFAULT_READAHEAD_PAGES
+    load_parallelism: int = DEFAULT_LOAD_PARALLELISM
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    path: str
+    uri: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: str = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0: a free port, published in endpoints.json
+    http_port: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    mounts: tuple[MountConfig, ...] = ()
+    default_mount: bool = True  # mount DATA_DIR/local-store at /local when no mount exists
+
+    def with_overrides(self, **kw: Any) -> NodeConfig:
+        cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
+        node_kw = {k: v for k, v in kw.items() if k in _names(NodeConfig) and v is not None}
+        return replace(self, cache=replace(self.cache, **cache_kw), **node_kw)
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+    unknown = set(d) - _names(cls)
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(_names(cls)))}")
+
+
+def load(path: str) -> NodeConfig:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise InvalidArgument(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"config file {path}: expected a mapping at the top level")
+    return from_dict(raw, path)
+
+
+def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
+    _check_keys(raw, NodeConfig, where)
+    cache_raw = raw.get("cache") or {}
+    _check_keys(cache_raw, CacheConfig, f"{where}: cache")
+    cache_kw: dict[str, Any] = {}
+    for k, v in cache_raw.items():
+        if k in ("page_size", "memory_capacity", "disk_capacity"):
+            cache_kw[k] = parse_size(v, f"cache.{k}")
+        elif k in ("high_watermark", "low_watermark"):
+            cache_kw[k] = float(v)
+        else:
+            cache_kw[k] = int(v)
+    mounts = []
+    for i, m in enumerate(raw.get("mounts") or []):
+        if not isinstance(m, dict) or "path" not in m or "uri" not in m:
+            raise InvalidArgument(f"{where}: mounts[{i}] needs 'path' and 'uri'")
+        _check_keys(m, MountConfig, f"{where}: mounts[{i}]")
+        mounts.append(MountConfig(str(m["path"]), str(m["uri"]),
+                                  {str(k): str(v) for k, v in (m.get("options") or {}).items()}))
+    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts")}
+    return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), **node_kw)
+
+
+def parse_mount_flag(flag: str) -> MountConfig:
+    """``/PATH=URI[,key=value...]`` as given to ``meshd embedded --mount``."""
+    path, sep, rest = flag.partition("=")
+    if not sep or not path or not rest:
+        raise InvalidArgument(f"--mount {flag!r}: expected /PATH=URI[,key=value...]")
+    uri, *opts = rest.split(",")
+    options = {}
+    for o in opts:
+        k, s, v = o.partition("=")
+        if not s:
+            raise InvalidArgument(f"--mount {flag!r}: option {o!r} is not key=value")
+        options[k] = v
+    return MountConfig(path, uri, options)

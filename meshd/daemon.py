@@ -1,0 +1,194 @@
+"""The one wiring place: builds a node's objects and owns their lifecycle.
+
+Start-up order: lock the data directory (one daemon per directory), open
+RocksDB, load the page index from disk (pages survive restarts), open the
+mount table and apply the configured mounts, start the gRPC and HTTP servers,
+then publish ``DATA_DIR/endpoints.json`` atomically. Shutdown runs the same
+list backwards and removes ``endpoints.json`` first, so a script that finds
+the file finds a node that answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import socket
+import uuid
+from typing import IO
+
+import grpc
+from aiohttp import web
+
+from .config import NodeConfig
+from .errors import InvalidArgument, MeshError
+from .http_api import make_app
+from .kv import RocksKV
+from .metadata import MetadataCache
+from .metrics import InstrumentedStore, Metrics, Stats
+from .mounts import MountTable
+from .node import MeshNode
+from .pages import PageCache
+from .readahead import ReadAhead
+from .rpc import mesh_pb2_grpc as pb_grpc
+from .service import MeshService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MOUNT_PATH = "/local"
+WELCOME = b"""Hello from the data mesh.
+
+This file lives in a local directory mounted at /local by `meshd embedded`.
+You are reading it through the node's page cache: read it twice and
+`meshctl report` shows the second read served from the cache.
+"""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        s.close()
+        raise InvalidArgument(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    s.listen(1024)
+    s.setblocking(False)
+    return s
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = os.path.abspath(config.data_dir)
+        self.endpoints: dict[str, str] = {}
+        self.node_id = ""
+        self._lock_file: IO[str] | None = None
+        self._kv: RocksKV | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.node: MeshNode | None = None
+        self.metrics: Metrics | None = None
+
+    def _lock(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        f = open(os.path.join(self.data_dir, "lock"), "a+")  # held for the daemon's life
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise InvalidArgument(f"another meshd is using data directory {self.data_dir}") from None
+        self._lock_file = f
+
+    def _node_id(self) -> str:
+        path = os.path.join(self.data_dir, "node-id")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            node_id = uuid.uuid4().hex[:12]
+            with open(path, "w") as f:
+                f.write(node_id + "\n")
+            return node_id
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._lock()
+        self.node_id = self._node_id()
+        self._kv = RocksKV(os.path.join(self.data_dir, "meta"))
+        stats = Stats()
+        cache = PageCache(os.path.join(self.data_dir, "pages"), cfg.cache.page_size,
+                          cfg.cache.memory_capacity, cfg.cache.disk_capacity,
+                          cfg.cache.high_watermark, cfg.cache.low_watermark)
+        self.metrics = metrics = Metrics(stats, cache)
+        mounts = MountTable(self._kv, wrap=lambda store: InstrumentedStore(store, metrics))
+        readahead = ReadAhead(cfg.cache.page_size, max_pages=cfg.cache.readahead_pages)
+        self.node = node = MeshNode(mounts, MetadataCache(self._kv), cache, stats, readahead,
+                                    cfg.cache.load_parallelism)
+        for m in cfg.mounts:
+            await mounts.add(m.path, m.uri, m.options, replace=True)
+        if not mounts.entries() and cfg.default_mount:
+            local = os.path.join(self.data_dir, "local-store")
+            os.makedirs(local, exist_ok=True)
+            welcome = os.path.join(local, "hello.txt")
+            if not os.path.exists(welcome):
+                with open(welcome, "wb") as f:  # noqa: ASYNC230 - start-up, once
+                    f.write(WELCOME)
+            await mounts.add(DEFAULT_MOUNT_PATH, "file://" + local, {})
+            log.info("no mounts configured: mounted %s at %s", local, DEFAULT_MOUNT_PATH)
+
+        host = _url_host(cfg.host)
+        http_sock = _bind(cfg.host, cfg.http_port)
+        grpc_port = cfg.grpc_port
+        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                              ("grpc.max_send_message_length", 64 << 20)])
+        pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
+        bind = f"[{cfg.host}]:{grpc_port}" if ":" in cfg.host else f"{cfg.host}:{grpc_port}"
+        try:
+            grpc_port = self._grpc.add_insecure_port(bind)
+        except RuntimeError as e:
+            raise InvalidArgument(f"cannot listen on {bind} for gRPC: {e}") from None
+        await self._grpc.start()
+        self._runner = web.AppRunner(make_app(node, metrics.render), access_log=None,
+                                     handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, http_sock).start()
+        http_port = http_sock.getsockname()[1]
+        self.endpoints = {
+            "grpc": f"{host}:{grpc_port}",
+            "http": f"http://{host}:{http_port}",
+            "metrics": f"http://{host}:{http_port}/metrics",
+        }
+        self._publish()
+        log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
+
+    def _publish(self) -> None:
+        path = os.path.join(self.data_dir, "endpoints.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"node_id": self.node_id, "pid": os.getpid(), **self.endpoints}, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    async def stop(self) -> None:
+        try:
+            os.unlink(os.path.join(self.data_dir, "endpoints.json"))
+        except FileNotFoundError:
+            pass
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1)
+        if self.node is not None:
+            await self.node.close()
+        if self._kv is not None:
+            self._kv.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    async def run_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+        except MeshError:
+            await self.stop()
+            raise
+        try:
+            await stop.wait()
+        finally:
+            log.info("meshd stopping")
+            await self.stop()

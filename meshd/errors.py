@@ -1,0 +1,137 @@
+"""The error tree of the mesh, and its one mapping to every protocol.
+
+::
+
+    MeshError                      errno       gRPC                 HTTP
+    ├── NotFound                   ENOENT      NOT_FOUND            404
+    ├── AlreadyExists              EEXIST      ALREADY_EXISTS       409
+    ├── NotADirectory              ENOTDIR     FAILED_PRECONDITION  409
+    ├── IsADirectory               EISDIR      FAILED_PRECONDITION  409
+    ├── DirectoryNotEmpty          ENOTEMPTY   FAILED_PRECONDITION  409
+    ├── InvalidPath                EINVAL      INVALID_ARGUMENT     400
+    ├── InvalidArgument            EINVAL      INVALID_ARGUMENT     400
+    ├── MountError                 EINVAL      INVALID_ARGUMENT     400
+    ├── NotSupported               ENOTSUP     UNIMPLEMENTED        501
+    ├── PermissionDenied           EACCES      PERMISSION_DENIED    403
+    ├── VersionChanged             ESTALE      ABORTED              412
+    ├── UnderStoreError            EIO         UNAVAILABLE          502
+    └── NoSpace                    ENOSPC      RESOURCE_EXHAUSTED   507
+
+Front ends never invent their own mapping: they call :func:`errno_of`,
+:func:`grpc_code_name` or :func:`http_status`, or rebuild the exception on the
+client side with :func:`from_kind`. Under-store libraries' exceptions are
+translated into this tree at the under-store boundary, nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class MeshError(Exception):
+    """Base of every error the mesh reports on purpose."""
+
+    errno: int = _errno.EIO
+    grpc_code: str = "INTERNAL"
+    http_status: int = 500
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+
+class NotFound(MeshError):
+    errno, grpc_code, http_status = _errno.ENOENT, "NOT_FOUND", 404
+
+
+class AlreadyExists(MeshError):
+    errno, grpc_code, http_status = _errno.EEXIST, "ALREADY_EXISTS", 409
+
+
+class NotADirectory(MeshError):
+    errno, grpc_code, http_status = _errno.ENOTDIR, "FAILED_PRECONDITION", 409
+
+
+class IsADirectory(MeshError):
+    errno, grpc_code, http_status = _errno.EISDIR, "FAILED_PRECONDITION", 409
+
+
+class DirectoryNotEmpty(MeshError):
+    errno, grpc_code, http_status = _errno.ENOTEMPTY, "FAILED_PRECONDITION", 409
+
+
+class InvalidPath(MeshError):
+    errno, grpc_code, http_status = _errno.EINVAL, "INVALID_ARGUMENT", 400
+
+
+class InvalidArgument(MeshError):
+    errno, grpc_code, http_status = _errno.EINVAL, "INVALID_ARGUMENT", 400
+
+
+class MountError(MeshError):
+    errno, grpc_code, http_status = _errno.EINVAL, "INVALID_ARGUMENT", 400
+
+
+class NotSupported(MeshError):
+    errno, grpc_code, http_status = _errno.ENOTSUP, "UNIMPLEMENTED", 501
+
+
+class PermissionDenied(MeshError):
+    errno, grpc_code, http_status = _errno.EACCES, "PERMISSION_DENIED", 403
+
+
+class VersionChanged(MeshError):
+    """The object changed in the under-store while it was being read."""
+
+    errno, grpc_code, http_status = _errno.ESTALE, "ABORTED", 412
+
+
+class UnderStoreError(MeshError):
+    """The under-store failed or could not be reached."""
+
+    errno, grpc_code, http_status = _errno.EIO, "UNAVAILABLE", 502
+
+
+class NoSpace(MeshError):
+    errno, grpc_code, http_status = _errno.ENOSPC, "RESOURCE_EXHAUSTED", 507
+
+
+_KINDS: dict[str, type[MeshError]] = {
+    cls.__name__: cls
+    for cls in (
+        MeshError, NotFound, AlreadyExists, NotADirectory, IsADirectory, DirectoryNotEmpty,
+        InvalidPath, InvalidArgument, MountError, NotSupported, PermissionDenied,
+        VersionChanged, UnderStoreError, NoSpace,
+    )
+}
+
+
+def from_kind(kind: str, message: str) -> MeshError:
+    """Rebuild an error sent over the wire as ``(kind, message)``."""
+    return _KINDS.get(kind, MeshError)(message)
+
+
+def errno_of(exc: BaseException) -> int:
+    if isinstance(exc, MeshError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return _errno.EIO
+
+
+def from_oserror(exc: OSError, what: str) -> MeshError:
+    """Translate an OSError raised by the local filesystem."""
+    by_errno: dict[int, type[MeshError]] = {
+        _errno.ENOENT: NotFound,
+        _errno.EEXIST: AlreadyExists,
+        _errno.ENOTDIR: NotADirectory,
+        _errno.EISDIR: IsADirectory,
+        _errno.ENOTEMPTY: DirectoryNotEmpty,
+        _errno.EACCES: PermissionDenied,
+        _errno.EPERM: PermissionDenied,
+        _errno.ENAMETOOLONG: InvalidPath,
+        _errno.ENOSPC: NoSpace,
+        _errno.EXDEV: NotSupported,
+    }
+    cls = by_errno.get(exc.errno or 0, UnderStoreError)
+    return cls(f"{what}: {exc.strerror or exc}")

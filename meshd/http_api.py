@@ -1,0 +1,136 @@
+"""The node's HTTP endpoint: bulk data, metrics, health.
+
+=======================================  ====================================
+``GET  /v1/files/<path>``                read; query ``offset``, ``length``,
+                                         ``nocache=1``; header
+                                         ``X-Mesh-Stream`` names the reader
+                                         for sequential detection
+``PUT  /v1/files/<path>``                write the request body (streamed)
+``GET  /metrics``                        Prometheus text format
+``GET  /healthz``                        ``ok``
+=======================================  ====================================
+
+Zero copy. A page held by the disk tier is sent with ``loop.sendfile`` (the
+kernel copies page file -> socket); pages in memory are written as
+``memoryview`` slices without copying. Where sendfile is unavailable (TLS,
+platforms without it) the page is read and written instead.
+
+A read's status line and headers (``Content-Length``, ``X-Mesh-Size``,
+``X-Mesh-Version``) are sent only after the first page is in hand, so errors
+are proper HTTP errors (JSON body ``{"error": kind, "message": ...}`` with the
+status from :mod:`meshd.errors`). A failure after that point can only abort
+the connection; the client sees a short body and raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from .errors import InvalidArgument, MeshError
+from .node import MeshNode, Segment
+from .pages import DiskPage, MemPage
+
+log = logging.getLogger(__name__)
+
+
+def _error(e: BaseException) -> web.Response:
+    if isinstance(e, MeshError):
+        return web.json_response({"error": e.kind, "message": str(e)}, status=e.http_status)
+    log.exception("internal error in HTTP handler")
+    return web.json_response({"error": "MeshError", "message": f"internal error: {type(e).__name__}"},
+                             status=500)
+
+
+def _int_arg(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, seg: Segment, use_sendfile: bool) -> None:
+    page = seg.page
+    if isinstance(page, MemPage):
+        await resp.write(memoryview(page.data)[seg.offset:seg.offset + seg.length])
+        return
+    assert isinstance(page, DiskPage)
+    transport = request.transport
+    if use_sendfile and transport is not None:
+        writer = resp._payload_writer
+        if writer is not None and hasattr(writer, "send_headers"):
+            writer.send_headers()  # aiohttp buffers headers until the first write
+        try:
+            await asyncio.get_running_loop().sendfile(transport, page.file, seg.offset, seg.length)
+            return
+        except NotImplementedError:
+            pass
+    await resp.write(await asyncio.to_thread(seg.bytes))
+
+
+def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
+    async def get_file(request: web.Request) -> web.StreamResponse:
+        try:
+            offset = _int_arg(request, "offset", 0)
+            length = _int_arg(request, "length", -1)
+            nocache = request.query.get("nocache", "") in ("1", "true", "yes")
+            stream = await node.open_read("/" + request.match_info["path"], offset, length,
+                                          nocache=nocache, stream_key=request.headers.get("X-Mesh-Stream"))
+        except Exception as e:
+            return _error(e)
+        resp = web.StreamResponse(status=200, headers={
+            "X-Mesh-Size": str(stream.status.size),
+            "X-Mesh-Version": stream.status.version,
+            "X-Mesh-Offset": str(stream.offset),
+            "Content-Type": "application/octet-stream",
+        })
+        resp.content_length = stream.length
+        segments: AsyncIterator[Segment] = stream.segments
+        try:
+            await resp.prepare(request)
+            async for seg in segments:
+                try:
+                    await _send(request, resp, seg, use_sendfile)
+                finally:
+                    seg.close()
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("read of %s failed after the response started; aborting", request.path)
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            await stream.aclose()
+        return resp
+
+    async def put_file(request: web.Request) -> web.Response:
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                yield chunk
+
+        try:
+            status = await node.write("/" + request.match_info["path"], body())
+        except Exception as e:
+            return _error(e)
+        return web.json_response({"path": status.path, "size": status.size, "version": status.version,
+                                  "mtime": status.mtime}, status=201)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=0)
+    app.router.add_get("/v1/files/{path:.*}", get_file)
+    app.router.add_put("/v1/files/{path:.*}", put_file)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,126 @@
+"""The metadata shard: file status and directory listings cached from the
+under-stores, in the node's KV store (RocksDB).
+
+Keys: ``s:<mesh path>`` -> status, ``l:<mesh dir>`` -> listing. Each value
+records when it was fetched; an entry is trusted for the mount's
+``sync_interval`` seconds (``0``: always ask the under-store, ``-1``: until an
+explicit sync). A listing also refreshes the status of every child, so
+``ls`` followed by ``stat`` of each file costs one under-store request.
+
+A status carries the object's version (ETag or mtime+size). The page cache
+keys pages by it: when a re-fetched status shows a new version, the old pages
+are simply never asked for again (and are dropped eagerly by the node).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import paths
+from .kv import KV
+from .mounts import Mount
+from .understore import ObjectInfo, UnderStore
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    path: str  # mesh path
+    size: int
+    mtime: float
+    version: str
+    is_dir: bool
+    fetched_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps([self.size, self.mtime, self.version, self.is_dir, self.fetched_at]).encode()
+
+    @classmethod
+    def from_json(cls, path: str, raw: bytes) -> FileStatus:
+        size, mtime, version, is_dir, t = json.loads(raw)
+        return cls(path, size, mtime, version, is_dir, t)
+
+    @classmethod
+    def of(cls, path: str, info: ObjectInfo, now: float) -> FileStatus:
+        return cls(path, info.size, info.mtime, info.version, info.is_dir, now)
+
+
+def _fresh(fetched_at: float, interval: float, now: float) -> bool:
+    if interval < 0:
+        return True
+    return now - fetched_at < interval
+
+
+class MetadataCache:
+    def __init__(self, kv: KV, clock: Callable[[], float] | None = None) -> None:
+        self._kv = kv
+        self._clock = clock or time.time
+
+    @staticmethod
+    def _skey(path: str) -> bytes:
+        return b"s:" + path.encode()
+
+    @staticmethod
+    def _lkey(path: str) -> bytes:
+        return b"l:" + path.encode()
+
+    def cached_status(self, path: str) -> FileStatus | None:
+        raw = self._kv.get(self._skey(path))
+        return None if raw is None else FileStatus.from_json(path, raw)
+
+    async def stat(self, mount: Mount, store: UnderStore, path: str, rel: str,
+                   *, fresh: bool = False) -> FileStatus:
+        now = self._clock()
+        if not fresh:
+            cached = self.cached_status(path)
+            if cached is not None and _fresh(cached.fetched_at, mount.sync_interval, now):
+                return cached
+        info = await store.head(rel)
+        status = FileStatus.of(path, info, now)
+        self._kv.put(self._skey(path), status.to_json())
+        return status
+
+    async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str) -> list[FileStatus]:
+        now = self._clock()
+        raw = self._kv.get(self._lkey(path))
+        if raw is not None:
+            d = json.loads(raw)
+            if _fresh(d["t"], mount.sync_interval, now):
+                return [FileStatus(paths.join(path, n), s, m, v, isd, d["t"]) for n, s, m, v, isd in d["e"]]
+        infos = await store.list(rel)
+        out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
+        puts = {self._skey(s.path): s.to_json() for s in out}
+        puts[self._lkey(path)] = json.dumps(
+            {"t": now, "e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] for s in out]}
+        ).encode()
+        self._kv.write_batch(puts, [])
+        return out
+
+    def record(self, status: FileStatus) -> None:
+        """Remember a status learnt from a write; the parent listing is now stale."""
+        self._kv.write_batch({self._skey(status.path): status.to_json()}, [self._lkey(paths.parent(status.path))])
+
+    def invalidate(self, path: str) -> None:
+        self._kv.write_batch({}, [self._skey(path), self._lkey(path), self._lkey(paths.parent(path))])
+
+    def cached_paths(self, path: str) -> list[str]:
+        """Mesh paths at or below ``path`` whose status is cached."""
+        out = [path] if self._kv.get(self._skey(path)) is not None else []
+        below = self._skey(path.rstrip("/") + "/")
+        out.extend(k[2:].decode() for k, _ in self._kv.scan(below))
+        return out
+
+    def forget_subtree(self, path: str) -> int:
+        """Drop every cached entry at or below ``path``; returns how many."""
+        n = 0
+        for prefix in (b"s:", b"l:"):
+            exact = prefix + path.encode()
+            if self._kv.get(exact) is not None:
+                self._kv.delete(exact)
+                n += 1
+            below = prefix + (path.rstrip("/") + "/").encode()
+            n += self._kv.delete_prefix(below)
+        self._kv.delete(self._lkey(paths.parent(path)))
+        return n

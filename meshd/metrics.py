@@ -1,0 +1,171 @@
+"""Node metrics, exported in the Prometheus text format at ``/metrics``.
+
+Each node owns a private :class:`prometheus_client.CollectorRegistry` (several
+nodes can live in one test process). Counters that the node keeps anyway
+(tier usage, hits, evictions) are read at scrape time by a collector rather
+than mirrored, so there is one source of truth. See METRICS.md for the list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .understore import ObjectInfo, UnderStore
+
+if TYPE_CHECKING:
+    from .pages import PageCache
+
+SOURCES = ("memory", "disk", "understore", "nocache")
+
+
+class Stats:
+    """Plain counters the node updates on its hot path."""
+
+    def __init__(self) -> None:
+        self.bytes_by_source: dict[str, int] = dict.fromkeys(SOURCES, 0)
+        self.hits = 0
+        self.misses = 0
+        self.understore_requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.understore_errors: dict[tuple[str, str], int] = defaultdict(int)
+        self.understore_bytes: dict[str, int] = defaultdict(int)
+
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class _NodeCollector(Collector):
+    def __init__(self, stats: Stats, cache: PageCache) -> None:
+        self._stats, self._cache = stats, cache
+
+    def collect(self) -> Iterator[Any]:
+        s, c = self._stats, self._cache
+        m = CounterMetricFamily("mesh_read_bytes", "Bytes served to readers, by source", labels=["source"])
+        for source, n in s.bytes_by_source.items():
+            m.add_metric([source], n)
+        yield m
+        hits = CounterMetricFamily("mesh_cache_hits", "Page lookups served by a cache tier", labels=["tier"])
+        hits.add_metric(["memory"], c.memory.stats.hits)
+        hits.add_metric(["disk"], c.disk.stats.hits)
+        yield hits
+        yield CounterMetricFamily("mesh_cache_misses", "Page lookups that went to the under-store", value=s.misses)
+        ev = CounterMetricFamily("mesh_pages_evicted", "Pages evicted by LRU, by tier", labels=["tier"])
+        ev.add_metric(["memory"], c.memory.stats.evicted_pages)
+        ev.add_metric(["disk"], c.disk.stats.evicted_pages)
+        yield ev
+        used = GaugeMetricFamily("mesh_cache_bytes_used", "Bytes held by a cache tier", labels=["tier"])
+        cap = GaugeMetricFamily("mesh_cache_bytes_capacity", "Configured capacity of a tier", labels=["tier"])
+        for tier, st in (("memory", c.memory.stats), ("disk", c.disk.stats)):
+            used.add_metric([tier], st.used)
+            cap.add_metric([tier], st.capacity)
+        yield used
+        yield cap
+        yield CounterMetricFamily("mesh_cache_write_errors", "Failed writes to the cache disk",
+                                  value=c.disk.write_errors)
+        yield CounterMetricFamily("mesh_cache_corrupt_pages", "Cache pages that failed their checksum",
+                                  value=c.disk.corrupt_pages)
+        req = CounterMetricFamily("mesh_understore_requests", "Under-store requests", labels=["scheme", "op"])
+        for (scheme, op), n in sorted(s.understore_requests.items()):
+            req.add_metric([scheme, op], n)
+        yield req
+        err = CounterMetricFamily("mesh_understore_errors", "Failed under-store requests", labels=["scheme", "op"])
+        for (scheme, op), n in sorted(s.understore_errors.items()):
+            err.add_metric([scheme, op], n)
+        yield err
+        ub = CounterMetricFamily("mesh_understore_read_bytes", "Bytes read from under-stores", labels=["scheme"])
+        for scheme, n in sorted(s.understore_bytes.items()):
+            ub.add_metric([scheme], n)
+        yield ub
+
+
+class Metrics:
+    def __init__(self, stats: Stats, cache: PageCache) -> None:
+        self.stats = stats
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(stats, cache))
+        self.understore_seconds = Histogram(
+            "mesh_understore_request_seconds", "Under-store request latency (to first byte for reads)",
+            ["scheme", "op"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedStore(UnderStore):
+    """Wraps an under-store; counts requests, errors, bytes and latency."""
+
+    def __init__(self, inner: UnderStore, metrics: Metrics) -> None:
+        super().__init__(inner.uri, inner.options)
+        self.inner, self._m = inner, metrics
+        self.scheme = inner.scheme
+        self.capabilities = inner.capabilities
+
+    def _done(self, op: str, t0: float, ok: bool) -> None:
+        self._m.stats.understore_requests[(self.scheme, op)] += 1
+        if not ok:
+            self._m.stats.understore_errors[(self.scheme, op)] += 1
+        self._m.understore_seconds.labels(self.scheme, op).observe(time.perf_counter() - t0)
+
+    async def _call(self, op: str, coro: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            result = await coro
+        except BaseException:
+            self._done(op, t0, False)
+            raise
+        self._done(op, t0, True)
+        return result
+
+    async def head(self, path: str) -> ObjectInfo:
+        result: ObjectInfo = await self._call("head", self.inner.head(path))
+        return result
+
+    async def list(self, path: str) -> list[ObjectInfo]:
+        result: list[ObjectInfo] = await self._call("list", self.inner.list(path))
+        return result
+
+    async def get_range(self, path: str, start: int, end: int,
+                        version: str | None = None) -> AsyncIterator[bytes]:
+        t0 = time.perf_counter()
+        first = True
+        try:
+            async for chunk in self.inner.get_range(path, start, end, version):
+                if first:
+                    self._done("get", t0, True)
+                    first = False
+                self._m.stats.understore_bytes[self.scheme] += len(chunk)
+                yield chunk
+        except BaseException:
+            if first:
+                self._done("get", t0, False)
+            raise
+        if first:
+            self._done("get", t0, True)
+
+    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        result: ObjectInfo = await self._call("put", self.inner.put(path, chunks))
+        return result
+
+    async def delete(self, path: str) -> None:
+        await self._call("delete", self.inner.delete(path))
+
+    async def mkdir(self, path: str) -> None:
+        await self._call("mkdir", self.inner.mkdir(path))
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self._call("rename", self.inner.rename(src, dst))
+
+    async def check(self) -> None:
+        await self._call("check", self.inner.check())
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,200 @@
+"""The mount table: mesh path -> under-store URI + options.
+
+A mount's path is a normalised mesh path; mounts may not overlap (one may not
+lie inside another) because a path must resolve to exactly one under-store.
+Options that the mesh itself understands (all others go to the under-store):
+
+=================  =======  ==================================================
+option             default  meaning
+=================  =======  ==================================================
+``sync_interval``  ``0``    seconds a cached file status / listing is trusted
+                            before the under-store is asked again; ``0`` =
+                            always check, ``-1`` = never (until ``meshctl
+                            sync``)
+``nocache``        false    every read streams from the under-store, uncached
+``read_only``      false    refuse writes, deletes, mkdir and rename
+=================  =======  ==================================================
+
+The table persists in the node's KV store (key ``m:<path>``); in cluster mode
+(a later issue) it lives in etcd, behind the same class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from . import paths
+from .errors import MountError, PermissionDenied
+from .kv import KV
+from .understore import UnderStore, open_understore
+
+MESH_OPTIONS = {"sync_interval", "nocache", "read_only"}
+SECRET_OPTIONS = {"secret_key", "session_token", "password"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_PREFIX = b"m:"
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise MountError(f"option {name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Mount:
+    path: str
+    uri: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sync_interval(self) -> float:
+        raw = self.options.get("sync_interval", "0")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise MountError(f"option sync_interval must be a number of seconds, got {raw!r}") from None
+        if math.isnan(value) or (value < 0 and value != -1):
+            raise MountError(f"option sync_interval must be >= 0 or -1 (never), got {raw!r}")
+        return value
+
+    @property
+    def nocache(self) -> bool:
+        return _bool("nocache", self.options.get("nocache", "false"))
+
+    @property
+    def read_only(self) -> bool:
+        return _bool("read_only", self.options.get("read_only", "false"))
+
+    def store_options(self) -> dict[str, str]:
+        return {k: v for k, v in self.options.items() if k not in MESH_OPTIONS}
+
+    def redacted_options(self) -> dict[str, str]:
+        return {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionDenied(f"mount {self.path} is read-only")
+
+    def to_json(self) -> bytes:
+        return json.dumps({"path": self.path, "uri": self.uri, "options": dict(self.options)}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Mount:
+        d = json.loads(raw)
+        return cls(d["path"], d["uri"], d.get("options", {}))
+
+
+def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
+    """Check a mount's own shape (not its relation to other mounts)."""
+    try:
+        path = paths.normalize(path)
+    except Exception as e:
+        raise MountError(f"bad mount path {path!r}: {e}") from None
+    parts = urlsplit(uri)
+    if not parts.scheme or "\x00" in uri:
+        raise MountError(f"malformed under-store URI {uri!r}: expected scheme://location")
+    for key in options:
+        if not key or not key.replace("_", "").isalnum():
+            raise MountError(f"malformed option name {key!r}")
+    mount = Mount(path, uri.rstrip("/") if parts.path not in ("", "/") else uri, dict(options))
+    _ = mount.sync_interval, mount.nocache, mount.read_only  # validate values
+    return mount
+
+
+class MountTable:
+    """Mounts of one node, each with its open under-store."""
+
+    def __init__(self, kv: KV, wrap: Callable[[UnderStore], UnderStore] | None = None) -> None:
+        self._kv = kv
+        self._wrap = wrap or (lambda store: store)
+        self._mounts: dict[str, Mount] = {}
+        self._stores: dict[str, UnderStore] = {}
+        for _, raw in kv.scan(_PREFIX):
+            m = Mount.from_json(raw)
+            self._mounts[m.path] = m
+
+    def entries(self) -> list[Mount]:
+        return [self._mounts[p] for p in sorted(self._mounts)]
+
+    def _overlap(self, path: str) -> Mount | None:
+        for other in self._mounts.values():
+            if other.path != path and (paths.is_within(path, other.path) or paths.is_within(other.path, path)):
+                return other
+        return None
+
+    async def add(self, path: str, uri: str, options: Mapping[str, str], *, check: bool = True,
+                  replace: bool = False) -> Mount:
+        mount = validate(path, uri, options)
+        if mount.path in self._mounts and not replace:
+            raise MountError(f"{mount.path} is already mounted ({self._mounts[mount.path].uri})")
+        other = self._overlap(mount.path)
+        if other is not None:
+            raise MountError(f"{mount.path} overlaps the existing mount {other.path} ({other.uri}); "
+                             "mounts may not be nested")
+        store = self._wrap(open_understore(mount.uri, mount.store_options()))
+        if check:
+            try:
+                await store.check()
+            except BaseException:
+                await store.close()
+                raise
+        old = self._stores.pop(mount.path, None)
+        if old is not None:
+            await old.close()
+        self._mounts[mount.path] = mount
+        self._stores[mount.path] = store
+        self._kv.put(_PREFIX + mount.path.encode(), mount.to_json())
+        return mount
+
+    async def remove(self, path: str) -> Mount:
+        path = paths.normalize(path)
+        mount = self._mounts.pop(path, None)
+        if mount is None:
+            raise MountError(f"nothing is mounted at {path}")
+        self._kv.delete(_PREFIX + path.encode())
+        store = self._stores.pop(path, None)
+        if store is not None:
+            await store.close()
+        return mount
+
+    def resolve(self, path: str) -> tuple[Mount, str] | None:
+        """The mount holding ``path`` and the path relative to its root."""
+        best: Mount | None = None
+        for m in self._mounts.values():
+            if paths.is_within(path, m.path) and (best is None or len(m.path) > len(best.path)):
+                best = m
+        if best is None:
+            return None
+        rel = path[len(best.path):].strip("/") if best.path != "/" else path.strip("/")
+        return best, rel
+
+    def store(self, mount: Mount) -> UnderStore:
+        store = self._stores.get(mount.path)
+        if store is None:
+            store = self._wrap(open_understore(mount.uri, mount.store_options()))
+            self._stores[mount.path] = store
+        return store
+
+    def children_of_virtual(self, path: str) -> list[str] | None:
+        """Names below ``path`` when it is an ancestor of mount points (a virtual dir)."""
+        names: set[str] = set()
+        for m in self._mounts.values():
+            if m.path != path and paths.is_within(m.path, path):
+                rest = paths.split(m.path)[len(paths.split(path)):]
+                names.add(rest[0])
+        if not names and path != "/":
+            return None
+        return sorted(names)
+
+    async def close(self) -> None:
+        for store in self._stores.values():
+            await store.close()
+        self._stores.clear()

@@ -1,0 +1,443 @@
+"""The filesystem core of a node: one namespace over the mounts, cached.
+
+Every front end (gRPC service, HTTP data API, and later S3, WebHDFS and FUSE)
+is a thin adapter over :class:`MeshNode`. Paths are mesh paths; errors are
+:mod:`meshd.errors`.
+
+Read path (``open_read``)::
+
+    resolve mount -> stat (metadata cache, sync interval) -> pages covering
+    [offset, end) -> for each page: memory tier | disk tier | single-flight
+    fetch of exactly that page from the under-store (put in both tiers)
+
+The first page is fetched before ``open_read`` returns, so "not found",
+"under-store down" and "object changed" are reported before a front end
+commits to a response. Later pages are fetched ``window`` ahead of the page
+being sent (pipelining inside one read); read-ahead beyond the read's end only
+happens for readers proven sequential (:mod:`meshd.readahead`). A NoCache read
+streams the requested range from the under-store and touches no tier.
+
+Write path (simple, for now): writes go through to the under-store, then
+the file's status is recorded and its old cached pages dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import paths
+from .errors import (
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    UnderStoreError,
+    VersionChanged,
+)
+from .metadata import FileStatus, MetadataCache
+from .metrics import Stats
+from .mounts import Mount, MountTable
+from .pages import DiskPage, MemPage, Page, PageCache, PageKey, SingleFlight, file_id, version_id
+from .readahead import ReadAhead
+from .understore import UnderStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A mesh path resolved to its mount."""
+
+    path: str
+    mount: Mount
+    store: UnderStore
+    rel: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` bytes at ``offset`` of a page: bytes, or an open page file."""
+
+    page: Page
+    offset: int
+    length: int
+
+    def bytes(self) -> bytes:
+        if isinstance(self.page, MemPage):
+            return self.page.data[self.offset:self.offset + self.length]
+        import os
+
+        return os.pread(self.page.file.fileno(), self.length, self.offset)
+
+    def close(self) -> None:
+        if isinstance(self.page, DiskPage):
+            self.page.close()
+
+
+@dataclass
+class ReadStream:
+    status: FileStatus
+    offset: int
+    length: int
+    segments: AsyncIterator[Segment]
+
+    async def aclose(self) -> None:
+        await self.segments.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    path: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    bytes_fetched: int  # of bytes_done, how many came from the under-store
+
+
+class MeshNode:
+    def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
+                 stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8) -> None:
+        self.mounts = mounts
+        self.metadata = metadata
+        self.cache = cache
+        self.stats = stats
+        self.readahead = readahead or ReadAhead(cache.page_size)
+        self.flight = SingleFlight()
+        self.load_parallelism = load_parallelism
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- namespace -------------------------------------------------------
+
+    def resolve(self, path: str) -> Target | None:
+        """The mount of ``path``; None for a virtual directory above mounts."""
+        path = paths.normalize(path)
+        found = self.mounts.resolve(path)
+        if found is None:
+            if self.mounts.children_of_virtual(path) is None:
+                raise NotFound(f"no mount covers {path}")
+            return None
+        mount, rel = found
+        return Target(path, mount, self.mounts.store(mount), rel)
+
+    def _target(self, path: str) -> Target:
+        t = self.resolve(path)
+        if t is None:
+            raise PermissionDenied(f"{paths.normalize(path)} is not inside a mount")
+        return t
+
+    async def _stat(self, t: Target, fresh: bool = False) -> FileStatus:
+        before = self.metadata.cached_status(t.path)
+        status = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        if before is not None and before.version and before.version != status.version:
+            self.cache.drop_file(file_id(t.mount.uri, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def stat(self, path: str) -> FileStatus:
+        t = self.resolve(path)
+        if t is None:
+            return FileStatus(paths.normalize(path), 0, 0.0, "", True)
+        return await self._stat(t)
+
+    async def listdir(self, path: str) -> list[FileStatus]:
+        t = self.resolve(path)
+        if t is None:
+            norm = paths.normalize(path)
+            names = self.mounts.children_of_virtual(norm) or []
+            return [FileStatus(paths.join(norm, n), 0, 0.0, "", True) for n in names]
+        return await self.metadata.listdir(t.mount, t.store, t.path, t.rel)
+
+    # ---- read path -------------------------------------------------------
+
+    async def open_read(self, path: str, offset: int = 0, length: int = -1, *,
+                        nocache: bool = False, stream_key: str | None = None) -> ReadStream:
+        if offset < 0 or length < -1:
+            raise InvalidArgument(f"bad range: offset={offset} length={length}")
+        t = self._target(path)
+        for attempt in (0, 1):
+            status = await self._stat(t, fresh=attempt > 0)
+            if status.is_dir:
+                raise IsADirectory(f"is a directory: {t.path}")
+            end = status.size if length < 0 else min(status.size, offset + length)
+            start = min(offset, status.size)
+            if nocache or t.mount.nocache:
+                return ReadStream(status, start, end - start, self._nocache_segments(t, status, start, end))
+            fid, vid = file_id(t.mount.uri, t.rel), version_id(status.version)
+            extra = self.readahead.on_read(stream_key or fid, start, end)
+            pages = self.cache.page_range(start, end)
+            first: Page | None = None
+            if pages:
+                try:
+                    first = await self._get_page(t, status, PageKey(fid, vid, pages[0]))
+                except VersionChanged:
+                    if attempt == 0:
+                        continue  # the object changed since it was stat'ed: stat again
+                    raise
+            segments = self._page_segments(t, status, fid, vid, start, end, extra, first)
+            return ReadStream(status, start, end - start, segments)
+        raise AssertionError("unreachable")
+
+    async def _page_segments(self, t: Target, status: FileStatus, fid: str, vid: str,
+                             start: int, end: int, extra: int, first: Page | None) -> AsyncIterator[Segment]:
+        ps = self.cache.page_size
+        pages = self.cache.page_range(start, end)
+        last_page = (status.size - 1) // ps if status.size else -1
+        ahead_stop = min(pages.stop + extra, last_page + 1)
+        window = self.readahead.in_read_window()
+        tasks: dict[int, asyncio.Task[Page]] = {}
+        next_launch = pages.start + 1
+        try:
+            for i in pages:
+                if i == pages.start and first is not None:
+                    page = first
+                    first = None
+                else:
+                    page = await tasks.pop(i)
+                # keep `window` fetches in flight: inside the read, then read-ahead
+                stop = min(i + 1 + window, ahead_stop)
+                while next_launch < stop:
+                    key = PageKey(fid, vid, next_launch)
+                    if next_launch < pages.stop:
+                        tasks[next_launch] = asyncio.ensure_future(self._get_page(t, status, key))
+                    else:
+                        self._prefetch(t, status, key)
+                    next_launch += 1
+                lo = max(start, i * ps) - i * ps
+                hi = min(end, (i + 1) * ps) - i * ps
+                yield Segment(page, lo, hi - lo)
+        finally:
+            if first is not None and isinstance(first, DiskPage):
+                first.close()
+            for task in tasks.values():
+                task.add_done_callback(_close_page_result)
+
+    async def _get_page(self, t: Target, status: FileStatus, key: PageKey) -> Page:
+        page = await self.cache.get(key)
+        size = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
+        if page is not None:
+            self.stats.hits += 1
+            self.stats.bytes_by_source["memory" if isinstance(page, MemPage) else "disk"] += size
+            return page
+        self.stats.misses += 1
+        data: bytes = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+        self.stats.bytes_by_source["understore"] += size
+        return MemPage(data)
+
+    async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes:
+        ps = self.cache.page_size
+        start = key.index * ps
+        end = min(status.size, start + ps)
+        data = await t.store.read_all(t.rel, start, end, status.version)
+        if len(data) != end - start:
+            raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: page {key.index} "
+                                  f"has {len(data)} of {end - start} bytes")
+        await self.cache.put(key, data)
+        return data
+
+    def _prefetch(self, t: Target, status: FileStatus, key: PageKey) -> None:
+        """Fill the cache with a page nobody waits for yet (read-ahead)."""
+        if self.cache.contains(key) or key in self.flight._inflight:
+            return
+
+        async def run() -> None:
+            try:
+                await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+            except Exception as e:  # a read-ahead failure fails no read
+                log.debug("read-ahead of %s page %d failed: %s", t.path, key.index, e)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _nocache_segments(self, t: Target, status: FileStatus, start: int,
+                                end: int) -> AsyncIterator[Segment]:
+        if end <= start:
+            return
+        async for chunk in t.store.get_range(t.rel, start, end, status.version):
+            self.stats.bytes_by_source["nocache"] += len(chunk)
+            yield Segment(MemPage(chunk), 0, len(chunk))
+
+    async def read_bytes(self, path: str, offset: int = 0, length: int = -1, *,
+                         nocache: bool = False) -> bytes:
+        """Convenience for small reads (tests, RPC): the whole range as bytes."""
+        stream = await self.open_read(path, offset, length, nocache=nocache)
+        out = []
+        async for seg in stream.segments:
+            out.append(seg.bytes())
+            seg.close()
+        return b"".join(out)
+
+    # ---- write path ------------------------------------------------------
+
+    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+        t = self._target(path)
+        t.mount.check_writable()
+        if not t.rel:
+            raise IsADirectory(f"{t.path} is a mount point")
+        info = await t.store.put(t.rel, chunks)
+        status = FileStatus.of(t.path, info, _now())
+        self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.uri, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def mkdir(self, path: str) -> None:
+        t = self._target(path)
+        t.mount.check_writable()
+        if t.rel:
+            await t.store.mkdir(t.rel)
+        self.metadata.invalidate(t.path)
+
+    async def delete(self, path: str, recursive: bool = False) -> int:
+        """Delete a file or directory; returns the number of entries removed."""
+        t = self._target(path)
+        t.mount.check_writable()
+        if not t.rel:
+            raise PermissionDenied(f"{t.path} is a mount point: unmount it instead")
+        status = await self._stat(t, fresh=True)
+        removed = 0
+        if status.is_dir:
+            children = await t.store.list(t.rel)
+            if children and not recursive:
+                raise DirectoryNotEmpty(f"directory not empty: {t.path}")
+            for child in children:
+                removed += await self.delete(paths.join(t.path, paths.basename(child.path)), True)
+        else:
+            self.cache.drop_file(file_id(t.mount.uri, t.rel))
+        await t.store.delete(t.rel)
+        self.metadata.forget_subtree(t.path)
+        return removed + 1
+
+    async def rename(self, src: str, dst: str) -> None:
+        s, d = self._target(src), self._target(dst)
+        if s.mount.path != d.mount.path:
+            raise NotSupported(f"rename across mounts ({s.mount.path} -> {d.mount.path}) is not supported")
+        s.mount.check_writable()
+        if not s.rel or not d.rel:
+            raise PermissionDenied("a mount point cannot be renamed")
+        if not s.store.capabilities.rename:
+            raise NotSupported(f"rename is not supported by {s.store.scheme}:// under-stores "
+                               f"(mount {s.mount.path}); copy and delete instead")
+        await s.store.rename(s.rel, d.rel)
+        self.cache.drop_file(file_id(s.mount.uri, s.rel))
+        self.metadata.forget_subtree(s.path)
+        self.metadata.forget_subtree(d.path)
+
+    # ---- cache management ------------------------------------------------
+
+    async def walk_files(self, path: str) -> AsyncIterator[FileStatus]:
+        status = await self.stat(path)
+        if not status.is_dir:
+            yield status
+            return
+        for child in await self.listdir(path):
+            if child.is_dir:
+                async for f in self.walk_files(child.path):
+                    yield f
+            else:
+                yield child
+
+    async def load(self, path: str, progress_interval: float = 0.2) -> AsyncIterator[LoadProgress]:
+        """Warm the cache with every page under ``path``; yields progress.
+
+        Pages are fetched ``load_parallelism`` at a time through the same
+        single-flight as reads, so a load racing readers fetches nothing twice.
+        Progress is yielded at most every ``progress_interval`` seconds, after
+        each file, and once at the end.
+        """
+        import time
+
+        files = [f async for f in self.walk_files(path)]
+        total = sum(f.size for f in files)
+        done = fetched = 0
+        ps = self.cache.page_size
+        sem = asyncio.Semaphore(self.load_parallelism)
+        last = time.monotonic()
+
+        async def one(t: Target, status: FileStatus, key: PageKey) -> tuple[int, bool]:
+            size = min(ps, status.size - key.index * ps)
+            async with sem:
+                if self.cache.contains(key):
+                    return size, False
+                await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+                return size, True
+
+        for n, f in enumerate(files):
+            t = self._target(f.path)
+            fid, vid = file_id(t.mount.uri, t.rel), version_id(f.version)
+            jobs = [one(t, f, PageKey(fid, vid, i)) for i in self.cache.page_range(0, f.size)]
+            for coro in asyncio.as_completed(jobs):
+                size, was_fetched = await coro
+                done += size
+                fetched += size if was_fetched else 0
+                if time.monotonic() - last >= progress_interval:
+                    last = time.monotonic()
+                    yield LoadProgress(f.path, n, len(files), done, total, fetched)
+            yield LoadProgress(f.path, n + 1, len(files), done, total, fetched)
+        if not files:
+            yield LoadProgress(paths.normalize(path), 0, 0, 0, 0, 0)
+
+    async def free(self, path: str) -> int:
+        """Drop the cached pages of every known file at or below ``path``; returns bytes."""
+        freed = 0
+        for fpath in self.metadata.cached_paths(paths.normalize(path)):
+            found = self.mounts.resolve(fpath)
+            if found is not None:
+                mount, rel = found
+                freed += self.cache.drop_file(file_id(mount.uri, rel))
+        return freed
+
+    async def sync(self, path: str) -> int:
+        """Forget cached metadata under ``path`` and reload it from the under-store."""
+        norm = paths.normalize(path)
+        self.metadata.forget_subtree(norm)
+        count = 0
+        async for _f in self.walk_files(norm):
+            count += 1
+        return count
+
+    def report(self) -> dict[str, Any]:
+        s, c = self.stats, self.cache
+        by_source = dict(s.bytes_by_source)
+        return {
+            "page_size": c.page_size,
+            "tiers": {
+                name: {"capacity": st.capacity, "used": st.used, "pages": st.pages, "hits": st.hits,
+                       "evicted_pages": st.evicted_pages}
+                for name, st in (("memory", c.memory.stats), ("disk", c.disk.stats))
+            },
+            "hits": s.hits,
+            "misses": s.misses,
+            "hit_ratio": s.hit_ratio(),
+            "bytes_by_source": by_source,
+            "bytes_from_cache": by_source["memory"] + by_source["disk"],
+            "bytes_from_understore": by_source["understore"] + by_source["nocache"],
+            "understore_requests": {f"{k[0]}:{k[1]}": v for k, v in sorted(s.understore_requests.items())},
+            "cache_write_errors": c.disk.write_errors,
+            "corrupt_pages": c.disk.corrupt_pages,
+            "mounts": len(self.mounts.entries()),
+        }
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.mounts.close()
+
+
+def _close_page_result(task: asyncio.Task[Page]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        page = task.result()
+        if isinstance(page, DiskPage):
+            page.close()
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,353 @@
+"""The page cache: a memory tier and a disk tier of fixed-size pages.
+
+Keys. A page is named by ``(file_id, version_id, index)``: ``file_id`` hashes
+the mount's URI and the file's path, ``version_id`` hashes the object's version
+(ETag / mtime+size). A changed object therefore has new keys: stale bytes are
+unreachable by construction, and all versions of one file share a directory so
+``free`` and "drop the old versions" are one ``rmtree``.
+
+Tiers. Every fetched page goes to both tiers. The memory tier (``bytes`` in an
+LRU dict) serves the pages fetched most recently without a syscall; the disk
+tier keeps them across restarts and is served with ``sendfile``. A disk hit is
+not promoted to memory: the kernel's page cache already keeps hot page files
+in RAM, and promoting would copy each page through Python once more.
+
+Eviction. Each tier is an LRU with a high and a low watermark: when a put
+takes the tier above ``high * capacity`` it evicts least-recently-used pages
+until it is below ``low * capacity``.
+
+Integrity. A disk page's file name carries its length and CRC32
+(``<version_id>_<index>_<crc>_<len>``), written to a temporary name and renamed
+into place, so a page file is either whole or absent. The first time a page
+file is used after start-up its bytes are read and checked; a mismatch deletes
+the file and the read is treated as a miss. Verified pages are then trusted
+until eviction (documented trade-off: no re-hash on every sendfile).
+
+Failure. A full or failing cache disk never fails a read: the page is still
+served from memory, the error is counted (``mesh_cache_write_errors_total``)
+and logged once a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    file_id: str
+    version_id: str
+    index: int
+
+
+def file_id(uri: str, rel_path: str) -> str:
+    return hashlib.sha256(f"{uri}\x00{rel_path}".encode()).hexdigest()[:32]
+
+
+def version_id(version: str) -> str:
+    return hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class MemPage:
+    data: bytes
+
+
+class DiskPage:
+    """An open page file; the reader sends it (sendfile) and closes it."""
+
+    __slots__ = ("file", "length")
+
+    def __init__(self, file: IO[bytes], length: int) -> None:
+        self.file = file
+        self.length = length
+
+    def read(self) -> bytes:
+        return os.pread(self.file.fileno(), self.length, 0)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+Page = MemPage | DiskPage
+
+
+@dataclass
+class TierStats:
+    capacity: int
+    used: int = 0
+    pages: int = 0
+    hits: int = 0
+    evicted_pages: int = 0
+    evicted_bytes: int = 0
+
+
+class MemoryTier:
+    def __init__(self, capacity: int, high: float, low: float) -> None:
+        self.stats = TierStats(capacity)
+        self._high, self._low = high, low
+        self._lru: OrderedDict[PageKey, bytes] = OrderedDict()
+
+    def get(self, key: PageKey) -> bytes | None:
+        data = self._lru.get(key)
+        if data is not None:
+            self._lru.move_to_end(key)
+            self.stats.hits += 1
+        return data
+
+    def put(self, key: PageKey, data: bytes) -> None:
+        if self.stats.capacity <= 0 or len(data) > self.stats.capacity:
+            return
+        old = self._lru.pop(key, None)
+        if old is not None:
+            self.stats.used -= len(old)
+            self.stats.pages -= 1
+        self._lru[key] = data
+        self.stats.used += len(data)
+        self.stats.pages += 1
+        if self.stats.used > self._high * self.stats.capacity:
+            target = self._low * self.stats.capacity
+            while self.stats.used > target and self._lru:
+                _, victim = self._lru.popitem(last=False)
+                self.stats.used -= len(victim)
+                self.stats.pages -= 1
+                self.stats.evicted_pages += 1
+                self.stats.evicted_bytes += len(victim)
+
+    def drop(self, pred: Callable[[PageKey], bool]) -> int:
+        freed = 0
+        for key in [k for k in self._lru if pred(k)]:
+            data = self._lru.pop(key)
+            freed += len(data)
+            self.stats.used -= len(data)
+            self.stats.pages -= 1
+        return freed
+
+
+@dataclass(slots=True)
+class _DiskEntry:
+    length: int
+    crc: int
+    verified: bool
+
+
+class DiskTier:
+    def __init__(self, root: str, capacity: int, high: float, low: float) -> None:
+        self.root = root
+        self.stats = TierStats(capacity)
+        self.write_errors = 0
+        self.corrupt_pages = 0
+        self._high, self._low = high, low
+        self._lru: OrderedDict[PageKey, _DiskEntry] = OrderedDict()
+        self._last_error_log = 0.0
+        os.makedirs(root, exist_ok=True)
+        self._load()
+
+    def _dir(self, fid: str) -> str:
+        return os.path.join(self.root, fid[:2], fid)
+
+    def _path(self, key: PageKey, e: _DiskEntry) -> str:
+        return os.path.join(self._dir(key.file_id), f"{key.version_id}_{key.index}_{e.crc:08x}_{e.length}")
+
+    def _load(self) -> None:
+        """Rebuild the index from the page files left by a previous run."""
+        found: list[tuple[float, PageKey, _DiskEntry]] = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            fid = os.path.basename(dirpath)
+            for name in files:
+                full = os.path.join(dirpath, name)
+                parts = name.split("_")
+                if name.endswith(".tmp") or len(parts) != 4:
+                    os.unlink(full)  # an interrupted write
+                    continue
+                try:
+                    key = PageKey(fid, parts[0], int(parts[1]))
+                    entry = _DiskEntry(int(parts[3]), int(parts[2], 16), False)
+                    found.append((os.stat(full).st_mtime, key, entry))
+                except (ValueError, OSError):
+                    os.unlink(full)
+        for _mtime, key, entry in sorted(found, key=lambda t: t[0]):
+            self._lru[key] = entry
+            self.stats.used += entry.length
+            self.stats.pages += 1
+
+    def lookup(self, key: PageKey) -> _DiskEntry | None:
+        return self._lru.get(key)
+
+    def open(self, key: PageKey, entry: _DiskEntry) -> tuple[DiskPage | None, str]:
+        """Open a page file and verify it on first use: pure I/O, run in a thread.
+
+        Returns the page and ``"ok"``, or None and ``"missing"`` / ``"corrupt"``;
+        the caller updates the index on the event loop.
+        """
+        path = self._path(key, entry)
+        try:
+            f = open(path, "rb", buffering=0)
+        except OSError:
+            return None, "missing"
+        if not entry.verified:
+            data = os.pread(f.fileno(), entry.length + 1, 0)
+            if len(data) != entry.length or zlib.crc32(data) != entry.crc:
+                f.close()
+                log.warning("corrupt cache page %s dropped (treated as a miss)", path)
+                return None, "corrupt"
+        return DiskPage(f, entry.length), "ok"
+
+    def touch(self, key: PageKey) -> None:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            self.stats.hits += 1
+
+    def write(self, key: PageKey, data: bytes) -> _DiskEntry | None:
+        """Write a page file (blocking; run in a thread). None when it failed."""
+        if self.stats.capacity <= 0 or len(data) > self.stats.capacity:
+            return None
+        entry = _DiskEntry(len(data), zlib.crc32(data), True)
+        path = self._path(key, entry)
+        tmp = path + ".tmp"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            self.write_errors += 1
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            now = time.monotonic()
+            if now - self._last_error_log > 60:
+                self._last_error_log = now
+                log.error("cache disk write failed (%s); serving from memory only: %s", self.root, e)
+            return None
+        return entry
+
+    def admit(self, key: PageKey, entry: _DiskEntry) -> None:
+        """Index a written page file and evict down to the low watermark."""
+        if key in self._lru:
+            self._forget(key)
+        self._lru[key] = entry
+        self.stats.used += entry.length
+        self.stats.pages += 1
+        if self.stats.used > self._high * self.stats.capacity:
+            target = self._low * self.stats.capacity
+            while self.stats.used > target and self._lru:
+                victim = next(iter(self._lru))
+                self.stats.evicted_pages += 1
+                self.stats.evicted_bytes += self._lru[victim].length
+                self._remove(victim)
+
+    def _forget(self, key: PageKey) -> _DiskEntry | None:
+        entry = self._lru.pop(key, None)
+        if entry is not None:
+            self.stats.used -= entry.length
+            self.stats.pages -= 1
+        return entry
+
+    def _remove(self, key: PageKey) -> None:
+        entry = self._forget(key)
+        if entry is not None:
+            try:
+                os.unlink(self._path(key, entry))
+            except OSError:
+                pass
+
+    def drop_file(self, fid: str, keep_version: str | None = None) -> int:
+        keys = [k for k in self._lru if k.file_id == fid and k.version_id != keep_version]
+        freed = 0
+        for k in keys:
+            freed += self._lru[k].length
+            self._remove(k)
+        if keep_version is None:
+            shutil.rmtree(self._dir(fid), ignore_errors=True)
+        return freed
+
+
+class SingleFlight:
+    """Concurrent calls with the same key share one execution."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[Any, asyncio.Future[Any]] = {}
+
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def do(self, key: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``fn`` once for all concurrent callers with ``key``.
+
+        The work runs in a task of its own: a caller that is cancelled (a
+        reader hung up) stops waiting but never cancels the fetch the others
+        wait for.
+        """
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(fn())
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        return await asyncio.shield(fut)
+
+
+class PageCache:
+    """The two tiers behind one get/put, plus page geometry."""
+
+    def __init__(self, root: str, page_size: int, memory_capacity: int, disk_capacity: int,
+                 high: float = 0.9, low: float = 0.8) -> None:
+        if not 4096 <= page_size <= 64 << 20:
+            raise ValueError(f"page size must be between 4 KiB and 64 MiB, got {page_size}")
+        if not 0 < low < high <= 1:
+            raise ValueError(f"watermarks must satisfy 0 < low < high <= 1, got low={low} high={high}")
+        self.page_size = page_size
+        self.memory = MemoryTier(memory_capacity, high, low)
+        self.disk = DiskTier(root, disk_capacity, high, low)
+
+    async def get(self, key: PageKey) -> Page | None:
+        data = self.memory.get(key)
+        if data is not None:
+            return MemPage(data)
+        entry = self.disk.lookup(key)
+        if entry is None:
+            return None
+        page, outcome = await asyncio.to_thread(self.disk.open, key, entry)
+        if self.disk.lookup(key) is not entry:  # evicted or replaced meanwhile:
+            return page  # an open file stays readable after its unlink
+        if outcome == "corrupt":
+            self.disk.corrupt_pages += 1
+            self.disk._remove(key)
+        elif outcome == "missing":
+            self.disk._forget(key)
+        else:
+            entry.verified = True
+            self.disk.touch(key)
+        return page
+
+    def contains(self, key: PageKey) -> bool:
+        return key in self.memory._lru or key in self.disk._lru
+
+    async def put(self, key: PageKey, data: bytes) -> None:
+        self.memory.put(key, data)
+        entry = await asyncio.to_thread(self.disk.write, key, data)
+        if entry is not None:
+            self.disk.admit(key, entry)
+
+    def drop_file(self, fid: str, keep_version: str | None = None) -> int:
+        freed = self.memory.drop(lambda k: k.file_id == fid and k.version_id != keep_version)
+        return freed + self.disk.drop_file(fid, keep_version)
+
+    def page_range(self, offset: int, end: int) -> range:
+        """Indices of the pages covering bytes [offset, end)."""
+        if end <= offset:
+            return range(0)
+        return range(offset // self.page_size, (end - 1) // self.page_size + 1)

@@ -1,0 +1,58 @@
+"""Mesh paths: validation and normalisation, in one place.
+
+A mesh path is absolute, ``/``-separated, UTF-8, with no empty, ``.`` or
+``..`` components, no NUL byte, components of at most 255 bytes and at most
+4096 bytes in all (the POSIX limits FUSE clients will hold us to). Every
+front end calls :func:`normalize` on what a user sent before anything else.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidPath
+
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def normalize(path: str) -> str:
+    """Return the canonical form of ``path`` or raise :class:`InvalidPath`."""
+    if not isinstance(path, str) or not path:
+        raise InvalidPath("empty path")
+    if "\x00" in path:
+        raise InvalidPath(f"path contains a NUL byte: {path!r}")
+    if not path.startswith("/"):
+        path = "/" + path
+    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
+        raise InvalidPath(f"path longer than {PATH_MAX} bytes")
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", ".."):
+            raise InvalidPath(f"path may not contain '{part}' components: {path!r}")
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise InvalidPath(f"path component longer than {NAME_MAX} bytes: {part[:40]!r}...")
+    return "/" + "/".join(parts)
+
+
+def split(path: str) -> list[str]:
+    return [p for p in path.split("/") if p]
+
+
+def join(*parts: str) -> str:
+    return normalize("/".join(p.strip("/") for p in parts if p.strip("/")) or "/")
+
+
+def parent(path: str) -> str:
+    parts = split(path)
+    return "/" + "/".join(parts[:-1])
+
+
+def basename(path: str) -> str:
+    parts = split(path)
+    return parts[-1] if parts else ""
+
+
+def is_within(path: str, root: str) -> bool:
+    """True when ``path`` is ``root`` or below it (component-wise)."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root + "/")

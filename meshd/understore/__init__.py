@@ -1,0 +1,40 @@
+"""Under-store implementations, looked up by URI scheme.
+
+Backends are imported lazily by scheme, so a node that mounts only local
+directories never imports boto3. A new backend (HDFS comes next) is one module
+with an :class:`UnderStore` subclass and one line in ``_BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from ..errors import MountError
+from .base import Capabilities, ObjectInfo, UnderStore
+
+__all__ = ["Capabilities", "ObjectInfo", "UnderStore", "open_understore", "schemes"]
+
+_BACKENDS: dict[str, str] = {
+    "file": "meshd.understore.posix:PosixUnderStore",
+    "s3": "meshd.understore.s3:S3UnderStore",
+    # "hdfs": "meshd.understore.hdfs:HdfsUnderStore",  (seam for the HDFS issue)
+}
+
+
+def schemes() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def open_understore(uri: str, options: Mapping[str, str] | None = None) -> UnderStore:
+    scheme = urlsplit(uri).scheme
+    if not scheme:
+        raise MountError(f"under-store URI has no scheme: {uri!r} (expected one of {schemes()})")
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        raise MountError(f"unknown under-store scheme {scheme!r} in {uri!r}; supported: {', '.join(schemes())}")
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    store: UnderStore = cls(uri, dict(options or {}))
+    return store

@@ -1,0 +1,90 @@
+"""The under-store contract: the only thing the mesh asks of a real store.
+
+Every operation is idempotent (a retry after an unknown outcome is safe):
+``put`` replaces, ``delete`` of a missing object succeeds, ``mkdir`` of an
+existing directory succeeds. Paths are relative to the mount root, use ``/``
+and never start with one (``""`` is the root itself).
+
+An object's *version* is an opaque string that changes whenever its bytes do
+(an S3 ETag; ``mtime_ns-size`` for POSIX). The page cache keys pages by it,
+so a changed object is a different key and can never be served stale.
+``get_range(..., version=v)`` fails with :class:`~meshd.errors.VersionChanged`
+instead of returning bytes of another version.
+
+Implementations register by URI scheme (see ``meshd.understore``) and all pass
+``tests/test_understore_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    path: str  # relative to the mount root
+    size: int
+    mtime: float  # seconds since the epoch
+    version: str  # "" for directories
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    rename: bool = False  # atomic rename of files (and directories)
+    directories: bool = False  # real directories (False: prefixes / markers)
+
+
+class UnderStore(abc.ABC):
+    """Async interface over one under-store location (a mount's URI)."""
+
+    scheme: str = ""
+    capabilities = Capabilities()
+
+    def __init__(self, uri: str, options: Mapping[str, str]) -> None:
+        self.uri = uri
+        self.options = dict(options)
+
+    @abc.abstractmethod
+    async def head(self, path: str) -> ObjectInfo:
+        """Status of a file or directory; NotFound when neither exists."""
+
+    @abc.abstractmethod
+    async def list(self, path: str) -> list[ObjectInfo]:
+        """Direct children of a directory, sorted by name; NotFound/NotADirectory."""
+
+    @abc.abstractmethod
+    def get_range(
+        self, path: str, start: int, end: int, version: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of a file, clipped at its size."""
+
+    @abc.abstractmethod
+    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        """Create or replace a whole file from a stream of chunks."""
+
+    @abc.abstractmethod
+    async def delete(self, path: str) -> None:
+        """Remove a file or an empty directory; missing is not an error."""
+
+    @abc.abstractmethod
+    async def mkdir(self, path: str) -> None:
+        """Create a directory (and its parents); existing is not an error."""
+
+    async def rename(self, src: str, dst: str) -> None:
+        from ..errors import NotSupported
+
+        raise NotSupported(f"rename is not supported by {self.scheme}:// under-stores")
+
+    async def check(self) -> None:
+        """Verify the store is reachable with the given options (at mount time)."""
+        await self.head("")
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and threads."""
+
+    async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
+        parts = [c async for c in self.get_range(path, start, end, version)]
+        return b"".join(parts)
