@@ -135,3 +135,8 @@ def from_oserror(exc: OSError, what: str) -> MeshError:
     }
     cls = by_errno.get(exc.errno or 0, UnderStoreError)
     return cls(f"{what}: {exc.strerror or exc}")
+
+
+def to_oserror(exc: MeshError) -> OSError:
+    """The built-in exception Python libraries expect (FileNotFoundError, ...)."""
+    return OSError(exc.errno, str(exc))

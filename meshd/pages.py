@@ -343,8 +343,15 @@ class PageCache:
             self.disk.admit(key, entry)
 
     def drop_file(self, fid: str, keep_version: str | None = None) -> int:
-        freed = self.memory.drop(lambda k: k.file_id == fid and k.version_id != keep_version)
-        return freed + self.disk.drop_file(fid, keep_version)
+        """Drop a file's pages (all versions but ``keep_version``); returns distinct bytes freed."""
+        def pred(k: PageKey) -> bool:
+            return k.file_id == fid and k.version_id != keep_version
+
+        sizes = {k: len(v) for k, v in self.memory._lru.items() if pred(k)}
+        sizes.update({k: e.length for k, e in self.disk._lru.items() if pred(k)})
+        self.memory.drop(pred)
+        self.disk.drop_file(fid, keep_version)
+        return sum(sizes.values())
 
     def page_range(self, offset: int, end: int) -> range:
         """Indices of the pages covering bytes [offset, end)."""

@@ -1,0 +1,276 @@
+"""``meshctl``: operate a mesh node from the shell.
+
+Mesh paths are absolute (``/datasets/a.bin``). In ``cp``, an argument that
+starts with ``mesh:`` is a mesh path (``mesh:/datasets/a.bin``), anything else
+is a local file, and ``-`` is stdin/stdout. Errors print one line naming the
+problem (``meshctl: NotFound: ...``) and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import __version__
+from .client import MeshClient
+from .errors import InvalidArgument, MeshError
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise InvalidArgument(f"--option {p!r}: expected key=value")
+        out[k] = v
+    return out
+
+
+def _mesh_path(arg: str) -> str | None:
+    if arg.startswith("mesh://"):
+        return "/" + arg[len("mesh://"):].lstrip("/")
+    if arg.startswith("mesh:"):
+        return "/" + arg[len("mesh:"):].lstrip("/")
+    return None
+
+
+def cmd_mount(c: MeshClient, a: argparse.Namespace) -> None:
+    if a.mount_cmd == "add":
+        m = c.mount_add(a.path, a.uri, _options(a.option), check=not a.no_check)
+        print(f"mounted {m.uri} at {m.path}")
+    elif a.mount_cmd == "rm":
+        m = c.mount_rm(a.path)
+        print(f"unmounted {m.path} ({m.uri})")
+    else:
+        mounts = c.mounts()
+        if a.json:
+            print(json.dumps([{"path": m.path, "uri": m.uri, "options": dict(m.options)} for m in mounts], indent=2))
+            return
+        width = max([len(m.path) for m in mounts] + [4])
+        for m in mounts:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(m.options.items()))
+            print(f"{m.path:<{width}}  {m.uri}" + (f"  ({opts})" if opts else ""))
+
+
+def cmd_ls(c: MeshClient, a: argparse.Namespace) -> None:
+    st = c.stat(a.path)
+    entries = c.ls(a.path) if st.is_dir else [st]
+    for e in entries:
+        name = os.path.basename(e.path) if st.is_dir else e.path
+        if e.is_dir:
+            name += "/"
+        if a.long:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime)) if e.mtime else "-"
+            print(f"{'d' if e.is_dir else '-'} {e.size:>14} {when}  {name}")
+        else:
+            print(name)
+
+
+def cmd_stat(c: MeshClient, a: argparse.Namespace) -> None:
+    s = c.stat(a.path)
+    print(json.dumps({"path": s.path, "type": "directory" if s.is_dir else "file", "size": s.size,
+                      "mtime": s.mtime, "version": s.version}, indent=2))
+
+
+def cmd_cat(c: MeshClient, a: argparse.Namespace) -> None:
+    out = sys.stdout.buffer
+    for chunk in c.iter_read(a.path, a.offset, a.length, nocache=a.nocache):
+        out.write(chunk)
+    out.flush()
+
+
+def _read_local(path: str) -> Iterator[bytes]:
+    f = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        while chunk := f.read(1 << 20):
+            yield chunk
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
+    src, dst = _mesh_path(a.src), _mesh_path(a.dst)
+    if src is None and dst is None:
+        raise InvalidArgument("cp: one side must be a mesh path (mesh:/PATH)")
+    if dst is not None:
+        if src is None:
+            if a.src != "-" and os.path.isdir(a.src):
+                raise InvalidArgument(f"cp: {a.src} is a directory (copy files one at a time)")
+            data: Any = _read_local(a.src) if a.src == "-" else open(a.src, "rb")
+        else:
+            data = c.iter_read(src)
+        st = c.put(dst, data)
+        print(f"{a.src} -> mesh:{st.path} ({_size(st.size)})", file=sys.stderr)
+        return
+    assert src is not None
+    if a.dst == "-":
+        cmd_cat(c, argparse.Namespace(path=src, offset=0, length=-1, nocache=False))
+        return
+    target = os.path.join(a.dst, os.path.basename(src)) if os.path.isdir(a.dst) else a.dst
+    tmp = target + ".meshctl-tmp"
+    with open(tmp, "wb") as f:
+        n = c.readinto(src, f)
+    os.replace(tmp, target)
+    print(f"mesh:{src} -> {target} ({_size(n)})", file=sys.stderr)
+
+
+def cmd_rm(c: MeshClient, a: argparse.Namespace) -> None:
+    n = c.rm(a.path, recursive=a.recursive)
+    print(f"removed {a.path} ({n} entr{'y' if n == 1 else 'ies'})")
+
+
+def cmd_mkdir(c: MeshClient, a: argparse.Namespace) -> None:
+    c.mkdir(a.path)
+
+
+def cmd_mv(c: MeshClient, a: argparse.Namespace) -> None:
+    c.rename(a.src, a.dst)
+
+
+def cmd_load(c: MeshClient, a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"load {a.path}",
+               disable=a.quiet or None, file=sys.stderr)
+    last = None
+    try:
+        for p in c.load(a.path):
+            if bar.total != p.bytes_total:
+                bar.total = p.bytes_total
+            bar.update(p.bytes_done - bar.n)
+            bar.set_postfix(files=f"{p.files_done}/{p.files_total}", refresh=False)
+            last = p
+    finally:
+        bar.close()
+    if last is not None:
+        print(f"loaded {last.files_total} files, {_size(last.bytes_total)} "
+              f"({_size(last.bytes_fetched)} fetched from the under-store, the rest already cached)")
+
+
+def cmd_free(c: MeshClient, a: argparse.Namespace) -> None:
+    print(f"freed {_size(c.free(a.path))} of cached pages under {a.path}")
+
+
+def cmd_sync(c: MeshClient, a: argparse.Namespace) -> None:
+    print(f"synced {c.sync(a.path)} entries under {a.path}")
+
+
+def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
+    r = c.report()
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"node {c.node_id} at {c.endpoint}  (page size {_size(r['page_size'])}, {r['mounts']} mounts)")
+    for tier, t in r["tiers"].items():
+        pct = 100 * t["used"] / t["capacity"] if t["capacity"] else 0
+        print(f"  {tier:<6} {_size(t['used']):>11} / {_size(t['capacity']):<11} ({pct:4.1f}%)  "
+              f"{t['pages']} pages, {t['hits']} hits, {t['evicted_pages']} evicted")
+    print(f"  hit ratio {100 * r['hit_ratio']:.1f}%  ({r['hits']} hits, {r['misses']} misses)")
+    b = r["bytes_by_source"]
+    print(f"  bytes served: cache {_size(r['bytes_from_cache'])} (memory {_size(b['memory'])}, "
+          f"disk {_size(b['disk'])}), under-store {_size(r['bytes_from_understore'])} "
+          f"(misses {_size(b['understore'])}, nocache {_size(b['nocache'])})")
+    reqs = ", ".join(f"{k}={v}" for k, v in r["understore_requests"].items()) or "none"
+    print(f"  under-store requests: {reqs}")
+    if r["cache_write_errors"] or r["corrupt_pages"]:
+        print(f"  cache disk write errors: {r['cache_write_errors']}, corrupt pages dropped: {r['corrupt_pages']}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshctl", description="Operate a data mesh node.")
+    p.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    p.add_argument("--endpoint", help="node gRPC host:port or data directory "
+                   "(default: $MESH_ENDPOINT, then the default data directory)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="manage the mount table")
+    msub = m.add_subparsers(dest="mount_cmd", required=True)
+    ma = msub.add_parser("add", help="mount an under-store at a mesh path")
+    ma.add_argument("path")
+    ma.add_argument("uri", help="file:///dir or s3://bucket/prefix")
+    ma.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
+    ma.add_argument("--no-check", action="store_true", help="do not contact the under-store now")
+    mr = msub.add_parser("rm", help="remove a mount")
+    mr.add_argument("path")
+    ml = msub.add_parser("ls", help="list mounts")
+    ml.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_mount)
+
+    s = sub.add_parser("ls", help="list a directory")
+    s.add_argument("path", nargs="?", default="/")
+    s.add_argument("-l", "--long", action="store_true")
+    s.set_defaults(fn=cmd_ls)
+    s = sub.add_parser("stat", help="file status as JSON")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_stat)
+    s = sub.add_parser("cat", help="write a file (or a range of it) to stdout")
+    s.add_argument("path")
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--length", type=int, default=-1)
+    s.add_argument("--nocache", action="store_true", help="read from the under-store without caching")
+    s.set_defaults(fn=cmd_cat)
+    s = sub.add_parser("cp", help="copy in or out: meshctl cp LOCAL mesh:/PATH | cp mesh:/PATH LOCAL")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.set_defaults(fn=cmd_cp)
+    s = sub.add_parser("rm", help="delete a file or directory")
+    s.add_argument("path")
+    s.add_argument("-r", "--recursive", action="store_true")
+    s.set_defaults(fn=cmd_rm)
+    s = sub.add_parser("mkdir", help="create a directory")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_mkdir)
+    s = sub.add_parser("mv", help="rename (where the under-store supports it)")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.set_defaults(fn=cmd_mv)
+    s = sub.add_parser("load", help="warm the cache with everything under PATH")
+    s.add_argument("path")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(fn=cmd_load)
+    s = sub.add_parser("free", help="drop cached pages under PATH")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_free)
+    s = sub.add_parser("sync", help="refresh cached metadata under PATH from the under-store")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_sync)
+    s = sub.add_parser("report", help="cache capacity, use, hit ratio, bytes by source")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with MeshClient(args.endpoint) as client:
+            args.fn(client, args)
+    except MeshError as e:
+        print(f"meshctl: {e.kind}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        print(f"meshctl: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
