@@ -25,6 +25,7 @@ DEFAULT_HIGH_WATERMARK = 0.9
 DEFAULT_LOW_WATERMARK = 0.8
 DEFAULT_READAHEAD_PAGES = 16
 DEFAULT_LOAD_PARALLELISM = 8
+DEFAULT_WRITE_BEHIND = 256 << 20
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
@@ -59,6 +60,7 @@ class CacheConfig:
     low_watermark: float = DEFAULT_LOW_WATERMARK
     readahead_pages: int = DEFAULT_READAHEAD_PAGES
     load_parallelism: int = DEFAULT_LOAD_PARALLELISM
+    write_behind: int = DEFAULT_WRITE_BEHIND  # bytes of fetched pages queued for the cache disk
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     _check_keys(cache_raw, CacheConfig, f"{where}: cache")
     cache_kw: dict[str, Any] = {}
     for k, v in cache_raw.items():
-        if k in ("page_size", "memory_capacity", "disk_capacity"):
+        if k in ("page_size", "memory_capacity", "disk_capacity", "write_behind"):
             cache_kw[k] = parse_size(v, f"cache.{k}")
         elif k in ("high_watermark", "low_watermark"):
             cache_kw[k] = float(v)

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 import grpc
@@ -34,6 +35,7 @@ from .pages import PageCache
 from .readahead import ReadAhead
 from .rpc import mesh_pb2_grpc as pb_grpc
 from .service import MeshService
+from .shortcircuit import ShortCircuitServer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class Daemon:
         self._kv: RocksKV | None = None
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._sc: ShortCircuitServer | None = None
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
 
@@ -102,13 +105,17 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
+        # Under-store clients (boto3) and page-file I/O block in threads; the
+        # default pool (cores + 4) would cap a cold read's fetch window.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="meshd-io"))
         self._lock()
         self.node_id = self._node_id()
         self._kv = RocksKV(os.path.join(self.data_dir, "meta"))
         stats = Stats()
         cache = PageCache(os.path.join(self.data_dir, "pages"), cfg.cache.page_size,
                           cfg.cache.memory_capacity, cfg.cache.disk_capacity,
-                          cfg.cache.high_watermark, cfg.cache.low_watermark)
+                          cfg.cache.high_watermark, cfg.cache.low_watermark, cfg.cache.write_behind)
         self.metrics = metrics = Metrics(stats, cache)
         mounts = MountTable(self._kv, wrap=lambda store: InstrumentedStore(store, metrics))
         readahead = ReadAhead(cfg.cache.page_size, max_pages=cfg.cache.readahead_pages)
@@ -143,10 +150,13 @@ class Daemon:
         await self._runner.setup()
         await web.SockSite(self._runner, http_sock).start()
         http_port = http_sock.getsockname()[1]
+        self._sc = ShortCircuitServer(node, os.path.join(self.data_dir, "local.sock"))
+        await self._sc.start()
         self.endpoints = {
             "grpc": f"{host}:{grpc_port}",
             "http": f"http://{host}:{http_port}",
             "metrics": f"http://{host}:{http_port}/metrics",
+            "local": self._sc.path,
         }
         self._publish()
         log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
@@ -164,6 +174,8 @@ class Daemon:
             os.unlink(os.path.join(self.data_dir, "endpoints.json"))
         except FileNotFoundError:
             pass
+        if self._sc is not None:
+            await self._sc.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

@@ -32,6 +32,7 @@ class Stats:
         self.bytes_by_source: dict[str, int] = dict.fromkeys(SOURCES, 0)
         self.hits = 0
         self.misses = 0
+        self.page_fetches = 0  # pages brought in from under-stores (reads, read-ahead, load)
         self.understore_requests: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_errors: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_bytes: dict[str, int] = defaultdict(int)
@@ -56,6 +57,8 @@ class _NodeCollector(Collector):
         hits.add_metric(["disk"], c.disk.stats.hits)
         yield hits
         yield CounterMetricFamily("mesh_cache_misses", "Page lookups that went to the under-store", value=s.misses)
+        yield CounterMetricFamily("mesh_page_fetches", "Pages fetched from under-stores (reads, read-ahead, load)",
+                                  value=s.page_fetches)
         ev = CounterMetricFamily("mesh_pages_evicted", "Pages evicted by LRU, by tier", labels=["tier"])
         ev.add_metric(["memory"], c.memory.stats.evicted_pages)
         ev.add_metric(["disk"], c.disk.stats.evicted_pages)
@@ -150,6 +153,11 @@ class InstrumentedStore(UnderStore):
             raise
         if first:
             self._done("get", t0, True)
+
+    async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
+        data: bytes = await self._call("get", self.inner.read_all(path, start, end, version))
+        self._m.stats.understore_bytes[self.scheme] += len(data)
+        return data
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         result: ObjectInfo = await self._call("put", self.inner.put(path, chunks))

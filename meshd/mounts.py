@@ -73,6 +73,17 @@ class Mount:
     def read_only(self) -> bool:
         return _bool("read_only", self.options.get("read_only", "false"))
 
+    @property
+    def identity(self) -> str:
+        """What names the data: the URI plus the endpoint that serves it.
+
+        Page keys hash this (with the path and version), so two mounts of the
+        same bucket on two different S3 endpoints never share pages, while two
+        mounts of the same location do.
+        """
+        endpoint = self.options.get("endpoint", "")
+        return f"{self.uri}#{endpoint}" if endpoint else self.uri
+
     def store_options(self) -> dict[str, str]:
         return {k: v for k, v in self.options.items() if k not in MESH_OPTIONS}
 

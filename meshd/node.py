@@ -136,7 +136,7 @@ class MeshNode:
         before = self.metadata.cached_status(t.path)
         status = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
         if before is not None and before.version and before.version != status.version:
-            self.cache.drop_file(file_id(t.mount.uri, t.rel), keep_version=version_id(status.version))
+            self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
     async def stat(self, path: str) -> FileStatus:
@@ -168,7 +168,7 @@ class MeshNode:
             start = min(offset, status.size)
             if nocache or t.mount.nocache:
                 return ReadStream(status, start, end - start, self._nocache_segments(t, status, start, end))
-            fid, vid = file_id(t.mount.uri, t.rel), version_id(status.version)
+            fid, vid = file_id(t.mount.identity, t.rel), version_id(status.version)
             extra = self.readahead.on_read(stream_key or fid, start, end)
             pages = self.cache.page_range(start, end)
             first: Page | None = None
@@ -190,32 +190,109 @@ class MeshNode:
         last_page = (status.size - 1) // ps if status.size else -1
         ahead_stop = min(pages.stop + extra, last_page + 1)
         window = self.readahead.in_read_window()
-        tasks: dict[int, asyncio.Task[Page]] = {}
+        batch = max(1, window // 2)
+        pending: dict[int, asyncio.Future[Any]] = {}
         next_launch = pages.start + 1
         try:
             for i in pages:
                 if i == pages.start and first is not None:
-                    page = first
-                    first = None
+                    page, first = first, None
                 else:
-                    page = await tasks.pop(i)
-                # keep `window` fetches in flight: inside the read, then read-ahead
-                stop = min(i + 1 + window, ahead_stop)
-                while next_launch < stop:
-                    key = PageKey(fid, vid, next_launch)
-                    if next_launch < pages.stop:
-                        tasks[next_launch] = asyncio.ensure_future(self._get_page(t, status, key))
-                    else:
-                        self._prefetch(t, status, key)
-                    next_launch += 1
+                    result = await pending.pop(i)
+                    page = result if isinstance(result, MemPage | DiskPage) else self._fetched(result)
+                # Keep up to `window` pages in flight ahead of the one being sent,
+                # launched `batch` at a time so that missing pages coalesce into
+                # extents (one under-store request each).
+                if next_launch < ahead_stop and next_launch - i <= window - batch:
+                    stop = min(next_launch + batch, ahead_stop)
+                    inside = range(next_launch, min(stop, pages.stop))
+                    pending.update(self._launch(t, status, fid, vid, inside))
+                    if stop > pages.stop:  # read-ahead for a proven-sequential reader
+                        self._launch(t, status, fid, vid, range(max(next_launch, pages.stop), stop))
+                    next_launch = stop
                 lo = max(start, i * ps) - i * ps
                 hi = min(end, (i + 1) * ps) - i * ps
                 yield Segment(page, lo, hi - lo)
         finally:
             if first is not None and isinstance(first, DiskPage):
                 first.close()
-            for task in tasks.values():
-                task.add_done_callback(_close_page_result)
+            for fut in pending.values():
+                fut.add_done_callback(_close_page_result)
+
+    def _fetched(self, data: bytes) -> MemPage:
+        self.stats.misses += 1
+        self.stats.bytes_by_source["understore"] += len(data)
+        return MemPage(data)
+
+    def _launch(self, t: Target, status: FileStatus, fid: str, vid: str,
+                indices: range) -> dict[int, asyncio.Future[Any]]:
+        """Start getting pages: cached ones from the cache, missing runs as extents.
+
+        Returns, per page, a future of a Page (cache hit) or of the page's bytes
+        (fetched). A page another reader is already fetching is waited for,
+        never fetched again (single-flight across extents).
+        """
+        out: dict[int, asyncio.Future[Any]] = {}
+        run: list[tuple[int, asyncio.Future[Any]]] = []
+        for i in indices:
+            key = PageKey(fid, vid, i)
+            inflight = self.flight.get(key)
+            if inflight is not None:
+                out[i] = inflight
+            elif self.cache.contains(key):
+                out[i] = asyncio.ensure_future(self._get_page(t, status, key))
+            else:
+                fut = self.flight.claim(key)
+                assert fut is not None
+                out[i] = fut
+                if run and run[-1][0] != i - 1:
+                    self._spawn(self._fetch_extent(t, status, fid, vid, run))
+                    run = []
+                run.append((i, fut))
+        if run:
+            self._spawn(self._fetch_extent(t, status, fid, vid, run))
+        return out
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fetch_extent(self, t: Target, status: FileStatus, fid: str, vid: str,
+                            run: list[tuple[int, asyncio.Future[Any]]]) -> None:
+        """One ranged read for consecutive pages; each page resolves as its bytes arrive."""
+        ps = self.cache.page_size
+        first, last = run[0][0], run[-1][0]
+        start, end = first * ps, min(status.size, (last + 1) * ps)
+        futs = dict(run)
+        idx, parts, have = first, [], 0
+        try:
+            async for chunk in t.store.get_range(t.rel, start, end, status.version):
+                while chunk:
+                    size = min(ps, status.size - idx * ps)
+                    if len(chunk) <= size - have:  # the usual, aligned case: no copy
+                        take, chunk = chunk, b""
+                    else:
+                        take, chunk = chunk[:size - have], chunk[size - have:]
+                    parts.append(take)
+                    have += len(take)
+                    if have == size:
+                        data = parts[0] if len(parts) == 1 else b"".join(parts)
+                        await self.cache.put(PageKey(fid, vid, idx), data)
+                        self.stats.page_fetches += 1
+                        futs.pop(idx).set_result(data)
+                        idx, parts, have = idx + 1, [], 0
+            if futs:
+                raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: pages "
+                                      f"{sorted(futs)} missing")
+        except BaseException as e:
+            err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
+            for fut in futs.values():
+                if not fut.done():
+                    fut.set_exception(err)
+                    fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
+            if not isinstance(e, Exception):
+                raise
 
     async def _get_page(self, t: Target, status: FileStatus, key: PageKey) -> Page:
         page = await self.cache.get(key)
@@ -238,22 +315,8 @@ class MeshNode:
             raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: page {key.index} "
                                   f"has {len(data)} of {end - start} bytes")
         await self.cache.put(key, data)
+        self.stats.page_fetches += 1
         return data
-
-    def _prefetch(self, t: Target, status: FileStatus, key: PageKey) -> None:
-        """Fill the cache with a page nobody waits for yet (read-ahead)."""
-        if self.cache.contains(key) or key in self.flight._inflight:
-            return
-
-        async def run() -> None:
-            try:
-                await self.flight.do(key, lambda: self._fetch_page(t, status, key))
-            except Exception as e:  # a read-ahead failure fails no read
-                log.debug("read-ahead of %s page %d failed: %s", t.path, key.index, e)
-
-        task = asyncio.ensure_future(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _nocache_segments(self, t: Target, status: FileStatus, start: int,
                                 end: int) -> AsyncIterator[Segment]:
@@ -283,7 +346,7 @@ class MeshNode:
         info = await t.store.put(t.rel, chunks)
         status = FileStatus.of(t.path, info, _now())
         self.metadata.record(status)
-        self.cache.drop_file(file_id(t.mount.uri, t.rel), keep_version=version_id(status.version))
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
     async def mkdir(self, path: str) -> None:
@@ -308,7 +371,7 @@ class MeshNode:
             for child in children:
                 removed += await self.delete(paths.join(t.path, paths.basename(child.path)), True)
         else:
-            self.cache.drop_file(file_id(t.mount.uri, t.rel))
+            self.cache.drop_file(file_id(t.mount.identity, t.rel))
         await t.store.delete(t.rel)
         self.metadata.forget_subtree(t.path)
         return removed + 1
@@ -324,7 +387,7 @@ class MeshNode:
             raise NotSupported(f"rename is not supported by {s.store.scheme}:// under-stores "
                                f"(mount {s.mount.path}); copy and delete instead")
         await s.store.rename(s.rel, d.rel)
-        self.cache.drop_file(file_id(s.mount.uri, s.rel))
+        self.cache.drop_file(file_id(s.mount.identity, s.rel))
         self.metadata.forget_subtree(s.path)
         self.metadata.forget_subtree(d.path)
 
@@ -369,7 +432,7 @@ class MeshNode:
 
         for n, f in enumerate(files):
             t = self._target(f.path)
-            fid, vid = file_id(t.mount.uri, t.rel), version_id(f.version)
+            fid, vid = file_id(t.mount.identity, t.rel), version_id(f.version)
             jobs = [one(t, f, PageKey(fid, vid, i)) for i in self.cache.page_range(0, f.size)]
             for coro in asyncio.as_completed(jobs):
                 size, was_fetched = await coro
@@ -389,7 +452,7 @@ class MeshNode:
             found = self.mounts.resolve(fpath)
             if found is not None:
                 mount, rel = found
-                freed += self.cache.drop_file(file_id(mount.uri, rel))
+                freed += self.cache.drop_file(file_id(mount.identity, rel))
         return freed
 
     async def sync(self, path: str) -> int:
@@ -413,6 +476,7 @@ class MeshNode:
             },
             "hits": s.hits,
             "misses": s.misses,
+            "page_fetches": s.page_fetches,
             "hit_ratio": s.hit_ratio(),
             "bytes_by_source": by_source,
             "bytes_from_cache": by_source["memory"] + by_source["disk"],
@@ -427,10 +491,11 @@ class MeshNode:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.cache.drain()
         await self.mounts.close()
 
 
-def _close_page_result(task: asyncio.Task[Page]) -> None:
+def _close_page_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is None:
         page = task.result()
         if isinstance(page, DiskPage):

@@ -80,8 +80,18 @@ class PosixUnderStore(UnderStore):
         except OSError as e:
             raise from_oserror(e, f"{self.uri}/{path}") from None
 
-    async def get_range(
+    def get_range(
         self, path: str, start: int, end: int, version: str | None = None
+    ) -> AsyncIterator[bytes]:
+        return self._stream(path, start, end, version, CHUNK)
+
+    async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
+        """A page: one pread in one thread hop."""
+        parts = [c async for c in self._stream(path, start, end, version, max(end - start, 1))]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _stream(
+        self, path: str, start: int, end: int, version: str | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
         try:
             f = await asyncio.to_thread(open, self._abs(path), "rb", buffering=0)
@@ -98,7 +108,7 @@ class PosixUnderStore(UnderStore):
             end = min(end, st.st_size)
             pos = start
             while pos < end:
-                n = min(CHUNK, end - pos)
+                n = min(chunk_size, end - pos)
                 chunk = await asyncio.to_thread(os.pread, f.fileno(), n, pos)
                 if not chunk:
                     break

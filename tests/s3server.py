@@ -1,0 +1,377 @@
+"""A real S3 wire-protocol server for tests: moto's server mode in a subprocess.
+
+Run directly as ``python tests/s3server.py --port N`` (``--port 0`` picks a
+free port; the bound port is printed on stdout as ``S3SERVER-READY <port>``),
+or from tests through :func:`start`, which returns an :class:`S3Server` handle.
+
+The server wraps moto's WSGI application in :class:`CountingMiddleware`, which
+counts at the server side, i.e. what really went over the wire:
+
+* ``get_requests[key]`` / ``get_bytes[key]``: GET *object* requests (whatever
+  their outcome) and the object bytes they served (bodies of 2xx answers only:
+  a ranged GET counts its range, an error document counts nothing).
+  ``key`` is ``"bucket/object-key"``;
+* ``head_requests[key]``: HEAD object requests;
+* ``requests``: every request the server answered (the counter endpoint aside),
+  ``requests_by_method`` and ``unsigned_requests`` (neither an Authorization
+  header nor a presigned-URL signature).
+
+They are served on the same port: ``GET /_mesh_counters`` returns them as
+JSON, ``POST /_mesh_counters/reset`` zeroes them.
+
+Credentials. moto accepts any key unless IAM authentication is switched on,
+which it does with ``INITIAL_NO_AUTH_ACTION_COUNT`` (the first N actions run
+unauthenticated, every later one is checked against moto's IAM). That works in
+server mode, but the counter lives in the server process, so a fixed N would
+depend on what the test set up first. :func:`start` (``auth=True``) does it
+deterministically instead: it starts the server with authentication off,
+creates an IAM user with an ``s3:*`` policy and an access key through the IAM
+API, and then switches authentication on for every later request with moto's
+``POST /moto-api/reset-auth`` (body ``0``). From then on the handle's
+``access_key``/``secret_key`` work, an unknown access key gets
+``403 InvalidAccessKeyId`` and a wrong secret ``403 SignatureDoesNotMatch``
+(HEAD requests carry no body, so clients see a bare 403 there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+COUNTERS_PATH = "/_mesh_counters"
+READY_PREFIX = "S3SERVER-READY"
+REGION = "us-east-1"
+
+# Query parameters that make a GET on an object key something else than
+# reading the object (ACLs, tags, multipart listing, ...).
+_OBJECT_SUBRESOURCES = frozenset(
+    {"acl", "tagging", "uploadId", "uploads", "attributes", "legal-hold", "retention", "torrent"}
+)
+
+StartResponse = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class CountingMiddleware:
+    """WSGI middleware around moto's app that counts object reads."""
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.get_requests: Counter[str] = Counter()
+            self.get_bytes: Counter[str] = Counter()
+            self.head_requests: Counter[str] = Counter()
+            self.by_method: Counter[str] = Counter()
+            self.requests = 0
+            self.unsigned = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "get_requests": dict(self.get_requests),
+                "get_bytes": dict(self.get_bytes),
+                "head_requests": dict(self.head_requests),
+                "requests_by_method": dict(self.by_method),
+                "requests": self.requests,
+                "unsigned_requests": self.unsigned,
+            }
+
+    @staticmethod
+    def object_key(environ: dict[str, Any]) -> str | None:
+        """``"bucket/key"`` when the request addresses an object, else None."""
+        # PATH_INFO is already percent-decoded, as UTF-8 bytes smuggled in latin-1 (PEP 3333).
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+        host = environ.get("HTTP_HOST", "").rsplit(":", 1)[0]
+        if host.endswith(".localhost"):  # virtual-hosted style: bucket.localhost
+            path = "/" + host[: -len(".localhost")] + path
+        bucket, _, key = path.lstrip("/").partition("/")
+        if not bucket or not key:
+            return None
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if _OBJECT_SUBRESOURCES.intersection(query):
+            return None
+        return f"{bucket}/{key}"
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == COUNTERS_PATH and method == "GET":
+            body = json.dumps(self.snapshot()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if path == COUNTERS_PATH + "/reset" and method == "POST":
+            self.reset()
+            start_response("204 No Content", [])
+            return []
+
+        key = self.object_key(environ)
+        with self.lock:
+            self.requests += 1
+            self.by_method[method] += 1
+            if "HTTP_AUTHORIZATION" not in environ and "X-Amz-Signature" not in environ.get(
+                "QUERY_STRING", ""
+            ):
+                self.unsigned += 1
+            if key is not None and method == "HEAD":
+                self.head_requests[key] += 1
+            if key is not None and method == "GET":
+                self.get_requests[key] += 1
+        if key is None or method != "GET":
+            return self.app(environ, start_response)
+        status: list[str] = []
+
+        def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
+            status.append(code)
+            return start_response(code, headers, exc_info)
+
+        return self._count_body(key, self.app(environ, capture), status)
+
+    def _count_body(self, key: str, result: Iterable[bytes], status: list[str]) -> Iterator[bytes]:
+        """Pass the body through, counting it when it is object data (a 2xx answer)."""
+        try:
+            for chunk in result:
+                if status and status[-1].startswith("2"):
+                    with self.lock:
+                        self.get_bytes[key] += len(chunk)
+                yield chunk
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+def _exit_with_parent() -> None:
+    """Stop serving when the process that started us is gone (even after kill -9)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def serve(host: str, port: int, exit_with_parent: bool = False) -> None:
+    """Serve moto + counters until SIGTERM; print the bound port when ready."""
+    if exit_with_parent:
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = CountingMiddleware(DomainDispatcherApplication(create_backend_app))
+    # make_server is what werkzeug's run_simple(threaded=True) uses underneath;
+    # calling it directly lets us bind port 0 and report the port we got.
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    bound = server.socket.getsockname()[1]
+    os.environ["MOTO_PORT"] = str(bound)  # moto builds some URLs from it
+    print(f"{READY_PREFIX} {bound}", flush=True)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--exit-with-parent", action="store_true")
+    args = parser.parse_args(argv)
+    import logging
+    import signal
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request log lines
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    serve(args.host, args.port, args.exit_with_parent)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass
+class S3Server:
+    """Handle on a running server subprocess."""
+
+    process: subprocess.Popen[str]
+    endpoint: str
+    region: str = REGION
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    auth: bool = False
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def options(self) -> dict[str, str]:
+        """Mount options of an ``s3://`` under-store that talks to this server."""
+        return {
+            "endpoint": self.endpoint,
+            "region": self.region,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+        }
+
+    def client(self, **kwargs: Any) -> Any:
+        """A boto3 S3 client with valid credentials (for test set-up)."""
+        return self._boto_client("s3", **kwargs)
+
+    def _boto_client(self, service: str, **kwargs: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        args: dict[str, Any] = {
+            "endpoint_url": self.endpoint,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "config": Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        }
+        args.update(kwargs)
+        session: Any = boto3.session.Session()  # Any: the service name is not a literal
+        return session.client(service, **args)
+
+    def _request(self, method: str, path: str, data: bytes | None = None) -> bytes:
+        # text/plain: moto reads the raw body, a form content type would swallow it.
+        headers = {"Content-Type": "text/plain"} if data is not None else {}
+        req = urllib.request.Request(self.endpoint + path, data=data, method=method,
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body: bytes = resp.read()
+            return body
+
+    def counters(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self._request("GET", COUNTERS_PATH))
+        return result
+
+    def reset_counters(self) -> None:
+        self._request("POST", COUNTERS_PATH + "/reset", b"")
+
+    def get_requests(self, bucket: str, key: str) -> int:
+        return int(self.counters()["get_requests"].get(f"{bucket}/{key}", 0))
+
+    def get_bytes(self, bucket: str, key: str) -> int:
+        return int(self.counters()["get_bytes"].get(f"{bucket}/{key}", 0))
+
+    def enable_auth(self) -> None:
+        """Create an IAM user allowed s3:*, use its key, and make moto check every request."""
+        iam = self._boto_client("iam")
+        iam.create_user(UserName="mesh-test")
+        iam.put_user_policy(
+            UserName="mesh-test",
+            PolicyName="s3-all",
+            PolicyDocument=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+            }),
+        )
+        key = iam.create_access_key(UserName="mesh-test")["AccessKey"]
+        self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+        # INITIAL_NO_AUTH_ACTION_COUNT := 0 and request count := 0, in the server process.
+        self._request("POST", "/moto-api/reset-auth", b"0")
+        self.auth = True
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    def __enter__(self) -> S3Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(auth: bool = True, timeout: float = 30.0) -> S3Server:
+    """Start a server subprocess on a free port and wait until it answers."""
+    env = dict(os.environ)
+    env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)  # auth is switched on by enable_auth()
+    env.pop("MOTO_PORT", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--port", "0", "--exit-with-parent"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    server: S3Server | None = None
+    try:
+        port = _read_port(proc, timeout)
+        server = S3Server(process=proc, endpoint=f"http://127.0.0.1:{port}")
+        atexit.register(server.stop)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                server.counters()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("S3 test server did not answer") from None
+                time.sleep(0.05)
+        if auth:
+            server.enable_auth()
+        return server
+    except BaseException:
+        if server is not None:
+            server.stop()
+        else:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _read_port(proc: subprocess.Popen[str], timeout: float) -> int:
+    result: list[int] = []
+    ready = threading.Event()
+
+    def reader() -> None:
+        # Keep draining stdout after the ready line, so that anything moto
+        # prints can never fill the pipe and block the server.
+        assert proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in proc.stdout:
+                if not result and line.startswith(READY_PREFIX):
+                    result.append(int(line.split()[1]))
+                    ready.set()
+        ready.set()
+
+    threading.Thread(target=reader, daemon=True, name="s3server-stdout").start()
+    ready.wait(timeout)
+    if not result:
+        with contextlib.suppress(Exception):
+            proc.kill()
+        raise RuntimeError(f"S3 test server did not start within {timeout}s (exit code {proc.poll()})")
+    return result[0]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Unit tests of small pieces, with in-memory doubles."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshd import paths
+from meshd.config import from_dict, parse_mount_flag, parse_size
+from meshd.errors import InvalidArgument, InvalidPath, MountError
+from meshd.kv import MemoryKV
+from meshd.mounts import MountTable
+from meshd.pages import MemoryTier, PageKey
+from meshd.readahead import ReadAhead
+
+
+@pytest.mark.parametrize("bad", ["", "/a/../b", "/a/./b", "/a\x00b", "/" + "x" * 256, "/a/" + "b/" * 2100])
+def test_bad_paths_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidPath):
+        paths.normalize(bad)
+
+
+def test_paths_normalise() -> None:
+    assert paths.normalize("a//b/") == "/a/b"
+    assert paths.normalize("/") == "/"
+    assert paths.is_within("/a/b", "/a") and not paths.is_within("/ab", "/a")
+
+
+async def test_mount_table_refuses_overlap_and_malformed(tmp_path: object) -> None:
+    t = MountTable(MemoryKV())
+    await t.add("/data", f"file://{tmp_path}", {})
+    for path, uri in [("/data/sub", f"file://{tmp_path}"), ("/", f"file://{tmp_path}")]:
+        with pytest.raises(MountError, match="overlaps"):
+            await t.add(path, uri, {})
+    for uri in ["ftp://x", "no-scheme", "file://host/x", "file://relative"]:
+        with pytest.raises(MountError):
+            await t.add("/other", uri, {}, check=False)
+    with pytest.raises(MountError, match="already mounted"):
+        await t.add("/data", f"file://{tmp_path}", {})
+    with pytest.raises(MountError, match="sync_interval"):
+        await t.add("/x", f"file://{tmp_path}", {"sync_interval": "soon"})
+    with pytest.raises(MountError, match="does not exist"):
+        await t.add("/y", "file:///definitely/not/here", {})
+    assert t.resolve("/data/a/b") == (t.entries()[0], "a/b")
+    assert t.resolve("/datab") is None
+    await t.close()
+
+
+async def test_mount_table_persists_and_redacts() -> None:
+    kv = MemoryKV()
+    t = MountTable(kv)
+    await t.add("/s", "s3://bucket/p", {"access_key": "a", "secret_key": "hunter2", "region": "x"}, check=False)
+    again = MountTable(kv)
+    (m,) = again.entries()
+    assert m.uri == "s3://bucket/p" and m.options["secret_key"] == "hunter2"
+    assert m.redacted_options() == {"access_key": "a", "secret_key": "***", "region": "x"}
+    await t.remove("/s")
+    assert MountTable(kv).entries() == []
+
+
+def test_memory_tier_lru_between_watermarks() -> None:
+    tier = MemoryTier(capacity=100, high=0.9, low=0.5)
+    for i in range(9):
+        tier.put(PageKey("f", "v", i), b"x" * 10)
+    assert tier.stats.used == 90  # at the high watermark, nothing evicted yet
+    assert tier.get(PageKey("f", "v", 0)) is not None  # 0 is now most recent
+    tier.put(PageKey("f", "v", 9), b"x" * 10)  # 100 > 90: evict down to <= 50
+    assert tier.stats.used == 50
+    assert tier.get(PageKey("f", "v", 0)) is not None
+    assert tier.get(PageKey("f", "v", 1)) is None  # least recently used went first
+    assert tier.stats.evicted_pages == 5
+
+
+def test_readahead_window_grows_only_for_sequential_readers() -> None:
+    ra = ReadAhead(page_size=100, min_pages=2, max_pages=8)
+    assert ra.on_read("s", 0, 100) == 0
+    assert ra.on_read("s", 100, 200) == 2
+    assert ra.on_read("s", 200, 300) == 4
+    assert ra.on_read("s", 300, 400) == 8
+    assert ra.on_read("s", 400, 500) == 8
+    assert ra.on_read("s", 5000, 5100) == 0  # a jump resets
+    assert ra.on_read("r", 0, 100) == 0
+
+
+def test_config_sizes_and_unknown_keys() -> None:
+    assert parse_size("4MiB") == 4 << 20 and parse_size("1g") == 1 << 30 and parse_size(12) == 12
+    with pytest.raises(InvalidArgument):
+        parse_size("lots")
+    cfg = from_dict({"cache": {"page_size": "2MiB"}, "mounts": [{"path": "/a", "uri": "file:///x"}]})
+    assert cfg.cache.page_size == 2 << 20 and cfg.mounts[0].path == "/a"
+    with pytest.raises(InvalidArgument, match="pagesize"):
+        from_dict({"cache": {"pagesize": 1}})
+    m = parse_mount_flag("/s=s3://b/p,endpoint=http://h:1,region=r")
+    assert (m.path, m.uri, m.options) == ("/s", "s3://b/p", {"endpoint": "http://h:1", "region": "r"})
+    with pytest.raises(InvalidArgument):
+        parse_mount_flag("nouri")
+
+
+def test_page_keys_name_the_endpoint_not_only_the_bucket() -> None:
+    from meshd.mounts import Mount
+    from meshd.pages import file_id
+
+    a = Mount("/a", "s3://bucket", {"endpoint": "http://dc1:9000"})
+    b = Mount("/b", "s3://bucket", {"endpoint": "http://dc2:9000"})
+    c = Mount("/c", "s3://bucket", {"endpoint": "http://dc1:9000", "region": "x"})
+    assert file_id(a.identity, "k") != file_id(b.identity, "k")
+    assert file_id(a.identity, "k") == file_id(c.identity, "k")  # same data, same pages
