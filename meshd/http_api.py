@@ -96,6 +96,8 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
             await resp.prepare(request)
             async for seg in segments:
                 try:
+                    if use_sendfile:
+                        await node.prefer_file(seg)
                     await _send(request, resp, seg, use_sendfile)
                 finally:
                     seg.close()

@@ -60,13 +60,14 @@ class Target:
     rel: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Segment:
     """``length`` bytes at ``offset`` of a page: bytes, or an open page file."""
 
     page: Page
     offset: int
     length: int
+    key: PageKey | None = None
 
     def bytes(self) -> bytes:
         if isinstance(self.page, MemPage):
@@ -212,7 +213,7 @@ class MeshNode:
                     next_launch = stop
                 lo = max(start, i * ps) - i * ps
                 hi = min(end, (i + 1) * ps) - i * ps
-                yield Segment(page, lo, hi - lo)
+                yield Segment(page, lo, hi - lo, PageKey(fid, vid, i))
         finally:
             if first is not None and isinstance(first, DiskPage):
                 first.close()
@@ -325,6 +326,13 @@ class MeshNode:
         async for chunk in t.store.get_range(t.rel, start, end, status.version):
             self.stats.bytes_by_source["nocache"] += len(chunk)
             yield Segment(MemPage(chunk), 0, len(chunk))
+
+    async def prefer_file(self, seg: Segment, min_length: int = 256 << 10) -> None:
+        """Swap a large in-memory segment for its page file, for zero-copy senders."""
+        if isinstance(seg.page, MemPage) and seg.key is not None and seg.length >= min_length:
+            disk = await self.cache.open_disk(seg.key)
+            if disk is not None:
+                seg.page = disk
 
     async def read_bytes(self, path: str, offset: int = 0, length: int = -1, *,
                          nocache: bool = False) -> bytes:

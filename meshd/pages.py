@@ -38,9 +38,9 @@ import shutil
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -366,6 +366,14 @@ class PageCache:
 
     def contains(self, key: PageKey) -> bool:
         return key in self.memory._lru or key in self._pending or key in self.disk._lru
+
+    async def open_disk(self, key: PageKey) -> DiskPage | None:
+        """The page's verified disk file, if it has one (for zero-copy senders)."""
+        entry = self.disk.lookup(key)
+        if entry is None or not entry.verified:
+            return None
+        page, outcome = await asyncio.to_thread(self.disk.open, key, entry)
+        return page if outcome == "ok" else None
 
     async def put(self, key: PageKey, data: bytes) -> None:
         """Admit a fetched page: memory now, disk behind (bounded).

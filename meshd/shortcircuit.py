@@ -134,6 +134,7 @@ class ShortCircuitServer:
         try:
             async for seg in stream.segments:
                 try:
+                    await self.node.prefer_file(seg)
                     if isinstance(seg.page, DiskPage):
                         await _send(loop, conn, FD_HEADER.pack(b"F", seg.offset, seg.length),
                                     fd=seg.page.file.fileno())
