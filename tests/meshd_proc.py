@@ -39,7 +39,7 @@ class MeshdProcess:
         for m in self.mounts:
             cmd += ["--mount", m]
         cmd += self.args
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        logf = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
         ep = self.data_dir / "endpoints.json"

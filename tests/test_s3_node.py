@@ -8,11 +8,20 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.conftest_s3 import S3Bucket
 from tests.meshd_proc import MeshdProcess
 from tests.s3server import S3Server
 
 MiB = 1 << 20
+
+
+@pytest.fixture(params=["short-circuit", "http"], autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test with both client data paths: page descriptors and HTTP."""
+    monkeypatch.setenv("MESH_SHORT_CIRCUIT", "1" if request.param == "short-circuit" else "0")
+    return str(request.param)
 
 
 def mount_flag(path: str, bucket: S3Bucket, prefix: str = "", **extra: str) -> str:
