@@ -9,6 +9,7 @@ problem (``meshctl: NotFound: ...``) and exit 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -122,9 +123,14 @@ def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
         return
     target = os.path.join(a.dst, os.path.basename(src)) if os.path.isdir(a.dst) else a.dst
     tmp = target + ".meshctl-tmp"
-    with open(tmp, "wb") as f:
-        n = c.readinto(src, f)
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            n = c.readinto(src, f)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     print(f"mesh:{src} -> {target} ({_size(n)})", file=sys.stderr)
 
 

@@ -65,9 +65,9 @@ def _status(s: pb.FileStatus) -> Status:
 def find_endpoint(endpoint: str | None = None) -> str:
     """The gRPC ``host:port`` of the node to talk to."""
     candidate = endpoint or os.environ.get("MESH_ENDPOINT") or default_data_dir()
-    if os.path.isdir(candidate):
-        candidate = os.path.join(candidate, "endpoints.json")
-    if candidate.endswith(".json") or os.path.isfile(candidate):
+    if "://" not in candidate and "/" in candidate and not candidate.endswith(".json"):
+        candidate = os.path.join(candidate, "endpoints.json")  # a data directory, existing or not
+    if candidate.endswith(".json"):
         try:
             with open(candidate) as f:
                 return str(json.load(f)["grpc"])

@@ -121,6 +121,7 @@ class Daemon:
         readahead = ReadAhead(cfg.cache.page_size, max_pages=cfg.cache.readahead_pages)
         self.node = node = MeshNode(mounts, MetadataCache(self._kv), cache, stats, readahead,
                                     cfg.cache.load_parallelism)
+        metrics.collector.metadata_write_errors = lambda: node.metadata.write_errors
         for m in cfg.mounts:
             await mounts.add(m.path, m.uri, m.options, replace=True)
         if not mounts.entries() and cfg.default_mount:

@@ -124,6 +124,8 @@ class MeshFileSystem(AbstractFileSystem):
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> MeshFile:
+        if "r" in mode and self.info(path)["type"] == "directory":
+            raise IsADirectoryError(f"is a directory: {self._strip_protocol(path)}")
         return MeshFile(self, self._strip_protocol(path), mode, block_size or "default",
                         autocommit, cache_options=cache_options, **kwargs)
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import abc
 import bisect
-from collections.abc import Iterator
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import MeshError, NoSpace
+
+log = logging.getLogger(__name__)
 
 
 class KV(abc.ABC):
@@ -73,27 +82,95 @@ class MemoryKV(KV):
             self.put(k, v)
 
 
+def _write_error(e: Exception) -> MeshError:
+    """RocksDB raises a bare Exception; name the usual cause."""
+    text = str(e)
+    if "No space" in text or "ENOSPC" in text:
+        return NoSpace(f"metadata store: no space left on device ({text[:200]})")
+    return MeshError(f"metadata store write failed: {text[:200]}")
+
+
 class RocksKV(KV):
-    """RocksDB through rocksdict, raw bytes keys and values."""
+    """RocksDB through rocksdict, raw bytes keys and values.
+
+    A full disk: a failed write raises :class:`~meshd.errors.NoSpace`. RocksDB
+    then refuses every write until reopened (rocksdict has no ``resume()``),
+    so the next failing write reopens it, at most every ``REOPEN_EVERY``
+    seconds and only when the filesystem has ``REOPEN_MIN_FREE`` bytes free
+    again. If a reopen fails the store is *unavailable*: gets miss, scans are
+    empty and writes fail, which callers that cache (metadata) survive; it
+    comes back with the next successful reopen.
+    """
+
+    REOPEN_EVERY = 10.0
+    REOPEN_MIN_FREE = 16 << 20
 
     def __init__(self, path: str) -> None:
+        self._path = path
+        self._last_reopen = 0.0
+        self._db: Any = self._open()
+
+    def _open(self) -> Any:
         from rocksdict import Options, Rdict
 
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
-        self._db = Rdict(path, options=opts)
+        return Rdict(self._path, options=opts)
+
+    def _reopen(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_reopen < self.REOPEN_EVERY:
+            return False
+        self._last_reopen = now
+        try:
+            st = os.statvfs(self._path)
+            if st.f_bavail * st.f_frsize < self.REOPEN_MIN_FREE:
+                return False
+        except OSError:
+            return False
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = None
+        try:
+            self._db = self._open()
+        except Exception as e:
+            log.error("metadata store unavailable, will retry: %s", str(e)[:200])
+            return False
+        log.warning("metadata store reopened after a write failure")
+        return True
+
+    def _guard(self, fn: Callable[[Any], None]) -> None:
+        if self._db is None and not self._reopen():
+            raise MeshError("metadata store is unavailable (disk full?)")
+        try:
+            fn(self._db)
+            return
+        except Exception as e:
+            first = e
+        if self._reopen():
+            try:
+                fn(self._db)
+                return
+            except Exception:
+                pass
+        raise _write_error(first) from None
 
     def get(self, key: bytes) -> bytes | None:
+        if self._db is None:
+            return None
         value = self._db.get(key)
         return None if value is None else bytes(value)
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._db[key] = value
+        self._guard(lambda db: db.__setitem__(key, value))
 
     def delete(self, key: bytes) -> None:
-        del self._db[key]
+        self._guard(lambda db: db.__delitem__(key))
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        if self._db is None:
+            return
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
@@ -111,7 +188,13 @@ class RocksKV(KV):
             wb.delete(k)
         for k, v in puts.items():
             wb.put(k, v)
-        self._db.write(wb)
+        self._guard(lambda db: db.write(wb))
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is None:
+            return
+        try:
+            self._db.close()
+        except Exception as e:  # e.g. a final flush on a full disk: the WAL keeps the data
+            log.warning("closing the metadata store: %s", str(e)[:200])
+        self._db = None

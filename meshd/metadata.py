@@ -15,14 +15,18 @@ are simply never asked for again (and are dropped eagerly by the node).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import paths
+from .errors import MeshError
 from .kv import KV
 from .mounts import Mount
 from .understore import ObjectInfo, UnderStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,25 @@ def _fresh(fetched_at: float, interval: float, now: float) -> bool:
 
 
 class MetadataCache:
+    """Cached statuses and listings. Writes are best effort: a full or failing
+    metadata disk costs freshness (the next stat asks the under-store again),
+    never a read."""
+
     def __init__(self, kv: KV, clock: Callable[[], float] | None = None) -> None:
         self._kv = kv
         self._clock = clock or time.time
+        self.write_errors = 0
+        self._last_error_log = 0.0
+
+    def _put(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+        try:
+            self._kv.write_batch(puts, deletes)
+        except MeshError as e:
+            self.write_errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 60:
+                self._last_error_log = now
+                log.error("metadata cache write failed; serving without caching metadata: %s", e)
 
     @staticmethod
     def _skey(path: str) -> bytes:
@@ -79,7 +99,7 @@ class MetadataCache:
                 return cached
         info = await store.head(rel)
         status = FileStatus.of(path, info, now)
-        self._kv.put(self._skey(path), status.to_json())
+        self._put({self._skey(path): status.to_json()}, [])
         return status
 
     async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str) -> list[FileStatus]:
@@ -95,15 +115,15 @@ class MetadataCache:
         puts[self._lkey(path)] = json.dumps(
             {"t": now, "e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] for s in out]}
         ).encode()
-        self._kv.write_batch(puts, [])
+        self._put(puts, [])
         return out
 
     def record(self, status: FileStatus) -> None:
         """Remember a status learnt from a write; the parent listing is now stale."""
-        self._kv.write_batch({self._skey(status.path): status.to_json()}, [self._lkey(paths.parent(status.path))])
+        self._put({self._skey(status.path): status.to_json()}, [self._lkey(paths.parent(status.path))])
 
     def invalidate(self, path: str) -> None:
-        self._kv.write_batch({}, [self._skey(path), self._lkey(path), self._lkey(paths.parent(path))])
+        self._put({}, [self._skey(path), self._lkey(path), self._lkey(paths.parent(path))])
 
     def cached_paths(self, path: str) -> list[str]:
         """Mesh paths at or below ``path`` whose status is cached."""
@@ -114,13 +134,12 @@ class MetadataCache:
 
     def forget_subtree(self, path: str) -> int:
         """Drop every cached entry at or below ``path``; returns how many."""
-        n = 0
+        doomed = [self._lkey(paths.parent(path))]
         for prefix in (b"s:", b"l:"):
             exact = prefix + path.encode()
             if self._kv.get(exact) is not None:
-                self._kv.delete(exact)
-                n += 1
+                doomed.append(exact)
             below = prefix + (path.rstrip("/") + "/").encode()
-            n += self._kv.delete_prefix(below)
-        self._kv.delete(self._lkey(paths.parent(path)))
-        return n
+            doomed.extend(k for k, _ in self._kv.scan(below))
+        self._put({}, doomed)
+        return len(doomed) - 1

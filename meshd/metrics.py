@@ -45,6 +45,7 @@ class Stats:
 class _NodeCollector(Collector):
     def __init__(self, stats: Stats, cache: PageCache) -> None:
         self._stats, self._cache = stats, cache
+        self.metadata_write_errors: Any = lambda: 0  # set by the daemon once metadata exists
 
     def collect(self) -> Iterator[Any]:
         s, c = self._stats, self._cache
@@ -72,6 +73,8 @@ class _NodeCollector(Collector):
         yield cap
         yield CounterMetricFamily("mesh_cache_write_errors", "Failed writes to the cache disk",
                                   value=c.disk.write_errors)
+        yield CounterMetricFamily("mesh_metadata_write_errors", "Failed writes to the metadata store",
+                                  value=self.metadata_write_errors())
         yield CounterMetricFamily("mesh_cache_corrupt_pages", "Cache pages that failed their checksum",
                                   value=c.disk.corrupt_pages)
         req = CounterMetricFamily("mesh_understore_requests", "Under-store requests", labels=["scheme", "op"])
@@ -92,7 +95,8 @@ class Metrics:
     def __init__(self, stats: Stats, cache: PageCache) -> None:
         self.stats = stats
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(stats, cache))
+        self.collector = _NodeCollector(stats, cache)
+        self.registry.register(self.collector)
         self.understore_seconds = Histogram(
             "mesh_understore_request_seconds", "Under-store request latency (to first byte for reads)",
             ["scheme", "op"], registry=self.registry,

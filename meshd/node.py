@@ -128,7 +128,11 @@ class MeshNode:
         return Target(path, mount, self.mounts.store(mount), rel)
 
     def _target(self, path: str) -> Target:
-        t = self.resolve(path)
+        """Resolve a path that is to be changed: it must lie inside a mount."""
+        try:
+            t = self.resolve(path)
+        except NotFound:
+            t = None
         if t is None:
             raise PermissionDenied(f"{paths.normalize(path)} is not inside a mount")
         return t
@@ -160,7 +164,9 @@ class MeshNode:
                         nocache: bool = False, stream_key: str | None = None) -> ReadStream:
         if offset < 0 or length < -1:
             raise InvalidArgument(f"bad range: offset={offset} length={length}")
-        t = self._target(path)
+        t = self.resolve(path)
+        if t is None:
+            raise IsADirectory(f"is a directory: {paths.normalize(path)}")
         for attempt in (0, 1):
             status = await self._stat(t, fresh=attempt > 0)
             if status.is_dir:
@@ -491,6 +497,7 @@ class MeshNode:
             "bytes_from_understore": by_source["understore"] + by_source["nocache"],
             "understore_requests": {f"{k[0]}:{k[1]}": v for k, v in sorted(s.understore_requests.items())},
             "cache_write_errors": c.disk.write_errors,
+            "metadata_write_errors": self.metadata.write_errors,
             "corrupt_pages": c.disk.corrupt_pages,
             "mounts": len(self.mounts.entries()),
         }

@@ -31,6 +31,7 @@ and logged once a minute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -399,8 +400,14 @@ class PageCache:
         try:
             entry = await asyncio.get_running_loop().run_in_executor(
                 self._writer, self.disk.write, key, data)
-            if entry is not None and self._pending.get(key) is data:
-                self.disk.admit(key, entry)
+            if entry is not None:
+                if self._pending.get(key) is data:
+                    self.disk.admit(key, entry)
+                elif self.disk.lookup(key) is None:
+                    # dropped (free, rm, new version) while queued: the file must not
+                    # outlive its index entry, or a restart would bring it back
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.disk._path(key, entry))
         finally:
             if self._pending.get(key) is data:
                 del self._pending[key]

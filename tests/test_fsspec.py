@@ -1,0 +1,268 @@
+"""The ``mesh://`` fsspec filesystem against a real ``meshd embedded`` process.
+
+Bytes are compared with what the under-store (a local directory) holds, and
+Parquet files are read and written through pyarrow on top of fsspec, the way
+data-loading libraries use the mesh.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from meshd.fsspec_mesh import MeshFileSystem
+from tests.meshd_proc import MeshdProcess
+
+PAGE = 256 << 10
+SIZE = 2 * (1 << 20) + 777  # a few pages, the last one short
+
+
+def payload(n: int = SIZE, seed: int = 0) -> bytes:
+    out = bytearray()
+    block = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 64
+        block += 1
+    return bytes(out[:n])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    d = tmp_path / "store"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.bin").write_bytes(payload())
+    (d / "b.txt").write_bytes(b"bee\n")
+    (d / "sub" / "c.txt").write_bytes(b"sea")
+    return d
+
+
+@pytest.fixture
+def node(meshd: Callable[..., MeshdProcess], store: Path) -> MeshdProcess:
+    return meshd(mounts=[f"/data=file://{store}"], args=["--page-size", "256KiB"])
+
+
+@pytest.fixture
+def fs(node: MeshdProcess) -> MeshFileSystem:
+    f = fsspec.filesystem("mesh", endpoint=node.endpoint)
+    assert isinstance(f, MeshFileSystem)
+    return f
+
+
+def test_registered_protocol() -> None:
+    assert fsspec.get_filesystem_class("mesh") is MeshFileSystem
+
+
+def test_ls_info_exists(fs: MeshFileSystem, store: Path) -> None:
+    entries = fs.ls("/data")
+    by_name = {e["name"]: e for e in entries}
+    assert set(by_name) == {"/data/a.bin", "/data/b.txt", "/data/sub"}
+    assert by_name["/data/a.bin"]["type"] == "file" and by_name["/data/a.bin"]["size"] == SIZE
+    assert by_name["/data/b.txt"]["size"] == 4
+    assert by_name["/data/sub"]["type"] == "directory"
+    # every spelling of a path means the same
+    for p in ("mesh://data", "mesh:/data", "data", "/data/", "mesh://data/"):
+        assert sorted(fs.ls(p, detail=False)) == ["/data/a.bin", "/data/b.txt", "/data/sub"], p
+    assert fs.ls("/", detail=False) == ["/data"]
+    assert fs.ls("/data/b.txt", detail=False) == ["/data/b.txt"]
+
+    info = fs.info("mesh://data/a.bin")
+    assert info["name"] == "/data/a.bin" and info["type"] == "file" and info["size"] == SIZE
+    assert info["mtime"] == pytest.approx((store / "a.bin").stat().st_mtime, abs=1e-3)
+    assert fs.size("/data/a.bin") == SIZE
+    assert fs.info("/data/sub")["type"] == "directory"
+    assert fs.modified("/data/b.txt").timestamp() == pytest.approx((store / "b.txt").stat().st_mtime,
+                                                                    abs=1e-3)
+
+    assert fs.exists("/data/a.bin") and fs.exists("/data/sub") and fs.exists("/")
+    assert fs.isfile("/data/a.bin") and not fs.isdir("/data/a.bin")
+    assert fs.isdir("/data/sub") and not fs.isfile("/data/sub")
+    assert not fs.exists("/data/nope") and not fs.exists("/nomount/x")
+
+    assert sorted(fs.find("/data")) == ["/data/a.bin", "/data/b.txt", "/data/sub/c.txt"]
+    assert sorted(fs.glob("/data/*.bin")) == ["/data/a.bin"]
+    assert fs.du("/data") == SIZE + 4 + 3
+
+
+def test_missing_paths_raise_file_not_found(fs: MeshFileSystem) -> None:
+    with pytest.raises(FileNotFoundError):
+        fs.info("/data/nope")
+    with pytest.raises(FileNotFoundError):
+        fs.ls("/data/nope")
+    with pytest.raises(FileNotFoundError):
+        fs.cat("/data/nope")
+    with pytest.raises(FileNotFoundError):
+        fs.open("/data/nope", "rb")
+    with pytest.raises(FileNotFoundError):
+        fs.info("/nomount/x")
+    with pytest.raises(FileNotFoundError):
+        fs.rm("/data/nope")
+
+
+def test_cat_and_ranges(fs: MeshFileSystem) -> None:
+    data = payload()
+    assert fs.cat("mesh://data/a.bin") == data
+    assert fs.cat_file("/data/b.txt") == b"bee\n"
+    for start, end in [(0, 1), (1, PAGE + 1), (PAGE - 3, PAGE + 3), (0, SIZE), (SIZE - 5, SIZE),
+                       (SIZE - 5, SIZE + 100), (SIZE, SIZE + 1), (100, 100), (7, None), (None, 9)]:
+        assert fs.cat_file("/data/a.bin", start=start, end=end) == data[start:end], (start, end)
+    for start, end in [(-10, None), (-PAGE - 1, -PAGE + 1), (0, -1), (-SIZE - 10, 5)]:
+        assert fs.cat_file("/data/a.bin", start=start, end=end) == data[start:end], (start, end)
+    assert fs.cat_ranges(["/data/a.bin", "/data/a.bin"], [0, PAGE * 2], [10, PAGE * 2 + 10]) == [
+        data[:10], data[PAGE * 2:PAGE * 2 + 10]]
+    assert fs.head("/data/a.bin", 100) == data[:100]
+    assert fs.tail("/data/a.bin", 100) == data[-100:]
+    with pytest.raises(IsADirectoryError):
+        fs.cat_file("/data/sub")
+
+
+def test_open_seek_read(fs: MeshFileSystem, node: MeshdProcess) -> None:
+    data = payload()
+    with fs.open("/data/a.bin", "rb", block_size=64 << 10) as f:
+        assert f.size == SIZE
+        assert f.read(10) == data[:10]
+        assert f.tell() == 10
+        f.seek(PAGE - 5)
+        assert f.read(10) == data[PAGE - 5:PAGE + 5]
+        f.seek(-20, io.SEEK_END)
+        assert f.read() == data[-20:]
+        assert f.read(5) == b""
+        f.seek(3 * PAGE)
+        f.seek(7, io.SEEK_CUR)
+        assert f.read(PAGE) == data[3 * PAGE + 7:4 * PAGE + 7]
+        f.seek(0)
+        assert f.read() == data
+    with fsspec.open("mesh://data/a.bin", "rb", endpoint=node.endpoint, cache_type="none") as f:
+        f.seek(12345)
+        assert f.read(1000) == data[12345:13345]
+    with fsspec.open("mesh://data/sub/c.txt", "rt", endpoint=node.endpoint) as f:
+        assert f.read() == "sea"
+
+
+def test_open_directory_for_reading_fails(fs: MeshFileSystem) -> None:
+    """Reading a directory is an error (as for a local file), not an empty file."""
+    with pytest.raises(IsADirectoryError):
+        f = fs.open("/data/sub", "rb")  # at open ...
+        f.read()  # ... or at the latest at the first read
+
+
+def test_write_whole_files(fs: MeshFileSystem, node: MeshdProcess, store: Path) -> None:
+    big = payload(6 * (1 << 20) + 3, seed=1)  # larger than the block size: several flushes
+    with fs.open("/data/out/big.bin", "wb", block_size=1 << 20) as f:
+        for i in range(0, len(big), 300_000):
+            f.write(big[i:i + 300_000])
+        # whole-file semantics: nothing is visible before close
+        assert not (store / "out" / "big.bin").exists()
+    assert (store / "out" / "big.bin").read_bytes() == big
+    assert fs.info("/data/out/big.bin")["size"] == len(big)
+    assert fs.cat("/data/out/big.bin") == big
+
+    fs.pipe_file("/data/piped.bin", b"piped")
+    assert (store / "piped.bin").read_bytes() == b"piped"
+    fs.pipe("/data/piped.bin", b"replaced, longer")
+    assert (store / "piped.bin").read_bytes() == b"replaced, longer"
+    assert fs.cat("/data/piped.bin") == b"replaced, longer"
+
+    with fsspec.open("mesh://data/text.txt", "wt", endpoint=node.endpoint) as f:
+        f.write("héllo\n")
+    assert (store / "text.txt").read_text(encoding="utf-8") == "héllo\n"
+    assert fs.read_text("/data/text.txt", encoding="utf-8") == "héllo\n"
+
+    with fs.open("/data/empty.bin", "wb"):
+        pass
+    assert (store / "empty.bin").read_bytes() == b""
+    assert fs.info("/data/empty.bin")["size"] == 0
+
+    # a file that already changed in the cache is rewritten, not served stale
+    assert fs.cat("/data/a.bin") == payload()
+    fs.pipe_file("/data/a.bin", b"new a")
+    assert fs.cat("/data/a.bin") == b"new a"
+
+
+def test_write_outside_a_mount_fails(fs: MeshFileSystem) -> None:
+    f = fs.open("/outside.bin", "wb")
+    f.write(b"x")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno in (errno.EACCES, errno.ENOENT)
+
+
+def test_rm_mkdir_mv(fs: MeshFileSystem, store: Path) -> None:
+    fs.mkdir("/data/newdir")
+    assert (store / "newdir").is_dir()
+    assert fs.isdir("/data/newdir")
+    fs.makedirs("/data/newdir", exist_ok=True)
+    with pytest.raises(FileExistsError):
+        fs.makedirs("/data/newdir")
+
+    fs.rm("/data/b.txt")
+    assert not (store / "b.txt").exists()
+    assert not fs.exists("/data/b.txt")
+
+    fs.pipe_file("/data/newdir/inside.txt", b"1")
+    with pytest.raises(OSError) as e:
+        fs.rm("/data/newdir")
+    assert e.value.errno == errno.ENOTEMPTY
+    assert (store / "newdir" / "inside.txt").exists()
+    fs.rm("/data/newdir", recursive=True)
+    assert not (store / "newdir").exists()
+    assert sorted(fs.ls("/data", detail=False)) == ["/data/a.bin", "/data/sub"]
+
+    fs.mv("/data/sub/c.txt", "/data/moved.txt")
+    assert (store / "moved.txt").read_bytes() == b"sea"
+    assert not (store / "sub" / "c.txt").exists()
+    assert fs.cat("mesh://data/moved.txt") == b"sea"
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+def test_parquet_read_and_write(fs: MeshFileSystem, store: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    n = 50_000
+    table = pa.table({
+        "id": pa.array(range(n), type=pa.int64()),
+        "value": pa.array([i * 0.5 for i in range(n)], type=pa.float64()),
+        "name": pa.array([f"row-{i}" for i in range(n)]),
+    })
+    # written locally into the under-store, read through the mesh
+    pq.write_table(table, store / "local.parquet", row_group_size=10_000)
+    assert (store / "local.parquet").stat().st_size > PAGE  # spans several pages
+
+    got = pq.read_table("data/local.parquet", filesystem=fs)
+    assert got.equals(table)
+    got = pq.read_table("data/local.parquet", filesystem=fs, columns=["id"])
+    assert got.column("id").equals(table.column("id"))
+    pf = pq.ParquetFile(fs.open("/data/local.parquet", "rb"))
+    assert pf.metadata.num_rows == n and pf.metadata.num_row_groups == 5
+    assert pf.read_row_group(3).equals(table.slice(30_000, 10_000))
+
+    arrow_fs = PyFileSystem(FSSpecHandler(fs))
+    assert pq.read_table("/data/local.parquet", filesystem=arrow_fs).equals(table)
+
+    # written through the mesh, read back locally and through the mesh
+    pq.write_table(table, "/data/written/out.parquet", filesystem=arrow_fs)
+    assert pq.read_table(store / "written" / "out.parquet").equals(table)
+    with fs.open("/data/written/out2.parquet", "wb") as f:
+        pq.write_table(table.slice(0, 1000), f)
+    assert pq.read_table(store / "written" / "out2.parquet").equals(table.slice(0, 1000))
+    assert pq.read_table("/data/written", filesystem=arrow_fs).num_rows == n + 1000
+
+
+def test_pandas_reads_and_writes_mesh_urls(fs: MeshFileSystem, node: MeshdProcess, store: Path) -> None:
+    import pandas as pd
+    df = pd.DataFrame({"a": list(range(100)), "b": [str(i) for i in range(100)]})
+    df.to_parquet("mesh://data/df.parquet", storage_options={"endpoint": node.endpoint})
+    assert (store / "df.parquet").exists()
+    back = pd.read_parquet("mesh://data/df.parquet", storage_options={"endpoint": node.endpoint})
+    pd.testing.assert_frame_equal(back, df)
+    df.to_csv("mesh://data/df.csv", index=False, storage_options={"endpoint": node.endpoint})
+    assert pd.read_csv(store / "df.csv").equals(df.astype({"b": "int64"}))
