@@ -30,19 +30,11 @@ from meshd.errors import (
     NotFound,
     PermissionDenied,
 )
+from tests.data import payload
 from tests.meshd_proc import MeshdProcess
 
 HELLO_PREFIX = b"Hello from the data mesh."
 MiB = 1 << 20
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    block = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:n])
 
 
 def http_request(node: MeshdProcess, method: str, target: str, body: bytes | None = None,

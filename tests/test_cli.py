@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import data as testdata
 from tests.meshd_proc import MESHCTL, MeshdProcess, env_without_endpoint
 
 PAGE = 256 << 10
@@ -33,13 +34,7 @@ def sha(data: bytes) -> str:
 
 
 def payload(n: int = SIZE, seed: int = 0) -> bytes:
-    """Deterministic, incompressible-looking bytes (no two pages alike)."""
-    out = bytearray()
-    block = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:n])
+    return testdata.payload(n, seed)
 
 
 def ok(r: subprocess.CompletedProcess[bytes]) -> str:

@@ -8,7 +8,6 @@ data-loading libraries use the mesh.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import fsspec
 import pytest
 
 from meshd.fsspec_mesh import MeshFileSystem
+from tests import data as testdata
 from tests.meshd_proc import MeshdProcess
 
 PAGE = 256 << 10
@@ -24,12 +24,7 @@ SIZE = 2 * (1 << 20) + 777  # a few pages, the last one short
 
 
 def payload(n: int = SIZE, seed: int = 0) -> bytes:
-    out = bytearray()
-    block = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:n])
+    return testdata.payload(n, seed)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ real ``meshd embedded`` process while it serves cold, warm and uncached reads.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,18 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshd.errors import NotFound
+from tests.data import payload
 from tests.meshd_proc import MeshdProcess
 
 KiB, MiB = 1 << 10, 1 << 20
-
-
-def payload(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    block = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:n])
 
 
 class Scrape:
