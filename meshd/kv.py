@@ -40,11 +40,6 @@ class KV(abc.ABC):
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         """Apply deletes then puts atomically."""
 
-    def delete_prefix(self, prefix: bytes) -> int:
-        keys = [k for k, _ in self.scan(prefix)]
-        self.write_batch({}, keys)
-        return len(keys)
-
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +74,6 @@ class Segment:
     def bytes(self) -> bytes:
         if isinstance(self.page, MemPage):
             return self.page.data[self.offset:self.offset + self.length]
-        import os
-
         return os.pread(self.page.file.fileno(), self.length, self.offset)
 
     def close(self) -> None:
@@ -358,7 +358,7 @@ class MeshNode:
         if not t.rel:
             raise IsADirectory(f"{t.path} is a mount point")
         info = await t.store.put(t.rel, chunks)
-        status = FileStatus.of(t.path, info, _now())
+        status = FileStatus.of(t.path, info, time.time())
         self.metadata.record(status)
         self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
@@ -427,8 +427,6 @@ class MeshNode:
         Progress is yielded at most every ``progress_interval`` seconds, after
         each file, and once at the end.
         """
-        import time
-
         files = [f async for f in self.walk_files(path)]
         total = sum(f.size for f in files)
         done = fetched = 0
@@ -516,8 +514,3 @@ def _close_page_result(task: asyncio.Future[Any]) -> None:
         if isinstance(page, DiskPage):
             page.close()
 
-
-def _now() -> float:
-    import time
-
-    return time.time()
