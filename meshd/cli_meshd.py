@@ -13,10 +13,11 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 
 from . import __version__
 from .config import NodeConfig, from_dict, load, parse_mount_flag, parse_size
-from .errors import MeshError
+from .errors import InvalidArgument, MeshError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--disk-capacity", help="disk tier capacity, e.g. 32GiB")
     e.add_argument("--no-default-mount", action="store_true",
                    help="do not mount DATA_DIR/local-store at /local when no mount exists")
+    e.add_argument("--s3-port", type=int, help="S3 gateway port (default: a free one)")
+    e.add_argument("--s3-access-key", help="an S3 access key the gateway accepts (with --s3-secret-key)")
+    e.add_argument("--s3-secret-key", help="its secret key (prefer the config file: flags show in ps)")
+    e.add_argument("--s3-allow-anonymous", action="store_true", default=None,
+                   help="accept unsigned S3 requests even when keys are configured")
+    e.add_argument("--no-s3", action="store_true", help="do not serve the S3 API")
     e.add_argument("--log-level", default="INFO")
     return p
 
@@ -51,7 +58,18 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
     )
     if args.mount:
         cfg = cfg.with_overrides(mounts=cfg.mounts + tuple(parse_mount_flag(m) for m in args.mount))
-    return cfg
+    if (args.s3_access_key is None) != (args.s3_secret_key is None):
+        raise InvalidArgument("--s3-access-key and --s3-secret-key go together")
+    s3 = cfg.s3
+    if args.s3_access_key:
+        s3 = replace(s3, access_keys={**s3.access_keys, args.s3_access_key: args.s3_secret_key})
+    if args.s3_port is not None:
+        s3 = replace(s3, port=args.s3_port)
+    if args.s3_allow_anonymous:
+        s3 = replace(s3, allow_anonymous=True)
+    if args.no_s3:
+        s3 = replace(s3, enabled=False)
+    return replace(cfg, s3=s3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,23 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """The S3 gateway (gateway/). ``allow_anonymous=None`` means: anonymous only
+    while no access key is configured (a first try), announced loudly at start."""
+
+    enabled: bool = True
+    port: int = 0
+    access_keys: dict[str, str] = field(default_factory=dict)  # access key -> secret key
+    allow_anonymous: bool | None = None
+    domains: tuple[str, ...] = ("localhost",)  # virtual-hosted style: BUCKET.<domain>
+    multipart_expiry: float = 7 * 86400  # seconds before an abandoned upload is removed
+
+    @property
+    def anonymous(self) -> bool:
+        return (not self.access_keys) if self.allow_anonymous is None else self.allow_anonymous
+
+
+@dataclass(frozen=True)
 class MountConfig:
     path: str
     uri: str
@@ -78,7 +95,8 @@ class NodeConfig:
     http_port: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     mounts: tuple[MountConfig, ...] = ()
-    default_mount: bool = True  # mount DATA_DIR/local-store at /local when no mount exists
+    default_mount: bool = True
+    s3: S3Config = field(default_factory=S3Config)  # mount DATA_DIR/local-store at /local when no mount exists
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -129,8 +147,25 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
         _check_keys(m, MountConfig, f"{where}: mounts[{i}]")
         mounts.append(MountConfig(str(m["path"]), str(m["uri"]),
                                   {str(k): str(v) for k, v in (m.get("options") or {}).items()}))
-    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts")}
-    return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), **node_kw)
+    s3_raw = raw.get("s3") or {}
+    _check_keys(s3_raw, S3Config, f"{where}: s3")
+    s3_kw: dict[str, Any] = {}
+    for k, v in s3_raw.items():
+        if k == "access_keys":
+            if not isinstance(v, dict):
+                raise InvalidArgument(f"{where}: s3.access_keys must map access keys to secret keys")
+            s3_kw[k] = {str(a): str(b) for a, b in v.items()}
+        elif k == "domains":
+            s3_kw[k] = tuple(str(d) for d in (v if isinstance(v, list) else [v]))
+        elif k in ("enabled", "allow_anonymous"):
+            s3_kw[k] = None if v is None else bool(v)
+        elif k == "port":
+            s3_kw[k] = int(v)
+        else:
+            s3_kw[k] = float(v)
+    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3")}
+    return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
+                      **node_kw)
 
 
 def parse_mount_flag(flag: str) -> MountConfig:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
@@ -79,6 +80,7 @@ class Daemon:
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._sc: ShortCircuitServer | None = None
+        self._s3_runner: web.AppRunner | None = None
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
 
@@ -153,14 +155,40 @@ class Daemon:
         http_port = http_sock.getsockname()[1]
         self._sc = ShortCircuitServer(node, os.path.join(self.data_dir, "local.sock"))
         await self._sc.start()
+        s3_url = await self._start_s3(node, host) if cfg.s3.enabled else None
         self.endpoints = {
             "grpc": f"{host}:{grpc_port}",
             "http": f"http://{host}:{http_port}",
             "metrics": f"http://{host}:{http_port}/metrics",
             "local": self._sc.path,
         }
+        if s3_url:
+            self.endpoints["s3"] = s3_url
         self._publish()
         log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
+
+    async def _start_s3(self, node: MeshNode, host: str) -> str:
+        """The S3 gateway (gateway/) on its own port; returns its URL."""
+        from gateway.app import make_app as make_s3_app
+        from gateway.multipart import MultipartStore
+
+        s3 = self.config.s3
+        sock = _bind(self.config.host, s3.port)
+        uploads = MultipartStore(os.path.join(self.data_dir, "multipart"))
+        removed = await uploads.cleanup(time.time() - s3.multipart_expiry)
+        if removed:
+            log.info("removed %d abandoned multipart uploads", removed)
+        self._s3_runner = web.AppRunner(make_s3_app(node, s3, uploads), access_log=None, handle_signals=False)
+        await self._s3_runner.setup()
+        await web.SockSite(self._s3_runner, sock).start()
+        url = f"http://{host}:{sock.getsockname()[1]}"
+        if s3.anonymous:
+            log.warning("*** S3 gateway at %s accepts ANONYMOUS requests: anyone who reaches it can read "
+                        "and write every mount. Configure s3.access_keys (or --s3-access-key/--s3-secret-key) "
+                        "before exposing it. ***", url)
+        else:
+            log.info("S3 gateway at %s (%d access key(s))", url, len(s3.access_keys))
+        return url
 
     def _publish(self) -> None:
         path = os.path.join(self.data_dir, "endpoints.json")
@@ -177,6 +205,8 @@ class Daemon:
             pass
         if self._sc is not None:
             await self._sc.stop()
+        if self._s3_runner is not None:
+            await self._s3_runner.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

@@ -55,7 +55,9 @@ def _int_arg(request: web.Request, name: str, default: int) -> int:
         raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
 
 
-async def _send(request: web.Request, resp: web.StreamResponse, seg: Segment, use_sendfile: bool) -> None:
+async def send_segment(request: web.Request, resp: web.StreamResponse, seg: Segment,
+                       use_sendfile: bool = True) -> None:
+    """Write one segment: sendfile for a page file, a memoryview for bytes (no copy)."""
     page = seg.page
     if isinstance(page, MemPage):
         await resp.write(memoryview(page.data)[seg.offset:seg.offset + seg.length])
@@ -98,7 +100,7 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
                 try:
                     if use_sendfile:
                         await node.prefer_file(seg)
-                    await _send(request, resp, seg, use_sendfile)
+                    await send_segment(request, resp, seg, use_sendfile)
                 finally:
                     seg.close()
             await resp.write_eof()

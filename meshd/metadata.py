@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import paths
 from .errors import MeshError
@@ -124,6 +125,24 @@ class MetadataCache:
 
     def invalidate(self, path: str) -> None:
         self._put({}, [self._skey(path), self._lkey(path), self._lkey(paths.parent(path))])
+
+    # ---- object attributes (set by the S3 gateway) -------------------------
+    # Key ``a:<path>`` -> {"v": version, ...}: S3's ETag, content type and user
+    # metadata of the version the gateway wrote. Ignored once the object has
+    # another version, so it can never describe bytes it was not written with.
+
+    def attrs(self, path: str, version: str) -> dict[str, Any] | None:
+        raw = self._kv.get(b"a:" + path.encode())
+        if raw is None:
+            return None
+        d: dict[str, Any] = json.loads(raw)
+        return d if d.get("v") == version else None
+
+    def set_attrs(self, path: str, version: str, attrs: dict[str, Any]) -> None:
+        self._put({b"a:" + path.encode(): json.dumps({**attrs, "v": version}).encode()}, [])
+
+    def drop_attrs(self, path: str) -> None:
+        self._put({}, [b"a:" + path.encode()])
 
     def cached_paths(self, path: str) -> list[str]:
         """Mesh paths at or below ``path`` whose status is cached."""

@@ -161,14 +161,19 @@ class MeshNode:
     # ---- read path -------------------------------------------------------
 
     async def open_read(self, path: str, offset: int = 0, length: int = -1, *,
-                        nocache: bool = False, stream_key: str | None = None) -> ReadStream:
+                        nocache: bool = False, stream_key: str | None = None,
+                        status: FileStatus | None = None) -> ReadStream:
+        """Open a range for reading. ``status``: a status the caller has just
+        obtained for this path (saves a second under-store check); if the object
+        has changed since, the fetch notices (version-checked) and stats again."""
         if offset < 0 or length < -1:
             raise InvalidArgument(f"bad range: offset={offset} length={length}")
         t = self.resolve(path)
         if t is None:
             raise IsADirectory(f"is a directory: {paths.normalize(path)}")
+        known = status
         for attempt in (0, 1):
-            status = await self._stat(t, fresh=attempt > 0)
+            status = known if attempt == 0 and known is not None else await self._stat(t, fresh=attempt > 0)
             if status.is_dir:
                 raise IsADirectory(f"is a directory: {t.path}")
             end = status.size if length < 0 else min(status.size, offset + length)

@@ -1,0 +1,204 @@
+"""The S3 gateway on warm (cached) data: big-object GETs and many small GETs.
+
+    .venv/bin/python bench/bench_s3.py [--size-mib 1024] [--small 10000]
+
+Side by side, in one run:
+
+* single stream: ``curl`` GET of a cached 1 GiB object through the gateway,
+  against ``curl file://`` of the same file from the kernel page cache (the
+  same client program, so the ratio isolates the server path), and against
+  Python reading it from local disk;
+* 8 streams: 8 concurrent ``curl`` ranged GETs (1/8 each) against 8
+  concurrent ``curl -r`` of the local file;
+* small objects: GETs of 64 KiB cached objects with 16 keep-alive
+  connections (aiohttp client): requests/s, p50 and p99 latency, against
+  reading the same files from local disk in 16 threads.
+
+Goal (issue 3): single-stream warm GET >= 0.7 x reading the file from the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.meshd_proc import MeshdProcess  # noqa: E402
+
+MiB = 1 << 20
+
+
+def curl(url: str, rng: str | None = None) -> int:
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url]
+    if rng:
+        cmd[1:1] = ["-r", rng]
+    return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+CEILING_SERVER = """
+import sys
+from aiohttp import web
+async def get(request):
+    return web.FileResponse(sys.argv[1])
+app = web.Application()
+app.router.add_get("/f", get)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def median_time(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def parallel(fns: list) -> None:  # type: ignore[type-arg]
+    with ThreadPoolExecutor(len(fns)) as pool:
+        list(pool.map(lambda f: f(), fns))
+
+
+async def small_gets(base: str, keys: list[str], conns: int) -> list[float]:
+    import aiohttp
+
+    lat: list[float] = []
+    queue = list(keys)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as session:
+        async def worker() -> None:
+            while queue:
+                key = queue.pop()
+                t = time.perf_counter()
+                async with session.get(f"{base}/{key}") as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                lat.append(time.perf_counter() - t)
+
+        await asyncio.gather(*[worker() for _ in range(conns)])
+    return lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--small", type=int, default=10000)
+    ap.add_argument("--workdir", default=str(ROOT / "bench/.work"))
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mesh-bench-s3-", dir=args.workdir))
+    size = args.size_mib * MiB
+    node = None
+    try:
+        store = work / "store"
+        (store / "small").mkdir(parents=True)
+        big = store / "big.bin"
+        block = os.urandom(MiB)
+        with open(big, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(block)
+        small_keys = []
+        for i in range(args.small):
+            (store / "small" / f"{i:05d}.bin").write_bytes(block[: 64 << 10])
+            small_keys.append(f"small/{i:05d}.bin")
+        node = MeshdProcess(work / "node", [f"/data=file://{store}"],
+                            ["--no-default-mount", "--memory-capacity", "2GiB",
+                             "--disk-capacity", f"{4 * args.size_mib}MiB"]).start()
+        s3 = node.endpoints["s3"]
+        with node.client() as c:
+            for _ in c.load("/data"):
+                pass
+        url = f"{s3}/data/big.bin"
+        assert curl(url) == size and curl(f"file://{big}") == size
+        print(f"workdir {work}; results (higher is better):")
+
+        def report(name: str, secs: float, nbytes: int) -> float:
+            mbps = nbytes / MiB / secs
+            print(f"  {name:<46} {mbps:9.1f} MB/s  ({secs:.3f} s, median of 5)")
+            return mbps
+
+        buf = bytearray(MiB)
+
+        def py_local() -> None:
+            with open(big, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+        local_py = report("local disk, Python readinto", median_time(py_local), size)
+        local_curl = report("local disk, curl file://", median_time(lambda: curl(f"file://{big}")), size)
+        port = free_port()
+        ceiling_proc = subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(big), str(port)])
+        try:
+            for _ in range(100):
+                try:
+                    curl(f"http://127.0.0.1:{port}/f", "0-0")
+                    break
+                except subprocess.CalledProcessError:
+                    time.sleep(0.05)
+            ceiling = report("bare aiohttp FileResponse (sendfile), curl",
+                             median_time(lambda: curl(f"http://127.0.0.1:{port}/f")), size)
+        finally:
+            ceiling_proc.terminate()
+            ceiling_proc.wait()
+        gw = report("gateway GET, curl, 1 stream", median_time(lambda: curl(url)), size)
+        part = size // 8
+        ranges = [f"{i * part}-{(i + 1) * part - 1}" for i in range(8)]
+        local8 = report("local disk, curl file:// -r, 8 streams",
+                        median_time(lambda: parallel([lambda r=r: curl(f"file://{big}", r) for r in ranges])),
+                        size)
+        gw8 = report("gateway GET, curl Range, 8 streams",
+                     median_time(lambda: parallel([lambda r=r: curl(url, r) for r in ranges])), size)
+
+        # small objects: warm the gateway's metadata, then measure
+        asyncio.run(small_gets(f"{s3}/data", small_keys[:200], 16))
+        t = time.perf_counter()
+        lat = asyncio.run(small_gets(f"{s3}/data", small_keys, 16))
+        el = time.perf_counter() - t
+        lat.sort()
+
+        def read_small(k: str) -> None:
+            with open(store / k, "rb") as f:
+                f.read()
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(read_small, small_keys))
+        el_local = time.perf_counter() - t
+        print(f"  {args.small} GETs of 64 KiB, 16 connections: {len(lat) / el:8.0f} req/s, "
+              f"p50 {1000 * statistics.median(lat):.2f} ms, p99 {1000 * lat[int(0.99 * len(lat))]:.2f} ms")
+        print(f"  the same files read from local disk, 16 threads: {len(small_keys) / el_local:8.0f} files/s")
+        print("ratios:")
+        print(f"  gateway 1 stream / local curl file://      {gw / local_curl:5.2f}   (goal >= 0.7)")
+        print(f"  gateway 1 stream / local Python readinto   {gw / local_py:5.2f}")
+        print(f"  bare aiohttp sendfile / local curl file:// {ceiling / local_curl:5.2f}   (the ceiling of an "
+              "asyncio server here)")
+        print(f"  gateway 1 stream / bare aiohttp sendfile   {gw / ceiling:5.2f}")
+        print(f"  gateway 8 streams / local 8 streams        {gw8 / local8:5.2f}")
+        print(f"  small GETs / local small reads             {(len(lat) / el) / (len(small_keys) / el_local):5.2f}")
+    finally:
+        if node is not None:
+            node.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

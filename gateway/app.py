@@ -1,0 +1,456 @@
+"""The S3 gateway's aiohttp application: addressing, auth, dispatch, errors.
+
+Buckets are the namespace's top-level entries: each top-level mount (or the
+first component of a deeper mount) is a bucket; with a mount at ``/``, the
+top-level directories of that mount are buckets and CreateBucket/DeleteBucket
+make and remove them. Keys map 1:1 to paths below the bucket.
+
+Every request: parse bucket and key (path style ``/bucket/key`` or virtual
+hosted ``bucket.<domain>/key``), verify SigV4 (headers or presigned query;
+``sigv4.py``), dispatch on method + sub-resource, and turn any error into
+S3's XML error document here, in one place (a HEAD gets the status only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+
+from meshd import errors as me
+from meshd.config import S3Config
+from meshd.node import MeshNode
+
+from . import listing, objects, xmlio
+from .errors import (
+    S3Error,
+    access_denied,
+    from_mesh,
+    invalid_argument,
+    no_such_bucket,
+    not_implemented,
+)
+from .multipart import MultipartStore, Upload
+from .sigv2 import is_sigv2_query, verify_presigned_v2
+from .sigv4 import AuthResult, check_checksum, check_sha256, decode_aws_chunked, verify_request
+
+log = logging.getLogger(__name__)
+OWNER_ID = "mesh"
+UNSUPPORTED = {
+    "acl", "policy", "cors", "lifecycle", "tagging", "website", "replication", "encryption",
+    "notification", "logging", "object-lock", "retention", "legal-hold", "torrent", "restore",
+    "select", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
+    "ownershipControls", "publicAccessBlock", "requestPayment", "attributes", "policyStatus",
+}
+READ_CHUNK = 1 << 20
+
+
+class Gateway:
+    def __init__(self, node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.uploads = uploads
+
+    # ---- request parsing ---------------------------------------------------
+
+    def address(self, request: web.Request) -> tuple[str, str]:
+        raw_path = request.raw_path.split("?", 1)[0]
+        path = unquote(raw_path)
+        host = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+        for domain in self.cfg.domains:
+            if host.endswith("." + domain):
+                return host[: -len(domain) - 1], path[1:]
+        bucket, _, key = path[1:].partition("/")
+        return bucket, key
+
+    def authenticate(self, request: web.Request, bucket: str) -> AuthResult:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        if is_sigv2_query(raw_query):
+            host = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+            virtual = any(host.endswith("." + d) for d in self.cfg.domains)
+            resource = ("/" + quote(bucket, safe="") + raw_path) if virtual else raw_path
+            return verify_presigned_v2(request.method, resource, raw_query, request.headers,
+                                       self.cfg.access_keys)
+        return verify_request(request.method, raw_path, raw_query, request.headers, self.cfg.access_keys,
+                              allow_anonymous=self.cfg.anonymous)
+
+    def body(self, request: web.Request, auth: AuthResult) -> AsyncIterator[bytes]:
+        """The request body as the object's bytes: aws-chunked decoded, and checked
+        (payload SHA-256, x-amz-checksum-* header) as it streams; a mismatch raises
+        at the end, before the under-store write commits."""
+        raw: AsyncIterator[bytes] = request.content.iter_chunked(READ_CHUNK)
+        ph = auth.payload_hash
+        if ph.startswith("STREAMING-"):
+            decoded = request.headers.get("x-amz-decoded-content-length", "")
+            length = int(decoded) if re.fullmatch(r"[0-9]{1,19}", decoded) else None
+            raw = decode_aws_chunked(raw, auth, decoded_length=length)
+        elif len(ph) == 64:
+            raw = check_sha256(raw, ph)
+        for name, value in request.headers.items():
+            lname = name.lower()
+            if lname.startswith("x-amz-checksum-") and lname not in ("x-amz-checksum-type",
+                                                                     "x-amz-checksum-algorithm"):
+                raw = check_checksum(raw, lname, value)
+        return raw
+
+    async def small_body(self, request: web.Request, auth: AuthResult) -> bytes:
+        out = bytearray()
+        async for c in self.body(request, auth):
+            out += c
+            if len(out) > xmlio.MAX_BODY:
+                raise S3Error("MalformedXML", "The XML body is too large", 400)
+        return bytes(out)
+
+    # ---- dispatch ----------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = secrets.token_hex(8)
+        bucket = key = ""
+        try:
+            bucket, key = self.address(request)
+            auth = self.authenticate(request, bucket)
+            resp = await self.dispatch(request, auth, bucket, key)
+        except S3Error as e:
+            resp = self.error(request, e, bucket, key, request_id)
+        except me.MeshError as e:
+            resp = self.error(request, from_mesh(e, key), bucket, key, request_id)
+        except (ConnectionResetError, web.HTTPException):
+            raise
+        except Exception:
+            log.exception("internal error in S3 request %s %s", request.method, request.path)
+            resp = self.error(request, S3Error("InternalError", "We encountered an internal error. "
+                                               "Please try again.", 500), bucket, key, request_id)
+        if not resp.prepared:
+            resp.headers["x-amz-request-id"] = request_id
+            resp.headers.setdefault("Server", "datamesh")
+        return resp
+
+    def error(self, request: web.Request, e: S3Error, bucket: str, key: str, request_id: str) -> web.Response:
+        resource = "/" + bucket + ("/" + key if key else "")
+        if request.method == "HEAD":
+            return web.Response(status=e.status, headers={"x-amz-error-code": e.code})
+        return web.Response(status=e.status, body=e.to_xml(resource, request_id), content_type="application/xml")
+
+    async def dispatch(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.StreamResponse:
+        m, q = request.method, request.query
+        sub = UNSUPPORTED.intersection(q)
+        if sub:
+            raise not_implemented(f"the ?{sorted(sub)[0]} sub-resource")
+        if not bucket:
+            if m == "GET":
+                return await self.list_buckets()
+            raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+        if not key:
+            return await self.bucket_op(request, auth, bucket)
+        node = self.node
+        if m in ("GET", "HEAD"):
+            if "uploadId" in q:
+                return await self.list_parts(request, bucket, key)
+            return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
+        if m == "PUT":
+            if "uploadId" in q or "partNumber" in q:
+                return await self.upload_part(request, auth, bucket, key)
+            if "x-amz-copy-source" in request.headers:
+                return await objects.copy_object(request, node, bucket, key)
+            return await objects.put_object(request, node, bucket, key, self.body(request, auth))
+        if m == "DELETE":
+            if "uploadId" in q:
+                upload = await self.uploads.get(bucket, key, q["uploadId"])
+                await self.uploads.abort(upload)
+                return web.Response(status=204)
+            return await objects.delete_object(node, bucket, key)
+        if m == "POST":
+            if "uploads" in q:
+                return await self.create_upload(request, bucket, key)
+            if "uploadId" in q:
+                return await self.complete_upload(request, auth, bucket, key)
+            raise not_implemented("this POST operation")
+        raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+
+    # ---- buckets -----------------------------------------------------------
+
+    async def list_buckets(self) -> web.Response:
+        entries = [e for e in await self.node.listdir("/") if e.is_dir]
+        start = time.time()
+        buckets = [xmlio.element("Bucket", [xmlio.leaf("Name", e.path.strip("/")),
+                                            xmlio.leaf("CreationDate", xmlio.iso8601(e.mtime or start))])
+                   for e in entries]
+        doc = xmlio.element("ListAllMyBucketsResult", [
+            xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)]),
+            xmlio.element("Buckets", buckets)])
+        return _xml(doc)
+
+    def _root_mount_writable(self) -> bool:
+        for mnt in self.node.mounts.entries():
+            if mnt.path == "/" and not mnt.read_only:
+                return True
+        return False
+
+    async def bucket_op(self, request: web.Request, auth: AuthResult, bucket: str) -> web.StreamResponse:
+        m, q = request.method, request.query
+        if m == "PUT":
+            if q:
+                raise not_implemented(f"PUT ?{next(iter(q))} on buckets")
+            return await self.create_bucket(bucket)
+        if m == "DELETE":
+            return await self.delete_bucket(bucket)
+        if m == "POST" and "delete" in q:
+            return await objects.delete_objects(request, self.node, bucket, await self.small_body(request, auth))
+        await objects.require_bucket(self.node, bucket)
+        if m == "HEAD":
+            return web.Response(status=200, headers={"x-amz-bucket-region": "us-east-1"})
+        if m != "GET":
+            raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+        if "location" in q:
+            return _xml(xmlio.element("LocationConstraint"))
+        if "versioning" in q:
+            return _xml(xmlio.element("VersioningConfiguration"))
+        if "uploads" in q:
+            return await self.list_uploads(request, bucket)
+        if "versions" in q:
+            return await self.list_versions(request, bucket)
+        return await self.list_objects(request, bucket, v2=q.get("list-type") == "2")
+
+    async def create_bucket(self, bucket: str) -> web.Response:
+        if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in "-." for c in bucket) \
+                or not bucket[0].isalnum() or bucket != bucket.lower():
+            raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, BucketName=bucket)
+        try:
+            st = await self.node.stat("/" + bucket)
+            if st.is_dir:
+                raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named bucket "
+                              "succeeded and you already own it.", 409, BucketName=bucket)
+        except me.NotFound:
+            pass
+        if not self._root_mount_writable():
+            raise access_denied("buckets are the mesh's top-level mounts: add one with "
+                                "`meshctl mount add /NAME URI` (CreateBucket only works under a writable "
+                                "mount at /)")
+        await self.node.mkdir("/" + bucket)
+        return web.Response(status=200, headers={"Location": "/" + bucket})
+
+    async def delete_bucket(self, bucket: str) -> web.Response:
+        await objects.require_bucket(self.node, bucket)
+        if not self._root_mount_writable() or self.node.mounts.resolve("/" + bucket) is None:
+            raise access_denied("this bucket is a mount: remove it with `meshctl mount rm /" + bucket + "`")
+        if await self.node.listdir("/" + bucket):
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, BucketName=bucket)
+        await self.node.delete("/" + bucket)
+        return web.Response(status=204)
+
+    # ---- listings ----------------------------------------------------------
+
+    def _max_keys(self, request: web.Request, name: str = "max-keys") -> int:
+        raw = request.query.get(name, "1000")
+        if not raw.isdigit():
+            raise invalid_argument(f"{name} must be a non-negative integer", ArgumentName=name)
+        return min(int(raw), 1000)
+
+    async def list_objects(self, request: web.Request, bucket: str, v2: bool) -> web.Response:
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        enc = q.get("encoding-type")
+        if enc not in (None, "url"):
+            raise invalid_argument("Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+        max_keys = self._max_keys(request)
+        if v2:
+            token = q.get("continuation-token")
+            after = _untoken(token) if token is not None else q.get("start-after", "")
+        else:
+            after = q.get("marker", "")
+        page = await listing.list_page(self.node, bucket, prefix, delimiter, after, max_keys)
+
+        def e(s: str) -> str:
+            return quote(s, safe="/") if enc == "url" else s
+
+        owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
+        contents = []
+        for ent in page.entries:
+            a = objects.attrs_of(self.node, ent.status)
+            kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
+                    xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
+                    xmlio.leaf("StorageClass", "STANDARD")]
+            if not v2 or q.get("fetch-owner") == "true":
+                kids.append(owner)
+            contents.append(xmlio.element("Contents", kids))
+        head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix))]
+        if v2:
+            head += [xmlio.leaf("KeyCount", len(page.entries) + len(page.prefixes)),
+                     xmlio.leaf("MaxKeys", max_keys)]
+            if "continuation-token" in q:
+                head.append(xmlio.leaf("ContinuationToken", q["continuation-token"]))
+            if "start-after" in q:
+                head.append(xmlio.leaf("StartAfter", e(q["start-after"])))
+            if page.truncated:
+                head.append(xmlio.leaf("NextContinuationToken", _token(page.next_marker)))
+        else:
+            head += [xmlio.leaf("Marker", e(after)), xmlio.leaf("MaxKeys", max_keys)]
+            if page.truncated and delimiter:
+                head.append(xmlio.leaf("NextMarker", e(page.next_marker)))
+        if delimiter:
+            head.append(xmlio.leaf("Delimiter", e(delimiter)))
+        if enc:
+            head.append(xmlio.leaf("EncodingType", enc))
+        head.append(xmlio.leaf("IsTruncated", page.truncated))
+        cps = [xmlio.element("CommonPrefixes", [xmlio.leaf("Prefix", e(p))]) for p in page.prefixes]
+        return _xml(xmlio.element("ListBucketResult", head + contents + cps))
+
+    async def list_versions(self, request: web.Request, bucket: str) -> web.Response:
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        max_keys = self._max_keys(request)
+        page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
+        owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
+        items = []
+        for ent in page.entries:
+            a = objects.attrs_of(self.node, ent.status)
+            items.append(xmlio.element("Version", [
+                xmlio.leaf("Key", ent.key), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
+                xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
+                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner]))
+        head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", prefix),
+                xmlio.leaf("KeyMarker", q.get("key-marker", "")),
+                xmlio.leaf("VersionIdMarker", q.get("version-id-marker", "")), xmlio.leaf("MaxKeys", max_keys)]
+        if delimiter:
+            head.append(xmlio.leaf("Delimiter", delimiter))
+        head.append(xmlio.leaf("IsTruncated", page.truncated))
+        if page.truncated:
+            head += [xmlio.leaf("NextKeyMarker", page.next_marker), xmlio.leaf("NextVersionIdMarker", "null")]
+        cps = [xmlio.element("CommonPrefixes", [xmlio.leaf("Prefix", p)]) for p in page.prefixes]
+        return _xml(xmlio.element("ListVersionsResult", head + items + cps))
+
+    # ---- multipart ---------------------------------------------------------
+
+    async def create_upload(self, request: web.Request, bucket: str, key: str) -> web.Response:
+        await objects.require_bucket(self.node, bucket)
+        objects.mesh_path(bucket, key)
+        up = await self.uploads.create(bucket, key, objects.user_metadata(request),
+                                       request.headers.get("Content-Type", ""))
+        return _xml(xmlio.element("InitiateMultipartUploadResult", [
+            xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
+
+    def _part_number(self, request: web.Request) -> int:
+        raw = request.query.get("partNumber", "")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+            raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive",
+                                   ArgumentName="partNumber")
+        return int(raw)
+
+    async def upload_part(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
+        if "uploadId" not in request.query or "partNumber" not in request.query:
+            raise invalid_argument("UploadPart needs both partNumber and uploadId")
+        upload = await self.uploads.get(bucket, key, request.query["uploadId"])
+        number = self._part_number(request)
+        source = request.headers.get("x-amz-copy-source")
+        if source is None:
+            digest = objects._Digest(request.headers.get("Content-MD5"), objects.MAX_PUT)
+            part = await self.uploads.put_part(upload, number, digest.wrap(self.body(request, auth)))
+            return web.Response(status=200, headers={"ETag": part.etag})
+        sb, sk = objects.parse_copy_source(source)
+        rng = None
+        raw_range = request.headers.get("x-amz-copy-source-range")
+        st = await objects.stat_object(self.node, sb, sk)
+        if raw_range:
+            rng = objects.parse_range(raw_range, st.size)
+            if rng is None:
+                raise invalid_argument("The x-amz-copy-source-range value must be of the form "
+                                       "bytes=first-last", ArgumentName="x-amz-copy-source-range")
+        _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
+        part = await self.uploads.put_part(upload, number, chunks)
+        return _xml(xmlio.element("CopyPartResult", [
+            xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag)]))
+
+    async def complete_upload(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
+        upload = await self.uploads.get(bucket, key, request.query["uploadId"])
+        root = xmlio.parse(await self.small_body(request, auth), "CompleteMultipartUpload")
+        parts = []
+        for p in xmlio.children(root, "Part"):
+            num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
+            if num is None or etag is None or not num.strip().isdigit():
+                raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
+            parts.append((int(num), etag.strip()))
+        stream, etag, _size = await self.uploads.complete(upload, parts)
+        await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
+                                   upload.metadata, etag=etag, limit=1 << 62)
+        await self.uploads.finish(upload)
+        return _xml(xmlio.element("CompleteMultipartUploadResult", [
+            xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
+            xmlio.leaf("ETag", etag)]))
+
+    async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
+        upload = await self.uploads.get(bucket, key, request.query["uploadId"])
+        marker_raw = request.query.get("part-number-marker", "0")
+        marker = int(marker_raw) if marker_raw.isdigit() else 0
+        max_parts = self._max_keys(request, "max-parts")
+        parts, truncated = await self.uploads.list_parts(upload, marker, max_parts)
+        items = [xmlio.element("Part", [xmlio.leaf("PartNumber", p.number),
+                                        xmlio.leaf("LastModified", xmlio.iso8601(p.last_modified)),
+                                        xmlio.leaf("ETag", p.etag), xmlio.leaf("Size", p.size)]) for p in parts]
+        head = [xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", upload.upload_id),
+                xmlio.leaf("PartNumberMarker", marker), xmlio.leaf("MaxParts", max_parts),
+                xmlio.leaf("IsTruncated", truncated), xmlio.leaf("StorageClass", "STANDARD")]
+        if truncated and parts:
+            head.append(xmlio.leaf("NextPartNumberMarker", parts[-1].number))
+        return _xml(xmlio.element("ListPartsResult", head + items))
+
+    async def list_uploads(self, request: web.Request, bucket: str) -> web.Response:
+        q = request.query
+        max_uploads = self._max_keys(request, "max-uploads")
+        ups, truncated = await self.uploads.list_uploads(bucket, q.get("prefix", ""), q.get("key-marker", ""),
+                                                         q.get("upload-id-marker", ""), max_uploads)
+        items = [_upload_xml(u) for u in ups]
+        head = [xmlio.leaf("Bucket", bucket), xmlio.leaf("KeyMarker", q.get("key-marker", "")),
+                xmlio.leaf("UploadIdMarker", q.get("upload-id-marker", "")),
+                xmlio.leaf("Prefix", q.get("prefix", "")), xmlio.leaf("MaxUploads", max_uploads),
+                xmlio.leaf("IsTruncated", truncated)]
+        if truncated and ups:
+            head += [xmlio.leaf("NextKeyMarker", ups[-1].key), xmlio.leaf("NextUploadIdMarker", ups[-1].upload_id)]
+        return _xml(xmlio.element("ListMultipartUploadsResult", head + items))
+
+
+def _upload_xml(u: Upload) -> Any:
+    return xmlio.element("Upload", [xmlio.leaf("Key", u.key), xmlio.leaf("UploadId", u.upload_id),
+                                    xmlio.leaf("Initiated", xmlio.iso8601(u.initiated)),
+                                    xmlio.leaf("StorageClass", "STANDARD")])
+
+
+def _xml(root: Any) -> web.Response:
+    return web.Response(body=xmlio.document(root), content_type="application/xml")
+
+
+def _token(marker: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(marker.encode("utf-8", "surrogatepass")).decode()
+
+
+def _untoken(token: str) -> str:
+    import base64
+    import binascii
+
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise invalid_argument("The continuation token provided is incorrect",
+                               ArgumentName="continuation-token") from None
+
+
+def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Application:
+    gw = Gateway(node, cfg, uploads)
+    app = web.Application(client_max_size=0)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await gw.handle(request)
+
+    handler_fn: Callable[[web.Request], Awaitable[web.StreamResponse]] = handler
+    app.router.add_route("*", "/{tail:.*}", handler_fn)
+    return app
+
+
+__all__ = ["Gateway", "make_app", "no_such_bucket"]

@@ -1,0 +1,428 @@
+"""Object operations: Get/Head (ranges, conditionals, overrides), Put, Copy, Delete.
+
+ETags. An object written through the gateway gets S3's ETag (the MD5 of its
+bytes; for multipart, the MD5 of the parts' MD5s plus "-N"), kept with its
+content type and user metadata in the node's metadata store, keyed by the
+under-store version it describes. Objects written by other means get their
+under-store's ETag when it is one (S3), otherwise a stable hash of their
+version (mtime+size), quoted like an ETag: not an MD5, as for S3's own
+encrypted objects, so clients must not verify ETags as MD5s (none of the
+tested clients does).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import mimetypes
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from meshd import errors as me
+from meshd.http_api import send_segment
+from meshd.metadata import FileStatus
+from meshd.node import MeshNode
+
+from . import xmlio
+from .errors import S3Error, from_mesh, invalid_argument, no_such_key
+
+MAX_KEY_BYTES = 1024
+MAX_PUT = 5 << 30  # S3's single-PUT limit
+_S3_ETAG = re.compile(r"[0-9a-f]{32}(-\d+)?")
+OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+
+
+@dataclass(frozen=True)
+class ObjectAttrs:
+    etag: str
+    content_type: str
+    metadata: dict[str, str]
+
+
+def mesh_path(bucket: str, key: str) -> str:
+    """The mesh path of a key; keys that cannot name a file are refused clearly."""
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise S3Error("KeyTooLongError", "Your key is too long", 400)
+    parts = key.split("/")
+    body = parts[:-1] if key.endswith("/") else parts
+    if "\x00" in key or any(p in ("", ".", "..") for p in body):
+        raise invalid_argument(f"key {key!r} cannot be mapped to a file path (empty, '.' or '..' "
+                               "segments are not supported)", ArgumentName="key")
+    return "/" + bucket + "/" + key.rstrip("/")
+
+
+def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
+    a = node.metadata.attrs(st.path, st.version)
+    guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
+    if a is not None:
+        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
+    v = st.version.strip('"')
+    etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
+    return ObjectAttrs(etag, guessed, {})
+
+
+def user_metadata(request: web.Request) -> dict[str, str]:
+    meta = {k[len("x-amz-meta-"):].lower(): v for k, v in request.headers.items()
+            if k.lower().startswith("x-amz-meta-")}
+    if sum(len(k) + len(v) for k, v in meta.items()) > 2048:
+        raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size", 400)
+    return meta
+
+
+def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
+    h = {"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime), "Content-Type": a.content_type,
+         "Accept-Ranges": "bytes"}
+    for k, v in a.metadata.items():
+        h["x-amz-meta-" + k] = v
+    return h
+
+
+async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
+    path = mesh_path(bucket, key)
+    try:
+        st = await node.stat(path)
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+    if st.is_dir or key.endswith("/"):
+        raise no_such_key(key)
+    return st
+
+
+# ---- conditionals and ranges ------------------------------------------------
+
+def _etags(value: str) -> list[str]:
+    return [t.strip().removeprefix("W/") for t in value.split(",") if t.strip()]
+
+
+def _http_time(value: str) -> float | None:
+    import email.utils
+
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return dt.timestamp() if dt is not None else None
+
+
+def check_conditions(headers: Any, etag: str, mtime: float, prefix: str = "") -> int | None:
+    """None to proceed, or 304 / 412 (RFC 7232 order, as S3 applies it)."""
+    def h(name: str) -> str | None:
+        v: str | None = headers.get(prefix + name)
+        return v
+
+    mtime = float(int(mtime))  # HTTP dates have second resolution
+    im, ius, inm, ims = h("If-Match"), h("If-Unmodified-Since"), h("If-None-Match"), h("If-Modified-Since")
+    if im is not None:
+        if "*" not in _etags(im) and etag not in _etags(im):
+            return 412
+    elif ius is not None:
+        t = _http_time(ius)
+        if t is not None and mtime > t:
+            return 412
+    if inm is not None:
+        if "*" in _etags(inm) or etag in _etags(inm):
+            return 304
+    elif ims is not None:
+        t = _http_time(ims)
+        if t is not None and mtime <= t:
+            return 304
+    return None
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single byte range; None for no (or an ignored) Range.
+
+    Raises InvalidRange (416) for a syntactically valid range that does not
+    overlap the object. Unparsable or multi-range headers are ignored, as S3 does.
+    """
+    if not value:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", value)
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        return None
+    first, last = m.group(1), m.group(2)
+    if first == "":  # suffix: the last N bytes
+        n = int(last)
+        if n == 0:
+            raise _invalid_range(size)
+        return max(0, size - n), size
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if last != "" and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        raise _invalid_range(size)
+    return start, end
+
+
+def _invalid_range(size: int) -> S3Error:
+    return S3Error("InvalidRange", "The requested range is not satisfiable", 416,
+                   ActualObjectSize=str(size))
+
+
+# ---- handlers ----------------------------------------------------------------
+
+async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str,
+                     head: bool) -> web.StreamResponse:
+    for _attempt in (0, 1):
+        st = await stat_object(node, bucket, key)
+        a = attrs_of(node, st)
+        cond = check_conditions(request.headers, a.etag, st.mtime)
+        if cond == 304:
+            return web.Response(status=304, headers={"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime)})
+        if cond == 412:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                          412, Condition="If-Match" if "If-Match" in request.headers else "If-Unmodified-Since")
+        part = request.query.get("partNumber")
+        if part is not None and part != "1":
+            raise invalid_argument("partNumber is only supported as 1 for objects read through the mesh")
+        rng = parse_range(request.headers.get("Range"), st.size)
+        start, end = rng if rng is not None else (0, st.size)
+        headers = object_headers(st, a)
+        for q, hname in OVERRIDES.items():
+            if q in request.query:
+                headers[hname] = request.query[q]
+        status = 200
+        if rng is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.size}"
+        if head:
+            hresp = web.StreamResponse(status=status, headers=headers)
+            hresp.content_length = end - start
+            await hresp.prepare(request)  # aiohttp sends no body for HEAD
+            await hresp.write_eof()
+            return hresp
+        nocache = request.headers.get("x-mesh-nocache", "") in ("1", "true")
+        try:
+            stream = await node.open_read(st.path, start, end - start, nocache=nocache, status=st)
+        except me.MeshError as e:
+            raise from_mesh(e, key) from None
+        if stream.status.version != st.version:  # changed between stat and open: once more
+            await stream.aclose()
+            continue
+        sresp = web.StreamResponse(status=status, headers=headers)
+        sresp.content_length = end - start
+        try:
+            await sresp.prepare(request)
+            async for seg in stream.segments:
+                try:
+                    await node.prefer_file(seg)
+                    await send_segment(request, sresp, seg)
+                finally:
+                    seg.close()
+            await sresp.write_eof()
+        except me.MeshError:
+            if request.transport is not None:
+                request.transport.abort()  # headers are gone: only a short body can tell
+        finally:
+            await stream.aclose()
+        return sresp
+    raise S3Error("PreconditionFailed", "The object kept changing while it was being read", 412)
+
+
+class _Digest:
+    """Pass chunks through while computing MD5 and size; check Content-MD5 at the end."""
+
+    def __init__(self, expected_md5_b64: str | None, limit: int) -> None:
+        self.md5 = hashlib.md5()
+        self.size = 0
+        self.limit = limit
+        self.expected: bytes | None = None
+        if expected_md5_b64 is not None:
+            try:
+                self.expected = base64.b64decode(expected_md5_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid", 400) from None
+            if len(self.expected) != 16:
+                raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid", 400)
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for c in chunks:
+            self.size += len(c)
+            if self.size > self.limit:
+                raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+            self.md5.update(c)
+            yield c
+        if self.expected is not None and self.md5.digest() != self.expected:
+            raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400)
+
+    @property
+    def etag(self) -> str:
+        return '"' + self.md5.hexdigest() + '"'
+
+
+async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncIterator[bytes],
+                       content_md5: str | None, content_type: str | None,
+                       metadata: dict[str, str], etag: str | None = None,
+                       limit: int = MAX_PUT) -> tuple[FileStatus, str]:
+    """Stream a whole object into the mesh; returns its status and S3 ETag."""
+    path = mesh_path(bucket, key)
+    digest = _Digest(content_md5, limit)
+    try:
+        if key.endswith("/"):  # a "folder" marker
+            async for _ in digest.wrap(chunks):
+                raise invalid_argument("a key ending in '/' names a directory: its body must be empty")
+            await node.mkdir(path)
+            st = await node.stat(path)
+            return st, digest.etag
+        st = await node.write(path, digest.wrap(chunks))
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+    tag = etag or digest.etag
+    node.metadata.set_attrs(st.path, st.version, {
+        "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
+        "meta": metadata})
+    return st, tag
+
+
+async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str,
+                     body: AsyncIterator[bytes]) -> web.Response:
+    length = request.headers.get("x-amz-decoded-content-length") or request.headers.get("Content-Length")
+    if length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+    if length is not None and length.isdigit() and int(length) > MAX_PUT:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    await require_bucket(node, bucket)
+    _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
+                                 request.headers.get("Content-Type"), user_metadata(request))
+    return web.Response(status=200, headers={"ETag": etag})
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    src = unquote(value.split("?", 1)[0]).lstrip("/")
+    version = value.split("versionId=", 1)[1] if "versionId=" in value else None
+    if version not in (None, "null"):
+        raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
+    bucket, _, key = src.partition("/")
+    if not bucket or not key:
+        raise invalid_argument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                               ArgumentName="x-amz-copy-source")
+    return bucket, key
+
+
+async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
+                      rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, AsyncIterator[bytes]]:
+    st = await stat_object(node, bucket, key)
+    a = attrs_of(node, st)
+    cond = check_conditions(request.headers, a.etag, st.mtime, prefix="x-amz-copy-source-")
+    if cond is not None:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+    start, end = rng if rng is not None else (0, st.size)
+    try:
+        stream = await node.open_read(st.path, start, end - start, status=st)
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for seg in stream.segments:
+                data = seg.bytes()
+                seg.close()
+                yield data
+        finally:
+            await stream.aclose()
+
+    return st, a, chunks()
+
+
+async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
+    sb, sk = parse_copy_source(request.headers["x-amz-copy-source"])
+    directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise invalid_argument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    if (sb, sk) == (bucket, key) and directive == "COPY":
+        raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
+                      "to itself without changing the object's metadata.", 400)
+    await require_bucket(node, bucket)
+    st, a, chunks = await read_source(request, node, sb, sk)
+    if directive == "COPY":
+        ct, meta = a.content_type, a.metadata
+    else:
+        ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
+    nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta)
+    body = xmlio.document(xmlio.element("CopyObjectResult", [
+        xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
+    del st
+    return web.Response(body=body, content_type="application/xml")
+
+
+async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
+    """S3 delete: idempotent; a folder marker removes an empty directory."""
+    path = mesh_path(bucket, key)
+    try:
+        st = await node.stat(path)
+    except me.NotFound:
+        return
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+    if st.is_dir and not key.endswith("/"):
+        return  # a prefix, not an object
+    try:
+        await node.delete(path)
+    except me.DirectoryNotEmpty:
+        return  # deleting "dir/" while keys remain below it: S3 would just drop the marker
+    except me.NotFound:
+        return
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+    node.metadata.drop_attrs(path)
+
+
+async def delete_object(node: MeshNode, bucket: str, key: str) -> web.Response:
+    await require_bucket(node, bucket)
+    await delete_key(node, bucket, key)
+    return web.Response(status=204)
+
+
+async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body: bytes) -> web.Response:
+    await require_bucket(node, bucket)
+    md5 = request.headers.get("Content-MD5")
+    if md5 is not None:
+        try:
+            if base64.b64decode(md5, validate=True) != hashlib.md5(body).digest():
+                raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400)
+        except (binascii.Error, ValueError):
+            raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid", 400) from None
+    root = xmlio.parse(body, "Delete")
+    quiet = (xmlio.child_text(root, "Quiet") or "").strip().lower() == "true"
+    objs = xmlio.children(root, "Object")
+    if not objs or len(objs) > 1000:
+        raise S3Error("MalformedXML", "a Delete request names between 1 and 1000 objects", 400)
+    results = []
+    for o in objs:
+        key = xmlio.child_text(o, "Key")
+        if key is None:
+            raise S3Error("MalformedXML", "every Object needs a Key", 400)
+        try:
+            await delete_key(node, bucket, key)
+            if not quiet:
+                results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key)]))
+        except S3Error as e:
+            results.append(xmlio.element("Error", [xmlio.leaf("Key", key), xmlio.leaf("Code", e.code),
+                                                   xmlio.leaf("Message", e.message)]))
+    return web.Response(body=xmlio.document(xmlio.element("DeleteResult", results)),
+                        content_type="application/xml")
+
+
+async def require_bucket(node: MeshNode, bucket: str) -> None:
+    from .errors import no_such_bucket
+
+    try:
+        st = await node.stat("/" + bucket)
+    except me.MeshError:
+        raise no_such_bucket(bucket) from None
+    if not st.is_dir:
+        raise no_such_bucket(bucket)
