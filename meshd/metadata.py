@@ -100,7 +100,11 @@ class MetadataCache:
                 return cached
         info = await store.head(rel)
         status = FileStatus.of(path, info, now)
-        self._put({self._skey(path): status.to_json()}, [])
+        cached = None if fresh else self.cached_status(path)
+        unchanged = cached is not None and (cached.version, cached.size, cached.is_dir) == (
+            status.version, status.size, status.is_dir)
+        if not (unchanged and mount.sync_interval == 0):  # with 0, fetched_at never matters
+            self._put({self._skey(path): status.to_json()}, [])
         return status
 
     async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str) -> list[FileStatus]:
