@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from meshd import errors as me
 from meshd.config import S3Config
@@ -61,7 +61,11 @@ class Gateway:
 
     def address(self, request: web.Request) -> tuple[str, str]:
         raw_path = request.raw_path.split("?", 1)[0]
-        path = unquote(raw_path)
+        try:
+            path = unquote(raw_path, errors="strict")
+        except UnicodeDecodeError:
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI: the path is not valid UTF-8",
+                          400) from None
         host = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
         for domain in self.cfg.domains:
             if host.endswith("." + domain):
@@ -111,6 +115,7 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8)
+        request["request_id"] = request_id
         bucket = key = ""
         try:
             bucket, key = self.address(request)
@@ -126,9 +131,6 @@ class Gateway:
             log.exception("internal error in S3 request %s %s", request.method, request.path)
             resp = self.error(request, S3Error("InternalError", "We encountered an internal error. "
                                                "Please try again.", 500), bucket, key, request_id)
-        if not resp.prepared:
-            resp.headers["x-amz-request-id"] = request_id
-            resp.headers.setdefault("Server", "datamesh")
         return resp
 
     def error(self, request: web.Request, e: S3Error, bucket: str, key: str, request_id: str) -> web.Response:
@@ -239,9 +241,9 @@ class Gateway:
         await objects.require_bucket(self.node, bucket)
         if not self._root_mount_writable() or self.node.mounts.resolve("/" + bucket) is None:
             raise access_denied("this bucket is a mount: remove it with `meshctl mount rm /" + bucket + "`")
-        if await self.node.listdir("/" + bucket):
+        if (await listing.list_page(self.node, bucket, "", "", "", 1)).entries:
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, BucketName=bucket)
-        await self.node.delete("/" + bucket)
+        await self.node.delete("/" + bucket, recursive=True)  # only empty directories remain
         return web.Response(status=204)
 
     # ---- listings ----------------------------------------------------------
@@ -304,6 +306,13 @@ class Gateway:
     async def list_versions(self, request: web.Request, bucket: str) -> web.Response:
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        enc = q.get("encoding-type")
+        if enc not in (None, "url"):
+            raise invalid_argument("Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+
+        def e(s: str) -> str:
+            return quote(s, safe="/") if enc == "url" else s
+
         max_keys = self._max_keys(request)
         page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
@@ -311,18 +320,20 @@ class Gateway:
         for ent in page.entries:
             a = objects.attrs_of(self.node, ent.status)
             items.append(xmlio.element("Version", [
-                xmlio.leaf("Key", ent.key), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
+                xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
                 xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner]))
-        head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", prefix),
-                xmlio.leaf("KeyMarker", q.get("key-marker", "")),
+        head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix)),
+                xmlio.leaf("KeyMarker", e(q.get("key-marker", ""))),
                 xmlio.leaf("VersionIdMarker", q.get("version-id-marker", "")), xmlio.leaf("MaxKeys", max_keys)]
         if delimiter:
-            head.append(xmlio.leaf("Delimiter", delimiter))
+            head.append(xmlio.leaf("Delimiter", e(delimiter)))
+        if enc:
+            head.append(xmlio.leaf("EncodingType", enc))
         head.append(xmlio.leaf("IsTruncated", page.truncated))
         if page.truncated:
-            head += [xmlio.leaf("NextKeyMarker", page.next_marker), xmlio.leaf("NextVersionIdMarker", "null")]
-        cps = [xmlio.element("CommonPrefixes", [xmlio.leaf("Prefix", p)]) for p in page.prefixes]
+            head += [xmlio.leaf("NextKeyMarker", e(page.next_marker)), xmlio.leaf("NextVersionIdMarker", "null")]
+        cps = [xmlio.element("CommonPrefixes", [xmlio.leaf("Prefix", e(p))]) for p in page.prefixes]
         return _xml(xmlio.element("ListVersionsResult", head + items + cps))
 
     # ---- multipart ---------------------------------------------------------
@@ -357,10 +368,13 @@ class Gateway:
         raw_range = request.headers.get("x-amz-copy-source-range")
         st = await objects.stat_object(self.node, sb, sk)
         if raw_range:
-            rng = objects.parse_range(raw_range, st.size)
-            if rng is None:
-                raise invalid_argument("The x-amz-copy-source-range value must be of the form "
-                                       "bytes=first-last", ArgumentName="x-amz-copy-source-range")
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
+            if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) >= st.size:
+                raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last "
+                                       "where first and last are the zero-based offsets of the first and last "
+                                       "bytes to copy, within the source object",
+                                       ArgumentName="x-amz-copy-source-range")
+            rng = (int(m.group(1)), int(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
         part = await self.uploads.put_part(upload, number, chunks)
         return _xml(xmlio.element("CopyPartResult", [
@@ -448,8 +462,20 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     async def handler(request: web.Request) -> web.StreamResponse:
         return await gw.handle(request)
 
+    async def expect(request: web.Request) -> None:
+        """Answer 100-continue; ignore other Expect values (aiohttp would send a bare 417)."""
+        if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
+        response.headers.setdefault("Server", "datamesh")
+
     handler_fn: Callable[[web.Request], Awaitable[web.StreamResponse]] = handler
-    app.router.add_route("*", "/{tail:.*}", handler_fn)
+    # [\s\S]: keys may contain line breaks, which '.' would not match
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", handler_fn, expect_handler=expect)
+    app.on_response_prepare.append(stamp)
     return app
 
 

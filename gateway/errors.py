@@ -7,9 +7,22 @@ document. Nothing else in the gateway decides a status code.
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
+import re
+from xml.sax.saxutils import escape as _escape
 
 from meshd import errors as me
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text XML 1.0 can carry: characters it forbids become ``\\xNN`` / ``\\uNNNN``."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def escape(text: str) -> str:
+    return _escape(xml_safe(text))
 
 
 class S3Error(Exception):

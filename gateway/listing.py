@@ -9,8 +9,9 @@ first: the concatenation is globally sorted.
 Pruning: only the directory named by the prefix (up to its last '/') is
 listed first; subdirectories that cannot hold a key matching the prefix or
 lying after the marker are skipped without being listed. With delimiter '/'
-a subdirectory below the prefix becomes one CommonPrefix and is never
-entered. Other delimiters work by walking and grouping.
+a subdirectory below the prefix becomes one CommonPrefix (if some file lies
+below it: empty directories left by deletes are not prefixes) and is not
+otherwise entered. Other delimiters work by walking and grouping.
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ async def _walk_dir(node: MeshNode, bucket: str, dir_key: str, prefix: str, afte
             if not (key.startswith(prefix) or prefix.startswith(key)):
                 continue
             if slash and key.startswith(prefix) and len(key) > len(prefix):
-                # the whole directory rolls up into one CommonPrefix
+                # the whole directory rolls up into one CommonPrefix, if it holds a key
+                # (an empty directory, left by deletes, is no prefix in S3's eyes)
                 cp = prefix + key[len(prefix):].split("/", 1)[0] + "/"
-                if _keybytes(cp) > _keybytes(after):
+                if _keybytes(cp) > _keybytes(after) and await _has_key(node, bucket, key):
                     yield cp
                 continue
             # skip the subtree when every key in it sorts at or before the marker
@@ -78,6 +80,20 @@ async def _walk_dir(node: MeshNode, bucket: str, dir_key: str, prefix: str, afte
         else:
             if key.startswith(prefix) and _keybytes(key) > _keybytes(after):
                 yield Entry(key, status)
+
+
+async def _has_key(node: MeshNode, bucket: str, dir_key: str) -> bool:
+    """Whether a directory holds any file below it (stops at the first one)."""
+    try:
+        children = await node.listdir("/" + bucket + "/" + dir_key.rstrip("/"))
+    except (me.NotFound, me.NotADirectory):
+        return False
+    if any(not c.is_dir for c in children):
+        return True
+    for c in children:
+        if await _has_key(node, bucket, dir_key + c.path.rsplit("/", 1)[-1] + "/"):
+            return True
+    return False
 
 
 async def list_page(node: MeshNode, bucket: str, prefix: str, delimiter: str, after: str,

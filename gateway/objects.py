@@ -94,6 +94,9 @@ async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
     path = mesh_path(bucket, key)
     try:
         st = await node.stat(path)
+    except me.NotFound:
+        await require_bucket(node, bucket)  # NoSuchBucket says more than NoSuchKey
+        raise no_such_key(key) from None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     if st.is_dir or key.endswith("/"):
@@ -177,6 +180,8 @@ def _invalid_range(size: int) -> S3Error:
 
 async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str,
                      head: bool) -> web.StreamResponse:
+    if request.query.get("versionId", "null") != "null":
+        raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
     for _attempt in (0, 1):
         st = await stat_object(node, bucket, key)
         a = attrs_of(node, st)
@@ -194,7 +199,10 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         headers = object_headers(st, a)
         for q, hname in OVERRIDES.items():
             if q in request.query:
-                headers[hname] = request.query[q]
+                value = request.query[q]
+                if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                    raise invalid_argument(f"{q} may not contain control characters", ArgumentName=q)
+                headers[hname] = value
         status = 200
         if rng is not None:
             status = 206

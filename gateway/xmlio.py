@@ -12,7 +12,7 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from .errors import S3Error
+from .errors import S3Error, xml_safe
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_BODY = 2 << 20  # 1000 keys of 1024 bytes fit comfortably
@@ -38,7 +38,7 @@ def element(tag: str, children: list[Any] | None = None, text: str | None = None
 
 def leaf(tag: str, value: Any) -> ET.Element:
     el = ET.Element(tag)
-    el.text = "true" if value is True else "false" if value is False else str(value)
+    el.text = "true" if value is True else "false" if value is False else xml_safe(str(value))
     return el
 
 
