@@ -257,9 +257,7 @@ class Gateway:
     async def list_objects(self, request: web.Request, bucket: str, v2: bool) -> web.Response:
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        enc = q.get("encoding-type")
-        if enc not in (None, "url"):
-            raise invalid_argument("Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+        enc, e = _key_encoder(request)
         max_keys = self._max_keys(request)
         if v2:
             token = q.get("continuation-token")
@@ -267,10 +265,6 @@ class Gateway:
         else:
             after = q.get("marker", "")
         page = await listing.list_page(self.node, bucket, prefix, delimiter, after, max_keys)
-
-        def e(s: str) -> str:
-            return quote(s, safe="/") if enc == "url" else s
-
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
         contents = []
         for ent in page.entries:
@@ -306,13 +300,7 @@ class Gateway:
     async def list_versions(self, request: web.Request, bucket: str) -> web.Response:
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        enc = q.get("encoding-type")
-        if enc not in (None, "url"):
-            raise invalid_argument("Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
-
-        def e(s: str) -> str:
-            return quote(s, safe="/") if enc == "url" else s
-
+        enc, e = _key_encoder(request)
         max_keys = self._max_keys(request)
         page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
@@ -426,6 +414,16 @@ class Gateway:
         if truncated and ups:
             head += [xmlio.leaf("NextKeyMarker", ups[-1].key), xmlio.leaf("NextUploadIdMarker", ups[-1].upload_id)]
         return _xml(xmlio.element("ListMultipartUploadsResult", head + items))
+
+
+def _key_encoder(request: web.Request) -> tuple[str | None, Callable[[str], str]]:
+    """``encoding-type=url``: keys and prefixes in a listing are percent-encoded."""
+    enc = request.query.get("encoding-type")
+    if enc not in (None, "url"):
+        raise invalid_argument("Invalid Encoding Method specified in Request", ArgumentName="encoding-type")
+    if enc == "url":
+        return enc, lambda s: quote(s, safe="/")
+    return enc, lambda s: s
 
 
 def _upload_xml(u: Upload) -> Any:
