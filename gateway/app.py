@@ -122,15 +122,33 @@ class Gateway:
             auth = self.authenticate(request, bucket)
             resp = await self.dispatch(request, auth, bucket, key)
         except S3Error as e:
+            if "streaming" in request:
+                return self._abort(request)
             resp = self.error(request, e, bucket, key, request_id)
         except me.MeshError as e:
+            if not isinstance(e, me.NotFound | me.InvalidPath):
+                log.warning("S3 %s %s (request %s): %s: %s", request.method, request.path, request_id,
+                            e.kind, e)  # the client gets S3's words; the operator gets ours
+            if "streaming" in request:
+                return self._abort(request)
             resp = self.error(request, from_mesh(e, key), bucket, key, request_id)
         except (ConnectionResetError, web.HTTPException):
             raise
         except Exception:
             log.exception("internal error in S3 request %s %s", request.method, request.path)
+            if "streaming" in request:
+                return self._abort(request)
             resp = self.error(request, S3Error("InternalError", "We encountered an internal error. "
                                                "Please try again.", 500), bucket, key, request_id)
+        return resp
+
+    @staticmethod
+    def _abort(request: web.Request) -> web.StreamResponse:
+        """A response already started: a second one would land inside the body.
+        Cut the connection; the client sees a short body and retries."""
+        if request.transport is not None:
+            request.transport.abort()
+        resp: web.StreamResponse = request["streaming"]
         return resp
 
     def error(self, request: web.Request, e: S3Error, bucket: str, key: str, request_id: str) -> web.Response:
@@ -158,6 +176,8 @@ class Gateway:
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 return await self.upload_part(request, auth, bucket, key)
+            if "If-None-Match" in request.headers or "If-Match" in request.headers:
+                raise not_implemented("conditional writes (If-Match / If-None-Match on PUT)")
             if "x-amz-copy-source" in request.headers:
                 return await objects.copy_object(request, node, bucket, key)
             return await objects.put_object(request, node, bucket, key, self.body(request, auth))
@@ -171,6 +191,8 @@ class Gateway:
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)
             if "uploadId" in q:
+                if "If-None-Match" in request.headers or "If-Match" in request.headers:
+                    raise not_implemented("conditional writes (If-Match / If-None-Match on PUT)")
                 return await self.complete_upload(request, auth, bucket, key)
             raise not_implemented("this POST operation")
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
@@ -241,9 +263,11 @@ class Gateway:
         await objects.require_bucket(self.node, bucket)
         if not self._root_mount_writable() or self.node.mounts.resolve("/" + bucket) is None:
             raise access_denied("this bucket is a mount: remove it with `meshctl mount rm /" + bucket + "`")
-        if (await listing.list_page(self.node, bucket, "", "", "", 1)).entries:
-            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, BucketName=bucket)
-        await self.node.delete("/" + bucket, recursive=True)  # only empty directories remain
+        try:  # never unlinks a file: a cached listing may be stale, the under-store is asked
+            await self.node.remove_empty_dirs("/" + bucket)
+        except me.DirectoryNotEmpty:
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409,
+                          BucketName=bucket) from None
         return web.Response(status=204)
 
     # ---- listings ----------------------------------------------------------
@@ -364,7 +388,10 @@ class Gateway:
                                        ArgumentName="x-amz-copy-source-range")
             rng = (int(m.group(1)), int(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
-        part = await self.uploads.put_part(upload, number, chunks)
+        try:
+            part = await self.uploads.put_part(upload, number, chunks)
+        finally:
+            await chunks.aclose()
         return _xml(xmlio.element("CopyPartResult", [
             xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag)]))
 

@@ -66,10 +66,13 @@ def from_mesh(e: me.MeshError, key: str = "") -> S3Error:
     """The mapping from the mesh's errors to S3's, in one place."""
     if isinstance(e, me.NotFound):
         return no_such_key(key)
-    if isinstance(e, me.IsADirectory | me.NotADirectory):
+    if isinstance(e, me.IsADirectory):
         return no_such_key(key)  # S3 has no directories: a prefix is not an object
+    if isinstance(e, me.NotADirectory | me.AlreadyExists):
+        return S3Error("InvalidRequest", f"{key!r} conflicts with an existing object or prefix: keys are "
+                       "files in the mesh, so a key cannot be both an object and a prefix", 409)
     if isinstance(e, me.PermissionDenied):
-        return access_denied(str(e))
+        return access_denied("Access Denied: the mount is read-only or the under-store refused access")
     if isinstance(e, me.InvalidPath):
         return S3Error("KeyTooLongError" if "longer" in str(e) else "InvalidArgument", str(e),
                        400)
@@ -79,12 +82,12 @@ def from_mesh(e: me.MeshError, key: str = "") -> S3Error:
         return not_implemented(str(e))
     if isinstance(e, me.VersionChanged):
         return S3Error("PreconditionFailed", "The object changed while it was being read", 412)
+    # Messages below never carry the mesh error's text: it names under-store URIs
+    # and host paths, which are the operator's business (they are in the node's log).
     if isinstance(e, me.NoSpace):
-        return S3Error("ServiceUnavailable", str(e), 503)
+        return S3Error("ServiceUnavailable", "The node is out of space. Please try again later.", 503)
     if isinstance(e, me.DirectoryNotEmpty):
-        return S3Error("BucketNotEmpty", str(e), 409)
-    if isinstance(e, me.AlreadyExists):
-        return S3Error("BucketAlreadyOwnedByYou", str(e), 409)
+        return S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
     if isinstance(e, me.UnderStoreError):
-        return S3Error("ServiceUnavailable", f"under-store error: {e}", 503)
+        return S3Error("ServiceUnavailable", "The under-store is unavailable. Please try again.", 503)
     return S3Error("InternalError", "We encountered an internal error. Please try again.", 500)

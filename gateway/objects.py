@@ -12,6 +12,7 @@ tested clients does).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -159,7 +160,7 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix: the last N bytes
         n = int(last)
-        if n == 0:
+        if n == 0 or size == 0:
             raise _invalid_range(size)
         return max(0, size - n), size
     start = int(first)
@@ -225,6 +226,7 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         sresp.content_length = end - start
         try:
             await sresp.prepare(request)
+            request["streaming"] = sresp  # from here on an error can only cut the connection
             async for seg in stream.segments:
                 try:
                     await node.prefer_file(seg)
@@ -232,7 +234,12 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
                 finally:
                     seg.close()
             await sresp.write_eof()
-        except me.MeshError:
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            import logging
+
+            logging.getLogger(__name__).exception("GET %s/%s failed after the response started", bucket, key)
             if request.transport is not None:
                 request.transport.abort()  # headers are gone: only a short body can tell
         finally:
@@ -322,7 +329,7 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 
 async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
-                      rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, AsyncIterator[bytes]]:
+                      rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
     st = await stat_object(node, bucket, key)
     a = attrs_of(node, st)
     cond = check_conditions(request.headers, a.etag, st.mtime, prefix="x-amz-copy-source-")
@@ -334,16 +341,29 @@ async def read_source(request: web.Request, node: MeshNode, bucket: str, key: st
     except me.MeshError as e:
         raise from_mesh(e, key) from None
 
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            async for seg in stream.segments:
-                data = seg.bytes()
-                seg.close()
-                yield data
-        finally:
-            await stream.aclose()
+    return st, a, _SourceChunks(stream)
 
-    return st, a, chunks()
+
+class _SourceChunks:
+    """The bytes of an open read, as an async iterator whose ``aclose`` always
+    closes the read, even when nobody started iterating (a failed copy)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._it = stream.segments
+
+    def __aiter__(self) -> _SourceChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        seg = await self._it.__anext__()
+        try:
+            return bytes(seg.bytes())
+        finally:
+            seg.close()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
@@ -355,12 +375,16 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     await require_bucket(node, bucket)
+    mesh_path(bucket, key)  # refuse a bad destination before opening the source
     st, a, chunks = await read_source(request, node, sb, sk)
     if directive == "COPY":
         ct, meta = a.content_type, a.metadata
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
-    nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta)
+    try:
+        nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta)
+    finally:
+        await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
         xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
     del st

@@ -395,6 +395,22 @@ class MeshNode:
         self.metadata.forget_subtree(t.path)
         return removed + 1
 
+    async def remove_empty_dirs(self, path: str) -> None:
+        """Remove a directory tree that holds no file (asking the under-store, not the
+        cache); DirectoryNotEmpty as soon as a file is found, and nothing is unlinked."""
+        t = self._target(path)
+        t.mount.check_writable()
+
+        async def rm(rel: str) -> None:
+            for child in await t.store.list(rel):
+                if not child.is_dir:
+                    raise DirectoryNotEmpty(f"directory not empty: {paths.join(t.path, child.path)}")
+                await rm(child.path)
+            await t.store.delete(rel)  # a directory: rmdir, which refuses if a file appeared
+
+        await rm(t.rel)
+        self.metadata.forget_subtree(t.path)
+
     async def rename(self, src: str, dst: str) -> None:
         s, d = self._target(src), self._target(dst)
         if s.mount.path != d.mount.path:

@@ -135,8 +135,24 @@ async def test_head_missing(store: UnderStore) -> None:
 
 async def test_put_returns_head(store: UnderStore) -> None:
     info = await put(store, "f.bin", blob(100))
-    assert info == await store.head("f.bin")
+    head = await store.head("f.bin")
+    assert (info.path, info.size, info.version, info.is_dir) == (head.path, head.size, head.version, head.is_dir)
+    assert abs(info.mtime - head.mtime) < 5  # S3's LastModified has its own clock and 1 s resolution
     assert info.size == 100 and info.path == "f.bin"
+
+
+async def test_put_returns_the_version_of_its_own_bytes(store: UnderStore) -> None:
+    """Concurrent puts of one path: each put returns the version of what *it* wrote,
+    never a concurrent writer's (the gateway pairs that version with an ETag)."""
+    import asyncio
+
+    bodies = [blob(4096 + i, seed=i) for i in range(6)]
+    infos = await asyncio.gather(*[put(store, "race.bin", b) for b in bodies])
+    assert len({i.version for i in infos}) == len(bodies)  # six writes, six versions
+    final = await store.head("race.bin")
+    winner = [b for b, i in zip(bodies, infos, strict=True) if i.version == final.version]
+    assert len(winner) == 1
+    assert await store.read_all("race.bin", 0, final.size) == winner[0]
 
 
 # --------------------------------------------------------------------------- list

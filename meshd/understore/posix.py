@@ -22,7 +22,13 @@ CHUNK = 1 << 20
 
 
 def _version(st: os.stat_result) -> str:
-    return f"{st.st_mtime_ns}-{st.st_size}"
+    # The inode makes every put a new version even when two same-size writes land
+    # in one timestamp tick (coarse-timestamp filesystems): each put is a new file.
+    return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _info(path: str, st: os.stat_result) -> ObjectInfo:
@@ -129,6 +135,17 @@ class PosixUnderStore(UnderStore):
             with os.fdopen(fd, "wb") as f:
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
+                f.flush()
+                # mkstemp makes 0600 files: give the file the mode a plain create
+                # would (or keep the mode of the file it replaces)
+                try:
+                    mode = os.stat(target).st_mode & 0o7777
+                except OSError:
+                    mode = 0o666 & ~_UMASK
+                os.fchmod(f.fileno(), mode)
+                # The version of *this* write, taken before the rename: a later
+                # head() could already see a concurrent writer's file.
+                st = os.fstat(f.fileno())
             if os.path.isdir(target):
                 from ..errors import IsADirectory
 
@@ -139,7 +156,7 @@ class PosixUnderStore(UnderStore):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return await self.head(path)
+        return _info(path, st)
 
     async def delete(self, path: str) -> None:
         target = self._abs(path)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -442,6 +443,7 @@ class S3UnderStore(UnderStore):
         buf = bytearray()
         upload_id: str | None = None
         parts: Parts = []
+        written = 0
         try:
             async for chunk in chunks:
                 buf += chunk
@@ -450,14 +452,17 @@ class S3UnderStore(UnderStore):
                         resp = await self._call("create_multipart_upload", what, Key=key)
                         upload_id = str(resp["UploadId"])
                     await self._upload_part(key, what, upload_id, parts, bytes(buf[:PART]))
+                    written += PART
                     del buf[:PART]
             if upload_id is None:
-                await self._call("put_object", what, Key=key, Body=bytes(buf))
+                resp = await self._call("put_object", what, Key=key, Body=bytes(buf))
+                size = len(buf)
             else:
                 if buf or not parts:
                     await self._upload_part(key, what, upload_id, parts, bytes(buf))
+                size = written + len(buf)
                 buf = bytearray()
-                await self._call(
+                resp = await self._call(
                     "complete_multipart_upload", what, Key=key, UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                 )
@@ -466,7 +471,12 @@ class S3UnderStore(UnderStore):
             if upload_id is not None:
                 await self._abort(key, upload_id)
             raise
-        return await self.head(path)
+        # The version is the ETag S3 gave *this* write, not a later HEAD's: a
+        # concurrent writer may already have replaced the object.
+        etag = str(resp.get("ETag", "")).strip('"')
+        if not etag:
+            return await self.head(path)
+        return ObjectInfo(path, size, time.time(), etag, False)
 
     async def _upload_part(
         self, key: str, what: str, upload_id: str, parts: Parts, data: bytes
