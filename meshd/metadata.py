@@ -7,7 +7,7 @@ records when it was fetched; an entry is trusted for the mount's
 explicit sync). A listing also refreshes the status of every child, so
 ``ls`` followed by ``stat`` of each file costs one under-store request.
 
-A status carries the object's version (ETag or mtime+size). The page cache
+A status carries the object's version (ETag or mtime+size+inode). The page cache
 keys pages by it: when a re-fetched status shows a new version, the old pages
 are simply never asked for again (and are dropped eagerly by the node).
 """

@@ -2,7 +2,7 @@
 
 Keys. A page is named by ``(file_id, version_id, index)``: ``file_id`` hashes
 the mount's URI and the file's path, ``version_id`` hashes the object's version
-(ETag / mtime+size). A changed object therefore has new keys: stale bytes are
+(ETag / mtime+size+inode). A changed object therefore has new keys: stale bytes are
 unreachable by construction, and all versions of one file share a directory so
 ``free`` and "drop the old versions" are one ``rmtree``.
 

@@ -6,7 +6,7 @@ existing directory succeeds. Paths are relative to the mount root, use ``/``
 and never start with one (``""`` is the root itself).
 
 An object's *version* is an opaque string that changes whenever its bytes do
-(an S3 ETag; ``mtime_ns-size`` for POSIX). The page cache keys pages by it,
+(an S3 ETag; ``mtime_ns-size-inode`` for POSIX). The page cache keys pages by it,
 so a changed object is a different key and can never be served stale.
 ``get_range(..., version=v)`` fails with :class:`~meshd.errors.VersionChanged`
 instead of returning bytes of another version.
