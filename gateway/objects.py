@@ -12,7 +12,6 @@ tested clients does).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,7 +25,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from meshd import errors as me
-from meshd.http_api import send_segment
+from meshd.http_api import stream_response
 from meshd.metadata import FileStatus
 from meshd.node import MeshNode
 
@@ -224,26 +223,7 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
             continue
         sresp = web.StreamResponse(status=status, headers=headers)
         sresp.content_length = end - start
-        try:
-            await sresp.prepare(request)
-            request["streaming"] = sresp  # from here on an error can only cut the connection
-            async for seg in stream.segments:
-                try:
-                    await node.prefer_file(seg)
-                    await send_segment(request, sresp, seg)
-                finally:
-                    seg.close()
-            await sresp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception:
-            import logging
-
-            logging.getLogger(__name__).exception("GET %s/%s failed after the response started", bucket, key)
-            if request.transport is not None:
-                request.transport.abort()  # headers are gone: only a short body can tell
-        finally:
-            await stream.aclose()
+        await stream_response(request, sresp, node, stream)
         return sresp
     raise S3Error("PreconditionFailed", "The object kept changing while it was being read", 412)
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .errors import InvalidArgument, MeshError
-from .node import MeshNode, Segment
+from .node import MeshNode, ReadStream, Segment
 from .pages import DiskPage, MemPage
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,34 @@ async def send_segment(request: web.Request, resp: web.StreamResponse, seg: Segm
     await resp.write(await asyncio.to_thread(seg.bytes))
 
 
+async def stream_response(request: web.Request, resp: web.StreamResponse, node: MeshNode,
+                          stream: ReadStream, use_sendfile: bool = True) -> None:
+    """Send a prepared read as the body of ``resp`` (zero copy where possible).
+
+    Once the headers are out, a failure can only cut the connection: a second
+    response would land inside the body. The read is always closed.
+    """
+    try:
+        await resp.prepare(request)
+        request["streaming"] = resp
+        async for seg in stream.segments:
+            try:
+                if use_sendfile:
+                    await node.prefer_file(seg)
+                await send_segment(request, resp, seg, use_sendfile)
+            finally:
+                seg.close()
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("read of %s failed after the response started; aborting", request.path)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        await stream.aclose()
+
+
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
     async def get_file(request: web.Request) -> web.StreamResponse:
         try:
@@ -93,25 +121,7 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
             "Content-Type": "application/octet-stream",
         })
         resp.content_length = stream.length
-        segments: AsyncIterator[Segment] = stream.segments
-        try:
-            await resp.prepare(request)
-            async for seg in segments:
-                try:
-                    if use_sendfile:
-                        await node.prefer_file(seg)
-                    await send_segment(request, resp, seg, use_sendfile)
-                finally:
-                    seg.close()
-            await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("read of %s failed after the response started; aborting", request.path)
-            if request.transport is not None:
-                request.transport.abort()
-        finally:
-            await stream.aclose()
+        await stream_response(request, resp, node, stream, use_sendfile)
         return resp
 
     async def put_file(request: web.Request) -> web.Response:
