@@ -92,20 +92,23 @@ class MetadataCache:
         return None if raw is None else FileStatus.from_json(path, raw)
 
     async def stat(self, mount: Mount, store: UnderStore, path: str, rel: str,
-                   *, fresh: bool = False) -> FileStatus:
+                   *, fresh: bool = False) -> tuple[FileStatus, FileStatus | None]:
+        """The status to use, and the one cached before (for version-change checks).
+
+        One metadata read serves the freshness check, the "unchanged" check and
+        the caller's comparison: this runs on every open.
+        """
         now = self._clock()
-        if not fresh:
-            cached = self.cached_status(path)
-            if cached is not None and _fresh(cached.fetched_at, mount.sync_interval, now):
-                return cached
+        previous = self.cached_status(path)
+        if not fresh and previous is not None and _fresh(previous.fetched_at, mount.sync_interval, now):
+            return previous, previous
         info = await store.head(rel)
         status = FileStatus.of(path, info, now)
-        cached = None if fresh else self.cached_status(path)
-        unchanged = cached is not None and (cached.version, cached.size, cached.is_dir) == (
-            status.version, status.size, status.is_dir)
+        unchanged = not fresh and previous is not None and (
+            previous.version, previous.size, previous.is_dir) == (status.version, status.size, status.is_dir)
         if not (unchanged and mount.sync_interval == 0):  # with 0, fetched_at never matters
             self._put({self._skey(path): status.to_json()}, [])
-        return status
+        return status, previous
 
     async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str) -> list[FileStatus]:
         now = self._clock()

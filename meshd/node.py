@@ -138,8 +138,7 @@ class MeshNode:
         return t
 
     async def _stat(self, t: Target, fresh: bool = False) -> FileStatus:
-        before = self.metadata.cached_status(t.path)
-        status = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        status, before = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
         if before is not None and before.version and before.version != status.version:
             self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
