@@ -33,7 +33,6 @@ from .errors import (
     access_denied,
     from_mesh,
     invalid_argument,
-    no_such_bucket,
     not_implemented,
 )
 from .multipart import MultipartStore, Upload
@@ -504,4 +503,4 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     return app
 
 
-__all__ = ["Gateway", "make_app", "no_such_bucket"]
+__all__ = ["Gateway", "make_app"]

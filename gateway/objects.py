@@ -30,7 +30,7 @@ from meshd.metadata import FileStatus
 from meshd.node import MeshNode
 
 from . import xmlio
-from .errors import S3Error, from_mesh, invalid_argument, no_such_key
+from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
 MAX_PUT = 5 << 30  # S3's single-PUT limit
@@ -356,7 +356,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
                       "to itself without changing the object's metadata.", 400)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
-    st, a, chunks = await read_source(request, node, sb, sk)
+    _, a, chunks = await read_source(request, node, sb, sk)
     if directive == "COPY":
         ct, meta = a.content_type, a.metadata
     else:
@@ -367,7 +367,6 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
         xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
-    del st
     return web.Response(body=body, content_type="application/xml")
 
 
@@ -430,8 +429,6 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
 
 
 async def require_bucket(node: MeshNode, bucket: str) -> None:
-    from .errors import no_such_bucket
-
     try:
         st = await node.stat("/" + bucket)
     except me.MeshError:

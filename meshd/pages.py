@@ -77,9 +77,6 @@ class DiskPage:
         self.file = file
         self.length = length
 
-    def read(self) -> bytes:
-        return os.pread(self.file.fileno(), self.length, 0)
-
     def close(self) -> None:
         self.file.close()
 
@@ -289,9 +286,6 @@ class SingleFlight:
 
     def __init__(self) -> None:
         self._inflight: dict[Any, asyncio.Future[Any]] = {}
-
-    def inflight(self) -> int:
-        return len(self._inflight)
 
     def get(self, key: Any) -> asyncio.Future[Any] | None:
         return self._inflight.get(key)
