@@ -328,19 +328,9 @@ class MeshClient:
 
     def iter_read(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
                   chunk_size: int = CHUNK, stream_id: str | None = None) -> Iterator[bytes]:
-        if self._sc() is not None:
-            buf = bytearray(chunk_size)
-            for n in self.read_chunks_into(path, buf, offset, length, nocache=nocache, stream_id=stream_id):
-                yield bytes(buf[:n])
-            return
-        resp, remaining = self.open_read(path, offset, length, nocache=nocache, stream_id=stream_id)
-        while remaining > 0:
-            chunk = resp.read(min(chunk_size, remaining))
-            if not chunk:
-                self._local.conn = None
-                raise UnderStoreError(f"read of {path} ended {remaining} bytes early (node aborted it)")
-            remaining -= len(chunk)
-            yield chunk
+        buf = bytearray(chunk_size)
+        for n in self.read_chunks_into(path, buf, offset, length, nocache=nocache, stream_id=stream_id):
+            yield bytes(buf[:n])
 
     def cat(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
             stream_id: str | None = None) -> bytes:
