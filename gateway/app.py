@@ -13,6 +13,7 @@ S3's XML error document here, in one place (a HEAD gets the status only).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -290,8 +291,8 @@ class Gateway:
         page = await listing.list_page(self.node, bucket, prefix, delimiter, after, max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
         contents = []
-        for ent in page.entries:
-            a = objects.attrs_of(self.node, ent.status)
+        attrs = await asyncio.gather(*(objects.attrs_of(self.node, ent.status) for ent in page.entries))
+        for ent, a in zip(page.entries, attrs, strict=True):
             kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
                     xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
                     xmlio.leaf("StorageClass", "STANDARD")]
@@ -328,8 +329,8 @@ class Gateway:
         page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
         items = []
-        for ent in page.entries:
-            a = objects.attrs_of(self.node, ent.status)
+        attrs = await asyncio.gather(*(objects.attrs_of(self.node, ent.status) for ent in page.entries))
+        for ent, a in zip(page.entries, attrs, strict=True):
             items.append(xmlio.element("Version", [
                 xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),

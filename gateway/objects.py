@@ -64,8 +64,8 @@ def mesh_path(bucket: str, key: str) -> str:
     return "/" + bucket + "/" + key.rstrip("/")
 
 
-def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
-    a = node.metadata.attrs(st.path, st.version)
+async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
+    a = await node.metadata.attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
         return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
@@ -184,7 +184,7 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
     for _attempt in (0, 1):
         st = await stat_object(node, bucket, key)
-        a = attrs_of(node, st)
+        a = await attrs_of(node, st)
         cond = check_conditions(request.headers, a.etag, st.mtime)
         if cond == 304:
             return web.Response(status=304, headers={"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime)})
@@ -277,7 +277,7 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
-    node.metadata.set_attrs(st.path, st.version, {
+    await node.metadata.set_attrs(st.path, st.version, {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
         "meta": metadata})
     return st, tag
@@ -311,7 +311,7 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
                       rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
     st = await stat_object(node, bucket, key)
-    a = attrs_of(node, st)
+    a = await attrs_of(node, st)
     cond = check_conditions(request.headers, a.etag, st.mtime, prefix="x-amz-copy-source-")
     if cond is not None:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
@@ -389,7 +389,7 @@ async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
         return
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    node.metadata.drop_attrs(path)
+    await node.metadata.drop_attrs(path)
 
 
 async def delete_object(node: MeshNode, bucket: str, key: str) -> web.Response:

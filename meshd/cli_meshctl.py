@@ -194,6 +194,18 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
     print(f"  under-store requests: {reqs}")
     if r["cache_write_errors"] or r["corrupt_pages"]:
         print(f"  cache disk write errors: {r['cache_write_errors']}, corrupt pages dropped: {r['corrupt_pages']}")
+    cl = r.get("cluster")
+    if cl:
+        etcd = "etcd ok" if cl["etcd_ok"] else "etcd UNREACHABLE (serving with the last known members)"
+        print(f"\ncluster {cl['name']}, region {cl['region']}: {len(cl['members'])} members, {etcd}")
+        print(f"  metadata calls forwarded to owners: {r['metadata_forwarded']}, "
+              f"served here for lack of an owner: {r['metadata_fallbacks']}; peer bytes {_size(b.get('peer', 0))}")
+        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'USED':>10} {'CAPACITY':>10} {'HIT':>6}")
+        for m in cl["members"]:
+            used = _size(m["used"]) if "used" in m else "-"
+            hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
+            print(f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
+                  f"{_size(m['capacity']):>10} {hit:>6}")
 
 
 def _parser() -> argparse.ArgumentParser:

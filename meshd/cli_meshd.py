@@ -3,8 +3,11 @@
 ``meshd embedded`` runs a complete single-node mesh in one process, with no
 etcd: state in ``--data-dir``, mounts from ``--mount`` (and from earlier
 ``meshctl mount add``), ports from flags or free ones, published in
-``DATA_DIR/endpoints.json``. Cluster mode (``meshd run``) comes with the
-region-cluster issue.
+``DATA_DIR/endpoints.json``.
+
+``meshd run --etcd URL --cluster NAME --region NAME --data-dir DIR`` runs one
+node of a region's cache cluster: it registers in etcd, shares the cluster's
+mount table, and owns its share of pages and metadata (see ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from dataclasses import replace
 
 from . import __version__
-from .config import NodeConfig, from_dict, load, parse_mount_flag, parse_size
+from .config import NodeConfig, check_cluster, from_dict, load, parse_mount_flag, parse_size
 from .errors import InvalidArgument, MeshError
 
 
@@ -25,6 +28,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("embedded", help="run a single-node mesh in one process (no etcd)")
+    _node_flags(e)
+    r = sub.add_parser("run", help="run one node of a region's cache cluster (membership in etcd)")
+    _node_flags(r)
+    r.add_argument("--etcd", help="etcd endpoint(s), comma-separated: http://host:2379")
+    r.add_argument("--cluster", help="cluster name (etcd keys live under /mesh/NAME/)")
+    r.add_argument("--region", help="this node's region")
+    r.add_argument("--zone", help="this node's zone within the region")
+    r.add_argument("--node-id", help="this node's id (default: generated once into DATA_DIR/node-id)")
+    r.add_argument("--advertise-host", help="the address peers and clients reach this node at (default: --host)")
+    r.add_argument("--meta-port", type=int, help="metadata wire port (default: a free one)")
+    r.add_argument("--lease-ttl", type=int, help="seconds before etcd drops a node that stopped answering (10)")
+    r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a node label (repeatable)")
+    return p
+
+
+def _node_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--config", help="YAML configuration file (see CONFIGURATION.md)")
     e.add_argument("--data-dir", help="state directory (default: $MESH_DATA_DIR or ~/.local/share/mesh)")
     e.add_argument("--mount", action="append", default=[], metavar="/PATH=URI[,k=v...]",
@@ -44,7 +63,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="accept unsigned S3 requests even when keys are configured")
     e.add_argument("--no-s3", action="store_true", help="do not serve the S3 API")
     e.add_argument("--log-level", default="INFO")
-    return p
 
 
 def build_config(args: argparse.Namespace) -> NodeConfig:
@@ -69,7 +87,29 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         s3 = replace(s3, allow_anonymous=True)
     if args.no_s3:
         s3 = replace(s3, enabled=False)
-    return replace(cfg, s3=s3)
+    cfg = replace(cfg, s3=s3)
+    if args.command == "run":
+        cc = cfg.cluster
+        labels = dict(cc.labels)
+        for item in args.label:
+            k, sep, v = item.partition("=")
+            if not sep or not k:
+                raise InvalidArgument(f"--label {item!r}: expected KEY=VALUE")
+            labels[k] = v
+        etcd = tuple(e.strip() for e in args.etcd.split(",") if e.strip()) if args.etcd else cc.etcd
+        cc = replace(cc, etcd=etcd, name=args.cluster or cc.name, region=args.region or cc.region,
+                     zone=args.zone or cc.zone, node_id=args.node_id or cc.node_id,
+                     advertise_host=args.advertise_host or cc.advertise_host, labels=labels,
+                     meta_port=args.meta_port if args.meta_port is not None else cc.meta_port,
+                     lease_ttl=args.lease_ttl if args.lease_ttl is not None else cc.lease_ttl)
+        if not cc.etcd:
+            raise InvalidArgument("meshd run needs --etcd (or cluster.etcd in the config file); "
+                                  "for a single node without etcd use `meshd embedded`")
+        check_cluster(cc, "meshd run")
+        cfg = replace(cfg, cluster=cc)
+    elif cfg.cluster.enabled:
+        raise InvalidArgument("the config file sets cluster.etcd: start it with `meshd run`, not `meshd embedded`")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import grpc
 
 from .config import default_data_dir
-from .errors import InvalidArgument, MeshError, UnderStoreError, from_kind
+from .errors import InvalidArgument, MeshError, NodeUnavailable, UnderStoreError, from_kind
 from .rpc import mesh_pb2 as pb
 from .rpc import mesh_pb2_grpc as pb_grpc
 
@@ -45,7 +45,7 @@ _GRPC_TO_KIND = {
 }
 
 
-class NodeUnreachable(MeshError):
+class NodeUnreachable(NodeUnavailable):
     """No node answers at the endpoint."""
 
 

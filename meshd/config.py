@@ -88,6 +88,26 @@ class MountConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster mode (``meshd run``): membership, mount table and cluster settings in etcd."""
+
+    etcd: tuple[str, ...] = ()  # etcd endpoints, http://host:port
+    name: str = ""  # the cluster; etcd keys live under /mesh/<name>/
+    region: str = ""
+    zone: str = ""
+    node_id: str = ""  # default: DATA_DIR/node-id (generated once)
+    advertise_host: str = ""  # the address peers and clients use (default: host)
+    capacity: int = 0  # announced cache capacity (default: the disk tier's)
+    labels: dict[str, str] = field(default_factory=dict)
+    lease_ttl: int = 10  # seconds without keep-alive before etcd drops a dead node
+    meta_port: int = 0  # the metadata wire's port (0: a free one)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.etcd)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: str = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
@@ -96,7 +116,8 @@ class NodeConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     mounts: tuple[MountConfig, ...] = ()
     default_mount: bool = True
-    s3: S3Config = field(default_factory=S3Config)  # mount DATA_DIR/local-store at /local when no mount exists
+    s3: S3Config = field(default_factory=S3Config)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -163,9 +184,57 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
             s3_kw[k] = int(v)
         else:
             s3_kw[k] = float(v)
-    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3")}
+    cluster = _cluster_from_dict(raw.get("cluster") or {}, where)
+    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      **node_kw)
+                      cluster=cluster, **node_kw)
+
+
+def _cluster_from_dict(raw: Any, where: str) -> ClusterConfig:
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: cluster must be a mapping")
+    _check_keys(raw, ClusterConfig, f"{where}: cluster")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k == "etcd":
+            kw[k] = tuple(str(e) for e in (v if isinstance(v, list) else str(v).split(",")) if str(e).strip())
+        elif k == "labels":
+            if not isinstance(v, dict):
+                raise InvalidArgument(f"{where}: cluster.labels must be a mapping")
+            kw[k] = {str(a): str(b) for a, b in v.items()}
+        elif k == "capacity":
+            kw[k] = parse_size(v, "cluster.capacity")
+        elif k in ("lease_ttl", "meta_port"):
+            try:
+                kw[k] = int(v)
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{where}: cluster.{k} must be an integer, got {v!r}") from None
+        else:
+            kw[k] = str(v)
+    cfg = ClusterConfig(**kw)
+    check_cluster(cfg, where)
+    return cfg
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_cluster(cfg: ClusterConfig, where: str = "config") -> None:
+    """Names go into etcd keys: refuse anything that could escape them."""
+    for key in ("name", "region", "zone", "node_id"):
+        value = getattr(cfg, key)
+        if value and not _NAME.fullmatch(value):
+            raise InvalidArgument(f"{where}: cluster.{key} {value!r} must be 1-63 letters, digits, "
+                                  "'.', '_' or '-', starting with a letter or digit")
+    if cfg.enabled:
+        for key in ("name", "region"):
+            if not getattr(cfg, key):
+                raise InvalidArgument(f"{where}: cluster mode needs cluster.{key} (--{key if key != 'name' else 'cluster'})")
+        for e in cfg.etcd:
+            if not re.fullmatch(r"(https?://)?[^/:\s]+:\d+/?", e.strip()):
+                raise InvalidArgument(f"{where}: etcd endpoint {e!r} is not host:port or http://host:port")
+    if not 1 <= cfg.lease_ttl <= 3600:
+        raise InvalidArgument(f"{where}: cluster.lease_ttl must be between 1 and 3600 seconds")
 
 
 def parse_mount_flag(flag: str) -> MountConfig:

@@ -11,6 +11,7 @@ the file finds a node that answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import logging
@@ -19,15 +20,26 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from aiohttp import web
 
+from .cluster import Cluster
 from .config import NodeConfig
 from .errors import InvalidArgument, MeshError
 from .http_api import make_app
 from .kv import RocksKV
+from .membership import (
+    Etcd,
+    EtcdMembership,
+    EtcdMounts,
+    Member,
+    Membership,
+    StaticMembership,
+    cluster_config,
+)
+from .meta_api import handlers as meta_handlers
 from .metadata import MetadataCache
 from .metrics import InstrumentedStore, Metrics, Stats
 from .mounts import MountTable
@@ -37,6 +49,7 @@ from .readahead import ReadAhead
 from .rpc import mesh_pb2_grpc as pb_grpc
 from .service import MeshService
 from .shortcircuit import ShortCircuitServer
+from .wire import WireServer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +96,11 @@ class Daemon:
         self._s3_runner: web.AppRunner | None = None
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
+        self._etcd: Etcd | None = None
+        self._membership: Membership | None = None
+        self._etcd_mounts: EtcdMounts | None = None
+        self._cluster: Cluster | None = None
+        self._wire: WireServer | None = None
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -112,21 +130,67 @@ class Daemon:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="meshd-io"))
         self._lock()
-        self.node_id = self._node_id()
+        cc = cfg.cluster
+        self.node_id = cc.node_id or self._node_id()
+        page_size = cfg.cache.page_size
+        if cc.enabled:
+            self._etcd = Etcd(cc.etcd)
+            try:
+                shared = await cluster_config(self._etcd, cc.name, {"page_size": page_size})
+            except MeshError:
+                raise
+            except Exception as e:
+                raise MeshError(f"cannot reach etcd at {', '.join(cc.etcd)}: {type(e).__name__} {e}") from None
+            if int(shared.get("page_size", page_size)) != page_size:
+                log.warning("cluster %s uses %d-byte pages; using them instead of the configured %d",
+                            cc.name, shared["page_size"], page_size)
+                page_size = int(shared["page_size"])
         self._kv = RocksKV(os.path.join(self.data_dir, "meta"))
         stats = Stats()
-        cache = PageCache(os.path.join(self.data_dir, "pages"), cfg.cache.page_size,
+        cache = PageCache(os.path.join(self.data_dir, "pages"), page_size,
                           cfg.cache.memory_capacity, cfg.cache.disk_capacity,
                           cfg.cache.high_watermark, cfg.cache.low_watermark, cfg.cache.write_behind)
         self.metrics = metrics = Metrics(stats, cache)
         mounts = MountTable(self._kv, wrap=lambda store: InstrumentedStore(store, metrics))
-        readahead = ReadAhead(cfg.cache.page_size, max_pages=cfg.cache.readahead_pages)
+        readahead = ReadAhead(page_size, max_pages=cfg.cache.readahead_pages)
+
+        host = _url_host(cc.advertise_host or cfg.host)
+        http_sock = _bind(cfg.host, cfg.http_port)
+        meta_sock = _bind(cfg.host, cc.meta_port)
+        http_url = f"http://{host}:{http_sock.getsockname()[1]}"
+        meta_addr = f"{host}:{meta_sock.getsockname()[1]}"
+        grpc_port = cfg.grpc_port
+        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                              ("grpc.max_send_message_length", 64 << 20)])
+        bind = f"[{cfg.host}]:{grpc_port}" if ":" in cfg.host else f"{cfg.host}:{grpc_port}"
+        try:
+            grpc_port = self._grpc.add_insecure_port(bind)
+        except RuntimeError as e:
+            raise InvalidArgument(f"cannot listen on {bind} for gRPC: {e}") from None
+        me = Member(node_id=self.node_id, cluster=cc.name or "embedded", region=cc.region or "local",
+                    grpc=f"{host}:{grpc_port}", http=http_url, meta=meta_addr, zone=cc.zone,
+                    capacity=cc.capacity or cfg.cache.disk_capacity, labels=dict(cc.labels),
+                    host=socket.gethostname(), data_dir=self.data_dir, pid=os.getpid(), started=time.time())
+        if cc.enabled:
+            assert self._etcd is not None
+            self._membership = EtcdMembership(self._etcd, me, cc.lease_ttl)
+            self._cluster = Cluster(self._membership)
+        else:
+            self._membership = StaticMembership(me)
         self.node = node = MeshNode(mounts, MetadataCache(self._kv), cache, stats, readahead,
-                                    cfg.cache.load_parallelism)
+                                    cfg.cache.load_parallelism, cluster=self._cluster)
         metrics.collector.metadata_write_errors = lambda: node.metadata.write_errors
+        if cc.enabled:
+            assert self._etcd is not None
+            self._etcd_mounts = EtcdMounts(self._etcd, cc.name, mounts)
+            mounts.shared = self._etcd_mounts
+            try:
+                await self._etcd_mounts.start()
+            except Exception as e:
+                raise MeshError(f"cannot read the mount table from etcd: {type(e).__name__} {e}") from None
         for m in cfg.mounts:
             await mounts.add(m.path, m.uri, m.options, replace=True)
-        if not mounts.entries() and cfg.default_mount:
+        if not mounts.entries() and cfg.default_mount and not cc.enabled:
             local = os.path.join(self.data_dir, "local-store")
             os.makedirs(local, exist_ok=True)
             welcome = os.path.join(local, "hello.txt")
@@ -136,34 +200,30 @@ class Daemon:
             await mounts.add(DEFAULT_MOUNT_PATH, "file://" + local, {})
             log.info("no mounts configured: mounted %s at %s", local, DEFAULT_MOUNT_PATH)
 
-        host = _url_host(cfg.host)
-        http_sock = _bind(cfg.host, cfg.http_port)
-        grpc_port = cfg.grpc_port
-        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                              ("grpc.max_send_message_length", 64 << 20)])
         pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
-        bind = f"[{cfg.host}]:{grpc_port}" if ":" in cfg.host else f"{cfg.host}:{grpc_port}"
-        try:
-            grpc_port = self._grpc.add_insecure_port(bind)
-        except RuntimeError as e:
-            raise InvalidArgument(f"cannot listen on {bind} for gRPC: {e}") from None
         await self._grpc.start()
+        self._wire = WireServer(meta_handlers(node, self._info))
+        await self._wire.start(meta_sock)
         self._runner = web.AppRunner(make_app(node, metrics.render), access_log=None,
                                      handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, http_sock).start()
-        http_port = http_sock.getsockname()[1]
         self._sc = ShortCircuitServer(node, os.path.join(self.data_dir, "local.sock"))
         await self._sc.start()
         s3_url = await self._start_s3(node, host) if cfg.s3.enabled else None
         self.endpoints = {
-            "grpc": f"{host}:{grpc_port}",
-            "http": f"http://{host}:{http_port}",
-            "metrics": f"http://{host}:{http_port}/metrics",
+            "grpc": me.grpc,
+            "http": http_url,
+            "meta": meta_addr,
+            "metrics": f"{http_url}/metrics",
             "local": self._sc.path,
         }
         if s3_url:
             self.endpoints["s3"] = s3_url
+        if cc.enabled:  # join the ring last: peers see this node only once it answers
+            assert isinstance(self._membership, EtcdMembership)
+            self._membership.me = me = dataclasses.replace(me, endpoints=dict(self.endpoints))
+            await self._membership.start()
         self._publish()
         log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
 
@@ -190,6 +250,16 @@ class Daemon:
             log.info("S3 gateway at %s (%d access key(s))", url, len(s3.access_keys))
         return url
 
+    def _info(self) -> dict[str, Any]:
+        """What the metadata wire's ``info`` tells clients: this node and its region."""
+        assert self.node is not None and self._membership is not None
+        members = self._membership.members.values()
+        return {"node_id": self.node_id, "page_size": self.node.cache.page_size, "endpoints": self.endpoints,
+                "cluster": self._membership.me.cluster, "region": self._membership.me.region,
+                "vnodes": self._cluster.vnodes if self._cluster else 128,
+                "members": [{"node_id": m.node_id, "grpc": m.grpc, "http": m.http, "meta": m.meta,
+                             "capacity": m.capacity, "endpoints": m.endpoints} for m in members]}
+
     def _publish(self) -> None:
         path = os.path.join(self.data_dir, "endpoints.json")
         tmp = path + ".tmp"
@@ -203,6 +273,12 @@ class Daemon:
             os.unlink(os.path.join(self.data_dir, "endpoints.json"))
         except FileNotFoundError:
             pass
+        if self._membership is not None:
+            await self._membership.stop()  # leave the ring first
+        if self._etcd_mounts is not None:
+            await self._etcd_mounts.stop()
+        if self._wire is not None:
+            await self._wire.stop()
         if self._sc is not None:
             await self._sc.stop()
         if self._s3_runner is not None:
@@ -213,6 +289,10 @@ class Daemon:
             await self._grpc.stop(grace=1)
         if self.node is not None:
             await self.node.close()
+        if self._cluster is not None:
+            await self._cluster.close()
+        if self._etcd is not None:
+            await self._etcd.close()
         if self._kv is not None:
             self._kv.close()
         if self._lock_file is not None:

@@ -15,6 +15,7 @@
     ├── PermissionDenied           EACCES      PERMISSION_DENIED    403
     ├── VersionChanged             ESTALE      ABORTED              412
     ├── UnderStoreError            EIO         UNAVAILABLE          502
+    ├── NodeUnavailable            EIO         UNAVAILABLE          503
     └── NoSpace                    ENOSPC      RESOURCE_EXHAUSTED   507
 
 Front ends never invent their own mapping: they call :func:`errno_of`,
@@ -92,6 +93,12 @@ class UnderStoreError(MeshError):
     errno, grpc_code, http_status = _errno.EIO, "UNAVAILABLE", 502
 
 
+class NodeUnavailable(MeshError):
+    """A mesh node (a peer, or the node a client talks to) cannot be reached."""
+
+    errno, grpc_code, http_status = _errno.EIO, "UNAVAILABLE", 503
+
+
 class NoSpace(MeshError):
     errno, grpc_code, http_status = _errno.ENOSPC, "RESOURCE_EXHAUSTED", 507
 
@@ -101,7 +108,7 @@ _KINDS: dict[str, type[MeshError]] = {
     for cls in (
         MeshError, NotFound, AlreadyExists, NotADirectory, IsADirectory, DirectoryNotEmpty,
         InvalidPath, InvalidArgument, MountError, NotSupported, PermissionDenied,
-        VersionChanged, UnderStoreError, NoSpace,
+        VersionChanged, UnderStoreError, NodeUnavailable, NoSpace,
     )
 }
 

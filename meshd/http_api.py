@@ -6,6 +6,10 @@
                                          ``X-Mesh-Stream`` names the reader
                                          for sequential detection
 ``PUT  /v1/files/<path>``                write the request body (streamed)
+``GET  /v1/pages/<path>``                (between nodes) page ``index`` of a
+                                         file at ``version``, ``size`` bytes
+                                         long, from this node as its owner;
+                                         ``warm=1``: cache it, send nothing
 ``GET  /metrics``                        Prometheus text format
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
@@ -136,6 +140,29 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
         return web.json_response({"path": status.path, "size": status.size, "version": status.version,
                                   "mtime": status.mtime}, status=201)
 
+    async def get_page(request: web.Request) -> web.StreamResponse:
+        try:
+            index = _int_arg(request, "index", -1)
+            size = _int_arg(request, "size", -1)
+            version = request.query.get("version", "")
+            warm = request.query.get("warm", "") == "1"
+            page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index)
+        except Exception as e:
+            return _error(e)
+        seg = Segment(page, 0, length)
+        if warm:
+            seg.close()
+            return web.json_response({"fetched": fetched})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = length
+        try:
+            await resp.prepare(request)
+            await send_segment(request, resp, seg, use_sendfile)
+            await resp.write_eof()
+        finally:
+            seg.close()
+        return resp
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
 
@@ -145,6 +172,7 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
     app = web.Application(client_max_size=0)
     app.router.add_get("/v1/files/{path:.*}", get_file)
     app.router.add_put("/v1/files/{path:.*}", put_file)
+    app.router.add_get("/v1/pages/{path:.*}", get_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app

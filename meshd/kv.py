@@ -33,8 +33,8 @@ class KV(abc.ABC):
     def delete(self, key: bytes) -> None: ...
 
     @abc.abstractmethod
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs whose key starts with ``prefix``, in key order."""
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs whose key starts with ``prefix``, in key order, from ``start`` (inclusive) on."""
 
     @abc.abstractmethod
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
@@ -61,8 +61,8 @@ class MemoryKV(KV):
         if self._data.pop(key, None) is not None:
             self._keys.pop(bisect.bisect_left(self._keys, key))
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        i = bisect.bisect_left(self._keys, prefix)
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        i = bisect.bisect_left(self._keys, max(prefix, start or b""))
         keys = []
         while i < len(self._keys) and self._keys[i].startswith(prefix):
             keys.append(self._keys[i])
@@ -163,11 +163,11 @@ class RocksKV(KV):
     def delete(self, key: bytes) -> None:
         self._guard(lambda db: db.__delitem__(key))
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         if self._db is None:
             return
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(max(prefix, start or b""))
         while it.valid():
             key = bytes(it.key())
             if not key.startswith(prefix):

@@ -1,7 +1,9 @@
 """The metadata shard: file status and directory listings cached from the
 under-stores, in the node's KV store (RocksDB).
 
-Keys: ``s:<mesh path>`` -> status, ``l:<mesh dir>`` -> listing. Each value
+Keys: ``s:<mesh path>`` -> status; ``l:<mesh dir>`` -> a listing's header
+(when it was fetched, how many entries) and ``e:<mesh dir>\\0<name>`` -> each
+entry. Each value
 records when it was fetched; an entry is trusted for the mount's
 ``sync_interval`` seconds (``0``: always ask the under-store, ``-1``: until an
 explicit sync). A listing also refreshes the status of every child, so
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,10 @@ class FileStatus:
     @classmethod
     def of(cls, path: str, info: ObjectInfo, now: float) -> FileStatus:
         return cls(path, info.size, info.mtime, info.version, info.is_dir, now)
+
+
+def _entry(s: FileStatus) -> bytes:
+    return json.dumps([s.size, s.mtime, s.version, s.is_dir]).encode()
 
 
 def _fresh(fetched_at: float, interval: float, now: float) -> bool:
@@ -87,6 +93,10 @@ class MetadataCache:
     def _lkey(path: str) -> bytes:
         return b"l:" + path.encode()
 
+    @staticmethod
+    def _ekey(path: str) -> bytes:
+        return b"e:" + path.encode() + b"\x00"
+
     def cached_status(self, path: str) -> FileStatus | None:
         raw = self._kv.get(self._skey(path))
         return None if raw is None else FileStatus.from_json(path, raw)
@@ -110,21 +120,64 @@ class MetadataCache:
             self._put({self._skey(path): status.to_json()}, [])
         return status, previous
 
-    async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str) -> list[FileStatus]:
-        now = self._clock()
+    def _listing_fresh(self, path: str, mount: Mount, now: float) -> float | None:
+        """The listing's fetch time if a fresh one is cached, else None."""
         raw = self._kv.get(self._lkey(path))
-        if raw is not None:
-            d = json.loads(raw)
-            if _fresh(d["t"], mount.sync_interval, now):
-                return [FileStatus(paths.join(path, n), s, m, v, isd, d["t"]) for n, s, m, v, isd in d["e"]]
-        infos = await store.list(rel)
-        out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
-        puts = {self._skey(s.path): s.to_json() for s in out}
-        puts[self._lkey(path)] = json.dumps(
-            {"t": now, "e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] for s in out]}
-        ).encode()
-        self._put(puts, [])
-        return out
+        if raw is None:
+            return None
+        head = json.loads(raw)
+        if "n" not in head or not _fresh(head["t"], mount.sync_interval, now):
+            return None
+        return float(head["t"])
+
+    async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str, after: str = "",
+                      limit: int = 0, *, children_here: bool = True,
+                      on_load: Callable[[list[FileStatus]], None] | None = None,
+                      ) -> tuple[list[FileStatus], bool]:
+        """Entries of directory ``path`` in name order, after the name ``after``; at most
+        ``limit`` (0: all). Returns (entries, more).
+
+        A listing is stored one key per entry (``e:<dir>\\0<name>``) under a header
+        ``l:<dir>``, so a page of a huge directory is one range scan. A load from the
+        under-store also records each child's status here (``children_here``), or hands
+        the children to ``on_load`` (a cluster sends them to their owners).
+        """
+        now = self._clock()
+        t = self._listing_fresh(path, mount, now)
+        if t is None:
+            infos = await store.list(rel)
+            out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
+            out.sort(key=lambda s: paths.basename(s.path).encode())
+            base = self._ekey(path)
+            deletes = [k for k, _ in self._kv.scan(base)]
+            puts = {base + paths.basename(s.path).encode(): _entry(s) for s in out}
+            if children_here:
+                puts.update({self._skey(s.path): s.to_json() for s in out})
+            puts[self._lkey(path)] = json.dumps({"t": now, "n": len(out)}).encode()
+            self._put(puts, deletes)
+            if on_load is not None:
+                on_load(out)
+            if not after and not limit:
+                return out, False
+            if after:
+                out = [s for s in out if paths.basename(s.path).encode() > after.encode()]
+            return (out[:limit], len(out) > limit) if limit else (out, False)
+        base = self._ekey(path)
+        start = base + after.encode() + b"\x00" if after else None
+        entries: list[FileStatus] = []
+        for k, v in self._kv.scan(base, start):
+            if limit and len(entries) == limit:
+                return entries, True
+            size, mtime, version, is_dir = json.loads(v)
+            entries.append(FileStatus(paths.join(path, k[len(base):].decode()), size, mtime, version, is_dir, t))
+        return entries, False
+
+    def record_many(self, statuses: Sequence[FileStatus], drop_listings: Sequence[str] = ()) -> None:
+        """Store statuses (sent by a listing's owner, or learnt by a write)."""
+        self._put({self._skey(s.path): s.to_json() for s in statuses}, [self._lkey(d) for d in drop_listings])
+
+    def drop(self, statuses: Sequence[str] = (), listings: Sequence[str] = ()) -> None:
+        self._put({}, [self._skey(p) for p in statuses] + [self._lkey(p) for p in listings])
 
     def record(self, status: FileStatus) -> None:
         """Remember a status learnt from a write; the parent listing is now stale."""
@@ -161,11 +214,13 @@ class MetadataCache:
     def forget_subtree(self, path: str) -> int:
         """Drop every cached entry at or below ``path``; returns how many."""
         doomed = [self._lkey(paths.parent(path))]
-        for prefix in (b"s:", b"l:"):
+        for prefix in (b"s:", b"l:", b"e:"):
             exact = prefix + path.encode()
-            if self._kv.get(exact) is not None:
+            if prefix == b"e:":
+                doomed.extend(k for k, _ in self._kv.scan(exact + b"\x00"))
+            elif self._kv.get(exact) is not None:
                 doomed.append(exact)
             below = prefix + (path.rstrip("/") + "/").encode()
             doomed.extend(k for k, _ in self._kv.scan(below))
         self._put({}, doomed)
-        return len(doomed) - 1
+        return sum(1 for k in doomed[1:] if k.startswith(b"s:"))

@@ -22,7 +22,7 @@ from .understore import ObjectInfo, UnderStore
 if TYPE_CHECKING:
     from .pages import PageCache
 
-SOURCES = ("memory", "disk", "understore", "nocache")
+SOURCES = ("memory", "disk", "peer", "understore", "nocache")
 
 
 class Stats:

@@ -15,8 +15,10 @@ option             default  meaning
 ``read_only``      false    refuse writes, deletes, mkdir and rename
 =================  =======  ==================================================
 
-The table persists in the node's KV store (key ``m:<path>``); in cluster mode
-(a later issue) it lives in etcd, behind the same class.
+The table persists in the node's KV store (key ``m:<path>``). In cluster mode
+it lives in etcd (``/mesh/<cluster>/mounts/<path>``, shared by every node and
+region): changes are written there, every node applies them from its watch,
+and the KV copy is the last known table, used if etcd is away at start-up.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from . import paths
@@ -120,11 +123,20 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     return mount
 
 
+class SharedMounts(Protocol):
+    """Where a cluster keeps its mount table (etcd)."""
+
+    async def put(self, mount: Mount) -> None: ...
+
+    async def delete(self, path: str) -> None: ...
+
+
 class MountTable:
     """Mounts of one node, each with its open under-store."""
 
     def __init__(self, kv: KV, wrap: Callable[[UnderStore], UnderStore] | None = None) -> None:
         self._kv = kv
+        self.shared: SharedMounts | None = None  # set in cluster mode
         self._wrap = wrap or (lambda store: store)
         self._mounts: dict[str, Mount] = {}
         self._stores: dict[str, UnderStore] = {}
@@ -157,24 +169,50 @@ class MountTable:
             except BaseException:
                 await store.close()
                 raise
+        if self.shared is not None:
+            try:
+                await self.shared.put(mount)
+            except BaseException:
+                await store.close()
+                raise
+        await self._install(mount, store)
+        return mount
+
+    async def _install(self, mount: Mount, store: UnderStore | None) -> None:
         old = self._stores.pop(mount.path, None)
         if old is not None:
             await old.close()
         self._mounts[mount.path] = mount
-        self._stores[mount.path] = store
+        if store is not None:
+            self._stores[mount.path] = store
         self._kv.put(_PREFIX + mount.path.encode(), mount.to_json())
-        return mount
 
     async def remove(self, path: str) -> Mount:
         path = paths.normalize(path)
-        mount = self._mounts.pop(path, None)
+        mount = self._mounts.get(path)
         if mount is None:
             raise MountError(f"nothing is mounted at {path}")
+        if self.shared is not None:
+            await self.shared.delete(path)
+        await self._forget(path)
+        return mount
+
+    async def _forget(self, path: str) -> None:
+        self._mounts.pop(path, None)
         self._kv.delete(_PREFIX + path.encode())
         store = self._stores.pop(path, None)
         if store is not None:
             await store.close()
-        return mount
+
+    async def sync_shared(self, mounts: list[Mount]) -> None:
+        """Make this node's table the shared one (from etcd): add, change, remove."""
+        wanted = {m.path: m for m in mounts}
+        for path in list(self._mounts):
+            if path not in wanted:
+                await self._forget(path)
+        for m in wanted.values():
+            if self._mounts.get(m.path) != m:
+                await self._install(m, None)  # its under-store opens on first use
 
     def resolve(self, path: str) -> tuple[Mount, str] | None:
         """The mount holding ``path`` and the path relative to its root."""

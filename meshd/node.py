@@ -24,6 +24,7 @@ the file's status is recorded and its old cached pages dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -32,21 +33,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import paths
+from .cluster import Cluster
 from .errors import (
     DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
+    NodeUnavailable,
     NotFound,
     NotSupported,
     PermissionDenied,
     UnderStoreError,
     VersionChanged,
 )
+from .membership import Member
 from .metadata import FileStatus, MetadataCache
 from .metrics import Stats
 from .mounts import Mount, MountTable
 from .pages import DiskPage, MemPage, Page, PageCache, PageKey, SingleFlight, file_id, version_id
 from .readahead import ReadAhead
+from .shards import ShardedMetadata
 from .understore import UnderStore
 
 log = logging.getLogger(__name__)
@@ -104,9 +109,12 @@ class LoadProgress:
 
 class MeshNode:
     def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
-                 stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8) -> None:
+                 stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8,
+                 cluster: Cluster | None = None) -> None:
         self.mounts = mounts
-        self.metadata = metadata
+        self.shard = metadata  # this node's own RocksDB shard
+        self.cluster = cluster
+        self.metadata = ShardedMetadata(metadata, cluster)  # every key at its owner
         self.cache = cache
         self.stats = stats
         self.readahead = readahead or ReadAhead(cache.page_size)
@@ -156,6 +164,33 @@ class MeshNode:
             names = self.mounts.children_of_virtual(norm) or []
             return [FileStatus(paths.join(norm, n), 0, 0.0, "", True) for n in names]
         return await self.metadata.listdir(t.mount, t.store, t.path, t.rel)
+
+    async def list_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[FileStatus], bool]:
+        """Entries of a directory in name order after the name ``after``: (page, more)."""
+        if limit < 0:
+            raise InvalidArgument(f"bad listing limit {limit}")
+        t = self.resolve(path)
+        if t is None:
+            entries = [e for e in await self.listdir(path) if not after or paths.basename(e.path) > after]
+            return (entries[:limit], len(entries) > limit) if limit else (entries, False)
+        return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
+
+    # ---- this node's shard (calls forwarded by peers that do not own the key) ----
+
+    async def local_stat(self, path: str, fresh: bool = False) -> FileStatus:
+        t = self.resolve(path)
+        if t is None:
+            return FileStatus(paths.normalize(path), 0, 0.0, "", True)
+        status, before = await self.shard.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        if before is not None and before.version and before.version != status.version:
+            self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def local_list(self, path: str, after: str = "", limit: int = 0) -> tuple[list[FileStatus], bool]:
+        t = self.resolve(path)
+        if t is None:
+            return await self.list_page(path, after, limit)
+        return await self.metadata.local_list(t.mount, t.store, t.path, t.rel, after, limit)
 
     # ---- read path -------------------------------------------------------
 
@@ -252,6 +287,11 @@ class MeshNode:
                 out[i] = inflight
             elif self.cache.contains(key):
                 out[i] = asyncio.ensure_future(self._get_page(t, status, key))
+            elif (chain := self._page_chain(key)) is not None:
+                fut = self.flight.claim(key)
+                assert fut is not None
+                out[i] = fut
+                self._spawn(self._resolve_into(fut, self._remote_page(t, status, key, chain)))
             else:
                 fut = self.flight.claim(key)
                 assert fut is not None
@@ -305,17 +345,90 @@ class MeshNode:
             if not isinstance(e, Exception):
                 raise
 
-    async def _get_page(self, t: Target, status: FileStatus, key: PageKey) -> Page:
+    async def _get_page(self, t: Target, status: FileStatus, key: PageKey, *, owned: bool = False) -> Page:
+        """A page from this node's tiers, its owner in the cluster, or the under-store.
+        ``owned``: serve it here whatever the ring says (a peer asked us as its owner)."""
         page = await self.cache.get(key)
         size = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
         if page is not None:
             self.stats.hits += 1
             self.stats.bytes_by_source["memory" if isinstance(page, MemPage) else "disk"] += size
             return page
+        chain = None if owned else self._page_chain(key)
+        if chain is not None:
+            result = await self.flight.do(key, lambda: self._remote_page(t, status, key, chain))
+            return result if isinstance(result, MemPage) else MemPage(result)
         self.stats.misses += 1
         data: bytes = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
         self.stats.bytes_by_source["understore"] += size
-        return MemPage(data)
+        return data if isinstance(data, MemPage) else MemPage(data)
+
+    # ---- pages owned by other nodes of the cluster ---------------------------
+
+    def _page_chain(self, key: PageKey) -> list[Member] | None:
+        """The page's owner and fallbacks, or None when this node owns it (or is alone)."""
+        c = self.cluster
+        if c is None or c.single:
+            return None
+        chain = c.chain(f"p:{key.file_id}:{key.index}".encode())
+        if not chain or c.is_me(chain[0]):
+            return None
+        return chain
+
+    async def _remote_page(self, t: Target, status: FileStatus, key: PageKey,
+                           chain: list[Member]) -> MemPage | bytes:
+        """Get a page from its owner; on a dead owner, the next one; then the under-store.
+
+        Every node walks the same chain, so a fallback owner still sees every
+        request for the page and single-flight holds cluster-wide.
+        """
+        assert self.cluster is not None
+        for m in chain:
+            if self.cluster.is_me(m):
+                break
+            try:
+                data = await self.cluster.fetch_page(m, t.path, status.version, status.size, key.index)
+            except NodeUnavailable as e:
+                self.cluster.suspect(m, e)
+                continue
+            expected = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
+            if len(data) != expected:
+                raise UnderStoreError(f"peer {m.node_id} sent {len(data)} of {expected} bytes of page "
+                                      f"{key.index} of {t.path}")
+            self.stats.bytes_by_source["peer"] += len(data)
+            return MemPage(data)
+        self.stats.misses += 1
+        data = await self._fetch_page(t, status, key)
+        self.stats.bytes_by_source["understore"] += len(data)
+        return data
+
+    @staticmethod
+    async def _resolve_into(fut: asyncio.Future[Any], coro: Any) -> None:
+        try:
+            result = await coro
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled"))
+                fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
+            if not isinstance(e, Exception):
+                raise
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
+    async def serve_page(self, path: str, version: str, size: int, index: int) -> tuple[Page, int, bool]:
+        """A peer asks this node, as the page's owner, for page ``index`` of ``path`` at
+        ``version`` (``size`` bytes long). Served from the tiers or fetched once (version-checked).
+        Returns the page, its length, and whether it had to be fetched."""
+        t = self._target(path)
+        ps = self.cache.page_size
+        if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
+            raise InvalidArgument(f"bad page request: index={index} size={size} version={version!r}")
+        status = FileStatus(t.path, size, 0.0, version, False)
+        key = PageKey(file_id(t.mount.identity, t.rel), version_id(version), index)
+        cached = self.cache.contains(key)
+        page = await self._get_page(t, status, key, owned=True)
+        return page, min(ps, size - index * ps), not cached
 
     async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes:
         ps = self.cache.page_size
@@ -363,7 +476,7 @@ class MeshNode:
             raise IsADirectory(f"{t.path} is a mount point")
         info = await t.store.put(t.rel, chunks)
         status = FileStatus.of(t.path, info, time.time())
-        self.metadata.record(status)
+        await self.metadata.record(status)
         self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
@@ -372,7 +485,7 @@ class MeshNode:
         t.mount.check_writable()
         if t.rel:
             await t.store.mkdir(t.rel)
-        self.metadata.invalidate(t.path)
+        await self.metadata.invalidate(t.path)
 
     async def delete(self, path: str, recursive: bool = False) -> int:
         """Delete a file or directory; returns the number of entries removed."""
@@ -391,7 +504,7 @@ class MeshNode:
         else:
             self.cache.drop_file(file_id(t.mount.identity, t.rel))
         await t.store.delete(t.rel)
-        self.metadata.forget_subtree(t.path)
+        await self.metadata.forget_subtree(t.path)
         return removed + 1
 
     async def remove_empty_dirs(self, path: str) -> None:
@@ -408,7 +521,7 @@ class MeshNode:
             await t.store.delete(rel)  # a directory: rmdir, which refuses if a file appeared
 
         await rm(t.rel)
-        self.metadata.forget_subtree(t.path)
+        await self.metadata.forget_subtree(t.path)
 
     async def rename(self, src: str, dst: str) -> None:
         s, d = self._target(src), self._target(dst)
@@ -422,8 +535,8 @@ class MeshNode:
                                f"(mount {s.mount.path}); copy and delete instead")
         await s.store.rename(s.rel, d.rel)
         self.cache.drop_file(file_id(s.mount.identity, s.rel))
-        self.metadata.forget_subtree(s.path)
-        self.metadata.forget_subtree(d.path)
+        await self.metadata.forget_subtree(s.path)
+        await self.metadata.forget_subtree(d.path)
 
     # ---- cache management ------------------------------------------------
 
@@ -459,6 +572,9 @@ class MeshNode:
             async with sem:
                 if self.cache.contains(key):
                     return size, False
+                chain = self._page_chain(key)
+                if chain is not None:
+                    return size, await self._warm_remote(t, status, key, chain)
                 await self.flight.do(key, lambda: self._fetch_page(t, status, key))
                 return size, True
 
@@ -477,20 +593,55 @@ class MeshNode:
         if not files:
             yield LoadProgress(paths.normalize(path), 0, 0, 0, 0, 0)
 
+    async def _warm_remote(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> bool:
+        """Have the page's owner cache it (no bytes travel back); True if it was fetched."""
+        assert self.cluster is not None
+        for m in chain:
+            if self.cluster.is_me(m):
+                break
+            try:
+                body = await self.cluster.fetch_page(m, t.path, status.version, status.size, key.index, warm=True)
+                return bool(json.loads(body).get("fetched"))
+            except NodeUnavailable as e:
+                self.cluster.suspect(m, e)
+        if self.cache.contains(key):
+            return False
+        await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+        return True
+
     async def free(self, path: str) -> int:
-        """Drop the cached pages of every known file at or below ``path``; returns bytes."""
-        freed = 0
-        for fpath in self.metadata.cached_paths(paths.normalize(path)):
+        """Drop the cached pages of every known file at or below ``path``; returns bytes.
+
+        In a cluster a file's pages are on every node: the files are found by
+        walking the (cached) listings, and every member drops their pages."""
+        norm = paths.normalize(path)
+        if self.cluster is None or self.cluster.single:
+            return self.free_ids(self._file_ids(self.metadata.cached_paths(norm)))
+        ids = self._file_ids([f.path async for f in self.walk_files(norm)])
+        freed = self.free_ids(ids)
+        for node_id, r in (await self.cluster.broadcast("free", {"ids": ids}, wait=120)).items():
+            if isinstance(r, Exception):
+                log.warning("free %s on %s failed: %s", norm, node_id, r)
+            else:
+                freed += int(r)
+        return freed
+
+    def _file_ids(self, fpaths: list[str]) -> list[str]:
+        ids = []
+        for fpath in fpaths:
             found = self.mounts.resolve(fpath)
             if found is not None:
                 mount, rel = found
-                freed += self.cache.drop_file(file_id(mount.identity, rel))
-        return freed
+                ids.append(file_id(mount.identity, rel))
+        return ids
+
+    def free_ids(self, ids: list[str]) -> int:
+        return sum(self.cache.drop_file(i) for i in ids)
 
     async def sync(self, path: str) -> int:
         """Forget cached metadata under ``path`` and reload it from the under-store."""
         norm = paths.normalize(path)
-        self.metadata.forget_subtree(norm)
+        await self.metadata.forget_subtree(norm)
         count = 0
         async for _f in self.walk_files(norm):
             count += 1
@@ -518,9 +669,37 @@ class MeshNode:
             "metadata_write_errors": self.metadata.write_errors,
             "corrupt_pages": c.disk.corrupt_pages,
             "mounts": len(self.mounts.entries()),
+            "metadata_forwarded": self.metadata.forwarded,
+            "metadata_fallbacks": self.metadata.fallbacks,
         }
 
+    async def cluster_report(self, wait: float = 2.0) -> list[dict[str, Any]]:
+        """Every member of the region: state, capacity and use (asked of each, in parallel)."""
+        c = self.cluster
+        if c is None:
+            return []
+
+        async def one(m: Member) -> dict[str, Any]:
+            row: dict[str, Any] = {"node_id": m.node_id, "region": m.region, "zone": m.zone,
+                                   "grpc": m.grpc, "capacity": m.capacity, "labels": m.labels,
+                                   "state": c.state(m)}
+            try:
+                r = self.report() if c.is_me(m) else await c.call(m, "report", {}, wait)
+                tiers = r["tiers"]
+                row["used"] = tiers["memory"]["used"] + tiers["disk"]["used"]
+                row["pages"] = tiers["memory"]["pages"] + tiers["disk"]["pages"]
+                row["hit_ratio"] = r["hit_ratio"]
+            except NodeUnavailable:
+                row["state"] = "unreachable"
+            except Exception as e:
+                row["state"] = f"error: {e}"
+            return row
+
+        rows = await asyncio.gather(*(one(m) for m in c.members.values()))
+        return sorted(rows, key=lambda r: r["node_id"])
+
     async def close(self) -> None:
+        await self.metadata.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -126,7 +126,7 @@ class MeshService(pb_grpc.MeshServicer):
 
     async def RemoveMount(self, request: pb.PathRequest, context: Any) -> pb.MountInfo:
         m = await _guard(context, lambda: self.node.mounts.remove(request.path))
-        self.node.metadata.forget_subtree(m.path)
+        await self.node.metadata.forget_subtree(m.path)
         return pb.MountInfo(path=m.path, uri=m.uri, options=m.redacted_options())
 
     async def ListMounts(self, request: pb.Empty, context: Any) -> pb.ListMountsResponse:
@@ -150,4 +150,10 @@ class MeshService(pb_grpc.MeshServicer):
         return pb.FreeResponse(bytes_freed=await _guard(context, lambda: self.node.free(request.path)))
 
     async def Report(self, request: pb.Empty, context: Any) -> pb.ReportResponse:
-        return pb.ReportResponse(json=json.dumps(self.node.report()))
+        report = self.node.report()
+        if self.node.cluster is not None:
+            c = self.node.cluster
+            report["cluster"] = {"name": c.me.cluster, "region": c.me.region, "node_id": c.me.node_id,
+                                 "etcd_ok": c.membership.etcd_ok, "ring_changes": c.ring_changes,
+                                 "members": await self.node.cluster_report()}
+        return pb.ReportResponse(json=json.dumps(report))

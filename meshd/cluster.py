@@ -1,0 +1,150 @@
+"""The region's cache cluster as one node sees it: members, ring, peers.
+
+Ownership: a metadata key (``s:<path>``, ``l:<dir>``) or a page
+(``p:<file id>:<index>``) belongs to the member the consistent-hash ring
+(:mod:`meshd.ring`) names for it; its successors on the ring are the
+fallbacks, in the same order on every node. A peer that fails a call is
+*suspected* for a few seconds: chains put it last, so one dead node costs
+each reader one refused connection, not one per page. Its lease expiring
+removes it from the ring for good.
+
+Peers are reached over the metadata wire (:mod:`meshd.wire`) for metadata and
+over HTTP for page bytes (the owner sends its page file with sendfile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from .errors import MeshError, NodeUnavailable, from_kind
+from .membership import Member, Membership
+from .ring import HashRing
+from .wire import WireClient
+
+log = logging.getLogger(__name__)
+
+SUSPECT_SECONDS = 5.0
+PAGE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0, sock_read=15.0)
+
+
+class Cluster:
+    def __init__(self, membership: Membership, vnodes: int = 128) -> None:
+        self.membership = membership
+        self.me = membership.me
+        self.vnodes = vnodes
+        self.ring = HashRing([self.me.node_id], vnodes)
+        self.members: dict[str, Member] = dict(membership.members)
+        self._suspect: dict[str, float] = {}
+        self._wires: dict[str, WireClient] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.ring_changes = 0
+        self._closing: set[asyncio.Task[None]] = set()
+        membership.subscribe(self._on_members)
+        self._on_members(membership.members)
+
+    @property
+    def single(self) -> bool:
+        return len(self.members) <= 1
+
+    def _on_members(self, members: dict[str, Member]) -> None:
+        old = self.members
+        self.members = dict(members)
+        self.ring = HashRing({m.node_id: float(m.capacity or 1) for m in members.values()}, self.vnodes)
+        self.ring_changes += 1
+        for node_id, m in old.items():
+            if node_id not in members or members[node_id].meta != m.meta:
+                wire = self._wires.pop(node_id, None)
+                if wire is not None:
+                    task = asyncio.ensure_future(wire.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+        for node_id in list(self._suspect):
+            if node_id not in members:
+                del self._suspect[node_id]
+
+    # ---- ownership ---------------------------------------------------------
+
+    def chain(self, key: bytes, n: int = 3) -> list[Member]:
+        """The owner of ``key`` and its fallbacks; suspected peers go last."""
+        ids = self.ring.owners(key, n)
+        now = time.monotonic()
+        healthy = [i for i in ids if self._suspect.get(i, 0) <= now]
+        sick = [i for i in ids if self._suspect.get(i, 0) > now]
+        return [self.members[i] for i in healthy + sick if i in self.members]
+
+    def is_me(self, m: Member) -> bool:
+        return m.node_id == self.me.node_id
+
+    def suspect(self, m: Member, why: BaseException) -> None:
+        if self._suspect.get(m.node_id, 0) <= time.monotonic():
+            log.warning("peer %s (%s) unreachable, trying the next owner: %s", m.node_id, m.meta, why)
+        self._suspect[m.node_id] = time.monotonic() + SUSPECT_SECONDS
+
+    def state(self, m: Member) -> str:
+        if self.is_me(m):
+            return "self"
+        return "suspect" if self._suspect.get(m.node_id, 0) > time.monotonic() else "up"
+
+    # ---- peers ---------------------------------------------------------------
+
+    def wire(self, m: Member) -> WireClient:
+        w = self._wires.get(m.node_id)
+        if w is None:
+            w = self._wires[m.node_id] = WireClient(m.meta)
+        return w
+
+    async def call(self, m: Member, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
+        return await self.wire(m).call(op, args, wait)
+
+    async def broadcast(self, op: str, args: dict[str, Any], wait: float = 30.0,
+                        include_me: bool = False) -> dict[str, Any]:
+        """Call every member (but this node unless asked); per member, a result or an error."""
+        targets = [m for m in self.members.values() if include_me or not self.is_me(m)]
+
+        async def one(m: Member) -> Any:
+            try:
+                return await self.call(m, op, args, wait)
+            except MeshError as e:
+                return e
+
+        results = await asyncio.gather(*(one(m) for m in targets))
+        return {m.node_id: r for m, r in zip(targets, results, strict=True)}
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=PAGE_TIMEOUT, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300))
+        return self._session
+
+    async def fetch_page(self, m: Member, path: str, version: str, size: int, index: int,
+                         warm: bool = False) -> bytes:
+        """Page ``index`` of ``path`` (at ``version``, ``size`` bytes long) from its owner ``m``."""
+        url = (f"{m.http}/v1/pages" + quote(path, safe="/") +
+               f"?index={index}&size={size}&version={quote(version, safe='')}" + ("&warm=1" if warm else ""))
+        try:
+            async with self.session().get(url) as resp:
+                if resp.status >= 300:
+                    try:
+                        err = await resp.json(content_type=None)
+                        raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
+                    except (ValueError, aiohttp.ContentTypeError):
+                        raise MeshError(f"peer {m.node_id}: HTTP {resp.status}") from None
+                return await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise NodeUnavailable(f"peer {m.node_id} at {m.http}: {type(e).__name__} {e}") from None
+
+    async def close(self) -> None:
+        for w in self._wires.values():
+            await w.close()
+        self._wires.clear()
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()

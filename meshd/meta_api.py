@@ -1,0 +1,124 @@
+"""The metadata wire's operations (a thin adapter, like service.py for gRPC).
+
+Client operations (any node answers them, forwarding to owners as needed):
+
+=============  ==========================  ====================================
+op             args                        result
+=============  ==========================  ====================================
+``info``       {}                          node id, page size, endpoints, and the
+                                           region's members (so clients can build
+                                           the same ring and ask owners directly)
+``stat``       p: path                     [path, size, mtime, version, is_dir, t]
+``list``       p, a: after name, n: limit  {"e": [[name, size, mtime, version,
+                                           is_dir]...], "t": fetched, "more": bool}
+=============  ==========================  ====================================
+
+Shard operations (``shard.*``; sent by a node that does not own the key, or
+by a client that computed the owner itself) are served from *this* node's
+shard whatever its ring says, so two nodes with momentarily different member
+lists never bounce a call between them. ``free`` and ``report`` are this
+node's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import paths
+from .errors import InvalidArgument
+from .metadata import FileStatus
+from .node import MeshNode
+from .shards import status_from_wire, status_to_wire
+from .wire import Handler
+
+
+def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
+    v = args.get(key, default)
+    if not isinstance(v, str):
+        raise InvalidArgument(f"argument {key!r} must be a string")
+    return v
+
+
+def _int(args: dict[str, Any], key: str, default: int = 0) -> int:
+    v = args.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgument(f"argument {key!r} must be an integer")
+    return v
+
+
+def _listing(path: str, page: tuple[list[FileStatus], bool]) -> dict[str, Any]:
+    entries, more = page
+    t = entries[0].fetched_at if entries else 0.0
+    return {"e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] for s in entries],
+            "t": t, "more": more}
+
+
+def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Handler]:
+    shard = node.shard
+
+    async def op_info(a: dict[str, Any]) -> Any:
+        return info()
+
+    async def op_stat(a: dict[str, Any]) -> Any:
+        return status_to_wire(await node.stat(_str(a, "p")))
+
+    async def op_list(a: dict[str, Any]) -> Any:
+        p = _str(a, "p")
+        return _listing(p, await node.list_page(p, _str(a, "a", ""), _int(a, "n", 1000)))
+
+    async def op_shard_stat(a: dict[str, Any]) -> Any:
+        return status_to_wire(await node.local_stat(_str(a, "p"), bool(a.get("f"))))
+
+    async def op_shard_list(a: dict[str, Any]) -> Any:
+        p = _str(a, "p")
+        return _listing(p, await node.local_list(p, _str(a, "a", ""), _int(a, "n", 0)))
+
+    async def op_put(a: dict[str, Any]) -> Any:
+        try:
+            statuses = [status_from_wire(w) for w in a.get("s", [])]
+        except (TypeError, ValueError, IndexError):
+            raise InvalidArgument("shard.put: malformed status list") from None
+        shard.record_many(statuses)
+        return len(statuses)
+
+    async def op_drop(a: dict[str, Any]) -> Any:
+        s, ls = a.get("s", []), a.get("l", [])
+        if not all(isinstance(x, str) for x in [*s, *ls]):
+            raise InvalidArgument("shard.drop: paths must be strings")
+        shard.drop(statuses=s, listings=ls)
+        return None
+
+    async def op_forget(a: dict[str, Any]) -> Any:
+        return shard.forget_subtree(paths.normalize(_str(a, "p")))
+
+    async def op_attrs(a: dict[str, Any]) -> Any:
+        return shard.attrs(_str(a, "p"), _str(a, "v"))
+
+    async def op_set_attrs(a: dict[str, Any]) -> Any:
+        attrs = a.get("a")
+        if not isinstance(attrs, dict):
+            raise InvalidArgument("shard.set_attrs: attributes must be an object")
+        shard.set_attrs(_str(a, "p"), _str(a, "v"), attrs)
+        return None
+
+    async def op_drop_attrs(a: dict[str, Any]) -> Any:
+        shard.drop_attrs(_str(a, "p"))
+        return None
+
+    async def op_free(a: dict[str, Any]) -> Any:
+        ids = a.get("ids", [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InvalidArgument("free: ids must be a list of strings")
+        return node.free_ids(ids)
+
+    async def op_report(a: dict[str, Any]) -> Any:
+        return node.report()
+
+    return {
+        "info": op_info, "stat": op_stat, "list": op_list,
+        "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,
+        "shard.drop": op_drop, "shard.forget": op_forget, "shard.attrs": op_attrs,
+        "shard.set_attrs": op_set_attrs, "shard.drop_attrs": op_drop_attrs,
+        "free": op_free, "report": op_report,
+    }
