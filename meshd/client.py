@@ -8,6 +8,16 @@ the kind the node sent.
 Finding the node: ``endpoint`` argument, else ``$MESH_ENDPOINT``, else the
 ``endpoints.json`` of the default data directory. An endpoint is a gRPC
 ``host:port``, or a data directory / ``endpoints.json`` path.
+
+In a cluster the client learns the region's members from the node (the
+metadata wire's ``info``) and uses them two ways:
+
+- ``stat`` and ``ls`` go straight to the key's owner, computed with the same
+  ring the nodes use (one hop instead of two), falling back to the node it
+  is connected to;
+- when the node it talks to dies, it moves to the next member and carries
+  on: a read that was cut mid-stream resumes at the byte it had reached, so
+  the caller sees no error.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,10 +38,13 @@ from urllib.parse import quote, urlsplit
 
 import grpc
 
+from . import paths
 from .config import default_data_dir
 from .errors import InvalidArgument, MeshError, NodeUnavailable, UnderStoreError, from_kind
+from .ring import HashRing
 from .rpc import mesh_pb2 as pb
 from .rpc import mesh_pb2_grpc as pb_grpc
+from .wire import SyncWireClient
 
 T = TypeVar("T")
 CHUNK = 1 << 20
@@ -47,6 +61,10 @@ _GRPC_TO_KIND = {
 
 class NodeUnreachable(NodeUnavailable):
     """No node answers at the endpoint."""
+
+
+class ReadCut(UnderStoreError):
+    """A read stopped mid-stream: the node died, or aborted the read. Retried on another node."""
 
 
 @dataclass(frozen=True)
@@ -85,21 +103,95 @@ class MeshClient:
     def __init__(self, endpoint: str | None = None, timeout: float = 60.0) -> None:
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.endpoint, options=[
+        self._short_circuit = os.environ.get("MESH_SHORT_CIRCUIT", "1") not in ("0", "false", "no")
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped on every switch to another node
+        self.members: list[dict[str, Any]] = []
+        self._ring: HashRing | None = None
+        self._wires: dict[str, SyncWireClient] = {}
+        self._dead: set[str] = set()
+        self._suspect: dict[str, float] = {}
+        self._connect(self.endpoint)
+
+    def _connect(self, endpoint: str) -> None:
+        """Talk to the node at gRPC ``endpoint`` from now on (raises NodeUnreachable)."""
+        channel = grpc.insecure_channel(endpoint, options=[
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-        self._stub = pb_grpc.MeshStub(self._channel)
-        self._local = threading.local()
-        info = self._call(self._stub.GetInfo, pb.Empty())
+        stub = pb_grpc.MeshStub(channel)
+        try:
+            info = stub.GetInfo(pb.Empty(), timeout=min(self.timeout, 10.0))
+        except grpc.RpcError as e:
+            channel.close()
+            raise NodeUnreachable(f"node at {endpoint} is unreachable: {e.details()}") from None
+        old = getattr(self, "_channel", None)
+        self.endpoint, self._channel, self._stub = endpoint, channel, stub
+        self._local = threading.local()  # per-thread connections belong to the old node
+        self._generation += 1
+        if old is not None:
+            old.close()
         self.node_id = info.node_id
         self.endpoints = dict(info.endpoints)
         self.page_size = info.page_size
         self._local_sock = self.endpoints.get("local", "")
-        self._short_circuit = os.environ.get("MESH_SHORT_CIRCUIT", "1") not in ("0", "false", "no")
         http_url = urlsplit(self.endpoints["http"])
         self._http_host, self._http_port = http_url.hostname or "127.0.0.1", http_url.port or 80
+        self._meta = self._wire(self.endpoints["meta"]) if "meta" in self.endpoints else None
+        self._learn_members()
+
+    def _wire(self, address: str) -> SyncWireClient:
+        w = self._wires.get(address)
+        if w is None:
+            w = self._wires[address] = SyncWireClient(address, self.timeout)
+        return w
+
+    def _learn_members(self) -> None:
+        if self._meta is None:
+            return
+        try:
+            info = self._meta.call("info", {})
+        except MeshError:
+            return
+        self.members = list(info.get("members", []))
+        if len(self.members) > 1:
+            self._ring = HashRing({m["node_id"]: float(m.get("capacity") or 1) for m in self.members},
+                                  int(info.get("vnodes", 128)))
+        else:
+            self._ring = None
+
+    def _failover(self, failed_generation: int, why: BaseException) -> bool:
+        """The node stopped answering: move to another member. False if there is none."""
+        with self._lock:
+            if self._generation != failed_generation:
+                return True  # another thread already moved on
+            self._dead.add(self.endpoint)
+            candidates = [m["grpc"] for m in self.members if m["grpc"] not in self._dead]
+            if not candidates:
+                self._dead.clear()
+                return False
+            for endpoint in candidates:
+                try:
+                    self._connect(endpoint)
+                    self._dead.discard(endpoint)
+                    return True
+                except NodeUnreachable:
+                    self._dead.add(endpoint)
+            return False
+
+    def _retrying(self, fn: Any) -> Any:
+        """Run ``fn()``; when the node is unreachable, again on the next member."""
+        for _ in range(max(2, len(self.members) + 1)):
+            gen = self._generation
+            try:
+                return fn()
+            except NodeUnavailable as e:
+                if not self._failover(gen, e):
+                    raise
+        return fn()
 
     def close(self) -> None:
         self._channel.close()
+        for w in self._wires.values():
+            w.close_thread()
         for name in ("conn", "sc"):
             conn = getattr(self._local, name, None)
             if conn is not None:
@@ -124,54 +216,101 @@ class MeshClient:
         return from_kind(kind or _GRPC_TO_KIND.get(code, "MeshError"), e.details() or str(code))
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as e:
-            raise self._error(e) from None
+        """A unary call; ``method`` is a stub attribute name (re-bound after a failover)."""
+        def once() -> Any:
+            try:
+                return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as e:
+                raise self._error(e) from None
+
+        return self._retrying(once)
 
     def _stream(self, method: Any, request: Any) -> Iterator[Any]:
         try:
-            yield from method(request)
+            yield from getattr(self._stub, method)(request)
         except grpc.RpcError as e:
             raise self._error(e) from None
 
+    def _meta_call(self, key: bytes, op: str, args: dict[str, Any]) -> Any:
+        """A metadata call: to the key's owner if known (``shard.<op>``), else any node."""
+        if self._ring is not None:
+            owner = self._ring.owner(key)
+            member = next((m for m in self.members if m["node_id"] == owner), None)
+            if member is not None and self._suspect.get(member["meta"], 0) < time.monotonic():
+                try:
+                    return self._wire(member["meta"]).call("shard." + op, args)
+                except NodeUnavailable:  # the node we talk to forwards or falls back
+                    self._suspect[member["meta"]] = time.monotonic() + 5
+        return self._retrying(lambda: self._meta_once(op, args))
+
+    def _meta_once(self, op: str, args: dict[str, Any]) -> Any:
+        if self._meta is None:
+            raise NotImplementedError
+        return self._meta.call(op, args)
+
     def stat(self, path: str) -> Status:
-        return _status(self._call(self._stub.Stat, pb.PathRequest(path=path)))
+        if self._meta is None:
+            return _status(self._call("Stat", pb.PathRequest(path=path)))
+        try:
+            norm = paths.normalize(path)
+        except MeshError:
+            norm = path  # the node reports the problem
+        w = self._meta_call(b"s:" + norm.encode(), "stat", {"p": norm})
+        return Status(w[0], w[1], w[2], w[3], w[4])
+
+    def ls_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[Status], bool]:
+        """One page of a directory's entries in name order, after the name ``after``."""
+        if self._meta is None:
+            entries = self.ls(path)
+            entries = [e for e in entries if not after or e.path.rsplit("/", 1)[-1] > after]
+            return entries[:limit], len(entries) > limit
+        r = self._retrying(lambda: self._meta_once("list", {"p": path, "a": after, "n": limit}))
+        base = path.rstrip("/")
+        return [Status(f"{base}/{n}", s, m, v, d) for n, s, m, v, d in r["e"]], bool(r["more"])
+
+    def iter_ls(self, path: str, page: int = 1000) -> Iterator[Status]:
+        """Every entry of a directory, fetched ``page`` at a time (for huge directories)."""
+        after, more = "", True
+        while more:
+            entries, more = self.ls_page(path, after, page)
+            yield from entries
+            if entries:
+                after = entries[-1].path.rsplit("/", 1)[-1]
 
     def ls(self, path: str) -> list[Status]:
-        return [_status(s) for s in self._call(self._stub.List, pb.PathRequest(path=path)).entries]
+        return [_status(s) for s in self._call("List", pb.PathRequest(path=path)).entries]
 
     def rm(self, path: str, recursive: bool = False) -> int:
-        return int(self._call(self._stub.Delete, pb.DeleteRequest(path=path, recursive=recursive)).removed)
+        return int(self._call("Delete", pb.DeleteRequest(path=path, recursive=recursive)).removed)
 
     def mkdir(self, path: str) -> None:
-        self._call(self._stub.Mkdir, pb.PathRequest(path=path))
+        self._call("Mkdir", pb.PathRequest(path=path))
 
     def rename(self, src: str, dst: str) -> None:
-        self._call(self._stub.Rename, pb.RenameRequest(src=src, dst=dst))
+        self._call("Rename", pb.RenameRequest(src=src, dst=dst))
 
     def mount_add(self, path: str, uri: str, options: dict[str, str] | None = None,
                   check: bool = True) -> pb.MountInfo:
-        return self._call(self._stub.AddMount, pb.AddMountRequest(
+        return self._call("AddMount", pb.AddMountRequest(
             path=path, uri=uri, options=options or {}, no_check=not check))
 
     def mount_rm(self, path: str) -> pb.MountInfo:
-        return self._call(self._stub.RemoveMount, pb.PathRequest(path=path))
+        return self._call("RemoveMount", pb.PathRequest(path=path))
 
     def mounts(self) -> list[pb.MountInfo]:
-        return list(self._call(self._stub.ListMounts, pb.Empty()).mounts)
+        return list(self._call("ListMounts", pb.Empty()).mounts)
 
     def sync(self, path: str) -> int:
-        return int(self._call(self._stub.Sync, pb.PathRequest(path=path), timeout=3600).entries)
+        return int(self._call("Sync", pb.PathRequest(path=path), timeout=3600).entries)
 
     def load(self, path: str) -> Iterator[pb.LoadProgress]:
-        return self._stream(self._stub.Load, pb.PathRequest(path=path))
+        return self._stream("Load", pb.PathRequest(path=path))
 
     def free(self, path: str) -> int:
-        return int(self._call(self._stub.Free, pb.PathRequest(path=path)).bytes_freed)
+        return int(self._call("Free", pb.PathRequest(path=path)).bytes_freed)
 
     def report(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self._call(self._stub.Report, pb.Empty()).json)
+        result: dict[str, Any] = json.loads(self._call("Report", pb.Empty()).json)
         return result
 
     # ---- short-circuit local reads (see meshd/shortcircuit.py) ------------
@@ -205,7 +344,7 @@ class MeshClient:
             while True:
                 msg, anc, flags, _ = sock.recvmsg(_SC_MAX, socket.CMSG_SPACE(4))
                 if not msg:
-                    raise UnderStoreError("node closed the local socket mid-read")
+                    raise ReadCut("node closed the local socket mid-read")
                 if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
                     for lvl, typ, data in anc:
                         if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
@@ -236,6 +375,8 @@ class MeshClient:
                     raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
                 else:
                     raise UnderStoreError(f"unexpected short-circuit message {kind!r}")
+        except OSError as e:
+            raise ReadCut(f"local socket: {e}") from None
         finally:
             if not done:  # abandoned mid-read: the connection is out of step, drop it
                 sock.close()
@@ -247,8 +388,25 @@ class MeshClient:
         """Fill ``buf`` again and again with the next bytes of the range; yields how many.
 
         The zero-allocation way to stream a file: short-circuit (``preadv`` of the
-        node's page files) when the node is on this machine, HTTP otherwise.
+        node's page files) when the node is on this machine, HTTP otherwise. If the
+        node dies mid-read, the rest of the range comes from another member.
         """
+        done, attempts = 0, 0
+        while True:
+            gen = self._generation
+            try:
+                rest = -1 if length < 0 else length - done
+                for n in self._read_once(path, buf, offset + done, rest, nocache, stream_id):
+                    done += n
+                    yield n
+                return
+            except (NodeUnavailable, ReadCut) as e:
+                attempts += 1
+                if attempts > len(self.members) or not self._failover(gen, e):
+                    raise
+
+    def _read_once(self, path: str, buf: bytearray | memoryview, offset: int, length: int,
+                   nocache: bool, stream_id: str | None) -> Iterator[int]:
         view = memoryview(buf)
         if self._sc() is not None:
             for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id):
@@ -274,7 +432,7 @@ class MeshClient:
             k = resp.readinto(view[:min(remaining, len(view))])
             if not k:
                 self._local.conn = None
-                raise UnderStoreError(f"read of {path} ended {remaining} bytes early (node aborted it)")
+                raise ReadCut(f"read of {path} ended {remaining} bytes early (node aborted it)")
             remaining -= k
             yield k
 
@@ -334,6 +492,17 @@ class MeshClient:
 
     def cat(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
             stream_id: str | None = None) -> bytes:
+        attempts = 0
+        while True:
+            gen = self._generation
+            try:
+                return self._cat_once(path, offset, length, nocache, stream_id)
+            except (NodeUnavailable, ReadCut) as e:
+                attempts += 1
+                if attempts > len(self.members) or not self._failover(gen, e):
+                    raise
+
+    def _cat_once(self, path: str, offset: int, length: int, nocache: bool, stream_id: str | None) -> bytes:
         if self._sc() is not None:
             out = bytearray()
             for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id):
@@ -357,7 +526,7 @@ class MeshClient:
             k = resp.readinto(view[got:])
             if not k:
                 self._local.conn = None
-                raise UnderStoreError(f"read of {path} ended {n - got} bytes early (node aborted it)")
+                raise ReadCut(f"read of {path} ended {n - got} bytes early (node aborted it)")
             got += k
         return bytes(buf)
 

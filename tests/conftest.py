@@ -5,6 +5,9 @@
   :class:`tests.meshd_proc.MeshdProcess`; all are stopped after the test.
 * ``s3_server`` / ``s3_bucket``: a real S3 wire-protocol server (moto, in a
   subprocess) that counts GET requests and bytes at the server side.
+* ``etcd``: a real etcd server (Debian's etcd-server) for this test.
+* ``cluster`` (factory): ``cluster(4, etcd)`` starts that many ``meshd run``
+  processes of one cluster and region and waits until each sees all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest_s3 import s3_bucket, s3_server  # noqa: F401 - fixtures
+from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 
 _counter = itertools.count()
@@ -31,6 +35,57 @@ def meshd(tmp_path: Path) -> Iterator[Callable[..., MeshdProcess]]:
         p = MeshdProcess(d, mounts, args).start()
         started.append(p)
         return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    e = EtcdProcess(tmp_path / "etcd").start()
+    yield e
+    e.kill()
+
+
+def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl: int = 3) -> list[str]:
+    return ["--etcd", etcd.url, "--cluster", name, "--region", region, "--lease-ttl", str(ttl), "--no-s3",
+            "--log-level", "INFO"]
+
+
+def wait_members(nodes: list[MeshdProcess], n: int, timeout: float = 30) -> None:
+    """Until every node's report lists ``n`` members, all up."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = []
+        for p in nodes:
+            with p.client() as c:
+                members = c.report().get("cluster", {}).get("members", [])
+                counts.append(sum(m["state"] in ("self", "up") for m in members) if len(members) == n else -1)
+        if all(c == n for c in counts):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"members never converged to {n}: {counts}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[..., list[MeshdProcess]]]:
+    started: list[MeshdProcess] = []
+
+    def start(n: int, etcd: EtcdProcess, args: list[str] | None = None, name: str = "test",
+              region: str = "r1", ttl: int = 3, wait: bool = True) -> list[MeshdProcess]:
+        nodes = []
+        for _ in range(n):
+            d = tmp_path / f"cnode{next(_counter)}"
+            nodes.append(MeshdProcess(d, [], [*cluster_args(etcd, name, region, ttl), *(args or [])],
+                                      command="run").start())
+        started.extend(nodes)
+        if wait:
+            wait_members(nodes, len(nodes))
+        return nodes
 
     yield start
     for p in started:

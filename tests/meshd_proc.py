@@ -1,4 +1,4 @@
-"""Run real ``meshd embedded`` processes for functional tests."""
+"""Run real ``meshd embedded`` / ``meshd run`` processes for functional tests."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ MESHCTL = [sys.executable, "-m", "meshd.cli_meshctl"]
 
 
 class MeshdProcess:
-    def __init__(self, data_dir: Path, mounts: list[str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, mounts: list[str] | None = None, args: list[str] | None = None,
+                 command: str = "embedded") -> None:
         self.data_dir = Path(data_dir)
+        self.command = command
         self.mounts = list(mounts or [])
         self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,7 +37,7 @@ class MeshdProcess:
 
     def start(self, timeout: float = 30) -> MeshdProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [*MESHD, "embedded", "--data-dir", str(self.data_dir)]
+        cmd = [*MESHD, self.command, "--data-dir", str(self.data_dir)]
         for m in self.mounts:
             cmd += ["--mount", m]
         cmd += self.args
