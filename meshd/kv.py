@@ -43,6 +43,10 @@ class KV(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def count(self, prefix: bytes) -> int:
+        """How many keys start with ``prefix`` (a scan; for reports and tests)."""
+        return sum(1 for _ in self.scan(prefix))
+
 
 class MemoryKV(KV):
     def __init__(self) -> None:
@@ -174,6 +178,17 @@ class RocksKV(KV):
                 break
             yield key, bytes(it.value())
             it.next()
+
+    def count(self, prefix: bytes) -> int:
+        if self._db is None:
+            return 0
+        it = self._db.iter()
+        it.seek(prefix)
+        n = 0
+        while it.valid() and bytes(it.key()).startswith(prefix):
+            n += 1
+            it.next()
+        return n
 
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         from rocksdict import WriteBatch

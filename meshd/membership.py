@@ -282,7 +282,7 @@ class EtcdMembership(Membership):
             try:
                 alive = False
                 if self._lease is not None:
-                    resp = await self._lease.refresh()
+                    resp = await self.etcd.client.refresh_lease(self._lease.id)  # the client may be new
                     alive = resp is not None and int(getattr(resp, "TTL", 0)) > 0
                 if not alive:
                     log.warning("member lease expired (etcd was away longer than %d s): registering again",
@@ -340,7 +340,7 @@ class EtcdMembership(Membership):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._lease is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._lease.revoke(), 2)  # leave the ring now, not at expiry
+                await asyncio.wait_for(self.etcd.client.revoke_lease(self._lease.id), 2)  # leave now, not at expiry
 
 
 def _why(e: BaseException) -> str:

@@ -22,6 +22,7 @@ node's own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -115,10 +116,15 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
     async def op_report(a: dict[str, Any]) -> Any:
         return node.report()
 
+    async def op_shard_counts(a: dict[str, Any]) -> Any:
+        """Keys in this node's shard, and status pushes still in flight (tests, benchmarks)."""
+        counts = await asyncio.to_thread(shard.counts)
+        return {**counts, "pushes_pending": node.metadata.pending}
+
     return {
         "info": op_info, "stat": op_stat, "list": op_list,
         "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,
         "shard.drop": op_drop, "shard.forget": op_forget, "shard.attrs": op_attrs,
         "shard.set_attrs": op_set_attrs, "shard.drop_attrs": op_drop_attrs,
-        "free": op_free, "report": op_report,
+        "free": op_free, "report": op_report, "shard.counts": op_shard_counts,
     }

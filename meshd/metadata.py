@@ -204,6 +204,11 @@ class MetadataCache:
     def drop_attrs(self, path: str) -> None:
         self._put({}, [b"a:" + path.encode()])
 
+    def counts(self) -> dict[str, int]:
+        """Keys held by this shard: statuses, listings, listing entries (a full scan)."""
+        return {"statuses": self._kv.count(b"s:"), "listings": self._kv.count(b"l:"),
+                "entries": self._kv.count(b"e:")}
+
     def cached_paths(self, path: str) -> list[str]:
         """Mesh paths at or below ``path`` whose status is cached."""
         out = [path] if self._kv.get(self._skey(path)) is not None else []

@@ -54,6 +54,11 @@ class ShardedMetadata:
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
+    def pending(self) -> int:
+        """Status pushes to other shards still in flight."""
+        return len(self._background)
+
+    @property
     def write_errors(self) -> int:
         return self.local.write_errors
 

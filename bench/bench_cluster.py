@@ -1,0 +1,638 @@
+"""A region's cache cluster: metadata ops/s and CPU per op with 1, 2 and 4 nodes,
+warm read throughput with 1 vs 4 nodes, and how many keys a membership change moves.
+
+    .venv/bin/python bench/bench_cluster.py [--quick] [--nodes 1,2,4] [--duration 5]
+
+One etcd; then, for each cluster size N, a fresh cluster (its own ``--cluster``
+name) of N ``meshd run`` processes sharing two file:// mounts with
+``sync_interval=-1`` (warm = cached metadata, no under-store request):
+
+* ``/meta``: ``--files`` small files in ``--dirs`` directories. Warm-up lists
+  every directory and stats every file once. Then ``--procs`` client
+  processes (each with its own MeshClient, connected to node ``i % N``) run
+  for ``--duration`` seconds:
+
+  - stat: ``MeshClient.stat`` of random files. In a cluster the client sends
+    it straight to the key's owner over the metadata wire.
+  - list: ``MeshClient.ls_page(dir, limit=1000)`` of random directories (one
+    op = one page request). The client sends it to the node it is connected
+    to, which forwards it to the listing's owner.
+
+  Per op: ops/s, and CPU microseconds, from ``/proc/PID/stat`` of every meshd
+  process (server) plus ``os.times()`` of the client processes (total).
+  Two cores cap ops/s on this machine; CPU per op is what projects to many
+  machines.
+
+* ``/blob``: ``--read-files`` files of ``--read-mib`` MiB, loaded into the
+  cluster (``meshctl load``), then ``--readers`` processes read whole files
+  (``read_chunks_into``, 1 MiB buffer) from nodes ``i % N`` for
+  ``--duration`` seconds: aggregate MB/s, short-circuit (``MESH_SHORT_CIRCUIT=1``)
+  and HTTP (``=0``), against the same processes reading the same files from
+  local disk (kernel page cache warm), measured in the same run.
+
+* Membership change: :func:`meshd.ring.moved_fraction` over random keys, one
+  member joining N-1 and one leaving N, for N = 2..16: moved fraction x N
+  (1.0 is the ideal: exactly the joining or leaving member's share moves).
+
+Goals (issue: region cache cluster): >= 5,000 warm stat ops/s through one
+node; server CPU per op at N=4 within 20% of N=1; a membership change moves
+<= 1.2/N of the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from meshd.client import MeshClient  # noqa: E402
+from meshd.ring import HashRing, moved_fraction  # noqa: E402
+from tests.etcdproc import EtcdProcess  # noqa: E402
+from tests.meshd_proc import MeshdProcess  # noqa: E402
+
+MiB = 1 << 20
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---- client processes --------------------------------------------------------
+# Persistent worker processes (spawned, not forked: the parent holds gRPC
+# channels). The parent sends a job; each worker connects and warms its
+# client, answers "ready", waits for the common start time, runs the job
+# until the deadline and answers with its counts and CPU seconds.
+
+
+@dataclass
+class Job:
+    kind: str  # "stat" | "list" | "read" | "local"
+    endpoint: str  # node data dir (or "" for "local")
+    items: list[str]  # paths to stat, directories to list, files to read
+    duration: float
+    seed: int
+    short_circuit: bool = True
+    page_limit: int = 1000
+
+
+@dataclass
+class Result:
+    ops: int = 0
+    units: int = 0  # list entries / bytes read
+    cpu: float = 0.0  # client process CPU seconds in the window
+    elapsed: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _cpu_self() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
+    rng = random.Random(job.seed)
+    items = job.items
+    res = Result()
+    deadline = start_at + job.duration
+    while time.monotonic() < start_at:
+        time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
+    cpu0 = _cpu_self()
+    t0 = time.monotonic()
+    if job.kind == "stat":
+        assert client is not None
+        stat = client.stat
+        while time.monotonic() < deadline:
+            for _ in range(64):
+                stat(items[rng.randrange(len(items))])
+            res.ops += 64
+    elif job.kind == "list":
+        assert client is not None
+        while time.monotonic() < deadline:
+            for _ in range(4):
+                entries, _more = client.ls_page(items[rng.randrange(len(items))], "", job.page_limit)
+                res.units += len(entries)
+            res.ops += 4
+    elif job.kind in ("read", "local"):
+        buf = bytearray(MiB)
+        view = memoryview(buf)
+        i = job.seed  # readers start on different files
+        while time.monotonic() < deadline:
+            path = items[i % len(items)]
+            i += 1
+            if job.kind == "read":
+                assert client is not None
+                gen = client.read_chunks_into(path, buf)
+                try:
+                    for k in gen:
+                        res.units += k
+                        if time.monotonic() >= deadline:
+                            break
+                finally:
+                    gen.close()
+            else:
+                with open(path, "rb", buffering=0) as f:
+                    while k := f.readinto(view):
+                        res.units += k
+                        if time.monotonic() >= deadline:
+                            break
+            res.ops += 1
+    else:
+        raise ValueError(job.kind)
+    res.elapsed = time.monotonic() - t0
+    res.cpu = _cpu_self() - cpu0
+    return res
+
+
+def _worker(conn: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up; Ctrl-C reaches it
+    clients: dict[tuple[str, bool], MeshClient] = {}
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            if msg == "reset":
+                for c in clients.values():
+                    c.close()
+                clients.clear()
+                conn.send("ok")
+                continue
+            job: Job = msg
+            try:
+                client = None
+                if job.kind != "local":
+                    key = (job.endpoint, job.short_circuit)
+                    client = clients.get(key)
+                    if client is None:
+                        os.environ["MESH_SHORT_CIRCUIT"] = "1" if job.short_circuit else "0"
+                        client = clients[key] = MeshClient(job.endpoint)
+                    # warm this client's connections (one op, untimed)
+                    if job.kind == "stat":
+                        client.stat(job.items[0])
+                    elif job.kind == "list":
+                        client.ls_page(job.items[0], "", job.page_limit)
+                    elif job.kind == "read":
+                        client.cat(job.items[0], 0, 4096)
+                conn.send("ready")
+                start_at = conn.recv()
+                conn.send(_run_job(job, client, start_at))
+            except Exception as e:  # reported by the parent
+                conn.send(Result(errors=[f"{type(e).__name__}: {e}"]))
+    except (EOFError, KeyboardInterrupt):
+        return
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+class Workers:
+    def __init__(self, count: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        for _ in range(count):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(child,), daemon=True)
+            p.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(p)
+
+    def run(self, jobs: list[Job], on_start: Callable[[], None], on_end: Callable[[], None]) -> list[Result]:
+        """Run one job per worker (the first ``len(jobs)`` workers) over a common window."""
+        pipes = self.pipes[:len(jobs)]
+        for pipe, job in zip(pipes, jobs, strict=True):
+            pipe.send(job)
+        replies = [pipe.recv() for pipe in pipes]
+        failed = [r for r in replies if isinstance(r, Result)]
+        if failed:  # a worker could not prepare: let the others run an empty window, then fail
+            for pipe, r in zip(pipes, replies, strict=True):
+                if r == "ready":
+                    pipe.send(time.monotonic() - 2 * jobs[0].duration)
+                    pipe.recv()
+            raise RuntimeError(f"worker failed: {failed[0].errors}")
+        start_at = time.monotonic() + 0.3
+        for pipe in pipes:
+            pipe.send(start_at)
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        on_start()
+        results = [pipe.recv() for pipe in pipes]
+        on_end()
+        errors = [e for r in results for e in r.errors]
+        if errors:
+            raise RuntimeError(f"worker failed: {errors[0]}")
+        return results
+
+    def reset(self) -> None:
+        for pipe in self.pipes:
+            pipe.send("reset")
+        for pipe in self.pipes:
+            pipe.recv()
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+# ---- the cluster -----------------------------------------------------------------
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start_cluster(work: Path, etcd: EtcdProcess, n: int, page_size: str) -> list[MeshdProcess]:
+    name = f"bench-{n}-{uuid.uuid4().hex[:6]}"
+    args = ["--etcd", etcd.url, "--cluster", name, "--region", "r1", "--no-s3", "--lease-ttl", "5",
+            "--page-size", page_size, "--log-level", "WARNING"]
+    nodes = [MeshdProcess(work / f"c{n}-node{i}", [], args, command="run") for i in range(n)]
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda p: p.start(timeout=60), nodes))
+    except BaseException:
+        stop_all(nodes)
+        raise
+    return nodes
+
+
+def stop_all(nodes: list[MeshdProcess]) -> None:
+    if nodes:
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda p: p.stop(), nodes))
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def members_converged(nodes: list[MeshdProcess]) -> bool:
+    for node in nodes:
+        with node.client() as c:
+            members = c.report().get("cluster", {}).get("members", [])
+            if len(members) != len(nodes) or any(m.get("state") not in ("self", "up") for m in members):
+                return False
+    return True
+
+
+def mounts_everywhere(nodes: list[MeshdProcess], wanted: set[str]) -> bool:
+    for node in nodes:
+        with node.client() as c:
+            if not wanted <= {m.path for m in c.mounts()}:
+                return False
+    return True
+
+
+def reports(nodes: list[MeshdProcess]) -> list[dict[str, Any]]:
+    out = []
+    for node in nodes:
+        with node.client() as c:
+            out.append(c.report())
+    return out
+
+
+def understore_requests(reps: list[dict[str, Any]]) -> int:
+    return sum(sum(r["understore_requests"].values()) for r in reps)
+
+
+@dataclass
+class Measure:
+    name: str
+    nodes: int
+    ops: int
+    units: int
+    secs: float
+    server_cpu: float
+    client_cpu: float
+    understore: int  # under-store requests during the window (0 = warm)
+    forwarded: int  # metadata calls nodes forwarded to owners during the window
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.secs
+
+    @property
+    def server_us(self) -> float:
+        return 1e6 * self.server_cpu / max(1, self.ops)
+
+    @property
+    def total_us(self) -> float:
+        return 1e6 * (self.server_cpu + self.client_cpu) / max(1, self.ops)
+
+
+def measure(name: str, workers: Workers, nodes: list[MeshdProcess], jobs: list[Job]) -> Measure:
+    pids = [n.proc.pid for n in nodes if n.proc is not None]
+    before = reports(nodes)
+    cpu: dict[str, float] = {}
+
+    def start() -> None:
+        cpu["t0"] = sum(proc_cpu(p) for p in pids)
+
+    def end() -> None:
+        cpu["t1"] = sum(proc_cpu(p) for p in pids)
+
+    results = workers.run(jobs, start, end)
+    after = reports(nodes)
+    fwd = sum(a["metadata_forwarded"] - b["metadata_forwarded"] for a, b in zip(after, before, strict=True))
+    return Measure(name, len(nodes), sum(r.ops for r in results), sum(r.units for r in results),
+                   max(r.elapsed for r in results), cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
+                   understore_requests(after) - understore_requests(before), fwd)
+
+
+# ---- datasets ----------------------------------------------------------------------
+
+
+def make_meta_tree(root: Path, files: int, dirs: int) -> list[str]:
+    """``files`` small files spread over ``dirs`` directories; returns mesh paths under /meta."""
+    out = []
+    per = files // dirs
+    for d in range(dirs):
+        sub = root / f"d{d:03d}"
+        sub.mkdir(parents=True)
+        for i in range(per):
+            name = f"f{i:06d}"
+            (sub / name).write_bytes(b"x" * (i % 97))
+            out.append(f"/meta/d{d:03d}/{name}")
+    return out
+
+
+def make_blobs(root: Path, count: int, mib: int) -> list[str]:
+    root.mkdir(parents=True)
+    block = bytearray(os.urandom(MiB))
+    names = []
+    for i in range(count):
+        with open(root / f"r{i:02d}.bin", "wb") as f:
+            for j in range(mib):
+                block[:8] = (i * 1_000_003 + j).to_bytes(8, "big")  # no two MiB alike
+                f.write(block)
+        names.append(f"r{i:02d}.bin")
+    return names
+
+
+# ---- membership change ---------------------------------------------------------------
+
+
+def ring_moves(max_nodes: int, nkeys: int, seed: int = 7) -> list[tuple[int, float, float]]:
+    """(N, moved x N when one member joins N-1, moved x N when one of N leaves)."""
+    rng = random.Random(seed)
+    keys = [f"s:/meta/d{rng.randrange(1000):03d}/f{rng.randrange(10**6):06d}".encode() for _ in range(nkeys)]
+    ids = [f"{rng.getrandbits(48):012x}" for _ in range(max_nodes)]
+    rows = []
+    for n in range(2, max_nodes + 1):
+        smaller, full = HashRing(ids[:n - 1]), HashRing(ids[:n])
+        join = moved_fraction(smaller, full, keys) * n
+        gone = rng.randrange(n)
+        leave = moved_fraction(full, HashRing([m for j, m in enumerate(ids[:n]) if j != gone]), keys) * n
+        rows.append((n, join, leave))
+    return rows
+
+
+# ---- logs ----------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
+
+
+def log_findings(work: Path) -> list[str]:
+    """Lines at WARNING or above (and tracebacks) from every node log."""
+    out = []
+    for log in sorted(work.glob("c*-node*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if LOG_LINE.match(line) or line.startswith("Traceback") or "Error" in line.split(":", 1)[0]:
+                out.append(f"{log.name}: {line[:240]}")
+    return out
+
+
+# ---- main ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes and short windows (a smoke run)")
+    ap.add_argument("--nodes", default="1,2,4", help="cluster sizes, comma-separated")
+    ap.add_argument("--files", type=int, help="small files for the metadata benchmark (20000)")
+    ap.add_argument("--dirs", type=int, help="directories they are spread over (20)")
+    ap.add_argument("--duration", type=float, help="seconds per measurement window (5)")
+    ap.add_argument("--procs", type=int, default=3, help="client processes for metadata ops")
+    ap.add_argument("--readers", type=int, default=4, help="reader processes for the read benchmark")
+    ap.add_argument("--read-files", type=int, help="files for the read benchmark (8)")
+    ap.add_argument("--read-mib", type=int, help="MiB per file (64)")
+    ap.add_argument("--page-size", default="4MiB")
+    ap.add_argument("--ring-keys", type=int, help="random keys for the membership-change figure (100000)")
+    ap.add_argument("--no-http", action="store_true", help="skip the MESH_SHORT_CIRCUIT=0 read variant")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory and its node logs")
+    ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
+                    help="where the under-store, etcd and node data live (a real disk: "
+                         "/tmp may be much slower)")
+    args = ap.parse_args()
+    q = args.quick
+    files = args.files or (4000 if q else 20000)
+    dirs = args.dirs or (8 if q else 20)
+    duration = args.duration or (2.0 if q else 5.0)
+    read_files = args.read_files or (4 if q else 8)
+    read_mib = args.read_mib or (16 if q else 64)
+    ring_keys = args.ring_keys or (20000 if q else 100000)
+    sizes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
+    page_limit = min(1000, files // dirs)
+
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    os.makedirs(args.workdir, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mesh-bench-cluster-", dir=args.workdir))
+    print(f"workdir {work} ({os.cpu_count()} cores); {files} files in {dirs} dirs, "
+          f"{read_files} x {read_mib} MiB to read, {duration:g} s windows, "
+          f"{args.procs} metadata clients, {args.readers} readers", flush=True)
+    etcd: EtcdProcess | None = None
+    workers: Workers | None = None
+    nodes: list[MeshdProcess] = []
+    meta_rows: list[Measure] = []
+    read_rows: dict[tuple[int, str], Measure] = {}
+    t_start = time.monotonic()
+    try:
+        workers = Workers(max(args.procs, args.readers))
+        store = work / "store"
+        t = time.perf_counter()
+        stat_paths = make_meta_tree(store / "meta", files, dirs)
+        dir_paths = sorted({p.rsplit("/", 1)[0] for p in stat_paths})
+        blob_names = make_blobs(store / "blob", read_files, read_mib)
+        blob_paths = [f"/blob/{b}" for b in blob_names]
+        local_paths = [str(store / "blob" / b) for b in blob_names]
+        print(f"datasets written in {time.perf_counter() - t:.1f} s", flush=True)
+        etcd = EtcdProcess(work / "etcd").start()
+        read_sizes = {sizes[0], sizes[-1]}
+
+        # local-disk reference for reads, with the same reader processes
+        for p in local_paths:
+            with open(p, "rb") as f:
+                while f.read(8 * MiB):
+                    pass
+        jobs = [Job("local", "", local_paths, duration, i) for i in range(args.readers)]
+        local = measure("local disk", workers, [], jobs)
+        print(f"  local disk, {args.readers} readers: {local.units / MiB / local.secs:8.0f} MB/s", flush=True)
+
+        for n in sizes:
+            t = time.perf_counter()
+            nodes = start_cluster(work, etcd, n, args.page_size)
+            wait_until(f"{n} members on every node", lambda ns=nodes: members_converged(ns))
+            with nodes[0].client() as c:
+                c.mount_add("/meta", f"file://{store / 'meta'}", {"sync_interval": "-1"})
+                c.mount_add("/blob", f"file://{store / 'blob'}", {"sync_interval": "-1"})
+            wait_until("the mounts on every node", lambda ns=nodes: mounts_everywhere(ns, {"/meta", "/blob"}))
+            print(f"N={n}: cluster up in {time.perf_counter() - t:.1f} s", flush=True)
+
+            # warm-up: list every directory, stat every file (spread over the nodes)
+            t = time.perf_counter()
+            clients = [node.client() for node in nodes]
+            try:
+                listed = 0
+                for i, d in enumerate(dir_paths):
+                    listed += sum(1 for _ in clients[i % n].iter_ls(d, page_limit))
+                assert listed == len(stat_paths), (listed, len(stat_paths))
+                for i, p in enumerate(stat_paths):
+                    st = clients[i % n].stat(p)
+                    assert st.size == int(p.rsplit("f", 1)[1]) % 97, (p, st)
+                    assert not st.is_dir
+            finally:
+                for c in clients:
+                    c.close()
+            print(f"  warm-up (list {len(dir_paths)} dirs, stat {len(stat_paths)} files): "
+                  f"{time.perf_counter() - t:.1f} s", flush=True)
+
+            jobs = [Job("stat", str(nodes[i % n].data_dir), stat_paths, duration, 100 + i)
+                    for i in range(args.procs)]
+            m = measure("stat", workers, nodes, jobs)
+            meta_rows.append(m)
+            print(f"  stat: {m.rate:8.0f} ops/s, server {m.server_us:6.1f} us/op, "
+                  f"total {m.total_us:6.1f} us/op", flush=True)
+            jobs = [Job("list", str(nodes[i % n].data_dir), dir_paths, duration, 200 + i,
+                        page_limit=page_limit) for i in range(args.procs)]
+            m = measure("list", workers, nodes, jobs)
+            meta_rows.append(m)
+            print(f"  list: {m.rate:8.0f} pages/s ({m.units / m.secs:8.0f} entries/s), "
+                  f"server {m.server_us:7.1f} us/page", flush=True)
+
+            if n in read_sizes:
+                t = time.perf_counter()
+                with nodes[0].client() as c:
+                    for _ in c.load("/blob"):
+                        pass
+                reps = reports(nodes)
+                pages = sum(r["tiers"]["memory"]["pages"] for r in reps)
+                print(f"  /blob loaded in {time.perf_counter() - t:.1f} s; memory-tier pages per node: "
+                      f"{[r['tiers']['memory']['pages'] for r in reps]} (total {pages})", flush=True)
+                variants = [("short-circuit", True)] + ([] if args.no_http else [("HTTP", False)])
+                for label, sc in variants:
+                    jobs = [Job("read", str(nodes[i % n].data_dir), blob_paths, duration, i,
+                                short_circuit=sc) for i in range(args.readers)]
+                    m = measure(f"read {label}", workers, nodes, jobs)
+                    read_rows[(n, label)] = m
+                    print(f"  read ({label}): {m.units / MiB / m.secs:8.0f} MB/s", flush=True)
+
+            workers.reset()
+            stop_all(nodes)
+            nodes = []
+
+        print(f"ring: moved fraction over {ring_keys} keys ...", flush=True)
+        ring = ring_moves(16, ring_keys)
+        findings = log_findings(work)
+
+        # ---- report ---------------------------------------------------------------
+        print()
+        print("metadata, warm (sync_interval=-1), "
+              f"{args.procs} client processes, {duration:g} s each (2 cores cap the total):")
+        print(f"  {'op':<5} {'N':>2} {'ops/s':>9} {'/node':>8} {'entries/s':>10} "
+              f"{'server us/op':>13} {'total us/op':>12} {'fwd/op':>7} {'under-store':>11}")
+        for m in meta_rows:
+            ent = f"{m.units / m.secs:10.0f}" if m.name == "list" else f"{'':>10}"
+            print(f"  {m.name:<5} {m.nodes:>2} {m.rate:9.0f} {m.rate / m.nodes:8.0f} {ent} "
+                  f"{m.server_us:13.1f} {m.total_us:12.1f} {m.forwarded / max(1, m.ops):7.2f} {m.understore:11d}")
+        local_mbps = local.units / MiB / local.secs
+        print()
+        print(f"warm reads, {args.readers} reader processes, whole {read_mib} MiB files, 1 MiB buffer:")
+        print(f"  {'path':<28} {'N':>2} {'MB/s':>8} {'x local':>8} {'server CPU s/GiB':>17} "
+              f"{'under-store':>11}")
+        print(f"  {'local disk (page cache)':<28} {'':>2} {local_mbps:8.0f} {1.0:8.2f}")
+        for (n, label), m in sorted(read_rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            mbps = m.units / MiB / m.secs
+            print(f"  {'mesh ' + label:<28} {n:>2} {mbps:8.0f} {mbps / local_mbps:8.2f} "
+                  f"{m.server_cpu / max(1, m.units) * (1 << 30):17.2f} {m.understore:11d}")
+        print()
+        print(f"membership change, {ring_keys} random keys, {HashRing([]).vnodes} vnodes per member "
+              "(moved fraction x N; 1.00 = ideal):")
+        print("  N    " + "".join(f"{n:>6}" for n, _, _ in ring))
+        print("  join " + "".join(f"{j:6.2f}" for _, j, _ in ring))
+        print("  leave" + "".join(f"{v:6.2f}" for _, _, v in ring))
+
+        print()
+        print("goals:")
+
+        def goal(text: str, value: float, ok: bool, target: str) -> None:
+            print(f"  {'PASS' if ok else 'MISS'}  {text:<52} {value:9.2f}  ({target})")
+
+        by = {(m.name, m.nodes): m for m in meta_rows}
+        if ("stat", 1) in by:
+            r = by[("stat", 1)].rate
+            goal("warm stat ops/s through one node (N=1)", r, r >= 5000, "goal >= 5000")
+        lo, hi = sizes[0], sizes[-1]
+        if lo != hi:
+            for op in ("stat", "list"):
+                if (op, lo) in by and (op, hi) in by:
+                    ratio = by[(op, hi)].server_us / by[(op, lo)].server_us
+                    goal(f"{op} server CPU/op, N={hi} / N={lo}", ratio, ratio <= 1.2, "goal <= 1.2")
+                    ratio = by[(op, hi)].total_us / by[(op, lo)].total_us
+                    print(f"        {op + ' total CPU/op (server + client), N=' + str(hi) + ' / N=' + str(lo):<52}"
+                          f" {ratio:9.2f}  (information)")
+        worst = max(max(j, v) for _, j, v in ring)
+        goal("membership change: worst moved fraction x N", worst, worst <= 1.2, "goal <= 1.2, N = 2..16")
+        print()
+        if findings:
+            print(f"node logs: {len(findings)} line(s) at WARNING or above:")
+            for line in findings[:20]:
+                print(f"  {line}")
+        else:
+            print("node logs: nothing at WARNING or above")
+        print(f"total time {time.monotonic() - t_start:.0f} s")
+    finally:
+        stop_all(nodes)
+        if workers is not None:
+            workers.stop()
+        if etcd is not None:
+            etcd.kill()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The cluster under failure: real processes killed, real etcd killed.
+
+Invariant 7: a dead node fails no read. Readers are real ``MeshClient``s on
+several nodes, reading whole files and random ranges and checking every
+byte against the source, while nodes are SIGKILLed and restarted and while
+etcd is down. Also the bad inputs membership must shrug off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meshd.client import MeshClient
+from tests.conftest import cluster_args, wait_members
+from tests.etcdproc import EtcdProcess
+from tests.meshd_proc import MeshdProcess
+
+MiB = 1 << 20
+Cluster = Callable[..., list[MeshdProcess]]
+
+
+def make_dataset(root: Path, files: int, size: int) -> dict[str, bytes]:
+    (root / "ds").mkdir(parents=True)
+    out = {}
+    for i in range(files):
+        data = os.urandom(size + i * 4097)
+        (root / "ds" / f"part-{i:03d}.bin").write_bytes(data)
+        out[f"/data/ds/part-{i:03d}.bin"] = data
+    return out
+
+
+class Storm:
+    """Readers on every node, forever until stopped; every byte verified."""
+
+    def __init__(self, nodes: list[MeshdProcess], dataset: dict[str, bytes], readers: int) -> None:
+        self.nodes = nodes
+        self.dataset = dataset
+        self.digests = {p: hashlib.sha256(d).hexdigest() for p, d in dataset.items()}
+        self.stop = threading.Event()
+        self.reads = 0
+        self.bytes = 0
+        self.failures: list[str] = []
+        self.moved = 0  # readers whose node died under them and who moved to another member
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(readers)]
+
+    def _run(self, i: int) -> None:
+        rnd = random.Random(i)
+        try:
+            client = MeshClient(self.nodes[i % len(self.nodes)].endpoint, timeout=30)
+        except Exception as e:
+            self.failures.append(f"reader {i} could not connect: {e!r}")
+            return
+        client._short_circuit = i % 2 == 0  # half over page descriptors, half over HTTP
+        paths = sorted(self.dataset)
+        first = client.endpoint
+        with client:
+            while not self.stop.is_set():
+                path = rnd.choice(paths)
+                data = self.dataset[path]
+                try:
+                    if rnd.random() < 0.5:
+                        got = hashlib.sha256(client.cat(path)).hexdigest()
+                        ok, n = got == self.digests[path], len(data)
+                    else:
+                        off = rnd.randrange(len(data))
+                        length = rnd.randrange(1, 3 * MiB)
+                        buf = bytearray(256 << 10)
+                        parts = []
+                        for k in client.read_chunks_into(path, buf, off, length):
+                            parts.append(bytes(buf[:k]))
+                        got_b = b"".join(parts)
+                        ok, n = got_b == data[off:off + length], len(got_b)
+                    with self._lock:
+                        self.reads += 1
+                        self.bytes += n
+                        if not ok:
+                            self.failures.append(f"reader {i}: wrong bytes for {path}")
+                except Exception as e:
+                    with self._lock:
+                        self.failures.append(f"reader {i}: {path}: {type(e).__name__}: {e}")
+            if client.endpoint != first:
+                with self._lock:
+                    self.moved += 1
+
+    def __enter__(self) -> Storm:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in self.threads), "a reader hung"
+
+    def wait_reads(self, more: int, timeout: float = 60) -> None:
+        target = self.reads + more
+        deadline = time.monotonic() + timeout
+        while self.reads < target:
+            assert time.monotonic() < deadline, f"reads stalled at {self.reads} (wanted {target})"
+            assert not self.failures, self.failures[:5]
+            time.sleep(0.05)
+
+
+def mount(node: MeshdProcess, store: Path) -> None:
+    node.ctl("mount", "add", "/data", f"file://{store}", check=True)
+
+
+def test_read_storm_survives_sigkill_and_restart(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "store", 6, 9 * MiB)
+    nodes = cluster(4, etcd, ["--page-size", "1MiB"])
+    mount(nodes[0], tmp_path / "store")
+    with Storm(nodes, dataset, readers=8) as storm:
+        storm.wait_reads(20)
+        nodes[3].kill()  # SIGKILL: no goodbye, its lease lives on for a while
+        storm.wait_reads(20)
+        nodes[2].restart()  # a clean restart: leaves the ring, comes back with its pages
+        storm.wait_reads(20)
+        wait_members(nodes[:3], 3)  # the dead node's lease expired: it left the ring
+        storm.wait_reads(20)
+    assert storm.failures == [], storm.failures[:10]
+    assert storm.reads >= 80
+    assert storm.moved >= 2  # the readers of the killed node (at least) carried on elsewhere
+    r = nodes[0].client().report()
+    assert {m["node_id"] for m in r["cluster"]["members"]} == {n.endpoints["node_id"] for n in nodes[:3]}
+
+
+def test_reads_continue_while_etcd_is_down(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "store", 4, 6 * MiB)
+    nodes = cluster(3, etcd, ["--page-size", "1MiB"])
+    mount(nodes[0], tmp_path / "store")
+    with Storm(nodes, dataset, readers=6) as storm:
+        storm.wait_reads(15)
+        etcd.kill()
+        deadline = time.monotonic() + 30
+        while True:  # the nodes notice, and say so
+            with nodes[1].client() as c:
+                if not c.report()["cluster"]["etcd_ok"]:
+                    break
+            assert time.monotonic() < deadline, "no node noticed etcd was gone"
+            time.sleep(0.2)
+        time.sleep(4)  # longer than the lease TTL (3 s): no member may be dropped meanwhile
+        with nodes[2].client() as c:
+            assert len(c.report()["cluster"]["members"]) == 3
+        storm.wait_reads(15)
+        etcd.start()
+        wait_members(nodes, 3, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all(etcd_ok(n) for n in nodes):  # every node is back in touch
+            assert time.monotonic() < deadline, [etcd_ok(n) for n in nodes]
+            time.sleep(0.2)
+        storm.wait_reads(10)
+    assert storm.failures == [], storm.failures[:10]
+    out = etcd.ctl("get", "--prefix", "/mesh/test/regions/r1/members/", "--keys-only")
+    assert len([k for k in out.splitlines() if k.strip()]) == 3
+
+
+def etcd_ok(node: MeshdProcess) -> bool:
+    with node.client() as c:
+        return bool(c.report()["cluster"]["etcd_ok"])
+
+
+def test_client_falls_back_when_its_node_dies(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "store", 1, 5 * MiB)
+    nodes = cluster(3, etcd, ["--page-size", "1MiB"])
+    mount(nodes[0], tmp_path / "store")
+    (path, data), = dataset.items()
+    with MeshClient(nodes[1].endpoint) as c:
+        assert c.cat(path) == data
+        nodes[1].kill()
+        assert c.cat(path) == data  # moved to another member
+        assert c.stat(path).size == len(data)
+        assert c.endpoint != nodes[1].endpoint
+
+
+# ---- bad input: the ring must not notice ----------------------------------------------------
+
+
+def test_duplicate_node_id_is_refused(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    nodes = cluster(2, etcd)
+    taken = nodes[0].endpoints["node_id"]
+    dup = MeshdProcess(tmp_path / "dup", [], [*cluster_args(etcd), "--node-id", taken], command="run")
+    with pytest.raises(RuntimeError) as e:
+        dup.start()
+    log = dup.log.read_text()
+    assert f"node id {taken!r} is already registered" in log, log[-2000:]
+    assert "Traceback" not in log
+    assert "exited with 2" in str(e.value)
+    wait_members(nodes, 2)
+    with nodes[1].client() as c:
+        ids = {m["node_id"] for m in c.report()["cluster"]["members"]}
+    assert ids == {n.endpoints["node_id"] for n in nodes}
+
+
+def test_malformed_and_foreign_member_records_are_ignored(cluster: Cluster, etcd: EtcdProcess) -> None:
+    nodes = cluster(2, etcd)
+    prefix = "/mesh/test/regions/r1/members/"
+    etcd.ctl("put", prefix + "garbage", "this is not json")
+    etcd.ctl("put", prefix + "half", '{"node_id": "half", "cluster": "test"}')
+    foreign = ('{"node_id": "alien", "cluster": "other", "region": "r1", "grpc": "10.0.0.1:1", '
+               '"http": "http://10.0.0.1:2", "meta": "10.0.0.1:3"}')
+    etcd.ctl("put", prefix + "alien", foreign)
+    deadline = time.monotonic() + 20
+    want = [f"ignoring member record {prefix}garbage: not valid JSON",
+            f"ignoring member record {prefix}half: field 'region' missing",
+            f"ignoring member record {prefix}alien: it belongs to cluster 'other'"]
+    while not all(w in nodes[0].log.read_text() for w in want):
+        assert time.monotonic() < deadline, nodes[0].log.read_text()[-3000:]
+        time.sleep(0.2)
+    wait_members(nodes, 2)
+    with nodes[0].client() as c:
+        assert len(c.report()["cluster"]["members"]) == 2
+
+
+def test_a_node_of_another_cluster_stays_out(cluster: Cluster, etcd: EtcdProcess) -> None:
+    ours = cluster(2, etcd)
+    theirs = cluster(1, etcd, name="other")
+    wait_members(ours, 2)
+    with theirs[0].client() as c:
+        assert [m["node_id"] for m in c.report()["cluster"]["members"]] == [theirs[0].endpoints["node_id"]]
+
+
+def test_a_killed_node_restarting_takes_its_record_over(cluster: Cluster, etcd: EtcdProcess) -> None:
+    nodes = cluster(2, etcd, ttl=30)  # a long lease: waiting for it to expire would take 30 s
+    node_id = nodes[1].endpoints["node_id"]
+    nodes[1].kill()
+    started = time.monotonic()
+    nodes[1].start()
+    assert time.monotonic() - started < 15
+    assert nodes[1].endpoints["node_id"] == node_id
+    assert "took over member record" in nodes[1].log.read_text()
+    wait_members(nodes, 2)
