@@ -135,21 +135,13 @@ def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
             i += 1
             if job.kind == "read":
                 assert client is not None
-                gen = client.read_chunks_into(path, buf)
-                try:
-                    for k in gen:
-                        res.units += k
-                        if time.monotonic() >= deadline:
-                            break
-                finally:
-                    gen.close()
+                for k in client.read_chunks_into(path, buf):
+                    res.units += k
             else:
                 with open(path, "rb", buffering=0) as f:
                     while k := f.readinto(view):
                         res.units += k
-                        if time.monotonic() >= deadline:
-                            break
-            res.ops += 1
+            res.ops += 1  # whole files only: a reader finishes the file it is in at the deadline
     else:
         raise ValueError(job.kind)
     res.elapsed = time.monotonic() - t0
@@ -329,15 +321,12 @@ class Measure:
     nodes: int
     ops: int
     units: int
-    secs: float
+    rate: float  # ops/s: the sum of each client's ops / its own elapsed time
+    unit_rate: float  # entries/s or bytes/s, likewise
     server_cpu: float
     client_cpu: float
     understore: int  # under-store requests during the window (0 = warm)
     forwarded: int  # metadata calls nodes forwarded to owners during the window
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.secs
 
     @property
     def server_us(self) -> float:
@@ -363,7 +352,8 @@ def measure(name: str, workers: Workers, nodes: list[MeshdProcess], jobs: list[J
     after = reports(nodes)
     fwd = sum(a["metadata_forwarded"] - b["metadata_forwarded"] for a, b in zip(after, before, strict=True))
     return Measure(name, len(nodes), sum(r.ops for r in results), sum(r.units for r in results),
-                   max(r.elapsed for r in results), cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
+                   sum(r.ops / r.elapsed for r in results), sum(r.units / r.elapsed for r in results),
+                   cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
                    understore_requests(after) - understore_requests(before), fwd)
 
 
@@ -498,7 +488,7 @@ def main() -> None:
                     pass
         jobs = [Job("local", "", local_paths, duration, i) for i in range(args.readers)]
         local = measure("local disk", workers, [], jobs)
-        print(f"  local disk, {args.readers} readers: {local.units / MiB / local.secs:8.0f} MB/s", flush=True)
+        print(f"  local disk, {args.readers} readers: {local.unit_rate / MiB:8.0f} MB/s", flush=True)
 
         for n in sizes:
             t = time.perf_counter()
@@ -538,7 +528,7 @@ def main() -> None:
                         page_limit=page_limit) for i in range(args.procs)]
             m = measure("list", workers, nodes, jobs)
             meta_rows.append(m)
-            print(f"  list: {m.rate:8.0f} pages/s ({m.units / m.secs:8.0f} entries/s), "
+            print(f"  list: {m.rate:8.0f} pages/s ({m.unit_rate:8.0f} entries/s), "
                   f"server {m.server_us:7.1f} us/page", flush=True)
 
             if n in read_sizes:
@@ -556,7 +546,7 @@ def main() -> None:
                                 short_circuit=sc) for i in range(args.readers)]
                     m = measure(f"read {label}", workers, nodes, jobs)
                     read_rows[(n, label)] = m
-                    print(f"  read ({label}): {m.units / MiB / m.secs:8.0f} MB/s", flush=True)
+                    print(f"  read ({label}): {m.unit_rate / MiB:8.0f} MB/s", flush=True)
 
             workers.reset()
             stop_all(nodes)
@@ -573,17 +563,17 @@ def main() -> None:
         print(f"  {'op':<5} {'N':>2} {'ops/s':>9} {'/node':>8} {'entries/s':>10} "
               f"{'server us/op':>13} {'total us/op':>12} {'fwd/op':>7} {'under-store':>11}")
         for m in meta_rows:
-            ent = f"{m.units / m.secs:10.0f}" if m.name == "list" else f"{'':>10}"
+            ent = f"{m.unit_rate:10.0f}" if m.name == "list" else f"{'':>10}"
             print(f"  {m.name:<5} {m.nodes:>2} {m.rate:9.0f} {m.rate / m.nodes:8.0f} {ent} "
                   f"{m.server_us:13.1f} {m.total_us:12.1f} {m.forwarded / max(1, m.ops):7.2f} {m.understore:11d}")
-        local_mbps = local.units / MiB / local.secs
+        local_mbps = local.unit_rate / MiB
         print()
         print(f"warm reads, {args.readers} reader processes, whole {read_mib} MiB files, 1 MiB buffer:")
         print(f"  {'path':<28} {'N':>2} {'MB/s':>8} {'x local':>8} {'server CPU s/GiB':>17} "
               f"{'under-store':>11}")
         print(f"  {'local disk (page cache)':<28} {'':>2} {local_mbps:8.0f} {1.0:8.2f}")
         for (n, label), m in sorted(read_rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            mbps = m.units / MiB / m.secs
+            mbps = m.unit_rate / MiB
             print(f"  {'mesh ' + label:<28} {n:>2} {mbps:8.0f} {mbps / local_mbps:8.2f} "
                   f"{m.server_cpu / max(1, m.units) * (1 << 30):17.2f} {m.understore:11d}")
         print()

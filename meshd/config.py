@@ -197,7 +197,7 @@ def _cluster_from_dict(raw: Any, where: str) -> ClusterConfig:
     kw: dict[str, Any] = {}
     for k, v in raw.items():
         if k == "etcd":
-            kw[k] = tuple(str(e) for e in (v if isinstance(v, list) else str(v).split(",")) if str(e).strip())
+            kw[k] = tuple(str(e).strip() for e in (v if isinstance(v, list) else str(v).split(",")) if str(e).strip())
         elif k == "labels":
             if not isinstance(v, dict):
                 raise InvalidArgument(f"{where}: cluster.labels must be a mapping")

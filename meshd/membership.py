@@ -81,10 +81,15 @@ class Member:
             host, sep, port = d[key].rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"field {key!r} is not host:port: {d[key]!r}")
-        if urlsplit(d["http"]).scheme not in ("http", "https"):
+        url = urlsplit(d["http"])
+        if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"field 'http' is not a URL: {d['http']!r}")
-        if not isinstance(d.get("capacity", 0), int) or not isinstance(d.get("labels", {}), dict):
-            raise ValueError("field 'capacity' or 'labels' has the wrong type")
+        capacity = d.get("capacity", 0)
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
+            raise ValueError(f"field 'capacity' must be a byte count, got {capacity!r}")
+        labels = d.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise ValueError("field 'labels' must map names to strings")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 

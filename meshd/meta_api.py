@@ -80,7 +80,10 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
             statuses = [status_from_wire(w) for w in a.get("s", [])]
         except (TypeError, ValueError, IndexError):
             raise InvalidArgument("shard.put: malformed status list") from None
-        shard.record_many(statuses)
+        if len(statuses) > 500:
+            await asyncio.to_thread(shard.record_many, statuses)
+        else:
+            shard.record_many(statuses)
         return len(statuses)
 
     async def op_drop(a: dict[str, Any]) -> Any:
@@ -91,7 +94,7 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
         return None
 
     async def op_forget(a: dict[str, Any]) -> Any:
-        return shard.forget_subtree(paths.normalize(_str(a, "p")))
+        return await asyncio.to_thread(shard.forget_subtree, paths.normalize(_str(a, "p")))
 
     async def op_attrs(a: dict[str, Any]) -> Any:
         return shard.attrs(_str(a, "p"), _str(a, "v"))

@@ -16,10 +16,11 @@ are simply never asked for again (and are dropped eagerly by the node).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,7 @@ class MetadataCache:
         self._clock = clock or time.time
         self.write_errors = 0
         self._last_error_log = 0.0
+        self._loading: dict[str, asyncio.Future[list[FileStatus]]] = {}
 
     def _put(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         try:
@@ -132,7 +134,7 @@ class MetadataCache:
 
     async def listdir(self, mount: Mount, store: UnderStore, path: str, rel: str, after: str = "",
                       limit: int = 0, *, children_here: bool = True,
-                      on_load: Callable[[list[FileStatus]], None] | None = None,
+                      on_load: Callable[[list[FileStatus]], Awaitable[None]] | None = None,
                       ) -> tuple[list[FileStatus], bool]:
         """Entries of directory ``path`` in name order, after the name ``after``; at most
         ``limit`` (0: all). Returns (entries, more).
@@ -140,28 +142,51 @@ class MetadataCache:
         A listing is stored one key per entry (``e:<dir>\\0<name>``) under a header
         ``l:<dir>``, so a page of a huge directory is one range scan. A load from the
         under-store also records each child's status here (``children_here``), or hands
-        the children to ``on_load`` (a cluster sends them to their owners).
+        the children to ``on_load`` (a cluster sends them to their owners). Concurrent
+        loads of one directory share one under-store listing. Big listings are encoded
+        and written in a thread: the event loop keeps serving (and keeping the node's
+        etcd lease alive) meanwhile.
         """
         now = self._clock()
         t = self._listing_fresh(path, mount, now)
         if t is None:
-            infos = await store.list(rel)
-            out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
-            out.sort(key=lambda s: paths.basename(s.path).encode())
-            base = self._ekey(path)
-            deletes = [k for k, _ in self._kv.scan(base)]
-            puts = {base + paths.basename(s.path).encode(): _entry(s) for s in out}
-            if children_here:
-                puts.update({self._skey(s.path): s.to_json() for s in out})
-            puts[self._lkey(path)] = json.dumps({"t": now, "n": len(out)}).encode()
-            self._put(puts, deletes)
-            if on_load is not None:
-                on_load(out)
-            if not after and not limit:
-                return out, False
+            loading = self._loading.get(path)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load_listing(store, path, rel, now, children_here, on_load))
+                self._loading[path] = loading
+                loading.add_done_callback(lambda _f: self._loading.pop(path, None))
+            out = await asyncio.shield(loading)
             if after:
                 out = [s for s in out if paths.basename(s.path).encode() > after.encode()]
             return (out[:limit], len(out) > limit) if limit else (out, False)
+        if limit and limit <= 1000:
+            return self._scan_listing(path, after, limit, t)
+        return await asyncio.to_thread(self._scan_listing, path, after, limit, t)
+
+    async def _load_listing(self, store: UnderStore, path: str, rel: str, now: float, children_here: bool,
+                            on_load: Callable[[list[FileStatus]], Awaitable[None]] | None) -> list[FileStatus]:
+        infos = await store.list(rel)
+        if len(infos) > 1000:
+            out = await asyncio.to_thread(self._store_listing, path, infos, now, children_here)
+        else:
+            out = self._store_listing(path, infos, now, children_here)
+        if on_load is not None:
+            await on_load(out)
+        return out
+
+    def _store_listing(self, path: str, infos: list[ObjectInfo], now: float, children_here: bool) -> list[FileStatus]:
+        out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
+        out.sort(key=lambda s: paths.basename(s.path).encode())
+        base = self._ekey(path)
+        deletes = [k for k, _ in self._kv.scan(base)]
+        puts = {base + paths.basename(s.path).encode(): _entry(s) for s in out}
+        if children_here:
+            puts.update({self._skey(s.path): s.to_json() for s in out})
+        puts[self._lkey(path)] = json.dumps({"t": now, "n": len(out)}).encode()
+        self._put(puts, deletes)
+        return out
+
+    def _scan_listing(self, path: str, after: str, limit: int, t: float) -> tuple[list[FileStatus], bool]:
         base = self._ekey(path)
         start = base + after.encode() + b"\x00" if after else None
         entries: list[FileStatus] = []
@@ -221,7 +246,9 @@ class MetadataCache:
         doomed = [self._lkey(paths.parent(path))]
         for prefix in (b"s:", b"l:", b"e:"):
             exact = prefix + path.encode()
-            if prefix == b"e:":
+            if path == "/" and prefix != b"e:":
+                pass  # "s:/" is also the prefix of everything below: counted there
+            elif prefix == b"e:":
                 doomed.extend(k for k, _ in self._kv.scan(exact + b"\x00"))
             elif self._kv.get(exact) is not None:
                 doomed.append(exact)

@@ -54,7 +54,7 @@ class HashRing:
     def owners(self, key: bytes, n: int) -> list[str]:
         """The owner of ``key`` and its successors: up to ``n`` distinct members."""
         out: list[str] = []
-        if not self._hashes:
+        if not self._hashes or n <= 0:
             return out
         n = min(n, len(self.members))
         start = bisect.bisect(self._hashes, hash64(key))

@@ -130,23 +130,26 @@ class ShardedMetadata:
         return await self.local.listdir(mount, store, path, rel, after, limit, children_here=alone,
                                         on_load=None if alone else self._push_children)
 
-    def _push_children(self, statuses: list[FileStatus]) -> None:
-        """Send freshly listed children's statuses to their owners (best effort, background)."""
+    async def _push_children(self, statuses: list[FileStatus]) -> None:
+        """Hand freshly listed children's statuses to their owners (best effort, background)."""
         assert self.cluster is not None
-        by_owner: dict[str, list[FileStatus]] = defaultdict(list)
-        mine: list[FileStatus] = []
-        for s in statuses:
-            owner = self.cluster.ring.owner(b"s:" + s.path.encode())
-            if owner is None or owner == self.cluster.me.node_id:
-                mine.append(s)
-            else:
-                by_owner[owner].append(s)
-        if mine:
-            self.local.record_many(mine)
-        for owner, group in by_owner.items():
+        ring, me = self.cluster.ring, self.cluster.me.node_id
+
+        def group() -> tuple[list[FileStatus], dict[str, list[FileStatus]]]:
+            by_owner: dict[str, list[FileStatus]] = defaultdict(list)
+            mine: list[FileStatus] = []
+            for s in statuses:
+                owner = ring.owner(b"s:" + s.path.encode())
+                (mine if owner is None or owner == me else by_owner[owner]).append(s)
+            if mine:
+                self.local.record_many(mine)
+            return mine, by_owner
+
+        _mine, by_owner = await asyncio.to_thread(group) if len(statuses) > 1000 else group()
+        for owner, batch in by_owner.items():
             member = self.cluster.members.get(owner)
             if member is not None:
-                self._spawn(self._push(member, group))
+                self._spawn(self._push(member, batch))
 
     async def _push(self, m: Member, statuses: list[FileStatus]) -> None:
         assert self.cluster is not None

@@ -48,8 +48,9 @@ def _error_body(e: BaseException) -> dict[str, str]:
 
 
 class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, handlers: dict[str, Handler]) -> None:
+    def __init__(self, handlers: dict[str, Handler], live: set[_ServerProtocol]) -> None:
         self._handlers = handlers
+        self._live = live
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,6 +58,7 @@ class _ServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._live.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -64,8 +66,13 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._live.discard(self)
         for t in self._tasks:
             t.cancel()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -107,14 +114,18 @@ class WireServer:
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self.handlers = handlers
         self._server: asyncio.base_events.Server | None = None
+        self._live: set[_ServerProtocol] = set()
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ServerProtocol(self.handlers), sock=sock)
+        self._server = await loop.create_server(lambda: _ServerProtocol(self.handlers, self._live), sock=sock)
 
     async def stop(self) -> None:
+        """Stop listening and cut every connection: callers fail over at once."""
         if self._server is not None:
             self._server.close()
+            for proto in list(self._live):
+                proto.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
 
