@@ -1,7 +1,7 @@
 """A region's cache cluster: metadata ops/s and CPU per op with 1, 2 and 4 nodes,
 warm read throughput with 1 vs 4 nodes, and how many keys a membership change moves.
 
-    .venv/bin/python bench/bench_cluster.py [--quick] [--nodes 1,2,4] [--duration 5]
+    .venv/bin/python bench/bench_cluster.py [--quick] [--nodes 1,2,4] [--duration 5] [--repeat 3]
 
 One etcd; then, for each cluster size N, a fresh cluster (its own ``--cluster``
 name) of N ``meshd run`` processes sharing two file:// mounts with
@@ -10,7 +10,7 @@ name) of N ``meshd run`` processes sharing two file:// mounts with
 * ``/meta``: ``--files`` small files in ``--dirs`` directories. Warm-up lists
   every directory and stats every file once. Then ``--procs`` client
   processes (each with its own MeshClient, connected to node ``i % N``) run
-  for ``--duration`` seconds:
+  for ``--duration`` seconds, ``--repeat`` times (medians are reported):
 
   - stat: ``MeshClient.stat`` of random files. In a cluster the client sends
     it straight to the key's owner over the metadata wire.
@@ -18,17 +18,22 @@ name) of N ``meshd run`` processes sharing two file:// mounts with
     op = one page request). The client sends it to the node it is connected
     to, which forwards it to the listing's owner.
 
-  Per op: ops/s, and CPU microseconds, from ``/proc/PID/stat`` of every meshd
-  process (server) plus ``os.times()`` of the client processes (total).
-  Two cores cap ops/s on this machine; CPU per op is what projects to many
-  machines.
+  Per op: ops/s, and CPU microseconds: ``/proc/PID/stat`` of every meshd
+  process (server), plus ``os.times()`` of the client processes (total).
+  Two cores cap ops/s here; CPU per op is what projects to many machines.
+
+  Two controls at the largest N separate the cluster's own cost from this
+  machine's: "stat, one owner's keys" (the clients stat only keys one node
+  owns, so one warm server process answers, as on a machine of its own), and
+  "list, sent to owner" (the page request goes straight to the listing's
+  owner, as stat does; this uses the client's internal ``_meta_call``).
 
 * ``/blob``: ``--read-files`` files of ``--read-mib`` MiB, loaded into the
   cluster (``meshctl load``), then ``--readers`` processes read whole files
-  (``read_chunks_into``, 1 MiB buffer) from nodes ``i % N`` for
-  ``--duration`` seconds: aggregate MB/s, short-circuit (``MESH_SHORT_CIRCUIT=1``)
-  and HTTP (``=0``), against the same processes reading the same files from
-  local disk (kernel page cache warm), measured in the same run.
+  (``read_chunks_into``, 1 MiB buffer) from nodes ``i % N``: aggregate MB/s,
+  short-circuit (``MESH_SHORT_CIRCUIT=1``) and HTTP (``=0``), against the
+  same processes reading the same files from local disk (kernel page cache
+  warm) in the same run.
 
 * Membership change: :func:`meshd.ring.moved_fraction` over random keys, one
   member joining N-1 and one leaving N, for N = 2..16: moved fraction x N
@@ -42,12 +47,14 @@ node; server CPU per op at N=4 within 20% of N=1; a membership change moves
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import random
 import re
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -63,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from meshd.client import MeshClient  # noqa: E402
-from meshd.ring import HashRing, moved_fraction  # noqa: E402
+from meshd.ring import DEFAULT_VNODES, HashRing, moved_fraction  # noqa: E402
 from tests.etcdproc import EtcdProcess  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
 
@@ -75,13 +82,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 # Persistent worker processes (spawned, not forked: the parent holds gRPC
 # channels). The parent sends a job; each worker connects and warms its
 # client, answers "ready", waits for the common start time, runs the job
-# until the deadline and answers with its counts and CPU seconds.
+# for its duration and answers with its counts and CPU seconds.
 
 
 @dataclass
 class Job:
-    kind: str  # "stat" | "list" | "read" | "local"
-    endpoint: str  # node data dir (or "" for "local")
+    kind: str  # "stat" | "list" | "list-owner" | "read" | "local"
+    endpoint: str  # the node's data dir ("" for "local")
     items: list[str]  # paths to stat, directories to list, files to read
     duration: float
     seed: int
@@ -93,7 +100,7 @@ class Job:
 class Result:
     ops: int = 0
     units: int = 0  # list entries / bytes read
-    cpu: float = 0.0  # client process CPU seconds in the window
+    cpu: float = 0.0  # this client process's CPU seconds in the window
     elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -101,6 +108,12 @@ class Result:
 def _cpu_self() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def _list_owner(client: MeshClient, d: str, limit: int) -> int:
+    """One page of ``d`` asked of the listing's owner directly (what stat does)."""
+    r = client._meta_call(b"l:" + d.encode(), "list", {"p": d, "a": "", "n": limit})
+    return len(r["e"])
 
 
 def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
@@ -119,18 +132,21 @@ def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
             for _ in range(64):
                 stat(items[rng.randrange(len(items))])
             res.ops += 64
-    elif job.kind == "list":
+    elif job.kind in ("list", "list-owner"):
         assert client is not None
         while time.monotonic() < deadline:
             for _ in range(4):
-                entries, _more = client.ls_page(items[rng.randrange(len(items))], "", job.page_limit)
-                res.units += len(entries)
+                d = items[rng.randrange(len(items))]
+                if job.kind == "list":
+                    res.units += len(client.ls_page(d, "", job.page_limit)[0])
+                else:
+                    res.units += _list_owner(client, d, job.page_limit)
             res.ops += 4
     elif job.kind in ("read", "local"):
         buf = bytearray(MiB)
         view = memoryview(buf)
         i = job.seed  # readers start on different files
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # whole files: the one in progress is finished
             path = items[i % len(items)]
             i += 1
             if job.kind == "read":
@@ -141,7 +157,7 @@ def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
                 with open(path, "rb", buffering=0) as f:
                     while k := f.readinto(view):
                         res.units += k
-            res.ops += 1  # whole files only: a reader finishes the file it is in at the deadline
+            res.ops += 1
     else:
         raise ValueError(job.kind)
     res.elapsed = time.monotonic() - t0
@@ -177,6 +193,8 @@ def _worker(conn: Connection) -> None:
                         client.stat(job.items[0])
                     elif job.kind == "list":
                         client.ls_page(job.items[0], "", job.page_limit)
+                    elif job.kind == "list-owner":
+                        _list_owner(client, job.items[0], job.page_limit)
                     elif job.kind == "read":
                         client.cat(job.items[0], 0, 4096)
                 conn.send("ready")
@@ -230,6 +248,7 @@ class Workers:
         return results
 
     def reset(self) -> None:
+        """Close every client (the cluster they talk to is going away)."""
         for pipe in self.pipes:
             pipe.send("reset")
         for pipe in self.pipes:
@@ -258,6 +277,12 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def stop_all(nodes: list[MeshdProcess]) -> None:
+    if nodes:
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda p: p.stop(), nodes))
+
+
 def start_cluster(work: Path, etcd: EtcdProcess, n: int, page_size: str) -> list[MeshdProcess]:
     name = f"bench-{n}-{uuid.uuid4().hex[:6]}"
     args = ["--etcd", etcd.url, "--cluster", name, "--region", "r1", "--no-s3", "--lease-ttl", "5",
@@ -270,12 +295,6 @@ def start_cluster(work: Path, etcd: EtcdProcess, n: int, page_size: str) -> list
         stop_all(nodes)
         raise
     return nodes
-
-
-def stop_all(nodes: list[MeshdProcess]) -> None:
-    if nodes:
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda p: p.stop(), nodes))
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -311,14 +330,19 @@ def reports(nodes: list[MeshdProcess]) -> list[dict[str, Any]]:
     return out
 
 
+def region_ring(node: MeshdProcess) -> HashRing:
+    """The ring every node and client builds from the member list (node ids, capacities)."""
+    with node.client() as c:
+        members = c.report()["cluster"]["members"]
+    return HashRing({m["node_id"]: float(m.get("capacity") or 1) for m in members}, DEFAULT_VNODES)
+
+
 def understore_requests(reps: list[dict[str, Any]]) -> int:
     return sum(sum(r["understore_requests"].values()) for r in reps)
 
 
 @dataclass
-class Measure:
-    name: str
-    nodes: int
+class Window:
     ops: int
     units: int
     rate: float  # ops/s: the sum of each client's ops / its own elapsed time
@@ -337,24 +361,74 @@ class Measure:
         return 1e6 * (self.server_cpu + self.client_cpu) / max(1, self.ops)
 
 
-def measure(name: str, workers: Workers, nodes: list[MeshdProcess], jobs: list[Job]) -> Measure:
+@dataclass
+class Measure:
+    """Repeated windows of one measurement; each figure is the median over them."""
+
+    name: str
+    nodes: int
+    windows: list[Window]
+
+    def _median(self, get: Callable[[Window], float]) -> float:
+        return statistics.median(get(w) for w in self.windows)
+
+    @property
+    def rate(self) -> float:
+        return self._median(lambda w: w.rate)
+
+    @property
+    def unit_rate(self) -> float:
+        return self._median(lambda w: w.unit_rate)
+
+    @property
+    def server_us(self) -> float:
+        return self._median(lambda w: w.server_us)
+
+    @property
+    def total_us(self) -> float:
+        return self._median(lambda w: w.total_us)
+
+    @property
+    def server_per_unit(self) -> float:
+        return self._median(lambda w: w.server_cpu / max(1, w.units))
+
+    @property
+    def spread(self) -> str:
+        lo, hi = min(w.rate for w in self.windows), max(w.rate for w in self.windows)
+        return f"{100 * (hi - lo) / max(hi, 1e-9):3.0f}%"
+
+    @property
+    def understore(self) -> int:
+        return sum(w.understore for w in self.windows)
+
+    @property
+    def forwarded_per_op(self) -> float:
+        return sum(w.forwarded for w in self.windows) / max(1, sum(w.ops for w in self.windows))
+
+
+def measure(name: str, workers: Workers, nodes: list[MeshdProcess], jobs: list[Job],
+            repeat: int) -> Measure:
     pids = [n.proc.pid for n in nodes if n.proc is not None]
-    before = reports(nodes)
-    cpu: dict[str, float] = {}
+    windows = []
+    for rep in range(repeat):
+        before = reports(nodes)
+        cpu: dict[str, float] = {}
 
-    def start() -> None:
-        cpu["t0"] = sum(proc_cpu(p) for p in pids)
+        def start() -> None:
+            cpu["t0"] = sum(proc_cpu(p) for p in pids)
 
-    def end() -> None:
-        cpu["t1"] = sum(proc_cpu(p) for p in pids)
+        def end() -> None:
+            cpu["t1"] = sum(proc_cpu(p) for p in pids)
 
-    results = workers.run(jobs, start, end)
-    after = reports(nodes)
-    fwd = sum(a["metadata_forwarded"] - b["metadata_forwarded"] for a, b in zip(after, before, strict=True))
-    return Measure(name, len(nodes), sum(r.ops for r in results), sum(r.units for r in results),
-                   sum(r.ops / r.elapsed for r in results), sum(r.units / r.elapsed for r in results),
-                   cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
-                   understore_requests(after) - understore_requests(before), fwd)
+        results = workers.run([dataclasses.replace(j, seed=j.seed + 7919 * rep) for j in jobs], start, end)
+        after = reports(nodes)
+        windows.append(Window(
+            sum(r.ops for r in results), sum(r.units for r in results),
+            sum(r.ops / r.elapsed for r in results), sum(r.units / r.elapsed for r in results),
+            cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
+            understore_requests(after) - understore_requests(before),
+            sum(a["metadata_forwarded"] - b["metadata_forwarded"] for a, b in zip(after, before, strict=True))))
+    return Measure(name, len(nodes), windows)
 
 
 # ---- datasets ----------------------------------------------------------------------
@@ -394,7 +468,7 @@ def ring_moves(max_nodes: int, nkeys: int, seed: int = 7) -> list[tuple[int, flo
     """(N, moved x N when one member joins N-1, moved x N when one of N leaves)."""
     rng = random.Random(seed)
     keys = [f"s:/meta/d{rng.randrange(1000):03d}/f{rng.randrange(10**6):06d}".encode() for _ in range(nkeys)]
-    ids = [f"{rng.getrandbits(48):012x}" for _ in range(max_nodes)]
+    ids = [f"{rng.getrandbits(48):012x}" for _ in range(max_nodes)]  # like generated node ids
     rows = []
     for n in range(2, max_nodes + 1):
         smaller, full = HashRing(ids[:n - 1]), HashRing(ids[:n])
@@ -411,11 +485,11 @@ LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 
 
 def log_findings(work: Path) -> list[str]:
-    """Lines at WARNING or above (and tracebacks) from every node log."""
+    """Lines at WARNING or above, and tracebacks' last lines, from every node log."""
     out = []
     for log in sorted(work.glob("c*-node*.log")):
         for line in log.read_text(errors="replace").splitlines():
-            if LOG_LINE.match(line) or line.startswith("Traceback") or "Error" in line.split(":", 1)[0]:
+            if LOG_LINE.match(line) or line.startswith("Traceback") or re.match(r"^\w*(Error|Exception)\b", line):
                 out.append(f"{log.name}: {line[:240]}")
     return out
 
@@ -425,11 +499,12 @@ def log_findings(work: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="small sizes and short windows (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, short windows, no repeats (a smoke run)")
     ap.add_argument("--nodes", default="1,2,4", help="cluster sizes, comma-separated")
     ap.add_argument("--files", type=int, help="small files for the metadata benchmark (20000)")
     ap.add_argument("--dirs", type=int, help="directories they are spread over (20)")
     ap.add_argument("--duration", type=float, help="seconds per measurement window (5)")
+    ap.add_argument("--repeat", type=int, help="windows per measurement; medians are reported (3)")
     ap.add_argument("--procs", type=int, default=3, help="client processes for metadata ops")
     ap.add_argument("--readers", type=int, default=4, help="reader processes for the read benchmark")
     ap.add_argument("--read-files", type=int, help="files for the read benchmark (8)")
@@ -446,27 +521,29 @@ def main() -> None:
     files = args.files or (4000 if q else 20000)
     dirs = args.dirs or (8 if q else 20)
     duration = args.duration or (2.0 if q else 5.0)
+    repeat = args.repeat or (1 if q else 3)
     read_files = args.read_files or (4 if q else 8)
     read_mib = args.read_mib or (16 if q else 64)
     ring_keys = args.ring_keys or (20000 if q else 100000)
     sizes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
+    lo, hi = sizes[0], sizes[-1]
     page_limit = min(1000, files // dirs)
 
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: Any) -> None:  # SIGTERM unwinds like Ctrl-C: the finally cleans up
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-cluster-", dir=args.workdir))
     print(f"workdir {work} ({os.cpu_count()} cores); {files} files in {dirs} dirs, "
-          f"{read_files} x {read_mib} MiB to read, {duration:g} s windows, "
+          f"{read_files} x {read_mib} MiB to read; {repeat} x {duration:g} s windows; "
           f"{args.procs} metadata clients, {args.readers} readers", flush=True)
     etcd: EtcdProcess | None = None
     workers: Workers | None = None
     nodes: list[MeshdProcess] = []
-    meta_rows: list[Measure] = []
-    read_rows: dict[tuple[int, str], Measure] = {}
+    meta: dict[tuple[str, int], Measure] = {}
+    reads: dict[tuple[str, int], Measure] = {}
+    placement: dict[int, list[int]] = {}
     t_start = time.monotonic()
     try:
         workers = Workers(max(args.procs, args.readers))
@@ -479,15 +556,14 @@ def main() -> None:
         local_paths = [str(store / "blob" / b) for b in blob_names]
         print(f"datasets written in {time.perf_counter() - t:.1f} s", flush=True)
         etcd = EtcdProcess(work / "etcd").start()
-        read_sizes = {sizes[0], sizes[-1]}
 
-        # local-disk reference for reads, with the same reader processes
+        # the local-disk reference for reads: the same reader processes, the same files
         for p in local_paths:
             with open(p, "rb") as f:
                 while f.read(8 * MiB):
                     pass
-        jobs = [Job("local", "", local_paths, duration, i) for i in range(args.readers)]
-        local = measure("local disk", workers, [], jobs)
+        local = measure("local disk", workers, [],
+                        [Job("local", "", local_paths, duration, i) for i in range(args.readers)], repeat)
         print(f"  local disk, {args.readers} readers: {local.unit_rate / MiB:8.0f} MB/s", flush=True)
 
         for n in sizes:
@@ -500,7 +576,7 @@ def main() -> None:
             wait_until("the mounts on every node", lambda ns=nodes: mounts_everywhere(ns, {"/meta", "/blob"}))
             print(f"N={n}: cluster up in {time.perf_counter() - t:.1f} s", flush=True)
 
-            # warm-up: list every directory, stat every file (spread over the nodes)
+            # warm-up: list every directory, stat every file (through every node)
             t = time.perf_counter()
             clients = [node.client() for node in nodes]
             try:
@@ -510,104 +586,113 @@ def main() -> None:
                 assert listed == len(stat_paths), (listed, len(stat_paths))
                 for i, p in enumerate(stat_paths):
                     st = clients[i % n].stat(p)
-                    assert st.size == int(p.rsplit("f", 1)[1]) % 97, (p, st)
-                    assert not st.is_dir
+                    assert (st.size, st.is_dir) == (int(p.rsplit("f", 1)[1]) % 97, False), (p, st)
             finally:
                 for c in clients:
                     c.close()
             print(f"  warm-up (list {len(dir_paths)} dirs, stat {len(stat_paths)} files): "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
 
-            jobs = [Job("stat", str(nodes[i % n].data_dir), stat_paths, duration, 100 + i)
-                    for i in range(args.procs)]
-            m = measure("stat", workers, nodes, jobs)
-            meta_rows.append(m)
-            print(f"  stat: {m.rate:8.0f} ops/s, server {m.server_us:6.1f} us/op, "
-                  f"total {m.total_us:6.1f} us/op", flush=True)
-            jobs = [Job("list", str(nodes[i % n].data_dir), dir_paths, duration, 200 + i,
-                        page_limit=page_limit) for i in range(args.procs)]
-            m = measure("list", workers, nodes, jobs)
-            meta_rows.append(m)
-            print(f"  list: {m.rate:8.0f} pages/s ({m.unit_rate:8.0f} entries/s), "
-                  f"server {m.server_us:7.1f} us/page", flush=True)
+            def meta_measure(name: str, kind: str, items: list[str], seed: int, n: int = n) -> None:
+                jobs = [Job(kind, str(nodes[i % n].data_dir), items, duration, seed + i, page_limit=page_limit)
+                        for i in range(args.procs)]
+                m = meta[(name, n)] = measure(name, workers, nodes, jobs, repeat)
+                extra = f" ({m.unit_rate:7.0f} entries/s)" if kind != "stat" else ""
+                print(f"  {name:<22} {m.rate:8.0f} ops/s{extra}, server {m.server_us:7.1f} us/op, "
+                      f"total {m.total_us:7.1f} us/op (spread {m.spread})", flush=True)
 
-            if n in read_sizes:
+            meta_measure("stat", "stat", stat_paths, 100)
+            meta_measure("list", "list", dir_paths, 200)
+            if n == hi and n > 1:
+                ring = region_ring(nodes[0])
+                mine = nodes[0].endpoints["node_id"]
+                owned = [p for p in stat_paths if ring.owner(b"s:" + p.encode()) == mine]
+                meta_measure("stat, one owner's keys", "stat", owned, 300)
+                meta_measure("list, sent to owner", "list-owner", dir_paths, 400)
+
+            if n in (lo, hi):
                 t = time.perf_counter()
                 with nodes[0].client() as c:
                     for _ in c.load("/blob"):
                         pass
-                reps = reports(nodes)
-                pages = sum(r["tiers"]["memory"]["pages"] for r in reps)
-                print(f"  /blob loaded in {time.perf_counter() - t:.1f} s; memory-tier pages per node: "
-                      f"{[r['tiers']['memory']['pages'] for r in reps]} (total {pages})", flush=True)
-                variants = [("short-circuit", True)] + ([] if args.no_http else [("HTTP", False)])
-                for label, sc in variants:
-                    jobs = [Job("read", str(nodes[i % n].data_dir), blob_paths, duration, i,
-                                short_circuit=sc) for i in range(args.readers)]
-                    m = measure(f"read {label}", workers, nodes, jobs)
-                    read_rows[(n, label)] = m
-                    print(f"  read ({label}): {m.unit_rate / MiB:8.0f} MB/s", flush=True)
+                placement[n] = [r["tiers"]["memory"]["pages"] for r in reports(nodes)]
+                print(f"  /blob loaded in {time.perf_counter() - t:.1f} s; pages per node {placement[n]}",
+                      flush=True)
+                for label, sc in [("short-circuit", True)] + ([] if args.no_http else [("HTTP", False)]):
+                    jobs = [Job("read", str(nodes[i % n].data_dir), blob_paths, duration, i, short_circuit=sc)
+                            for i in range(args.readers)]
+                    m = reads[(label, n)] = measure(f"read {label}", workers, nodes, jobs, repeat)
+                    print(f"  read ({label}): {m.unit_rate / MiB:8.0f} MB/s (spread {m.spread})", flush=True)
 
             workers.reset()
             stop_all(nodes)
             nodes = []
 
         print(f"ring: moved fraction over {ring_keys} keys ...", flush=True)
-        ring = ring_moves(16, ring_keys)
+        moves = ring_moves(16, ring_keys)
         findings = log_findings(work)
 
         # ---- report ---------------------------------------------------------------
         print()
-        print("metadata, warm (sync_interval=-1), "
-              f"{args.procs} client processes, {duration:g} s each (2 cores cap the total):")
-        print(f"  {'op':<5} {'N':>2} {'ops/s':>9} {'/node':>8} {'entries/s':>10} "
-              f"{'server us/op':>13} {'total us/op':>12} {'fwd/op':>7} {'under-store':>11}")
-        for m in meta_rows:
-            ent = f"{m.unit_rate:10.0f}" if m.name == "list" else f"{'':>10}"
-            print(f"  {m.name:<5} {m.nodes:>2} {m.rate:9.0f} {m.rate / m.nodes:8.0f} {ent} "
-                  f"{m.server_us:13.1f} {m.total_us:12.1f} {m.forwarded / max(1, m.ops):7.2f} {m.understore:11d}")
+        print(f"metadata, warm (sync_interval=-1), {args.procs} client processes, "
+              f"median of {repeat} x {duration:g} s (2 cores cap the total):")
+        print(f"  {'op':<22} {'N':>2} {'ops/s':>8} {'/node':>7} {'entries/s':>10} {'server us/op':>13} "
+              f"{'total us/op':>12} {'fwd/op':>7} {'under-store':>11}")
+        for (name, n), m in meta.items():
+            ent = f"{m.unit_rate:10.0f}" if name.startswith("list") else f"{'':>10}"
+            print(f"  {name:<22} {n:>2} {m.rate:8.0f} {m.rate / n:7.0f} {ent} {m.server_us:13.1f} "
+                  f"{m.total_us:12.1f} {m.forwarded_per_op:7.2f} {m.understore:11d}")
+        print("  (server = CPU of all meshd processes; total = server + clients; fwd/op = calls a node "
+              "forwarded to an owner)")
         local_mbps = local.unit_rate / MiB
         print()
-        print(f"warm reads, {args.readers} reader processes, whole {read_mib} MiB files, 1 MiB buffer:")
-        print(f"  {'path':<28} {'N':>2} {'MB/s':>8} {'x local':>8} {'server CPU s/GiB':>17} "
-              f"{'under-store':>11}")
-        print(f"  {'local disk (page cache)':<28} {'':>2} {local_mbps:8.0f} {1.0:8.2f}")
-        for (n, label), m in sorted(read_rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"warm reads, {args.readers} reader processes, whole {read_mib} MiB files, 1 MiB buffer, "
+              f"median of {repeat} x {duration:g} s:")
+        print(f"  {'path':<24} {'N':>2} {'MB/s':>8} {'x local':>8} {'server CPU s/GiB':>17} "
+              f"{'under-store':>11}  pages per node")
+        print(f"  {'local disk (page cache)':<24} {'':>2} {local_mbps:8.0f} {1.0:8.2f}")
+        for (label, n), m in sorted(reads.items()):
             mbps = m.unit_rate / MiB
-            print(f"  {'mesh ' + label:<28} {n:>2} {mbps:8.0f} {mbps / local_mbps:8.2f} "
-                  f"{m.server_cpu / max(1, m.units) * (1 << 30):17.2f} {m.understore:11d}")
+            print(f"  {'mesh ' + label:<24} {n:>2} {mbps:8.0f} {mbps / local_mbps:8.2f} "
+                  f"{m.server_per_unit * (1 << 30):17.2f} {m.understore:11d}  {placement.get(n)}")
         print()
-        print(f"membership change, {ring_keys} random keys, {HashRing([]).vnodes} vnodes per member "
+        print(f"membership change, {ring_keys} random keys, {DEFAULT_VNODES} vnodes per member "
               "(moved fraction x N; 1.00 = ideal):")
-        print("  N    " + "".join(f"{n:>6}" for n, _, _ in ring))
-        print("  join " + "".join(f"{j:6.2f}" for _, j, _ in ring))
-        print("  leave" + "".join(f"{v:6.2f}" for _, _, v in ring))
+        print("  N    " + "".join(f"{n:>6}" for n, _, _ in moves))
+        print("  join " + "".join(f"{j:6.2f}" for _, j, _ in moves))
+        print("  leave" + "".join(f"{v:6.2f}" for _, _, v in moves))
 
         print()
         print("goals:")
 
-        def goal(text: str, value: float, ok: bool, target: str) -> None:
-            print(f"  {'PASS' if ok else 'MISS'}  {text:<52} {value:9.2f}  ({target})")
+        def goal(text: str, value: float, ok: bool | None, target: str) -> None:
+            mark = "    " if ok is None else ("PASS" if ok else "MISS")
+            print(f"  {mark}  {text:<50} {value:9.2f}  ({target})")
 
-        by = {(m.name, m.nodes): m for m in meta_rows}
-        if ("stat", 1) in by:
-            r = by[("stat", 1)].rate
+        if ("stat", 1) in meta:
+            r = meta[("stat", 1)].rate
             goal("warm stat ops/s through one node (N=1)", r, r >= 5000, "goal >= 5000")
-        lo, hi = sizes[0], sizes[-1]
         if lo != hi:
             for op in ("stat", "list"):
-                if (op, lo) in by and (op, hi) in by:
-                    ratio = by[(op, hi)].server_us / by[(op, lo)].server_us
-                    goal(f"{op} server CPU/op, N={hi} / N={lo}", ratio, ratio <= 1.2, "goal <= 1.2")
-                    ratio = by[(op, hi)].total_us / by[(op, lo)].total_us
-                    print(f"        {op + ' total CPU/op (server + client), N=' + str(hi) + ' / N=' + str(lo):<52}"
-                          f" {ratio:9.2f}  (information)")
-        worst = max(max(j, v) for _, j, v in ring)
+                base = meta[(op, lo)]
+                ratio = meta[(op, hi)].server_us / base.server_us
+                goal(f"{op} server CPU/op, N={hi} / N={lo}", ratio, ratio <= 1.2, "goal <= 1.2")
+                goal(f"  {op} total CPU/op (server + clients)", meta[(op, hi)].total_us / base.total_us,
+                     None, "information")
+                control = "stat, one owner's keys" if op == "stat" else "list, sent to owner"
+                if (control, hi) in meta:
+                    goal(f"  control '{control}'", meta[(control, hi)].server_us / base.server_us,
+                         None, "information")
+            if ("short-circuit", hi) in reads and ("short-circuit", lo) in reads:
+                goal(f"warm read MB/s (short-circuit), N={hi} / N={lo}",
+                     reads[("short-circuit", hi)].unit_rate / reads[("short-circuit", lo)].unit_rate,
+                     None, "information")
+        worst = max(max(j, v) for _, j, v in moves)
         goal("membership change: worst moved fraction x N", worst, worst <= 1.2, "goal <= 1.2, N = 2..16")
         print()
         if findings:
-            print(f"node logs: {len(findings)} line(s) at WARNING or above:")
-            for line in findings[:20]:
+            print(f"node logs: {len(findings)} line(s) at WARNING or above (or from tracebacks):")
+            for line in findings[:30]:
                 print(f"  {line}")
         else:
             print("node logs: nothing at WARNING or above")

@@ -48,9 +48,10 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     e.kill()
 
 
-def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl: int = 3) -> list[str]:
-    return ["--etcd", etcd.url, "--cluster", name, "--region", region, "--lease-ttl", str(ttl), "--no-s3",
-            "--log-level", "INFO"]
+def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl: int = 3,
+                 s3: bool = False) -> list[str]:
+    return ["--etcd", etcd.url, "--cluster", name, "--region", region, "--lease-ttl", str(ttl),
+            "--log-level", "INFO", *([] if s3 else ["--no-s3"])]
 
 
 def wait_members(nodes: list[MeshdProcess], n: int, timeout: float = 30) -> None:
@@ -76,11 +77,11 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., list[MeshdProcess]]]:
     started: list[MeshdProcess] = []
 
     def start(n: int, etcd: EtcdProcess, args: list[str] | None = None, name: str = "test",
-              region: str = "r1", ttl: int = 3, wait: bool = True) -> list[MeshdProcess]:
+              region: str = "r1", ttl: int = 3, wait: bool = True, s3: bool = False) -> list[MeshdProcess]:
         nodes = []
         for _ in range(n):
             d = tmp_path / f"cnode{next(_counter)}"
-            nodes.append(MeshdProcess(d, [], [*cluster_args(etcd, name, region, ttl), *(args or [])],
+            nodes.append(MeshdProcess(d, [], [*cluster_args(etcd, name, region, ttl, s3), *(args or [])],
                                       command="run").start())
         started.extend(nodes)
         if wait:

@@ -104,3 +104,66 @@ def test_report_and_members_as_json(cluster: Cluster, etcd: EtcdProcess) -> None
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert sorted(rec["node_id"] for rec in records) == sorted(m["node_id"] for m in members)
     assert all(rec["cluster"] == "test" and rec["region"] == "r1" and rec["meta"] for rec in records)
+
+
+def test_writes_are_seen_by_every_node_and_s3_attrs_are_shared(cluster: Cluster, etcd: EtcdProcess,
+                                                               tmp_path: Path) -> None:
+    import boto3
+
+    store = tmp_path / "store"
+    store.mkdir()
+    nodes = cluster(3, etcd, ["--page-size", "1MiB", "--s3-access-key", "AK", "--s3-secret-key", "SK"], s3=True)
+    nodes[0].ctl("mount", "add", "/bkt", f"file://{store}", check=True)
+    first, second = os.urandom(3 * MiB + 5), os.urandom(2 * MiB + 7)
+    with nodes[0].client() as c:
+        c.put("/bkt/obj", first)
+    for n in nodes:
+        with n.client() as c:
+            assert c.cat("/bkt/obj") == first
+    with nodes[1].client() as c:
+        c.put("/bkt/obj", second)  # overwritten through another node
+    for n in nodes:  # never stale: every node sees the new version at once
+        with n.client() as c:
+            assert c.cat("/bkt/obj") == second
+
+    def s3(node: MeshdProcess):  # type: ignore[no-untyped-def]
+        return boto3.client("s3", endpoint_url=node.endpoints["s3"], aws_access_key_id="AK",
+                            aws_secret_access_key="SK", region_name="us-east-1")
+
+    put = s3(nodes[0]).put_object(Bucket="bkt", Key="doc.json", Body=b'{"a": 1}', ContentType="application/json",
+                                  Metadata={"owner": "team-a"})
+    for n in nodes:  # ETag, content type and user metadata live at the key's owner: same answer everywhere
+        head = s3(n).head_object(Bucket="bkt", Key="doc.json")
+        assert head["ETag"] == put["ETag"]
+        assert head["ContentType"] == "application/json"
+        assert head["Metadata"] == {"owner": "team-a"}
+
+
+def test_meshd_run_from_a_config_file(etcd: EtcdProcess, tmp_path: Path) -> None:
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"""
+cluster:
+  etcd: [{etcd.url}]
+  name: fromfile
+  region: eu-1
+  zone: eu-1a
+  lease_ttl: 5
+  labels: {{rack: r7}}
+s3: {{enabled: false}}
+""")
+    node = MeshdProcess(tmp_path / "n", [], ["--config", str(cfg)], command="run").start()
+    try:
+        r = node.client().report()
+        assert r["cluster"]["name"] == "fromfile" and r["cluster"]["region"] == "eu-1"
+        (m,) = r["cluster"]["members"]
+        assert m["zone"] == "eu-1a" and m["labels"] == {"rack": "r7"}
+        assert etcd.ctl("get", "--prefix", "/mesh/fromfile/regions/eu-1/members/", "--keys-only").strip()
+    finally:
+        node.stop()
+    # the same file given to `meshd embedded` is refused with a message naming the problem
+    bad = MeshdProcess(tmp_path / "e", [], ["--config", str(cfg)])
+    try:
+        bad.start()
+        raise AssertionError("meshd embedded accepted a cluster config")
+    except RuntimeError as e:
+        assert "start it with `meshd run`" in str(e)
