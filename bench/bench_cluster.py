@@ -277,6 +277,23 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+class CpuMeter:
+    """CPU seconds a set of processes used between start() and stop()."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._t0 = self.seconds = 0.0
+
+    def _now(self) -> float:
+        return sum(proc_cpu(p) for p in self.pids)
+
+    def start(self) -> None:
+        self._t0 = self._now()
+
+    def stop(self) -> None:
+        self.seconds = self._now() - self._t0
+
+
 def stop_all(nodes: list[MeshdProcess]) -> None:
     if nodes:
         with ThreadPoolExecutor(len(nodes)) as pool:
@@ -394,8 +411,11 @@ class Measure:
 
     @property
     def spread(self) -> str:
+        """(max - min) / max of the windows' rates."""
+        if len(self.windows) < 2:
+            return "n/a"
         lo, hi = min(w.rate for w in self.windows), max(w.rate for w in self.windows)
-        return f"{100 * (hi - lo) / max(hi, 1e-9):3.0f}%"
+        return f"{100 * (hi - lo) / max(hi, 1e-9):.0f}%"
 
     @property
     def understore(self) -> int:
@@ -408,24 +428,17 @@ class Measure:
 
 def measure(name: str, workers: Workers, nodes: list[MeshdProcess], jobs: list[Job],
             repeat: int) -> Measure:
-    pids = [n.proc.pid for n in nodes if n.proc is not None]
+    meter = CpuMeter([n.proc.pid for n in nodes if n.proc is not None])
     windows = []
     for rep in range(repeat):
         before = reports(nodes)
-        cpu: dict[str, float] = {}
-
-        def start() -> None:
-            cpu["t0"] = sum(proc_cpu(p) for p in pids)
-
-        def end() -> None:
-            cpu["t1"] = sum(proc_cpu(p) for p in pids)
-
-        results = workers.run([dataclasses.replace(j, seed=j.seed + 7919 * rep) for j in jobs], start, end)
+        results = workers.run([dataclasses.replace(j, seed=j.seed + 7919 * rep) for j in jobs],
+                              meter.start, meter.stop)
         after = reports(nodes)
         windows.append(Window(
             sum(r.ops for r in results), sum(r.units for r in results),
             sum(r.ops / r.elapsed for r in results), sum(r.units / r.elapsed for r in results),
-            cpu["t1"] - cpu["t0"], sum(r.cpu for r in results),
+            meter.seconds, sum(r.cpu for r in results),
             understore_requests(after) - understore_requests(before),
             sum(a["metadata_forwarded"] - b["metadata_forwarded"] for a, b in zip(after, before, strict=True))))
     return Measure(name, len(nodes), windows)
@@ -593,22 +606,23 @@ def main() -> None:
             print(f"  warm-up (list {len(dir_paths)} dirs, stat {len(stat_paths)} files): "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
 
-            def meta_measure(name: str, kind: str, items: list[str], seed: int, n: int = n) -> None:
-                jobs = [Job(kind, str(nodes[i % n].data_dir), items, duration, seed + i, page_limit=page_limit)
+            def meta_measure(ns: list[MeshdProcess], name: str, kind: str, items: list[str], seed: int) -> None:
+                assert workers is not None
+                jobs = [Job(kind, str(ns[i % len(ns)].data_dir), items, duration, seed + i, page_limit=page_limit)
                         for i in range(args.procs)]
-                m = meta[(name, n)] = measure(name, workers, nodes, jobs, repeat)
+                m = meta[(name, len(ns))] = measure(name, workers, ns, jobs, repeat)
                 extra = f" ({m.unit_rate:7.0f} entries/s)" if kind != "stat" else ""
                 print(f"  {name:<22} {m.rate:8.0f} ops/s{extra}, server {m.server_us:7.1f} us/op, "
                       f"total {m.total_us:7.1f} us/op (spread {m.spread})", flush=True)
 
-            meta_measure("stat", "stat", stat_paths, 100)
-            meta_measure("list", "list", dir_paths, 200)
+            meta_measure(nodes, "stat", "stat", stat_paths, 100)
+            meta_measure(nodes, "list", "list", dir_paths, 200)
             if n == hi and n > 1:
                 ring = region_ring(nodes[0])
                 mine = nodes[0].endpoints["node_id"]
                 owned = [p for p in stat_paths if ring.owner(b"s:" + p.encode()) == mine]
-                meta_measure("stat, one owner's keys", "stat", owned, 300)
-                meta_measure("list, sent to owner", "list-owner", dir_paths, 400)
+                meta_measure(nodes, "stat, one owner's keys", "stat", owned, 300)
+                meta_measure(nodes, "list, sent to owner", "list-owner", dir_paths, 400)
 
             if n in (lo, hi):
                 t = time.perf_counter()
