@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import multiprocessing as mp
 import os
 import random
@@ -582,11 +583,11 @@ def main() -> None:
         for n in sizes:
             t = time.perf_counter()
             nodes = start_cluster(work, etcd, n, args.page_size)
-            wait_until(f"{n} members on every node", lambda ns=nodes: members_converged(ns))
+            wait_until(f"{n} members on every node", functools.partial(members_converged, nodes))
             with nodes[0].client() as c:
                 c.mount_add("/meta", f"file://{store / 'meta'}", {"sync_interval": "-1"})
                 c.mount_add("/blob", f"file://{store / 'blob'}", {"sync_interval": "-1"})
-            wait_until("the mounts on every node", lambda ns=nodes: mounts_everywhere(ns, {"/meta", "/blob"}))
+            wait_until("the mounts on every node", functools.partial(mounts_everywhere, nodes, {"/meta", "/blob"}))
             print(f"N={n}: cluster up in {time.perf_counter() - t:.1f} s", flush=True)
 
             # warm-up: list every directory, stat every file (through every node)
