@@ -100,9 +100,11 @@ def find_endpoint(endpoint: str | None = None) -> str:
 
 
 class MeshClient:
-    def __init__(self, endpoint: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True) -> None:
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
+        self._route = route  # send metadata and page reads to their owners when in a cluster
+        self._peers: dict[str, MeshClient] = {}
         self._short_circuit = os.environ.get("MESH_SHORT_CIRCUIT", "1") not in ("0", "false", "no")
         self._lock = threading.Lock()
         self._generation = 0  # bumped on every switch to another node
@@ -152,7 +154,7 @@ class MeshClient:
         except MeshError:
             return
         self.members = list(info.get("members", []))
-        if len(self.members) > 1:
+        if self._route and len(self.members) > 1:
             self._ring = HashRing({m["node_id"]: float(m.get("capacity") or 1) for m in self.members},
                                   int(info.get("vnodes", 128)))
         else:
@@ -177,6 +179,73 @@ class MeshClient:
                     self._dead.add(endpoint)
             return False
 
+    # ---- reads sent to each page's owner ------------------------------------
+
+    def _plan(self, path: str, offset: int, length: int
+              ) -> tuple[list[tuple[dict[str, Any], int, int]], dict[str, Any]] | None:
+        """Split a read into (owner, offset, length) runs of pages, and the status to pin.
+
+        One hop per byte: each run goes straight to the node that holds (or
+        fetches) those pages, on this machine through its local socket. The
+        runs carry the file's version, so every node serves the same version
+        or fails with VersionChanged: a read is never stitched from two.
+        """
+        if self._ring is None or offset < 0 or length < -1:
+            return None
+        try:
+            norm = paths.normalize(path)
+        except MeshError:
+            return None
+        info = self._meta_call(b"s:" + norm.encode(), "open", {"p": norm})
+        st, fid, ps = info["s"], info["fid"], int(info["ps"])
+        if st[4] or not fid:
+            return None  # a directory: the node reports it
+        size = int(st[1])
+        start = min(offset, size)
+        end = size if length < 0 else min(size, offset + length)
+        by_id = {m["node_id"]: m for m in self.members}
+        segments: list[tuple[dict[str, Any], int, int]] = []
+        pos = start
+        while pos < end:
+            i = pos // ps
+            stop = min(end, (i + 1) * ps)
+            owner = by_id.get(self._ring.owner(f"p:{fid}:{i}".encode()) or "")
+            if owner is None:
+                return None
+            if segments and segments[-1][0] is owner:
+                m, off, n = segments[-1]
+                segments[-1] = (m, off, n + stop - pos)
+            else:
+                segments.append((owner, pos, stop - pos))
+            pos = stop
+        return segments, {"version": st[3], "size": size}
+
+    def _peer(self, member: dict[str, Any]) -> MeshClient | None:
+        """A direct client to ``member``; None for the node this client talks to, or a suspect."""
+        if member["node_id"] == self.node_id:
+            return None
+        with self._lock:
+            peer = self._peers.get(member["node_id"])
+            if peer is not None:
+                return peer
+            if self._suspect.get(member["grpc"], 0) > time.monotonic():
+                return None
+        try:
+            peer = MeshClient(member["grpc"], min(self.timeout, 30.0), route=False)
+        except NodeUnavailable as e:
+            self._drop_peer(member, e)
+            return None
+        peer._short_circuit = self._short_circuit
+        with self._lock:
+            return self._peers.setdefault(member["node_id"], peer)
+
+    def _drop_peer(self, member: dict[str, Any], why: BaseException) -> None:
+        with self._lock:
+            self._suspect[member["grpc"]] = time.monotonic() + 5
+            peer = self._peers.pop(member["node_id"], None)
+        if peer is not None:
+            peer.close()
+
     def _retrying(self, fn: Any) -> Any:
         """Run ``fn()``; when the node is unreachable, again on the next member."""
         for _ in range(max(2, len(self.members) + 1)):
@@ -189,6 +258,9 @@ class MeshClient:
         return fn()
 
     def close(self) -> None:
+        for peer in list(self._peers.values()):
+            peer.close()
+        self._peers.clear()
         self._channel.close()
         for w in self._wires.values():
             w.close_thread()
@@ -264,8 +336,12 @@ class MeshClient:
             entries = self.ls(path)
             entries = [e for e in entries if not after or e.path.rsplit("/", 1)[-1] > after]
             return entries[:limit], len(entries) > limit
-        r = self._retrying(lambda: self._meta_once("list", {"p": path, "a": after, "n": limit}))
-        base = path.rstrip("/")
+        try:
+            norm = paths.normalize(path)
+        except MeshError:
+            norm = path  # the node reports the problem
+        r = self._meta_call(b"l:" + norm.encode(), "list", {"p": norm, "a": after, "n": limit})
+        base = norm.rstrip("/")
         return [Status(f"{base}/{n}", s, m, v, d) for n, s, m, v, d in r["e"]], bool(r["more"])
 
     def iter_ls(self, path: str, page: int = 1000) -> Iterator[Status]:
@@ -278,6 +354,8 @@ class MeshClient:
                 after = entries[-1].path.rsplit("/", 1)[-1]
 
     def ls(self, path: str) -> list[Status]:
+        if self._meta is not None:
+            return list(self.iter_ls(path, 5000))
         return [_status(s) for s in self._call("List", pb.PathRequest(path=path)).entries]
 
     def rm(self, path: str, recursive: bool = False) -> int:
@@ -333,11 +411,12 @@ class MeshClient:
         return sock
 
     def _sc_messages(self, path: str, offset: int, length: int, nocache: bool,
-                     stream_id: str | None) -> Iterator[tuple[bytes, Any, int]]:
+                     stream_id: str | None, hint: dict[str, Any] | None = None) -> Iterator[tuple[bytes, Any, int]]:
         """Yield ("H", header, 0), then ("F", (fd, page_offset), length) / ("D", bytes, length)."""
         sock = self._sc()
         assert sock is not None
-        req = {"path": path, "offset": offset, "length": length, "nocache": nocache, "stream": stream_id}
+        req = {"path": path, "offset": offset, "length": length, "nocache": nocache, "stream": stream_id,
+               **(hint or {})}
         done = False
         try:
             sock.sendall(json.dumps(req).encode())
@@ -407,9 +486,30 @@ class MeshClient:
 
     def _read_once(self, path: str, buf: bytearray | memoryview, offset: int, length: int,
                    nocache: bool, stream_id: str | None) -> Iterator[int]:
+        plan = None if nocache else self._plan(path, offset, length)
+        if plan is None:
+            yield from self._read_direct(path, buf, offset, length, nocache, stream_id)
+            return
+        segments, hint = plan
+        for member, off, n in segments:
+            done = 0
+            peer = self._peer(member)
+            try:
+                for k in (peer or self)._read_direct(path, buf, off, n, False, stream_id, hint):
+                    done += k
+                    yield k
+                continue
+            except (NodeUnavailable, ReadCut) as e:
+                if peer is None:
+                    raise
+                self._drop_peer(member, e)
+            yield from self._read_direct(path, buf, off + done, n - done, False, stream_id, hint)
+
+    def _read_direct(self, path: str, buf: bytearray | memoryview, offset: int, length: int,
+                     nocache: bool, stream_id: str | None, hint: dict[str, Any] | None = None) -> Iterator[int]:
         view = memoryview(buf)
         if self._sc() is not None:
-            for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id):
+            for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id, hint):
                 if kind == b"F":
                     fd, off = payload
                     while n > 0:
@@ -427,7 +527,7 @@ class MeshClient:
                         pos += k
                         yield k
             return
-        resp, remaining = self.open_read(path, offset, length, nocache=nocache, stream_id=stream_id)
+        resp, remaining = self.open_read(path, offset, length, nocache=nocache, stream_id=stream_id, hint=hint)
         while remaining > 0:
             k = resp.readinto(view[:min(remaining, len(view))])
             if not k:
@@ -474,11 +574,14 @@ class MeshClient:
             raise MeshError(f"HTTP {resp.status}: {raw[:200]!r}") from None
 
     def open_read(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
-                  stream_id: str | None = None) -> tuple[http.client.HTTPResponse, int]:
+                  stream_id: str | None = None,
+                  hint: dict[str, Any] | None = None) -> tuple[http.client.HTTPResponse, int]:
         """Start a read; returns the response and the number of bytes that will follow."""
         if offset < 0 or length < -1:
             raise InvalidArgument(f"bad range: offset={offset} length={length}")
         query = f"?offset={offset}&length={length}" + ("&nocache=1" if nocache else "")
+        if hint:
+            query += f"&version={quote(hint['version'], safe='')}&size={hint['size']}"
         headers = {"X-Mesh-Stream": stream_id} if stream_id else {}
         resp = self._request("GET", path, query, headers=headers)
         self._raise_for(resp)
@@ -503,9 +606,28 @@ class MeshClient:
                     raise
 
     def _cat_once(self, path: str, offset: int, length: int, nocache: bool, stream_id: str | None) -> bytes:
+        plan = None if nocache else self._plan(path, offset, length)
+        if plan is None:
+            return self._cat_direct(path, offset, length, nocache, stream_id)
+        segments, hint = plan
+        parts = []
+        for member, off, n in segments:
+            peer = self._peer(member)
+            try:
+                parts.append((peer or self)._cat_direct(path, off, n, False, stream_id, hint))
+                continue
+            except (NodeUnavailable, ReadCut) as e:
+                if peer is None:
+                    raise
+                self._drop_peer(member, e)
+            parts.append(self._cat_direct(path, off, n, False, stream_id, hint))
+        return b"".join(parts)
+
+    def _cat_direct(self, path: str, offset: int, length: int, nocache: bool, stream_id: str | None,
+                    hint: dict[str, Any] | None = None) -> bytes:
         if self._sc() is not None:
             out = bytearray()
-            for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id):
+            for kind, payload, n in self._sc_messages(path, offset, length, nocache, stream_id, hint):
                 if kind == b"H":
                     out = bytearray(payload["length"])
                     pos = 0
@@ -519,7 +641,7 @@ class MeshClient:
                     out[pos:pos + n] = payload
                     pos += n
             return bytes(out)
-        resp, n = self.open_read(path, offset, length, nocache=nocache, stream_id=stream_id)
+        resp, n = self.open_read(path, offset, length, nocache=nocache, stream_id=stream_id, hint=hint)
         buf = bytearray(n)
         view, got = memoryview(buf), 0
         while got < n:

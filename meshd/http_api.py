@@ -98,14 +98,24 @@ async def stream_response(request: web.Request, resp: web.StreamResponse, node: 
             finally:
                 seg.close()
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("read of %s failed after the response started; aborting", request.path)
+    except Exception as e:
+        if _client_gone(request, e):
+            log.debug("reader of %s went away mid-response", request.path)
+        else:
+            log.exception("read of %s failed after the response started; aborting", request.path)
         if request.transport is not None:
             request.transport.abort()
     finally:
         await stream.aclose()
+
+
+def _client_gone(request: web.Request, e: Exception) -> bool:
+    """A reader that hung up is not an error of ours (aiohttp says so in several ways)."""
+    transport = request.transport
+    return (isinstance(e, ConnectionError) or transport is None or transport.is_closing()
+            or (isinstance(e, RuntimeError) and "closing" in str(e).lower()))
 
 
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
@@ -114,8 +124,12 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
             offset = _int_arg(request, "offset", 0)
             length = _int_arg(request, "length", -1)
             nocache = request.query.get("nocache", "") in ("1", "true", "yes")
-            stream = await node.open_read("/" + request.match_info["path"], offset, length,
-                                          nocache=nocache, stream_key=request.headers.get("X-Mesh-Stream"))
+            path = "/" + request.match_info["path"]
+            hint = node.status_hint(path, request.query.get("version"),
+                                    _int_arg(request, "size", -1) if "size" in request.query else None)
+            stream = await node.open_read(path, offset, length, nocache=nocache,
+                                          stream_key=request.headers.get("X-Mesh-Stream"), status=hint,
+                                          strict=hint is not None)
         except Exception as e:
             return _error(e)
         resp = web.StreamResponse(status=200, headers={

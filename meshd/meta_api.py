@@ -11,6 +11,9 @@ op             args                        result
 ``stat``       p: path                     [path, size, mtime, version, is_dir, t]
 ``list``       p, a: after name, n: limit  {"e": [[name, size, mtime, version,
                                            is_dir]...], "t": fetched, "more": bool}
+``open``       p: path                     {"s": status, "fid": file id, "ps": page
+                                           size}: what a client needs to send each
+                                           page range to the page's owner
 =============  ==========================  ====================================
 
 Shard operations (``shard.*``; sent by a node that does not own the key, or
@@ -67,6 +70,14 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
     async def op_list(a: dict[str, Any]) -> Any:
         p = _str(a, "p")
         return _listing(p, await node.list_page(p, _str(a, "a", ""), _int(a, "n", 1000)))
+
+    async def op_open(a: dict[str, Any]) -> Any:
+        status, fid = await node.open_info(_str(a, "p"))
+        return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
+
+    async def op_shard_open(a: dict[str, Any]) -> Any:
+        status, fid = await node.open_info(_str(a, "p"), local=True)
+        return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
 
     async def op_shard_stat(a: dict[str, Any]) -> Any:
         return status_to_wire(await node.local_stat(_str(a, "p"), bool(a.get("f"))))
@@ -125,7 +136,7 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
         return {**counts, "pushes_pending": node.metadata.pending}
 
     return {
-        "info": op_info, "stat": op_stat, "list": op_list,
+        "info": op_info, "stat": op_stat, "list": op_list, "open": op_open, "shard.open": op_shard_open,
         "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,
         "shard.drop": op_drop, "shard.forget": op_forget, "shard.attrs": op_attrs,
         "shard.set_attrs": op_set_attrs, "shard.drop_attrs": op_drop_attrs,

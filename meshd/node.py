@@ -175,6 +175,23 @@ class MeshNode:
             return (entries[:limit], len(entries) > limit) if limit else (entries, False)
         return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
 
+    def status_hint(self, path: str, version: Any, size: Any) -> FileStatus | None:
+        """A status a client just got from the status's owner (it reads page by page
+        from each page's owner): trusted for this read, checked by every fetch."""
+        if version is None or size is None:
+            return None
+        if not isinstance(version, str) or not version or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(f"bad status hint: version={version!r} size={size!r}")
+        return FileStatus(paths.normalize(path), size, 0.0, version, False)
+
+    async def open_info(self, path: str, *, local: bool = False) -> tuple[FileStatus, str]:
+        """A file's status and its file id (the key of its pages on the ring), so a
+        client can send each page range to the page's owner."""
+        status = await (self.local_stat(path) if local else self.stat(path))
+        t = self.resolve(path)
+        fid = file_id(t.mount.identity, t.rel) if t is not None and not status.is_dir else ""
+        return status, fid
+
     # ---- this node's shard (calls forwarded by peers that do not own the key) ----
 
     async def local_stat(self, path: str, fresh: bool = False) -> FileStatus:
@@ -196,10 +213,12 @@ class MeshNode:
 
     async def open_read(self, path: str, offset: int = 0, length: int = -1, *,
                         nocache: bool = False, stream_key: str | None = None,
-                        status: FileStatus | None = None) -> ReadStream:
+                        status: FileStatus | None = None, strict: bool = False) -> ReadStream:
         """Open a range for reading. ``status``: a status the caller has just
         obtained for this path (saves a second under-store check); if the object
-        has changed since, the fetch notices (version-checked) and stats again."""
+        has changed since, the fetch notices (version-checked) and stats again,
+        unless ``strict``: then the read fails with VersionChanged (a client
+        reading one file from several nodes pins the version)."""
         if offset < 0 or length < -1:
             raise InvalidArgument(f"bad range: offset={offset} length={length}")
         t = self.resolve(path)
@@ -222,7 +241,7 @@ class MeshNode:
                 try:
                     first = await self._get_page(t, status, PageKey(fid, vid, pages[0]))
                 except VersionChanged:
-                    if attempt == 0:
+                    if attempt == 0 and not (strict and known is not None):
                         continue  # the object changed since it was stat'ed: stat again
                     raise
             segments = self._page_segments(t, status, fid, vid, start, end, extra, first)

@@ -121,10 +121,12 @@ class ShortCircuitServer:
             try:
                 req = json.loads(raw)
                 path, offset, length = str(req["path"]), int(req.get("offset", 0)), int(req.get("length", -1))
+                hint = self.node.status_hint(path, req.get("version"), req.get("size"))
             except (ValueError, KeyError, TypeError):
                 raise InvalidArgument("malformed short-circuit request") from None
             stream = await self.node.open_read(path, offset, length, nocache=bool(req.get("nocache")),
-                                               stream_key=req.get("stream") or None)
+                                               stream_key=req.get("stream") or None, status=hint,
+                                               strict=hint is not None)
         except Exception as e:
             await _send(loop, conn, _error(e))
             return

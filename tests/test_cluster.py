@@ -16,6 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from meshd.client import MeshClient
 from tests.conftest_s3 import S3Bucket
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
@@ -44,12 +47,19 @@ def test_pages_spread_and_any_node_answers_the_same(cluster: Cluster, etcd: Etcd
 
     digest = hashlib.sha256(data).hexdigest()
     for n in nodes:
-        with n.client() as c:
-            assert hashlib.sha256(c.cat("/data/ds/big.bin")).hexdigest() == digest
-            st = c.stat("/data/ds/big.bin")
-            assert (st.size, st.is_dir) == (len(data), False)
-            names = [e.path.rsplit("/", 1)[-1] for e in c.ls("/data/ds")]
-            assert names == sorted(["big.bin"] + [f"small-{i:02d}" for i in range(30)])
+        # a client that sends each key and page to its owner, and one that only talks to its node
+        for c in (n.client(), MeshClient(n.endpoint, route=False)):
+            with c:
+                assert hashlib.sha256(c.cat("/data/ds/big.bin")).hexdigest() == digest
+                st = c.stat("/data/ds/big.bin")
+                assert (st.size, st.is_dir) == (len(data), False)
+                names = [e.path.rsplit("/", 1)[-1] for e in c.ls("/data/ds")]
+                assert names == sorted(["big.bin"] + [f"small-{i:02d}" for i in range(30)])
+                buf = bytearray(1 << 20)
+                got = bytearray()
+                for k in c.read_chunks_into("/data/ds/big.bin", buf, 5 * MiB - 3, 7 * MiB):
+                    got += buf[:k]
+                assert got == data[5 * MiB - 3:12 * MiB - 3]
 
     reports = []
     for n in nodes:
@@ -167,3 +177,27 @@ s3: {{enabled: false}}
         raise AssertionError("meshd embedded accepted a cluster config")
     except RuntimeError as e:
         assert "start it with `meshd run`" in str(e)
+
+
+def test_a_pinned_version_is_served_or_refused_never_mixed(meshd: Callable[..., MeshdProcess],
+                                                            tmp_path: Path) -> None:
+    """Clients reading one file from several owners pin its version on every request."""
+    import urllib.error
+    import urllib.request
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "f").write_bytes(b"a" * 5000)
+    node = meshd([f"/m=file://{store}"], ["--page-size", "4KiB", "--no-s3"])
+    with node.client() as c:
+        old = c.stat("/m/f")
+        (store / "f").write_bytes(b"b" * 5000)  # changed behind the mesh's back
+        url = f"{node.http}/v1/files/m/f?offset=0&length=100&version={old.version}&size={old.size}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=10)
+        assert e.value.code == 412 and b"VersionChanged" in e.value.read()
+        assert c.cat("/m/f") == b"b" * 5000  # without a pin, the new version
+        bad = f"{node.http}/v1/files/m/f?version=x&size=-5"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=10)
+        assert e.value.code == 400
