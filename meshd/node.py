@@ -38,6 +38,7 @@ from .errors import (
     DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
+    MeshError,
     NodeUnavailable,
     NotFound,
     NotSupported,
@@ -121,6 +122,7 @@ class MeshNode:
         self.flight = SingleFlight()
         self.load_parallelism = load_parallelism
         self._background: set[asyncio.Task[Any]] = set()
+        self._warming: set[PageKey] = set()  # read-ahead pages being warmed at their owners
 
     # ---- namespace -------------------------------------------------------
 
@@ -273,7 +275,7 @@ class MeshNode:
                     inside = range(next_launch, min(stop, pages.stop))
                     pending.update(self._launch(t, status, fid, vid, inside))
                     if stop > pages.stop:  # read-ahead for a proven-sequential reader
-                        self._launch(t, status, fid, vid, range(max(next_launch, pages.stop), stop))
+                        self._read_ahead(t, status, fid, vid, range(max(next_launch, pages.stop), stop))
                     next_launch = stop
                 lo = max(start, i * ps) - i * ps
                 hi = min(end, (i + 1) * ps) - i * ps
@@ -322,6 +324,37 @@ class MeshNode:
         if run:
             self._spawn(self._fetch_extent(t, status, fid, vid, run))
         return out
+
+    def _read_ahead(self, t: Target, status: FileStatus, fid: str, vid: str, indices: range) -> None:
+        """Prefetch pages past a sequential reader's end: pages owned here are fetched
+        here; a peer's are *warmed at the peer* (no bytes come back: this node would
+        not keep them, and the reader may never ask)."""
+        local: list[int] = []
+        for i in indices:
+            key = PageKey(fid, vid, i)
+            if self.flight.get(key) is not None or self.cache.contains(key):
+                continue
+            chain = self._page_chain(key)
+            if chain is None:
+                local.append(i)
+            elif key not in self._warming:
+                self._warming.add(key)
+                self._spawn(self._warm_quietly(t, status, key, chain))
+        run_start = None
+        for n, i in enumerate(local):  # consecutive local pages share one extent
+            if run_start is None:
+                run_start = i
+            if n + 1 == len(local) or local[n + 1] != i + 1:
+                self._launch(t, status, fid, vid, range(run_start, i + 1))
+                run_start = None
+
+    async def _warm_quietly(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> None:
+        try:
+            await self._warm_remote(t, status, key, chain)
+        except MeshError as e:  # a prefetch: the read itself will report real trouble
+            log.debug("read-ahead of page %d of %s failed: %s", key.index, t.path, e)
+        finally:
+            self._warming.discard(key)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
