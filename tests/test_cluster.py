@@ -201,3 +201,34 @@ def test_a_pinned_version_is_served_or_refused_never_mixed(meshd: Callable[..., 
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad, timeout=10)
         assert e.value.code == 400
+
+
+def test_load_free_and_sync_act_on_the_whole_cluster(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "ds").mkdir(parents=True)
+    for i in range(3):
+        (store / "ds" / f"f{i}").write_bytes(os.urandom(6 * MiB))
+    nodes = cluster(3, etcd, ["--page-size", "1MiB"])
+    nodes[0].ctl("mount", "add", "/data", f"file://{store}", "-o", "sync_interval=-1", check=True)
+
+    def pages() -> list[int]:
+        out = []
+        for n in nodes:
+            with n.client() as c:
+                t = c.report()["tiers"]
+                out.append(max(t["memory"]["pages"], t["disk"]["pages"]))
+        return out
+
+    nodes[1].ctl("load", "/data/ds", check=True)
+    assert sum(pages()) == 18 and min(pages()) > 0  # warmed at the owners, once each
+    with nodes[2].client() as c:
+        assert c.cat("/data/ds/f1") == (store / "ds" / "f1").read_bytes()
+    freed = nodes[2].ctl("free", "/data/ds", check=True).stdout.decode()
+    assert "18.0 MiB" in freed or "18874368" in freed, freed
+    assert sum(pages()) == 0  # every node dropped its share
+    (store / "ds" / "f3").write_bytes(b"new")
+    with nodes[1].client() as c:  # sync_interval -1: the cached listing stands ...
+        assert len(c.ls("/data/ds")) == 3
+    nodes[0].ctl("sync", "/data/ds", check=True)  # ... until a sync forgets it on every shard
+    with nodes[1].client() as c:
+        assert [e.path for e in c.ls("/data/ds")][-1] == "/data/ds/f3"
