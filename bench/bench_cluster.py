@@ -3,8 +3,8 @@ warm read throughput with 1 vs 4 nodes, and how many keys a membership change mo
 
     .venv/bin/python bench/bench_cluster.py [--quick] [--nodes 1,2,4] [--duration 5] [--repeat 3]
 
-One etcd; then, for each cluster size N, a fresh cluster (its own ``--cluster``
-name) of N ``meshd run`` processes sharing two file:// mounts with
+One etcd; then, for each cluster size N (largest first), a fresh cluster (its own
+``--cluster`` name) of N ``meshd run`` processes sharing two file:// mounts with
 ``sync_interval=-1`` (warm = cached metadata, no under-store request):
 
 * ``/meta``: ``--files`` small files in ``--dirs`` directories. Warm-up lists
@@ -22,11 +22,23 @@ name) of N ``meshd run`` processes sharing two file:// mounts with
   process (server), plus ``os.times()`` of the client processes (total).
   Two cores cap ops/s here; CPU per op is what projects to many machines.
 
-  Two controls at the largest N separate the cluster's own cost from this
-  machine's: "stat, one owner's keys" (the clients stat only keys one node
-  owns, so one warm server process answers, as on a machine of its own), and
-  "list, sent to owner" (the page request goes straight to the listing's
-  owner, as stat does; this uses the client's internal ``_meta_call``).
+  Equal per-node load: closed-loop clients at N=4 give each node ~1/4 of the
+  requests N=1 gets, so each request pays more of its own wake-up (less
+  batching) and the raw N=4 / N=1 CPU per op mixes cluster size with per-node
+  load. So each smaller N is also measured with its clients paced (fixed
+  ``time.perf_counter`` slots, sleeping in between, the clients' slots
+  staggered) to N x the ops/s each node got at the largest N: "stat @ N=4
+  per-node rate" (every smaller N) and "list @ N=4 per-node rate" (smallest
+  N only). Its /node column and achieved / target show the rate was matched.
+  The CPU flatness goal compares the largest N with the smallest at that
+  equal per-node load; the raw ratio is printed as information.
+
+  Two more controls at the largest N: "stat, one owner's keys" (the clients
+  stat only keys one node owns, so one warm server process answers all of
+  them: this is N=1's full per-node load again, not a fair control for
+  cluster size), and "list, sent to owner" (the page request goes straight
+  to the listing's owner, as stat does; this uses the client's internal
+  ``_meta_call``).
 
 * ``/blob``: ``--read-files`` files of ``--read-mib`` MiB, loaded into the
   cluster (``meshctl load``), then ``--readers`` processes read whole files
@@ -40,8 +52,8 @@ name) of N ``meshd run`` processes sharing two file:// mounts with
   (1.0 is the ideal: exactly the joining or leaving member's share moves).
 
 Goals (issue: region cache cluster): >= 5,000 warm stat ops/s through one
-node; server CPU per op at N=4 within 20% of N=1; a membership change moves
-<= 1.2/N of the keys.
+node; server CPU per op at N=4 within 20% of N=1 (at equal per-node load); a
+membership change moves <= 1.2/N of the keys.
 """
 
 from __future__ import annotations
@@ -95,6 +107,8 @@ class Job:
     seed: int
     short_circuit: bool = True
     page_limit: int = 1000
+    rate: float = 0.0  # metadata ops/s for this client; 0 = closed loop (as fast as it can)
+    phase: float = 0.0  # paced: this client's slots are offset by this fraction of an interval
 
 
 @dataclass
@@ -117,6 +131,29 @@ def _list_owner(client: MeshClient, d: str, limit: int) -> int:
     return len(r["e"])
 
 
+def _paced(op: Callable[[], int], rate: float, phase: float, deadline: float) -> tuple[int, int]:
+    """Call ``op`` at ``rate`` calls/s until ``deadline`` (``time.monotonic``); returns (calls, units).
+
+    Fixed slots on ``time.perf_counter``, the first offset by ``phase`` of an interval (so the
+    clients do not fire in lockstep). The client sleeps until its next slot, never busy-waits
+    (its CPU is counted). A late call is made at once, so the schedule does not drift. After the
+    last slot it sleeps to the deadline, so ops / elapsed is the achieved rate over the window.
+    """
+    interval = 1.0 / rate
+    now = time.perf_counter()
+    end = now + (deadline - time.monotonic())
+    first = now + phase * interval
+    ops = units = 0
+    while (slot := first + ops * interval) < end:
+        wait = slot - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        units += op()
+        ops += 1
+    time.sleep(max(0.0, end - time.perf_counter()))
+    return ops, units
+
+
 def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
     rng = random.Random(job.seed)
     items = job.items
@@ -126,7 +163,24 @@ def _run_job(job: Job, client: MeshClient | None, start_at: float) -> Result:
         time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
     cpu0 = _cpu_self()
     t0 = time.monotonic()
-    if job.kind == "stat":
+    if job.rate > 0:
+        assert client is not None
+        c = client
+
+        def one_stat() -> int:
+            c.stat(items[rng.randrange(len(items))])
+            return 0
+
+        def one_list() -> int:
+            d = items[rng.randrange(len(items))]
+            if job.kind == "list":
+                return len(c.ls_page(d, "", job.page_limit)[0])
+            return _list_owner(c, d, job.page_limit)
+
+        if job.kind not in ("stat", "list", "list-owner"):
+            raise ValueError(f"pacing is for metadata ops, not {job.kind}")
+        res.ops, res.units = _paced(one_stat if job.kind == "stat" else one_list, job.rate, job.phase, deadline)
+    elif job.kind == "stat":
         assert client is not None
         stat = client.stat
         while time.monotonic() < deadline:
@@ -386,6 +440,7 @@ class Measure:
     name: str
     nodes: int
     windows: list[Window]
+    target: float = 0.0  # paced: the total ops/s the clients were paced to (0 = closed loop)
 
     def _median(self, get: Callable[[Window], float]) -> float:
         return statistics.median(get(w) for w in self.windows)
@@ -409,6 +464,11 @@ class Measure:
     @property
     def server_per_unit(self) -> float:
         return self._median(lambda w: w.server_cpu / max(1, w.units))
+
+    @property
+    def achieved(self) -> float:
+        """Paced: the median ops/s over the target (1.00 = the rate was matched)."""
+        return self.rate / self.target if self.target else float("nan")
 
     @property
     def spread(self) -> str:
@@ -558,6 +618,11 @@ def main() -> None:
     meta: dict[tuple[str, int], Measure] = {}
     reads: dict[tuple[str, int], Measure] = {}
     placement: dict[int, list[int]] = {}
+    per_node: dict[str, float] = {}  # op -> ops/s each node saw at N=hi (the paced runs' load)
+
+    def paced_name(op: str) -> str:
+        return f"{op} @ N={hi} per-node rate"
+
     t_start = time.monotonic()
     try:
         workers = Workers(max(args.procs, args.readers))
@@ -580,7 +645,8 @@ def main() -> None:
                         [Job("local", "", local_paths, duration, i) for i in range(args.readers)], repeat)
         print(f"  local disk, {args.readers} readers: {local.unit_rate / MiB:8.0f} MB/s", flush=True)
 
-        for n in sizes:
+        # largest first: the smaller clusters' paced runs need its per-node ops/s
+        for n in sorted(sizes, reverse=True):
             t = time.perf_counter()
             nodes = start_cluster(work, etcd, n, args.page_size)
             wait_until(f"{n} members on every node", functools.partial(members_converged, nodes))
@@ -607,17 +673,29 @@ def main() -> None:
             print(f"  warm-up (list {len(dir_paths)} dirs, stat {len(stat_paths)} files): "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
 
-            def meta_measure(ns: list[MeshdProcess], name: str, kind: str, items: list[str], seed: int) -> None:
+            def meta_measure(ns: list[MeshdProcess], name: str, kind: str, items: list[str], seed: int,
+                             target: float = 0.0) -> None:
+                """``target`` > 0: the clients are paced to that many ops/s in total (each an equal share)."""
                 assert workers is not None
-                jobs = [Job(kind, str(ns[i % len(ns)].data_dir), items, duration, seed + i, page_limit=page_limit)
+                jobs = [Job(kind, str(ns[i % len(ns)].data_dir), items, duration, seed + i, page_limit=page_limit,
+                            rate=target / args.procs, phase=i / args.procs)
                         for i in range(args.procs)]
                 m = meta[(name, len(ns))] = measure(name, workers, ns, jobs, repeat)
+                m.target = target
                 extra = f" ({m.unit_rate:7.0f} entries/s)" if kind != "stat" else ""
-                print(f"  {name:<22} {m.rate:8.0f} ops/s{extra}, server {m.server_us:7.1f} us/op, "
-                      f"total {m.total_us:7.1f} us/op (spread {m.spread})", flush=True)
+                paced = f", paced to {target:.0f} ({m.achieved:.2f} of it)" if target else ""
+                print(f"  {name:<24} {m.rate:8.0f} ops/s{extra}, server {m.server_us:7.1f} us/op, "
+                      f"total {m.total_us:7.1f} us/op (spread {m.spread}){paced}", flush=True)
 
             meta_measure(nodes, "stat", "stat", stat_paths, 100)
             meta_measure(nodes, "list", "list", dir_paths, 200)
+            if n == hi:
+                per_node = {op: meta[(op, hi)].rate / hi for op in ("stat", "list")}
+            else:
+                # the fair control for CPU/op flatness: this cluster at the load each node had at N=hi
+                meta_measure(nodes, paced_name("stat"), "stat", stat_paths, 500, n * per_node["stat"])
+                if n == lo:
+                    meta_measure(nodes, paced_name("list"), "list", dir_paths, 600, n * per_node["list"])
             if n == hi and n > 1:
                 ring = region_ring(nodes[0])
                 mine = nodes[0].endpoints["node_id"]
@@ -651,14 +729,17 @@ def main() -> None:
         print()
         print(f"metadata, warm (sync_interval=-1), {args.procs} client processes, "
               f"median of {repeat} x {duration:g} s (2 cores cap the total):")
-        print(f"  {'op':<22} {'N':>2} {'ops/s':>8} {'/node':>7} {'entries/s':>10} {'server us/op':>13} "
+        print(f"  {'op':<24} {'N':>2} {'ops/s':>8} {'/node':>7} {'entries/s':>10} {'server us/op':>13} "
               f"{'total us/op':>12} {'fwd/op':>7} {'under-store':>11}")
-        for (name, n), m in meta.items():
+        for (name, n), m in sorted(meta.items(), key=lambda kv: kv[0][1]):  # by N, then as measured
             ent = f"{m.unit_rate:10.0f}" if name.startswith("list") else f"{'':>10}"
-            print(f"  {name:<22} {n:>2} {m.rate:8.0f} {m.rate / n:7.0f} {ent} {m.server_us:13.1f} "
+            print(f"  {name:<24} {n:>2} {m.rate:8.0f} {m.rate / n:7.0f} {ent} {m.server_us:13.1f} "
                   f"{m.total_us:12.1f} {m.forwarded_per_op:7.2f} {m.understore:11d}")
         print("  (server = CPU of all meshd processes; total = server + clients; fwd/op = calls a node "
-              "forwarded to an owner)")
+              "forwarded to an owner" + (";" if lo != hi else ")"))
+        if lo != hi:
+            print(f"  '@ N={hi} per-node rate' = the clients paced so that each node gets the ops/s each node "
+                  f"got at N={hi}: compare /node)")
         local_mbps = local.unit_rate / MiB
         print()
         print(f"warm reads, {args.readers} reader processes, whole {read_mib} MiB files, 1 MiB buffer, "
@@ -682,22 +763,39 @@ def main() -> None:
 
         def goal(text: str, value: float, ok: bool | None, target: str) -> None:
             mark = "    " if ok is None else ("PASS" if ok else "MISS")
-            print(f"  {mark}  {text:<50} {value:9.2f}  ({target})")
+            print(f"  {mark}  {text:<58} {value:9.2f}  ({target})")
 
         if ("stat", 1) in meta:
             r = meta[("stat", 1)].rate
             goal("warm stat ops/s through one node (N=1)", r, r >= 5000, "goal >= 5000")
         if lo != hi:
             for op in ("stat", "list"):
-                base = meta[(op, lo)]
-                ratio = meta[(op, hi)].server_us / base.server_us
-                goal(f"{op} server CPU/op, N={hi} / N={lo}", ratio, ratio <= 1.2, "goal <= 1.2")
-                goal(f"  {op} total CPU/op (server + clients)", meta[(op, hi)].total_us / base.total_us,
+                top, base = meta[(op, hi)], meta[(op, lo)]
+                paced = meta.get((paced_name(op), lo))
+                raw = top.server_us / base.server_us
+                if paced is None:  # (not measured: the raw ratio is the best there is)
+                    goal(f"{op} server CPU/op, N={hi} / N={lo}", raw, raw <= 1.2, "goal <= 1.2")
+                else:
+                    # the goal: cluster size at equal per-node load (N=lo paced to N=hi's ops/s per node)
+                    ratio = top.server_us / paced.server_us
+                    goal(f"{op} server CPU/op, N={hi} / N={lo} at equal per-node load", ratio, ratio <= 1.2,
+                         "goal <= 1.2")
+                    goal(f"  N={lo} paced to N={hi}'s per-node ops/s: achieved / target", paced.achieved,
+                         None, "information; 0.90-1.10 = matched")
+                    for n in sizes[1:-1]:
+                        if (paced_name(op), n) in meta:
+                            mid = meta[(paced_name(op), n)]
+                            goal(f"  N={n} / N={lo}, both paced to N={hi}'s per-node ops/s",
+                                 mid.server_us / paced.server_us, None,
+                                 f"information; N={n} achieved {mid.achieved:.2f} of target")
+                    goal(f"  raw: N={hi} / N={lo} unpaced (N={lo} at {hi / lo:g}x the per-node load)", raw,
+                         None, "information")
+                goal(f"  raw: {op} total CPU/op (server + clients), N={hi} / N={lo}", top.total_us / base.total_us,
                      None, "information")
                 control = "stat, one owner's keys" if op == "stat" else "list, sent to owner"
                 if (control, hi) in meta:
-                    goal(f"  control '{control}'", meta[(control, hi)].server_us / base.server_us,
-                         None, "information")
+                    goal(f"  control '{control}' (N={hi}) / N={lo} unpaced",
+                         meta[(control, hi)].server_us / base.server_us, None, "information")
             if ("short-circuit", hi) in reads and ("short-circuit", lo) in reads:
                 goal(f"warm read MB/s (short-circuit), N={hi} / N={lo}",
                      reads[("short-circuit", hi)].unit_rate / reads[("short-circuit", lo)].unit_rate,
