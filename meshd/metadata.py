@@ -212,22 +212,38 @@ class MetadataCache:
         self._put({}, [self._skey(path), self._lkey(path), self._lkey(paths.parent(path))])
 
     # ---- object attributes (set by the S3 gateway) -------------------------
-    # Key ``a:<path>`` -> {"v": version, ...}: S3's ETag, content type and user
-    # metadata of the version the gateway wrote. Ignored once the object has
-    # another version, so it can never describe bytes it was not written with.
+    # Key ``a:<path>\0<version>`` -> {"v": version, "t": set at, ...}: S3's ETag,
+    # content type and user metadata of the version the gateway wrote. Keyed by
+    # version, so attributes can never describe bytes they were not written
+    # with, whatever order two racing writers' attributes arrive in (they may
+    # come from two nodes). Other versions' entries older than ATTRS_GRACE are
+    # removed when a new one is set; younger ones may belong to a racing writer.
+
+    ATTRS_GRACE = 60.0
+
+    @staticmethod
+    def _akey(path: str, version: str = "") -> bytes:
+        return b"a:" + path.encode() + b"\x00" + version.encode()
 
     def attrs(self, path: str, version: str) -> dict[str, Any] | None:
-        raw = self._kv.get(b"a:" + path.encode())
+        raw = self._kv.get(self._akey(path, version))
         if raw is None:
-            return None
+            raw = self._kv.get(b"a:" + path.encode())  # written by an older release
+            if raw is None:
+                return None
         d: dict[str, Any] = json.loads(raw)
         return d if d.get("v") == version else None
 
     def set_attrs(self, path: str, version: str, attrs: dict[str, Any]) -> None:
-        self._put({b"a:" + path.encode(): json.dumps({**attrs, "v": version}).encode()}, [])
+        now = self._clock()
+        stale = [b"a:" + path.encode()]
+        for k, v in self._kv.scan(self._akey(path)):
+            if not k.endswith(b"\x00" + version.encode()) and now - float(json.loads(v).get("t", 0)) > self.ATTRS_GRACE:
+                stale.append(k)
+        self._put({self._akey(path, version): json.dumps({**attrs, "v": version, "t": now}).encode()}, stale)
 
     def drop_attrs(self, path: str) -> None:
-        self._put({}, [b"a:" + path.encode()])
+        self._put({}, [b"a:" + path.encode(), *(k for k, _ in self._kv.scan(self._akey(path)))])
 
     def counts(self) -> dict[str, int]:
         """Keys held by this shard: statuses, listings, listing entries (a full scan)."""
