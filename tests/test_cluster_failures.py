@@ -55,11 +55,13 @@ class Storm:
     def _run(self, i: int) -> None:
         rnd = random.Random(i)
         try:
-            client = MeshClient(self.nodes[i % len(self.nodes)].endpoint, timeout=30)
+            # half the readers send each page run to its owner; the others talk only to their
+            # node, which fetches other owners' pages itself (and must fail over itself)
+            client = MeshClient(self.nodes[i % len(self.nodes)].endpoint, timeout=30, route=i % 4 < 2)
         except Exception as e:
             self.failures.append(f"reader {i} could not connect: {e!r}")
             return
-        client._short_circuit = i % 2 == 0  # half over page descriptors, half over HTTP
+        client._short_circuit = i % 2 == 0  # and half over page descriptors, half over HTTP
         paths = sorted(self.dataset)
         first = client.endpoint
         with client:
