@@ -233,3 +233,17 @@ def test_load_free_and_sync_act_on_the_whole_cluster(cluster: Cluster, etcd: Etc
     nodes[0].ctl("sync", "/data/ds", check=True)  # ... until a sync forgets it on every shard
     with nodes[1].client() as c:
         assert [e.path for e in c.ls("/data/ds")][-1] == "/data/ds/f3"
+
+
+def test_meshd_run_without_a_reachable_etcd_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.etcdproc import free_port
+
+    r = subprocess.run([sys.executable, "-m", "meshd.cli_meshd", "run", "--etcd", f"127.0.0.1:{free_port()}",
+                        "--cluster", "c", "--region", "r", "--data-dir", str(tmp_path / "d"), "--no-s3"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "cannot reach etcd at 127.0.0.1:" in err and "Traceback" not in err, err

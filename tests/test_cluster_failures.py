@@ -176,12 +176,15 @@ def test_client_falls_back_when_its_node_dies(cluster: Cluster, etcd: EtcdProces
     nodes = cluster(3, etcd, ["--page-size", "1MiB"])
     mount(nodes[0], tmp_path / "store")
     (path, data), = dataset.items()
-    with MeshClient(nodes[1].endpoint) as c:
-        assert c.cat(path) == data
+    routed = MeshClient(nodes[1].endpoint)  # sends page runs to their owners
+    with MeshClient(nodes[1].endpoint, route=False) as c, routed:
+        assert c.cat(path) == data and routed.cat(path) == data
         nodes[1].kill()
         assert c.cat(path) == data  # moved to another member
         assert c.stat(path).size == len(data)
         assert c.endpoint != nodes[1].endpoint
+        assert routed.cat(path) == data  # the dead owner's runs come through another node
+        assert routed.stat(path).size == len(data)
 
 
 # ---- bad input: the ring must not notice ----------------------------------------------------
