@@ -168,14 +168,19 @@ class Etcd:
                                   connect_wait_timeout=int(self.timeout))
 
     async def rotate(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.close()
-        self._i += 1
+        """Drop the current connection (it may be wedged) and use the next endpoint."""
+        old, self._i = self.client, self._i + 1
         self.client = self._make()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.close(), self.timeout)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.client.close()
+            await asyncio.wait_for(self.client.close(), self.timeout)
+
+    async def call(self, coro: Any) -> Any:
+        """Bound every etcd call: a wedged channel must not stall a loop forever."""
+        return await asyncio.wait_for(coro, self.timeout + 2)
 
 
 class EtcdMembership(Membership):
@@ -196,32 +201,32 @@ class EtcdMembership(Membership):
     # ---- registration ----------------------------------------------------
 
     async def _register(self) -> None:
-        c = self.etcd.client
-        lease = await c.lease(self.ttl)
+        c, call = self.etcd.client, self.etcd.call
+        lease = await call(c.lease(self.ttl))
         tx = c.transactions
-        ok, _ = await c.transaction(compare=[tx.create(self.key) == 0],
-                                    success=[tx.put(self.key, self.me.to_json(), lease)], failure=[])
+        ok, _ = await call(c.transaction(compare=[tx.create(self.key) == 0],
+                                         success=[tx.put(self.key, self.me.to_json(), lease)], failure=[]))
         if not ok:
-            existing = await c.get(self.key)
+            existing = await call(c.get(self.key))
             other = None
             if existing is not None:
                 with contextlib.suppress(ValueError):
                     other = Member.from_record(existing.value)
             same_node = other is not None and other.host == self.me.host and other.data_dir == self.me.data_dir
             if existing is not None and not same_node:
-                await c.revoke_lease(lease.id)
+                await call(c.revoke_lease(lease.id))
                 where = f"{other.grpc} (data dir {other.data_dir})" if other else "an unreadable record"
                 raise DuplicateNode(
                     f"node id {self.me.node_id!r} is already registered in cluster {self.me.cluster!r} "
                     f"region {self.me.region!r} by a live node at {where}; refusing to join. "
                     "Give this node another id (--node-id) or stop the other one.")
             # our own previous incarnation (we hold its data-dir lock): take the record over
-            await c.put(self.key, self.me.to_json(), lease=lease)
+            await call(c.put(self.key, self.me.to_json(), lease=lease))
             log.info("took over member record %s from this node's previous run", self.key.decode())
         self._lease = lease
 
     async def _read_members(self) -> int:
-        resp = await self.etcd.client.get_prefix(self.prefix.encode())
+        resp = await self.etcd.call(self.etcd.client.get_prefix(self.prefix.encode()))
         members: dict[str, Member] = {}
         for kv in resp:
             m = self._check(kv.key, kv.value, kv.mod_revision)
@@ -281,19 +286,13 @@ class EtcdMembership(Membership):
             self.etcd_ok = True
 
     async def _keepalive(self) -> None:
+        """Refresh the lease and re-read the members every ttl/3 s. This loop alone
+        decides whether etcd is reachable; every call in it is bounded in time."""
         interval = max(0.5, self.ttl / 3)
         while not self._stopping:
             await asyncio.sleep(interval)
             try:
-                alive = False
-                if self._lease is not None:
-                    resp = await self.etcd.client.refresh_lease(self._lease.id)  # the client may be new
-                    alive = resp is not None and int(getattr(resp, "TTL", 0)) > 0
-                if not alive:
-                    log.warning("member lease expired (etcd was away longer than %d s): registering again",
-                                self.ttl)
-                    await self._register()
-                await self._read_members()
+                await asyncio.wait_for(self._beat(), self.etcd.timeout * 3 + 2)
                 await self._recovered()
             except asyncio.CancelledError:
                 raise
@@ -303,11 +302,22 @@ class EtcdMembership(Membership):
                 self._etcd_down(e)
                 await self.etcd.rotate()
 
+    async def _beat(self) -> None:
+        alive = False
+        if self._lease is not None:
+            resp = await self.etcd.call(self.etcd.client.refresh_lease(self._lease.id))  # the client may be new
+            alive = resp is not None and int(getattr(resp, "TTL", 0)) > 0
+        if not alive:
+            log.warning("member lease expired (etcd was away longer than %d s): registering again", self.ttl)
+            await self._register()
+        await self._read_members()
+
     async def _watch(self, revision: int) -> None:
         last_resync = time.monotonic()
         while not self._stopping:
             try:
-                watch = await self.etcd.client.watch_prefix(self.prefix.encode(), start_revision=revision)
+                watch = await self.etcd.call(self.etcd.client.watch_prefix(self.prefix.encode(),
+                                                                            start_revision=revision))
                 try:
                     async for event in watch:
                         revision = max(revision, int(event.kv.mod_revision) + 1)
@@ -327,13 +337,13 @@ class EtcdMembership(Membership):
                             break
                 finally:
                     with contextlib.suppress(Exception):
-                        await watch.cancel()
+                        await self.etcd.call(watch.cancel())
                 revision = await self._read_members() + 1
                 last_resync = time.monotonic()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                self._etcd_down(e)
+            except Exception as e:  # etcd away, or the keep-alive loop replaced the client: retry
+                log.debug("member watch interrupted: %s", _why(e))
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
                     revision = await self._read_members() + 1
@@ -362,9 +372,9 @@ async def cluster_config(etcd: Etcd, cluster: str, proposed: dict[str, Any]) -> 
     key = f"{PREFIX}/{cluster}/config".encode()
     c = etcd.client
     tx = c.transactions
-    await c.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, json.dumps(proposed).encode())],
-                        failure=[])
-    got = await c.get(key)
+    await etcd.call(c.transaction(compare=[tx.create(key) == 0],
+                                  success=[tx.put(key, json.dumps(proposed).encode())], failure=[]))
+    got = await etcd.call(c.get(key))
     try:
         d = json.loads(got.value) if got is not None else {}
         if not isinstance(d, dict):
@@ -388,20 +398,20 @@ class EtcdMounts:
 
     async def put(self, mount: Any) -> None:
         try:
-            await self.etcd.client.put(self._key(mount.path), mount.to_json())
+            await self.etcd.call(self.etcd.client.put(self._key(mount.path), mount.to_json()))
         except Exception as e:
             raise MeshError(f"cannot change the mount table: etcd unreachable ({_why(e)})") from None
 
     async def delete(self, path: str) -> None:
         try:
-            await self.etcd.client.delete(self._key(path))
+            await self.etcd.call(self.etcd.client.delete(self._key(path)))
         except Exception as e:
             raise MeshError(f"cannot change the mount table: etcd unreachable ({_why(e)})") from None
 
     async def load(self) -> int:
         from .mounts import Mount
 
-        resp = await self.etcd.client.get_prefix((self.prefix + "/").encode())
+        resp = await self.etcd.call(self.etcd.client.get_prefix((self.prefix + "/").encode()))
         mounts = []
         for kv in resp:
             try:
@@ -425,14 +435,15 @@ class EtcdMounts:
     async def _watch(self, revision: int) -> None:
         while True:
             try:
-                watch = await self.etcd.client.watch_prefix((self.prefix + "/").encode(), start_revision=revision)
+                watch = await self.etcd.call(self.etcd.client.watch_prefix((self.prefix + "/").encode(),
+                                                                            start_revision=revision))
                 try:
                     async for event in watch:
                         revision = max(revision, int(event.kv.mod_revision) + 1)
                         await self.load()
                 finally:
                     with contextlib.suppress(Exception):
-                        await watch.cancel()
+                        await self.etcd.call(watch.cancel())
             except asyncio.CancelledError:
                 raise
             except Exception:
