@@ -45,6 +45,7 @@ class Cluster:
         self._wires: dict[str, WireClient] = {}
         self._session: aiohttp.ClientSession | None = None
         self.ring_changes = 0
+        self.peer_failures = 0
         self._closing: set[asyncio.Task[None]] = set()
         membership.subscribe(self._on_members)
         self._on_members(membership.members)
@@ -83,6 +84,7 @@ class Cluster:
         return m.node_id == self.me.node_id
 
     def suspect(self, m: Member, why: BaseException) -> None:
+        self.peer_failures += 1
         if self._suspect.get(m.node_id, 0) <= time.monotonic():
             log.warning("peer %s (%s) unreachable, trying the next owner: %s", m.node_id, m.meta, why)
         self._suspect[m.node_id] = time.monotonic() + SUSPECT_SECONDS

@@ -180,6 +180,12 @@ class Daemon:
         self.node = node = MeshNode(mounts, MetadataCache(self._kv), cache, stats, readahead,
                                     cfg.cache.load_parallelism, cluster=self._cluster)
         metrics.collector.metadata_write_errors = lambda: node.metadata.write_errors
+        if self._cluster is not None:
+            c = self._cluster
+            metrics.collector.cluster = lambda: {
+                "members": len(c.members), "etcd_up": int(c.membership.etcd_ok), "ring_changes": c.ring_changes,
+                "peer_failures": c.peer_failures, "forwarded": node.metadata.forwarded,
+                "fallbacks": node.metadata.fallbacks}
         if cc.enabled:
             assert self._etcd is not None
             self._etcd_mounts = EtcdMounts(self._etcd, cc.name, mounts)

@@ -46,6 +46,7 @@ class _NodeCollector(Collector):
     def __init__(self, stats: Stats, cache: PageCache) -> None:
         self._stats, self._cache = stats, cache
         self.metadata_write_errors: Any = lambda: 0  # set by the daemon once metadata exists
+        self.cluster: Any = None  # cluster mode: a function returning the figures below
 
     def collect(self) -> Iterator[Any]:
         s, c = self._stats, self._cache
@@ -89,6 +90,22 @@ class _NodeCollector(Collector):
         for scheme, n in sorted(s.understore_bytes.items()):
             ub.add_metric([scheme], n)
         yield ub
+        if self.cluster is not None:
+            k = self.cluster()
+            yield GaugeMetricFamily("mesh_cluster_members", "Live members of this node's region (its view)",
+                                    value=k["members"])
+            yield GaugeMetricFamily("mesh_cluster_etcd_up", "1 while etcd answers this node's keep-alives",
+                                    value=k["etcd_up"])
+            yield CounterMetricFamily("mesh_cluster_ring_changes", "Membership changes that rebuilt the ring",
+                                      value=k["ring_changes"])
+            yield CounterMetricFamily("mesh_cluster_peer_failures",
+                                      "Calls to a peer that failed (refused, reset, timed out)",
+                                      value=k["peer_failures"])
+            yield CounterMetricFamily("mesh_metadata_forwarded", "Metadata calls sent to the key's owner",
+                                      value=k["forwarded"])
+            yield CounterMetricFamily("mesh_metadata_fallbacks",
+                                      "Metadata calls served here because no owner answered",
+                                      value=k["fallbacks"])
 
 
 class Metrics:

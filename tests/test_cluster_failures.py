@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,17 @@ def test_read_storm_survives_sigkill_and_restart(cluster: Cluster, etcd: EtcdPro
     assert storm.moved >= 2  # the readers of the killed node (at least) carried on elsewhere
     r = nodes[0].client().report()
     assert {m["node_id"] for m in r["cluster"]["members"]} == {n.endpoints["node_id"] for n in nodes[:3]}
+    # operators see it in the metrics: the ring changed, peers failed and were routed around
+    metrics = scrape(nodes[0])
+    assert metrics["mesh_cluster_members"] == 3 and metrics["mesh_cluster_etcd_up"] == 1
+    assert metrics["mesh_cluster_ring_changes_total"] >= 3
+    assert sum(scrape(n)["mesh_cluster_peer_failures_total"] for n in nodes[:3]) >= 1
+
+
+def scrape(node: MeshdProcess) -> dict[str, float]:
+    text = urllib.request.urlopen(node.endpoints["metrics"], timeout=10).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith("mesh_") and " " in line}
 
 
 def test_reads_continue_while_etcd_is_down(cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
