@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -29,6 +30,7 @@ from .ring import HashRing
 from .wire import WireClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SUSPECT_SECONDS = 5.0
 PAGE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0, sock_read=15.0)
@@ -79,6 +81,32 @@ class Cluster:
         healthy = [i for i in ids if self._suspect.get(i, 0) <= now]
         sick = [i for i in ids if self._suspect.get(i, 0) > now]
         return [self.members[i] for i in healthy + sick if i in self.members]
+
+    def remote_chain(self, key: bytes) -> list[Member] | None:
+        """The owners to ask for ``key``, or None when this node owns it (or is alone)."""
+        if self.single:
+            return None
+        chain = self.chain(key)
+        if not chain or self.is_me(chain[0]):
+            return None
+        return chain
+
+    async def ask_chain(self, chain: list[Member], ask: Callable[[Member], Awaitable[T]]) -> tuple[bool, T | None]:
+        """Ask the owners in ``chain`` order until one answers: ``(True, answer)``.
+
+        A peer that cannot be reached is suspected and the next one asked. The
+        walk stops at this node (it is the next owner) or at the chain's end:
+        ``(False, None)``, and the caller serves the request itself. Errors a
+        peer *reports* (not found, version changed, ...) propagate.
+        """
+        for m in chain:
+            if self.is_me(m):
+                break
+            try:
+                return True, await ask(m)
+            except NodeUnavailable as e:
+                self.suspect(m, e)
+        return False, None
 
     def is_me(self, m: Member) -> bool:
         return m.node_id == self.me.node_id

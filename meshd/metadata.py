@@ -55,6 +55,14 @@ class FileStatus:
         return cls(path, info.size, info.mtime, info.version, info.is_dir, now)
 
 
+def page_of(entries: list[FileStatus], after: str, limit: int) -> tuple[list[FileStatus], bool]:
+    """The entries (in name order) after the name ``after``, at most ``limit`` (0: all),
+    and whether more follow: one page of a listing held in memory."""
+    if after:
+        entries = [s for s in entries if paths.basename(s.path).encode() > after.encode()]
+    return (entries[:limit], len(entries) > limit) if limit else (entries, False)
+
+
 def _entry(s: FileStatus) -> bytes:
     return json.dumps([s.size, s.mtime, s.version, s.is_dir]).encode()
 
@@ -155,10 +163,7 @@ class MetadataCache:
                 loading = asyncio.ensure_future(self._load_listing(store, path, rel, now, children_here, on_load))
                 self._loading[path] = loading
                 loading.add_done_callback(lambda _f: self._loading.pop(path, None))
-            out = await asyncio.shield(loading)
-            if after:
-                out = [s for s in out if paths.basename(s.path).encode() > after.encode()]
-            return (out[:limit], len(out) > limit) if limit else (out, False)
+            return page_of(await asyncio.shield(loading), after, limit)
         if limit and limit <= 1000:
             return self._scan_listing(path, after, limit, t)
         return await asyncio.to_thread(self._scan_listing, path, after, limit, t)

@@ -47,7 +47,7 @@ from .errors import (
     VersionChanged,
 )
 from .membership import Member
-from .metadata import FileStatus, MetadataCache
+from .metadata import FileStatus, MetadataCache, page_of
 from .metrics import Stats
 from .mounts import Mount, MountTable
 from .pages import DiskPage, MemPage, Page, PageCache, PageKey, SingleFlight, file_id, version_id
@@ -149,6 +149,10 @@ class MeshNode:
 
     async def _stat(self, t: Target, fresh: bool = False) -> FileStatus:
         status, before = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        return self._drop_if_changed(t, status, before)
+
+    def _drop_if_changed(self, t: Target, status: FileStatus, before: FileStatus | None) -> FileStatus:
+        """A stat revealed a new version: drop the old version's pages held here."""
         if before is not None and before.version and before.version != status.version:
             self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
@@ -173,8 +177,7 @@ class MeshNode:
             raise InvalidArgument(f"bad listing limit {limit}")
         t = self.resolve(path)
         if t is None:
-            entries = [e for e in await self.listdir(path) if not after or paths.basename(e.path) > after]
-            return (entries[:limit], len(entries) > limit) if limit else (entries, False)
+            return page_of(await self.listdir(path), after, limit)
         return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
 
     def status_hint(self, path: str, version: Any, size: Any) -> FileStatus | None:
@@ -201,9 +204,7 @@ class MeshNode:
         if t is None:
             return FileStatus(paths.normalize(path), 0, 0.0, "", True)
         status, before = await self.shard.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
-        if before is not None and before.version and before.version != status.version:
-            self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
-        return status
+        return self._drop_if_changed(t, status, before)
 
     async def local_list(self, path: str, after: str = "", limit: int = 0) -> tuple[list[FileStatus], bool]:
         t = self.resolve(path)
@@ -275,7 +276,7 @@ class MeshNode:
                     inside = range(next_launch, min(stop, pages.stop))
                     pending.update(self._launch(t, status, fid, vid, inside))
                     if stop > pages.stop:  # read-ahead for a proven-sequential reader
-                        self._read_ahead(t, status, fid, vid, range(max(next_launch, pages.stop), stop))
+                        self._launch(t, status, fid, vid, range(max(next_launch, pages.stop), stop), prefetch=True)
                     next_launch = stop
                 lo = max(start, i * ps) - i * ps
                 hi = min(end, (i + 1) * ps) - i * ps
@@ -292,12 +293,18 @@ class MeshNode:
         return MemPage(data)
 
     def _launch(self, t: Target, status: FileStatus, fid: str, vid: str,
-                indices: range) -> dict[int, asyncio.Future[Any]]:
-        """Start getting pages: cached ones from the cache, missing runs as extents.
+                indices: range, *, prefetch: bool = False) -> dict[int, asyncio.Future[Any]]:
+        """Start getting pages: cached ones from the cache, a peer's from the peer,
+        missing runs of this node's own as extents.
 
-        Returns, per page, a future of a Page (cache hit) or of the page's bytes
-        (fetched). A page another reader is already fetching is waited for,
+        Returns, per page, a future of a Page (cache hit, peer) or of the page's
+        bytes (fetched). A page another reader is already fetching is waited for,
         never fetched again (single-flight across extents).
+
+        ``prefetch`` (read-ahead past a sequential reader's end): nothing is
+        returned; held and in-flight pages are left alone, and a peer's pages
+        are *warmed at the peer* (no bytes come back: this node would not keep
+        them, and the reader may never ask).
         """
         out: dict[int, asyncio.Future[Any]] = {}
         run: list[tuple[int, asyncio.Future[Any]]] = []
@@ -305,10 +312,17 @@ class MeshNode:
             key = PageKey(fid, vid, i)
             inflight = self.flight.get(key)
             if inflight is not None:
-                out[i] = inflight
+                if not prefetch:
+                    out[i] = inflight
             elif self.cache.contains(key):
-                out[i] = asyncio.ensure_future(self._get_page(t, status, key))
+                if not prefetch:
+                    out[i] = asyncio.ensure_future(self._get_page(t, status, key))
             elif (chain := self._page_chain(key)) is not None:
+                if prefetch:
+                    if key not in self._warming:
+                        self._warming.add(key)
+                        self._spawn(self._warm_quietly(t, status, key, chain))
+                    continue
                 fut = self.flight.claim(key)
                 assert fut is not None
                 out[i] = fut
@@ -324,29 +338,6 @@ class MeshNode:
         if run:
             self._spawn(self._fetch_extent(t, status, fid, vid, run))
         return out
-
-    def _read_ahead(self, t: Target, status: FileStatus, fid: str, vid: str, indices: range) -> None:
-        """Prefetch pages past a sequential reader's end: pages owned here are fetched
-        here; a peer's are *warmed at the peer* (no bytes come back: this node would
-        not keep them, and the reader may never ask)."""
-        local: list[int] = []
-        for i in indices:
-            key = PageKey(fid, vid, i)
-            if self.flight.get(key) is not None or self.cache.contains(key):
-                continue
-            chain = self._page_chain(key)
-            if chain is None:
-                local.append(i)
-            elif key not in self._warming:
-                self._warming.add(key)
-                self._spawn(self._warm_quietly(t, status, key, chain))
-        run_start = None
-        for n, i in enumerate(local):  # consecutive local pages share one extent
-            if run_start is None:
-                run_start = i
-            if n + 1 == len(local) or local[n + 1] != i + 1:
-                self._launch(t, status, fid, vid, range(run_start, i + 1))
-                run_start = None
 
     async def _warm_quietly(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> None:
         try:
@@ -409,7 +400,7 @@ class MeshNode:
         chain = None if owned else self._page_chain(key)
         if chain is not None:
             result = await self.flight.do(key, lambda: self._remote_page(t, status, key, chain))
-            return result if isinstance(result, MemPage) else MemPage(result)
+            return result if isinstance(result, MemPage) else MemPage(result)  # another reader's fetch: bytes
         self.stats.misses += 1
         data: bytes = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
         self.stats.bytes_by_source["understore"] += size
@@ -419,40 +410,34 @@ class MeshNode:
 
     def _page_chain(self, key: PageKey) -> list[Member] | None:
         """The page's owner and fallbacks, or None when this node owns it (or is alone)."""
-        c = self.cluster
-        if c is None or c.single:
-            return None
-        chain = c.chain(f"p:{key.file_id}:{key.index}".encode())
-        if not chain or c.is_me(chain[0]):
-            return None
-        return chain
+        return None if self.cluster is None else self.cluster.remote_chain(f"p:{key.file_id}:{key.index}".encode())
 
-    async def _remote_page(self, t: Target, status: FileStatus, key: PageKey,
-                           chain: list[Member]) -> MemPage | bytes:
+    async def _remote_page(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> MemPage:
         """Get a page from its owner; on a dead owner, the next one; then the under-store.
 
         Every node walks the same chain, so a fallback owner still sees every
-        request for the page and single-flight holds cluster-wide.
+        request for the page and single-flight holds cluster-wide. Counted here,
+        whichever source served it.
         """
         assert self.cluster is not None
-        for m in chain:
-            if self.cluster.is_me(m):
-                break
-            try:
-                data = await self.cluster.fetch_page(m, t.path, status.version, status.size, key.index)
-            except NodeUnavailable as e:
-                self.cluster.suspect(m, e)
-                continue
-            expected = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
+        cluster = self.cluster
+        expected = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
+
+        async def ask(m: Member) -> bytes:
+            data = await cluster.fetch_page(m, t.path, status.version, status.size, key.index)
             if len(data) != expected:
                 raise UnderStoreError(f"peer {m.node_id} sent {len(data)} of {expected} bytes of page "
                                       f"{key.index} of {t.path}")
+            return data
+
+        answered, data = await cluster.ask_chain(chain, ask)
+        if answered and data is not None:
             self.stats.bytes_by_source["peer"] += len(data)
             return MemPage(data)
         self.stats.misses += 1
         data = await self._fetch_page(t, status, key)
         self.stats.bytes_by_source["understore"] += len(data)
-        return data
+        return MemPage(data)
 
     @staticmethod
     async def _resolve_into(fut: asyncio.Future[Any], coro: Any) -> None:
@@ -648,14 +633,15 @@ class MeshNode:
     async def _warm_remote(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> bool:
         """Have the page's owner cache it (no bytes travel back); True if it was fetched."""
         assert self.cluster is not None
-        for m in chain:
-            if self.cluster.is_me(m):
-                break
-            try:
-                body = await self.cluster.fetch_page(m, t.path, status.version, status.size, key.index, warm=True)
-                return bool(json.loads(body).get("fetched"))
-            except NodeUnavailable as e:
-                self.cluster.suspect(m, e)
+        cluster = self.cluster
+
+        async def ask(m: Member) -> bool:
+            body = await cluster.fetch_page(m, t.path, status.version, status.size, key.index, warm=True)
+            return bool(json.loads(body).get("fetched"))
+
+        answered, fetched = await cluster.ask_chain(chain, ask)
+        if answered:
+            return bool(fetched)
         if self.cache.contains(key):
             return False
         await self.flight.do(key, lambda: self._fetch_page(t, status, key))

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import paths
 from .cluster import Cluster
@@ -64,13 +64,7 @@ class ShardedMetadata:
 
     def _chain(self, key: bytes) -> list[Member] | None:
         """The owners to ask, or None when this node owns the key (or is alone)."""
-        c = self.cluster
-        if c is None or c.single:
-            return None
-        chain = c.chain(key)
-        if not chain or c.is_me(chain[0]):
-            return None
-        return chain
+        return None if self.cluster is None else self.cluster.remote_chain(key)
 
     async def _route(self, key: bytes, op: str, args: dict[str, Any],
                      here: Callable[[], Awaitable[T]], parse: Callable[[Any], T]) -> T:
@@ -78,14 +72,15 @@ class ShardedMetadata:
         if chain is None:
             return await here()
         assert self.cluster is not None
-        for m in chain:
-            if self.cluster.is_me(m):
-                break
-            try:
-                self.forwarded += 1
-                return parse(await self.cluster.call(m, op, args))
-            except NodeUnavailable as e:
-                self.cluster.suspect(m, e)
+        cluster = self.cluster
+
+        async def ask(m: Member) -> T:
+            self.forwarded += 1
+            return parse(await cluster.call(m, op, args))
+
+        answered, result = await cluster.ask_chain(chain, ask)
+        if answered:
+            return cast(T, result)  # the answer may itself be None (no attributes)
         self.fallbacks += 1
         return await here()
 
