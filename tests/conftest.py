@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 
 _counter = itertools.count()
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -54,22 +57,30 @@ def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl:
             "--log-level", "INFO", *([] if s3 else ["--no-s3"])]
 
 
-def wait_members(nodes: list[MeshdProcess], n: int, timeout: float = 30) -> None:
-    """Until every node's report lists ``n`` members, all up."""
-    import time
-
+def wait_until(probe: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str,
+               interval: float = 0.2) -> T:
+    """Probe until ``done(probe())``; returns that value. On timeout the test fails
+    with ``what`` and the last value probed."""
     deadline = time.monotonic() + timeout
     while True:
-        counts = []
+        value = probe()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{what}: {value!r}"[-3000:]
+        time.sleep(interval)
+
+
+def wait_members(nodes: list[MeshdProcess], n: int, timeout: float = 30) -> None:
+    """Until every node's report lists ``n`` members, all up."""
+    def counts() -> list[int]:
+        out = []
         for p in nodes:
             with p.client() as c:
                 members = c.report().get("cluster", {}).get("members", [])
-                counts.append(sum(m["state"] in ("self", "up") for m in members) if len(members) == n else -1)
-        if all(c == n for c in counts):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"members never converged to {n}: {counts}")
-        time.sleep(0.2)
+                out.append(sum(m["state"] in ("self", "up") for m in members) if len(members) == n else -1)
+        return out
+
+    wait_until(counts, lambda cs: all(c == n for c in cs), timeout, f"members never converged to {n}")
 
 
 @pytest.fixture

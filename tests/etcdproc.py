@@ -10,6 +10,21 @@ import urllib.request
 from pathlib import Path
 
 
+def end_process(proc: subprocess.Popen[bytes] | None, graceful: bool, wait: float = 15) -> None:
+    """SIGTERM and wait (then SIGKILL), or SIGKILL at once; nothing if it already ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    if graceful:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,19 +70,11 @@ class EtcdProcess:
         raise TimeoutError(f"etcd did not become healthy:\n{self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, graceful=False)
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, graceful=True, wait=10)
         self.proc = None
 
     def ctl(self, *args: str) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from meshd.client import MeshClient
+from tests.etcdproc import end_process
 
 MESHD = [sys.executable, "-m", "meshd.cli_meshd"]
 MESHCTL = [sys.executable, "-m", "meshd.cli_meshctl"]
@@ -71,19 +71,11 @@ class MeshdProcess:
         return r
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, graceful=True)
         self.proc = None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, graceful=False)
         self.proc = None
 
     def restart(self) -> MeshdProcess:

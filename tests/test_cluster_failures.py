@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from meshd.client import MeshClient
-from tests.conftest import cluster_args, wait_members
+from tests.conftest import cluster_args, wait_members, wait_until
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 
@@ -155,23 +155,15 @@ def test_reads_continue_while_etcd_is_down(cluster: Cluster, etcd: EtcdProcess, 
     with Storm(nodes, dataset, readers=6) as storm:
         storm.wait_reads(15)
         etcd.kill()
-        deadline = time.monotonic() + 30
-        while True:  # the nodes notice, and say so
-            with nodes[1].client() as c:
-                if not c.report()["cluster"]["etcd_ok"]:
-                    break
-            assert time.monotonic() < deadline, "no node noticed etcd was gone"
-            time.sleep(0.2)
+        # the nodes notice, and say so
+        wait_until(lambda: etcd_ok(nodes[1]), lambda ok: not ok, 30, "no node noticed etcd was gone")
         time.sleep(4)  # longer than the lease TTL (3 s): no member may be dropped meanwhile
         with nodes[2].client() as c:
             assert len(c.report()["cluster"]["members"]) == 3
         storm.wait_reads(15)
         etcd.start()
         wait_members(nodes, 3, timeout=60)
-        deadline = time.monotonic() + 30
-        while not all(etcd_ok(n) for n in nodes):  # every node is back in touch
-            assert time.monotonic() < deadline, [etcd_ok(n) for n in nodes]
-            time.sleep(0.2)
+        wait_until(lambda: [etcd_ok(n) for n in nodes], all, 30, "not every node is back in touch with etcd")
         storm.wait_reads(10)
     assert storm.failures == [], storm.failures[:10]
     out = etcd.ctl("get", "--prefix", "/mesh/test/regions/r1/members/", "--keys-only")
@@ -226,13 +218,11 @@ def test_malformed_and_foreign_member_records_are_ignored(cluster: Cluster, etcd
     foreign = ('{"node_id": "alien", "cluster": "other", "region": "r1", "grpc": "10.0.0.1:1", '
                '"http": "http://10.0.0.1:2", "meta": "10.0.0.1:3"}')
     etcd.ctl("put", prefix + "alien", foreign)
-    deadline = time.monotonic() + 20
     want = [f"ignoring member record {prefix}garbage: not valid JSON",
             f"ignoring member record {prefix}half: field 'region' missing",
             f"ignoring member record {prefix}alien: it belongs to cluster 'other'"]
-    while not all(w in nodes[0].log.read_text() for w in want):
-        assert time.monotonic() < deadline, nodes[0].log.read_text()[-3000:]
-        time.sleep(0.2)
+    wait_until(nodes[0].log.read_text, lambda log: all(w in log for w in want), 20,
+               "the bad records were not all reported")
     wait_members(nodes, 2)
     with nodes[0].client() as c:
         assert len(c.report()["cluster"]["members"]) == 2

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from meshd.wire import SyncWireClient
+from tests.conftest import wait_until
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 
@@ -60,13 +60,10 @@ def test_a_million_entries_across_the_shards(cluster: Cluster, etcd: EtcdProcess
         d = f"/m/d{k}" if k < DIRS else "/m/big"
         assert names == [f"{d}/f{i:06d}" for i in range(PER_DIR if k < DIRS else BIG)]
 
-    deadline = time.monotonic() + 300
-    while True:  # the listings' owners hand the statuses to their owners in the background
-        counts = [shard_counts(n) for n in nodes]
-        if sum(c["statuses"] for c in counts) >= 1_000_000 and not any(c["pushes_pending"] for c in counts):
-            break
-        assert time.monotonic() < deadline, counts
-        time.sleep(1)
+    # the listings' owners hand the statuses to their owners in the background
+    counts = wait_until(lambda: [shard_counts(n) for n in nodes],
+                        lambda cs: sum(c["statuses"] for c in cs) >= 1_000_000
+                        and not any(c["pushes_pending"] for c in cs), 300, "statuses still in flight", interval=1)
     statuses = [c["statuses"] for c in counts]
     assert sum(statuses) == 1_000_000, statuses  # each status in exactly one shard
     assert min(statuses) > 0.15 * 1_000_000, statuses  # and spread: no shard holds a master's share

@@ -110,6 +110,24 @@ def raw(endpoint: str, method: str, target: str, headers: dict[str, str] | None 
         conn.close()
 
 
+def put_as_given(endpoint: str, target: str, headers: dict[str, str], send: bytes = b"") -> Resp:
+    """A PUT whose headers go out exactly as given (http.client adds no Content-Length),
+    followed by ``send`` and nothing more."""
+    u = urlsplit(endpoint)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=10)
+    try:
+        conn.putrequest("PUT", target, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if send:
+            conn.send(send)
+        r = conn.getresponse()
+        return Resp(r.status, r.headers, r.read())
+    finally:
+        conn.close()
+
+
 def err(e: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
     return e.value.response["Error"]["Code"], e.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
@@ -543,38 +561,17 @@ def test_user_metadata_limits(gw: Gateway, s3: Any, bucket: str) -> None:
 
 def test_entity_too_large_is_refused_up_front(gw: Gateway, bucket: str) -> None:
     headers = sign("PUT", f"{gw.url}/{bucket}/huge", {}, b"", payload_hash="UNSIGNED-PAYLOAD")
-    u = urlsplit(gw.url)
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
-    try:
-        conn.putrequest("PUT", f"/{bucket}/huge", skip_accept_encoding=True)
-        for k, v in headers.items():
-            conn.putheader(k, v)
-        conn.putheader("Content-Length", str((5 << 30) + 1))
-        conn.endheaders()
-        conn.send(b"x" * 1000)  # and nothing more: the answer must not wait for 5 GiB
-        r = conn.getresponse()
-        body = r.read()
-    finally:
-        conn.close()
-    assert r.status == 400 and ET.fromstring(body).findtext("Code") == "EntityTooLarge"
+    headers["Content-Length"] = str((5 << 30) + 1)
+    # 1000 bytes and nothing more: the answer must not wait for 5 GiB
+    r = put_as_given(gw.url, f"/{bucket}/huge", headers, b"x" * 1000)
+    assert r.status == 400 and ET.fromstring(r.body).findtext("Code") == "EntityTooLarge"
     assert not (gw.root / bucket / "huge").exists()
 
 
 def test_missing_content_length(gw: Gateway, bucket: str) -> None:
-    headers = sign("PUT", f"{gw.url}/{bucket}/nolen", {}, b"")
-    u = urlsplit(gw.url)
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
-    try:
-        conn.putrequest("PUT", f"/{bucket}/nolen", skip_accept_encoding=True)
-        for k, v in headers.items():
-            conn.putheader(k, v)
-        conn.endheaders()
-        r = conn.getresponse()
-        body = r.read()
-    finally:
-        conn.close()
+    r = put_as_given(gw.url, f"/{bucket}/nolen", sign("PUT", f"{gw.url}/{bucket}/nolen", {}, b""))
     assert r.status == 411
-    assert ET.fromstring(body).findtext("Code") == "MissingContentLength"
+    assert ET.fromstring(r.body).findtext("Code") == "MissingContentLength"
 
 
 # --------------------------------------------------------------------------- copy
