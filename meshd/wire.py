@@ -40,6 +40,21 @@ def _encode(req_id: int, body: Any) -> bytes:
     return HEADER.pack(len(raw), req_id) + raw
 
 
+def take_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """Remove the first complete frame from ``buf``: (request id, body), or None
+    until one has fully arrived. ValueError for a frame above MAX_FRAME."""
+    if len(buf) < HEADER.size:
+        return None
+    size, req_id = HEADER.unpack_from(buf)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes refused")
+    if len(buf) < HEADER.size + size:
+        return None
+    body = bytes(buf[HEADER.size:HEADER.size + size])
+    del buf[:HEADER.size + size]
+    return req_id, body
+
+
 def _error_body(e: BaseException) -> dict[str, str]:
     if isinstance(e, MeshError):
         return {"e": e.kind, "m": str(e)}
@@ -75,19 +90,18 @@ class _ServerProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            size, req_id = HEADER.unpack_from(buf)
-            if size > MAX_FRAME:
-                log.warning("metadata wire: frame of %d bytes refused; closing the connection", size)
+        self._buf += data
+        while True:
+            try:
+                frame = take_frame(self._buf)
+            except ValueError as e:
+                log.warning("metadata wire: %s; closing the connection", e)
                 if self._transport is not None:
                     self._transport.close()
                 return
-            if len(buf) < HEADER.size + size:
+            if frame is None:
                 break
-            body = bytes(buf[HEADER.size:HEADER.size + size])
-            del buf[:HEADER.size + size]
+            req_id, body = frame
             task = asyncio.ensure_future(self._serve(req_id, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -142,19 +156,26 @@ class _ClientProtocol(asyncio.Protocol):
     def __init__(self, owner: WireClient) -> None:
         self._owner = owner
         self._buf = bytearray()
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            size, req_id = HEADER.unpack_from(buf)
-            if len(buf) < HEADER.size + size:
+        self._buf += data
+        while True:
+            try:
+                frame = take_frame(self._buf)
+            except ValueError:
+                if self._transport is not None:
+                    self._transport.close()  # connection_lost fails the pending calls
+                return
+            if frame is None:
                 break
-            body = bytes(buf[HEADER.size:HEADER.size + size])
-            del buf[:HEADER.size + size]
+            req_id, body = frame
             fut = self._owner._pending.pop(req_id, None)
             if fut is not None and not fut.done():
                 try:
@@ -258,18 +279,13 @@ class SyncWireClient:
         try:
             sock.sendall(_encode(1, [op, args]))
             buf: bytearray = self._local.buf
-            while True:
-                if len(buf) >= HEADER.size:
-                    size, _ = HEADER.unpack_from(buf)
-                    if len(buf) >= HEADER.size + size:
-                        body = bytes(buf[HEADER.size:HEADER.size + size])
-                        del buf[:HEADER.size + size]
-                        break
+            while (frame := take_frame(buf)) is None:
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     raise ConnectionResetError("closed by the node")
                 buf += chunk
-        except OSError as e:
+            _, body = frame
+        except (OSError, ValueError) as e:
             self.close_thread()
             raise NodeUnavailable(f"metadata wire to {self.address}: {e}") from None
         try:
