@@ -206,6 +206,41 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
             hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
             print(f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
                   f"{_size(m['capacity']):>10} {hit:>6}")
+        _print_links(r, cl)
+
+
+def _rate(bytes_per_s: float | None) -> str:
+    if bytes_per_s is None:
+        return "unlimited"
+    return f"{bytes_per_s * 8 / 1e6:.1f} Mbit/s"
+
+
+def _print_links(r: dict[str, Any], cl: dict[str, Any]) -> None:
+    """Each link of the region: quota, the region's current rate and bytes moved (summed
+    over the members that answered), and this node's share and waiting time."""
+    fed = r.get("federation")
+    if not fed:
+        return
+    totals: dict[str, dict[str, float]] = {}
+    for m in cl["members"]:
+        for q in m.get("links", []):
+            t = totals.setdefault(q["link"], {"rate": 0.0, "bytes": 0.0})
+            t["rate"] += q["rate"]
+            t["bytes"] += q["bytes"]
+    print(f"\nlinks of region {fed['region']} (topology {fed['topology'] or 'none'}; "
+          f"peer regions: {', '.join(f'{k} ({v} nodes)' for k, v in fed['regions'].items()) or 'none'})")
+    if not fed["links"]:
+        print("  none")
+        return
+    print(f"  {'LINK':<24} {'QUOTA':>14} {'REGION RATE':>14} {'REGION BYTES':>13} {'NODE SHARE':>14} "
+          f"{'THROTTLED':>10}")
+    for q in fed["links"]:
+        t = totals.get(q["link"], {"rate": q["rate"], "bytes": q["bytes"]})
+        print(f"  {q['src'] + ' -> ' + q['dst']:<24} {_rate(q['quota']):>14} {_rate(t['rate']):>14} "
+              f"{_size(t['bytes']):>13} {_rate(q['share']):>14} {q['throttled_seconds']:>9.1f}s")
+    routed = ", ".join(f"{k}: {v}" for k, v in fed["routed_pages"].items()) or "none"
+    print(f"  pages fetched into the region by source (this node): {routed}; "
+          f"fallbacks {fed['route_fallbacks']}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,11 +304,65 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="cache capacity, use, hit ratio, bytes by source")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_report)
+
+    from topology.cli import register, subcommands
+
+    leaves = subcommands(register(sub))
+    s = leaves.add_parser("apply", help="validate a topology file and store it in etcd for every node",
+                          description="Validate FILE and store it at /mesh/<cluster>/topology; "
+                                      "running nodes apply it within seconds, without a restart.")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--etcd", required=True, help="etcd endpoint(s), comma-separated host:port or URLs")
+    s.add_argument("--cluster", required=True, help="the mesh's cluster name (meshd run --cluster)")
+    s.set_defaults(fn_topology=cmd_topology_apply)
     return p
+
+
+def cmd_topology_apply(a: argparse.Namespace) -> int:
+    """Validate a topology file and store it in etcd, where every node picks it up."""
+    import asyncio
+
+    from topology.model import TopologyError, parse, read
+
+    from .federation import apply_topology
+    from .membership import Etcd
+
+    try:
+        text = read(a.file)
+        topo = parse(text, a.file)
+    except TopologyError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        print(f"meshctl: topology not applied: {len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+
+    async def put() -> None:
+        etcd = Etcd(tuple(e for e in a.etcd.split(",") if e))
+        try:
+            await apply_topology(etcd, a.cluster, text)
+        finally:
+            await etcd.close()
+
+    try:
+        asyncio.run(put())
+    except MeshError as e:
+        print(f"meshctl: {e.kind}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"meshctl: cannot store the topology in etcd at {a.etcd}: {type(e).__name__} {e}",
+              file=sys.stderr)
+        return 1
+    print(f"topology {topo.name or a.file} applied to cluster {a.cluster} ({len(topo.regions)} regions, "
+          f"{len(topo.links)} links): nodes pick it up within seconds")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "topology":
+        from topology.cli import run
+
+        return run(args)
     try:
         with MeshClient(args.endpoint) as client:
             args.fn(client, args)

@@ -28,6 +28,7 @@ from aiohttp import web
 from .cluster import Cluster
 from .config import NodeConfig
 from .errors import InvalidArgument, MeshError
+from .federation import EtcdFederation, Federation
 from .http_api import make_app
 from .kv import RocksKV
 from .membership import (
@@ -42,13 +43,15 @@ from .membership import (
 from .meta_api import handlers as meta_handlers
 from .metadata import MetadataCache
 from .metrics import InstrumentedStore, Metrics, Stats
-from .mounts import MountTable
+from .mounts import Mount, MountTable
 from .node import MeshNode
 from .pages import PageCache
+from .quota import Quotas, ThrottledStore
 from .readahead import ReadAhead
 from .rpc import mesh_pb2_grpc as pb_grpc
 from .service import MeshService
 from .shortcircuit import ShortCircuitServer
+from .understore import UnderStore
 from .wire import WireServer
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,9 @@ class Daemon:
         self._etcd_mounts: EtcdMounts | None = None
         self._cluster: Cluster | None = None
         self._wire: WireServer | None = None
+        self._federation: Federation | None = None
+        self._etcd_fed: EtcdFederation | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
@@ -151,7 +157,20 @@ class Daemon:
                           cfg.cache.memory_capacity, cfg.cache.disk_capacity,
                           cfg.cache.high_watermark, cfg.cache.low_watermark, cfg.cache.write_behind)
         self.metrics = metrics = Metrics(stats, cache)
-        mounts = MountTable(self._kv, wrap=lambda store: InstrumentedStore(store, metrics))
+        fed: Federation | None = None
+        if cc.enabled:
+            fed = self._federation = Federation(
+                cc.region, Quotas(), members=lambda: len(self._cluster.members) if self._cluster else 1)
+
+            def wrap(store: UnderStore, mount: Mount) -> UnderStore:
+                assert fed is not None
+                throttled = ThrottledStore(store, lambda: fed.crossing(fed.home_of(mount)),
+                                           lambda: fed.outbound(fed.home_of(mount)))
+                return InstrumentedStore(throttled, metrics)
+
+            mounts = MountTable(self._kv, wrap=wrap, options_for=fed.store_options)
+        else:
+            mounts = MountTable(self._kv, wrap=lambda store, mount: InstrumentedStore(store, metrics))
         readahead = ReadAhead(page_size, max_pages=cfg.cache.readahead_pages)
 
         host = _url_host(cc.advertise_host or cfg.host)
@@ -175,10 +194,13 @@ class Daemon:
             assert self._etcd is not None
             self._membership = EtcdMembership(self._etcd, me, cc.lease_ttl)
             self._cluster = Cluster(self._membership)
+            if fed is not None:
+                fed.cluster = self._cluster
+                self._membership.subscribe(lambda _members: fed.refresh_quotas())
         else:
             self._membership = StaticMembership(me)
         self.node = node = MeshNode(mounts, MetadataCache(self._kv), cache, stats, readahead,
-                                    cfg.cache.load_parallelism, cluster=self._cluster)
+                                    cfg.cache.load_parallelism, cluster=self._cluster, federation=fed)
         metrics.collector.metadata_write_errors = lambda: node.metadata.write_errors
         if self._cluster is not None:
             c = self._cluster
@@ -194,6 +216,14 @@ class Daemon:
                 await self._etcd_mounts.start()
             except Exception as e:
                 raise MeshError(f"cannot read the mount table from etcd: {type(e).__name__} {e}") from None
+            assert fed is not None
+            fed.on_change(lambda: self._spawn(mounts.reopen_changed()))
+            metrics.collector.federation = fed
+            self._etcd_fed = EtcdFederation(self._etcd, cc.name, fed)
+            try:
+                await self._etcd_fed.start()
+            except Exception as e:
+                raise MeshError(f"cannot read the topology from etcd: {type(e).__name__} {e}") from None
         for m in cfg.mounts:
             await mounts.add(m.path, m.uri, m.options, replace=True)
         if not mounts.entries() and cfg.default_mount and not cc.enabled:
@@ -274,6 +304,11 @@ class Daemon:
             f.write("\n")
         os.replace(tmp, path)
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         try:
             os.unlink(os.path.join(self.data_dir, "endpoints.json"))
@@ -283,6 +318,8 @@ class Daemon:
             await self._membership.stop()  # leave the ring first
         if self._etcd_mounts is not None:
             await self._etcd_mounts.stop()
+        if self._etcd_fed is not None:
+            await self._etcd_fed.stop()
         if self._wire is not None:
             await self._wire.stop()
         if self._sc is not None:
@@ -297,6 +334,8 @@ class Daemon:
             await self.node.close()
         if self._cluster is not None:
             await self._cluster.close()
+        if self._federation is not None:
+            await self._federation.close()
         if self._etcd is not None:
             await self._etcd.close()
         if self._kv is not None:

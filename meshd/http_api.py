@@ -9,7 +9,10 @@
 ``GET  /v1/pages/<path>``                (between nodes) page ``index`` of a
                                          file at ``version``, ``size`` bytes
                                          long, from this node as its owner;
-                                         ``warm=1``: cache it, send nothing
+                                         ``warm=1``: cache it, send nothing;
+                                         ``cached=1`` (a peer region): only
+                                         if held here, else 404; ``start``,
+                                         ``length``: a part of the page
 ``GET  /metrics``                        Prometheus text format
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
@@ -160,10 +163,21 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
             size = _int_arg(request, "size", -1)
             version = request.query.get("version", "")
             warm = request.query.get("warm", "") == "1"
-            page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index)
+            cached_only = request.query.get("cached", "") == "1"
+            start = _int_arg(request, "start", 0)
+            want = _int_arg(request, "length", -1)
+            page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index,
+                                                          cached_only=cached_only)
         except Exception as e:
             return _error(e)
-        seg = Segment(page, 0, length)
+        if not 0 <= start <= length or want < -1:
+            seg = Segment(page, 0, 0)
+            seg.close()
+            return _error(InvalidArgument(f"bad page sub-range: start={start} length={want} of {length}"))
+        length = length - start if want < 0 else min(want, length - start)
+        seg = Segment(page, start, length)
+        if cached_only:
+            node.stats.region_served += length
         if warm:
             seg.close()
             return web.json_response({"fetched": fetched})

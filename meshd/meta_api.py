@@ -21,6 +21,12 @@ by a client that computed the owner itself) are served from *this* node's
 shard whatever its ring says, so two nodes with momentarily different member
 lists never bounce a call between them. ``free`` and ``report`` are this
 node's own.
+
+Between regions: ``region.held`` {p, v: version, z: size} asks a node of
+another region which pages of a file *its region* holds (it asks each page's
+owner with ``shard.held`` {p, v, i: indices} and answers the union).
+``quota.take`` {l: "<src>><dst>", t: tokens} asks the link's quota owner in
+this region for tokens; it answers once they are granted (meshd/quota.py).
 """
 
 from __future__ import annotations
@@ -130,12 +136,30 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
     async def op_report(a: dict[str, Any]) -> Any:
         return node.report()
 
+    async def op_region_held(a: dict[str, Any]) -> Any:
+        return await node.held_in_region(_str(a, "p"), _str(a, "v"), _int(a, "z", -1))
+
+    async def op_quota_take(a: dict[str, Any]) -> Any:
+        tokens = a.get("t")
+        if not isinstance(tokens, int | float) or isinstance(tokens, bool) or not 0 <= tokens < 1 << 40:
+            raise InvalidArgument("quota.take: t must be a token count")
+        if node.federation is None:
+            return 0.0
+        return await node.federation.serve_grant(_str(a, "l"), float(tokens))
+
+    async def op_shard_held(a: dict[str, Any]) -> Any:
+        indices = a.get("i", [])
+        if not isinstance(indices, list) or not all(isinstance(i, int) and i >= 0 for i in indices):
+            raise InvalidArgument("shard.held: i must be a list of page indices")
+        return node.held_here(_str(a, "p"), _str(a, "v"), indices)
+
     async def op_shard_counts(a: dict[str, Any]) -> Any:
         """Keys in this node's shard, and status pushes still in flight (tests, benchmarks)."""
         counts = await asyncio.to_thread(shard.counts)
         return {**counts, "pushes_pending": node.metadata.pending}
 
     return {
+        "region.held": op_region_held, "shard.held": op_shard_held, "quota.take": op_quota_take,
         "info": op_info, "stat": op_stat, "list": op_list, "open": op_open, "shard.open": op_shard_open,
         "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,
         "shard.drop": op_drop, "shard.forget": op_forget, "shard.attrs": op_attrs,

@@ -22,7 +22,7 @@ from .understore import ObjectInfo, UnderStore
 if TYPE_CHECKING:
     from .pages import PageCache
 
-SOURCES = ("memory", "disk", "peer", "understore", "nocache")
+SOURCES = ("memory", "disk", "peer", "region", "understore", "nocache")
 
 
 class Stats:
@@ -33,6 +33,7 @@ class Stats:
         self.hits = 0
         self.misses = 0
         self.page_fetches = 0  # pages brought in from under-stores (reads, read-ahead, load)
+        self.region_served = 0  # bytes of cached pages sent to nodes of other regions
         self.understore_requests: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_errors: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_bytes: dict[str, int] = defaultdict(int)
@@ -47,6 +48,7 @@ class _NodeCollector(Collector):
         self._stats, self._cache = stats, cache
         self.metadata_write_errors: Any = lambda: 0  # set by the daemon once metadata exists
         self.cluster: Any = None  # cluster mode: a function returning the figures below
+        self.federation: Any = None  # cluster mode: the node's Federation (links, routes)
 
     def collect(self) -> Iterator[Any]:
         s, c = self._stats, self._cache
@@ -106,6 +108,35 @@ class _NodeCollector(Collector):
             yield CounterMetricFamily("mesh_metadata_fallbacks",
                                       "Metadata calls served here because no owner answered",
                                       value=k["fallbacks"])
+        if self.federation is not None:
+            yield from self._links(self.federation)
+
+    def _links(self, fed: Any) -> Iterator[Any]:
+        by = CounterMetricFamily("mesh_link_bytes", "Payload bytes this node moved over a link between "
+                                 "regions, by kind (fill, region, write, metadata)", labels=["link", "kind"])
+        throttled = CounterMetricFamily("mesh_link_throttled_seconds",
+                                        "Seconds transfers waited for quota tokens", labels=["link"])
+        share = GaugeMetricFamily("mesh_link_quota_bytes_per_second",
+                                  "This node's share of the link's quota (quota / live members of the region)",
+                                  labels=["link"])
+        rate = GaugeMetricFamily("mesh_link_rate_bytes_per_second",
+                                 "This node's payload rate over the link, last 2 s", labels=["link"])
+        for q in fed.quotas.links.values():
+            for kind, n in sorted(q.bytes_by_kind.items()):
+                by.add_metric([q.name, kind], n)
+            throttled.add_metric([q.name], q.waited)
+            if q.limited:
+                share.add_metric([q.name], q.share)
+            rate.add_metric([q.name], q.rate())
+        routed = CounterMetricFamily("mesh_route_pages", "Pages fetched into this region, by the source "
+                                     "the router chose (cache:<region> | store:<home region>)", labels=["source"])
+        for source, n in sorted(fed.routed.items()):
+            routed.add_metric([source], n)
+        yield from (by, throttled, share, rate, routed)
+        yield CounterMetricFamily("mesh_route_fallbacks", "Sources that failed; the next one was tried",
+                                  value=fed.fallbacks)
+        yield CounterMetricFamily("mesh_region_served_bytes", "Cached bytes sent to nodes of other regions",
+                                  value=self._stats.region_served)
 
 
 class Metrics:

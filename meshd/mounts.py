@@ -13,6 +13,10 @@ option             default  meaning
                             sync``)
 ``nocache``        false    every read streams from the under-store, uncached
 ``read_only``      false    refuse writes, deletes, mkdir and rename
+``store``          (none)   the topology store this mount reads (its home
+                            region and per-region endpoint); by default the
+                            store whose ``uri`` prefixes the mount's
+``home_region``    (own)    the home region when no topology store matches
 =================  =======  ==================================================
 
 The table persists in the node's KV store (key ``m:<path>``). In cluster mode
@@ -23,6 +27,7 @@ and the KV copy is the last known table, used if etcd is away at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -35,7 +40,7 @@ from .errors import MountError, PermissionDenied
 from .kv import KV
 from .understore import UnderStore, open_understore
 
-MESH_OPTIONS = {"sync_interval", "nocache", "read_only"}
+MESH_OPTIONS = {"sync_interval", "nocache", "read_only", "store", "home_region"}
 SECRET_OPTIONS = {"secret_key", "session_token", "password"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -123,6 +128,13 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     return mount
 
 
+async def _close_later(store: UnderStore, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await store.close()
+
+
 class SharedMounts(Protocol):
     """Where a cluster keeps its mount table (etcd)."""
 
@@ -134,10 +146,15 @@ class SharedMounts(Protocol):
 class MountTable:
     """Mounts of one node, each with its open under-store."""
 
-    def __init__(self, kv: KV, wrap: Callable[[UnderStore], UnderStore] | None = None) -> None:
+    def __init__(self, kv: KV, wrap: Callable[[UnderStore, Mount], UnderStore] | None = None,
+                 options_for: Callable[[Mount], dict[str, str]] | None = None) -> None:
         self._kv = kv
         self.shared: SharedMounts | None = None  # set in cluster mode
-        self._wrap = wrap or (lambda store: store)
+        self._wrap = wrap or (lambda store, mount: store)
+        # The options a mount's under-store opens with (a region's own endpoint, multi-region).
+        self.options_for: Callable[[Mount], dict[str, str]] = options_for or (lambda m: m.store_options())
+        self._opened_with: dict[str, dict[str, str]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._mounts: dict[str, Mount] = {}
         self._stores: dict[str, UnderStore] = {}
         for _, raw in kv.scan(_PREFIX):
@@ -162,7 +179,7 @@ class MountTable:
         if other is not None:
             raise MountError(f"{mount.path} overlaps the existing mount {other.path} ({other.uri}); "
                              "mounts may not be nested")
-        store = self._wrap(open_understore(mount.uri, mount.store_options()))
+        store = self._open(mount)
         if check:
             try:
                 await store.check()
@@ -225,12 +242,31 @@ class MountTable:
         rel = path[len(best.path):].strip("/") if best.path != "/" else path.strip("/")
         return best, rel
 
+    def _open(self, mount: Mount) -> UnderStore:
+        options = self.options_for(mount)
+        store = self._wrap(open_understore(mount.uri, options), mount)
+        self._opened_with[mount.path] = options
+        return store
+
     def store(self, mount: Mount) -> UnderStore:
         store = self._stores.get(mount.path)
         if store is None:
-            store = self._wrap(open_understore(mount.uri, mount.store_options()))
+            store = self._open(mount)
             self._stores[mount.path] = store
         return store
+
+    async def reopen_changed(self) -> list[str]:
+        """Close the stores whose options changed (a new topology moved their
+        endpoint); they reopen on next use. Returns the mount paths."""
+        changed = [p for p in self._stores
+                   if p in self._mounts and self.options_for(self._mounts[p]) != self._opened_with.get(p)]
+        for p in changed:
+            old = self._stores.pop(p)
+            # Reads in flight keep the old client; close it once they have had time to end.
+            task = asyncio.ensure_future(_close_later(old, 60.0))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return changed
 
     def children_of_virtual(self, path: str) -> list[str] | None:
         """Names below ``path`` when it is an ancestor of mount points (a virtual dir)."""
@@ -247,3 +283,6 @@ class MountTable:
         for store in self._stores.values():
             await store.close()
         self._stores.clear()
+        for task in list(self._closing):
+            task.cancel()  # closes the store now (the finally in _close_later)
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -46,6 +46,7 @@ from .errors import (
     UnderStoreError,
     VersionChanged,
 )
+from .federation import Federation
 from .membership import Member
 from .metadata import FileStatus, MetadataCache, page_of
 from .metrics import Stats
@@ -111,8 +112,9 @@ class LoadProgress:
 class MeshNode:
     def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
                  stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8,
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, federation: Federation | None = None) -> None:
         self.mounts = mounts
+        self.federation = federation
         self.shard = metadata  # this node's own RocksDB shard
         self.cluster = cluster
         self.metadata = ShardedMetadata(metadata, cluster)  # every key at its owner
@@ -354,6 +356,38 @@ class MeshNode:
 
     async def _fetch_extent(self, t: Target, status: FileStatus, fid: str, vid: str,
                             run: list[tuple[int, asyncio.Future[Any]]]) -> None:
+        """Consecutive missing pages this node owns. Home here: one ranged read. Homed in
+        another region: the router picks each page's source; pages from a peer region's
+        cache come one by one, the rest as ranged reads of the under-store."""
+        try:
+            plan = await self._plan(t, status, fid, vid, [i for i, _ in run])
+        except BaseException as e:
+            err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
+            for _, fut in run:
+                if not fut.done():
+                    fut.set_exception(err)
+                    fut.exception()
+            if not isinstance(e, Exception):
+                raise
+            return
+        if plan is None:
+            await self._extent_from_store(t, status, fid, vid, run)
+            return
+        store_run: list[tuple[int, asyncio.Future[Any]]] = []
+        for i, fut in run:
+            sources = plan[i]
+            if sources and sources[0].kind == "store":
+                if store_run and store_run[-1][0] != i - 1:
+                    self._spawn(self._extent_from_store(t, status, fid, vid, store_run, sources[0].name))
+                    store_run = []
+                store_run.append((i, fut))
+            else:
+                self._spawn(self._resolve_into(fut, self._fetch_routed(t, status, PageKey(fid, vid, i), sources)))
+        if store_run:
+            await self._extent_from_store(t, status, fid, vid, store_run, plan[store_run[0][0]][0].name)
+
+    async def _extent_from_store(self, t: Target, status: FileStatus, fid: str, vid: str,
+                                 run: list[tuple[int, asyncio.Future[Any]]], route: str = "") -> None:
         """One ranged read for consecutive pages; each page resolves as its bytes arrive."""
         ps = self.cache.page_size
         first, last = run[0][0], run[-1][0]
@@ -374,6 +408,8 @@ class MeshNode:
                         data = parts[0] if len(parts) == 1 else b"".join(parts)
                         await self.cache.put(PageKey(fid, vid, idx), data)
                         self.stats.page_fetches += 1
+                        if route and self.federation is not None:
+                            self.federation.routed[route] = self.federation.routed.get(route, 0) + 1
                         futs.pop(idx).set_result(data)
                         idx, parts, have = idx + 1, [], 0
             if futs:
@@ -402,9 +438,11 @@ class MeshNode:
             result = await self.flight.do(key, lambda: self._remote_page(t, status, key, chain))
             return result if isinstance(result, MemPage) else MemPage(result)  # another reader's fetch: bytes
         self.stats.misses += 1
-        data: bytes = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+        data: bytes | MemPage = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
+        if isinstance(data, MemPage):
+            return data  # from a peer region's cache (counted there)
         self.stats.bytes_by_source["understore"] += size
-        return data if isinstance(data, MemPage) else MemPage(data)
+        return MemPage(data)
 
     # ---- pages owned by other nodes of the cluster ---------------------------
 
@@ -435,9 +473,11 @@ class MeshNode:
             self.stats.bytes_by_source["peer"] += len(data)
             return MemPage(data)
         self.stats.misses += 1
-        data = await self._fetch_page(t, status, key)
-        self.stats.bytes_by_source["understore"] += len(data)
-        return MemPage(data)
+        got = await self._fetch_page(t, status, key)
+        if isinstance(got, MemPage):
+            return got
+        self.stats.bytes_by_source["understore"] += len(got)
+        return MemPage(got)
 
     @staticmethod
     async def _resolve_into(fut: asyncio.Future[Any], coro: Any) -> None:
@@ -453,10 +493,12 @@ class MeshNode:
             if not fut.done():
                 fut.set_result(result)
 
-    async def serve_page(self, path: str, version: str, size: int, index: int) -> tuple[Page, int, bool]:
+    async def serve_page(self, path: str, version: str, size: int, index: int,
+                         cached_only: bool = False) -> tuple[Page, int, bool]:
         """A peer asks this node, as the page's owner, for page ``index`` of ``path`` at
         ``version`` (``size`` bytes long). Served from the tiers or fetched once (version-checked).
-        Returns the page, its length, and whether it had to be fetched."""
+        Returns the page, its length, and whether it had to be fetched. ``cached_only`` (a
+        peer *region* asking): NotFound unless the page is held here; nothing is fetched."""
         t = self._target(path)
         ps = self.cache.page_size
         if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
@@ -464,10 +506,106 @@ class MeshNode:
         status = FileStatus(t.path, size, 0.0, version, False)
         key = PageKey(file_id(t.mount.identity, t.rel), version_id(version), index)
         cached = self.cache.contains(key)
+        if cached_only:
+            page = await self.cache.get(key) if cached else None
+            if page is None:
+                raise NotFound(f"page {index} of {t.path} is not cached in region "
+                               f"{self.federation.region if self.federation else '?'}")
+            return page, min(ps, size - index * ps), False
         page = await self._get_page(t, status, key, owned=True)
         return page, min(ps, size - index * ps), not cached
 
-    async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes:
+    async def _plan(self, t: Target, status: FileStatus, fid: str, vid: str,
+                    indices: list[int]) -> dict[int, list[Any]] | None:
+        """Each page's sources, cheapest first, when the mount's home is another region."""
+        fed = self.federation
+        if fed is None or self.cluster is None:
+            return None
+        cluster = self.cluster
+
+        async def ask(m: Member, op: str, args: dict[str, Any]) -> Any:
+            return await cluster.call(m, op, args, wait=5.0)
+
+        return await fed.plan(t.mount, t.path, status.version, status.size, fid, vid, indices,
+                              self.cache.page_size, ask)
+
+    async def _fetch_routed(self, t: Target, status: FileStatus, key: PageKey,
+                            sources: list[Any]) -> bytes | MemPage:
+        """A page from the first source of ``sources`` that delivers it: a peer region's
+        cache or the home under-store. A failing source is logged and the next one tried."""
+        fed = self.federation
+        assert fed is not None
+        last: Exception | None = None
+        for src in sources:
+            try:
+                result: bytes | MemPage
+                if src.kind == "store":
+                    result = await self._read_store_page(t, status, key)
+                else:
+                    data = await fed.fetch_from_region(src.region, t.path, status.version, status.size,
+                                                       key.file_id, key.index, self.cache.page_size)
+                    await self.cache.put(key, data)
+                    self.stats.bytes_by_source["region"] += len(data)
+                    result = MemPage(data)  # a Page: not counted again as an under-store fetch
+                fed.routed[src.name] = fed.routed.get(src.name, 0) + 1
+                return result
+            except VersionChanged:
+                raise
+            except MeshError as e:
+                last = e
+                fed.fallbacks += 1
+                if src.kind == "cache":
+                    fed.forget_held(src.region, key.file_id, key.version_id)
+                log.warning("page %d of %s: source %s failed (%s); trying the next", key.index, t.path,
+                            src.name, e)
+        raise last if last is not None else UnderStoreError(
+            f"no source can reach page {key.index} of {t.path} from region {fed.region}")
+
+    def held_here(self, path: str, version: str, indices: list[int]) -> list[int]:
+        """Which of the pages ``indices`` of ``path`` at ``version`` this node holds."""
+        t = self._target(path)
+        fid, vid = file_id(t.mount.identity, t.rel), version_id(version)
+        return [i for i in indices if self.cache.contains(PageKey(fid, vid, i))]
+
+    async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
+        """Which pages of ``path`` at ``version`` this region holds: each page's owner
+        answers for it (a peer region asks before choosing where to fetch from)."""
+        if size < 0 or not version:
+            raise InvalidArgument(f"bad held request: size={size} version={version!r}")
+        t = self._target(path)
+        fid = file_id(t.mount.identity, t.rel)
+        indices = list(self.cache.page_range(0, size))
+        cluster = self.cluster
+        if cluster is None or cluster.single:
+            return self.held_here(path, version, indices)
+        by_owner: dict[str, list[int]] = {}
+        owners: dict[str, Member] = {}
+        for i in indices:
+            chain = cluster.chain(f"p:{fid}:{i}".encode(), 1)
+            if chain:
+                by_owner.setdefault(chain[0].node_id, []).append(i)
+                owners[chain[0].node_id] = chain[0]
+
+        async def one(node_id: str, pages: list[int]) -> list[int]:
+            m = owners[node_id]
+            if cluster.is_me(m):
+                return self.held_here(path, version, pages)
+            try:
+                got = await cluster.call(m, "shard.held", {"p": path, "v": version, "i": pages}, wait=5.0)
+                return [int(i) for i in got]
+            except MeshError:
+                return []  # an owner that cannot answer holds nothing we can count on
+
+        results = await asyncio.gather(*(one(n, ps) for n, ps in by_owner.items()))
+        return sorted(i for r in results for i in r)
+
+    async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes | MemPage:
+        plan = await self._plan(t, status, key.file_id, key.version_id, [key.index])
+        if plan is not None and plan[key.index]:
+            return await self._fetch_routed(t, status, key, plan[key.index])
+        return await self._read_store_page(t, status, key)
+
+    async def _read_store_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes:
         ps = self.cache.page_size
         start = key.index * ps
         end = min(status.size, start + ps)
@@ -709,6 +847,8 @@ class MeshNode:
             "mounts": len(self.mounts.entries()),
             "metadata_forwarded": self.metadata.forwarded,
             "metadata_fallbacks": self.metadata.fallbacks,
+            "region_served": s.region_served,
+            "federation": self.federation.report() if self.federation is not None else None,
         }
 
     async def cluster_report(self, wait: float = 2.0) -> list[dict[str, Any]]:
@@ -727,6 +867,8 @@ class MeshNode:
                 row["used"] = tiers["memory"]["used"] + tiers["disk"]["used"]
                 row["pages"] = tiers["memory"]["pages"] + tiers["disk"]["pages"]
                 row["hit_ratio"] = r["hit_ratio"]
+                if r.get("federation"):
+                    row["links"] = r["federation"]["links"]
             except NodeUnavailable:
                 row["state"] = "unreachable"
             except Exception as e:

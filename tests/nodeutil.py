@@ -28,7 +28,7 @@ class NodeBox:
         self.stats = Stats()
         self.cache = PageCache(os.path.join(self.root, "pages"), self.page_size, self.memory, self.disk)
         self.metrics = Metrics(self.stats, self.cache)
-        mounts = MountTable(self.kv, wrap=lambda s: InstrumentedStore(s, self.metrics))
+        mounts = MountTable(self.kv, wrap=lambda s, m: InstrumentedStore(s, self.metrics))
         self.node = MeshNode(mounts, MetadataCache(self.kv), self.cache, self.stats,
                              ReadAhead(self.page_size, max_pages=4))
         return self.node

@@ -109,7 +109,7 @@ def test_exposition_has_the_documented_metrics(meshd: Callable[..., MeshdProcess
                  "mesh_pages_evicted_total", "mesh_understore_requests_total",
                  "mesh_understore_request_seconds_bucket", "mesh_cache_bytes_used{tier="):
         assert line in m.text, line
-    assert m.labels("mesh_read_bytes_total", "source") == {"memory", "disk", "peer", "understore", "nocache"}
+    assert m.labels("mesh_read_bytes_total", "source") == {"memory", "disk", "peer", "region", "understore", "nocache"}
     assert m.labels("mesh_cache_bytes_used", "tier") == {"memory", "disk"}
     assert m.labels("mesh_cache_hits_total", "tier") == {"memory", "disk"}
     assert m.labels("mesh_pages_evicted_total", "tier") == {"memory", "disk"}

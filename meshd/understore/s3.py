@@ -4,8 +4,10 @@ Design
 ------
 * **One botocore client per mount.** botocore clients are thread-safe, so one
   client with a connection pool of ``max_connections`` serves every request;
-  retries use botocore's *standard* mode, 4 attempts (exponential backoff on throttling,
-  5xx and connection errors). The client is created on first use, inside a
+  retries use botocore's *standard* mode, ``max_attempts`` (default 4) attempts
+  (exponential backoff on throttling, 5xx and connection errors), with
+  ``connect_timeout`` (default 10 s) and ``read_timeout`` (default 60 s, per socket
+  read): a mount across a link that can fail wants these small. The client is created on first use, inside a
   worker thread: loading botocore's service models takes a noticeable moment
   and must not stall the event loop (``open_understore`` is synchronous).
   Options are still validated eagerly, in the constructor.
@@ -84,7 +86,8 @@ PART = 8 << 20  # put: single-request limit and multipart part size
 
 OPTIONS = frozenset({
     "endpoint", "region", "access_key", "secret_key", "session_token",
-    "addressing_style", "anonymous", "max_connections",
+    "addressing_style", "anonymous", "max_connections", "connect_timeout", "read_timeout",
+    "max_attempts",
 })
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
@@ -192,12 +195,22 @@ class S3UnderStore(UnderStore):
         if (access_key is None) != (secret_key is None):
             raise MountError("s3 mount options access_key and secret_key go together")
 
+        def number(name: str, default: float, low: float) -> float:
+            raw = opts.get(name) or ""
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise MountError(f"s3 {name} must be a number, got {raw!r}") from None
+            if not value >= low:
+                raise MountError(f"s3 {name} must be at least {low:g}, got {raw!r}")
+            return value
+
         config_args: dict[str, Any] = {
             "region_name": self.region,
             "max_pool_connections": max_connections,
-            "retries": {"mode": "standard", "max_attempts": 4},
-            "connect_timeout": 10,
-            "read_timeout": 60,
+            "retries": {"mode": "standard", "max_attempts": int(number("max_attempts", 4, 1))},
+            "connect_timeout": number("connect_timeout", 10, 0.1),
+            "read_timeout": number("read_timeout", 60, 0.1),
             "s3": {"addressing_style": style},
         }
         if anonymous:
