@@ -18,7 +18,8 @@ MESHCTL = [sys.executable, "-m", "meshd.cli_meshctl"]
 
 class MeshdProcess:
     def __init__(self, data_dir: Path, mounts: list[str] | None = None, args: list[str] | None = None,
-                 command: str = "embedded") -> None:
+                 command: str = "embedded", prefix: list[str] | None = None) -> None:
+        self.prefix = list(prefix or [])  # e.g. ["ip", "netns", "exec", NS]: run inside a namespace
         self.data_dir = Path(data_dir)
         self.command = command
         self.mounts = list(mounts or [])
@@ -37,7 +38,7 @@ class MeshdProcess:
 
     def start(self, timeout: float = 30) -> MeshdProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [*MESHD, self.command, "--data-dir", str(self.data_dir)]
+        cmd = [*self.prefix, *MESHD, self.command, "--data-dir", str(self.data_dir)]
         for m in self.mounts:
             cmd += ["--mount", m]
         cmd += self.args
@@ -64,7 +65,8 @@ class MeshdProcess:
         return MeshClient(self.endpoint)
 
     def ctl(self, *args: str, input: bytes | None = None, check: bool = False) -> subprocess.CompletedProcess[bytes]:
-        r = subprocess.run([*MESHCTL, "--endpoint", self.endpoint, *args], input=input,
+        endpoint = str(self.data_dir) if self.prefix else self.endpoint  # inside a namespace: its data dir
+        r = subprocess.run([*self.prefix, *MESHCTL, "--endpoint", endpoint, *args], input=input,
                            capture_output=True, timeout=300)
         if check and r.returncode != 0:
             raise AssertionError(f"meshctl {' '.join(args)} failed: {r.stderr.decode()}")
