@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.multiregion import MultiRegion
-from tests.netns import Sampler, max_window_rate, mean_rate
+from tests.netns import Sampler, max_window_rate
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(900)
