@@ -38,7 +38,7 @@ from urllib.parse import quote
 import aiohttp
 
 from topology.model import Topology, TopologyError, parse
-from topology.router import Source, route, worth_asking
+from topology.router import Source, best_path, route, worth_asking
 
 from .errors import MeshError, NodeUnavailable, NotFound, UnderStoreError, from_kind
 from .membership import PREFIX, Etcd, Member, _why
@@ -99,8 +99,9 @@ class Federation:
     def set_peers(self, members: dict[str, dict[str, Member]]) -> None:
         members = {r: ms for r, ms in members.items() if r != self.region}
         for region, ms in members.items():
-            if set(ms) != set(self.peers.get(region, {})):
-                self._rings[region] = HashRing(sorted(ms), self.vnodes)
+            if ms != self.peers.get(region):  # weighted like the region's own ring (cluster.py)
+                self._rings[region] = HashRing({m.node_id: float(m.capacity or 1) for m in ms.values()},
+                                               self.vnodes)
         for region in set(self._rings) - set(members):
             del self._rings[region]
         self.peers = members
@@ -173,13 +174,13 @@ class Federation:
         """Quotas that bytes from region ``src`` into this region take tokens from."""
         if self.topology is None or src == self.region:
             return Crossing([])
-        return self._crossing(self.topology.path(src, self.region))
+        return self._crossing(best_path(self.topology, src, self.region))
 
     def outbound(self, dst: str) -> Crossing:
         """Quotas that bytes from this region to region ``dst`` take tokens from (writes)."""
         if self.topology is None or dst == self.region:
             return Crossing([])
-        return self._crossing(self.topology.path(self.region, dst))
+        return self._crossing(best_path(self.topology, self.region, dst))
 
     # ---- routing -----------------------------------------------------------------
 

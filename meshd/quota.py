@@ -36,7 +36,6 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 from .understore import ObjectInfo, UnderStore
 
@@ -47,52 +46,47 @@ RATE_WINDOW = 2.0  # seconds over which the "current rate" is measured
 
 class TokenBucket:
     """A token bucket whose rate can change at any time. ``acquire`` waits its turn:
-    callers are served in arrival order (a large request cannot be starved)."""
+    callers are served in arrival order (a large request cannot be starved).
+
+    Kept as the time ``_empty`` at which the bucket was (or will be) empty, as in
+    GCRA: tokens now = ``(now - _empty) * rate``, at most ``capacity``. A grant moves
+    ``_empty`` forward by exactly ``n / rate`` however late the waiter woke up, so
+    oversleeping never loses tokens and the long-run rate is exactly ``rate``."""
 
     def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.rate = float(rate)
         self.capacity = float(capacity)
-        self._tokens = float(capacity)
-        self._stamp = clock()
+        self._empty = clock() - self.capacity / self.rate  # full
         self._lock = asyncio.Lock()
         self.waited = 0.0  # seconds callers spent waiting for tokens
 
-    def set_rate(self, rate: float, capacity: float) -> None:
-        self._refill()
-        self.rate, self.capacity = float(rate), float(capacity)
-        self._tokens = min(self._tokens, self.capacity)
+    def tokens(self) -> float:
+        return min(self.capacity, (self._clock() - self._empty) * self.rate)
 
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+    def set_rate(self, rate: float, capacity: float) -> None:
+        have = self.tokens()
+        self.rate, self.capacity = float(rate), float(capacity)
+        self._empty = self._clock() - min(have, self.capacity) / self.rate
 
     async def acquire(self, n: float) -> float:
         """Take ``n`` tokens (more than the capacity is allowed: it is paid as debt);
         returns the seconds waited."""
         t0 = self._clock()
         async with self._lock:
-            self._refill()
-            while self._tokens < min(n, self.capacity):
-                rate = self.rate if self.rate > 0 else 1.0
-                await asyncio.sleep(max((min(n, self.capacity) - self._tokens) / rate, 0.001))
-                self._refill()
-            self._tokens -= n  # may go negative: the next caller waits for the debt
+            now, rate = self._clock(), self.rate
+            empty = max(self._empty, now - self.capacity / rate)
+            ready = empty + min(n, self.capacity) / rate  # when enough tokens are in
+            if ready > now:
+                await asyncio.sleep(ready - now)  # a rate change meanwhile applies to the next grant
+            self._empty = empty + n / rate
         waited = self._clock() - t0
         self.waited += waited
         return waited
 
     def charge(self, n: float) -> None:
         """Take tokens after the fact (bytes that already moved): later callers pay."""
-        self._refill()
-        self._tokens -= n
-
-
-@dataclass
-class LinkStats:
-    bytes: int = 0
-    throttled: float = 0.0
+        self._empty = max(self._empty, self._clock() - self.capacity / self.rate) + n / self.rate
 
 
 Granter = Callable[["LinkQuota", float], Awaitable[None]]
@@ -219,6 +213,9 @@ class Quotas:
         return [self.links[k].report() for k in sorted(self.links)]
 
 
+_CHARGES: set[asyncio.Task[None]] = set()  # after-the-fact charges on their way to the quota owner
+
+
 class Crossing:
     """The links one transfer crosses, in order; takes tokens on each."""
 
@@ -238,8 +235,20 @@ class Crossing:
             await q.take(n, kind, self._grant)
 
     def charge(self, n: int, kind: str) -> None:
+        """Bytes that already crossed (a listing): counted now, and their tokens taken from
+        the region's bucket in the background, so later transfers pay for them."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): pay from the local buckets
+            for q in self.links:
+                q.charge(n, kind)
+            return
         for q in self.links:
-            q.charge(n, kind)
+            q._count(n, kind)
+            if q.limited:
+                task = asyncio.ensure_future(self._grant(q, n * (1 + q.overhead)))
+                _CHARGES.add(task)
+                task.add_done_callback(_CHARGES.discard)
 
 
 # ---- an under-store whose bytes cross links ------------------------------------

@@ -680,6 +680,10 @@ class _Checker:
         cost = get("cost", _plain_number, 0.0)
         quota = get("quota", parse_rate, capacity)
         overhead = get("overhead", parse_overhead, DEFAULT_OVERHEAD)
+        if quota == 0 and "quota" in body:
+            self.add(body["quota"][1], f"{field}.quota", "quota must be above 0 (to keep the mesh off a "
+                                                         "link, leave the link out of the topology)")
+            ok = False
         if capacity and quota is not None and quota > capacity:
             self.add(body["quota"][1], f"{field}.quota", f"quota {format_rate(quota)} is above the "
                                                          f"link's capacity {format_rate(capacity)}")
