@@ -38,7 +38,7 @@ from urllib.parse import quote
 import aiohttp
 
 from topology.model import Topology, TopologyError, parse
-from topology.router import Source, best_path, route, worth_asking
+from topology.router import Source, network_path, route, worth_asking
 
 from .errors import MeshError, NodeUnavailable, NotFound, UnderStoreError, from_kind
 from .membership import PREFIX, Etcd, Member, _why
@@ -174,13 +174,13 @@ class Federation:
         """Quotas that bytes from region ``src`` into this region take tokens from."""
         if self.topology is None or src == self.region:
             return Crossing([])
-        return self._crossing(best_path(self.topology, src, self.region))
+        return self._crossing(network_path(self.topology, src, self.region))
 
     def outbound(self, dst: str) -> Crossing:
         """Quotas that bytes from this region to region ``dst`` take tokens from (writes)."""
         if self.topology is None or dst == self.region:
             return Crossing([])
-        return self._crossing(best_path(self.topology, self.region, dst))
+        return self._crossing(network_path(self.topology, self.region, dst))
 
     # ---- routing -----------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from topology.model import Topology, TopologyError, format_duration, load
-from topology.router import route
+from topology.router import network_path, route
 
 __all__ = ["main", "parse_readers", "render", "simulate"]
 
@@ -90,7 +90,7 @@ def simulate(topo: Topology, home: str, readers: Mapping[str, int], dataset_byte
         if count > 0 and pages:
             heapq.heappush(queue, (t0, rank, region, 0))
         if count > 0 and region != home:
-            hops = topo.path(home, region)
+            hops = network_path(topo, home, region)
             if hops is None:
                 raise ValueError(f"region {region} cannot reach the store's home {home}")
             for a, b in itertools.pairwise(hops):

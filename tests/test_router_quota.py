@@ -310,11 +310,16 @@ RELAY = """
 @pytest.mark.parametrize("ab", [{"ab_quota": "1GB/s", "ab_cost": 10},     # direct: 5 ms but dear
                                 {"ab_quota": "1MB/s", "ab_cost": 0}],     # direct: 5 ms but 1 MB/s
                          ids=["dear-direct-link", "narrow-direct-link"])
-def test_router_picks_the_cheapest_path_to_a_source(ab: dict[str, Any]) -> None:
+def test_router_prices_the_network_path_not_a_relay(ab: dict[str, Any]) -> None:
+    """The mesh does not relay through a third region: a source's bytes take the direct
+    link (the network's route), so a dear or narrow direct link makes the *source* dear,
+    and a cache in c (whose direct link to b is cheap) beats it."""
     topo = topo_of(RELAY.format(**ab))
     (store,) = route(topo, "b", "a", [], PAGE)
-    # Via c: 6 ms, 1 GB/s, free. Direct: 5 ms but (10 per GiB x 1000) or 4 s of transfer.
-    assert store.path == ("a", "c", "b")
+    assert store.path == ("a", "b")
+    assert store.score > 1.0  # 10/GiB x 1000, or 4 s of transfer at 1 MB/s
+    first, second = route(topo, "b", "a", ["c"], PAGE)
+    assert (first.name, first.path, second.name) == ("cache:c", ("c", "b"), "store:a")
 
 
 @st.composite

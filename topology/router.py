@@ -7,8 +7,8 @@ page missing in region ``reader``:
   the page, as they answered), and
 * the home under-store of the page's mount, in region ``home``,
 
-each reached over the topology's cheapest path to ``reader`` (:func:`best_path`,
-priced the same way). A source's
+each reached over the path the network carries its bytes on (:func:`network_path`:
+the direct link, else the least-latency path; the mesh does not relay). A source's
 *score* is what moving ``size`` bytes over that path costs, in seconds::
 
     score = sum(latency)                           one round trip of setup
@@ -33,12 +33,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import networkx as nx
-
 from .model import Link, Topology
 
 GIB = float(1 << 30)
-PAGE = 4 << 20
 MIN_HEADROOM = 0.05  # a saturated link still counts as this share of its quota
 
 
@@ -63,26 +60,17 @@ class Source:
         return f"{self.kind}:{self.region}"
 
 
-def best_path(topo: Topology, src: str, dst: str, size: int = PAGE) -> list[str] | None:
-    """The cheapest path from ``src`` to ``dst`` for ``size`` bytes, by the same price
-    as :func:`price` (latency, transfer time under each quota, cost): the path a
-    transfer's bytes are expected to take and whose quotas they are charged to."""
+def network_path(topo: Topology, src: str, dst: str) -> list[str] | None:
+    """The regions a transfer from ``src`` to ``dst`` crosses: the direct link when there
+    is one, else the least-latency path. The mesh does not relay bytes through a third
+    region: a connection goes where the network routes it, so a source's path (and the
+    quotas its bytes are charged to) is the network's, and the router chooses between
+    *sources*, not between paths to one source."""
     if src == dst:
         return [src] if src in topo.regions else None
-    if src not in topo.graph or dst not in topo.graph:
-        return None
-
-    def weight(u: str, v: str, d: dict[str, object]) -> float:
-        link = topo.link(u, v)
-        assert link is not None
-        transfer = size / link.quota if link.quota > 0 else float("inf")
-        return link.latency + transfer + topo.cost_weight * link.cost * size / GIB
-
-    try:
-        hops: list[str] = nx.shortest_path(topo.graph, src, dst, weight=weight)
-    except nx.NetworkXNoPath:
-        return None
-    return hops
+    if topo.link(src, dst) is not None:
+        return [src, dst]
+    return topo.path(src, dst)
 
 
 def path_links(topo: Topology, path: Iterable[str]) -> list[Link]:
@@ -118,7 +106,7 @@ def route(topo: Topology, reader: str, home: str, holders: Iterable[str] = (), s
     for kind, region in candidates:
         if region not in topo.regions and not (kind == "store" and region == reader):
             continue
-        hops = best_path(topo, region, reader, size) if region != reader else [reader]
+        hops = network_path(topo, region, reader) if region != reader else [reader]
         if hops is None:
             continue
         path = tuple(hops)
