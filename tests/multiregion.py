@@ -68,8 +68,11 @@ class MultiRegion:
     """The environment; ``close()`` stops everything and removes the namespaces."""
 
     def __init__(self, workdir: Path, nodes: dict[str, int] | None = None,
-                 topology: str | None = None, quota_overrides: dict[tuple[str, str], str] | None = None) -> None:
+                 topology: str | None = None, quota_overrides: dict[tuple[str, str], str] | None = None,
+                 mount_options: dict[str, str] | None = None) -> None:
+        """``mount_options``: extra options of the ``/datasets`` mount (e.g. ``sync_interval``)."""
         cleanup_leftovers()
+        self.mount_options = dict(mount_options or {})
         self.workdir = Path(workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)  # no cache survives from an earlier run
         self.workdir.mkdir(parents=True)
@@ -144,7 +147,8 @@ class MultiRegion:
         first = self.nodes["region-a"][0]
         first.ctl("mount", "add", "/datasets", f"s3://{BUCKET}", "-o", f"endpoint={self.s3_url}",
                   "-o", "access_key=test", "-o", "secret_key=test", "-o", "connect_timeout=2",
-                  "-o", "read_timeout=5", "-o", "max_attempts=2", "--no-check", check=True)
+                  "-o", "read_timeout=5", "-o", "max_attempts=2",
+                  *(x for k, v in self.mount_options.items() for x in ("-o", f"{k}={v}")), "--no-check", check=True)
 
     def _wait_http(self, url: str, what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -214,12 +218,15 @@ class MultiRegion:
         return sha256_of(seed, size)
 
     def read(self, region: str, paths: list[str], readers: int, timeout: float = 600,
-             direct: bool = False, read_timeout: float = 60) -> dict[str, Any]:
+             direct: bool = False, read_timeout: float = 60, one_client: bool = False) -> dict[str, Any]:
         """``readers`` concurrent readers in ``region`` (spread over its nodes), each reading
-        every path whole; the reader script's JSON result."""
+        every path whole; the reader script's JSON result. ``one_client``: each reader
+        opens its client once for all paths (default: one client per path)."""
         endpoints = ",".join(str(p.data_dir) for p in self.nodes[region])
         argv = [sys.executable, "-m", "tests.mr_reader", "--readers", str(readers), "--timeout", str(read_timeout)]
         argv += ["--direct", self.s3_url] if direct else ["--endpoint", endpoints]
+        if one_client:
+            argv.append("--one-client")
         r = self.net.run(region, [*argv, *paths], timeout=timeout, cwd=str(ROOT))
         result: dict[str, Any] = json.loads(r.stdout)
         return result
