@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.meshd_proc import MESHCTL
 from tests.multiregion import MultiRegion
 from tests.netns import Sampler, max_window_rate
 
@@ -152,6 +153,22 @@ def test_quota_holds_and_is_used(mr: MultiRegion) -> None:
     result = mr.read("region-b", sorted(expect), readers=2)  # cached now: no link needed, right bytes
     _check(result, expect)
     mr.apply_topology(MultiRegion.example())
+
+
+def test_write_from_another_region_is_paced_and_lands_home(mr: MultiRegion) -> None:
+    data = b"".join(bytes([i]) * 4096 for i in range(256)) * 16  # 16 MiB
+    src = mr.workdir / "upload.bin"
+    src.write_bytes(data)
+    before = mr.rx("region-a", "region-b")
+    mr.ctl("region-b", "cp", str(src), "mesh:/datasets/written/ckpt.bin")
+    crossed = mr.rx("region-a", "region-b") - before
+    assert len(data) <= crossed <= 1.02 * len(data)
+    rows = _link_report(mr, "region-b", "region-b>region-a")
+    assert sum(r["bytes_by_kind"].get("write", 0) for r in rows) == len(data)
+    # the home region reads exactly those bytes
+    out = mr.net.run("region-a", [*MESHCTL, "--endpoint", str(mr.nodes["region-a"][0].data_dir), "cat",
+                                  "/datasets/written/ckpt.bin"], text=False, timeout=60)
+    assert out.stdout == data
 
 
 def test_link_down_mid_transfer(mr: MultiRegion) -> None:
