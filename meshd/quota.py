@@ -114,6 +114,7 @@ class LinkQuota:
         self.waited = 0.0  # seconds this node's transfers waited for tokens
         self.remote_grants = 0  # grants asked of the quota owner
         self.fallbacks = 0  # grants taken from the local share because the owner did not answer
+        self.pending_charge = 0.0  # after-the-fact tokens not yet sent to the quota owner
 
     @property
     def name(self) -> str:
@@ -230,6 +231,14 @@ class Crossing:
     def grain(self) -> int:
         return min((q.grain for q in self.links), default=MAX_GRAIN)
 
+    @property
+    def ahead(self) -> int:
+        """Grains of one transfer to keep in flight: AHEAD_SECONDS of the tightest quota."""
+        quota = min((q.quota for q in self.links if q.limited), default=0.0)
+        if not quota:
+            return 2
+        return max(2, min(8, math.ceil(AHEAD_SECONDS * quota / self.grain)))
+
     async def take(self, n: int, kind: str) -> None:
         for q in self.links:
             await q.take(n, kind, self._grant)
@@ -246,16 +255,22 @@ class Crossing:
         for q in self.links:
             q._count(n, kind)
             if q.limited:
-                task = asyncio.ensure_future(self._grant(q, n * (1 + q.overhead)))
-                _CHARGES.add(task)
-                task.add_done_callback(_CHARGES.discard)
+                # Small charges (a status call: 600 bytes) are gathered and sent to the
+                # quota owner as one request per CHARGE_BATCH bytes, not one each.
+                q.pending_charge += n * (1 + q.overhead)
+                if q.pending_charge >= CHARGE_BATCH:
+                    tokens, q.pending_charge = q.pending_charge, 0.0
+                    task = asyncio.ensure_future(self._grant(q, tokens))
+                    _CHARGES.add(task)
+                    task.add_done_callback(_CHARGES.discard)
 
 
 # ---- an under-store whose bytes cross links ------------------------------------
 
 LIST_ENTRY_BYTES = 320  # what one entry of a listing costs on the wire (S3 XML), charged after
 REQUEST_BYTES = 600  # a status call or an empty listing: request and response headers
-AHEAD = 2  # grains of one read in flight at once
+AHEAD_SECONDS = 0.1  # a read keeps about this much of the quota's worth of grains in flight
+CHARGE_BATCH = 16 << 10  # after-the-fact charges are sent to the quota owner in batches this big
 
 
 class ThrottledStore(UnderStore):
@@ -303,13 +318,16 @@ class ThrottledStore(UnderStore):
             await crossing.take(hi - lo, "fill")
             return await self.inner.read_all(path, lo, hi, version)
 
-        # Grain after grain, AHEAD of them in flight: the next grain waits for its tokens
-        # while this one is on the wire, so a stream keeps the bucket drained.
+        # Grain after grain, `ahead` of them in flight (about AHEAD_SECONDS of the quota, at
+        # least 2): later grains wait for their tokens while earlier ones are on the wire,
+        # so a stream keeps the bucket drained through event-loop stalls and round trips.
+        # Every request is still sent only after its tokens are granted.
+        ahead = crossing.ahead
         bounds = iter(range(start, end, grain))
         pending: deque[tuple[int, asyncio.Task[bytes]]] = deque()
         try:
             while True:
-                while len(pending) < AHEAD:
+                while len(pending) < ahead:
                     lo = next(bounds, None)
                     if lo is None:
                         break

@@ -43,7 +43,6 @@ from meshd.federation import HELD_TTL, Federation
 from meshd.membership import Member
 from meshd.mounts import Mount
 from meshd.quota import (
-    AHEAD,
     LIST_ENTRY_BYTES,
     MAX_GRAIN,
     MIN_GRAIN,
@@ -58,6 +57,9 @@ from meshd.ring import HashRing
 from meshd.understore import ObjectInfo, UnderStore
 from topology.model import Link, Region, Topology, parse
 from topology.router import MIN_HEADROOM, Source, price, route, worth_asking
+
+# grains a throttled read keeps in flight at the 1 MB/s quota these tests use
+AHEAD = Crossing([LinkQuota("a", "b", 1e6, 0.05, 1)]).ahead
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "topology.yaml"
 GIB = float(1 << 30)
