@@ -64,7 +64,6 @@ import functools
 import multiprocessing as mp
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -82,6 +81,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchlib import log_findings  # noqa: E402
 from meshd.client import MeshClient  # noqa: E402
 from meshd.ring import DEFAULT_VNODES, HashRing, moved_fraction  # noqa: E402
 from tests.etcdproc import EtcdProcess  # noqa: E402
@@ -555,17 +555,6 @@ def ring_moves(max_nodes: int, nkeys: int, seed: int = 7) -> list[tuple[int, flo
 
 # ---- logs ----------------------------------------------------------------------------
 
-LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
-
-
-def log_findings(work: Path) -> list[str]:
-    """Lines at WARNING or above, and tracebacks' last lines, from every node log."""
-    out = []
-    for log in sorted(work.glob("c*-node*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if LOG_LINE.match(line) or line.startswith("Traceback") or re.match(r"^\w*(Error|Exception)\b", line):
-                out.append(f"{log.name}: {line[:240]}")
-    return out
 
 
 # ---- main ----------------------------------------------------------------------------
@@ -723,7 +712,7 @@ def main() -> None:
 
         print(f"ring: moved fraction over {ring_keys} keys ...", flush=True)
         moves = ring_moves(16, ring_keys)
-        findings = log_findings(work)
+        findings = log_findings(work, "c*-node*.log")
 
         # ---- report ---------------------------------------------------------------
         print()

@@ -72,7 +72,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -88,6 +87,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchlib import log_findings  # noqa: E402
 from tests.multiregion import BUCKET, MultiRegion, content  # noqa: E402
 from tests.netns import Sampler, max_window_rate  # noqa: E402
 
@@ -96,7 +96,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE = 0.01  # seconds between samples of the link's rx counter
 FRAME = 1514 / 1448  # wire bytes per payload byte of bulk TCP over a 1500-MTU line
 A, B, C = "region-a", "region-b", "region-c"
-LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 IMMUTABLE = "/frozen"  # the second mount: the same bucket, sync_interval=-1
 
 # A helper inside region-a (next to the S3 server): uploads, deletes and counters,
@@ -374,16 +373,6 @@ def background_busy(seconds: float = 2.0) -> float:
     return (machine_busy() - b0) / (time.monotonic() - t0)
 
 
-def log_findings(work: Path) -> list[str]:
-    """Lines at WARNING or above, and tracebacks' last lines, from every node log."""
-    out = []
-    for log in sorted(work.glob("region-*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if LOG_LINE.match(line) or line.startswith("Traceback") or re.match(r"^\w*(Error|Exception)\b", line):
-                out.append(f"{log.name}: {line[:240]}")
-    return out
-
-
 # ---- main -------------------------------------------------------------------------------
 
 
@@ -550,7 +539,7 @@ def main() -> None:
             goal(f"direct / mesh time to finish, N={top}", secs("direct", top) / secs("mesh", top), None,
                  "information")
         goal("every reader read the right bytes", len(failed), not failed, "runs with errors")
-        findings = log_findings(work)
+        findings = log_findings(work, "region-*.log")
         print()
         if findings:
             print(f"node logs: {len(findings)} line(s) at WARNING or above:")
