@@ -17,6 +17,12 @@ read, then answers with messages:
 ``X`` + JSON           error ``{"error": kind, "message": ...}``
 =====================  ======================================================
 
+A page held only in memory (just fetched: its disk write is still queued)
+is copied once into a ``memfd`` and that descriptor is passed instead, so
+twenty readers waiting for one fresh page cost one copy, not twenty inline
+streams through the event loop. The last ``MEMFD_KEEP`` such pages keep
+their memfd; a client's received descriptor outlives its eviction.
+
 Passing descriptors (as HDFS short-circuit reads do) needs no file
 permissions on the cache directory, and an eviction racing the read is
 harmless: an open descriptor outlives the unlink. The node stays the only
@@ -33,16 +39,19 @@ import logging
 import os
 import socket
 import struct
+from collections import OrderedDict
 
 from .errors import InvalidArgument, MeshError
-from .node import MeshNode
-from .pages import DiskPage
+from .node import MeshNode, Segment
+from .pages import DiskPage, MemPage, PageKey
 
 log = logging.getLogger(__name__)
 
 REQUEST_MAX = 64 << 10
 INLINE_CHUNK = 128 << 10  # below the default SO_SNDBUF, so one message always fits
 FD_HEADER = struct.Struct("<cQQ")
+MEMFD_MIN = 256 << 10  # smaller in-memory segments go inline
+MEMFD_KEEP = 16  # fresh pages kept as memfds (at most 16 pages' worth of extra memory)
 
 
 async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, *parts: bytes | memoryview,
@@ -81,6 +90,32 @@ class ShortCircuitServer:
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._memfds: OrderedDict[PageKey, int] = OrderedDict()
+
+    def _memfd(self, seg: Segment) -> int | None:
+        """A memfd holding the in-memory page of ``seg`` (made once per page); None: send inline."""
+        if seg.key is None or seg.length < MEMFD_MIN or not isinstance(seg.page, MemPage) \
+                or not hasattr(os, "memfd_create"):
+            return None
+        fd = self._memfds.get(seg.key)
+        if fd is not None:
+            self._memfds.move_to_end(seg.key)
+            return fd
+        try:
+            fd = os.memfd_create("mesh-page", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            view, done = memoryview(seg.page.data), 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        except OSError:
+            os.close(fd)
+            return None
+        self._memfds[seg.key] = fd
+        while len(self._memfds) > MEMFD_KEEP:
+            os.close(self._memfds.popitem(last=False)[1])
+        return fd
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -137,9 +172,16 @@ class ShortCircuitServer:
             async for seg in stream.segments:
                 try:
                     await self.node.prefer_file(seg)
+                    memfd = None if isinstance(seg.page, DiskPage) else self._memfd(seg)
                     if isinstance(seg.page, DiskPage):
                         await _send(loop, conn, FD_HEADER.pack(b"F", seg.offset, seg.length),
                                     fd=seg.page.file.fileno())
+                    elif memfd is not None:
+                        fd = os.dup(memfd)  # ours for the send: an eviction meanwhile cannot close it
+                        try:
+                            await _send(loop, conn, FD_HEADER.pack(b"F", seg.offset, seg.length), fd=fd)
+                        finally:
+                            os.close(fd)
                     else:
                         view = memoryview(seg.page.data)[seg.offset:seg.offset + seg.length]
                         for i in range(0, len(view), INLINE_CHUNK):
@@ -162,5 +204,7 @@ class ShortCircuitServer:
         await asyncio.gather(*self._conns, return_exceptions=True)
         if self._sock is not None:
             self._sock.close()
+        while self._memfds:
+            os.close(self._memfds.popitem()[1])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
