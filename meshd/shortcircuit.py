@@ -12,7 +12,7 @@ read, then answers with messages:
 ``F`` + <offset, len>  one page held by the disk tier; the page file's open
                        descriptor rides along (SCM_RIGHTS); the client
                        ``preadv``\\ s ``len`` bytes at ``offset`` into its buffer
-``D`` + bytes          bytes held only in memory (or a NoCache read), inline
+``D`` + bytes          small segments held only in memory, and NoCache reads, inline
 ``E``                  end of the read
 ``X`` + JSON           error ``{"error": kind, "message": ...}``
 =====================  ======================================================
