@@ -81,7 +81,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import log_findings  # noqa: E402
+from bench.benchlib import log_findings, print_findings  # noqa: E402
 from meshd.client import MeshClient  # noqa: E402
 from meshd.ring import DEFAULT_VNODES, HashRing, moved_fraction  # noqa: E402
 from tests.etcdproc import EtcdProcess  # noqa: E402
@@ -792,12 +792,7 @@ def main() -> None:
         worst = max(max(j, v) for _, j, v in moves)
         goal("membership change: worst moved fraction x N", worst, worst <= 1.2, "goal <= 1.2, N = 2..16")
         print()
-        if findings:
-            print(f"node logs: {len(findings)} line(s) at WARNING or above (or from tracebacks):")
-            for line in findings[:30]:
-                print(f"  {line}")
-        else:
-            print("node logs: nothing at WARNING or above")
+        print_findings(findings, 30)
         print(f"total time {time.monotonic() - t_start:.0f} s")
     finally:
         stop_all(nodes)

@@ -87,7 +87,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import log_findings  # noqa: E402
+from bench.benchlib import log_findings, print_findings  # noqa: E402
 from tests.multiregion import BUCKET, MultiRegion, content  # noqa: E402
 from tests.netns import Sampler, max_window_rate  # noqa: E402
 
@@ -541,12 +541,7 @@ def main() -> None:
         goal("every reader read the right bytes", len(failed), not failed, "runs with errors")
         findings = log_findings(work, "region-*.log")
         print()
-        if findings:
-            print(f"node logs: {len(findings)} line(s) at WARNING or above:")
-            for line in findings[:20]:
-                print(f"  {line}")
-        else:
-            print("node logs: nothing at WARNING or above")
+        print_findings(findings, 20)
         total = time.monotonic() - t_start
         print(f"total time {total:.0f} s")
 

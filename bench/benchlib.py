@@ -16,3 +16,13 @@ def log_findings(work: Path, pattern: str) -> list[str]:
             if LOG_LINE.match(line) or line.startswith("Traceback") or re.match(r"^\w*(Error|Exception)\b", line):
                 out.append(f"{log.name}: {line[:240]}")
     return out
+
+
+def print_findings(findings: list[str], limit: int) -> None:
+    """The node logs' findings, at most ``limit`` lines, or that there were none."""
+    if findings:
+        print(f"node logs: {len(findings)} line(s) at WARNING or above (or from tracebacks):")
+        for line in findings[:limit]:
+            print(f"  {line}")
+    else:
+        print("node logs: nothing at WARNING or above")

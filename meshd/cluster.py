@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -34,6 +34,18 @@ T = TypeVar("T")
 
 SUSPECT_SECONDS = 5.0
 PAGE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0, sock_read=15.0)
+
+
+def ring_of(members: Iterable[Member], vnodes: int) -> HashRing:
+    """The ring of a region's members, weighted by their announced capacity (the same in
+    every node of the region and in every other region that names its owners)."""
+    return HashRing({m.node_id: float(m.capacity or 1) for m in members}, vnodes)
+
+
+def page_url(m: Member, path: str, version: str, size: int, index: int) -> str:
+    """``GET /v1/pages`` of page ``index`` of ``path`` (at ``version``, ``size`` bytes) at ``m``."""
+    return (f"{m.http}/v1/pages" + quote(path, safe="/") +
+            f"?index={index}&size={size}&version={quote(version, safe='')}")
 
 
 class Cluster:
@@ -59,7 +71,7 @@ class Cluster:
     def _on_members(self, members: dict[str, Member]) -> None:
         old = self.members
         self.members = dict(members)
-        self.ring = HashRing({m.node_id: float(m.capacity or 1) for m in members.values()}, self.vnodes)
+        self.ring = ring_of(members.values(), self.vnodes)
         self.ring_changes += 1
         for node_id, m in old.items():
             if node_id not in members or members[node_id].meta != m.meta:
@@ -157,19 +169,25 @@ class Cluster:
     async def fetch_page(self, m: Member, path: str, version: str, size: int, index: int,
                          warm: bool = False) -> bytes:
         """Page ``index`` of ``path`` (at ``version``, ``size`` bytes long) from its owner ``m``."""
-        url = (f"{m.http}/v1/pages" + quote(path, safe="/") +
-               f"?index={index}&size={size}&version={quote(version, safe='')}" + ("&warm=1" if warm else ""))
+        return await self.get_page_url(m, page_url(m, path, version, size, index) + ("&warm=1" if warm else ""),
+                                       f"peer {m.node_id}")
+
+    async def get_page_url(self, m: Member, url: str, who: str,
+                           limits: aiohttp.ClientTimeout | None = None) -> bytes:
+        """The body of a ``GET /v1/pages`` at ``m``; the error it reports, rebuilt, or
+        NodeUnavailable when ``m`` cannot be reached (``who`` names it in messages; ``limits``:
+        timeouts other than the cluster's)."""
         try:
-            async with self.session().get(url) as resp:
+            async with self.session().get(url, timeout=limits or PAGE_TIMEOUT) as resp:
                 if resp.status >= 300:
                     try:
                         err = await resp.json(content_type=None)
                         raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
                     except (ValueError, aiohttp.ContentTypeError):
-                        raise MeshError(f"peer {m.node_id}: HTTP {resp.status}") from None
+                        raise MeshError(f"{who}: HTTP {resp.status}") from None
                 return await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise NodeUnavailable(f"peer {m.node_id} at {m.http}: {type(e).__name__} {e}") from None
+            raise NodeUnavailable(f"{who} at {m.http}: {type(e).__name__} {e}") from None
 
     async def close(self) -> None:
         for w in self._wires.values():

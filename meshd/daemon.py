@@ -334,8 +334,6 @@ class Daemon:
             await self.node.close()
         if self._cluster is not None:
             await self._cluster.close()
-        if self._federation is not None:
-            await self._federation.close()
         if self._etcd is not None:
             await self._etcd.close()
         if self._kv is not None:

@@ -31,16 +31,17 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from topology.model import Topology, TopologyError, parse
 from topology.router import Source, network_path, route, worth_asking
 
-from .errors import MeshError, NodeUnavailable, NotFound, UnderStoreError, from_kind
+from .cluster import page_url, ring_of
+from .errors import MeshError, NodeUnavailable, UnderStoreError
 from .membership import PREFIX, Etcd, Member, _why
 from .mounts import Mount
 from .quota import Crossing, LinkQuota, Quotas
@@ -63,7 +64,6 @@ class Federation:
                  vnodes: int = 128) -> None:
         self.region = region
         self.quotas = quotas
-        quotas.grant = self._grant
         self.cluster: Any = None  # this region's Cluster (set by the daemon): the quota owners
         self._members = members  # live members of this region (the quota share)
         self.vnodes = vnodes
@@ -72,8 +72,7 @@ class Federation:
         self._rings: dict[str, HashRing] = {}
         self._held: dict[tuple[str, str, str], tuple[float, set[int]]] = {}
         self._listeners: list[Callable[[], Any]] = []
-        self._session: aiohttp.ClientSession | None = None
-        self.routed: dict[str, int] = {}  # pages fetched, by source ("cache:<region>", "store:<region>")
+        self.routed: Counter[str] = Counter()  # pages fetched, by source ("cache:<region>", "store:<region>")
         self.fallbacks = 0  # sources that failed and were passed over
 
     # ---- state ---------------------------------------------------------------
@@ -99,9 +98,8 @@ class Federation:
     def set_peers(self, members: dict[str, dict[str, Member]]) -> None:
         members = {r: ms for r, ms in members.items() if r != self.region}
         for region, ms in members.items():
-            if ms != self.peers.get(region):  # weighted like the region's own ring (cluster.py)
-                self._rings[region] = HashRing({m.node_id: float(m.capacity or 1) for m in ms.values()},
-                                               self.vnodes)
+            if ms != self.peers.get(region):
+                self._rings[region] = ring_of(ms.values(), self.vnodes)
         for region in set(self._rings) - set(members):
             del self._rings[region]
         self.peers = members
@@ -184,11 +182,6 @@ class Federation:
 
     # ---- routing -----------------------------------------------------------------
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=REGION_TIMEOUT, auto_decompress=False)
-        return self._session
-
     def owner_in(self, region: str, key: bytes) -> Member | None:
         ring = self._rings.get(region)
         if ring is None:
@@ -261,29 +254,20 @@ class Federation:
         owner = self.owner_in(region, f"p:{fid}:{index}".encode())
         if owner is None:
             raise NodeUnavailable(f"no live member in region {region}")
+        if self.cluster is None:
+            raise NodeUnavailable("no cluster: peer regions are reached only in cluster mode")
         crossing = self.crossing(region)
         start = index * page_size
         length = min(page_size, size - start)
-        base = (f"{owner.http}/v1/pages" + quote(path, safe="/") +
-                f"?index={index}&size={size}&version={quote(version, safe='')}&cached=1")
+        base = page_url(owner, path, version, size, index) + "&cached=1"
+        who = f"region {region} ({owner.node_id})"
         parts: list[bytes] = []
         got = 0
         grain = crossing.grain if crossing else length
         while got < length:
             n = min(grain, length - got)
             await crossing.take(n, "region")
-            try:
-                async with self.session().get(f"{base}&start={got}&length={n}") as resp:
-                    if resp.status >= 300:
-                        try:
-                            err = await resp.json(content_type=None)
-                            raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
-                        except (ValueError, aiohttp.ContentTypeError):
-                            raise MeshError(f"region {region} ({owner.node_id}): HTTP {resp.status}") from None
-                    data = await resp.read()
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                raise NodeUnavailable(f"region {region} ({owner.node_id} at {owner.http}): "
-                                      f"{type(e).__name__} {e}") from None
+            data = await self.cluster.get_page_url(owner, f"{base}&start={got}&length={n}", who, REGION_TIMEOUT)
             if len(data) != n:
                 raise UnderStoreError(f"region {region} sent {len(data)} of {n} bytes of page {index} of {path}")
             parts.append(data)
@@ -303,12 +287,6 @@ class Federation:
             "routed_pages": dict(sorted(self.routed.items())),
             "route_fallbacks": self.fallbacks,
         }
-
-    async def close(self) -> None:
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
-
 
 class EtcdFederation:
     """Keeps a Federation's topology and peer regions in step with etcd (polled)."""
@@ -391,4 +369,4 @@ async def read_topology(etcd: Etcd, cluster: str) -> str | None:
     return bytes(got.value).decode() if got is not None else None
 
 
-__all__ = ["EtcdFederation", "Federation", "NotFound", "apply_topology", "read_topology", "topology_key"]
+__all__ = ["EtcdFederation", "Federation", "apply_topology", "read_topology", "topology_key"]

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,13 +362,7 @@ class MeshNode:
         try:
             plan = await self._plan(t, status, fid, vid, [i for i, _ in run])
         except BaseException as e:
-            err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
-            for _, fut in run:
-                if not fut.done():
-                    fut.set_exception(err)
-                    fut.exception()
-            if not isinstance(e, Exception):
-                raise
+            _fail([fut for _, fut in run], e)
             return
         if plan is None:
             await self._extent_from_store(t, status, fid, vid, run)
@@ -409,20 +403,14 @@ class MeshNode:
                         await self.cache.put(PageKey(fid, vid, idx), data)
                         self.stats.page_fetches += 1
                         if route and self.federation is not None:
-                            self.federation.routed[route] = self.federation.routed.get(route, 0) + 1
+                            self.federation.routed[route] += 1
                         futs.pop(idx).set_result(data)
                         idx, parts, have = idx + 1, [], 0
             if futs:
                 raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: pages "
                                       f"{sorted(futs)} missing")
         except BaseException as e:
-            err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
-            for fut in futs.values():
-                if not fut.done():
-                    fut.set_exception(err)
-                    fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
-            if not isinstance(e, Exception):
-                raise
+            _fail(futs.values(), e)
 
     async def _get_page(self, t: Target, status: FileStatus, key: PageKey, *, owned: bool = False) -> Page:
         """A page from this node's tiers, its owner in the cluster, or the under-store.
@@ -484,11 +472,7 @@ class MeshNode:
         try:
             result = await coro
         except BaseException as e:
-            if not fut.done():
-                fut.set_exception(e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled"))
-                fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
-            if not isinstance(e, Exception):
-                raise
+            _fail([fut], e)
         else:
             if not fut.done():
                 fut.set_result(result)
@@ -547,7 +531,7 @@ class MeshNode:
                     await self.cache.put(key, data)
                     self.stats.bytes_by_source["region"] += len(data)
                     result = MemPage(data)  # a Page: not counted again as an under-store fetch
-                fed.routed[src.name] = fed.routed.get(src.name, 0) + 1
+                fed.routed[src.name] += 1
                 return result
             except VersionChanged:
                 raise
@@ -885,6 +869,18 @@ class MeshNode:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.cache.drain()
         await self.mounts.close()
+
+
+def _fail(futs: Iterable[asyncio.Future[Any]], e: BaseException) -> None:
+    """Fail the page futures a fetch was to resolve; a cancellation (not an Exception) is
+    reported to them as an UnderStoreError and then re-raised."""
+    err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
+    for fut in futs:
+        if not fut.done():
+            fut.set_exception(err)
+            fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
+    if not isinstance(e, Exception):
+        raise e
 
 
 def _close_page_result(task: asyncio.Future[Any]) -> None:

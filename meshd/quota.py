@@ -189,7 +189,6 @@ class Quotas:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.links: dict[tuple[str, str], LinkQuota] = {}
-        self.grant: Granter = _local_grant  # set by the federation: ask the link's quota owner
 
     def configure(self, links: dict[tuple[str, str], tuple[float, float]], members: int) -> None:
         """Set every link's (quota, overhead) and the region's live member count.

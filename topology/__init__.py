@@ -5,44 +5,7 @@ into a :class:`Topology`; ``topology.show`` draws it (text or image);
 ``topology.cli`` is ``meshctl topology validate|show``.
 """
 
-from .model import (
-    ANY_REGION,
-    DEFAULT_COST_WEIGHT,
-    DEFAULT_OVERHEAD,
-    Link,
-    Problem,
-    Region,
-    Store,
-    Topology,
-    TopologyError,
-    format_duration,
-    format_rate,
-    load,
-    parse,
-    parse_duration,
-    parse_overhead,
-    parse_rate,
-    problems,
-    read,
-)
+from . import model
+from .model import *  # noqa: F403 - the facade re-exports the model's public names
 
-__all__ = [
-    "ANY_REGION",
-    "DEFAULT_COST_WEIGHT",
-    "DEFAULT_OVERHEAD",
-    "Link",
-    "Problem",
-    "Region",
-    "Store",
-    "Topology",
-    "TopologyError",
-    "format_duration",
-    "format_rate",
-    "load",
-    "parse",
-    "parse_duration",
-    "parse_overhead",
-    "parse_rate",
-    "problems",
-    "read",
-]
+__all__ = model.__all__
