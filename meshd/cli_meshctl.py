@@ -305,6 +305,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_report)
 
+    from . import cli_place
+
+    cli_place.register(sub)
+
     from topology.cli import register, subcommands
 
     leaves = subcommands(register(sub))
@@ -363,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         from topology.cli import run
 
         return run(args)
+    if args.command in ("place", "spread"):
+        from .cli_place import run as run_place
+
+        return run_place(args, args.endpoint)
     try:
         with MeshClient(args.endpoint) as client:
             args.fn(client, args)

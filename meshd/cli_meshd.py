@@ -17,6 +17,7 @@ import asyncio
 import logging
 import sys
 from dataclasses import replace
+from typing import Any
 
 from . import __version__
 from .config import NodeConfig, check_cluster, from_dict, load, parse_mount_flag, parse_size
@@ -40,7 +41,69 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--meta-port", type=int, help="metadata wire port (default: a free one)")
     r.add_argument("--lease-ttl", type=int, help="seconds before etcd drops a node that stopped answering (10)")
     r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a node label (repeatable)")
+    x = sub.add_parser("scheduler-extender",
+                       help="serve kube-scheduler's and Volcano's extender protocols (docs/SCHEDULING.md)")
+    x.add_argument("--listen", default="0.0.0.0:8888", help="HOST:PORT to serve on (default 0.0.0.0:8888)")
+    x.add_argument("--endpoint", help="a mesh node (gRPC host:port or data directory; default: "
+                   "$MESH_ENDPOINT, then the default data directory)")
+    x.add_argument("--state", metavar="FILE", help="answer from this fixed state document instead of "
+                   "a mesh (a dry run; format in meshd/placing.py)")
+    x.add_argument("--topology", metavar="FILE", help="use this topology file instead of the mesh's")
+    x.add_argument("--ttl", type=float, default=10.0, help="seconds the mesh's answer is reused (10)")
+    x.add_argument("--first-wait", type=float, default=0.5,
+                   help="seconds a scheduling call waits for a dataset set never seen before (0.5)")
+    x.add_argument("--log-level", default="INFO")
     return p
+
+
+def extender(args: argparse.Namespace) -> int:
+    import yaml
+
+    from topology.model import TopologyError
+    from topology.model import load as load_topology
+
+    from .client import MeshClient
+    from .extender import serve
+
+    try:
+        topo = load_topology(args.topology) if args.topology else None
+    except TopologyError as e:
+        print(f"meshd: {e}", file=sys.stderr)
+        return 2
+    if args.state:
+        try:
+            with open(args.state, encoding="utf-8") as f:
+                doc = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as e:
+            print(f"meshd: cannot read the state file {args.state}: {e}", file=sys.stderr)
+            return 2
+
+        async def fetch(names: list[str]) -> dict[str, Any]:
+            return dict(doc)
+    else:
+        clients: list[MeshClient] = []  # made on first use: the extender may start before the mesh
+
+        def ask(names: list[str]) -> dict[str, Any]:
+            if not clients:
+                clients.append(MeshClient(args.endpoint))
+            try:
+                return clients[0].place_state(names)
+            except MeshError:
+                clients.pop().close()
+                raise
+
+        async def fetch(names: list[str]) -> dict[str, Any]:
+            return await asyncio.to_thread(ask, names)
+
+    try:
+        asyncio.run(serve(args.listen, fetch, topo, args.ttl, args.first_wait))
+    except ValueError as e:
+        print(f"meshd: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"meshd: cannot listen on {args.listen}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _node_flags(e: argparse.ArgumentParser) -> None:
@@ -116,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "scheduler-extender":
+        try:
+            return extender(args)
+        except MeshError as e:
+            print(f"meshd: {e}", file=sys.stderr)
+            return 2
     from .daemon import Daemon
 
     try:

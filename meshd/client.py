@@ -387,6 +387,14 @@ class MeshClient:
     def free(self, path: str) -> int:
         return int(self._call("Free", pb.PathRequest(path=path)).bytes_freed)
 
+    def place_state(self, datasets: list[str]) -> dict[str, Any]:
+        """What the mesh knows for placing a job on ``datasets`` (meshd/placing.py)."""
+        return dict(self._retrying(lambda: self._meta_once("place.state", {"d": datasets})))
+
+    def stage(self, datasets: list[str]) -> dict[str, Any]:
+        """Start loading ``datasets`` into this node's region, in the background."""
+        return dict(self._meta_once("stage", {"d": datasets}))
+
     def report(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self._call("Report", pb.Empty()).json)
         return result

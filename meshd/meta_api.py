@@ -27,6 +27,12 @@ another region which pages of a file *its region* holds (it asks each page's
 owner with ``shard.held`` {p, v, i: indices} and answers the union).
 ``quota.take`` {l: "<src>><dst>", t: tokens} asks the link's quota owner in
 this region for tokens; it answers once they are granted (meshd/quota.py).
+
+Placement (meshd/placing.py): ``place.state`` {d: [dataset names]} answers
+the state document ``meshctl place`` and the scheduler extender rank regions
+with; it asks every peer region ``region.cached`` {ps: [mesh paths]} (that
+region's cached bytes per node and its links' current rates). ``stage`` {d}
+starts loading the datasets into this node's region in the background.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from . import paths
+from . import paths, placing
 from .errors import InvalidArgument
 from .metadata import FileStatus
 from .node import MeshNode
@@ -153,12 +159,28 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
             raise InvalidArgument("shard.held: i must be a list of page indices")
         return node.held_here(_str(a, "p"), _str(a, "v"), indices)
 
+    def _names(a: dict[str, Any], key: str) -> list[str]:
+        v = a.get(key)
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise InvalidArgument(f"argument {key!r} must be a list of dataset names")
+        return v
+
+    async def op_region_cached(a: dict[str, Any]) -> Any:
+        return await placing.region_cached(node, [paths.normalize(p) for p in _names(a, "ps")])
+
+    async def op_place_state(a: dict[str, Any]) -> Any:
+        return await placing.gather(node, _names(a, "d"))
+
+    async def op_stage(a: dict[str, Any]) -> Any:
+        return await placing.stage(node, _names(a, "d"))
+
     async def op_shard_counts(a: dict[str, Any]) -> Any:
         """Keys in this node's shard, and status pushes still in flight (tests, benchmarks)."""
         counts = await asyncio.to_thread(shard.counts)
         return {**counts, "pushes_pending": node.metadata.pending}
 
     return {
+        "region.cached": op_region_cached, "place.state": op_place_state, "stage": op_stage,
         "region.held": op_region_held, "shard.held": op_shard_held, "quota.take": op_quota_take,
         "info": op_info, "stat": op_stat, "list": op_list, "open": op_open, "shard.open": op_shard_open,
         "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,

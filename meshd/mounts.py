@@ -36,7 +36,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from . import paths
-from .errors import MountError, PermissionDenied
+from .errors import MountError, NotFound, PermissionDenied
 from .kv import KV
 from .understore import UnderStore, open_understore
 
@@ -241,6 +241,26 @@ class MountTable:
             return None
         rel = path[len(best.path):].strip("/") if best.path != "/" else path.strip("/")
         return best, rel
+
+    def mesh_path(self, name: str) -> str:
+        """The mesh path a user's name for data stands for: a mesh path as is (``mesh:``
+        prefix allowed), an under-store URI (``s3://bucket/x``, ``hdfs://nn/x``) through the
+        mount whose URI is its longest prefix at a path boundary. NotFound when no mount
+        covers the URI."""
+        if name.startswith("mesh:"):
+            return paths.normalize("/" + name[len("mesh:"):].lstrip("/"))
+        if "://" not in name:
+            return paths.normalize(name)
+        best: Mount | None = None
+        for m in self._mounts.values():
+            prefix = m.uri.rstrip("/")
+            if (name.rstrip("/") == prefix or name.startswith(prefix + "/")) and (
+                    best is None or len(prefix) > len(best.uri.rstrip("/"))):
+                best = m
+        if best is None:
+            raise NotFound(f"no mount covers {name}")
+        rest = name[len(best.uri.rstrip("/")):].strip("/")
+        return paths.join(best.path, rest) if rest else best.path
 
     def _open(self, mount: Mount) -> UnderStore:
         options = self.options_for(mount)

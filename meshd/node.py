@@ -554,6 +554,12 @@ class MeshNode:
     async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
         """Which pages of ``path`` at ``version`` this region holds: each page's owner
         answers for it (a peer region asks before choosing where to fetch from)."""
+        by_owner = await self.held_by_owner(path, version, size)
+        return sorted(i for pages in by_owner.values() for i in pages)
+
+    async def held_by_owner(self, path: str, version: str, size: int) -> dict[str, list[int]]:
+        """The pages of ``path`` at ``version`` this region holds, by the node holding them
+        (its node id): each page's owner answers for its pages."""
         if size < 0 or not version:
             raise InvalidArgument(f"bad held request: size={size} version={version!r}")
         t = self._target(path)
@@ -561,7 +567,8 @@ class MeshNode:
         indices = list(self.cache.page_range(0, size))
         cluster = self.cluster
         if cluster is None or cluster.single:
-            return self.held_here(path, version, indices)
+            held = self.held_here(path, version, indices)
+            return {cluster.me.node_id if cluster is not None else "": held} if held else {}
         by_owner: dict[str, list[int]] = {}
         owners: dict[str, Member] = {}
         for i in indices:
@@ -581,7 +588,7 @@ class MeshNode:
                 return []  # an owner that cannot answer holds nothing we can count on
 
         results = await asyncio.gather(*(one(n, ps) for n, ps in by_owner.items()))
-        return sorted(i for r in results for i in r)
+        return {n: r for n, r in zip(by_owner, results, strict=True) if r}
 
     async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes | MemPage:
         plan = await self._plan(t, status, key.file_id, key.version_id, [key.index])

@@ -44,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from .placement import Candidate, Job
+from .model import Topology
+from .placement import Candidate, Job, Node
 
 DATASETS = "datamesh.io/datasets"
 REGION = "datamesh.io/region"
@@ -166,6 +167,51 @@ def job_of(doc: dict[str, Any], extra_datasets: list[str] | None = None) -> Job:
     pods = sum(n for _, _, n in templates) or 1
     gpus = max(gpus_of(t) for _, t, _ in templates)
     return Job(_name(doc), tuple(datasets), pods, gpus)
+
+
+# ---------------------------------------------------------------- nodes
+
+def region_of(name: str, labels: dict[str, str], topo: Topology) -> str | None:
+    """A Kubernetes node's region: its ``topology.kubernetes.io/region`` label when that names
+    a region of the topology, else the region listing the node by name, else the region one
+    of whose selectors its labels match."""
+    label = labels.get(REGION_LABEL)
+    if label in topo.regions:
+        return label
+    for r in topo.regions.values():
+        if name in r.nodes:
+            return r.name
+    for r in topo.regions.values():
+        if any(all(labels.get(k) == v for k, v in sel.items()) for sel in r.selectors):
+            return r.name
+    return None
+
+
+def node_of(obj: dict[str, Any], topo: Topology, cache_nodes: set[str] | frozenset[str] = frozenset()) -> Node | None:
+    """The placement Node of a Kubernetes Node object (None when no region claims it).
+    Its GPUs are the allocatable ``nvidia.com/gpu``: the node object does not say how many
+    are in use; the scheduler checks that."""
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    region = region_of(name, labels, topo) if name else None
+    if region is None:
+        return None
+    alloc = ((obj.get("status") or {}).get("allocatable") or {})
+    gpus = _quantity(alloc[GPU]) if GPU in alloc else 0
+    cache = labels.get(CACHE_NODE_LABEL) == "true" or name in cache_nodes
+    return Node(name, region, labels.get(ZONE_LABEL, ""), gpus, cache)
+
+
+def nodes_of(objs: list[dict[str, Any]], topo: Topology,
+             cache_nodes: set[str] | frozenset[str] = frozenset()) -> dict[str, Node]:
+    """Placement Nodes of Kubernetes Node objects (a NodeList's items), those in a region."""
+    out = {}
+    for obj in objs:
+        n = node_of(obj, topo, cache_nodes)
+        if n is not None:
+            out[n.name] = n
+    return out
 
 
 # ---------------------------------------------------------------- hints

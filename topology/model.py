@@ -246,6 +246,7 @@ class Topology:
         self.regions: dict[str, Region] = {r.name: r for r in regions}
         self.links: dict[tuple[str, str], Link] = {(k.src, k.dst): k for k in links}
         self.stores: dict[str, Store] = {s.name: s for s in stores}
+        self._paths: dict[tuple[str, str], list[str] | None] = {}
         self.graph = nx.DiGraph(name=name)
         for r in self.regions.values():
             self.graph.add_node(r.name, zones=r.zones, region=r)
@@ -264,10 +265,14 @@ class Topology:
         """Regions from ``src`` to ``dst`` along the least total latency; None when there is no way."""
         if src == dst:
             return [src]
-        try:
-            return list(nx.shortest_path(self.graph, src, dst, weight="latency"))
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
-            return None
+        key = (src, dst)
+        if key not in self._paths:  # a Topology never changes: each path is searched once
+            try:
+                self._paths[key] = list(nx.shortest_path(self.graph, src, dst, weight="latency"))
+            except (nx.NetworkXNoPath, nx.NodeNotFound):
+                self._paths[key] = None
+        found = self._paths[key]
+        return list(found) if found is not None else None
 
     def store_for(self, uri: str, name: str | None = None) -> Store | None:
         """The store named ``name`` (mount option ``store=``), else the one whose ``uri`` is the

@@ -21,6 +21,12 @@ links. For each region it works out, and returns as reasons:
   longest path latency, where headroom is the link's quota minus its current
   load, floored at 5 % (a busy link is slow, not closed): the same figure the
   router uses.
+* **the under-store's pace**: bytes that come from a home store, even one in
+  the region itself, are a cache fill, not a hit: all of a job's store
+  transfers share the store's ``store_rate`` (by default 250 MiB/s, an object
+  store bucket's share for one job; set it in the state), so staging also
+  takes at least ``store bytes / store_rate``. Data already cached beats data
+  merely nearby.
 * **expected read rate**: the region's caches serve ``cache_rate`` per cache
   node; bytes still remote arrive at the link's pace. A job that starts now
   reads its data once in ``max(bytes / cache rate, staging)`` seconds; the
@@ -51,6 +57,7 @@ from .model import Topology
 from .router import MIN_HEADROOM, route
 
 DEFAULT_CACHE_RATE = 1 << 30  # bytes/s one cache node serves to readers in its region
+DEFAULT_STORE_RATE = 250 << 20  # bytes/s a job's reads get from one under-store
 
 
 @dataclass(frozen=True)
@@ -100,11 +107,14 @@ class State:
     nodes: Mapping[str, Node] = field(default_factory=dict)
     load: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (src, dst) -> bytes/s in use
     cache_rate: float = DEFAULT_CACHE_RATE
+    store_rate: float = DEFAULT_STORE_RATE
 
     @cached_property
     def nodes_by_region(self) -> dict[str, list[Node]]:
+        """Each region's nodes, most free GPUs first (computed once: do not change ``nodes``
+        of a State in use; make a new State)."""
         out: dict[str, list[Node]] = {}
-        for n in self.nodes.values():
+        for n in sorted(self.nodes.values(), key=lambda n: (-(n.gpus_free or 0), n.name)):
             out.setdefault(n.region, []).append(n)
         return out
 
@@ -143,7 +153,7 @@ class Candidate:
     read_rate: float          # expected bytes/s reading the datasets once, starting now
     seconds: float            # expected time to read the datasets once
     score: float              # seconds + cost_weight * cost; lower is better
-    nodes: tuple[NodeChoice, ...]
+    nodes: tuple[NodeChoice, ...]   # those getting a pod or holding data, best first
     reasons: tuple[str, ...]
 
     @property
@@ -211,7 +221,8 @@ def _candidate(job: Job, state: State, datasets: list[Dataset], region: str) -> 
             cost += link.cost * t.bytes / (1 << 30)
             path_latency += link.latency
         latency = max(latency, path_latency)
-    staging = 0.0
+    from_store = sum(t.bytes for t in transfers if t.source.startswith("store:"))
+    staging = from_store / state.store_rate
     for (a, b), wire in link_bytes.items():
         link = topo.links[(a, b)]
         headroom = max(link.quota - state.load.get((a, b), 0.0), link.quota * MIN_HEADROOM)
@@ -233,32 +244,35 @@ def _candidate(job: Job, state: State, datasets: list[Dataset], region: str) -> 
 
 def _spread(job: Job, datasets: list[Dataset], region: str, nodes: list[Node],
             unknown: bool) -> tuple[tuple[NodeChoice, ...], int]:
-    """The region's nodes, best first, with the pods spread over them in rounds."""
+    """The pods spread in rounds over the region's nodes, best first; returns the nodes that
+    get a pod or hold some of the data (not every machine of the region) and the pods placed."""
     if unknown:  # the state names no nodes at all: GPUs are the scheduler's business
         return (), job.pods
-    cached = {n.name: sum(d.cached.get(region, {}).get(n.name, 0) for d in datasets) for n in nodes}
-    ranked = sorted(nodes, key=lambda n: (-cached[n.name], -(n.gpus_free or 0), n.name))
-
-    def room(n: Node) -> int:
-        if n.gpus_free is None or job.gpus_per_pod == 0:
-            return job.pods
-        return n.gpus_free // job.gpus_per_pod
-
-    free = {n.name: room(n) for n in ranked}
-    pods = dict.fromkeys(free, 0)
+    cached: dict[str, int] = {}
+    for d in datasets:
+        for name, b in d.cached.get(region, {}).items():
+            cached[name] = cached.get(name, 0) + b
+    # holders by their bytes, then every other node in the region's order (most free GPUs first)
+    holders = sorted((n for n in nodes if cached.get(n.name)),
+                     key=lambda n: (-cached[n.name], -(n.gpus_free or 0), n.name))
+    ranked = holders + [n for n in nodes if not cached.get(n.name)] if holders else nodes
+    per = job.gpus_per_pod
+    room = [job.pods if n.gpus_free is None or per == 0 else n.gpus_free // per for n in ranked]
+    pods = [0] * len(ranked)
     placed = 0
-    while placed < job.pods:
-        progress = False
-        for n in ranked:
+    open_ = [i for i, r in enumerate(room) if r > 0]
+    while placed < job.pods and open_:
+        still = []
+        for i in open_:
             if placed >= job.pods:
                 break
-            if free[n.name] > pods[n.name]:
-                pods[n.name] += 1
-                placed += 1
-                progress = True
-        if not progress:
-            break
-    choices = tuple(NodeChoice(n.name, n.zone, cached[n.name], n.gpus_free, pods[n.name], n.cache) for n in ranked)
+            pods[i] += 1
+            placed += 1
+            if pods[i] < room[i]:
+                still.append(i)
+        open_ = still
+    choices = tuple(NodeChoice(n.name, n.zone, cached.get(n.name, 0), n.gpus_free, pods[i], n.cache)
+                    for i, n in enumerate(ranked) if pods[i] or cached.get(n.name, 0))
     return choices, placed
 
 
@@ -273,6 +287,10 @@ def _explain(job: Job, region: str, total: int, local: int, transfers: list[Tran
         headroom = max(link.quota - state.load.get((a, b), 0.0), link.quota * MIN_HEADROOM)
         out.append(f"link {a} -> {b}: {_human(wire)} on the wire at {_human(headroom)}/s "
                    f"(quota {_human(link.quota)}/s) = {wire / headroom:.1f} s")
+    from_store = sum(t.bytes for t in transfers if t.source.startswith("store:"))
+    if from_store:
+        out.append(f"under-store: {_human(from_store)} at {_human(state.store_rate)}/s "
+                   f"= {from_store / state.store_rate:.1f} s")
     if transfers:
         out.append(f"staging ETA {staging:.1f} s under the link quotas")
     if state.nodes and not state.nodes_by_region.get(region):
