@@ -129,7 +129,7 @@ def cmd_place(a: argparse.Namespace, endpoint: str | None) -> int:
             raise InvalidArgument(f"the state says nothing of {', '.join(missing)}")
         if a.nodes:
             nodelist = _structured(a.nodes)
-            items = nodelist.get("items", []) if isinstance(nodelist, dict) else None
+            items = nodelist.get("items") if isinstance(nodelist, dict) else None
             if not isinstance(items, list):
                 raise InvalidArgument(f"{a.nodes}: expected a NodeList (kubectl get nodes -o json)")
             state = dataclasses.replace(

@@ -32,7 +32,8 @@ links. For each region it works out, and returns as reasons:
   reads its data once in ``max(bytes / cache rate, staging)`` seconds; the
   rate is the total over that.
 * **GPUs**: how many of the job's pods fit on the region's free GPUs. A
-  region where they do not all fit ranks after every region where they do.
+  region where they do not all fit ranks after every region where they do,
+  and among those, the more pods fit the better.
 
 Regions are ranked by ``seconds + cost_weight * cost`` (the expected time to
 read the data once, plus what moving it costs, valued as the router values
@@ -180,7 +181,7 @@ def place(job: Job, state: State, regions: Iterable[str] | None = None) -> list[
     """Every region (or those named), best first. KeyError names a dataset missing from the state."""
     datasets = [state.datasets[d] for d in dict.fromkeys(job.datasets)]
     out = [_candidate(job, state, datasets, r) for r in (regions if regions is not None else state.topology.regions)]
-    out.sort(key=lambda c: (not c.feasible, c.score, -c.bytes_local, c.region))
+    out.sort(key=lambda c: (not c.feasible, 0 if c.feasible else -c.pods_fit, c.score, -c.bytes_local, c.region))
     return out
 
 
