@@ -81,6 +81,8 @@ def run(a: argparse.Namespace, endpoint: str | None) -> int:
     except MeshError as e:
         print(f"meshctl: {e.kind}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # meshctl place ... | head
+        return 0
     except OSError as e:
         print(f"meshctl: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ next cycle gets the answer. Malformed JSON gets a 400 with a message.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -108,6 +109,10 @@ class StateCache:
             self.fetches += 1
             state = state_from_doc(await self._fetch(list(key)), self._topology)
             self._states[key] = (time.monotonic() + self.ttl, state)
+            # Out of the cyclic collector's sight: a full collection walking every state
+            # was the whole slow tail of a decision (bench/bench_placement.py: max 15 ms ->
+            # 3 ms). States hold no cycles; reference counting still frees old ones.
+            gc.freeze()
             return state
         except Exception as e:
             self.errors += 1
