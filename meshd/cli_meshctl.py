@@ -2,8 +2,11 @@
 
 Mesh paths are absolute (``/datasets/a.bin``). In ``cp``, an argument that
 starts with ``mesh:`` is a mesh path (``mesh:/datasets/a.bin``), anything else
-is a local file, and ``-`` is stdin/stdout. Errors print one line naming the
-problem (``meshctl: NotFound: ...``) and exit 1; usage errors exit 2.
+is a local file, and ``-`` is stdin/stdout. Wherever a mesh path goes, an
+under-store URI may stand for it (``meshctl cat hdfs://nn/warehouse/x``,
+``meshctl ls s3://datasets/train``): it resolves through the mount table to
+the same bytes. Errors print one line naming the problem (``meshctl:
+NotFound: ...``) and exit 1; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from . import __version__
 from .client import MeshClient
 from .errors import InvalidArgument, MeshError
+from .mounts import mesh_path_of
 
 
 def _size(n: float) -> str:
@@ -243,6 +247,20 @@ def _print_links(r: dict[str, Any], cl: dict[str, Any]) -> None:
           f"fallbacks {fed['route_fallbacks']}")
 
 
+def _resolve_uris(c: MeshClient, a: argparse.Namespace) -> None:
+    """Let an under-store URI stand for a mesh path (``meshctl cat hdfs://nn/warehouse/x``):
+    it resolves through the mount table to the mount's mesh path."""
+    names = [attr for attr in ("path", "src", "dst")
+             if isinstance(getattr(a, attr, None), str) and "://" in getattr(a, attr)
+             and not getattr(a, attr).startswith("mesh://")]
+    if not names or a.command == "mount":
+        return
+    mounts = [(m.path, m.uri) for m in c.mounts()]
+    for attr in names:
+        p = mesh_path_of(mounts, getattr(a, attr))
+        setattr(a, attr, "mesh:" + p if a.command == "cp" else p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshctl", description="Operate a data mesh node.")
     p.add_argument("--version", action="version", version=f"meshctl {__version__}")
@@ -373,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_place(args, args.endpoint)
     try:
         with MeshClient(args.endpoint) as client:
+            _resolve_uris(client, args)
             args.fn(client, args)
     except MeshError as e:
         print(f"meshctl: {e.kind}: {e}", file=sys.stderr)

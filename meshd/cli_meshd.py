@@ -125,6 +125,8 @@ def _node_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--s3-allow-anonymous", action="store_true", default=None,
                    help="accept unsigned S3 requests even when keys are configured")
     e.add_argument("--no-s3", action="store_true", help="do not serve the S3 API")
+    e.add_argument("--webhdfs-port", type=int, help="WebHDFS gateway port (default: a free one)")
+    e.add_argument("--no-webhdfs", action="store_true", help="do not serve the WebHDFS API")
     e.add_argument("--log-level", default="INFO")
 
 
@@ -151,6 +153,10 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
     if args.no_s3:
         s3 = replace(s3, enabled=False)
     cfg = replace(cfg, s3=s3)
+    if args.webhdfs_port is not None:
+        cfg = replace(cfg, webhdfs=replace(cfg.webhdfs, port=args.webhdfs_port))
+    if args.no_webhdfs:
+        cfg = replace(cfg, webhdfs=replace(cfg.webhdfs, enabled=False))
     if args.command == "run":
         cc = cfg.cluster
         labels = dict(cc.labels)

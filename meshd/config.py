@@ -81,6 +81,21 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class WebHdfsConfig:
+    """The WebHDFS gateway (gateway/webhdfs.py). Hadoop's simple auth: the caller names
+    itself with ``user.name``. ``users`` empty: every user may read and write; else only
+    the users listed, each ``rw`` or ``ro``. Without ``user.name`` a request acts as
+    ``anonymous_user`` (Hadoop's static web user), unless ``allow_anonymous`` is off."""
+
+    enabled: bool = True
+    port: int = 0
+    users: dict[str, str] = field(default_factory=dict)  # user -> "rw" | "ro"
+    allow_anonymous: bool = True
+    anonymous_user: str = "dr.who"
+    block_size: int = 128 << 20  # reported in file statuses (HDFS's default), and the checksum's block
+
+
+@dataclass(frozen=True)
 class MountConfig:
     path: str
     uri: str
@@ -117,6 +132,7 @@ class NodeConfig:
     mounts: tuple[MountConfig, ...] = ()
     default_mount: bool = True
     s3: S3Config = field(default_factory=S3Config)
+    webhdfs: WebHdfsConfig = field(default_factory=WebHdfsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
@@ -185,9 +201,31 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
         else:
             s3_kw[k] = float(v)
     cluster = _cluster_from_dict(raw.get("cluster") or {}, where)
-    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster")}
+    webhdfs = _webhdfs_from_dict(raw.get("webhdfs") or {}, where)
+    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster", "webhdfs")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      cluster=cluster, **node_kw)
+                      webhdfs=webhdfs, cluster=cluster, **node_kw)
+
+
+def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: webhdfs must be a mapping")
+    _check_keys(raw, WebHdfsConfig, f"{where}: webhdfs")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k == "users":
+            if not isinstance(v, dict) or not all(str(m) in ("rw", "ro") for m in v.values()):
+                raise InvalidArgument(f"{where}: webhdfs.users must map user names to rw or ro")
+            kw[k] = {str(u): str(m) for u, m in v.items()}
+        elif k in ("enabled", "allow_anonymous"):
+            kw[k] = bool(v)
+        elif k == "port":
+            kw[k] = int(v)
+        elif k == "block_size":
+            kw[k] = parse_size(v, "webhdfs.block_size")
+        else:
+            kw[k] = str(v)
+    return WebHdfsConfig(**kw)
 
 
 def _cluster_from_dict(raw: Any, where: str) -> ClusterConfig:

@@ -97,6 +97,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._sc: ShortCircuitServer | None = None
         self._s3_runner: web.AppRunner | None = None
+        self._webhdfs_runner: web.AppRunner | None = None
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
         self._etcd: Etcd | None = None
@@ -256,6 +257,8 @@ class Daemon:
         }
         if s3_url:
             self.endpoints["s3"] = s3_url
+        if cfg.webhdfs.enabled:
+            self.endpoints["webhdfs"] = await self._start_webhdfs(node, host)
         if cc.enabled:  # join the ring last: peers see this node only once it answers
             assert isinstance(self._membership, EtcdMembership)
             self._membership.me = me = dataclasses.replace(me, endpoints=dict(self.endpoints))
@@ -284,6 +287,21 @@ class Daemon:
                         "before exposing it. ***", url)
         else:
             log.info("S3 gateway at %s (%d access key(s))", url, len(s3.access_keys))
+        return url
+
+    async def _start_webhdfs(self, node: MeshNode, host: str) -> str:
+        """The WebHDFS gateway (gateway/webhdfs.py) on its own port; returns its URL
+        (the REST root is ``<url>/webhdfs/v1``)."""
+        from gateway.webhdfs import make_app as make_webhdfs_app
+
+        wh = self.config.webhdfs
+        sock = _bind(self.config.host, wh.port)
+        self._webhdfs_runner = web.AppRunner(make_webhdfs_app(node, wh), access_log=None, handle_signals=False)
+        await self._webhdfs_runner.setup()
+        await web.SockSite(self._webhdfs_runner, sock).start()
+        url = f"http://{host}:{sock.getsockname()[1]}"
+        log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", url,
+                 f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")
         return url
 
     def _info(self) -> dict[str, Any]:
@@ -326,6 +344,8 @@ class Daemon:
             await self._sc.stop()
         if self._s3_runner is not None:
             await self._s3_runner.cleanup()
+        if self._webhdfs_runner is not None:
+            await self._webhdfs_runner.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._grpc is not None:

@@ -18,9 +18,18 @@
     ├── NodeUnavailable            EIO         UNAVAILABLE          503
     └── NoSpace                    ENOSPC      RESOURCE_EXHAUSTED   507
 
+WebHDFS reports them as Hadoop's Java exceptions (:func:`hadoop_exception`):
+NotFound and IsADirectory as FileNotFoundException (404), AlreadyExists as
+FileAlreadyExistsException, NotADirectory as ParentNotDirectoryException,
+DirectoryNotEmpty as PathIsNotEmptyDirectoryException, PermissionDenied as
+AccessControlException, the rest of the IO failures as IOException (all 403,
+as Hadoop's ExceptionHandler answers IOExceptions); bad input as
+IllegalArgumentException and NotSupported as UnsupportedOperationException
+(400).
+
 Front ends never invent their own mapping: they call :func:`errno_of`,
-:func:`grpc_code_name` or :func:`http_status`, or rebuild the exception on the
-client side with :func:`from_kind`. Under-store libraries' exceptions are
+:func:`grpc_code_name`, :func:`http_status` or :func:`hadoop_exception`, or
+rebuild the exception on the client side with :func:`from_kind`. Under-store libraries' exceptions are
 translated into this tree at the under-store boundary, nowhere else.
 """
 
@@ -111,6 +120,32 @@ _KINDS: dict[str, type[MeshError]] = {
         VersionChanged, UnderStoreError, NodeUnavailable, NoSpace,
     )
 }
+
+
+_IO = ("IOException", "java.io.IOException", 403)
+_HADOOP: dict[type[MeshError], tuple[str, str, int]] = {
+    NotFound: ("FileNotFoundException", "java.io.FileNotFoundException", 404),
+    IsADirectory: ("FileNotFoundException", "java.io.FileNotFoundException", 404),
+    AlreadyExists: ("FileAlreadyExistsException", "org.apache.hadoop.fs.FileAlreadyExistsException", 403),
+    NotADirectory: ("ParentNotDirectoryException", "org.apache.hadoop.fs.ParentNotDirectoryException", 403),
+    DirectoryNotEmpty: ("PathIsNotEmptyDirectoryException",
+                        "org.apache.hadoop.fs.PathIsNotEmptyDirectoryException", 403),
+    PermissionDenied: ("AccessControlException", "org.apache.hadoop.security.AccessControlException", 403),
+    InvalidPath: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
+    InvalidArgument: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
+    MountError: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
+    NotSupported: ("UnsupportedOperationException", "java.lang.UnsupportedOperationException", 400),
+    NoSpace: ("DSQuotaExceededException", "org.apache.hadoop.hdfs.protocol.DSQuotaExceededException", 403),
+    NodeUnavailable: ("RetriableException", "org.apache.hadoop.ipc.RetriableException", 403),
+}
+
+
+def hadoop_exception(exc: MeshError) -> tuple[str, str, int]:
+    """(exception name, Java class, HTTP status) WebHDFS reports ``exc`` as."""
+    for cls in type(exc).__mro__:
+        if cls in _HADOOP:
+            return _HADOOP[cls]
+    return _IO
 
 
 def from_kind(kind: str, message: str) -> MeshError:

@@ -215,6 +215,10 @@ class InstrumentedStore(UnderStore):
         result: ObjectInfo = await self._call("put", self.inner.put(path, chunks))
         return result
 
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        result: ObjectInfo = await self._call("append", self.inner.append(path, chunks))
+        return result
+
     async def delete(self, path: str) -> None:
         await self._call("delete", self.inner.delete(path))
 

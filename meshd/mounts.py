@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -126,6 +126,42 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     mount = Mount(path, uri.rstrip("/") if parts.path not in ("", "/") else uri, dict(options))
     _ = mount.sync_interval, mount.nocache, mount.read_only  # validate values
     return mount
+
+
+def _uri_key(uri: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, "/" + parts.path.strip("/")
+
+
+def mesh_path_of(mounts: Iterable[tuple[str, str]], name: str) -> str:
+    """The mesh path for ``name``: a mesh path as is (a ``mesh:`` prefix allowed); an
+    under-store URI (``s3://bucket/x``, ``hdfs://nn/warehouse/x``) through the mount
+    (``(path, uri)`` pairs) whose URI is its longest prefix at a path boundary. Scheme
+    and host must match; a port counts only when both sides name one
+    (``hdfs://nn/x`` is ``hdfs://nn:8020/x``). NotFound when no mount covers it."""
+    if name.startswith("mesh:"):
+        return paths.normalize("/" + name[len("mesh:"):].lstrip("/"))
+    if "://" not in name:
+        return paths.normalize(name)
+    scheme, host, port, path = _uri_key(name)
+    best: tuple[int, str, str] | None = None
+    for mount_path, uri in mounts:
+        m_scheme, m_host, m_port, m_path = _uri_key(uri)
+        if (m_scheme, m_host) != (scheme, host) or (m_port is not None and port is not None and m_port != port):
+            continue
+        if m_path == "/" or path == m_path or path.startswith(m_path + "/"):
+            depth = len(m_path)
+            if best is None or depth > best[0]:
+                rest = path[len(m_path):].strip("/") if m_path != "/" else path.strip("/")
+                best = (depth, mount_path, rest)
+    if best is None:
+        raise NotFound(f"no mount covers {name}")
+    _, mount_path, rest = best
+    return paths.join(mount_path, rest) if rest else paths.normalize(mount_path)
 
 
 async def _close_later(store: UnderStore, delay: float) -> None:
@@ -243,24 +279,8 @@ class MountTable:
         return best, rel
 
     def mesh_path(self, name: str) -> str:
-        """The mesh path a user's name for data stands for: a mesh path as is (``mesh:``
-        prefix allowed), an under-store URI (``s3://bucket/x``, ``hdfs://nn/x``) through the
-        mount whose URI is its longest prefix at a path boundary. NotFound when no mount
-        covers the URI."""
-        if name.startswith("mesh:"):
-            return paths.normalize("/" + name[len("mesh:"):].lstrip("/"))
-        if "://" not in name:
-            return paths.normalize(name)
-        best: Mount | None = None
-        for m in self._mounts.values():
-            prefix = m.uri.rstrip("/")
-            if (name.rstrip("/") == prefix or name.startswith(prefix + "/")) and (
-                    best is None or len(prefix) > len(best.uri.rstrip("/"))):
-                best = m
-        if best is None:
-            raise NotFound(f"no mount covers {name}")
-        rest = name[len(best.uri.rstrip("/")):].strip("/")
-        return paths.join(best.path, rest) if rest else best.path
+        """The mesh path a user's name for data stands for (see :func:`mesh_path_of`)."""
+        return mesh_path_of(((m.path, m.uri) for m in self._mounts.values()), name)
 
     def _open(self, mount: Mount) -> UnderStore:
         options = self.options_for(mount)

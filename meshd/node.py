@@ -646,6 +646,31 @@ class MeshNode:
         self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+        """Add bytes at the end of an existing file. A store that appends in place does
+        (``capabilities.append``: POSIX, HDFS); any other (S3) gets the whole file again:
+        its old bytes streamed back from the under-store, then the new ones (a full
+        rewrite per call, documented in docs/WEBHDFS_COMPAT.md)."""
+        t = self._target(path)
+        t.mount.check_writable()
+        old = await self._stat(t, fresh=True)
+        if old.is_dir:
+            raise IsADirectory(f"is a directory: {t.path}")
+        if t.store.capabilities.append:
+            info = await t.store.append(t.rel, chunks)
+        else:
+            async def joined() -> AsyncIterator[bytes]:
+                async for c in t.store.get_range(t.rel, 0, old.size, old.version):
+                    yield c
+                async for c in chunks:
+                    yield c
+
+            info = await t.store.put(t.rel, joined())
+        status = FileStatus.of(t.path, info, time.time())
+        await self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
     async def mkdir(self, path: str) -> None:
         t = self._target(path)
         t.mount.check_writable()

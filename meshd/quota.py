@@ -350,8 +350,11 @@ class ThrottledStore(UnderStore):
             return await self.inner.read_all(path, start, end, version)
         return await super().read_all(path, start, end, version)
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    def _paced(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, each grain sent only after its tokens on the outbound link."""
         crossing = self._out()
+        if not crossing:
+            return chunks
 
         async def paced() -> AsyncIterator[bytes]:
             async for chunk in chunks:
@@ -362,7 +365,13 @@ class ThrottledStore(UnderStore):
                     await crossing.take(len(piece), "write")
                     yield bytes(piece) if len(view) > step else chunk
 
-        return await self.inner.put(path, paced() if crossing else chunks)
+        return paced()
+
+    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        return await self.inner.put(path, self._paced(chunks))
+
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        return await self.inner.append(path, self._paced(chunks))
 
     async def delete(self, path: str) -> None:
         await self.inner.delete(path)

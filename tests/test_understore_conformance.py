@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import random
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -37,10 +39,12 @@ from meshd.understore import ObjectInfo, UnderStore, open_understore
 from meshd.understore.s3 import S3UnderStore
 from tests import s3server
 from tests.conftest_s3 import S3Bucket, s3_bucket, s3_server  # noqa: F401 (fixtures)
+from tests.meshd_proc import MeshdProcess
 from tests.s3server import S3Server
 
 MiB = 1 << 20
 S3_PREFIX = "mount/prefix"
+_HDFS_DIRS = itertools.count()
 
 
 def blob(n: int, seed: int = 0) -> bytes:
@@ -78,13 +82,33 @@ async def failing_stream(data: bytes, fail_after: int, chunk: int = MiB) -> Asyn
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(scope="module")
+def webhdfs_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshdProcess, Path]]:
+    """A second mesh whose WebHDFS gateway stands in for a remote HDFS NameNode: the
+    ``hdfs`` backend talks to it over a real socket (a mesh in front of a mesh)."""
+    base = tmp_path_factory.mktemp("webhdfs-mesh")
+    backing = base / "backing"
+    backing.mkdir()
+    node = MeshdProcess(base / "node", [f"/warehouse={backing.as_uri()}"], ["--no-s3"]).start()
+    try:
+        yield node, backing
+    finally:
+        node.stop()
+
+
+@pytest.fixture(params=["file", "s3", "hdfs"])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, str]]:
     """(uri, options) of a fresh, empty under-store location."""
     if request.param == "file":
         root = tmp_path / "understore"
         root.mkdir()
         return root.as_uri(), {}
+    if request.param == "hdfs":
+        node, backing = request.getfixturevalue("webhdfs_mesh")
+        name = f"t{next(_HDFS_DIRS)}"
+        (backing / name).mkdir()
+        return f"hdfs://namenode.invalid:8020/warehouse/{name}", {"endpoint": node.endpoints["webhdfs"],
+                                                                  "user": "etl"}
     bucket: S3Bucket = request.getfixturevalue("s3_bucket")
     return bucket.uri(S3_PREFIX), dict(bucket.options)
 

@@ -1,7 +1,7 @@
 """Under-store implementations, looked up by URI scheme.
 
 Backends are imported lazily by scheme, so a node that mounts only local
-directories never imports boto3. A new backend (HDFS comes next) is one module
+directories never imports boto3. A new backend is one module
 with an :class:`UnderStore` subclass and one line in ``_BACKENDS``.
 """
 
@@ -19,7 +19,9 @@ __all__ = ["Capabilities", "ObjectInfo", "UnderStore", "open_understore", "schem
 _BACKENDS: dict[str, str] = {
     "file": "meshd.understore.posix:PosixUnderStore",
     "s3": "meshd.understore.s3:S3UnderStore",
-    # "hdfs": "meshd.understore.hdfs:HdfsUnderStore",  (seam for the HDFS issue)
+    "hdfs": "meshd.understore.hdfs:HdfsUnderStore",        # WebHDFS REST: hdfs://namenode/path
+    "webhdfs": "meshd.understore.hdfs:HdfsUnderStore",     # Hadoop's name for the same API
+    "swebhdfs": "meshd.understore.hdfs:HdfsUnderStore",
 }
 
 

@@ -35,6 +35,7 @@ class ObjectInfo:
 class Capabilities:
     rename: bool = False  # atomic rename of files (and directories)
     directories: bool = False  # real directories (False: prefixes / markers)
+    append: bool = False  # bytes can be added at the end of a file in place
 
 
 class UnderStore(abc.ABC):
@@ -77,6 +78,13 @@ class UnderStore(abc.ABC):
         from ..errors import NotSupported
 
         raise NotSupported(f"rename is not supported by {self.scheme}:// under-stores")
+
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        """Add bytes at the end of an existing file (``capabilities.append``); NotFound
+        when it does not exist. The mesh rewrites whole files on stores without it."""
+        from ..errors import NotSupported
+
+        raise NotSupported(f"append is not supported by {self.scheme}:// under-stores")
 
     async def check(self) -> None:
         """Verify the store is reachable with the given options (at mount time)."""

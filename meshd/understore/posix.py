@@ -38,7 +38,7 @@ def _info(path: str, st: os.stat_result) -> ObjectInfo:
 
 class PosixUnderStore(UnderStore):
     scheme = "file"
-    capabilities = Capabilities(rename=True, directories=True)
+    capabilities = Capabilities(rename=True, directories=True, append=True)
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         super().__init__(uri, options)
@@ -122,6 +122,26 @@ class PosixUnderStore(UnderStore):
                 yield chunk
         finally:
             f.close()
+
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        target = self._abs(path)
+        try:
+            fd = await asyncio.to_thread(os.open, target, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise from_oserror(e, f"{self.uri}/{path}") from None
+        try:
+            with os.fdopen(fd, "ab") as f:
+                if stat_mod.S_ISDIR(os.fstat(f.fileno()).st_mode):
+                    from ..errors import IsADirectory
+
+                    raise IsADirectory(f"is a directory: {path}")
+                async for chunk in chunks:
+                    await asyncio.to_thread(f.write, chunk)
+                f.flush()
+                st = os.fstat(f.fileno())
+        except OSError as e:
+            raise from_oserror(e, f"{self.uri}/{path}") from None
+        return _info(path, st)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         target = self._abs(path)
