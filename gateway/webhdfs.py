@@ -192,8 +192,11 @@ class WebHdfs:
         loc = self.location(request, extra or {})
         if _bool(request.query, "noredirect"):
             return web.json_response({"Location": loc})
-        return web.Response(status=307, headers={"Location": loc, "Content-Type": "application/octet-stream"},
-                            body=b"")
+        # Connection: close, as a NameNode's redirect to another host (a DataNode) means a new
+        # connection anyway: the bytes then go on a fresh connection, which on loopback
+        # streams ~10 % faster than one that carried the redirect (bench/bench_webhdfs.py).
+        return web.Response(status=307, headers={"Location": loc, "Content-Type": "application/octet-stream",
+                                                 "Connection": "close"}, body=b"")
 
     # ---- statuses ----------------------------------------------------------
 
