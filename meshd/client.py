@@ -67,6 +67,21 @@ class ReadCut(UnderStoreError):
     """A read stopped mid-stream: the node died, or aborted the read. Retried on another node."""
 
 
+@dataclass
+class Piece:
+    """Part of a read: ``length`` bytes at ``offset`` of descriptor ``fd``, or ``data``."""
+
+    fd: int | None
+    offset: int
+    length: int
+    data: bytes | None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 @dataclass(frozen=True)
 class Status:
     path: str
@@ -468,6 +483,41 @@ class MeshClient:
             if not done:  # abandoned mid-read: the connection is out of step, drop it
                 sock.close()
                 self._local.sc = None
+
+    def page_pieces(self, path: str, offset: int, length: int, *, version: str, size: int,
+                    stream_id: str | None = None) -> list[Piece] | None:
+        """The range as the node holds it, for a client that keeps descriptors (the FUSE
+        client): each piece is an open descriptor of a page file (or memfd) and where the
+        range's bytes sit in it, or bytes sent inline. The caller owns the descriptors.
+        Pinned to ``version`` (VersionChanged if the file changed). None when the node is
+        not on this machine (no short-circuit): read over HTTP instead."""
+        if self._sc() is None:
+            return None
+        pieces: list[Piece] = []
+        try:
+            for kind, payload, n in self._sc_messages(path, offset, length, False, stream_id,
+                                                      {"version": version, "size": size}):
+                if kind == b"F":
+                    fd, off = payload
+                    pieces.append(Piece(os.dup(fd), off, n, None))
+                elif kind == b"D":
+                    pieces.append(Piece(None, 0, n, bytes(payload)))
+        except BaseException:
+            for p in pieces:
+                p.close()
+            raise
+        return pieces
+
+    def read_pinned(self, path: str, offset: int, length: int, *, version: str, size: int,
+                    stream_id: str | None = None) -> bytes:
+        """``length`` bytes at ``offset`` of ``path`` at ``version`` (fewer at the end), over
+        HTTP or the local socket; VersionChanged if the file changed."""
+        want = max(0, min(length, size - offset))
+        buf = bytearray(min(want, CHUNK) or 1)
+        out = bytearray()
+        for n in self._read_direct(path, buf, offset, want, False, stream_id, {"version": version, "size": size}):
+            out += memoryview(buf)[:n]
+        return bytes(out)
 
     def read_chunks_into(self, path: str, buf: bytearray | memoryview, offset: int = 0,
                          length: int = -1, *, nocache: bool = False,
