@@ -1,0 +1,153 @@
+"""``meshfs``: the mesh's global namespace as a local filesystem (FUSE).
+
+    meshfs mount MOUNTPOINT [--endpoint NODE] [--ttl 1] [--timeout 30] [--allow-other]
+                            [--uid N --gid N] [--readahead-kb 1024] [--debug]
+    meshfs umount MOUNTPOINT
+    meshfs drop-cache MOUNTPOINT
+
+``mount`` runs in the foreground until SIGTERM or SIGINT (or ``meshfs
+umount``), then unmounts cleanly; run it under systemd or as a container's
+process. It prints ``meshfs: mounted ...`` once the mount is in place.
+``NODE`` is a mesh node (gRPC ``host:port`` or its data directory; default:
+``$MESH_ENDPOINT``, then the default data directory). Reads of a node on the
+same machine go through its short-circuit socket (page-file descriptors).
+
+Semantics, operation by operation: docs/SEMANTICS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from .ops import DROP_CACHE
+
+log = logging.getLogger("meshfs")
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the filesystem mounted at ``mountpoint`` (from mountinfo, without
+    stat-ing it: that would ask our own, not yet running, loop)."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4 and parts[4] == mountpoint:
+                    found = parts[2]  # the last one: mounts stack
+    except OSError:
+        return None
+    return found
+
+
+def _set_readahead(mountpoint: str, kb: int) -> None:
+    """Let the kernel read ahead ``kb`` KiB on sequential reads (larger FUSE requests)."""
+    dev = _mount_device(mountpoint)
+    if dev is None or kb <= 0:
+        return
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.info("could not set read-ahead to %d KiB (%s): the kernel's default stays", kb, e)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import pyfuse3
+    import pyfuse3.asyncio
+
+    from .core import MeshFS
+    from .ops import MeshOps
+
+    pyfuse3.asyncio.enable()
+    mountpoint = os.path.abspath(args.mountpoint)
+    core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid)
+    try:
+        core.client()  # fail now, with a clear message, if there is no node
+    except Exception as e:
+        print(f"meshfs: cannot reach the mesh node: {e}", file=sys.stderr)
+        return 1
+    options = set(pyfuse3.default_options) | {"fsname=meshfs", "subtype=mesh"}
+    if args.allow_other:
+        options.add("allow_other")
+    if args.debug:
+        options.add("debug")
+    try:
+        pyfuse3.init(MeshOps(core), mountpoint, options)
+    except RuntimeError as e:
+        print(f"meshfs: cannot mount at {mountpoint}: {e}", file=sys.stderr)
+        core.close()
+        return 1
+    _set_readahead(mountpoint, args.readahead_kb)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, pyfuse3.terminate)
+    print(f"meshfs: mounted {core.client().endpoint} at {mountpoint}", flush=True)
+    try:
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+    finally:
+        pyfuse3.close(unmount=True)
+        core.close()
+        print(f"meshfs: unmounted {mountpoint}", flush=True)
+    return 0
+
+
+def _umount(mountpoint: str) -> int:
+    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"meshfs: {r.stderr.strip() or 'fusermount3 failed'}", file=sys.stderr)
+    return r.returncode
+
+
+def _drop_cache(mountpoint: str) -> int:
+    try:
+        os.setxattr(mountpoint, DROP_CACHE, b"1")
+    except OSError as e:
+        print(f"meshfs: {mountpoint}: {e.strerror} (is it a meshfs mount?)", file=sys.stderr)
+        return 1
+    print(f"dropped cached metadata and pages of {mountpoint}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="meshfs", description="The mesh's namespace as a local filesystem.")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mount", help="mount the mesh at MOUNTPOINT (runs until SIGTERM or umount)")
+    m.add_argument("mountpoint")
+    m.add_argument("--endpoint", help="mesh node: gRPC host:port or data directory")
+    m.add_argument("--ttl", type=float, default=1.0,
+                   help="seconds statuses are cached here and in the kernel (default 1)")
+    m.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds before a call the mesh does not answer fails with EIO (default 30)")
+    m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument("--uid", type=int, help="owner shown for every file (default: this process's user)")
+    m.add_argument("--gid", type=int, help="group shown for every file")
+    m.add_argument("--readahead-kb", type=int, default=1024,
+                   help="kernel read-ahead for the mount, KiB (default 1024; 0 keeps the kernel's)")
+    m.add_argument("--debug", action="store_true", help="log every FUSE request")
+    u = sub.add_parser("umount", help="unmount MOUNTPOINT")
+    u.add_argument("mountpoint")
+    d = sub.add_parser("drop-cache", help="forget cached metadata and pages of a mount")
+    d.add_argument("mountpoint")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "umount":
+        return _umount(args.mountpoint)
+    if args.command == "drop-cache":
+        return _drop_cache(args.mountpoint)
+    if args.ttl < 0 or args.timeout <= 0:
+        p.error("--ttl must be >= 0 and --timeout > 0")
+    if not os.path.isdir(args.mountpoint):
+        print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
