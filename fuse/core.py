@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meshd import paths
-from meshd.client import MeshClient, Piece, Status
+from meshd.client import MeshClient, Status
 from meshd.errors import MeshError, NodeUnavailable, NotFound
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,15 @@ class MeshFS:
         self.remember_status(st, path)
         return st
 
+    async def maybe_status(self, path: str) -> Status | None:
+        """The status, or None when nothing is at ``path``."""
+        try:
+            return await self.status(path)
+        except FSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return None
+
     def attr(self, st: Status, ino: int) -> Attr:
         return Attr(ino, st.is_dir, st.size, st.mtime, st.version)
 
@@ -427,12 +436,8 @@ class MeshFS:
     async def mkdir(self, parent: int, name: bytes) -> Attr:
         path = self.child(parent, name)
         await self.writable(path)
-        try:
-            await self.status(path)
+        if await self.maybe_status(path) is not None:
             raise FSError(errno.EEXIST)
-        except FSError as e:
-            if e.errno != errno.ENOENT:
-                raise
         await self.call(lambda c: c.mkdir(path))
         self.invalidate(path)
         return self.attr(await self.status(path), self.remember(path))
@@ -464,12 +469,7 @@ class MeshFS:
         if src in self.writing:
             raise FSError(errno.EBUSY, f"{src} is still being written")
         st = await self.status(src)
-        try:
-            dst_st: Status | None = await self.status(dst)
-        except FSError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            dst_st = None
+        dst_st = await self.maybe_status(dst)
         if dst_st is not None:
             if st.is_dir and not dst_st.is_dir:
                 raise FSError(errno.ENOTDIR)
@@ -528,13 +528,8 @@ class MeshFS:
     async def create(self, parent: int, name: bytes, flags: int) -> tuple[int, Attr]:
         path = self.child(parent, name)
         await self.writable(path)
-        if flags & os.O_EXCL:
-            try:
-                await self.status(path)
-                raise FSError(errno.EEXIST)
-            except FSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+        if flags & os.O_EXCL and await self.maybe_status(path) is not None:
+            raise FSError(errno.EEXIST)
         parent_path = paths.parent(path)
         pst = await self.status(parent_path)
         if not pst.is_dir:
@@ -735,4 +730,4 @@ def mode_of(fs: MeshFS, a: Attr) -> int:
     return (stat.S_IFDIR | fs.dir_mode) if a.is_dir else (stat.S_IFREG | fs.file_mode)
 
 
-__all__ = ["ROOT", "Attr", "FSError", "MeshFS", "Piece", "errno_of", "mode_of"]
+__all__ = ["ROOT", "Attr", "FSError", "MeshFS", "errno_of", "mode_of"]

@@ -20,18 +20,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from topology.model import format_size as _size
+
 from . import __version__
 from .client import MeshClient
 from .errors import InvalidArgument, MeshError
 from .mounts import mesh_path_of
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _options(pairs: list[str]) -> dict[str, str]:

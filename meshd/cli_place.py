@@ -30,6 +30,7 @@ import yaml
 
 from topology import k8s
 from topology.model import TopologyError, format_duration, format_rate, load
+from topology.model import format_size as _human
 from topology.placement import Candidate, Job, State, place
 
 from .client import MeshClient
@@ -173,14 +174,6 @@ def _chosen_first(ranked: list[Candidate], region: str | None) -> list[Candidate
     if region is None:
         return ranked
     return [c for c in ranked if c.region == region] + [c for c in ranked if c.region != region]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _seconds(s: float) -> str:

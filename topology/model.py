@@ -52,6 +52,7 @@ __all__ = [
     "TopologyError",
     "format_duration",
     "format_rate",
+    "format_size",
     "load",
     "parse",
     "parse_duration",
@@ -163,6 +164,15 @@ def format_rate(bytes_per_s: float) -> str:
             return f"{_figure(bits)} {unit}"
         bits /= 1000
     return f"{_figure(bits)} Tbit/s"
+
+
+def format_size(n: float) -> str:
+    """1536 -> ``"1.5 KiB"``: bytes in binary units, one decimal above bytes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
 
 
 def format_duration(seconds: float) -> str:

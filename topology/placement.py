@@ -55,6 +55,7 @@ from functools import cached_property
 from typing import Any
 
 from .model import Topology
+from .model import format_size as _human
 from .router import MIN_HEADROOM, route
 
 DEFAULT_CACHE_RATE = 1 << 30  # bytes/s one cache node serves to readers in its region
@@ -305,11 +306,3 @@ def _explain(job: Job, region: str, total: int, local: int, transfers: list[Tran
 
 def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.0f}%" if whole else "100%"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
