@@ -83,8 +83,9 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"meshfs: cannot mount at {mountpoint}: {e}", file=sys.stderr)
         core.close()
         return 1
-    _set_readahead(mountpoint, args.readahead_kb)
     loop = asyncio.get_running_loop()
+    # after the kernel's FUSE INIT has been answered (by main below): INIT resets it to 128 KiB
+    loop.call_later(0.5, _set_readahead, mountpoint, args.readahead_kb)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, pyfuse3.terminate)
     print(f"meshfs: mounted {core.client().endpoint} at {mountpoint}", flush=True)
