@@ -41,30 +41,11 @@ import pyfuse3.asyncio
 log = logging.getLogger("passthroughfs")
 
 
-def _mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the filesystem mounted at ``mountpoint`` (mirrors fuse/cli.py)."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 4 and parts[4] == mountpoint:
-                    found = parts[2]
-    except OSError:
-        return None
-    return found
-
-
 def set_readahead(mountpoint: str, kb: int) -> None:
     """The same bdi read-ahead trick as ``meshfs mount --readahead-kb`` (fuse/cli.py)."""
-    dev = _mount_device(mountpoint)
-    if dev is None or kb <= 0:
-        return
-    try:
-        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
-            f.write(str(kb))
-    except OSError as e:
-        log.warning("could not set read-ahead to %d KiB (%s)", kb, e)
+    from fuse.cli import _set_readahead
+
+    _set_readahead(mountpoint, kb)
 
 
 class Passthrough(pyfuse3.Operations):
