@@ -50,6 +50,7 @@ misspelt ``secret_key`` cannot silently fall back to other credentials.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -66,6 +67,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
 from ..errors import (
     DirectoryNotEmpty,
@@ -135,6 +137,15 @@ def translate_error(exc: Exception, what: str, bucket: str) -> MeshError:
     if isinstance(exc, BotoCoreError):
         return UnderStoreError(f"{what}: {exc}")
     return UnderStoreError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _fast_timestamp(value: str) -> datetime.datetime:
+    """botocore's timestamp parser, with the ISO 8601 form S3 uses in XML bodies tried first."""
+    try:
+        t = datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return botocore_parse_timestamp(value)
+    return t if t.tzinfo is not None else t.replace(tzinfo=datetime.UTC)
 
 
 def _etag(value: Any) -> str:
@@ -249,6 +260,10 @@ class S3UnderStore(UnderStore):
                 raise UnderStoreError(f"{self.uri}: under-store is closed")
             if self._client is None:
                 session = boto3.session.Session(**self._session_args)
+                # listings: botocore parses each key's LastModified with dateutil, half the CPU of
+                # a 1000-key page; ISO 8601 (what S3 sends in XML bodies) parses in microseconds
+                session._session.get_component("response_parser_factory").set_parser_defaults(
+                    timestamp_parser=_fast_timestamp)
                 self._client = session.client("s3", **self._client_args)
             return self._client
 
