@@ -496,7 +496,7 @@ class MeshClient:
         pieces: list[Piece] = []
         try:
             for kind, payload, n in self._sc_messages(path, offset, length, False, stream_id,
-                                                      {"version": version, "size": size}):
+                                                      {"version": version, "size": size, "fds": True}):
                 if kind == b"F":
                     fd, off = payload
                     pieces.append(Piece(os.dup(fd), off, n, None))

@@ -13,6 +13,8 @@ read, then answers with messages:
                        descriptor rides along (SCM_RIGHTS); the client
                        ``preadv``\\ s ``len`` bytes at ``offset`` into its buffer
 ``D`` + bytes          small segments held only in memory, and NoCache reads, inline
+                       (a request with ``"fds": true``, from a client that keeps
+                       descriptors, gets one for any cached page, however small)
 ``E``                  end of the read
 ``X`` + JSON           error ``{"error": kind, "message": ...}``
 =====================  ======================================================
@@ -92,9 +94,9 @@ class ShortCircuitServer:
         self._conns: set[asyncio.Task[None]] = set()
         self._memfds: OrderedDict[PageKey, int] = OrderedDict()
 
-    def _memfd(self, seg: Segment) -> int | None:
+    def _memfd(self, seg: Segment, min_length: int = MEMFD_MIN) -> int | None:
         """A memfd holding the in-memory page of ``seg`` (made once per page); None: send inline."""
-        if seg.key is None or seg.length < MEMFD_MIN or not isinstance(seg.page, MemPage) \
+        if seg.key is None or seg.length < min_length or not isinstance(seg.page, MemPage) \
                 or not hasattr(os, "memfd_create"):
             return None
         fd = self._memfds.get(seg.key)
@@ -157,6 +159,9 @@ class ShortCircuitServer:
                 req = json.loads(raw)
                 path, offset, length = str(req["path"]), int(req.get("offset", 0)), int(req.get("length", -1))
                 hint = self.node.status_hint(path, req.get("version"), req.get("size"))
+                # a client that keeps descriptors (meshfs) gets one for every cached page, however
+                # small the range: the descriptor serves its later reads of the whole page
+                keeps = bool(req.get("fds"))
             except (ValueError, KeyError, TypeError):
                 raise InvalidArgument("malformed short-circuit request") from None
             stream = await self.node.open_read(path, offset, length, nocache=bool(req.get("nocache")),
@@ -171,8 +176,8 @@ class ShortCircuitServer:
         try:
             async for seg in stream.segments:
                 try:
-                    await self.node.prefer_file(seg)
-                    memfd = None if isinstance(seg.page, DiskPage) else self._memfd(seg)
+                    await self.node.prefer_file(seg, 0 if keeps else MEMFD_MIN)
+                    memfd = None if isinstance(seg.page, DiskPage) else self._memfd(seg, 0 if keeps else MEMFD_MIN)
                     if isinstance(seg.page, DiskPage):
                         await _send(loop, conn, FD_HEADER.pack(b"F", seg.offset, seg.length),
                                     fd=seg.page.file.fileno())
