@@ -1,13 +1,13 @@
 """``meshfs``: the mesh's global namespace as a local filesystem (FUSE).
 
-    meshfs mount MOUNTPOINT [--endpoint NODE] [--ttl 1] [--timeout 30] [--allow-other]
+    meshfs mount MOUNTPOINT [--endpoint NODE] [--ttl 1] [--max-ttl 300] [--timeout 30] [--allow-other]
                             [--uid N --gid N] [--readahead-kb 1024] [--debug]
     meshfs umount MOUNTPOINT
     meshfs drop-cache MOUNTPOINT
 
 ``mount`` runs in the foreground until SIGTERM or SIGINT (or ``meshfs
 umount``), then unmounts cleanly; run it under systemd or as a container's
-process. It prints ``meshfs: mounted ...`` once the mount is in place.
+process. It prints ``meshfs: mounted ...`` once the mount serves (the kernel's INIT answered).
 ``NODE`` is a mesh node (gRPC ``host:port`` or its data directory; default:
 ``$MESH_ENDPOINT``, then the default data directory). Reads of a node on the
 same machine go through its short-circuit socket (page-file descriptors).
@@ -66,7 +66,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
     pyfuse3.asyncio.enable()
     mountpoint = os.path.abspath(args.mountpoint)
-    core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid)
+    core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
+                  max_ttl=args.max_ttl)
     try:
         core.client()  # fail now, with a clear message, if there is no node
     except Exception as e:
@@ -78,17 +79,23 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.debug:
         options.add("debug")
     try:
-        pyfuse3.init(MeshOps(core), mountpoint, options)
+        endpoint = core.client().endpoint
+
+        def ready() -> None:
+            # the kernel's FUSE INIT is answered: the mount serves from now on; the answer reset
+            # the read-ahead to min(it, 128 KiB), so it is set here, not earlier
+            _set_readahead(mountpoint, args.readahead_kb)
+            print(f"meshfs: mounted {endpoint} at {mountpoint}", flush=True)
+
+        ops = MeshOps(core, after_init=ready)
+        pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as e:
         print(f"meshfs: cannot mount at {mountpoint}: {e}", file=sys.stderr)
         core.close()
         return 1
     loop = asyncio.get_running_loop()
-    # after the kernel's FUSE INIT has been answered (by main below): INIT resets it to 128 KiB
-    loop.call_later(0.5, _set_readahead, mountpoint, args.readahead_kb)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, pyfuse3.terminate)
-    print(f"meshfs: mounted {core.client().endpoint} at {mountpoint}", flush=True)
     try:
         await pyfuse3.main(min_tasks=4, max_tasks=64)
     finally:
@@ -122,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("mountpoint")
     m.add_argument("--endpoint", help="mesh node: gRPC host:port or data directory")
     m.add_argument("--ttl", type=float, default=1.0,
-                   help="seconds statuses are cached here and in the kernel (default 1)")
+                   help="seconds statuses and listings are kept here and in the kernel (default 1); "
+                        "longer on mounts whose sync_interval is longer, and an open always "
+                        "re-checks a status older than this")
+    m.add_argument("--max-ttl", type=float, default=300.0,
+                   help="at most this many seconds, whatever a mount's sync_interval (default 300)")
     m.add_argument("--timeout", type=float, default=30.0,
                    help="seconds before a call the mesh does not answer fails with EIO (default 30)")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
@@ -142,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return _umount(args.mountpoint)
     if args.command == "drop-cache":
         return _drop_cache(args.mountpoint)
-    if args.ttl < 0 or args.timeout <= 0:
-        p.error("--ttl must be >= 0 and --timeout > 0")
+    if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
+        p.error("--ttl and --max-ttl must be >= 0 and --timeout > 0")
     if not os.path.isdir(args.mountpoint):
         print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
         return 1

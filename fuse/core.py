@@ -7,24 +7,37 @@ decides something lives here, so the same core could serve another binding.
 (lookup, create, mkdir, readdir) and keeps it while the kernel holds a
 reference (``forget`` releases it); a rename moves the path, the inode stays.
 
-**Metadata.** File statuses and "not found" answers are kept ``ttl`` seconds
-(default 1 s), at most ``MAX_META`` of them, and the kernel is told to keep
-entries and attributes as long; this client's own changes update or drop
-them at once. ``drop_caches()`` forgets them all (``meshfs drop-cache
-MOUNTPOINT``, which sets the xattr ``user.mesh.drop_cache`` on the mount).
+**Metadata.** File statuses, whole directory listings and "not found" answers
+are kept here, and the kernel is told to keep entries and attributes as
+long: ``ttl`` seconds (default 1 s), or, on a mount whose ``sync_interval``
+is longer, that long (at most ``max_ttl``, default 300 s): the mount's owner
+has said the node itself may answer from metadata that old, so this client
+adds no staleness of its own for changes made behind the mesh's back. Changes
+made through the mesh by *other* clients show here after that time too (as
+with rclone's ``--dir-cache-time``); this client's own changes update or drop
+the entries at once. An ``open`` never trusts a status older than ``ttl``: it
+asks the node, pins the version it gets, and, when that is not what the
+kernel was told, has the kernel drop the inode's attributes so its next read
+learns the new size. At most ``MAX_META`` statuses and ``MAX_LISTED`` listed
+entries are kept (LRU). ``drop_caches()`` forgets them all and every page
+descriptor (``meshfs drop-cache MOUNTPOINT``, which sets the xattr
+``user.mesh.drop_cache`` on the mount).
 
 **Reads.** ``open`` pins the file's version: every read of the handle asks
 for that version (a file replaced meanwhile reads as ESTALE, never as a mix).
 Bytes come from the local node's short-circuit socket as page-file
-descriptors, kept per handle (the last ``PAGES_PER_HANDLE`` pages): the next
-reads of a page are a ``pread`` of a descriptor already held, with no round
-trip to the node. A sequential reader asks for whole pages (the node reads
-ahead on the handle's stream id); a random reader asks for exactly its range,
-so nothing beyond the covering pages is fetched. With no local node, reads go
-over HTTP, exactly the range asked. Memory does not grow with bytes read: a
-handle holds descriptors, not bytes, and at most ``INLINE_PAGES`` inline
-segments (NoCache mounts). The kernel keeps a file's pages in its page cache
-across opens while the file's version is unchanged.
+descriptors, kept in one ``PageTable`` (fuse/pages.py) for all handles: a
+descriptor covers its whole page, so later reads of any part of that page,
+by any handle, are a ``pread`` with no round trip to the node, and
+concurrent reads of one page wait for one fetch. A sequential reader asks
+for whole pages and has the next ``READ_AHEAD_PAGES`` pages' descriptors
+fetched in the background (the node reads ahead on the handle's stream id
+too); a random reader asks for exactly its range, so nothing beyond the
+covering pages is fetched from the under-store. With no local node, reads go
+over HTTP, exactly the range asked. Memory does not grow with bytes read: the
+table holds descriptors, not bytes, and a handle at most ``INLINE_PAGES``
+inline segments (NoCache mounts). The kernel keeps a file's pages in its page
+cache across opens while the file's version is unchanged.
 
 **Writes.** A new file (``create``, or ``open`` with ``O_TRUNC``) streams to
 the node as it is written, through a bounded queue (``WRITE_QUEUE`` chunks:
@@ -63,15 +76,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from meshd import paths
-from meshd.client import MeshClient, Status
+from meshd.client import MeshClient, Piece, Status
 from meshd.errors import MeshError, NodeUnavailable, NotFound
+
+from .pages import Cached, PageTable, whole_page
 
 log = logging.getLogger(__name__)
 
 ROOT = 1
 MAX_META = 100_000
-PAGES_PER_HANDLE = 8
 INLINE_PAGES = 2
+READ_AHEAD_PAGES = 2  # page descriptors fetched ahead of a sequential reader
+MAX_LISTED = 200_000  # statuses kept in cached directory listings, all directories together
 WRITE_QUEUE = 16
 LIST_PAGE = 1000
 T = TypeVar("T")
@@ -102,17 +118,7 @@ class Attr:
     size: int
     mtime: float
     version: str
-
-
-@dataclass
-class Cached:
-    """One cached range of a page: a descriptor and the file offset of ``start``, or bytes."""
-
-    start: int
-    end: int
-    fd: int | None = None
-    base: int = 0
-    data: bytes | None = None
+    ttl: float = 1.0  # how long the kernel may keep it (entry and attribute timeout)
 
 
 @dataclass
@@ -122,34 +128,33 @@ class Reader:
     size: int
     stream: str
     page_size: int
-    pages: OrderedDict[int, Cached] = field(default_factory=OrderedDict)
+    inline: OrderedDict[int, Cached] = field(default_factory=OrderedDict)  # bytes, not descriptors
     next_offset: int = 0
+    ahead: int = -1  # the last page index a read-ahead was started for
 
     def close(self) -> None:
-        for c in self.pages.values():
-            if c.fd is not None:
-                os.close(c.fd)
-        self.pages.clear()
+        self.inline.clear()
 
-    def find(self, pos: int) -> Cached | None:
-        c = self.pages.get(pos // self.page_size)
+    def find_inline(self, pos: int) -> Cached | None:
+        c = self.inline.get(pos // self.page_size)
         if c is not None and c.start <= pos < c.end:
-            self.pages.move_to_end(pos // self.page_size)
+            self.inline.move_to_end(pos // self.page_size)
             return c
         return None
 
-    def keep(self, index: int, c: Cached) -> None:
-        old = self.pages.pop(index, None)
-        if old is not None and old.fd is not None:
-            os.close(old.fd)
-        self.pages[index] = c
-        inline = [i for i, v in self.pages.items() if v.data is not None]
-        while len(self.pages) > PAGES_PER_HANDLE or len(inline) > INLINE_PAGES:
-            victim = inline.pop(0) if len(inline) > INLINE_PAGES else next(iter(self.pages))
-            gone = self.pages.pop(victim)
-            if gone.fd is not None:
-                os.close(gone.fd)
-            inline = [i for i, v in self.pages.items() if v.data is not None]
+    def keep_inline(self, index: int, c: Cached) -> None:
+        self.inline.pop(index, None)
+        self.inline[index] = c
+        while len(self.inline) > INLINE_PAGES:
+            self.inline.popitem(last=False)
+
+
+@dataclass
+class DirHandle:
+    path: str
+    page: list[tuple[int, Status]]  # (entry id, status), the ids consecutive
+    more: bool  # the node has entries after this page
+    seen: list[Status] | None  # everything listed so far, from the start (for the listing cache)
 
 
 _DONE = object()
@@ -196,9 +201,11 @@ class Writer:
 class MeshFS:
     def __init__(self, endpoint: str | None, ttl: float = 1.0, timeout: float = 30.0, uid: int | None = None,
                  gid: int | None = None, file_mode: int = 0o644, dir_mode: int = 0o755,
-                 client_factory: Callable[[str | None, float], MeshClient] | None = None) -> None:
+                 client_factory: Callable[[str | None, float], MeshClient] | None = None,
+                 max_ttl: float = 300.0) -> None:
         self.endpoint = endpoint
         self.ttl = ttl
+        self.max_ttl = max(ttl, max_ttl)
         self.timeout = timeout
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -212,12 +219,17 @@ class MeshFS:
         self.inodes: dict[str, int] = {"/": ROOT}
         self.lookups: dict[int, int] = {ROOT: 1}
         self._next_ino = ROOT + 1
-        self.meta: OrderedDict[str, tuple[float, Status | None]] = OrderedDict()
+        self.meta: OrderedDict[str, tuple[float, float, Status | None]] = OrderedDict()  # expires, fetched
+        self.listings: OrderedDict[str, tuple[float, list[Status]]] = OrderedDict()  # whole directories
+        self._listed = 0  # statuses in self.listings
+        self.pages = PageTable()
+        self._tasks: set[asyncio.Task[None]] = set()  # read-aheads in flight
         self.handles: dict[int, Reader | Writer] = {}
         self.writing: dict[str, Writer] = {}
         self.versions: dict[int, str] = {}  # the version each inode had at its last open (keep_cache)
+        self.told: dict[int, str] = {}  # the version of each inode's attributes the kernel was last given
         self._next_fh = 1
-        self.dirs: dict[int, tuple[str, list[tuple[int, Status]], bool]] = {}
+        self.dirs: dict[int, DirHandle] = {}
         self._mounts: list[tuple[str, dict[str, str]]] = []
         self._mounts_at = -1e9
 
@@ -264,18 +276,49 @@ class MeshFS:
     async def writable(self, path: str) -> None:
         """Fail early, before a write starts: EROFS on a read-only mount, EACCES outside every
         mount (the directories above the mount points are the mesh's, not the user's)."""
+        await self._refresh_mounts()
+        best = self._mount_of(path)
+        if best is None or best[0] == path:
+            raise FSError(errno.EACCES, f"{path} is not inside a mount")
+        if best[1].get("read_only", "false").lower() in ("1", "true", "yes", "on"):
+            raise FSError(errno.EROFS, f"{best[0]} is mounted read-only")
+
+    async def _refresh_mounts(self) -> None:
         now = time.monotonic()
         if now - self._mounts_at > max(self.ttl, 5.0):
             got = await self.call(lambda c: [(m.path, dict(m.options)) for m in c.mounts()])
             self._mounts, self._mounts_at = got, now
+
+    def _mount_of(self, path: str) -> tuple[str, dict[str, str]] | None:
+        """The mount ``path`` is in (its mount point included), from the last mount table seen."""
         best: tuple[str, dict[str, str]] | None = None
         for mpath, options in self._mounts:
-            if paths.is_within(path, mpath) and path != mpath and (best is None or len(mpath) > len(best[0])):
+            if paths.is_within(path, mpath) and (best is None or len(mpath) > len(best[0])):
                 best = (mpath, options)
-        if best is None:
-            raise FSError(errno.EACCES, f"{path} is not inside a mount")
-        if best[1].get("read_only", "false").lower() in ("1", "true", "yes", "on"):
-            raise FSError(errno.EROFS, f"{best[0]} is mounted read-only")
+        return best
+
+    def ttl_of(self, path: str) -> float:
+        """How long a status of ``path`` is kept here and in the kernel: as long as the node
+        itself trusts it (the mount's ``sync_interval``; -1, "until a sync", counts as
+        ``max_ttl``), at least ``ttl``, at most ``max_ttl``."""
+        m = self._mount_of(path)
+        if m is None:
+            return self.ttl
+        try:
+            interval = float(m[1].get("sync_interval", "0"))
+        except ValueError:
+            return self.ttl
+        if interval < 0:
+            interval = self.max_ttl
+        return max(self.ttl, min(self.max_ttl, interval))
+
+    def children_ttl(self, path: str) -> float | None:
+        """``ttl_of`` every entry of directory ``path`` when they share one (``path`` is inside
+        a mount), else None (a directory above mount points: each entry may be one)."""
+        m = self._mount_of(path)
+        if m is None or self.writing:
+            return None
+        return self.ttl_of(paths.join(path, "x"))
 
     # ---- inodes and metadata ---------------------------------------------
 
@@ -321,6 +364,7 @@ class MeshFS:
         if path is not None and self.inodes.get(path) == ino:
             del self.inodes[path]
         self.versions.pop(ino, None)
+        self.told.pop(ino, None)
 
     def moved(self, src: str, dst: str) -> None:
         """A rename: every known path under ``src`` now lives under ``dst``."""
@@ -332,30 +376,49 @@ class MeshFS:
                 self.paths.pop(old_ino, None)
             self.inodes[new], self.paths[ino] = ino, new
 
-    def remember_status(self, st: Status | None, path: str) -> None:
-        self.meta[path] = (time.monotonic() + self.ttl, st)
+    def remember_status(self, st: Status | None, path: str, now: float | None = None) -> None:
+        """Keep a status the node gave (``ttl_of`` its path), or a "not found" (``ttl``)."""
+        now = time.monotonic() if now is None else now
+        self.meta[path] = (now + (self.ttl if st is None else self.ttl_of(path)), now, st)
         self.meta.move_to_end(path)
         while len(self.meta) > MAX_META:
             self.meta.popitem(last=False)
 
+    def _unlist(self, path: str) -> None:
+        got = self.listings.pop(path, None)
+        if got is not None:
+            self._listed -= len(got[1])
+
     def invalidate(self, path: str) -> None:
+        """``path`` changed here: forget its status, its parent's, and both listings."""
+        parent = paths.parent(path)
         self.meta.pop(path, None)
-        self.meta.pop(paths.parent(path), None)
+        self.meta.pop(parent, None)
+        self._unlist(path)
+        self._unlist(parent)
 
     def drop_caches(self) -> int:
+        """Forget every status, listing and page descriptor (``meshfs drop-cache``)."""
         n = len(self.meta)
         self.meta.clear()
+        self.listings.clear()
+        self._listed = 0
+        self.pages.clear()
         return n
 
-    async def status(self, path: str) -> Status:
+    async def status(self, path: str, fresh_within: float | None = None) -> Status:
+        """The status of ``path``: from this client's cache while it is kept, or fetched
+        when it is older than ``fresh_within`` seconds (if given)."""
         w = self.writing.get(path)
         if w is not None:
             return Status(path, w.offset, w.started, "", False)
+        await self._refresh_mounts()
+        now = time.monotonic()
         hit = self.meta.get(path)
-        if hit is not None and hit[0] > time.monotonic():
-            if hit[1] is None:
+        if hit is not None and hit[0] > now and (fresh_within is None or now - hit[1] <= fresh_within):
+            if hit[2] is None:
                 raise FSError(errno.ENOENT)
-            return hit[1]
+            return hit[2]
         try:
             st = await self.call(lambda c: c.stat(path))
         except NotFound:
@@ -374,7 +437,10 @@ class MeshFS:
             return None
 
     def attr(self, st: Status, ino: int) -> Attr:
-        return Attr(ino, st.is_dir, st.size, st.mtime, st.version)
+        """What the kernel is told of ``st``; it may keep it as long as this client does."""
+        ttl = self.ttl if st.path in self.writing else self.ttl_of(st.path)
+        self.told[ino] = st.version
+        return Attr(ino, st.is_dir, st.size, st.mtime, st.version, ttl)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         path = self.child(parent, name)
@@ -393,33 +459,60 @@ class MeshFS:
         if not st.is_dir:
             raise FSError(errno.ENOTDIR)
         fh = self._new_fh()
-        self.dirs[fh] = (path, [], True)
+        listed = self.listings.get(path)
+        if listed is not None and listed[0] > time.monotonic() and path not in self._writing_dirs():
+            self.listings.move_to_end(path)
+            self.dirs[fh] = DirHandle(path, list(enumerate(listed[1], 1)), False, None)
+        else:
+            self.dirs[fh] = DirHandle(path, [], True, [])
         return fh
 
     async def entries(self, fh: int, start: int) -> list[tuple[int, Status]]:
         """Entries ``(id, status)`` after id ``start`` (0: from the beginning), one page of
-        the directory at a time as the kernel asks for them: huge directories stream."""
-        path, page, more = self.dirs[fh]
+        the directory at a time as the kernel asks for them: huge directories stream. A
+        directory read whole from the start is kept (``ttl_of`` it, ``MAX_LISTED`` statuses
+        in all) and the next ``opendir`` lists it from here."""
+        d = self.dirs[fh]
+        page = d.page
         if page and page[0][0] - 1 <= start < page[-1][0]:
             return [e for e in page if e[0] > start]
         if page and start >= page[-1][0]:
-            if not more:
+            if not d.more:
                 return []
             after, first_id = page[-1][1].path.rsplit("/", 1)[-1], page[-1][0] + 1
         else:  # the beginning, or a seek back before this page: list from the start
             after, first_id = "", 1
+            if d.seen is not None:
+                d.seen = []
+        path = d.path
+        now = time.monotonic()
         got, more = await self.call(lambda c: c.ls_page(path, after, LIST_PAGE))
         if not after and path in self._writing_dirs():
             got = sorted(self._merge_writing(path, got), key=lambda s: s.path.rsplit("/", 1)[-1].encode())
+            d.seen = None  # not the node's listing: not for the cache
         for s in got:
-            self.remember_status(s, s.path)
-        page = [(first_id + i, s) for i, s in enumerate(got)]
-        self.dirs[fh] = (path, page, more)
-        if not page:
+            self.remember_status(s, s.path, now)
+        d.page, d.more = [(first_id + i, s) for i, s in enumerate(got)], more
+        if d.seen is not None:
+            d.seen.extend(got)
+            if len(d.seen) > MAX_LISTED // 4:
+                d.seen = None  # too big to keep: it streams every time
+            elif not more:
+                self._keep_listing(path, d.seen, now)
+                d.seen = None
+        if not d.page:
             return []
-        if start >= page[-1][0]:
+        if start >= d.page[-1][0]:
             return await self.entries(fh, start)
-        return [e for e in page if e[0] > start]
+        return [e for e in d.page if e[0] > start]
+
+    def _keep_listing(self, path: str, listed: list[Status], now: float) -> None:
+        self._unlist(path)
+        self.listings[path] = (now + self.ttl_of(path), listed)
+        self._listed += len(listed)
+        while self._listed > MAX_LISTED and self.listings:
+            _, (_, gone) = self.listings.popitem(last=False)
+            self._listed -= len(gone)
 
     def _writing_dirs(self) -> set[str]:
         return {paths.parent(p) for p in self.writing}
@@ -459,6 +552,7 @@ class MeshFS:
             raise FSError(errno.EISDIR)
         await self.call(lambda c: c.rm(path))
         self.invalidate(path)
+        self.pages.drop_file(path)
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         src, dst = self.child(parent, name), self.child(new_parent, new_name)
@@ -482,6 +576,10 @@ class MeshFS:
             self.invalidate(p)
         for p in [p for p in self.meta if paths.is_within(p, src)]:
             self.meta.pop(p, None)
+        for p in [p for p in self.listings if paths.is_within(p, src)]:
+            self._unlist(p)
+        self.pages.drop_file(src)
+        self.pages.drop_file(dst)
         self.moved(src, dst)
 
     # ---- files -------------------------------------------------------------
@@ -491,29 +589,36 @@ class MeshFS:
         self._next_fh += 1
         return fh
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """A handle, and whether the kernel may keep the file's cached pages."""
+    async def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        """A handle; whether the kernel may keep the file's cached pages; whether the
+        attributes the kernel holds are stale (the file changed since it was told: the
+        caller has the kernel drop them, so the next read learns the new size).
+
+        An open pins the version it finds: a status older than ``ttl`` is fetched again
+        first, however long listings are kept, so a file replaced elsewhere is read new."""
         path = self.path_of(ino)
         mode = flags & os.O_ACCMODE
         if mode != os.O_RDONLY:
             await self.writable(path)
             if flags & os.O_TRUNC:
-                return self._writer(path), False
+                return self._writer(path), False, False
             if path in self.writing:
                 raise FSError(errno.EBUSY, f"{path} is being written by another handle")
             raise FSError(errno.ENOTSUP, "files are written whole: open with O_TRUNC (random overwrite "
                                          "and append are not supported)")
-        st = await self.status(path)
-        if st.is_dir:
-            raise FSError(errno.EISDIR)
         if path in self.writing:
             raise FSError(errno.EBUSY, f"{path} is being written; it can be read once closed")
+        st = await self.status(path, fresh_within=self.ttl)
+        if st.is_dir:
+            raise FSError(errno.EISDIR)
         fh = self._new_fh()
         self.handles[fh] = Reader(path, st.version, st.size, MeshClient.new_stream_id(),
                                   self.client().page_size or (4 << 20))
         keep = self.versions.get(ino) == st.version
         self.versions[ino] = st.version
-        return fh, keep
+        stale = self.told.get(ino, st.version) != st.version
+        self.told[ino] = st.version
+        return fh, keep, stale
 
     def _writer(self, path: str) -> int:
         if path in self.writing:
@@ -546,46 +651,91 @@ class MeshFS:
         end = min(h.size, off + size)
         if off >= end:
             return b""
-        sequential = off == h.next_offset
+        ps = h.page_size
+        # the kernel's read-ahead sends several READs at once: they arrive close together,
+        # not always in order
+        sequential = abs(off - h.next_offset) <= ps
         h.next_offset = end
         out: list[bytes] = []
-        pos = off
+        pos, tries = off, 0
         while pos < end:
-            c = h.find(pos)
+            c = self.pages.find((h.path, h.version, pos // ps), pos) or h.find_inline(pos)
             if c is None:
-                await self._fetch(h, pos, end, sequential)
-                c = h.find(pos)
-                if c is None:  # inline bytes beyond the handle's budget: read exactly this range
+                tries += 1
+                if tries > 2:  # beyond what the handle keeps (inline bytes): exactly this range
                     out.append(await self._read_exact(h, pos, end))
                     break
+                await self._load(h, pos, end, sequential)
+                continue
             stop = min(end, c.end)
-            if c.fd is not None:
-                data = os.pread(c.fd, stop - pos, c.base + pos - c.start)
-                if len(data) != stop - pos:
-                    raise FSError(errno.EIO, f"cache page of {h.path} is shorter than announced")
-            else:
-                assert c.data is not None
-                data = c.data[pos - c.start:stop - c.start]
-            out.append(data)
-            pos = stop
+            try:
+                out.append(c.read(pos, stop))
+            except OSError as e:
+                raise FSError(errno.EIO, f"cache page of {h.path}: {e.strerror}") from None
+            pos, tries = stop, 0
+        if sequential:
+            self._read_ahead(h, end)
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _read_exact(self, h: Reader, pos: int, end: int) -> bytes:
         return await self.call(lambda c: c.read_pinned(h.path, pos, end - pos, version=h.version, size=h.size,
                                                        stream_id=h.stream))
 
-    async def _fetch(self, h: Reader, pos: int, end: int, sequential: bool) -> None:
+    def _read_ahead(self, h: Reader, end: int) -> None:
+        """Fetch the descriptors of the next pages of a sequential reader in the background,
+        so its reads never wait at a page boundary."""
         ps = h.page_size
-        if sequential:  # whole pages: the next reads of them need no round trip
+        last = (h.size - 1) // ps
+        for index in range((end - 1) // ps + 1, min(last, (end - 1) // ps + READ_AHEAD_PAGES) + 1):
+            if index <= h.ahead:
+                continue
+            h.ahead = index
+            if self.pages.has((h.path, h.version, index)):
+                continue
+            task = asyncio.ensure_future(self._prefetch(h, index))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _prefetch(self, h: Reader, index: int) -> None:
+        ps = h.page_size
+        try:
+            await self._load(h, index * ps, min(h.size, (index + 1) * ps), True)
+        except Exception as e:  # the reader's own read will ask again, and report the error
+            log.debug("read-ahead of %s page %d: %s", h.path, index, e)
+
+    async def _load(self, h: Reader, pos: int, end: int, sequential: bool) -> None:
+        """Bring the pages covering ``[pos, end)`` into the page table (whole pages for a
+        sequential reader, exactly the range for a random one: a descriptor received covers
+        its whole page anyway), once: a fetch of the same page in flight is waited for."""
+        ps = h.page_size
+        if sequential:
             start, stop = (pos // ps) * ps, min(h.size, ((end - 1) // ps + 1) * ps)
         else:
             start, stop = pos, end
-        pieces = await self.call(lambda c: c.page_pieces(h.path, start, stop - start, version=h.version,
-                                                        size=h.size, stream_id=h.stream))
-        if pieces is None:  # no local node: HTTP, exactly the range
-            data = await self._read_exact(h, pos, end)
-            h.keep(pos // ps, Cached(pos, pos + len(data), data=data))
+        keys = [(h.path, h.version, i) for i in range(start // ps, (stop - 1) // ps + 1)]
+        mine, fut = self.pages.begin(keys)
+        if not mine:
+            try:
+                await asyncio.shield(fut)
+            except Exception:  # the caller looks again, and fetches itself
+                pass
             return
+        try:
+            pieces = await self.call(lambda c: c.page_pieces(h.path, start, stop - start, version=h.version,
+                                                            size=h.size, stream_id=h.stream))
+            if pieces is None:  # no local node: HTTP, exactly the range
+                data = await self._read_exact(h, pos, end)
+                h.keep_inline(pos // ps, Cached(pos, pos + len(data), data=data))
+            else:
+                self._keep_pieces(h, start, pieces)
+        except BaseException as e:
+            self.pages.done(keys, fut, e)
+            raise
+        self.pages.done(keys, fut)
+
+    def _keep_pieces(self, h: Reader, start: int, pieces: list[Piece]) -> None:
+        """Descriptors to the page table (as whole pages), inline bytes to the handle."""
+        ps = h.page_size
         logical = start
         inline: list[bytes] = []  # consecutive inline pieces of one page become one entry
         inline_at = start
@@ -593,25 +743,28 @@ class MeshFS:
         def keep_inline() -> None:
             if inline:
                 data = inline[0] if len(inline) == 1 else b"".join(inline)
-                h.keep(inline_at // ps, Cached(inline_at, inline_at + len(data), data=data))
+                h.keep_inline(inline_at // ps, Cached(inline_at, inline_at + len(data), data=data))
                 inline.clear()
 
-        for p in pieces:
-            if p.data is not None:
-                if inline and (logical // ps != inline_at // ps):
+        try:
+            for p in pieces:
+                if p.data is not None:
+                    if inline and (logical // ps != inline_at // ps):
+                        keep_inline()
+                    if not inline:
+                        inline_at = logical
+                    inline.append(p.data)
+                else:
                     keep_inline()
-                if not inline:
-                    inline_at = logical
-                inline.append(p.data)
-            else:
-                keep_inline()
-                if p.length > 0:
-                    h.keep(logical // ps, Cached(logical, logical + p.length, fd=p.fd, base=p.offset))
-                elif p.fd is not None:
-                    os.close(p.fd)
-                p.fd = None  # the handle owns it now
-            logical += p.length
-        keep_inline()
+                    if p.length > 0 and p.fd is not None:
+                        c = whole_page(p.fd, logical, p.offset, p.length, ps, h.size)
+                        p.fd = None  # the table owns it now
+                        self.pages.put((h.path, h.version, c.start // ps), c)
+                logical += p.length
+            keep_inline()
+        finally:
+            for p in pieces:
+                p.close()
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         w = self.handles.get(fh)
@@ -712,6 +865,10 @@ class MeshFS:
                 "user.mesh.region": str(region).encode()}
 
     def close(self) -> None:
+        log.info("page table: %d reads from held descriptors, %d fetches", self.pages.hits, self.pages.fetches)
+        for task in list(self._tasks):
+            task.cancel()
+        self.pages.clear()
         for h in self.handles.values():
             if isinstance(h, Reader):
                 h.close()

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from meshd import paths
+from meshd.client import Status
 
 from .core import Attr, FSError, MeshFS, errno_of, mode_of
 
@@ -27,6 +27,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 DROP_CACHE = b"user.mesh.drop_cache"
 BLKSIZE = 1 << 20  # st_blksize: cp, dd and friends size their buffers by it
+MAX_BUILT = 200_000  # readdir entries kept built
 
 
 def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -53,16 +54,24 @@ class MeshOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, core: MeshFS) -> None:
+    def __init__(self, core: MeshFS, after_init: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.core = core
+        self.after_init = after_init
+        self._built: dict[int, tuple[Status, float | None, pyfuse3.EntryAttributes]] = {}  # readdir's entries
+
+    def init(self) -> None:
+        """Runs inside the kernel's INIT request, before libfuse answers it; ``after_init``
+        runs once the answer is sent (the answer resets the mount's read-ahead)."""
+        if self.after_init is not None:
+            asyncio.get_running_loop().call_soon(self.after_init)
 
     def entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = pyfuse3.InodeT(a.ino)
         e.generation = 0
-        e.entry_timeout = self.core.ttl
-        e.attr_timeout = self.core.ttl
+        e.entry_timeout = a.ttl
+        e.attr_timeout = a.ttl
         e.st_mode = pyfuse3.ModeT(mode_of(self.core, a))
         e.st_nlink = 2 if a.is_dir else 1
         e.st_uid, e.st_gid = self.core.uid, self.core.gid
@@ -94,6 +103,8 @@ class MeshOps(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for ino, n in inode_list:
             self.core.forget(ino, n)
+            if ino not in self.core.paths:
+                self._built.pop(ino, None)
 
     @_fuse_errors
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
@@ -101,17 +112,31 @@ class MeshOps(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """The hot loop of a listing: the entry of a status already given is reused."""
+        core = self.core
+        inodes, lookups, told, built = core.inodes, core.lookups, core.told, self._built
+        ttl = core.children_ttl(core.dirs[fh].path)
         while True:
-            batch = await self.core.entries(fh, start_id)
+            batch = await core.entries(fh, start_id)
             if not batch:
                 return
             for eid, st in batch:
-                ino = self.core.ino(st.path)
-                a = self.core.attr(st, ino)
-                if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(paths.basename(st.path).encode()),
-                                             self.entry(a), eid):
+                ino = inodes.get(st.path) or core.ino(st.path)
+                got = built.get(ino)
+                if got is not None and got[0] is st and got[1] == ttl:
+                    e = got[2]
+                else:
+                    a = core.attr(st, ino)
+                    if ttl is not None:
+                        a.ttl = ttl
+                    e = self.entry(a)
+                    built[ino] = (st, ttl, e)
+                    if len(built) > MAX_BUILT:
+                        built.clear()
+                told[ino] = st.version
+                if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(st.path.rsplit("/", 1)[-1].encode()), e, eid):
                     return
-                self.core.remember(st.path)  # the kernel now holds a reference
+                lookups[ino] = lookups.get(ino, 0) + 1  # the kernel now holds a reference
                 start_id = eid
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
@@ -141,7 +166,12 @@ class MeshOps(pyfuse3.Operations):
     @_fuse_errors
     async def open(self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        fh, keep = await self.core.open(inode, flags)
+        fh, keep, stale = await self.core.open(inode, flags)
+        if stale:  # the kernel's size is older than the version just pinned: it asks again at the first read
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)  # no lock of ours is held in open
+            except OSError:
+                pass
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
 
     @_fuse_errors
