@@ -87,6 +87,7 @@ ROOT = 1
 MAX_META = 100_000
 INLINE_PAGES = 2
 READ_AHEAD_PAGES = 2  # page descriptors fetched ahead of a sequential reader
+LIST_AFTER = 4  # lookups in one directory before it is listed whole (mounts that keep listings)
 MAX_LISTED = 200_000  # statuses kept in cached directory listings, all directories together
 WRITE_QUEUE = 16
 LIST_PAGE = 1000
@@ -222,6 +223,8 @@ class MeshFS:
         self.meta: OrderedDict[str, tuple[float, float, Status | None]] = OrderedDict()  # expires, fetched
         self.listings: OrderedDict[str, tuple[float, list[Status]]] = OrderedDict()  # whole directories
         self._listed = 0  # statuses in self.listings
+        self._lookups_in: dict[str, int] = {}  # directory -> lookups of names not known in it
+        self._unlistable: set[str] = set()  # directories too big to list for a lookup
         self.pages = PageTable()
         self._tasks: set[asyncio.Task[None]] = set()  # read-aheads in flight
         self.handles: dict[int, Reader | Writer] = {}
@@ -419,6 +422,8 @@ class MeshFS:
             if hit[2] is None:
                 raise FSError(errno.ENOENT)
             return hit[2]
+        if fresh_within is None and await self._listed_parent(path, now):
+            return await self.status(path)
         try:
             st = await self.call(lambda c: c.stat(path))
         except NotFound:
@@ -426,6 +431,41 @@ class MeshFS:
             raise FSError(errno.ENOENT) from None
         self.remember_status(st, path)
         return st
+
+    async def _listed_parent(self, path: str, now: float) -> bool:
+        """After ``LIST_AFTER`` lookups in one directory on a mount whose listings are kept
+        (``ttl_of`` above ``ttl``), list the directory once instead of asking for each name
+        (one request to the store instead of one per name, as a walk of a tree needs). Only
+        a directory that fits in one page is kept so; a bigger one is not tried again.
+        True when the listing now answers for ``path``."""
+        parent = paths.parent(path)
+        if parent == path or parent in self._unlistable or self.ttl_of(parent) <= self.ttl:
+            return False
+        n = self._lookups_in.get(parent, 0) + 1
+        self._lookups_in[parent] = n
+        if len(self._lookups_in) > 10_000:
+            self._lookups_in.clear()
+        if n < LIST_AFTER:
+            return False
+        self._lookups_in.pop(parent, None)
+        try:
+            got, more = await self.call(lambda c: c.ls_page(parent, "", LIST_PAGE))
+        except (MeshError, FSError) as e:
+            log.debug("listing %s for a lookup: %s", parent, e)
+            return False
+        if more:
+            self._unlistable.add(parent)
+            if len(self._unlistable) > 10_000:
+                self._unlistable.clear()
+            return False
+        for s in got:
+            self.remember_status(s, s.path, now)
+        if parent not in self._writing_dirs():
+            self._keep_listing(parent, got, now)
+        names = {s.path for s in got}
+        if path not in names:
+            self.remember_status(None, path, now)
+        return True
 
     async def maybe_status(self, path: str) -> Status | None:
         """The status, or None when nothing is at ``path``."""

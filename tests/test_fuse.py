@@ -333,3 +333,71 @@ def test_sigterm_unmounts_cleanly(tmp_path: Path, env: Env) -> None:
     assert fs.proc.wait(20) == 0
     assert not is_mounted(fs.mountpoint)
     shutil.rmtree(fs.mountpoint)  # an unmounted, empty directory again
+
+
+def _counter(node: MeshdProcess, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(node.endpoints["metrics"]) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def test_kept_listings_pinned_opens_and_shared_page_descriptors(tmp_path: Path) -> None:
+    """A mount with sync_interval=300: meshfs keeps its statuses and listings that long (the
+    node trusts them as long), yet an open re-checks: a file replaced through the mesh by
+    another client reads new, whole, at once. Random reads from several handles share the
+    page descriptors: each page is asked of the node once, not once per read."""
+    store = tmp_path / "store"
+    (store / "d").mkdir(parents=True)
+    for i in range(5):
+        (store / "d" / f"f{i}").write_bytes(b"old")
+    big = os.urandom(3 * 4 * MIB + 12345)  # four 4 MiB pages, the last one short
+    (store / "big.bin").write_bytes(big)
+    node = MeshdProcess(tmp_path / "node", [f"/kept={store.as_uri()},sync_interval=300"],
+                        ["--no-s3", "--no-webhdfs"]).start()
+    fs = MeshfsProcess(tmp_path / "mnt", str(tmp_path / "node"), ["--ttl", "1"]).start()
+    kept = fs.mountpoint / "kept"
+    other = node.client()  # another client of the same node
+    try:
+        assert sorted(os.listdir(kept / "d")) == [f"f{i}" for i in range(5)]
+        assert os.stat(kept / "d" / "f0").st_size == 3
+        # changes made through the mesh by another client: the node knows at once ...
+        other.put("/kept/d/new", b"n")
+        other.put("/kept/d/f0", b"replaced, longer")
+        time.sleep(1.2)  # past --ttl: only the mount's sync_interval keeps them now
+        # ... this mount lists and stats what it learned (as rclone's --dir-cache-time) ...
+        assert "new" not in os.listdir(kept / "d")
+        assert os.stat(kept / "d" / "f0").st_size == 3
+        # ... but an open re-checks and reads the new file whole (the kernel's size refreshed)
+        assert (kept / "d" / "f0").read_bytes() == b"replaced, longer"
+        assert os.stat(kept / "d" / "f0").st_size == len(b"replaced, longer")
+        assert (kept / "d" / "new").read_bytes() == b"n"  # a name not listed is asked for
+        r = subprocess.run([*MESHFS, "drop-cache", str(fs.mountpoint)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "new" in os.listdir(kept / "d")
+        # this client's own changes show at once
+        (kept / "d" / "mine").write_bytes(b"m")
+        assert "mine" in os.listdir(kept / "d") and (store / "d" / "mine").read_bytes() == b"m"
+        os.unlink(kept / "d" / "f1")
+        assert "f1" not in os.listdir(kept / "d")
+
+        # shared page descriptors: warm the node's cache, then random reads from three handles
+        assert _sha(kept / "big.bin") == hashlib.sha256(big).hexdigest()
+        before = _counter(node, "mesh_cache_hits_total")
+        rng = np.random.default_rng(5)
+        fds = [os.open(kept / "big.bin", os.O_RDONLY) for _ in range(3)]
+        try:
+            subprocess.run([*MESHFS, "drop-cache", str(fs.mountpoint)], check=True, capture_output=True)
+            for k in range(300):
+                off = int(rng.integers(0, len(big) - 4096))
+                assert os.pread(fds[k % 3], 4096, off) == big[off:off + 4096]
+        finally:
+            for fd in fds:
+                os.close(fd)
+        asked = _counter(node, "mesh_cache_hits_total") - before
+        assert 4 <= asked <= 8, asked  # each of the 4 pages about once (+ read-ahead), not 300 times
+    finally:
+        fs.stop()
+        node.stop()

@@ -1,0 +1,132 @@
+"""fuse/pages.py: the page-descriptor table meshfs shares between handles (unit tests with
+real descriptors: page files in a temporary directory and memfds)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from fuse.pages import Cached, PageTable, whole_page
+
+PS = 1 << 16  # a small page size keeps the files small
+
+
+def page_file(tmp_path: Path, index: int, size: int = PS) -> int:
+    p = tmp_path / f"page-{index}"
+    p.write_bytes(bytes([index % 256]) * size)
+    return os.open(p, os.O_RDONLY)
+
+
+def test_a_piece_of_a_page_file_covers_its_whole_page(tmp_path: Path) -> None:
+    fd = page_file(tmp_path, 3)
+    # a 100-byte read at file offset 3*PS + 500 arrived as (fd, 500, 100)
+    c = whole_page(fd, 3 * PS + 500, 500, 100, PS, 10 * PS)
+    assert (c.start, c.end, c.base, c.memfd) == (3 * PS, 4 * PS, 0, False)
+    assert c.read(3 * PS + 10, 3 * PS + 20) == b"\x03" * 10
+    c.close()
+
+
+def test_the_last_short_page_and_a_piece_off_the_grid(tmp_path: Path) -> None:
+    fd = page_file(tmp_path, 2, size=1000)
+    c = whole_page(fd, 2 * PS + 10, 10, 90, PS, 2 * PS + 1000)
+    assert (c.start, c.end) == (2 * PS, 2 * PS + 1000)
+    c.close()
+    # a descriptor whose size does not match the page grid is kept for its own range only
+    fd = page_file(tmp_path, 5, size=PS + 7)
+    c = whole_page(fd, 5 * PS + 10, 10, 90, PS, 10 * PS)
+    assert (c.start, c.end, c.base) == (5 * PS + 10, 5 * PS + 100, 10)
+    c.close()
+
+
+def test_a_memfd_is_recognised(tmp_path: Path) -> None:
+    fd = os.memfd_create("mesh-page")
+    os.write(fd, b"m" * PS)
+    c = whole_page(fd, 0, 0, 10, PS, PS)
+    assert c.memfd and (c.start, c.end) == (0, PS)
+    c.close()
+
+
+def test_a_short_descriptor_is_an_error_not_short_bytes(tmp_path: Path) -> None:
+    fd = page_file(tmp_path, 1, size=100)
+    c = Cached(0, 200, fd=fd)  # announced longer than the file
+    with pytest.raises(OSError):
+        c.read(50, 150)
+    c.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_bounds_close_what_they_evict(tmp_path: Path) -> None:
+    before = open_fds()
+    t = PageTable(max_pages=4, max_memfd=1)
+    for i in range(10):
+        t.put(("/f", "v1", i), whole_page(page_file(tmp_path, i), i * PS, 0, 1, PS, 100 * PS))
+    assert len(t) == 4 and open_fds() == before + 4
+    assert t.find(("/f", "v1", 9), 9 * PS + 5) is not None
+    assert t.find(("/f", "v1", 0), 5) is None  # evicted, least recently used first
+    for i in range(3):  # memfds: at most one kept
+        fd = os.memfd_create("mesh-page")
+        os.write(fd, b"x" * PS)
+        t.put(("/g", "v1", i), whole_page(fd, i * PS, 0, 1, PS, 100 * PS))
+    assert sum(1 for i in range(3) if t.find(("/g", "v1", i), i * PS) is not None) == 1
+    # another version of a file is another page; dropping a file and clearing close everything
+    assert t.find(("/f", "v2", 9), 9 * PS) is None
+    t.drop_file("/f")
+    assert all(t.find(("/f", "v1", i), i * PS) is None for i in range(10))
+    t.clear()
+    assert len(t) == 0 and open_fds() == before
+
+
+def test_a_wider_range_replaces_a_narrower_one_never_the_reverse(tmp_path: Path) -> None:
+    t = PageTable(max_pages=4)
+    key = ("/f", "v", 0)
+    narrow = Cached(10, 20, fd=page_file(tmp_path, 0), base=10)
+    t.put(key, narrow)
+    t.put(key, whole_page(page_file(tmp_path, 1), 0, 0, 1, PS, PS))
+    c = t.find(key, 5000)
+    assert c is not None and (c.start, c.end) == (0, PS)
+    t.put(key, Cached(30, 40, fd=page_file(tmp_path, 2), base=30))  # covered: dropped, not kept
+    c = t.find(key, 5000)
+    assert c is not None and (c.start, c.end) == (0, PS)
+    t.clear()
+
+
+def test_single_flight_one_fetch_for_concurrent_readers() -> None:
+    async def main() -> None:
+        t = PageTable(max_pages=8)
+        keys = [("/f", "v", 0), ("/f", "v", 1)]
+        fetched = 0
+
+        async def reader() -> str:
+            nonlocal fetched
+            mine, fut = t.begin(keys)
+            if not mine:
+                await fut
+                return "waited"
+            fetched += 1
+            await asyncio.sleep(0.01)
+            t.done(keys, fut)
+            return "fetched"
+
+        got = await asyncio.gather(*(reader() for _ in range(5)))
+        assert sorted(got) == ["fetched"] + ["waited"] * 4 and fetched == 1
+        assert not t.has(keys[0])  # nothing in flight, nothing kept (the fetch kept nothing)
+        # a failed fetch reaches its waiters as an error, and the next one fetches again
+        mine, fut = t.begin(keys)
+        assert mine
+        again, same = t.begin(keys[1:])
+        assert not again and same is fut
+        t.done(keys, fut, OSError(5, "node gone"))
+        with pytest.raises(OSError):
+            await same
+        mine, fut = t.begin(keys)
+        assert mine
+        t.done(keys, fut, asyncio.CancelledError())  # a cancelled fetcher: waiters see an OSError
+        assert isinstance(fut.exception(), OSError)
+
+    asyncio.run(main())
