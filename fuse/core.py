@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import queue
@@ -87,6 +88,7 @@ ROOT = 1
 MAX_META = 100_000
 INLINE_PAGES = 2
 READ_AHEAD_PAGES = 2  # page descriptors fetched ahead of a sequential reader
+DIRS_AHEAD = 2  # sibling directories listed ahead of a tree walk (mounts that keep listings)
 LIST_AFTER = 4  # lookups in one directory before it is listed whole (mounts that keep listings)
 MAX_LISTED = 200_000  # statuses kept in cached directory listings, all directories together
 WRITE_QUEUE = 16
@@ -225,6 +227,9 @@ class MeshFS:
         self._listed = 0  # statuses in self.listings
         self._lookups_in: dict[str, int] = {}  # directory -> lookups of names not known in it
         self._unlistable: set[str] = set()  # directories too big to list for a lookup
+        self._dirs_ahead: dict[str, asyncio.Task[None]] = {}  # directory read-ahead in flight
+        self._sibling_order: dict[str, tuple[list[Status], dict[str, int]]] = {}
+        self._last_opened: dict[str, int] = {}  # parent -> index of the child directory opened last
         self.pages = PageTable()
         self._tasks: set[asyncio.Task[None]] = set()  # read-aheads in flight
         self.handles: dict[int, Reader | Writer] = {}
@@ -498,6 +503,13 @@ class MeshFS:
         st = await self.status(path)
         if not st.is_dir:
             raise FSError(errno.ENOTDIR)
+        self._walking(path)
+        pending = self._dirs_ahead.get(path)
+        if pending is not None:  # listed ahead of a walk: it is arriving
+            try:
+                await asyncio.shield(pending)
+            except Exception:  # listed here instead
+                pass
         fh = self._new_fh()
         listed = self.listings.get(path)
         if listed is not None and listed[0] > time.monotonic() and path not in self._writing_dirs():
@@ -506,6 +518,67 @@ class MeshFS:
         else:
             self.dirs[fh] = DirHandle(path, [], True, [])
         return fh
+
+    def _walking(self, path: str) -> None:
+        """Directory read-ahead. A tree walk (find, du, rsync, os.walk, a dataset scan) opens
+        the directories of a listed parent one after another, in listing order, and waits
+        for each listing: on a mount that keeps listings, once two siblings were opened in
+        that order, the next ``DIRS_AHEAD`` sibling directories are listed in the background."""
+        parent = paths.parent(path)
+        listed = self.listings.get(parent)
+        if parent == path or listed is None or self.ttl_of(parent) <= self.ttl:
+            return
+        order = self._sibling_order.get(parent)
+        if order is None or order[0] is not listed[1]:
+            order = (listed[1], {st.path: i for i, st in enumerate(listed[1]) if st.is_dir})
+            self._sibling_order[parent] = order
+            if len(self._sibling_order) > 64:
+                self._sibling_order.pop(next(iter(self._sibling_order)))
+        i = order[1].get(path)
+        if i is None:
+            return
+        last = self._last_opened.get(parent)
+        self._last_opened[parent] = i
+        if len(self._last_opened) > 1000:
+            self._last_opened.clear()
+        if last is None or not 0 < i - last <= 2:
+            return
+        queued = 0
+        now = time.monotonic()
+        for st in order[0][i + 1:]:
+            if queued == DIRS_AHEAD:
+                break
+            if not st.is_dir:
+                continue
+            queued += 1
+            got = self.listings.get(st.path)
+            if st.path in self._dirs_ahead or (got is not None and got[0] > now):
+                continue
+            task = asyncio.ensure_future(self._list_ahead(st.path))
+            self._dirs_ahead[st.path] = task
+            task.add_done_callback(functools.partial(self._ahead_done, st.path))
+
+    def _ahead_done(self, path: str, task: asyncio.Task[None]) -> None:
+        self._dirs_ahead.pop(path, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("listing %s ahead of a walk: %s", path, task.exception())
+
+    async def _list_ahead(self, path: str) -> None:
+        now = time.monotonic()
+        seen: list[Status] = []
+        after = ""
+        while True:
+            got, more = await self.call(functools.partial(_ls_page, path=path, after=after))
+            seen.extend(got)
+            if not more:
+                break
+            if len(seen) > MAX_LISTED // 4 or not got:
+                return  # too big to keep: it streams when it is opened
+            after = got[-1].path.rsplit("/", 1)[-1]
+        for st in seen:
+            self.remember_status(st, st.path, now)
+        if path not in self._writing_dirs():
+            self._keep_listing(path, seen, now)
 
     async def entries(self, fh: int, start: int) -> list[tuple[int, Status]]:
         """Entries ``(id, status)`` after id ``start`` (0: from the beginning), one page of
@@ -906,7 +979,7 @@ class MeshFS:
 
     def close(self) -> None:
         log.info("page table: %d reads from held descriptors, %d fetches", self.pages.hits, self.pages.fetches)
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._dirs_ahead.values()]:
             task.cancel()
         self.pages.clear()
         for h in self.handles.values():
@@ -921,6 +994,10 @@ class MeshFS:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
+
+
+def _ls_page(c: MeshClient, path: str, after: str) -> tuple[list[Status], bool]:
+    return c.ls_page(path, after, LIST_PAGE)
 
 
 def mode_of(fs: MeshFS, a: Attr) -> int:

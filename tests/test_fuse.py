@@ -401,3 +401,41 @@ def test_kept_listings_pinned_opens_and_shared_page_descriptors(tmp_path: Path) 
     finally:
         fs.stop()
         node.stop()
+
+
+def test_a_tree_walk_lists_each_directory_once_and_ahead(tmp_path: Path) -> None:
+    """On a mount that keeps listings: lookups in one directory turn into one listing of it,
+    and once a walk opens two sibling directories in order, the next two are listed in the
+    background. Every directory is listed from the under-store once: nothing extra."""
+    store = tmp_path / "store"
+    names = [f"d{i}" for i in range(8)]
+    for d in names:
+        (store / "t" / d).mkdir(parents=True)
+        for j in range(3):
+            (store / "t" / d / f"f{j}").write_bytes(d.encode())
+    node = MeshdProcess(tmp_path / "node", [f"/kept={store.as_uri()},sync_interval=300"],
+                        ["--no-s3", "--no-webhdfs"]).start()
+    fs = MeshfsProcess(tmp_path / "mnt", str(tmp_path / "node"), ["--ttl", "1"]).start()
+    root = fs.mountpoint / "kept" / "t"
+
+    def lists() -> float:
+        return _counter(node, 'mesh_understore_requests_total{op="list"')
+
+    try:
+        for d in names[:5]:  # lookups by name, as a walk without a listing does them
+            os.stat(root / d)
+        base = lists()
+        assert base <= 3, base  # /, /t (once, for the lookups): not one request per name
+        assert sorted(os.listdir(root / "d0")) == ["f0", "f1", "f2"]
+        assert sorted(os.listdir(root / "d1")) == ["f0", "f1", "f2"]
+        deadline = time.monotonic() + 10
+        while lists() < base + 4 and time.monotonic() < deadline:  # d2 and d3, ahead of the walk
+            time.sleep(0.05)
+        assert lists() == base + 4
+        walked = {d: sorted(files) for d, _, files in os.walk(root) if d != str(root)}
+        assert walked == {str(root / d): ["f0", "f1", "f2"] for d in names}
+        assert lists() == base + len(names)  # each directory once, none twice
+        assert (root / "d7" / "f1").read_bytes() == b"d7"
+    finally:
+        fs.stop()
+        node.stop()
