@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -79,6 +80,8 @@ class EtcdProcess:
 
     def ctl(self, *args: str) -> str:
         exe = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError("etcdctl not found: install Debian's etcd-client (./dev setup does)")
         r = subprocess.run([exe, "--endpoints", self.url, *args], capture_output=True, timeout=30,
                            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
         if r.returncode != 0:
