@@ -406,6 +406,8 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-fuse-", dir=args.workdir))
     if args.profile:
+        if not PY_SPY.exists():
+            sys.exit("--profile needs py-spy: .venv/bin/python -m pip install py-spy")
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"workdir {work} ({os.cpu_count()} cores); {args.size_mib} MiB file, {args.files} small files, "

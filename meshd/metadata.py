@@ -31,6 +31,8 @@ from .mounts import Mount
 from .understore import ObjectInfo, UnderStore
 
 log = logging.getLogger(__name__)
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with (C)
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class FileStatus:
     fetched_at: float = 0.0
 
     def to_json(self) -> bytes:
-        return json.dumps([self.size, self.mtime, self.version, self.is_dir, self.fetched_at]).encode()
+        return _json_row(self.size, self.mtime, self.version, self.is_dir, self.fetched_at)
 
     @classmethod
     def from_json(cls, path: str, raw: bytes) -> FileStatus:
@@ -63,8 +65,21 @@ def page_of(entries: list[FileStatus], after: str, limit: int) -> tuple[list[Fil
     return (entries[:limit], len(entries) > limit) if limit else (entries, False)
 
 
+def _json_row(size: int, mtime: float, version: str, is_dir: bool, t: float | None = None) -> bytes:
+    """``json.dumps([size, mtime, version, is_dir] + ([t] if t is not None else []))``, a few
+    times quicker (a listing writes two of these per entry); anything but plain finite
+    numbers (``x - x == 0`` is false for inf and nan) takes json.dumps."""
+    if (type(size) is int and type(mtime) in _NUMBER and mtime - mtime == 0
+            and (t is None or (type(t) in _NUMBER and t - t == 0))):
+        d = "true" if is_dir else "false"
+        if t is None:
+            return f"[{size},{mtime!r},{_json_str(version)},{d}]".encode()
+        return f"[{size},{mtime!r},{_json_str(version)},{d},{t!r}]".encode()
+    return json.dumps([size, mtime, version, is_dir] if t is None else [size, mtime, version, is_dir, t]).encode()
+
+
 def _entry(s: FileStatus) -> bytes:
-    return json.dumps([s.size, s.mtime, s.version, s.is_dir]).encode()
+    return _json_row(s.size, s.mtime, s.version, s.is_dir)
 
 
 def _fresh(fetched_at: float, interval: float, now: float) -> bool:
@@ -180,13 +195,15 @@ class MetadataCache:
         return out
 
     def _store_listing(self, path: str, infos: list[ObjectInfo], now: float, children_here: bool) -> list[FileStatus]:
-        out = [FileStatus.of(paths.join(path, paths.basename(i.path)), i, now) for i in infos]
-        out.sort(key=lambda s: paths.basename(s.path).encode())
+        named = sorted((((n := paths.basename(i.path)).encode(), paths.child(path, n), i) for i in infos),
+                       key=lambda e: e[0])
+        out = [FileStatus(child, i.size, i.mtime, i.version, i.is_dir, now) for _, child, i in named]
         base = self._ekey(path)
         deletes = [k for k, _ in self._kv.scan(base)]
-        puts = {base + paths.basename(s.path).encode(): _entry(s) for s in out}
+        puts = {base + name: _json_row(i.size, i.mtime, i.version, i.is_dir) for name, _, i in named}
         if children_here:
-            puts.update({self._skey(s.path): s.to_json() for s in out})
+            puts.update({b"s:" + child.encode(): _json_row(i.size, i.mtime, i.version, i.is_dir, now)
+                         for _, child, i in named})
         puts[self._lkey(path)] = json.dumps({"t": now, "n": len(out)}).encode()
         self._put(puts, deletes)
         return out

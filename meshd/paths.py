@@ -41,6 +41,16 @@ def join(*parts: str) -> str:
     return normalize("/".join(p.strip("/") for p in parts if p.strip("/")) or "/")
 
 
+def child(directory: str, name: str) -> str:
+    """``join(directory, name)`` for a normalized ``directory`` and one component ``name``:
+    the same path or the same InvalidPath, without re-checking ``directory`` (a listing
+    joins every entry's name to one directory)."""
+    if (name and "/" not in name and "\x00" not in name and name not in (".", "..")
+            and len(name) <= NAME_MAX // 4 and len(directory) + len(name) < PATH_MAX // 4):
+        return directory + name if directory.endswith("/") else directory + "/" + name
+    return join(directory, name)
+
+
 def parent(path: str) -> str:
     parts = split(path)
     return "/" + "/".join(parts[:-1])
