@@ -200,10 +200,9 @@ class MetadataCache:
         out = [FileStatus(child, i.size, i.mtime, i.version, i.is_dir, now) for _, child, i in named]
         base = self._ekey(path)
         deletes = [k for k, _ in self._kv.scan(base)]
-        puts = {base + name: _json_row(i.size, i.mtime, i.version, i.is_dir) for name, _, i in named}
+        puts = {base + name: _entry(s) for (name, _, _), s in zip(named, out, strict=True)}
         if children_here:
-            puts.update({b"s:" + child.encode(): _json_row(i.size, i.mtime, i.version, i.is_dir, now)
-                         for _, child, i in named})
+            puts.update({self._skey(s.path): s.to_json() for s in out})
         puts[self._lkey(path)] = json.dumps({"t": now, "n": len(out)}).encode()
         self._put(puts, deletes)
         return out

@@ -18,7 +18,6 @@ botocore's. tests/test_s3_listing_parser.py checks that both parses agree.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -66,8 +65,7 @@ def _plan(shape: Any, depth: int = 0) -> Plan:
 class ListingParser(RestXMLParser):
     """botocore's rest-xml parser, with the quick path for listing bodies."""
 
-    _plans: dict[str, Plan | None] = {}
-    _plans_lock = threading.Lock()
+    _plans: dict[str, Plan | None] = {}  # by shape name, for every parser (one is made per response)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,13 +92,12 @@ class ListingParser(RestXMLParser):
         does not cover this shape (botocore's parse then). Raises on a body it cannot read."""
         if shape.name in self._plans:
             plan = self._plans[shape.name]
-        else:
+        else:  # two threads may both make it: the same table
             try:
                 plan = _plan(shape)
             except _Unusual:
                 plan = None
-            with self._plans_lock:
-                self._plans[shape.name] = plan
+            self._plans[shape.name] = plan
         if plan is None:
             return None
         root = self._parse_xml_string_to_dom(body)  # botocore's own XML parser settings
