@@ -38,8 +38,11 @@ are the median of ``--repeat`` runs, each on a fresh mount):
 * random 128K x4 re-read  the same offsets again;
 * list / stat cold        os.scandir of the 100 directories, then os.stat of every
                           file, on a fresh mount (for meshfs the node's very first
-                          listing of these directories: from S3, as rclone's; local:
-                          after ``echo 2 > /proc/sys/vm/drop_caches``);
+                          listing of these directories: from S3, as rclone's), each
+                          contender after ``echo 2 > /proc/sys/vm/drop_caches``: the
+                          kernel's dentries and inodes (of the local copy and of
+                          s3rver's directory alike) are dropped before every cold
+                          listing, so no contender walks a tree another one warmed;
 * list / stat warm        both again.
 * meshfs only: list / stat after ``meshfs drop-cache`` (the mount cold, the node's
   metadata warm), and the first read with the mount's read-ahead written from
@@ -51,6 +54,13 @@ are the median of ``--repeat`` runs, each on a fresh mount):
 Goals (issue): meshfs first sequential read >= 0.8 x the passthrough (same
 read-ahead setting); meshfs re-read at kernel page-cache speed (ratio to local
 page-cache read; >= 0.8 counted as PASS); meshfs faster than rclone on every row.
+
+``--pin-server`` gives s3rver a core of its own (the last one; ``taskset`` on all its
+threads) and every other process the remaining cores. s3rver stands for a remote
+object store: without pinning, a listing costs s3rver ~70 ms of CPU per 1000 keys and
+the server competes with the client under test for the same two cores, so the
+listing rows measure how little CPU a client takes from the server as much as how
+fast the client is. Both runs are reported in docs/BENCHMARKS.md.
 
 ``--profile DIR`` records every meshfs row with py-spy (meshfs and meshd
 processes, collapsed stacks in DIR/ROW.meshfs.txt and ROW.meshd.txt); the
@@ -394,6 +404,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
                     help="where data, S3 server, caches and mounts live (a real disk; /tmp is slow here)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--pin-server", action="store_true",
+                    help="s3rver on a core of its own, everything else on the others (the server as a remote one)")
     args = ap.parse_args()
     args.size_mib = args.size_mib or (512 if args.quick else 2048)
     args.files = args.files or (10_000 if args.quick else 100_000)
@@ -405,13 +417,18 @@ def main() -> None:
             sys.exit(f"bench_fuse needs {tool}")
     os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-fuse-", dir=args.workdir))
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin_server and len(cores) < 2:
+        sys.exit(f"--pin-server needs at least 2 cores; this process may use {len(cores)}")
     if args.profile:
         if not PY_SPY.exists():
             sys.exit("--profile needs py-spy: .venv/bin/python -m pip install py-spy")
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"workdir {work} ({os.cpu_count()} cores); {args.size_mib} MiB file, {args.files} small files, "
-          f"{THREADS} x {args.random_reads} random reads", flush=True)
+          f"{THREADS} x {args.random_reads} random reads"
+          + (f"; s3rver pinned to core {cores[-1]}, the rest to {cores[:-1]}" if args.pin_server else ""),
+          flush=True)
     b = Bench(args, work)
     server: S3rver | None = None
     mounts: list[MountProc] = []
@@ -424,6 +441,10 @@ def main() -> None:
         # would be an HTTP 500
         os.environ["NODE_OPTIONS"] = (os.environ.get("NODE_OPTIONS", "") + " --openssl-legacy-provider").strip()
         server = S3rver(s3root)
+        if args.pin_server:  # before any other process starts: they inherit the bench's cores
+            subprocess.run(["taskset", "-a", "-p", "-c", str(cores[-1]), str(server.proc.pid)],
+                           check=True, capture_output=True)
+            os.sched_setaffinity(0, set(cores[:-1]))
         opts = ",".join(f"{k}={v}" for k, v in server.options().items())
         b.node = MeshdProcess(work / "node", [f"/s3=s3://bench,{opts},sync_interval={args.sync_interval}"],
                               ["--no-default-mount", "--no-s3", "--no-webhdfs", "--memory-capacity", "256MiB",
@@ -543,18 +564,24 @@ def main() -> None:
             b.ops(f"list {n} {suffix}", who, lambda: listing(root, dirs), n)
             b.ops(f"stat {n} {suffix}", who, lambda: stat_all(root, files), n)
 
+        # every cold listing starts from dropped dentries and inodes: s3rver's directory
+        # too, so neither S3 client walks a tree the other one warmed in the server's kernel
         drop_dentries()
         list_stat("local", data, "cold")
         list_stat("local", data, "warm")
-        list_stat("passthrough-1024K", pt_fresh(1024), "cold")
+        p = pt_fresh(1024)
+        drop_dentries()
+        list_stat("passthrough-1024K", p, "cold")
         list_stat("passthrough-1024K", pt_mnt, "warm")
         pt_stop()
         p = meshfs_fresh()
+        drop_dentries()
         list_stat("meshfs", p, "cold")  # the node's very first listing of these directories
         list_stat("meshfs", p, "warm")
         subprocess.run([*MESHFS, "drop-cache", str(mesh_mnt)], check=True, capture_output=True)
         list_stat("meshfs", p, "drop-cache")
         p = rclone_fresh()
+        drop_dentries()
         list_stat("rclone", p, "cold")
         list_stat("rclone", p, "warm")
 
