@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from .ops import DROP_CACHE
 
@@ -57,14 +58,44 @@ def _set_readahead(mountpoint: str, kb: int) -> None:
         log.info("could not set read-ahead to %d KiB (%s): the kernel's default stays", kb, e)
 
 
+def _enable_asyncio() -> None:
+    """pyfuse3 in asyncio mode, with its ``wait_readable`` made safe to wake twice.
+
+    pyfuse3's own (3.5.0) registers ``future.set_result`` as the /dev/fuse reader and
+    removes the reader only from a done-callback, one loop iteration later: on a busy
+    loop the reader can fire again first, and asyncio logs "Exception in callback
+    Future.set_result(None)" with an InvalidStateError traceback (harmless, but an
+    ERROR in the mount's log). Here the reader sets the result only once."""
+    import pyfuse3.asyncio as aio
+
+    def wake(future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    async def wait_readable(fd: Any) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        aio._read_futures[fd].add(future)  # notify_closing fails these when the fd closes
+        try:
+            loop.add_reader(fd, wake, future)
+            future.add_done_callback(lambda _f: loop.remove_reader(fd))
+            await future
+        finally:
+            aio._read_futures[fd].discard(future)
+            if not aio._read_futures[fd]:
+                del aio._read_futures[fd]
+
+    aio.enable()
+    aio.wait_readable = wait_readable  # pyfuse3 looks it up on every wait
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import pyfuse3
-    import pyfuse3.asyncio
 
     from .core import MeshFS
     from .ops import MeshOps
 
-    pyfuse3.asyncio.enable()
+    _enable_asyncio()
     mountpoint = os.path.abspath(args.mountpoint)
     core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
                   max_ttl=args.max_ttl)
