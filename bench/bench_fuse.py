@@ -43,6 +43,9 @@ are the median of ``--repeat`` runs, each on a fresh mount):
                           kernel's dentries and inodes (of the local copy and of
                           s3rver's directory alike) are dropped before every cold
                           listing, so no contender walks a tree another one warmed;
+                          the S3 clients start with the bucket's root listed (rclone's
+                          mount check lists it and rclone keeps it; meshfs is given
+                          the same listing before the timer) and nothing below it;
 * list / stat warm        both again.
 * meshfs only: list / stat after ``meshfs drop-cache`` (the mount cold, the node's
   metadata warm), and the first read with the mount's read-ahead written from
@@ -396,6 +399,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smaller run: 512 MiB, 10,000 files")
     ap.add_argument("--repeat", type=int, default=3,
                     help="first reads and random reads: median of this many, each on a fresh mount (3)")
+    ap.add_argument("--cold-reps", type=int, default=None,
+                    help="cold walks of the S3 clients: median of this many, alternating (default 3; quick: 1)")
     ap.add_argument("--sync-interval", default="300",
                     help="the mesh mount's sync_interval, s (default 300: rclone's --dir-cache-time)")
     ap.add_argument("--rclone-args", default="--use-server-modtime",
@@ -410,6 +415,7 @@ def main() -> None:
     args.size_mib = args.size_mib or (512 if args.quick else 2048)
     args.files = args.files or (10_000 if args.quick else 100_000)
     args.random_reads = args.random_reads or (256 if args.quick else 1024)
+    args.cold_reps = args.cold_reps or (1 if args.quick else 3)
     if os.geteuid() != 0:
         sys.exit("bench_fuse needs root (FUSE mounts, /proc/sys/vm/drop_caches, /sys/class/bdi)")
     for tool in ("rclone", "fusermount3"):
@@ -446,9 +452,13 @@ def main() -> None:
                            check=True, capture_output=True)
             os.sched_setaffinity(0, set(cores[:-1]))
         opts = ",".join(f"{k}={v}" for k, v in server.options().items())
-        b.node = MeshdProcess(work / "node", [f"/s3=s3://bench,{opts},sync_interval={args.sync_interval}"],
-                              ["--no-default-mount", "--no-s3", "--no-webhdfs", "--memory-capacity", "256MiB",
-                               "--disk-capacity", f"{2 * args.size_mib + 1024}MiB"]).start()
+
+        def start_node(data_dir: Path) -> MeshdProcess:
+            return MeshdProcess(data_dir, [f"/s3=s3://bench,{opts},sync_interval={args.sync_interval}"],
+                                ["--no-default-mount", "--no-s3", "--no-webhdfs", "--memory-capacity", "256MiB",
+                                 "--disk-capacity", f"{2 * args.size_mib + 1024}MiB"]).start()
+
+        b.node = start_node(work / "node")
 
         mesh_mnt, rc_mnt, pt_mnt = work / "mnt-meshfs", work / "mnt-rclone", work / "mnt-passthrough"
         mountpoints += [mesh_mnt, rc_mnt, pt_mnt]
@@ -574,16 +584,43 @@ def main() -> None:
         list_stat("passthrough-1024K", p, "cold")
         list_stat("passthrough-1024K", pt_mnt, "warm")
         pt_stop()
-        p = meshfs_fresh()
-        drop_dentries()
-        list_stat("meshfs", p, "cold")  # the node's very first listing of these directories
-        list_stat("meshfs", p, "warm")
+
+        # The S3 clients' cold walks are s3rver-bound and noisy (+-10% run to run): the
+        # median of --cold-reps walks, meshfs and rclone alternating, each on a fresh
+        # mount (meshfs: of a fresh node too, whose very first listing of these
+        # directories it is), each followed by the warm walk on the same mount.
+        walks: dict[tuple[str, str], list[float]] = {}
+
+        def walk(who: str, root: Path) -> None:
+            # rclone's mount check (MountProc.start lists the mountpoint: the bucket's root)
+            # leaves rclone holding the root's listing (--dir-cache-time) when its walk
+            # starts; meshfs's lists the mount table. The same here for both: each walk
+            # starts with the bucket's root listed by the client, once, and nothing below it
+            os.listdir(root)
+            drop_dentries()
+            ops: list[tuple[str, Callable[[Path], int]]] = [("list", lambda r: listing(r, dirs)),
+                                                            ("stat", lambda r: stat_all(r, files))]
+            for suffix in ("cold", "warm"):
+                for op, fn in ops:
+                    row = f"{op} {n} {suffix}"
+                    secs, got = b.timed(row, who, lambda: root, fn, 1)
+                    assert got == n, (row, who, got)
+                    walks.setdefault((row, who), []).append(secs)
+
+        for rep in range(args.cold_reps):
+            if rep:  # a node that never listed these directories
+                meshfs.stop()
+                b.node.stop()
+                b.node = start_node(work / f"node-{rep}")
+                meshfs.endpoint = str(b.node.data_dir)
+            walk("meshfs", meshfs_fresh())
+            walk("rclone", rclone_fresh())
+        for (row, who), samples in walks.items():
+            secs = statistics.median(samples)
+            b.record(row, who, n / secs, "ops/s", f"({secs:.2f} s" + (
+                f", median of {len(samples)}: {', '.join(f'{x:.2f}' for x in samples)})" if len(samples) > 1 else ")"))
         subprocess.run([*MESHFS, "drop-cache", str(mesh_mnt)], check=True, capture_output=True)
-        list_stat("meshfs", p, "drop-cache")
-        p = rclone_fresh()
-        drop_dentries()
-        list_stat("rclone", p, "cold")
-        list_stat("rclone", p, "warm")
+        list_stat("meshfs", mesh_mnt / "s3", "drop-cache")
 
         report(b, ra)
         print(f"total time {time.perf_counter() - started:.0f} s")
