@@ -31,7 +31,8 @@ descriptor covers its whole page, so later reads of any part of that page,
 by any handle, are a ``pread`` with no round trip to the node, and
 concurrent reads of one page wait for one fetch. A sequential reader asks
 for whole pages and has the next ``READ_AHEAD_PAGES`` pages' descriptors
-fetched in the background (the node reads ahead on the handle's stream id
+fetched in the background, ``READ_AHEAD_BATCH`` per request (the node reads
+ahead on the handle's stream id
 too); a random reader asks for exactly its range, so nothing beyond the
 covering pages is fetched from the under-store. With no local node, reads go
 over HTTP, exactly the range asked. Memory does not grow with bytes read: the
@@ -87,7 +88,8 @@ log = logging.getLogger(__name__)
 ROOT = 1
 MAX_META = 100_000
 INLINE_PAGES = 2
-READ_AHEAD_PAGES = 2  # page descriptors fetched ahead of a sequential reader
+READ_AHEAD_PAGES = 6  # page descriptors fetched ahead of a sequential reader (< pages.MAX_MEMFD)
+READ_AHEAD_BATCH = 4  # pages per read-ahead request to the node
 DIRS_AHEAD = 2  # sibling directories listed ahead of a tree walk (mounts that keep listings)
 LIST_AFTER = 4  # lookups in one directory before it is listed whole (mounts that keep listings)
 MAX_LISTED = 200_000  # statuses kept in cached directory listings, all directories together
@@ -796,25 +798,32 @@ class MeshFS:
 
     def _read_ahead(self, h: Reader, end: int) -> None:
         """Fetch the descriptors of the next pages of a sequential reader in the background,
-        so its reads never wait at a page boundary."""
+        so its reads never wait at a page boundary: up to ``READ_AHEAD_PAGES`` past the
+        page being read, ``READ_AHEAD_BATCH`` pages per request to the node (a request
+        costs the node and the client more than a page in it does)."""
         ps = h.page_size
         last = (h.size - 1) // ps
-        for index in range((end - 1) // ps + 1, min(last, (end - 1) // ps + READ_AHEAD_PAGES) + 1):
-            if index <= h.ahead:
+        target = min(last, (end - 1) // ps + READ_AHEAD_PAGES)
+        h.ahead = max(h.ahead, (end - 1) // ps)
+        while h.ahead < target and (target - h.ahead >= READ_AHEAD_BATCH or target == last):
+            lo, hi = h.ahead + 1, min(target, h.ahead + READ_AHEAD_BATCH)
+            h.ahead = hi
+            while lo <= hi and self.pages.has((h.path, h.version, lo)):
+                lo += 1
+            while hi >= lo and self.pages.has((h.path, h.version, hi)):
+                hi -= 1
+            if lo > hi:
                 continue
-            h.ahead = index
-            if self.pages.has((h.path, h.version, index)):
-                continue
-            task = asyncio.ensure_future(self._prefetch(h, index))
+            task = asyncio.ensure_future(self._prefetch(h, lo, hi))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _prefetch(self, h: Reader, index: int) -> None:
+    async def _prefetch(self, h: Reader, first: int, last: int) -> None:
         ps = h.page_size
         try:
-            await self._load(h, index * ps, min(h.size, (index + 1) * ps), True)
+            await self._load(h, first * ps, min(h.size, (last + 1) * ps), True)
         except Exception as e:  # the reader's own read will ask again, and report the error
-            log.debug("read-ahead of %s page %d: %s", h.path, index, e)
+            log.debug("read-ahead of %s pages %d-%d: %s", h.path, first, last, e)
 
     async def _load(self, h: Reader, pos: int, end: int, sequential: bool) -> None:
         """Bring the pages covering ``[pos, end)`` into the page table (whole pages for a

@@ -130,3 +130,42 @@ def test_single_flight_one_fetch_for_concurrent_readers() -> None:
         assert isinstance(fut.exception(), OSError)
 
     asyncio.run(main())
+
+
+def test_a_sequential_reader_fetches_descriptors_ahead_in_batches() -> None:
+    """MeshFS._read_ahead: every page of a sequential read is asked for once, never more than
+    READ_AHEAD_PAGES past the page being read, READ_AHEAD_BATCH pages per request (the
+    last request of the file may be shorter); pages already held are not asked for."""
+    from fuse import core
+
+    async def scenario(held: set[int]) -> list[tuple[int, int]]:
+        fs = core.MeshFS(None, client_factory=lambda ep, t: None)  # type: ignore[arg-type,return-value]
+        asked: list[tuple[int, int]] = []
+
+        async def prefetch(h: core.Reader, first: int, last: int) -> None:
+            asked.append((first, last))
+
+        fs._prefetch = prefetch  # type: ignore[method-assign]
+        fs.pages.has = lambda key: key[2] in held  # type: ignore[method-assign]
+        h = core.Reader("/f", "v1", 37 * PS + 5, "s", PS)
+        for off in range(0, h.size, PS // 4):  # 16 KiB reads, in order
+            end = min(h.size, off + PS // 4)
+            fs._read_ahead(h, end)
+            page = (end - 1) // PS
+            assert all(first > page and last - page <= core.READ_AHEAD_PAGES for first, last in asked)
+        await asyncio.sleep(0)
+        fs.pool.shutdown()
+        return asked
+
+    asked = asyncio.run(scenario(set()))
+    pages = [i for first, last in asked for i in range(first, last + 1)]
+    assert pages == list(range(1, 38))  # page 0 is the reader's own, each other page once
+    assert all(last - first + 1 == core.READ_AHEAD_BATCH for first, last in asked[:-1])
+    assert len(asked) == 10  # 37 pages ahead in batches of 4: 9 full and one of 1
+
+    # held already: a batch of them is not asked for, and one at a batch's end is trimmed off
+    # (one in its middle goes along: the request is made either way)
+    asked = asyncio.run(scenario({5, 6, 7, 8, 20, 22}))
+    assert (5, 8) not in asked and (17, 19) in asked and (21, 24) in asked
+    pages = [i for first, last in asked for i in range(first, last + 1)]
+    assert sorted(pages) == [i for i in range(1, 38) if i not in (5, 6, 7, 8, 20)]
