@@ -32,13 +32,13 @@ by any handle, are a ``pread`` with no round trip to the node, and
 concurrent reads of one page wait for one fetch. A sequential reader asks
 for whole pages and has the next ``READ_AHEAD_PAGES`` pages' descriptors
 fetched in the background, ``READ_AHEAD_BATCH`` per request (the node reads
-ahead on the handle's stream id
-too); a random reader asks for exactly its range, so nothing beyond the
-covering pages is fetched from the under-store. With no local node, reads go
-over HTTP, exactly the range asked. Memory does not grow with bytes read: the
-table holds descriptors, not bytes, and a handle at most ``INLINE_PAGES``
-inline segments (NoCache mounts). The kernel keeps a file's pages in its page
-cache across opens while the file's version is unchanged.
+ahead on the handle's stream id too); a random reader asks for exactly its
+range, so nothing beyond the covering pages is fetched from the under-store.
+With no local node, reads go over HTTP, exactly the range asked. Memory does
+not grow with bytes read: the table holds descriptors, not bytes, and a
+handle at most ``INLINE_PAGES`` inline segments (NoCache mounts). The kernel
+keeps a file's pages in its page cache across opens while the file's version
+is unchanged.
 
 **Writes.** A new file (``create``, or ``open`` with ``O_TRUNC``) streams to
 the node as it is written, through a bounded queue (``WRITE_QUEUE`` chunks:

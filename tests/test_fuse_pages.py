@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,18 +143,21 @@ def test_a_sequential_reader_fetches_descriptors_ahead_in_batches() -> None:
     async def scenario(held: set[int]) -> list[tuple[int, int]]:
         fs = core.MeshFS(None, client_factory=lambda ep, t: None)  # type: ignore[arg-type,return-value]
         asked: list[tuple[int, int]] = []
+        page = 0  # the page the reader is in when a request is made
 
-        async def prefetch(h: core.Reader, first: int, last: int) -> None:
+        def prefetch(h: core.Reader, first: int, last: int) -> Coroutine[Any, Any, None]:
+            # recorded when _read_ahead asks (the task it makes runs later)
+            assert page < first <= last <= page + core.READ_AHEAD_PAGES, (page, first, last)
             asked.append((first, last))
+            return asyncio.sleep(0)
 
-        fs._prefetch = prefetch  # type: ignore[method-assign]
+        fs._prefetch = prefetch  # type: ignore[method-assign,assignment]
         fs.pages.has = lambda key: key[2] in held  # type: ignore[method-assign]
         h = core.Reader("/f", "v1", 37 * PS + 5, "s", PS)
         for off in range(0, h.size, PS // 4):  # 16 KiB reads, in order
             end = min(h.size, off + PS // 4)
-            fs._read_ahead(h, end)
             page = (end - 1) // PS
-            assert all(first > page and last - page <= core.READ_AHEAD_PAGES for first, last in asked)
+            fs._read_ahead(h, end)
         await asyncio.sleep(0)
         fs.pool.shutdown()
         return asked
