@@ -803,10 +803,13 @@ class MeshFS:
         costs the node and the client more than a page in it does)."""
         ps = h.page_size
         last = (h.size - 1) // ps
-        target = min(last, (end - 1) // ps + READ_AHEAD_PAGES)
+        # a handle served inline bytes (NoCache) keeps only INLINE_PAGES of them: reading
+        # further ahead would fetch bytes it then drops and asks for again
+        ahead, batch = (INLINE_PAGES - 1, 1) if h.inline else (READ_AHEAD_PAGES, READ_AHEAD_BATCH)
+        target = min(last, (end - 1) // ps + ahead)
         h.ahead = max(h.ahead, (end - 1) // ps)
-        while h.ahead < target and (target - h.ahead >= READ_AHEAD_BATCH or target == last):
-            lo, hi = h.ahead + 1, min(target, h.ahead + READ_AHEAD_BATCH)
+        while h.ahead < target and (target - h.ahead >= batch or target == last):
+            lo, hi = h.ahead + 1, min(target, h.ahead + batch)
             h.ahead = hi
             while lo <= hi and self.pages.has((h.path, h.version, lo)):
                 lo += 1

@@ -38,7 +38,10 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
         except pyfuse3.FUSEError:
             raise
         except (FSError, OSError) as e:
-            raise pyfuse3.FUSEError(errno_of(e)) from None
+            code = errno_of(e)
+            if code == errno.EIO:  # the caller sees only "Input/output error": say why, here
+                log.warning("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(code) from None
         except Exception as e:
             code = errno_of(e)
             if code == errno.EIO and not hasattr(e, "errno"):
