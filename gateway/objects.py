@@ -215,7 +215,8 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
             return hresp
         nocache = request.headers.get("x-mesh-nocache", "") in ("1", "true")
         try:
-            stream = await node.open_read(st.path, start, end - start, nocache=nocache, status=st)
+            handle = await node.open(st.path, status=st)
+            stream = await handle.read(start, end - start, nocache=nocache)
         except me.MeshError as e:
             raise from_mesh(e, key) from None
         if stream.status.version != st.version:  # changed between stat and open: once more
@@ -310,18 +311,23 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
                       rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
-    st = await stat_object(node, bucket, key)
-    a = await attrs_of(node, st)
-    cond = check_conditions(request.headers, a.etag, st.mtime, prefix="x-amz-copy-source-")
-    if cond is not None:
-        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
-    start, end = rng if rng is not None else (0, st.size)
-    try:
-        stream = await node.open_read(st.path, start, end - start, status=st)
-    except me.MeshError as e:
-        raise from_mesh(e, key) from None
-
-    return st, a, _SourceChunks(stream)
+    for _attempt in (0, 1):
+        st = await stat_object(node, bucket, key)
+        a = await attrs_of(node, st)
+        cond = check_conditions(request.headers, a.etag, st.mtime, prefix="x-amz-copy-source-")
+        if cond is not None:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                          412)
+        start, end = rng if rng is not None else (0, st.size)
+        try:
+            handle = await node.open(st.path, status=st)
+            stream = await handle.read(start, end - start)
+        except me.MeshError as e:
+            raise from_mesh(e, key) from None
+        if stream.status.version == st.version:
+            return st, a, _SourceChunks(stream)
+        await stream.aclose()  # changed between stat and open: check the conditions again
+    raise S3Error("PreconditionFailed", "The source object kept changing while it was being read", 412)
 
 
 class _SourceChunks:

@@ -247,6 +247,17 @@ class Federation:
     def forget_held(self, region: str, fid: str, vid: str) -> None:
         self._held.pop((region, fid, vid), None)
 
+    def note_routed(self, source: str) -> None:
+        """A page was fetched from ``source`` (``cache:<region>`` or ``store:<region>``)."""
+        self.routed[source] += 1
+
+    def note_failed(self, src: Source, fid: str, vid: str) -> None:
+        """``src`` failed to deliver a page of ``fid``: passed over, and a peer region's
+        cache is asked again which pages it holds before it is chosen once more."""
+        self.fallbacks += 1
+        if src.kind == "cache":
+            self.forget_held(src.region, fid, vid)
+
     async def fetch_from_region(self, region: str, path: str, version: str, size: int, fid: str,
                                 index: int, page_size: int) -> bytes:
         """Page ``index`` from the cache of its owner in ``region``, in quota-sized grains.

@@ -38,7 +38,8 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .errors import InvalidArgument, MeshError
-from .node import MeshNode, ReadStream, Segment
+from .handle import ReadStream, Segment
+from .node import MeshNode
 from .pages import DiskPage, MemPage
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,10 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
             length = _int_arg(request, "length", -1)
             nocache = request.query.get("nocache", "") in ("1", "true", "yes")
             path = "/" + request.match_info["path"]
-            hint = node.status_hint(path, request.query.get("version"),
-                                    _int_arg(request, "size", -1) if "size" in request.query else None)
-            stream = await node.open_read(path, offset, length, nocache=nocache,
-                                          stream_key=request.headers.get("X-Mesh-Stream"), status=hint,
-                                          strict=hint is not None)
+            handle = await node.open(path, version=request.query.get("version"),
+                                     size=_int_arg(request, "size", -1) if "size" in request.query else None)
+            stream = await handle.read(offset, length, nocache=nocache,
+                                       stream_key=request.headers.get("X-Mesh-Stream"))
         except Exception as e:
             return _error(e)
         resp = web.StreamResponse(status=200, headers={

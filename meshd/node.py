@@ -1,21 +1,14 @@
-"""The filesystem core of a node: one namespace over the mounts, cached.
+"""The namespace facade of a node: one namespace over the mounts, cached.
 
-Every front end (gRPC service, HTTP data API, and later S3, WebHDFS and FUSE)
-is a thin adapter over :class:`MeshNode`. Paths are mesh paths; errors are
-:mod:`meshd.errors`.
+Every front end (gRPC service, HTTP data API, S3, WebHDFS, and through the
+node meshfs and ``mesh://``) is a thin adapter over :class:`MeshNode`. Paths
+are mesh paths; errors are :mod:`meshd.errors`.
 
-Read path (``open_read``)::
-
-    resolve mount -> stat (metadata cache, sync interval) -> pages covering
-    [offset, end) -> for each page: memory tier | disk tier | single-flight
-    fetch of exactly that page from the under-store (put in both tiers)
-
-The first page is fetched before ``open_read`` returns, so "not found",
-"under-store down" and "object changed" are reported before a front end
-commits to a response. Later pages are fetched ``window`` ahead of the page
-being sent (pipelining inside one read); read-ahead beyond the read's end only
-happens for readers proven sequential (:mod:`meshd.readahead`). A NoCache read
-streams the requested range from the under-store and touches no tier.
+Read path: ``open(path)`` resolves the mount and pins the file's status (the
+metadata cache, per the mount's sync interval) in a :class:`~meshd.handle.FileHandle`;
+each ``handle.read(offset, length)`` then gets the pages covering the range from
+the page-source chain (:mod:`meshd.sources`: memory tier | disk tier | owner node
+| peer region | home store), at the pinned version only.
 
 Write path (simple, for now): writes go through to the under-store, then
 the file's status is recorded and its old cached pages dropped.
@@ -24,15 +17,13 @@ the file's status is recorded and its old cached pages dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from . import paths
+from . import paths, placing
 from .cluster import Cluster
 from .errors import (
     DirectoryNotEmpty,
@@ -43,60 +34,19 @@ from .errors import (
     NotFound,
     NotSupported,
     PermissionDenied,
-    UnderStoreError,
-    VersionChanged,
 )
 from .federation import Federation
+from .handle import FileHandle, Segment, pin
 from .membership import Member
 from .metadata import FileStatus, MetadataCache, page_of
 from .metrics import Stats
-from .mounts import Mount, MountTable
-from .pages import DiskPage, MemPage, Page, PageCache, PageKey, SingleFlight, file_id, version_id
+from .mounts import MountTable
+from .pages import MemPage, Page, PageCache, file_id, version_id
 from .readahead import ReadAhead
 from .shards import ShardedMetadata
-from .understore import UnderStore
+from .sources import PageSources, Pinned, Target
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A mesh path resolved to its mount."""
-
-    path: str
-    mount: Mount
-    store: UnderStore
-    rel: str
-
-
-@dataclass
-class Segment:
-    """``length`` bytes at ``offset`` of a page: bytes, or an open page file."""
-
-    page: Page
-    offset: int
-    length: int
-    key: PageKey | None = None
-
-    def bytes(self) -> bytes:
-        if isinstance(self.page, MemPage):
-            return self.page.data[self.offset:self.offset + self.length]
-        return os.pread(self.page.file.fileno(), self.length, self.offset)
-
-    def close(self) -> None:
-        if isinstance(self.page, DiskPage):
-            self.page.close()
-
-
-@dataclass
-class ReadStream:
-    status: FileStatus
-    offset: int
-    length: int
-    segments: AsyncIterator[Segment]
-
-    async def aclose(self) -> None:
-        await self.segments.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -121,10 +71,8 @@ class MeshNode:
         self.cache = cache
         self.stats = stats
         self.readahead = readahead or ReadAhead(cache.page_size)
-        self.flight = SingleFlight()
+        self.sources = PageSources(cache, stats, cluster, federation)
         self.load_parallelism = load_parallelism
-        self._background: set[asyncio.Task[Any]] = set()
-        self._warming: set[PageKey] = set()  # read-ahead pages being warmed at their owners
 
     # ---- namespace -------------------------------------------------------
 
@@ -182,15 +130,6 @@ class MeshNode:
             return page_of(await self.listdir(path), after, limit)
         return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
 
-    def status_hint(self, path: str, version: Any, size: Any) -> FileStatus | None:
-        """A status a client just got from the status's owner (it reads page by page
-        from each page's owner): trusted for this read, checked by every fetch."""
-        if version is None or size is None:
-            return None
-        if not isinstance(version, str) or not version or not isinstance(size, int) or size < 0:
-            raise InvalidArgument(f"bad status hint: version={version!r} size={size!r}")
-        return FileStatus(paths.normalize(path), size, 0.0, version, False)
-
     async def open_info(self, path: str, *, local: bool = False) -> tuple[FileStatus, str]:
         """A file's status and its file id (the key of its pages on the ring), so a
         client can send each page range to the page's owner."""
@@ -205,6 +144,9 @@ class MeshNode:
         t = self.resolve(path)
         if t is None:
             return FileStatus(paths.normalize(path), 0, 0.0, "", True)
+        return await self._local_stat(t, fresh)
+
+    async def _local_stat(self, t: Target, fresh: bool = False) -> FileStatus:
         status, before = await self.shard.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
         return self._drop_if_changed(t, status, before)
 
@@ -216,266 +158,27 @@ class MeshNode:
 
     # ---- read path -------------------------------------------------------
 
-    async def open_read(self, path: str, offset: int = 0, length: int = -1, *,
-                        nocache: bool = False, stream_key: str | None = None,
-                        status: FileStatus | None = None, strict: bool = False) -> ReadStream:
-        """Open a range for reading. ``status``: a status the caller has just
-        obtained for this path (saves a second under-store check); if the object
-        has changed since, the fetch notices (version-checked) and stats again,
-        unless ``strict``: then the read fails with VersionChanged (a client
-        reading one file from several nodes pins the version)."""
-        if offset < 0 or length < -1:
-            raise InvalidArgument(f"bad range: offset={offset} length={length}")
+    async def open(self, path: str, *, version: str | None = None, size: int | None = None,
+                   status: FileStatus | None = None, local: bool = False) -> FileHandle:
+        """Open a file for reading, pinned to one version (:mod:`meshd.handle`).
+
+        ``version`` and ``size``: the caller pins a version it already knows (a client
+        reading one file in several requests, or from several nodes): every read serves
+        exactly that version or fails with VersionChanged. Otherwise the node's status
+        is pinned: ``status``, one the caller has just got from :meth:`stat` (no second
+        lookup), else a lookup per the mount's ``sync_interval`` (``local``: this node's
+        shard). Such a handle re-pins once if the object changed before its first byte."""
         t = self.resolve(path)
         if t is None:
             raise IsADirectory(f"is a directory: {paths.normalize(path)}")
-        known = status
-        for attempt in (0, 1):
-            status = known if attempt == 0 and known is not None else await self._stat(t, fresh=attempt > 0)
-            if status.is_dir:
-                raise IsADirectory(f"is a directory: {t.path}")
-            end = status.size if length < 0 else min(status.size, offset + length)
-            start = min(offset, status.size)
-            if nocache or t.mount.nocache:
-                return ReadStream(status, start, end - start, self._nocache_segments(t, status, start, end))
-            fid, vid = file_id(t.mount.identity, t.rel), version_id(status.version)
-            extra = self.readahead.on_read(stream_key or fid, start, end)
-            pages = self.cache.page_range(start, end)
-            first: Page | None = None
-            if pages:
-                try:
-                    first = await self._get_page(t, status, PageKey(fid, vid, pages[0]))
-                except VersionChanged:
-                    if attempt == 0 and not (strict and known is not None):
-                        continue  # the object changed since it was stat'ed: stat again
-                    raise
-            segments = self._page_segments(t, status, fid, vid, start, end, extra, first)
-            return ReadStream(status, start, end - start, segments)
-        raise AssertionError("unreachable")
-
-    async def _page_segments(self, t: Target, status: FileStatus, fid: str, vid: str,
-                             start: int, end: int, extra: int, first: Page | None) -> AsyncIterator[Segment]:
-        ps = self.cache.page_size
-        pages = self.cache.page_range(start, end)
-        last_page = (status.size - 1) // ps if status.size else -1
-        ahead_stop = min(pages.stop + extra, last_page + 1)
-        window = self.readahead.in_read_window()
-        batch = max(1, window // 2)
-        pending: dict[int, asyncio.Future[Any]] = {}
-        next_launch = pages.start + 1
-        try:
-            for i in pages:
-                if i == pages.start and first is not None:
-                    page, first = first, None
-                else:
-                    result = await pending.pop(i)
-                    page = result if isinstance(result, MemPage | DiskPage) else self._fetched(result)
-                # Keep up to `window` pages in flight ahead of the one being sent,
-                # launched `batch` at a time so that missing pages coalesce into
-                # extents (one under-store request each).
-                if next_launch < ahead_stop and next_launch - i <= window - batch:
-                    stop = min(next_launch + batch, ahead_stop)
-                    inside = range(next_launch, min(stop, pages.stop))
-                    pending.update(self._launch(t, status, fid, vid, inside))
-                    if stop > pages.stop:  # read-ahead for a proven-sequential reader
-                        self._launch(t, status, fid, vid, range(max(next_launch, pages.stop), stop), prefetch=True)
-                    next_launch = stop
-                lo = max(start, i * ps) - i * ps
-                hi = min(end, (i + 1) * ps) - i * ps
-                yield Segment(page, lo, hi - lo, PageKey(fid, vid, i))
-        finally:
-            if first is not None and isinstance(first, DiskPage):
-                first.close()
-            for fut in pending.values():
-                fut.add_done_callback(_close_page_result)
-
-    def _fetched(self, data: bytes) -> MemPage:
-        self.stats.misses += 1
-        self.stats.bytes_by_source["understore"] += len(data)
-        return MemPage(data)
-
-    def _launch(self, t: Target, status: FileStatus, fid: str, vid: str,
-                indices: range, *, prefetch: bool = False) -> dict[int, asyncio.Future[Any]]:
-        """Start getting pages: cached ones from the cache, a peer's from the peer,
-        missing runs of this node's own as extents.
-
-        Returns, per page, a future of a Page (cache hit, peer) or of the page's
-        bytes (fetched). A page another reader is already fetching is waited for,
-        never fetched again (single-flight across extents).
-
-        ``prefetch`` (read-ahead past a sequential reader's end): nothing is
-        returned; held and in-flight pages are left alone, and a peer's pages
-        are *warmed at the peer* (no bytes come back: this node would not keep
-        them, and the reader may never ask).
-        """
-        out: dict[int, asyncio.Future[Any]] = {}
-        run: list[tuple[int, asyncio.Future[Any]]] = []
-        for i in indices:
-            key = PageKey(fid, vid, i)
-            inflight = self.flight.get(key)
-            if inflight is not None:
-                if not prefetch:
-                    out[i] = inflight
-            elif self.cache.contains(key):
-                if not prefetch:
-                    out[i] = asyncio.ensure_future(self._get_page(t, status, key))
-            elif (chain := self._page_chain(key)) is not None:
-                if prefetch:
-                    if key not in self._warming:
-                        self._warming.add(key)
-                        self._spawn(self._warm_quietly(t, status, key, chain))
-                    continue
-                fut = self.flight.claim(key)
-                assert fut is not None
-                out[i] = fut
-                self._spawn(self._resolve_into(fut, self._remote_page(t, status, key, chain)))
-            else:
-                fut = self.flight.claim(key)
-                assert fut is not None
-                out[i] = fut
-                if run and run[-1][0] != i - 1:
-                    self._spawn(self._fetch_extent(t, status, fid, vid, run))
-                    run = []
-                run.append((i, fut))
-        if run:
-            self._spawn(self._fetch_extent(t, status, fid, vid, run))
-        return out
-
-    async def _warm_quietly(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> None:
-        try:
-            await self._warm_remote(t, status, key, chain)
-        except MeshError as e:  # a prefetch: the read itself will report real trouble
-            log.debug("read-ahead of page %d of %s failed: %s", key.index, t.path, e)
-        finally:
-            self._warming.discard(key)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _fetch_extent(self, t: Target, status: FileStatus, fid: str, vid: str,
-                            run: list[tuple[int, asyncio.Future[Any]]]) -> None:
-        """Consecutive missing pages this node owns. Home here: one ranged read. Homed in
-        another region: the router picks each page's source; pages from a peer region's
-        cache come one by one, the rest as ranged reads of the under-store."""
-        try:
-            plan = await self._plan(t, status, fid, vid, [i for i, _ in run])
-        except BaseException as e:
-            _fail([fut for _, fut in run], e)
-            return
-        if plan is None:
-            await self._extent_from_store(t, status, fid, vid, run)
-            return
-        store_run: list[tuple[int, asyncio.Future[Any]]] = []
-        for i, fut in run:
-            sources = plan[i]
-            if sources and sources[0].kind == "store":
-                if store_run and store_run[-1][0] != i - 1:
-                    self._spawn(self._extent_from_store(t, status, fid, vid, store_run, sources[0].name))
-                    store_run = []
-                store_run.append((i, fut))
-            else:
-                self._spawn(self._resolve_into(fut, self._fetch_routed(t, status, PageKey(fid, vid, i), sources)))
-        if store_run:
-            await self._extent_from_store(t, status, fid, vid, store_run, plan[store_run[0][0]][0].name)
-
-    async def _extent_from_store(self, t: Target, status: FileStatus, fid: str, vid: str,
-                                 run: list[tuple[int, asyncio.Future[Any]]], route: str = "") -> None:
-        """One ranged read for consecutive pages; each page resolves as its bytes arrive."""
-        ps = self.cache.page_size
-        first, last = run[0][0], run[-1][0]
-        start, end = first * ps, min(status.size, (last + 1) * ps)
-        futs = dict(run)
-        idx, parts, have = first, [], 0
-        try:
-            async for chunk in t.store.get_range(t.rel, start, end, status.version):
-                while chunk:
-                    size = min(ps, status.size - idx * ps)
-                    if len(chunk) <= size - have:  # the usual, aligned case: no copy
-                        take, chunk = chunk, b""
-                    else:
-                        take, chunk = chunk[:size - have], chunk[size - have:]
-                    parts.append(take)
-                    have += len(take)
-                    if have == size:
-                        data = parts[0] if len(parts) == 1 else b"".join(parts)
-                        await self.cache.put(PageKey(fid, vid, idx), data)
-                        self.stats.page_fetches += 1
-                        if route and self.federation is not None:
-                            self.federation.routed[route] += 1
-                        futs.pop(idx).set_result(data)
-                        idx, parts, have = idx + 1, [], 0
-            if futs:
-                raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: pages "
-                                      f"{sorted(futs)} missing")
-        except BaseException as e:
-            _fail(futs.values(), e)
-
-    async def _get_page(self, t: Target, status: FileStatus, key: PageKey, *, owned: bool = False) -> Page:
-        """A page from this node's tiers, its owner in the cluster, or the under-store.
-        ``owned``: serve it here whatever the ring says (a peer asked us as its owner)."""
-        page = await self.cache.get(key)
-        size = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
-        if page is not None:
-            self.stats.hits += 1
-            self.stats.bytes_by_source["memory" if isinstance(page, MemPage) else "disk"] += size
-            return page
-        chain = None if owned else self._page_chain(key)
-        if chain is not None:
-            result = await self.flight.do(key, lambda: self._remote_page(t, status, key, chain))
-            return result if isinstance(result, MemPage) else MemPage(result)  # another reader's fetch: bytes
-        self.stats.misses += 1
-        data: bytes | MemPage = await self.flight.do(key, lambda: self._fetch_page(t, status, key))
-        if isinstance(data, MemPage):
-            return data  # from a peer region's cache (counted there)
-        self.stats.bytes_by_source["understore"] += size
-        return MemPage(data)
-
-    # ---- pages owned by other nodes of the cluster ---------------------------
-
-    def _page_chain(self, key: PageKey) -> list[Member] | None:
-        """The page's owner and fallbacks, or None when this node owns it (or is alone)."""
-        return None if self.cluster is None else self.cluster.remote_chain(f"p:{key.file_id}:{key.index}".encode())
-
-    async def _remote_page(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> MemPage:
-        """Get a page from its owner; on a dead owner, the next one; then the under-store.
-
-        Every node walks the same chain, so a fallback owner still sees every
-        request for the page and single-flight holds cluster-wide. Counted here,
-        whichever source served it.
-        """
-        assert self.cluster is not None
-        cluster = self.cluster
-        expected = min(self.cache.page_size, status.size - key.index * self.cache.page_size)
-
-        async def ask(m: Member) -> bytes:
-            data = await cluster.fetch_page(m, t.path, status.version, status.size, key.index)
-            if len(data) != expected:
-                raise UnderStoreError(f"peer {m.node_id} sent {len(data)} of {expected} bytes of page "
-                                      f"{key.index} of {t.path}")
-            return data
-
-        answered, data = await cluster.ask_chain(chain, ask)
-        if answered and data is not None:
-            self.stats.bytes_by_source["peer"] += len(data)
-            return MemPage(data)
-        self.stats.misses += 1
-        got = await self._fetch_page(t, status, key)
-        if isinstance(got, MemPage):
-            return got
-        self.stats.bytes_by_source["understore"] += len(got)
-        return MemPage(got)
-
-    @staticmethod
-    async def _resolve_into(fut: asyncio.Future[Any], coro: Any) -> None:
-        try:
-            result = await coro
-        except BaseException as e:
-            _fail([fut], e)
-        else:
-            if not fut.done():
-                fut.set_result(result)
+        if version is not None or size is not None:
+            if not isinstance(version, str) or not version or not isinstance(size, int) or size < 0:
+                raise InvalidArgument(f"bad version pin: version={version!r} size={size!r}")
+            return FileHandle(self.sources, self.readahead, pin(t, FileStatus(t.path, size, 0.0, version, False)))
+        if status is None:
+            status = await (self._local_stat(t) if local else self._stat(t))
+        return FileHandle(self.sources, self.readahead, pin(t, status),
+                          restat=lambda t: self._stat(t, fresh=True))
 
     async def serve_page(self, path: str, version: str, size: int, index: int,
                          cached_only: bool = False) -> tuple[Page, int, bool]:
@@ -487,69 +190,20 @@ class MeshNode:
         ps = self.cache.page_size
         if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
             raise InvalidArgument(f"bad page request: index={index} size={size} version={version!r}")
-        status = FileStatus(t.path, size, 0.0, version, False)
-        key = PageKey(file_id(t.mount.identity, t.rel), version_id(version), index)
-        cached = self.cache.contains(key)
-        if cached_only:
-            page = await self.cache.get(key) if cached else None
-            if page is None:
-                raise NotFound(f"page {index} of {t.path} is not cached in region "
-                               f"{self.federation.region if self.federation else '?'}")
-            return page, min(ps, size - index * ps), False
-        page = await self._get_page(t, status, key, owned=True)
-        return page, min(ps, size - index * ps), not cached
+        f = pin(t, FileStatus(t.path, size, 0.0, version, False))
+        got, fetched = await self.sources.serve(f, index, cached_only)
+        length = f.page_len(index, ps)
+        if not cached_only:
+            self.sources.deliver(got, length)
+        return got.page, length, fetched
 
-    async def _plan(self, t: Target, status: FileStatus, fid: str, vid: str,
-                    indices: list[int]) -> dict[int, list[Any]] | None:
-        """Each page's sources, cheapest first, when the mount's home is another region."""
-        fed = self.federation
-        if fed is None or self.cluster is None:
-            return None
-        cluster = self.cluster
-
-        async def ask(m: Member, op: str, args: dict[str, Any]) -> Any:
-            return await cluster.call(m, op, args, wait=5.0)
-
-        return await fed.plan(t.mount, t.path, status.version, status.size, fid, vid, indices,
-                              self.cache.page_size, ask)
-
-    async def _fetch_routed(self, t: Target, status: FileStatus, key: PageKey,
-                            sources: list[Any]) -> bytes | MemPage:
-        """A page from the first source of ``sources`` that delivers it: a peer region's
-        cache or the home under-store. A failing source is logged and the next one tried."""
-        fed = self.federation
-        assert fed is not None
-        last: Exception | None = None
-        for src in sources:
-            try:
-                result: bytes | MemPage
-                if src.kind == "store":
-                    result = await self._read_store_page(t, status, key)
-                else:
-                    data = await fed.fetch_from_region(src.region, t.path, status.version, status.size,
-                                                       key.file_id, key.index, self.cache.page_size)
-                    await self.cache.put(key, data)
-                    self.stats.bytes_by_source["region"] += len(data)
-                    result = MemPage(data)  # a Page: not counted again as an under-store fetch
-                fed.routed[src.name] += 1
-                return result
-            except VersionChanged:
-                raise
-            except MeshError as e:
-                last = e
-                fed.fallbacks += 1
-                if src.kind == "cache":
-                    fed.forget_held(src.region, key.file_id, key.version_id)
-                log.warning("page %d of %s: source %s failed (%s); trying the next", key.index, t.path,
-                            src.name, e)
-        raise last if last is not None else UnderStoreError(
-            f"no source can reach page {key.index} of {t.path} from region {fed.region}")
+    def _pinned(self, path: str, version: str, size: int = 0) -> Pinned:
+        t = self._target(path)
+        return pin(t, FileStatus(t.path, size, 0.0, version, False))
 
     def held_here(self, path: str, version: str, indices: list[int]) -> list[int]:
         """Which of the pages ``indices`` of ``path`` at ``version`` this node holds."""
-        t = self._target(path)
-        fid, vid = file_id(t.mount.identity, t.rel), version_id(version)
-        return [i for i in indices if self.cache.contains(PageKey(fid, vid, i))]
+        return self.sources.held(self._pinned(path, version), indices)
 
     async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
         """Which pages of ``path`` at ``version`` this region holds: each page's owner
@@ -590,32 +244,6 @@ class MeshNode:
         results = await asyncio.gather(*(one(n, ps) for n, ps in by_owner.items()))
         return {n: r for n, r in zip(by_owner, results, strict=True) if r}
 
-    async def _fetch_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes | MemPage:
-        plan = await self._plan(t, status, key.file_id, key.version_id, [key.index])
-        if plan is not None and plan[key.index]:
-            return await self._fetch_routed(t, status, key, plan[key.index])
-        return await self._read_store_page(t, status, key)
-
-    async def _read_store_page(self, t: Target, status: FileStatus, key: PageKey) -> bytes:
-        ps = self.cache.page_size
-        start = key.index * ps
-        end = min(status.size, start + ps)
-        data = await t.store.read_all(t.rel, start, end, status.version)
-        if len(data) != end - start:
-            raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: page {key.index} "
-                                  f"has {len(data)} of {end - start} bytes")
-        await self.cache.put(key, data)
-        self.stats.page_fetches += 1
-        return data
-
-    async def _nocache_segments(self, t: Target, status: FileStatus, start: int,
-                                end: int) -> AsyncIterator[Segment]:
-        if end <= start:
-            return
-        async for chunk in t.store.get_range(t.rel, start, end, status.version):
-            self.stats.bytes_by_source["nocache"] += len(chunk)
-            yield Segment(MemPage(chunk), 0, len(chunk))
-
     async def prefer_file(self, seg: Segment, min_length: int = 256 << 10) -> None:
         """Swap a large in-memory segment for its page file, for zero-copy senders."""
         if isinstance(seg.page, MemPage) and seg.key is not None and seg.length >= min_length:
@@ -626,7 +254,7 @@ class MeshNode:
     async def read_bytes(self, path: str, offset: int = 0, length: int = -1, *,
                          nocache: bool = False) -> bytes:
         """Convenience for small reads (tests, RPC): the whole range as bytes."""
-        stream = await self.open_read(path, offset, length, nocache=nocache)
+        stream = await (await self.open(path)).read(offset, length, nocache=nocache)
         out = []
         async for seg in stream.segments:
             out.append(seg.bytes())
@@ -758,48 +386,22 @@ class MeshNode:
         sem = asyncio.Semaphore(self.load_parallelism)
         last = time.monotonic()
 
-        async def one(t: Target, status: FileStatus, key: PageKey) -> tuple[int, bool]:
-            size = min(ps, status.size - key.index * ps)
+        async def one(f: Pinned, index: int) -> tuple[int, bool]:
             async with sem:
-                if self.cache.contains(key):
-                    return size, False
-                chain = self._page_chain(key)
-                if chain is not None:
-                    return size, await self._warm_remote(t, status, key, chain)
-                await self.flight.do(key, lambda: self._fetch_page(t, status, key))
-                return size, True
+                return f.page_len(index, ps), await self.sources.warm(f, index)
 
-        for n, f in enumerate(files):
-            t = self._target(f.path)
-            fid, vid = file_id(t.mount.identity, t.rel), version_id(f.version)
-            jobs = [one(t, f, PageKey(fid, vid, i)) for i in self.cache.page_range(0, f.size)]
-            for coro in asyncio.as_completed(jobs):
+        for n, st in enumerate(files):
+            f = pin(self._target(st.path), st)
+            for coro in asyncio.as_completed([one(f, i) for i in self.cache.page_range(0, st.size)]):
                 size, was_fetched = await coro
                 done += size
                 fetched += size if was_fetched else 0
                 if time.monotonic() - last >= progress_interval:
                     last = time.monotonic()
-                    yield LoadProgress(f.path, n, len(files), done, total, fetched)
-            yield LoadProgress(f.path, n + 1, len(files), done, total, fetched)
+                    yield LoadProgress(st.path, n, len(files), done, total, fetched)
+            yield LoadProgress(st.path, n + 1, len(files), done, total, fetched)
         if not files:
             yield LoadProgress(paths.normalize(path), 0, 0, 0, 0, 0)
-
-    async def _warm_remote(self, t: Target, status: FileStatus, key: PageKey, chain: list[Member]) -> bool:
-        """Have the page's owner cache it (no bytes travel back); True if it was fetched."""
-        assert self.cluster is not None
-        cluster = self.cluster
-
-        async def ask(m: Member) -> bool:
-            body = await cluster.fetch_page(m, t.path, status.version, status.size, key.index, warm=True)
-            return bool(json.loads(body).get("fetched"))
-
-        answered, fetched = await cluster.ask_chain(chain, ask)
-        if answered:
-            return bool(fetched)
-        if self.cache.contains(key):
-            return False
-        await self.flight.do(key, lambda: self._fetch_page(t, status, key))
-        return True
 
     async def free(self, path: str) -> int:
         """Drop the cached pages of every known file at or below ``path``; returns bytes.
@@ -894,30 +496,17 @@ class MeshNode:
         rows = await asyncio.gather(*(one(m) for m in c.members.values()))
         return sorted(rows, key=lambda r: r["node_id"])
 
+    async def mesh_state(self, path: str) -> placing.MeshState:
+        """The mesh's state of a path (home region, bytes cached in this region): the one
+        computation behind meshfs's and WebHDFS's ``user.mesh.*`` attributes."""
+        return await placing.mesh_state(self, path)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; cancelled when the node closes."""
+        self.sources.spawn(coro)
+
     async def close(self) -> None:
         await self.metadata.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.sources.close()
         await self.cache.drain()
         await self.mounts.close()
-
-
-def _fail(futs: Iterable[asyncio.Future[Any]], e: BaseException) -> None:
-    """Fail the page futures a fetch was to resolve; a cancellation (not an Exception) is
-    reported to them as an UnderStoreError and then re-raised."""
-    err = e if isinstance(e, Exception) else UnderStoreError("page fetch cancelled")
-    for fut in futs:
-        if not fut.done():
-            fut.set_exception(err)
-            fut.exception()  # retrieved: a read-ahead nobody waits for must not warn
-    if not isinstance(e, Exception):
-        raise e
-
-
-def _close_page_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        page = task.result()
-        if isinstance(page, DiskPage):
-            page.close()
-

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from topology.model import Region, Topology, parse
@@ -90,6 +91,35 @@ async def region_cached(node: MeshNode, mesh_paths: list[str]) -> dict[str, Any]
         out[path] = {"size": total, "files": len(files), "sampled": len(sample),
                      "nodes": {n: min(total, round(b * scale)) for n, b in sorted(per_node.items())}}
     return {"datasets": out, "links": await _link_rates(node)}
+
+
+@dataclass(frozen=True)
+class MeshState:
+    """What the mesh knows of one path, shown as extended attributes by meshfs
+    (``getfattr``) and WebHDFS (``GETXATTRS``) alike."""
+
+    home_region: str  # where the path's under-store is
+    region: str  # the region answering
+    cached_bytes: int  # of the file, or of every file below the directory, held in this region
+
+    def xattrs(self) -> dict[str, str]:
+        return {"user.mesh.home_region": self.home_region, "user.mesh.cached_bytes": str(self.cached_bytes),
+                "user.mesh.region": self.region}
+
+
+XATTR_NAMES = tuple(MeshState("", "", 0).xattrs())
+
+
+async def mesh_state(node: MeshNode, path: str) -> MeshState:
+    """The one computation of a path's :class:`MeshState` (sampled like ``place.state``
+    for directories of more than SAMPLE_FILES files)."""
+    await node.stat(path)  # NotFound first
+    fed = node.federation
+    region = fed.region if fed is not None else "local"
+    t = node.resolve(path)
+    home = fed.home_of(t.mount) if fed is not None and t is not None else region
+    d = (await region_cached(node, [path]))["datasets"][path]
+    return MeshState(home, region, min(int(d["size"]), sum(d["nodes"].values())))
 
 
 async def _link_rates(node: MeshNode) -> dict[str, float]:
@@ -175,7 +205,7 @@ async def stage(node: MeshNode, names: list[str]) -> dict[str, Any]:
             pass
 
     for p in mesh:
-        node._spawn(load(p))
+        node.spawn(load(p))
     return {"region": node.federation.region if node.federation is not None else "local", "started": mesh}
 
 

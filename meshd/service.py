@@ -17,6 +17,7 @@ import grpc
 
 from . import __version__
 from .errors import InvalidArgument, MeshError
+from .handle import ReadStream
 from .metadata import FileStatus
 from .node import MeshNode
 from .rpc import mesh_pb2 as pb
@@ -68,8 +69,12 @@ class MeshService(pb_grpc.MeshServicer):
         return pb.ListResponse(entries=[status_pb(s) for s in entries])
 
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[pb.ReadChunk]:
-        stream = await _guard(context, lambda: self.node.open_read(
-            request.path, request.offset, request.length, nocache=request.nocache))
+        async def start() -> ReadStream:
+            handle = await self.node.open(request.path, version=request.version or None,
+                                          size=request.size if request.version else None)
+            return await handle.read(request.offset, request.length, nocache=request.nocache)
+
+        stream = await _guard(context, start)
         first = True
         try:
             async for seg in stream.segments:

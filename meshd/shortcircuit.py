@@ -44,7 +44,8 @@ import struct
 from collections import OrderedDict
 
 from .errors import InvalidArgument, MeshError
-from .node import MeshNode, Segment
+from .handle import Segment
+from .node import MeshNode
 from .pages import DiskPage, MemPage, PageKey
 
 log = logging.getLogger(__name__)
@@ -158,15 +159,15 @@ class ShortCircuitServer:
             try:
                 req = json.loads(raw)
                 path, offset, length = str(req["path"]), int(req.get("offset", 0)), int(req.get("length", -1))
-                hint = self.node.status_hint(path, req.get("version"), req.get("size"))
+                version, size = req.get("version"), req.get("size")
                 # a client that keeps descriptors (meshfs) gets one for every cached page, however
                 # small the range: the descriptor serves its later reads of the whole page
                 keeps = bool(req.get("fds"))
             except (ValueError, KeyError, TypeError):
                 raise InvalidArgument("malformed short-circuit request") from None
-            stream = await self.node.open_read(path, offset, length, nocache=bool(req.get("nocache")),
-                                               stream_key=req.get("stream") or None, status=hint,
-                                               strict=hint is not None)
+            handle = await self.node.open(path, version=version, size=size)
+            stream = await handle.read(offset, length, nocache=bool(req.get("nocache")),
+                                       stream_key=req.get("stream") or None)
         except Exception as e:
             await _send(loop, conn, _error(e))
             return

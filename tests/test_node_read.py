@@ -186,7 +186,7 @@ async def test_streaming_first_bytes_before_the_object_is_fetched(box: NodeBox) 
     store = GatedStore(f"file://{box.store_dir}", {})  # type: ignore[attr-defined]
     store.gate = asyncio.Event()
     node.mounts._stores["/data"] = store
-    stream = await node.open_read("/data/f")
+    stream = await (await node.open("/data/f")).read()
     seg = await asyncio.wait_for(stream.segments.__anext__(), 5)
     assert seg.bytes() == data[:PS]  # the first page is here...
     await box.cache.drain()
@@ -210,7 +210,7 @@ async def test_concurrent_readers_single_flight(box: NodeBox) -> None:
 
 async def sequential_reads(node: MeshNode, path: str, size: int, step: int, key: str) -> None:
     for off in range(0, size, step):
-        stream = await node.open_read(path, off, step, stream_key=key)
+        stream = await (await node.open(path)).read(off, step, stream_key=key)
         async for s in stream.segments:
             s.close()
 
@@ -228,7 +228,7 @@ async def test_sequential_reader_gets_readahead_random_does_not(box: NodeBox) ->
     assert seq_pages > 4  # pages beyond what was asked were fetched ahead
     before = box.cache.disk.stats.pages
     for off in (20 * PS, 3 * PS, 27 * PS, 9 * PS):
-        stream = await node.open_read("/data/rnd", off, PS, stream_key="reader-2")
+        stream = await (await node.open("/data/rnd")).read(off, PS, stream_key="reader-2")
         async for s in stream.segments:
             s.close()
     await asyncio.sleep(0.2)

@@ -56,16 +56,20 @@ class ListResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileStatus, _Mapping]]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("path", "offset", "length", "nocache")
+    __slots__ = ("path", "offset", "length", "nocache", "version", "size")
     PATH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     NOCACHE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     path: str
     offset: int
     length: int
     nocache: bool
-    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., nocache: _Optional[bool] = ...) -> None: ...
+    version: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., nocache: _Optional[bool] = ..., version: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReadChunk(_message.Message):
     __slots__ = ("data", "status")
