@@ -45,6 +45,7 @@ from meshd.config import WebHdfsConfig
 from meshd.http_api import stream_response
 from meshd.metadata import FileStatus
 from meshd.node import MeshNode
+from meshd.placing import XATTR_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -342,21 +343,13 @@ class WebHdfs:
 
     async def op_listxattrs(self, request: web.Request, path: str, user: str) -> web.Response:
         await self.stat(path)
-        return web.json_response({"XAttrNames": json.dumps(["user.mesh.home_region", "user.mesh.cached_bytes"])})
+        return web.json_response({"XAttrNames": json.dumps(list(XATTR_NAMES))})
 
     async def op_getxattrs(self, request: web.Request, path: str, user: str) -> web.Response:
         """The mesh's state as extended attributes: the data's home region and, for a file,
         the bytes of it this region's caches hold."""
-        st = await self.stat(path)
-        values: dict[str, str] = {}
-        t = self.target(path)
-        fed = self.node.federation
-        values["user.mesh.home_region"] = (fed.home_of(t.mount) if fed is not None and t is not None
-                                           else (fed.region if fed is not None else "local"))
-        if not st.is_dir:
-            held = await self.node.held_in_region(path, st.version, st.size) if st.version else []
-            ps = self.node.cache.page_size
-            values["user.mesh.cached_bytes"] = str(sum(min(ps, st.size - i * ps) for i in held))
+        await self.stat(path)
+        values = (await self.node.mesh_state(path)).xattrs()
         names = request.query.getall("xattr.name", [])
         if names:
             missing = [n for n in names if n not in values]
@@ -391,10 +384,12 @@ class WebHdfs:
                                   f"Cannot seek after EOF: offset {offset} > length {st.size} of {path}", 403)
         if not _bool(q, "datanode"):
             return self.redirect(request)
-        n = st.size - offset if length is None else min(length, st.size - offset)
-        stream = await self.node.open_read(path, offset, n, status=st)
+        # the stream's own length: the version it is pinned to may be newer than st's
+        # when the file changed before the first byte (the handle re-pins once then)
+        handle = await self.node.open(path, status=st)
+        stream = await handle.read(offset, -1 if length is None else length)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = n
+        resp.content_length = stream.length
         await stream_response(request, resp, self.node, stream)
         return resp
 
@@ -420,7 +415,8 @@ class WebHdfs:
         cur = hashlib.md5()
         in_block = 0
         carry = b""
-        stream = await self.node.open_read(st.path, 0, st.size, status=st)
+        handle = await self.node.open(st.path, version=st.version, size=st.size)
+        stream = await handle.read(0, st.size)
         try:
             async for seg in stream.segments:
                 try:

@@ -33,6 +33,8 @@ the state document ``meshctl place`` and the scheduler extender rank regions
 with; it asks every peer region ``region.cached`` {ps: [mesh paths]} (that
 region's cached bytes per node and its links' current rates). ``stage`` {d}
 starts loading the datasets into this node's region in the background.
+``mesh.state`` {p} answers a path's ``user.mesh.*`` attributes (home region,
+this region, bytes cached here), the ones meshfs and WebHDFS show.
 """
 
 from __future__ import annotations
@@ -171,6 +173,9 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
     async def op_place_state(a: dict[str, Any]) -> Any:
         return await placing.gather(node, _names(a, "d"))
 
+    async def op_mesh_state(a: dict[str, Any]) -> Any:
+        return (await node.mesh_state(_str(a, "p"))).xattrs()
+
     async def op_stage(a: dict[str, Any]) -> Any:
         return await placing.stage(node, _names(a, "d"))
 
@@ -181,6 +186,7 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
 
     return {
         "region.cached": op_region_cached, "place.state": op_place_state, "stage": op_stage,
+        "mesh.state": op_mesh_state,
         "region.held": op_region_held, "shard.held": op_shard_held, "quota.take": op_quota_take,
         "info": op_info, "stat": op_stat, "list": op_list, "open": op_open, "shard.open": op_shard_open,
         "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,

@@ -199,7 +199,8 @@ def test_xattrs_carry_mesh_state(mesh: Mesh) -> None:
         r.read()  # now cached
     status, _, body = mesh.raw("GET", "/data/x.bin", "op=GETXATTRS&user.name=alice&encoding=text")
     xattrs = {x["name"]: x["value"] for x in json.loads(body)["XAttrs"]}
-    assert status == 200 and xattrs == {"user.mesh.home_region": '"local"', "user.mesh.cached_bytes": '"1000"'}
+    assert status == 200 and xattrs == {"user.mesh.home_region": '"local"', "user.mesh.cached_bytes": '"1000"',
+                                    "user.mesh.region": '"local"'}
 
 
 @pytest.mark.parametrize(("method", "path", "query", "status", "exception", "java_class"), [
