@@ -79,7 +79,7 @@ from typing import Any, TypeVar
 
 from meshd import paths
 from meshd.client import MeshClient, Piece, Status
-from meshd.errors import MeshError, NodeUnavailable, NotFound
+from meshd.errors import MeshError, NodeUnavailable, NotFound, errno_of
 
 from .pages import Cached, PageTable, whole_page
 
@@ -98,22 +98,15 @@ LIST_PAGE = 1000
 T = TypeVar("T")
 
 
-class FSError(Exception):
-    """An errno for the kernel."""
+class FSError(OSError):
+    """An errno for the kernel, decided by meshfs itself (the node's errors carry
+    theirs: :func:`meshd.errors.errno_of` is the one table)."""
 
     def __init__(self, errno_: int, message: str = "") -> None:
-        super().__init__(message or os.strerror(errno_))
-        self.errno = errno_
+        super().__init__(errno_, message or os.strerror(errno_))
 
-
-def errno_of(e: BaseException) -> int:
-    if isinstance(e, FSError):
-        return e.errno
-    if isinstance(e, MeshError):
-        return e.errno
-    if isinstance(e, OSError) and e.errno:
-        return e.errno
-    return errno.EIO
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass
@@ -1016,4 +1009,4 @@ def mode_of(fs: MeshFS, a: Attr) -> int:
     return (stat.S_IFDIR | fs.dir_mode) if a.is_dir else (stat.S_IFREG | fs.file_mode)
 
 
-__all__ = ["ROOT", "Attr", "FSError", "MeshFS", "errno_of", "mode_of"]
+__all__ = ["ROOT", "Attr", "FSError", "MeshFS", "mode_of"]

@@ -18,8 +18,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from meshd.client import Status
+from meshd.errors import MeshError, errno_of
 
-from .core import Attr, FSError, MeshFS, errno_of, mode_of
+from .core import Attr, MeshFS, mode_of
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,14 @@ def _fuse_errors(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except (FSError, OSError) as e:
-            code = errno_of(e)
-            if code == errno.EIO:  # the caller sees only "Input/output error": say why, here
-                log.warning("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(code) from None
         except Exception as e:
-            code = errno_of(e)
-            if code == errno.EIO and not hasattr(e, "errno"):
-                log.exception("%s failed", fn.__name__)
-            else:
+            code = errno_of(e)  # meshd's one table: MeshError kinds, OSErrors (FSError) as they are
+            if code != errno.EIO:
                 log.debug("%s: %s", fn.__name__, e)
+            elif isinstance(e, MeshError | OSError):  # the caller sees only "Input/output error": say why
+                log.warning("%s: %s", fn.__name__, e)
+            else:  # a bug: no errno was decided for it
+                log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(code) from None
 
     return wrapper
