@@ -40,7 +40,16 @@ import grpc
 
 from . import paths
 from .config import default_data_dir
-from .errors import InvalidArgument, MeshError, NodeUnavailable, UnderStoreError, from_kind
+from .errors import (
+    InvalidArgument,
+    IsADirectory,
+    MeshError,
+    NodeUnavailable,
+    NotFound,
+    UnderStoreError,
+    VersionChanged,
+    from_kind,
+)
 from .ring import HashRing
 from .rpc import mesh_pb2 as pb
 from .rpc import mesh_pb2_grpc as pb_grpc
@@ -93,6 +102,17 @@ class Status:
 
 def _status(s: pb.FileStatus) -> Status:
     return Status(s.path, s.size, s.mtime, s.version, s.is_dir)
+
+
+def _hint(pin: Status | None) -> dict[str, Any] | None:
+    """The version and size every request of a read pinned to ``pin`` carries."""
+    if pin is None:
+        return None
+    if pin.is_dir:
+        raise IsADirectory(f"is a directory: {pin.path}")
+    if not pin.version:
+        raise InvalidArgument(f"cannot pin {pin.path}: its status has no version")
+    return {"version": pin.version, "size": pin.size}
 
 
 def find_endpoint(endpoint: str | None = None) -> str:
@@ -196,7 +216,7 @@ class MeshClient:
 
     # ---- reads sent to each page's owner ------------------------------------
 
-    def _plan(self, path: str, offset: int, length: int
+    def _plan(self, path: str, offset: int, length: int, hint: dict[str, Any] | None = None
               ) -> tuple[list[tuple[dict[str, Any], int, int]], dict[str, Any]] | None:
         """Split a read into (owner, offset, length) runs of pages, and the status to pin.
 
@@ -204,6 +224,8 @@ class MeshClient:
         fetches) those pages, on this machine through its local socket. The
         runs carry the file's version, so every node serves the same version
         or fails with VersionChanged: a read is never stitched from two.
+        ``hint``: the version and size the caller pinned, sent instead of the
+        status the owner reports now (which only gives the file id).
         """
         if self._ring is None or offset < 0 or length < -1:
             return None
@@ -215,7 +237,8 @@ class MeshClient:
         st, fid, ps = info["s"], info["fid"], int(info["ps"])
         if st[4] or not fid:
             return None  # a directory: the node reports it
-        size = int(st[1])
+        hint = hint or {"version": st[3], "size": int(st[1])}
+        size = int(hint["size"])
         start = min(offset, size)
         end = size if length < 0 else min(size, offset + length)
         by_id = {m["node_id"]: m for m in self.members}
@@ -233,7 +256,7 @@ class MeshClient:
             else:
                 segments.append((owner, pos, stop - pos))
             pos = stop
-        return segments, {"version": st[3], "size": size}
+        return segments, hint
 
     def _peer(self, member: dict[str, Any]) -> MeshClient | None:
         """A direct client to ``member``; None for the node this client talks to, or a suspect."""
@@ -334,6 +357,19 @@ class MeshClient:
         if self._meta is None:
             raise NotImplementedError
         return self._meta.call(op, args)
+
+    def open(self, path: str) -> Status:
+        """The status a read of ``path`` would serve now (the metadata wire's ``open``):
+        pass it as ``pin=`` to ``cat``, ``iter_read`` or ``read_chunks_into`` to read
+        exactly that version (size and version), or fail with VersionChanged."""
+        if self._meta is None:
+            return self.stat(path)
+        try:
+            norm = paths.normalize(path)
+        except MeshError:
+            norm = path  # the node reports the problem
+        w = self._meta_call(b"s:" + norm.encode(), "open", {"p": norm})["s"]
+        return Status(w[0], w[1], w[2], w[3], w[4])
 
     def stat(self, path: str) -> Status:
         if self._meta is None:
@@ -521,32 +557,56 @@ class MeshClient:
 
     def read_chunks_into(self, path: str, buf: bytearray | memoryview, offset: int = 0,
                          length: int = -1, *, nocache: bool = False,
-                         stream_id: str | None = None) -> Iterator[int]:
+                         stream_id: str | None = None, pin: Status | None = None) -> Iterator[int]:
         """Fill ``buf`` again and again with the next bytes of the range; yields how many.
 
         The zero-allocation way to stream a file: short-circuit (``preadv`` of the
         node's page files) when the node is on this machine, HTTP otherwise. If the
         node dies mid-read, the rest of the range comes from another member.
+        ``pin`` (a status from :meth:`open`): every request carries its version and
+        size, so the bytes are that version's or the read fails with VersionChanged.
         """
+        hint = _hint(pin)
         done, attempts = 0, 0
         while True:
             gen = self._generation
             try:
                 rest = -1 if length < 0 else length - done
-                for n in self._read_once(path, buf, offset + done, rest, nocache, stream_id):
+                for n in self._read_once(path, buf, offset + done, rest, nocache, stream_id, hint):
                     done += n
                     yield n
                 return
             except (NodeUnavailable, ReadCut) as e:
                 attempts += 1
-                if attempts > len(self.members) or not self._failover(gen, e):
-                    raise
+                self._resume_or_raise(gen, attempts, e, path, hint)
+
+    def _resume_or_raise(self, gen: int, attempts: int, why: MeshError, path: str,
+                         hint: dict[str, Any] | None) -> None:
+        """After a read was cut (``attempts`` times): return to read on (on another
+        member if the node is gone), or raise.
+
+        A node cuts a pinned read mid-stream when a page it has yet to fetch is of
+        another version (over HTTP the body just ends): if the file is no longer at
+        the pinned version, that is VersionChanged, not a node failure.
+        """
+        if hint is not None and isinstance(why, ReadCut):
+            try:
+                now = self.open(path)
+            except NotFound:
+                raise VersionChanged(f"{path} was deleted while it was being read: {why}") from None
+            except NodeUnavailable:
+                pass  # the node is gone: resume elsewhere, still pinned
+            else:
+                if (now.version, now.size) != (hint["version"], hint["size"]):
+                    raise VersionChanged(f"{path} changed while it was being read: {why}") from None
+        if attempts > len(self.members) or not self._failover(gen, why):
+            raise why
 
     def _read_once(self, path: str, buf: bytearray | memoryview, offset: int, length: int,
-                   nocache: bool, stream_id: str | None) -> Iterator[int]:
-        plan = None if nocache else self._plan(path, offset, length)
+                   nocache: bool, stream_id: str | None, pin: dict[str, Any] | None = None) -> Iterator[int]:
+        plan = None if nocache else self._plan(path, offset, length, pin)
         if plan is None:
-            yield from self._read_direct(path, buf, offset, length, nocache, stream_id)
+            yield from self._read_direct(path, buf, offset, length, nocache, stream_id, pin)
             return
         segments, hint = plan
         for member, off, n in segments:
@@ -646,27 +706,31 @@ class MeshClient:
         return resp, int(resp.headers.get("Content-Length", "0"))
 
     def iter_read(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
-                  chunk_size: int = CHUNK, stream_id: str | None = None) -> Iterator[bytes]:
+                  chunk_size: int = CHUNK, stream_id: str | None = None,
+                  pin: Status | None = None) -> Iterator[bytes]:
         buf = bytearray(chunk_size)
-        for n in self.read_chunks_into(path, buf, offset, length, nocache=nocache, stream_id=stream_id):
+        for n in self.read_chunks_into(path, buf, offset, length, nocache=nocache, stream_id=stream_id,
+                                       pin=pin):
             yield bytes(buf[:n])
 
     def cat(self, path: str, offset: int = 0, length: int = -1, *, nocache: bool = False,
-            stream_id: str | None = None) -> bytes:
+            stream_id: str | None = None, pin: Status | None = None) -> bytes:
+        """The bytes of a range; ``pin`` as for :meth:`read_chunks_into`."""
+        hint = _hint(pin)
         attempts = 0
         while True:
             gen = self._generation
             try:
-                return self._cat_once(path, offset, length, nocache, stream_id)
+                return self._cat_once(path, offset, length, nocache, stream_id, hint)
             except (NodeUnavailable, ReadCut) as e:
                 attempts += 1
-                if attempts > len(self.members) or not self._failover(gen, e):
-                    raise
+                self._resume_or_raise(gen, attempts, e, path, hint)
 
-    def _cat_once(self, path: str, offset: int, length: int, nocache: bool, stream_id: str | None) -> bytes:
-        plan = None if nocache else self._plan(path, offset, length)
+    def _cat_once(self, path: str, offset: int, length: int, nocache: bool, stream_id: str | None,
+                  pin: dict[str, Any] | None = None) -> bytes:
+        plan = None if nocache else self._plan(path, offset, length, pin)
         if plan is None:
-            return self._cat_direct(path, offset, length, nocache, stream_id)
+            return self._cat_direct(path, offset, length, nocache, stream_id, pin)
         segments, hint = plan
         parts = []
         for member, off, n in segments:
@@ -711,10 +775,10 @@ class MeshClient:
         return bytes(buf)
 
     def readinto(self, path: str, out: IO[bytes], offset: int = 0, length: int = -1, *,
-                 nocache: bool = False) -> int:
+                 nocache: bool = False, pin: Status | None = None) -> int:
         """Copy a range into a binary file object; returns the bytes copied."""
         n = 0
-        for chunk in self.iter_read(path, offset, length, nocache=nocache):
+        for chunk in self.iter_read(path, offset, length, nocache=nocache, pin=pin):
             out.write(chunk)
             n += len(chunk)
         return n

@@ -8,9 +8,12 @@ found like meshctl finds it (``endpoint=`` storage option, ``$MESH_ENDPOINT``,
 the default data directory).
 
 Reads fetch exactly the requested ranges (fsspec's read-ahead cache on top is
-the usual ``cache_type`` option). Writes are whole-file: bytes are spooled to
-a temporary file and sent to the node on close. Errors are Python's built-in
-exceptions (FileNotFoundError, IsADirectoryError, ...).
+the usual ``cache_type`` option). A file opened for reading keeps the version
+it was opened at: every range is read pinned to that version and size, and if
+the file changed since, the read fails with ESTALE rather than mix versions.
+Writes are whole-file: bytes are spooled to a temporary file and sent to the
+node on close. Errors are Python's built-in exceptions (FileNotFoundError,
+IsADirectoryError, ...).
 """
 
 from __future__ import annotations
@@ -124,24 +127,34 @@ class MeshFileSystem(AbstractFileSystem):
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> MeshFile:
-        if "r" in mode and self.info(path)["type"] == "directory":
-            raise IsADirectoryError(f"is a directory: {self._strip_protocol(path)}")
         return MeshFile(self, self._strip_protocol(path), mode, block_size or "default",
                         autocommit, cache_options=cache_options, **kwargs)
 
 
 class MeshFile(AbstractBufferedFile):
+    """A mesh file. Opened for reading, it is pinned to the status it had at open
+    (``pin``): its ``size`` is that size, and every range is read at that version."""
+
     fs: MeshFileSystem
 
     def __init__(self, fs: MeshFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
                  autocommit: bool = True, **kwargs: Any) -> None:
         self._spool: Any = None
         self._stream_id = MeshClient.new_stream_id()
+        self.pin: Status | None = None
+        if mode == "rb":
+            with _oserrors():
+                self.pin = fs.client.open(path)
+            if self.pin.is_dir:
+                raise IsADirectoryError(f"is a directory: {path}")
+            kwargs["size"] = self.pin.size
+            self.details = _entry(self.pin)
         super().__init__(fs, path, mode, block_size, autocommit, **kwargs)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _oserrors():
-            return self.fs.client.cat(self.path, start, max(0, end - start), stream_id=self._stream_id)
+            return self.fs.client.cat(self.path, start, max(0, end - start), stream_id=self._stream_id,
+                                      pin=self.pin)
 
     def _initiate_upload(self) -> None:
         self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
 import pytest
 
+from meshd.client import MeshClient
+from meshd.errors import IsADirectory, VersionChanged
 from meshd.fsspec_mesh import MeshFileSystem
 from tests import data as testdata
+from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 
 PAGE = 256 << 10
@@ -212,6 +216,149 @@ def test_rm_mkdir_mv(fs: MeshFileSystem, store: Path) -> None:
     assert (store / "moved.txt").read_bytes() == b"sea"
     assert not (store / "sub" / "c.txt").exists()
     assert fs.cat("mesh://data/moved.txt") == b"sea"
+
+
+# ---------------------------------------------------------------- a file keeps its version
+
+BLOCK = 1 << 20
+OLD = payload(3 * BLOCK, seed=2)  # 12 pages of 256 KiB: a block is 4 of them
+
+
+def replace_in_store(store: Path, name: str, data: bytes) -> None:
+    """Replace a file behind the mesh's back, as a writer does: a new file renamed
+    over the old one (a new inode: a new version even within one mtime tick)."""
+    tmp = store / (name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, store / name)
+
+
+def old_or_stale(read: Callable[[], bytes], old: bytes) -> None:
+    """A pinned read of a replaced file: the old bytes (still cached at that version)
+    or VersionChanged, nothing else."""
+    try:
+        got = read()
+    except VersionChanged:
+        return
+    assert got == old
+
+
+@pytest.fixture(params=["short-circuit", "http"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The client reads through the node's local socket, or over HTTP."""
+    monkeypatch.setenv("MESH_SHORT_CIRCUIT", "1" if request.param == "short-circuit" else "0")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("cache_type", ["none", "readahead"])
+@pytest.mark.parametrize("new", [payload(3 * BLOCK, seed=3), payload(BLOCK + 5, seed=4),
+                                 payload(5 * BLOCK, seed=5)], ids=["same-size", "shorter", "longer"])
+@pytest.mark.parametrize("how", ["under-store", "put"])
+def test_an_open_file_is_read_at_its_version_or_fails_with_estale(
+        transport: str, node: MeshdProcess, store: Path, how: str, new: bytes, cache_type: str) -> None:
+    """Read a block, replace the file, read on: the old bytes or ESTALE, never a mix."""
+    (store / "v.bin").write_bytes(OLD)
+    fs = MeshFileSystem(node.endpoint, skip_instance_cache=True)
+    with fs.open("/data/v.bin", "rb", block_size=BLOCK, cache_type=cache_type) as f:
+        assert f.size == len(OLD)
+        assert f.read(BLOCK) == OLD[:BLOCK]
+        if how == "put":
+            with MeshClient(node.endpoint) as c:
+                c.put("/data/v.bin", new)
+        else:
+            replace_in_store(store, "v.bin", new)
+        assert f.size == len(OLD)  # the size it was opened with
+        # pages 4.. were never fetched (the first read fetched pages 0-3, and the node
+        # reads ahead only for a reader already proven sequential): the node goes back
+        # to the under-store for them, pinned to the version the file was opened at
+        rest = bytearray()
+        try:
+            while chunk := f.read(BLOCK):
+                rest += chunk
+        except OSError as e:
+            assert e.errno == errno.ESTALE, e
+            assert rest == OLD[BLOCK:BLOCK + len(rest)]  # what came before the error is old
+        else:
+            assert rest == OLD[BLOCK:]
+    with fs.open("/data/v.bin", "rb", block_size=BLOCK, cache_type=cache_type) as f:
+        assert f.size == len(new) and f.read() == new  # opened again: the new version
+    assert fs.cat("/data/v.bin") == new
+
+
+def test_a_file_replaced_before_its_first_read_fails_with_estale(transport: str, fs: MeshFileSystem,
+                                                                 store: Path) -> None:
+    """Nothing of the opened version is cached: the first read already finds it gone."""
+    (store / "w.bin").write_bytes(OLD)
+    with fs.open("/data/w.bin", "rb", block_size=BLOCK, cache_type="none") as f:
+        replace_in_store(store, "w.bin", payload(len(OLD), seed=6))
+        with pytest.raises(OSError) as e:
+            f.read(BLOCK)
+        assert e.value.errno == errno.ESTALE
+
+
+def test_pinned_client_reads(transport: str, node: MeshdProcess, store: Path) -> None:
+    """MeshClient.open gives a status; reads pinned to it serve that version or raise
+    VersionChanged; reads without a pin see the new version (no over-pinning)."""
+    (store / "v.bin").write_bytes(OLD)
+    new = payload(2 * BLOCK + 1, seed=7)
+    with MeshClient(node.endpoint) as c:
+        pin = c.open("/data/v.bin")
+        assert (pin.size, pin.is_dir) == (len(OLD), False) and pin.version == c.stat("/data/v.bin").version
+        assert c.cat("/data/v.bin", 0, BLOCK, pin=pin) == OLD[:BLOCK]
+        assert c.cat("/data/v.bin", BLOCK - 10, 20, pin=pin) == OLD[BLOCK - 10:BLOCK + 10]
+        replace_in_store(store, "v.bin", new)
+        old_or_stale(lambda: c.cat("/data/v.bin", 0, BLOCK, pin=pin), OLD[:BLOCK])  # cached pages
+        with pytest.raises(VersionChanged):
+            c.cat("/data/v.bin", BLOCK, BLOCK, pin=pin)
+        with pytest.raises(VersionChanged):
+            c.cat("/data/v.bin", pin=pin)
+        with pytest.raises(VersionChanged):
+            b"".join(c.iter_read("/data/v.bin", BLOCK, pin=pin))
+        buf = bytearray(100_000)
+        with pytest.raises(VersionChanged):
+            for _ in c.read_chunks_into("/data/v.bin", buf, 2 * BLOCK, pin=pin):
+                pass
+        assert c.cat("/data/v.bin") == new
+        assert b"".join(c.iter_read("/data/v.bin", BLOCK)) == new[BLOCK:]
+        pin2 = c.open("/data/v.bin")
+        assert pin2.size == len(new) and pin2.version != pin.version
+        assert c.cat("/data/v.bin", pin=pin2) == new
+        assert c.cat("/data/v.bin", BLOCK, -1, pin=pin2) == new[BLOCK:]
+        with pytest.raises(IsADirectory):
+            c.cat("/data/sub", pin=c.open("/data/sub"))
+
+
+def test_pinned_reads_across_owners(cluster: Callable[..., list[MeshdProcess]], etcd: EtcdProcess,
+                                    tmp_path: Path) -> None:
+    """In a cluster the pin goes with every run of pages to each page's owner."""
+    store = tmp_path / "cstore"
+    store.mkdir()
+    (store / "v.bin").write_bytes(OLD)
+    nodes = cluster(3, etcd, ["--page-size", "256KiB"])
+    nodes[0].ctl("mount", "add", "/data", f"file://{store}", check=True)
+    new = payload(len(OLD), seed=8)
+    with MeshClient(nodes[0].endpoint) as c:
+        assert len(c.members) == 3
+        pin = c.open("/data/v.bin")
+        assert c.cat("/data/v.bin", 0, BLOCK, pin=pin) == OLD[:BLOCK]
+        replace_in_store(store, "v.bin", new)
+        with pytest.raises(VersionChanged):
+            c.cat("/data/v.bin", BLOCK, pin=pin)
+        with pytest.raises(VersionChanged):
+            b"".join(c.iter_read("/data/v.bin", BLOCK, pin=pin))
+        old_or_stale(lambda: c.cat("/data/v.bin", 0, BLOCK, pin=pin), OLD[:BLOCK])
+        assert c.cat("/data/v.bin") == new
+    (store / "w.bin").write_bytes(OLD)  # none of its pages cached yet
+    fs = MeshFileSystem(nodes[1].endpoint, skip_instance_cache=True)
+    with fs.open("/data/w.bin", "rb", block_size=BLOCK, cache_type="none") as f:
+        assert f.read(BLOCK) == OLD[:BLOCK]
+        replace_in_store(store, "w.bin", new)
+        try:
+            second = f.read(BLOCK)
+        except OSError as e:
+            assert e.errno == errno.ESTALE, e
+        else:
+            assert second == OLD[BLOCK:2 * BLOCK]
+    assert fs.cat("/data/w.bin") == new
 
 
 # ---------------------------------------------------------------- Parquet
