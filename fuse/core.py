@@ -975,12 +975,8 @@ class MeshFS:
         """The mesh's state of a file or directory: its home region and the bytes of it
         this region's caches hold."""
         path = self.path_of(ino)
-        doc = await self.call(lambda c: c.place_state([path]))
-        d = doc["datasets"][path]
-        region = doc.get("region") or "local"
-        cached = min(int(d["size"]), sum(int(b) for b in d["cached"].get(region, {}).values()))
-        return {"user.mesh.home_region": str(d["home"]).encode(), "user.mesh.cached_bytes": str(cached).encode(),
-                "user.mesh.region": str(region).encode()}
+        state = await self.call(lambda c: c.mesh_state(path))
+        return {k: v.encode() for k, v in state.items()}
 
     def close(self) -> None:
         log.info("page table: %d reads from held descriptors, %d fetches", self.pages.hits, self.pages.fetches)

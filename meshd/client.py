@@ -442,6 +442,12 @@ class MeshClient:
         """What the mesh knows for placing a job on ``datasets`` (meshd/placing.py)."""
         return dict(self._retrying(lambda: self._meta_once("place.state", {"d": datasets})))
 
+    def mesh_state(self, path: str) -> dict[str, str]:
+        """A path's ``user.mesh.*`` attributes (home region, region, bytes cached there):
+        the node's one computation of them, as WebHDFS shows them too."""
+        return {str(k): str(v) for k, v in
+                dict(self._retrying(lambda: self._meta_once("mesh.state", {"p": path}))).items()}
+
     def stage(self, datasets: list[str]) -> dict[str, Any]:
         """Start loading ``datasets`` into this node's region, in the background."""
         return dict(self._meta_once("stage", {"d": datasets}))
