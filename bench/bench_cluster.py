@@ -47,7 +47,7 @@ One etcd; then, for each cluster size N (largest first), a fresh cluster (its ow
   same processes reading the same files from local disk (kernel page cache
   warm) in the same run.
 
-* Membership change: :func:`meshd.ring.moved_fraction` over random keys, one
+* Membership change: :func:`meshd.cluster.ring.moved_fraction` over random keys, one
   member joining N-1 and one leaving N, for N = 2..16: moved fraction x N
   (1.0 is the ideal: exactly the joining or leaving member's share moves).
 
@@ -82,8 +82,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchlib import log_findings, print_findings  # noqa: E402
-from meshd.client import MeshClient  # noqa: E402
-from meshd.ring import DEFAULT_VNODES, HashRing, moved_fraction  # noqa: E402
+from meshd.client.sdk import MeshClient  # noqa: E402
+from meshd.cluster.ring import DEFAULT_VNODES, HashRing, moved_fraction  # noqa: E402
 from tests.etcdproc import EtcdProcess  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
 

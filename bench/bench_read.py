@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meshd.client import MeshClient  # noqa: E402
+from meshd.client.sdk import MeshClient  # noqa: E402
 from meshd.understore.posix import PosixUnderStore  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
 

@@ -9,12 +9,12 @@ the page cache is microseconds; a thread hop would cost more than the read).
 Nothing else happens per request, so this is what any Python FUSE client pays
 for the kernel round trip, the request dispatch and the copy of the bytes.
 
-Like meshfs (fuse/cli.py) it sets the mount's kernel read-ahead
+Like meshfs (fuse/meshfs/cli.py) it sets the mount's kernel read-ahead
 (``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb``, default 1024 KiB, the meshfs
 default; 0 keeps the kernel's 128 KiB), which makes the kernel send 1 MiB
 read requests instead of 128 KiB ones on a sequential read. It is written
 once the kernel's INIT request has been answered (see ``Passthrough.init``):
-written before, as fuse/cli.py does, the INIT reply resets it to 128 KiB. Entries and
+written before, as fuse/meshfs/cli.py does, the INIT reply resets it to 128 KiB. Entries and
 attributes are kept ``--ttl`` seconds by the kernel (meshfs's default: 1 s),
 and opened files keep their pages in the kernel's page cache across opens
 (the source is not expected to change while mounted).
@@ -42,8 +42,8 @@ log = logging.getLogger("passthroughfs")
 
 
 def set_readahead(mountpoint: str, kb: int) -> None:
-    """The same bdi read-ahead trick as ``meshfs mount --readahead-kb`` (fuse/cli.py)."""
-    from fuse.cli import _set_readahead
+    """The same bdi read-ahead trick as ``meshfs mount --readahead-kb`` (fuse/meshfs/cli.py)."""
+    from meshfs.cli import _set_readahead
 
     _set_readahead(mountpoint, kb)
 
@@ -66,7 +66,7 @@ class Passthrough(pyfuse3.Operations):
     def init(self) -> None:
         """Called in the kernel's INIT request, before libfuse replies to it. The reply makes
         the kernel set the mount's read-ahead to min(current, max_readahead = 128 KiB), so a
-        read_ahead_kb written earlier (right after pyfuse3.init(), as fuse/cli.py does) is
+        read_ahead_kb written earlier (right after pyfuse3.init(), as fuse/meshfs/cli.py does) is
         undone: write it once the reply is sent (call_soon runs after this request)."""
         if self.mountpoint and self.readahead_kb > 0:
             asyncio.get_running_loop().call_soon(set_readahead, self.mountpoint, self.readahead_kb)
@@ -218,7 +218,7 @@ async def serve(src: str, mountpoint: str, readahead_kb: int, ttl: float, debug:
         loop.add_signal_handler(sig, pyfuse3.terminate)
     print(f"passthroughfs: mounted {src} at {mountpoint}", flush=True)
     try:
-        await pyfuse3.main(min_tasks=4, max_tasks=64)  # as meshfs (fuse/cli.py)
+        await pyfuse3.main(min_tasks=4, max_tasks=64)  # as meshfs (fuse/meshfs/cli.py)
     finally:
         pyfuse3.close(unmount=True)
         print(f"passthroughfs: unmounted {mountpoint}", flush=True)

@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, web
 
 from meshd import errors as me
 from meshd.config import S3Config
-from meshd.node import MeshNode
+from meshd.core.node import MeshNode
 
 from . import listing, objects, xmlio
 from .errors import (

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from meshd import errors as me
-from meshd.metadata import FileStatus
-from meshd.node import MeshNode
+from meshd.core.node import MeshNode
+from meshd.metadata.shard import FileStatus
 
 
 @dataclass(frozen=True)

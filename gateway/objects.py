@@ -25,9 +25,9 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from meshd import errors as me
-from meshd.http_api import stream_response
-from meshd.metadata import FileStatus
-from meshd.node import MeshNode
+from meshd.core.node import MeshNode
+from meshd.metadata.shard import FileStatus
+from meshd.servers.http_api import stream_response
 
 from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key

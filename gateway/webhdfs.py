@@ -42,10 +42,10 @@ from aiohttp import web
 from meshd import errors as me
 from meshd import paths
 from meshd.config import WebHdfsConfig
-from meshd.http_api import stream_response
-from meshd.metadata import FileStatus
-from meshd.node import MeshNode
-from meshd.placing import XATTR_NAMES
+from meshd.core.node import MeshNode
+from meshd.core.placing import XATTR_NAMES
+from meshd.metadata.shard import FileStatus
+from meshd.servers.http_api import stream_response
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import InvalidArgument
+from meshd.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 4 << 20
 DEFAULT_MEMORY_CAPACITY = 1 << 30

@@ -25,13 +25,9 @@ from typing import IO, Any
 import grpc
 from aiohttp import web
 
-from .cluster import Cluster
-from .config import NodeConfig
-from .errors import InvalidArgument, MeshError
-from .federation import EtcdFederation, Federation
-from .http_api import make_app
-from .kv import RocksKV
-from .membership import (
+from meshd.cache.pages import PageCache
+from meshd.cache.readahead import ReadAhead
+from meshd.cluster.membership import (
     Etcd,
     EtcdMembership,
     EtcdMounts,
@@ -40,19 +36,23 @@ from .membership import (
     StaticMembership,
     cluster_config,
 )
-from .meta_api import handlers as meta_handlers
-from .metadata import MetadataCache
-from .metrics import InstrumentedStore, Metrics, Stats
-from .mounts import Mount, MountTable
-from .node import MeshNode
-from .pages import PageCache
-from .quota import Quotas, ThrottledStore
-from .readahead import ReadAhead
-from .rpc import mesh_pb2_grpc as pb_grpc
-from .service import MeshService
-from .shortcircuit import ShortCircuitServer
-from .understore import UnderStore
-from .wire import WireServer
+from meshd.cluster.peers import Cluster
+from meshd.config import NodeConfig
+from meshd.core.metrics import InstrumentedStore, Metrics, Stats
+from meshd.core.mounts import Mount, MountTable
+from meshd.core.node import MeshNode
+from meshd.errors import InvalidArgument, MeshError
+from meshd.metadata.kv import RocksKV
+from meshd.metadata.shard import MetadataCache
+from meshd.region.federation import EtcdFederation, Federation
+from meshd.region.quota import Quotas, ThrottledStore
+from meshd.rpc import mesh_pb2_grpc as pb_grpc
+from meshd.rpc.wire import WireServer
+from meshd.servers.grpc_api import MeshService
+from meshd.servers.http_api import make_app
+from meshd.servers.meta_api import handlers as meta_handlers
+from meshd.servers.shortcircuit import ShortCircuitServer
+from meshd.understore import UnderStore
 
 log = logging.getLogger(__name__)
 

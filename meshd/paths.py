@@ -8,7 +8,7 @@ front end calls :func:`normalize` on what a user sent before anything else.
 
 from __future__ import annotations
 
-from .errors import InvalidPath
+from meshd.errors import InvalidPath
 
 NAME_MAX = 255
 PATH_MAX = 4096

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.etcdproc import end_process
 
-MESHFS = [sys.executable, "-m", "fuse.cli"]
+MESHFS = [sys.executable, "-m", "meshfs.cli"]
 
 
 def is_mounted(path: Path | str) -> bool:

@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from meshd.client import MeshClient
+from meshd.client.sdk import MeshClient
 from tests.etcdproc import end_process
 
-MESHD = [sys.executable, "-m", "meshd.cli_meshd"]
-MESHCTL = [sys.executable, "-m", "meshd.cli_meshctl"]
+MESHD = [sys.executable, "-m", "meshd.cli.meshd"]
+MESHCTL = [sys.executable, "-m", "meshd.cli.meshctl"]
 
 
 class MeshdProcess:

@@ -33,7 +33,7 @@ CHUNK = 4 << 20
 
 
 def mesh_client(endpoint: str, timeout: float) -> Any:
-    from meshd.client import MeshClient
+    from meshd.client.sdk import MeshClient
 
     return MeshClient(endpoint, timeout)
 

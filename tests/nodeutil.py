@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshd.kv import KV, RocksKV
-from meshd.metadata import MetadataCache
-from meshd.metrics import InstrumentedStore, Metrics, Stats
-from meshd.mounts import MountTable
-from meshd.node import MeshNode
-from meshd.pages import PageCache
-from meshd.readahead import ReadAhead
+from meshd.cache.pages import PageCache
+from meshd.cache.readahead import ReadAhead
+from meshd.core.metrics import InstrumentedStore, Metrics, Stats
+from meshd.core.mounts import MountTable
+from meshd.core.node import MeshNode
+from meshd.metadata.kv import KV, RocksKV
+from meshd.metadata.shard import MetadataCache
 
 
 class NodeBox:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from meshd.client import MeshClient
+from meshd.client.sdk import MeshClient
 from meshd.errors import (
     InvalidArgument,
     InvalidPath,

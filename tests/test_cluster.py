@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.client import MeshClient
+from meshd.client.sdk import MeshClient
 from tests.conftest_s3 import S3Bucket
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
@@ -241,7 +241,7 @@ def test_meshd_run_without_a_reachable_etcd_says_so(tmp_path: Path) -> None:
 
     from tests.etcdproc import free_port
 
-    r = subprocess.run([sys.executable, "-m", "meshd.cli_meshd", "run", "--etcd", f"127.0.0.1:{free_port()}",
+    r = subprocess.run([sys.executable, "-m", "meshd.cli.meshd", "run", "--etcd", f"127.0.0.1:{free_port()}",
                         "--cluster", "c", "--region", "r", "--data-dir", str(tmp_path / "d"), "--no-s3"],
                        capture_output=True, timeout=60)
     assert r.returncode == 2

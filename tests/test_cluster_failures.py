@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.client import MeshClient
+from meshd.client.sdk import MeshClient
 from tests.conftest import cluster_args, wait_members, wait_until
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from meshd.wire import SyncWireClient
+from meshd.rpc.wire import SyncWireClient
 from tests.conftest import wait_until
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess

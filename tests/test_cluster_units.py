@@ -19,16 +19,16 @@ from typing import Any, cast
 
 import pytest
 
-from meshd import cli_meshd
+from meshd.cli import meshd as cli_meshd
+from meshd.cluster.membership import EtcdMembership, Member, members_prefix
+from meshd.cluster.ring import HashRing, moved_fraction
 from meshd.config import ClusterConfig, check_cluster, from_dict
+from meshd.core.mounts import Mount
 from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, NotFound
-from meshd.kv import MemoryKV
-from meshd.membership import EtcdMembership, Member, members_prefix
-from meshd.metadata import FileStatus, MetadataCache
-from meshd.mounts import Mount
-from meshd.ring import HashRing, moved_fraction
+from meshd.metadata.kv import MemoryKV
+from meshd.metadata.shard import FileStatus, MetadataCache
+from meshd.rpc.wire import HEADER, MAX_FRAME, SyncWireClient, WireClient, WireServer
 from meshd.understore import ObjectInfo, UnderStore
-from meshd.wire import HEADER, MAX_FRAME, SyncWireClient, WireClient, WireServer
 
 # ---------------------------------------------------------------------------
 # ring
@@ -237,7 +237,7 @@ async def test_wire_errors_keep_their_kind_and_message() -> None:
 
 async def test_wire_internal_error_is_opaque_and_server_keeps_serving(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="meshd.wire")
+    caplog.set_level(logging.ERROR, logger="meshd.rpc.wire")
     async with _serving(HANDLERS) as (_, address):
         client = WireClient(address)
         try:
@@ -466,20 +466,20 @@ def test_membership_check_accepts_good_records() -> None:
 ])
 def test_membership_check_rejects_and_logs_once(
         caplog: pytest.LogCaptureFixture, record: dict[str, Any], key_id: str, reason: str) -> None:
-    caplog.set_level(logging.ERROR, logger="meshd.membership")
+    caplog.set_level(logging.ERROR, logger="meshd.cluster.membership")
     ms = _membership()
     raw = json.dumps(record).encode()
     key = _key(key_id)
     for _ in range(3):
         assert ms._check(key, raw, 11) is None
-    logged = [r for r in caplog.records if r.name == "meshd.membership"]
+    logged = [r for r in caplog.records if r.name == "meshd.cluster.membership"]
     assert len(logged) == 1
     assert key.decode() in logged[0].getMessage() and reason in logged[0].getMessage()
     assert ms._check(key, raw, 12) is None  # a new revision of the same bad key: logged again
-    assert len([r for r in caplog.records if r.name == "meshd.membership"]) == 2
+    assert len([r for r in caplog.records if r.name == "meshd.cluster.membership"]) == 2
     good = replace(ME, node_id="n5", grpc="10.0.0.5:7000")
     assert ms._check(_key("n5"), good.to_json(), 11) == good
-    assert len([r for r in caplog.records if r.name == "meshd.membership"]) == 2
+    assert len([r for r in caplog.records if r.name == "meshd.cluster.membership"]) == 2
 
 
 # ---------------------------------------------------------------------------

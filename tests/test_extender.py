@@ -1,4 +1,4 @@
-"""The scheduler extender (``meshd scheduler-extender``, meshd/extender.py) over a real socket.
+"""The scheduler extender (``meshd scheduler-extender``, meshd/servers/extender.py) over a real socket.
 
 The requests have the shapes kube-scheduler and Volcano send: kube-scheduler's
 ExtenderArgs (``pod`` plus ``nodes``, a v1.NodeList, or ``nodenames`` when the
@@ -80,7 +80,7 @@ class Extender:
 
 
 def start_extender(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "meshd.cli_meshd", "scheduler-extender",
+    proc = subprocess.Popen([sys.executable, "-m", "meshd.cli.meshd", "scheduler-extender",
                              "--listen", "127.0.0.1:0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -193,10 +193,10 @@ def test_malformed_requests_get_400_with_a_message(ext: Extender, path: str, raw
 
 
 def test_bad_flags_are_named() -> None:
-    r = subprocess.run([sys.executable, "-m", "meshd.cli_meshd", "scheduler-extender", "--listen", "nope",
+    r = subprocess.run([sys.executable, "-m", "meshd.cli.meshd", "scheduler-extender", "--listen", "nope",
                         "--state", "/nonexistent.yaml"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot read the state file" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "meshd.cli_meshd", "scheduler-extender", "--listen", "nope",
+    r = subprocess.run([sys.executable, "-m", "meshd.cli.meshd", "scheduler-extender", "--listen", "nope",
                         "--state", str(ROOT / "examples" / "jobs" / "state.yaml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "expected HOST:PORT" in r.stderr and "Traceback" not in r.stderr

@@ -34,7 +34,7 @@ import pytest
 import requests
 from hdfs import HdfsError, InsecureClient
 
-from meshd.client import MeshClient
+from meshd.client.sdk import MeshClient
 from meshd.errors import VersionChanged
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc

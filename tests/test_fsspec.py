@@ -16,9 +16,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from meshd.client import MeshClient
+from meshd.client.fsspec_mesh import MeshFileSystem
+from meshd.client.sdk import MeshClient
 from meshd.errors import IsADirectory, VersionChanged
-from meshd.fsspec_mesh import MeshFileSystem
 from tests import data as testdata
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess

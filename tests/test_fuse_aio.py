@@ -1,4 +1,4 @@
-"""meshfs's pyfuse3 asyncio shim (fuse/cli.py ``_enable_asyncio``).
+"""meshfs's pyfuse3 asyncio shim (fuse/meshfs/cli.py ``_enable_asyncio``).
 
 pyfuse3's own ``wait_readable`` lets the /dev/fuse reader fire on a future that is
 already done (a worker cancelled at unmount in the iteration its fd became readable):
@@ -14,7 +14,7 @@ from typing import Any
 
 import pyfuse3.asyncio as aio
 
-from fuse.cli import _enable_asyncio
+from meshfs.cli import _enable_asyncio
 
 Wait = Callable[[int], Coroutine[Any, Any, None]]
 

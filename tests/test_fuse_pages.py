@@ -1,4 +1,4 @@
-"""fuse/pages.py: the page-descriptor table meshfs shares between handles (unit tests with
+"""fuse/meshfs/pages.py: the page-descriptor table meshfs shares between handles (unit tests with
 real descriptors: page files in a temporary directory and memfds)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fuse.pages import Cached, PageTable, whole_page
+from meshfs.pages import Cached, PageTable, whole_page
 
 PS = 1 << 16  # a small page size keeps the files small
 
@@ -138,7 +138,7 @@ def test_a_sequential_reader_fetches_descriptors_ahead_in_batches() -> None:
     """MeshFS._read_ahead: every page of a sequential read is asked for once, never more than
     READ_AHEAD_PAGES past the page being read, READ_AHEAD_BATCH pages per request (the
     last request of the file may be shorter); pages already held are not asked for."""
-    from fuse import core
+    from meshfs import core
 
     async def scenario(held: set[int]) -> list[tuple[int, int]]:
         fs = core.MeshFS(None, client_factory=lambda ep, t: None)  # type: ignore[arg-type,return-value]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from meshd.core.node import MeshNode
 from meshd.errors import IsADirectory, NotFound
-from meshd.node import MeshNode
 from meshd.understore.posix import PosixUnderStore
 from tests.nodeutil import NodeBox
 

@@ -22,7 +22,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 def test_every_rpc_is_implemented() -> None:
     from meshd.rpc import mesh_pb2
-    from meshd.service import MeshService
+    from meshd.servers.grpc_api import MeshService
 
     service = mesh_pb2.DESCRIPTOR.services_by_name["Mesh"]
     for method in service.methods:

@@ -1,6 +1,6 @@
 """Fast unit tests of the multi-region pieces that need no network: the router
-(``topology/router.py``), the link quotas (``meshd/quota.py``) and the
-federation's own logic (``meshd/federation.py``: homes, endpoints, crossings,
+(``topology/router.py``), the link quotas (``meshd/region/quota.py``) and the
+federation's own logic (``meshd/region/federation.py``: homes, endpoints, crossings,
 peer rings, ``plan``).
 
 Time. The token buckets take their clock as a parameter and wait with
@@ -37,12 +37,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshd import federation as federation_mod
+from meshd.cluster.membership import Member
+from meshd.cluster.ring import HashRing
+from meshd.core.mounts import Mount
 from meshd.errors import MeshError, NotFound, UnderStoreError
-from meshd.federation import HELD_TTL, Federation
-from meshd.membership import Member
-from meshd.mounts import Mount
-from meshd.quota import (
+from meshd.region import federation as federation_mod
+from meshd.region.federation import HELD_TTL, Federation
+from meshd.region.quota import (
     LIST_ENTRY_BYTES,
     MAX_GRAIN,
     MIN_GRAIN,
@@ -53,7 +54,6 @@ from meshd.quota import (
     ThrottledStore,
     TokenBucket,
 )
-from meshd.ring import HashRing
 from meshd.understore import ObjectInfo, UnderStore
 from topology.model import Link, Region, Topology, parse
 from topology.router import MIN_HEADROOM, Source, price, route, worth_asking

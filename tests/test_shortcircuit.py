@@ -12,7 +12,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from meshd.shortcircuit import MEMFD_KEEP, ShortCircuitServer
+from meshd.servers.shortcircuit import MEMFD_KEEP, ShortCircuitServer
 from tests.nodeutil import NodeBox
 
 MiB = 1 << 20

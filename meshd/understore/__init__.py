@@ -11,8 +11,8 @@ import importlib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ..errors import MountError
-from .base import Capabilities, ObjectInfo, UnderStore
+from meshd.errors import MountError
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 
 __all__ = ["Capabilities", "ObjectInfo", "UnderStore", "open_understore", "schemes"]
 

@@ -75,14 +75,14 @@ class UnderStore(abc.ABC):
         """Create a directory (and its parents); existing is not an error."""
 
     async def rename(self, src: str, dst: str) -> None:
-        from ..errors import NotSupported
+        from meshd.errors import NotSupported
 
         raise NotSupported(f"rename is not supported by {self.scheme}:// under-stores")
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         """Add bytes at the end of an existing file (``capabilities.append``); NotFound
         when it does not exist. The mesh rewrites whole files on stores without it."""
-        from ..errors import NotSupported
+        from meshd.errors import NotSupported
 
         raise NotSupported(f"append is not supported by {self.scheme}:// under-stores")
 

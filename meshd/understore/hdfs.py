@@ -48,7 +48,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from ..errors import (
+from meshd.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
     InvalidArgument,
@@ -62,7 +62,7 @@ from ..errors import (
     UnderStoreError,
     VersionChanged,
 )
-from .base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 
 DEFAULT_HTTP_PORT = 9870
 VERIFY_EVERY = 4 << 20

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote, urlsplit
 
-from ..errors import MountError, NotADirectory, NotFound, VersionChanged, from_oserror
-from .base import Capabilities, ObjectInfo, UnderStore
+from meshd.errors import MountError, NotADirectory, NotFound, VersionChanged, from_oserror
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 
 CHUNK = 1 << 20
 
@@ -102,7 +102,7 @@ class PosixUnderStore(UnderStore):
         try:
             f = await asyncio.to_thread(open, self._abs(path), "rb", buffering=0)
         except IsADirectoryError:
-            from ..errors import IsADirectory
+            from meshd.errors import IsADirectory
 
             raise IsADirectory(f"is a directory: {path}") from None
         except OSError as e:
@@ -132,7 +132,7 @@ class PosixUnderStore(UnderStore):
         try:
             with os.fdopen(fd, "ab") as f:
                 if stat_mod.S_ISDIR(os.fstat(f.fileno()).st_mode):
-                    from ..errors import IsADirectory
+                    from meshd.errors import IsADirectory
 
                     raise IsADirectory(f"is a directory: {path}")
                 async for chunk in chunks:
@@ -167,7 +167,7 @@ class PosixUnderStore(UnderStore):
                 # head() could already see a concurrent writer's file.
                 st = os.fstat(f.fileno())
             if os.path.isdir(target):
-                from ..errors import IsADirectory
+                from meshd.errors import IsADirectory
 
                 raise IsADirectory(f"is a directory: {path}")
             await asyncio.to_thread(os.replace, tmp, target)

@@ -70,7 +70,7 @@ from botocore.exceptions import (
 )
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
-from ..errors import (
+from meshd.errors import (
     DirectoryNotEmpty,
     IsADirectory,
     MeshError,
@@ -82,8 +82,8 @@ from ..errors import (
     UnderStoreError,
     VersionChanged,
 )
-from .base import Capabilities, ObjectInfo, UnderStore
-from .s3_listing import ListingParserFactory
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.s3_listing import ListingParserFactory
 
 CHUNK = 1 << 20  # body read size of get_range
 PART = 8 << 20  # put: single-request limit and multipart part size

@@ -1,0 +1,195 @@
+"""Page descriptors shared by every handle of a meshfs mount, fetched once each.
+
+The local node hands a read's bytes over as descriptors of its page files
+(``MeshClient.page_pieces``). A page file holds one whole, verified page of
+one version of one file (meshd/cache/pages.py: written under a temporary name and
+renamed, so it is whole or absent), so a descriptor received for *any* range
+of a page serves *every* later read of that page by a ``pread``, with no
+round trip to the node. ``PageTable`` keeps those descriptors, keyed by
+``(path, version, page index)``, for all handles of the mount: four threads
+reading one file at random share them, and so do a file's successive opens.
+
+**Whole pages.** A piece ``(fd, offset_in_page, length)`` that arrives for
+file offset ``L`` belongs to the page starting at ``L - offset_in_page``; its
+length is the descriptor's size (``fstat``). A piece that does not line up
+with the mount's page grid is kept for its own range only.
+
+**Single flight.** Concurrent kernel READs of one page (the kernel's
+read-ahead sends several at once) wait for the one fetch in flight instead of
+each asking the node: ``begin`` returns the future to wait on, or registers
+the caller as the fetcher, who must call ``done`` (or ``failed``) once.
+
+**Bounds.** At most ``max_pages`` descriptors (default 1024, fewer when the
+process may open fewer than four times that many files; the disk space they
+keep alive after the node evicts their pages is at most that many pages,
+4 GiB with 4 MiB pages), of which at most
+``max_memfd`` may be memfds: a page the node held only in memory arrives as a
+memfd, which is memory, not disk, so only a few are kept. The least recently
+used goes first. Holding a descriptor costs the client no memory of its own
+(the bytes stay in the kernel's page cache), so meshfs's memory does not grow
+with bytes read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from collections import OrderedDict
+from dataclasses import dataclass
+
+PageId = tuple[str, str, int]  # (path, version, page index)
+MAX_PAGES = 1024
+MAX_MEMFD = 8
+
+
+@dataclass
+class Cached:
+    """File bytes ``[start, end)``: at ``base`` of descriptor ``fd``, or in ``data``."""
+
+    start: int
+    end: int
+    fd: int | None = None
+    base: int = 0
+    data: bytes | None = None
+    memfd: bool = False
+
+    def read(self, pos: int, stop: int) -> bytes:
+        """The bytes ``[pos, stop)`` (within this range)."""
+        if self.fd is None:
+            assert self.data is not None
+            return self.data[pos - self.start:stop - self.start]
+        data = os.pread(self.fd, stop - pos, self.base + pos - self.start)
+        if len(data) != stop - pos:
+            raise OSError(5, "cache page is shorter than announced")  # EIO
+        return data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def is_memfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    except OSError:
+        return False
+
+
+def whole_page(fd: int, logical: int, offset_in_page: int, length: int, page_size: int,
+               file_size: int) -> Cached:
+    """The range a received piece's descriptor covers: its whole page where it lines up with
+    the page grid (the usual case), else just the piece."""
+    start = logical - offset_in_page
+    try:
+        size = os.fstat(fd).st_size
+    except OSError:
+        size = -1
+    memfd = is_memfd(fd)
+    if start >= 0 and start % page_size == 0 and offset_in_page + length <= size <= page_size \
+            and start + size <= file_size:
+        return Cached(start, start + size, fd=fd, base=0, memfd=memfd)
+    return Cached(logical, logical + length, fd=fd, base=offset_in_page, memfd=memfd)
+
+
+class PageTable:
+    def __init__(self, max_pages: int | None = None, max_memfd: int = MAX_MEMFD) -> None:
+        if max_pages is None:
+            max_pages = max(16, min(MAX_PAGES, _open_files_limit() // 4))
+        self.max_pages, self.max_memfd = max_pages, max_memfd
+        self._pages: OrderedDict[PageId, Cached] = OrderedDict()
+        self._memfds = 0
+        self._inflight: dict[PageId, asyncio.Future[None]] = {}
+        self.hits = self.fetches = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def find(self, key: PageId, pos: int) -> Cached | None:
+        c = self._pages.get(key)
+        if c is not None and c.start <= pos < c.end:
+            self._pages.move_to_end(key)
+            self.hits += 1
+            return c
+        return None
+
+    def has(self, key: PageId) -> bool:
+        return key in self._pages or key in self._inflight
+
+    def put(self, key: PageId, c: Cached) -> None:
+        """Keep ``c`` (the table owns its descriptor from now on)."""
+        old = self._pages.get(key)
+        if old is not None:
+            if old.start <= c.start and c.end <= old.end and not (old.memfd and not c.memfd):
+                c.close()  # what we hold already covers it
+                self._pages.move_to_end(key)
+                return
+            self._drop(key)
+        self._pages[key] = c
+        self._memfds += c.memfd
+        while len(self._pages) > self.max_pages or self._memfds > self.max_memfd:
+            victim = next((k for k, v in self._pages.items() if v.memfd), None) \
+                if self._memfds > self.max_memfd else next(iter(self._pages))
+            assert victim is not None
+            self._drop(victim)
+
+    def _drop(self, key: PageId) -> None:
+        c = self._pages.pop(key)
+        self._memfds -= c.memfd
+        c.close()
+
+    def begin(self, keys: list[PageId]) -> tuple[bool, asyncio.Future[None]]:
+        """A fetch of ``keys`` is wanted. ``(False, future)``: one is in flight for the first
+        key, wait for it and look again; ``(True, future)``: the caller fetches, then calls
+        ``done(keys, future)`` whatever happens."""
+        fut = self._inflight.get(keys[0])
+        if fut is not None:
+            return False, fut
+        self.fetches += 1
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mine.add_done_callback(_retrieve)
+        for k in keys:
+            self._inflight.setdefault(k, mine)
+        return True, mine
+
+    def done(self, keys: list[PageId], mine: asyncio.Future[None], error: BaseException | None = None) -> None:
+        for k in keys:
+            if self._inflight.get(k) is mine:
+                del self._inflight[k]
+        if not mine.done():
+            if error is None:
+                mine.set_result(None)
+            else:
+                mine.set_exception(error if isinstance(error, Exception) else OSError(4, "fetch interrupted"))
+
+    def drop_file(self, path: str) -> None:
+        for key in [k for k in self._pages if k[0] == path]:
+            self._drop(key)
+
+    def clear(self) -> int:
+        n = len(self._pages)
+        for key in list(self._pages):
+            self._drop(key)
+        return n
+
+
+def _open_files_limit() -> int:
+    """This process's limit of open files, raised to the hard limit first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _retrieve(f: asyncio.Future[None]) -> None:
+    if not f.cancelled():
+        f.exception()  # a failed fetch nobody waited for is not an "unretrieved" error
+
+
+__all__ = ["MAX_MEMFD", "MAX_PAGES", "Cached", "PageId", "PageTable", "whole_page"]

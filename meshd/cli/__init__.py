@@ -1,0 +1,1 @@
+"""Command lines: meshd, meshctl, meshctl place."""

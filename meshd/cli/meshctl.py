@@ -1,0 +1,402 @@
+"""``meshctl``: operate a mesh node from the shell.
+
+Mesh paths are absolute (``/datasets/a.bin``). In ``cp``, an argument that
+starts with ``mesh:`` is a mesh path (``mesh:/datasets/a.bin``), anything else
+is a local file, and ``-`` is stdin/stdout. Wherever a mesh path goes, an
+under-store URI may stand for it (``meshctl cat hdfs://nn/warehouse/x``,
+``meshctl ls s3://datasets/train``): it resolves through the mount table to
+the same bytes. Errors print one line naming the problem (``meshctl:
+NotFound: ...``) and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from meshd import __version__
+from meshd.client.sdk import MeshClient
+from meshd.core.mounts import mesh_path_of
+from meshd.errors import InvalidArgument, MeshError
+from topology.model import format_size as _size
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise InvalidArgument(f"--option {p!r}: expected key=value")
+        out[k] = v
+    return out
+
+
+def _mesh_path(arg: str) -> str | None:
+    if arg.startswith("mesh://"):
+        return "/" + arg[len("mesh://"):].lstrip("/")
+    if arg.startswith("mesh:"):
+        return "/" + arg[len("mesh:"):].lstrip("/")
+    return None
+
+
+def cmd_mount(c: MeshClient, a: argparse.Namespace) -> None:
+    if a.mount_cmd == "add":
+        m = c.mount_add(a.path, a.uri, _options(a.option), check=not a.no_check)
+        print(f"mounted {m.uri} at {m.path}")
+    elif a.mount_cmd == "rm":
+        m = c.mount_rm(a.path)
+        print(f"unmounted {m.path} ({m.uri})")
+    else:
+        mounts = c.mounts()
+        if a.json:
+            print(json.dumps([{"path": m.path, "uri": m.uri, "options": dict(m.options)} for m in mounts], indent=2))
+            return
+        width = max([len(m.path) for m in mounts] + [4])
+        for m in mounts:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(m.options.items()))
+            print(f"{m.path:<{width}}  {m.uri}" + (f"  ({opts})" if opts else ""))
+
+
+def cmd_ls(c: MeshClient, a: argparse.Namespace) -> None:
+    st = c.stat(a.path)
+    entries = c.ls(a.path) if st.is_dir else [st]
+    for e in entries:
+        name = os.path.basename(e.path) if st.is_dir else e.path
+        if e.is_dir:
+            name += "/"
+        if a.long:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime)) if e.mtime else "-"
+            print(f"{'d' if e.is_dir else '-'} {e.size:>14} {when}  {name}")
+        else:
+            print(name)
+
+
+def cmd_stat(c: MeshClient, a: argparse.Namespace) -> None:
+    s = c.stat(a.path)
+    print(json.dumps({"path": s.path, "type": "directory" if s.is_dir else "file", "size": s.size,
+                      "mtime": s.mtime, "version": s.version}, indent=2))
+
+
+def cmd_cat(c: MeshClient, a: argparse.Namespace) -> None:
+    out = sys.stdout.buffer
+    for chunk in c.iter_read(a.path, a.offset, a.length, nocache=a.nocache):
+        out.write(chunk)
+    out.flush()
+
+
+def _read_local(path: str) -> Iterator[bytes]:
+    f = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        while chunk := f.read(1 << 20):
+            yield chunk
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
+    src, dst = _mesh_path(a.src), _mesh_path(a.dst)
+    if src is None and dst is None:
+        raise InvalidArgument("cp: one side must be a mesh path (mesh:/PATH)")
+    if dst is not None:
+        if src is None:
+            if a.src != "-" and os.path.isdir(a.src):
+                raise InvalidArgument(f"cp: {a.src} is a directory (copy files one at a time)")
+            data: Any = _read_local(a.src) if a.src == "-" else open(a.src, "rb")
+        else:
+            data = c.iter_read(src)
+        st = c.put(dst, data)
+        print(f"{a.src} -> mesh:{st.path} ({_size(st.size)})", file=sys.stderr)
+        return
+    assert src is not None
+    if a.dst == "-":
+        cmd_cat(c, argparse.Namespace(path=src, offset=0, length=-1, nocache=False))
+        return
+    target = os.path.join(a.dst, os.path.basename(src)) if os.path.isdir(a.dst) else a.dst
+    tmp = target + ".meshctl-tmp"
+    try:
+        with open(tmp, "wb") as f:
+            n = c.readinto(src, f)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    print(f"mesh:{src} -> {target} ({_size(n)})", file=sys.stderr)
+
+
+def cmd_rm(c: MeshClient, a: argparse.Namespace) -> None:
+    n = c.rm(a.path, recursive=a.recursive)
+    print(f"removed {a.path} ({n} entr{'y' if n == 1 else 'ies'})")
+
+
+def cmd_mkdir(c: MeshClient, a: argparse.Namespace) -> None:
+    c.mkdir(a.path)
+
+
+def cmd_mv(c: MeshClient, a: argparse.Namespace) -> None:
+    c.rename(a.src, a.dst)
+
+
+def cmd_load(c: MeshClient, a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"load {a.path}",
+               disable=a.quiet or None, file=sys.stderr)
+    last = None
+    try:
+        for p in c.load(a.path):
+            if bar.total != p.bytes_total:
+                bar.total = p.bytes_total
+            bar.update(p.bytes_done - bar.n)
+            bar.set_postfix(files=f"{p.files_done}/{p.files_total}", refresh=False)
+            last = p
+    finally:
+        bar.close()
+    if last is not None:
+        print(f"loaded {last.files_total} files, {_size(last.bytes_total)} "
+              f"({_size(last.bytes_fetched)} fetched from the under-store, the rest already cached)")
+
+
+def cmd_free(c: MeshClient, a: argparse.Namespace) -> None:
+    print(f"freed {_size(c.free(a.path))} of cached pages under {a.path}")
+
+
+def cmd_sync(c: MeshClient, a: argparse.Namespace) -> None:
+    print(f"synced {c.sync(a.path)} entries under {a.path}")
+
+
+def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
+    r = c.report()
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"node {c.node_id} at {c.endpoint}  (page size {_size(r['page_size'])}, {r['mounts']} mounts)")
+    for tier, t in r["tiers"].items():
+        pct = 100 * t["used"] / t["capacity"] if t["capacity"] else 0
+        print(f"  {tier:<6} {_size(t['used']):>11} / {_size(t['capacity']):<11} ({pct:4.1f}%)  "
+              f"{t['pages']} pages, {t['hits']} hits, {t['evicted_pages']} evicted")
+    print(f"  hit ratio {100 * r['hit_ratio']:.1f}%  ({r['hits']} hits, {r['misses']} misses)")
+    b = r["bytes_by_source"]
+    print(f"  bytes served: cache {_size(r['bytes_from_cache'])} (memory {_size(b['memory'])}, "
+          f"disk {_size(b['disk'])}), under-store {_size(r['bytes_from_understore'])} "
+          f"(misses {_size(b['understore'])}, nocache {_size(b['nocache'])})")
+    reqs = ", ".join(f"{k}={v}" for k, v in r["understore_requests"].items()) or "none"
+    print(f"  under-store requests: {reqs}")
+    if r["cache_write_errors"] or r["corrupt_pages"]:
+        print(f"  cache disk write errors: {r['cache_write_errors']}, corrupt pages dropped: {r['corrupt_pages']}")
+    cl = r.get("cluster")
+    if cl:
+        etcd = "etcd ok" if cl["etcd_ok"] else "etcd UNREACHABLE (serving with the last known members)"
+        print(f"\ncluster {cl['name']}, region {cl['region']}: {len(cl['members'])} members, {etcd}")
+        print(f"  metadata calls forwarded to owners: {r['metadata_forwarded']}, "
+              f"served here for lack of an owner: {r['metadata_fallbacks']}; peer bytes {_size(b.get('peer', 0))}")
+        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'USED':>10} {'CAPACITY':>10} {'HIT':>6}")
+        for m in cl["members"]:
+            used = _size(m["used"]) if "used" in m else "-"
+            hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
+            print(f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
+                  f"{_size(m['capacity']):>10} {hit:>6}")
+        _print_links(r, cl)
+
+
+def _rate(bytes_per_s: float | None) -> str:
+    if bytes_per_s is None:
+        return "unlimited"
+    return f"{bytes_per_s * 8 / 1e6:.1f} Mbit/s"
+
+
+def _print_links(r: dict[str, Any], cl: dict[str, Any]) -> None:
+    """Each link of the region: quota, the region's current rate and bytes moved (summed
+    over the members that answered), and this node's share and waiting time."""
+    fed = r.get("federation")
+    if not fed:
+        return
+    totals: dict[str, dict[str, float]] = {}
+    for m in cl["members"]:
+        for q in m.get("links", []):
+            t = totals.setdefault(q["link"], {"rate": 0.0, "bytes": 0.0})
+            t["rate"] += q["rate"]
+            t["bytes"] += q["bytes"]
+    print(f"\nlinks of region {fed['region']} (topology {fed['topology'] or 'none'}; "
+          f"peer regions: {', '.join(f'{k} ({v} nodes)' for k, v in fed['regions'].items()) or 'none'})")
+    if not fed["links"]:
+        print("  none")
+        return
+    print(f"  {'LINK':<24} {'QUOTA':>14} {'REGION RATE':>14} {'REGION BYTES':>13} {'NODE SHARE':>14} "
+          f"{'THROTTLED':>10}")
+    for q in fed["links"]:
+        t = totals.get(q["link"], {"rate": q["rate"], "bytes": q["bytes"]})
+        print(f"  {q['src'] + ' -> ' + q['dst']:<24} {_rate(q['quota']):>14} {_rate(t['rate']):>14} "
+              f"{_size(t['bytes']):>13} {_rate(q['share']):>14} {q['throttled_seconds']:>9.1f}s")
+    routed = ", ".join(f"{k}: {v}" for k, v in fed["routed_pages"].items()) or "none"
+    print(f"  pages fetched into the region by source (this node): {routed}; "
+          f"fallbacks {fed['route_fallbacks']}")
+
+
+def _resolve_uris(c: MeshClient, a: argparse.Namespace) -> None:
+    """Let an under-store URI stand for a mesh path (``meshctl cat hdfs://nn/warehouse/x``):
+    it resolves through the mount table to the mount's mesh path."""
+    names = [attr for attr in ("path", "src", "dst")
+             if isinstance(getattr(a, attr, None), str) and "://" in getattr(a, attr)
+             and not getattr(a, attr).startswith("mesh://")]
+    if not names or a.command == "mount":
+        return
+    mounts = [(m.path, m.uri) for m in c.mounts()]
+    for attr in names:
+        p = mesh_path_of(mounts, getattr(a, attr))
+        setattr(a, attr, "mesh:" + p if a.command == "cp" else p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshctl", description="Operate a data mesh node.")
+    p.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    p.add_argument("--endpoint", help="node gRPC host:port or data directory "
+                   "(default: $MESH_ENDPOINT, then the default data directory)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="manage the mount table")
+    msub = m.add_subparsers(dest="mount_cmd", required=True)
+    ma = msub.add_parser("add", help="mount an under-store at a mesh path")
+    ma.add_argument("path")
+    ma.add_argument("uri", help="file:///dir or s3://bucket/prefix")
+    ma.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
+    ma.add_argument("--no-check", action="store_true", help="do not contact the under-store now")
+    mr = msub.add_parser("rm", help="remove a mount")
+    mr.add_argument("path")
+    ml = msub.add_parser("ls", help="list mounts")
+    ml.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_mount)
+
+    s = sub.add_parser("ls", help="list a directory")
+    s.add_argument("path", nargs="?", default="/")
+    s.add_argument("-l", "--long", action="store_true")
+    s.set_defaults(fn=cmd_ls)
+    s = sub.add_parser("stat", help="file status as JSON")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_stat)
+    s = sub.add_parser("cat", help="write a file (or a range of it) to stdout")
+    s.add_argument("path")
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--length", type=int, default=-1)
+    s.add_argument("--nocache", action="store_true", help="read from the under-store without caching")
+    s.set_defaults(fn=cmd_cat)
+    s = sub.add_parser("cp", help="copy in or out: meshctl cp LOCAL mesh:/PATH | cp mesh:/PATH LOCAL")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.set_defaults(fn=cmd_cp)
+    s = sub.add_parser("rm", help="delete a file or directory")
+    s.add_argument("path")
+    s.add_argument("-r", "--recursive", action="store_true")
+    s.set_defaults(fn=cmd_rm)
+    s = sub.add_parser("mkdir", help="create a directory")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_mkdir)
+    s = sub.add_parser("mv", help="rename (where the under-store supports it)")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.set_defaults(fn=cmd_mv)
+    s = sub.add_parser("load", help="warm the cache with everything under PATH")
+    s.add_argument("path")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(fn=cmd_load)
+    s = sub.add_parser("free", help="drop cached pages under PATH")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_free)
+    s = sub.add_parser("sync", help="refresh cached metadata under PATH from the under-store")
+    s.add_argument("path")
+    s.set_defaults(fn=cmd_sync)
+    s = sub.add_parser("report", help="cache capacity, use, hit ratio, bytes by source")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_report)
+
+    from meshd.cli import place as cli_place
+
+    cli_place.register(sub)
+
+    from topology.cli import register, subcommands
+
+    leaves = subcommands(register(sub))
+    s = leaves.add_parser("apply", help="validate a topology file and store it in etcd for every node",
+                          description="Validate FILE and store it at /mesh/<cluster>/topology; "
+                                      "running nodes apply it within seconds, without a restart.")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--etcd", required=True, help="etcd endpoint(s), comma-separated host:port or URLs")
+    s.add_argument("--cluster", required=True, help="the mesh's cluster name (meshd run --cluster)")
+    s.set_defaults(fn_topology=cmd_topology_apply)
+    return p
+
+
+def cmd_topology_apply(a: argparse.Namespace) -> int:
+    """Validate a topology file and store it in etcd, where every node picks it up."""
+    import asyncio
+
+    from meshd.cluster.membership import Etcd
+    from meshd.region.federation import apply_topology
+    from topology.model import TopologyError, parse, read
+
+    try:
+        text = read(a.file)
+        topo = parse(text, a.file)
+    except TopologyError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        print(f"meshctl: topology not applied: {len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+
+    async def put() -> None:
+        etcd = Etcd(tuple(e for e in a.etcd.split(",") if e))
+        try:
+            await apply_topology(etcd, a.cluster, text)
+        finally:
+            await etcd.close()
+
+    try:
+        asyncio.run(put())
+    except MeshError as e:
+        print(f"meshctl: {e.kind}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"meshctl: cannot store the topology in etcd at {a.etcd}: {type(e).__name__} {e}",
+              file=sys.stderr)
+        return 1
+    print(f"topology {topo.name or a.file} applied to cluster {a.cluster} ({len(topo.regions)} regions, "
+          f"{len(topo.links)} links): nodes pick it up within seconds")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "topology":
+        from topology.cli import run
+
+        return run(args)
+    if args.command in ("place", "spread"):
+        from meshd.cli.place import run as run_place
+
+        return run_place(args, args.endpoint)
+    try:
+        with MeshClient(args.endpoint) as client:
+            _resolve_uris(client, args)
+            args.fn(client, args)
+    except MeshError as e:
+        print(f"meshctl: {e.kind}: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        print(f"meshctl: {e.strerror or e}: {getattr(e, 'filename', '') or ''}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Node metrics, exported in the Prometheus text format at ``/metrics``.
+
+Each node owns a private :class:`prometheus_client.CollectorRegistry` (several
+nodes can live in one test process). Counters that the node keeps anyway
+(tier usage, hits, evictions) are read at scrape time by a collector rather
+than mirrored, so there is one source of truth. See METRICS.md for the list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from meshd.understore import ObjectInfo, UnderStore
+
+if TYPE_CHECKING:
+    from meshd.cache.pages import PageCache
+
+SOURCES = ("memory", "disk", "peer", "region", "understore", "nocache")
+
+
+class Stats:
+    """Plain counters the node updates on its hot path."""
+
+    def __init__(self) -> None:
+        self.bytes_by_source: dict[str, int] = dict.fromkeys(SOURCES, 0)
+        self.hits = 0
+        self.misses = 0
+        self.page_fetches = 0  # pages brought in from under-stores (reads, read-ahead, load)
+        self.region_served = 0  # bytes of cached pages sent to nodes of other regions
+        self.understore_requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.understore_errors: dict[tuple[str, str], int] = defaultdict(int)
+        self.understore_bytes: dict[str, int] = defaultdict(int)
+
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class _NodeCollector(Collector):
+    def __init__(self, stats: Stats, cache: PageCache) -> None:
+        self._stats, self._cache = stats, cache
+        self.metadata_write_errors: Any = lambda: 0  # set by the daemon once metadata exists
+        self.cluster: Any = None  # cluster mode: a function returning the figures below
+        self.federation: Any = None  # cluster mode: the node's Federation (links, routes)
+
+    def collect(self) -> Iterator[Any]:
+        s, c = self._stats, self._cache
+        m = CounterMetricFamily("mesh_read_bytes", "Bytes served to readers, by source", labels=["source"])
+        for source, n in s.bytes_by_source.items():
+            m.add_metric([source], n)
+        yield m
+        hits = CounterMetricFamily("mesh_cache_hits", "Page lookups served by a cache tier", labels=["tier"])
+        hits.add_metric(["memory"], c.memory.stats.hits)
+        hits.add_metric(["disk"], c.disk.stats.hits)
+        yield hits
+        yield CounterMetricFamily("mesh_cache_misses", "Page lookups that went to the under-store", value=s.misses)
+        yield CounterMetricFamily("mesh_page_fetches", "Pages fetched from under-stores (reads, read-ahead, load)",
+                                  value=s.page_fetches)
+        ev = CounterMetricFamily("mesh_pages_evicted", "Pages evicted by LRU, by tier", labels=["tier"])
+        ev.add_metric(["memory"], c.memory.stats.evicted_pages)
+        ev.add_metric(["disk"], c.disk.stats.evicted_pages)
+        yield ev
+        used = GaugeMetricFamily("mesh_cache_bytes_used", "Bytes held by a cache tier", labels=["tier"])
+        cap = GaugeMetricFamily("mesh_cache_bytes_capacity", "Configured capacity of a tier", labels=["tier"])
+        for tier, st in (("memory", c.memory.stats), ("disk", c.disk.stats)):
+            used.add_metric([tier], st.used)
+            cap.add_metric([tier], st.capacity)
+        yield used
+        yield cap
+        yield CounterMetricFamily("mesh_cache_write_errors", "Failed writes to the cache disk",
+                                  value=c.disk.write_errors)
+        yield CounterMetricFamily("mesh_metadata_write_errors", "Failed writes to the metadata store",
+                                  value=self.metadata_write_errors())
+        yield CounterMetricFamily("mesh_cache_corrupt_pages", "Cache pages that failed their checksum",
+                                  value=c.disk.corrupt_pages)
+        req = CounterMetricFamily("mesh_understore_requests", "Under-store requests", labels=["scheme", "op"])
+        for (scheme, op), n in sorted(s.understore_requests.items()):
+            req.add_metric([scheme, op], n)
+        yield req
+        err = CounterMetricFamily("mesh_understore_errors", "Failed under-store requests", labels=["scheme", "op"])
+        for (scheme, op), n in sorted(s.understore_errors.items()):
+            err.add_metric([scheme, op], n)
+        yield err
+        ub = CounterMetricFamily("mesh_understore_read_bytes", "Bytes read from under-stores", labels=["scheme"])
+        for scheme, n in sorted(s.understore_bytes.items()):
+            ub.add_metric([scheme], n)
+        yield ub
+        if self.cluster is not None:
+            k = self.cluster()
+            yield GaugeMetricFamily("mesh_cluster_members", "Live members of this node's region (its view)",
+                                    value=k["members"])
+            yield GaugeMetricFamily("mesh_cluster_etcd_up", "1 while etcd answers this node's keep-alives",
+                                    value=k["etcd_up"])
+            yield CounterMetricFamily("mesh_cluster_ring_changes", "Membership changes that rebuilt the ring",
+                                      value=k["ring_changes"])
+            yield CounterMetricFamily("mesh_cluster_peer_failures",
+                                      "Calls to a peer that failed (refused, reset, timed out)",
+                                      value=k["peer_failures"])
+            yield CounterMetricFamily("mesh_metadata_forwarded", "Metadata calls sent to the key's owner",
+                                      value=k["forwarded"])
+            yield CounterMetricFamily("mesh_metadata_fallbacks",
+                                      "Metadata calls served here because no owner answered",
+                                      value=k["fallbacks"])
+        if self.federation is not None:
+            yield from self._links(self.federation)
+
+    def _links(self, fed: Any) -> Iterator[Any]:
+        by = CounterMetricFamily("mesh_link_bytes", "Payload bytes this node moved over a link between "
+                                 "regions, by kind (fill, region, write, metadata)", labels=["link", "kind"])
+        throttled = CounterMetricFamily("mesh_link_throttled_seconds",
+                                        "Seconds transfers waited for quota tokens", labels=["link"])
+        share = GaugeMetricFamily("mesh_link_quota_bytes_per_second",
+                                  "This node's share of the link's quota (quota / live members of the region)",
+                                  labels=["link"])
+        rate = GaugeMetricFamily("mesh_link_rate_bytes_per_second",
+                                 "This node's payload rate over the link, last 2 s", labels=["link"])
+        for q in fed.quotas.links.values():
+            for kind, n in sorted(q.bytes_by_kind.items()):
+                by.add_metric([q.name, kind], n)
+            throttled.add_metric([q.name], q.waited)
+            if q.limited:
+                share.add_metric([q.name], q.share)
+            rate.add_metric([q.name], q.rate())
+        routed = CounterMetricFamily("mesh_route_pages", "Pages fetched into this region, by the source "
+                                     "the router chose (cache:<region> | store:<home region>)", labels=["source"])
+        for source, n in sorted(fed.routed.items()):
+            routed.add_metric([source], n)
+        yield from (by, throttled, share, rate, routed)
+        yield CounterMetricFamily("mesh_route_fallbacks", "Sources that failed; the next one was tried",
+                                  value=fed.fallbacks)
+        yield CounterMetricFamily("mesh_region_served_bytes", "Cached bytes sent to nodes of other regions",
+                                  value=self._stats.region_served)
+
+
+class Metrics:
+    def __init__(self, stats: Stats, cache: PageCache) -> None:
+        self.stats = stats
+        self.registry = CollectorRegistry()
+        self.collector = _NodeCollector(stats, cache)
+        self.registry.register(self.collector)
+        self.understore_seconds = Histogram(
+            "mesh_understore_request_seconds", "Under-store request latency (to first byte for reads)",
+            ["scheme", "op"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedStore(UnderStore):
+    """Wraps an under-store; counts requests, errors, bytes and latency."""
+
+    def __init__(self, inner: UnderStore, metrics: Metrics) -> None:
+        super().__init__(inner.uri, inner.options)
+        self.inner, self._m = inner, metrics
+        self.scheme = inner.scheme
+        self.capabilities = inner.capabilities
+
+    def _done(self, op: str, t0: float, ok: bool) -> None:
+        self._m.stats.understore_requests[(self.scheme, op)] += 1
+        if not ok:
+            self._m.stats.understore_errors[(self.scheme, op)] += 1
+        self._m.understore_seconds.labels(self.scheme, op).observe(time.perf_counter() - t0)
+
+    async def _call(self, op: str, coro: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            result = await coro
+        except BaseException:
+            self._done(op, t0, False)
+            raise
+        self._done(op, t0, True)
+        return result
+
+    async def head(self, path: str) -> ObjectInfo:
+        result: ObjectInfo = await self._call("head", self.inner.head(path))
+        return result
+
+    async def list(self, path: str) -> list[ObjectInfo]:
+        result: list[ObjectInfo] = await self._call("list", self.inner.list(path))
+        return result
+
+    async def get_range(self, path: str, start: int, end: int,
+                        version: str | None = None) -> AsyncIterator[bytes]:
+        t0 = time.perf_counter()
+        first = True
+        try:
+            async for chunk in self.inner.get_range(path, start, end, version):
+                if first:
+                    self._done("get", t0, True)
+                    first = False
+                self._m.stats.understore_bytes[self.scheme] += len(chunk)
+                yield chunk
+        except BaseException:
+            if first:
+                self._done("get", t0, False)
+            raise
+        if first:
+            self._done("get", t0, True)
+
+    async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
+        data: bytes = await self._call("get", self.inner.read_all(path, start, end, version))
+        self._m.stats.understore_bytes[self.scheme] += len(data)
+        return data
+
+    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        result: ObjectInfo = await self._call("put", self.inner.put(path, chunks))
+        return result
+
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+        result: ObjectInfo = await self._call("append", self.inner.append(path, chunks))
+        return result
+
+    async def delete(self, path: str) -> None:
+        await self._call("delete", self.inner.delete(path))
+
+    async def mkdir(self, path: str) -> None:
+        await self._call("mkdir", self.inner.mkdir(path))
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self._call("rename", self.inner.rename(src, dst))
+
+    async def check(self) -> None:
+        await self._call("check", self.inner.check())
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,513 @@
+"""The namespace facade of a node: one namespace over the mounts, cached.
+
+Every front end (gRPC service, HTTP data API, S3, WebHDFS, and through the
+node meshfs and ``mesh://``) is a thin adapter over :class:`MeshNode`. Paths
+are mesh paths; errors are :mod:`meshd.errors`.
+
+Read path: ``open(path)`` resolves the mount and pins the file's status (the
+metadata cache, per the mount's sync interval) in a :class:`~meshd.core.handle.FileHandle`;
+each ``handle.read(offset, length)`` then gets the pages covering the range from
+the page-source chain (:mod:`meshd.cache.sources`: memory tier | disk tier | owner node
+| peer region | home store), at the pinned version only.
+
+Write path (simple, for now): writes go through to the under-store, then
+the file's status is recorded and its old cached pages dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from meshd import paths
+from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
+from meshd.cache.readahead import ReadAhead
+from meshd.cache.sources import PageSources, Pinned, Target
+from meshd.cluster.membership import Member
+from meshd.cluster.peers import Cluster
+from meshd.core import placing
+from meshd.core.handle import FileHandle, Segment, pin
+from meshd.core.metrics import Stats
+from meshd.core.mounts import MountTable
+from meshd.errors import (
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    MeshError,
+    NodeUnavailable,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+)
+from meshd.metadata.shard import FileStatus, MetadataCache, page_of
+from meshd.metadata.sharded import ShardedMetadata
+from meshd.region.federation import Federation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    path: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    bytes_fetched: int  # of bytes_done, how many came from the under-store
+
+
+class MeshNode:
+    def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
+                 stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8,
+                 cluster: Cluster | None = None, federation: Federation | None = None) -> None:
+        self.mounts = mounts
+        self.federation = federation
+        self.shard = metadata  # this node's own RocksDB shard
+        self.cluster = cluster
+        self.metadata = ShardedMetadata(metadata, cluster)  # every key at its owner
+        self.cache = cache
+        self.stats = stats
+        self.readahead = readahead or ReadAhead(cache.page_size)
+        self.sources = PageSources(cache, stats, cluster, federation)
+        self.load_parallelism = load_parallelism
+
+    # ---- namespace -------------------------------------------------------
+
+    def resolve(self, path: str) -> Target | None:
+        """The mount of ``path``; None for a virtual directory above mounts."""
+        path = paths.normalize(path)
+        found = self.mounts.resolve(path)
+        if found is None:
+            if self.mounts.children_of_virtual(path) is None:
+                raise NotFound(f"no mount covers {path}")
+            return None
+        mount, rel = found
+        return Target(path, mount, self.mounts.store(mount), rel)
+
+    def _target(self, path: str) -> Target:
+        """Resolve a path that is to be changed: it must lie inside a mount."""
+        try:
+            t = self.resolve(path)
+        except NotFound:
+            t = None
+        if t is None:
+            raise PermissionDenied(f"{paths.normalize(path)} is not inside a mount")
+        return t
+
+    async def _stat(self, t: Target, fresh: bool = False) -> FileStatus:
+        status, before = await self.metadata.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        return self._drop_if_changed(t, status, before)
+
+    def _drop_if_changed(self, t: Target, status: FileStatus, before: FileStatus | None) -> FileStatus:
+        """A stat revealed a new version: drop the old version's pages held here."""
+        if before is not None and before.version and before.version != status.version:
+            self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def stat(self, path: str) -> FileStatus:
+        t = self.resolve(path)
+        if t is None:
+            return FileStatus(paths.normalize(path), 0, 0.0, "", True)
+        return await self._stat(t)
+
+    async def listdir(self, path: str) -> list[FileStatus]:
+        t = self.resolve(path)
+        if t is None:
+            norm = paths.normalize(path)
+            names = self.mounts.children_of_virtual(norm) or []
+            return [FileStatus(paths.join(norm, n), 0, 0.0, "", True) for n in names]
+        return await self.metadata.listdir(t.mount, t.store, t.path, t.rel)
+
+    async def list_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[FileStatus], bool]:
+        """Entries of a directory in name order after the name ``after``: (page, more)."""
+        if limit < 0:
+            raise InvalidArgument(f"bad listing limit {limit}")
+        t = self.resolve(path)
+        if t is None:
+            return page_of(await self.listdir(path), after, limit)
+        return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
+
+    async def open_info(self, path: str, *, local: bool = False) -> tuple[FileStatus, str]:
+        """A file's status and its file id (the key of its pages on the ring), so a
+        client can send each page range to the page's owner."""
+        status = await (self.local_stat(path) if local else self.stat(path))
+        t = self.resolve(path)
+        fid = file_id(t.mount.identity, t.rel) if t is not None and not status.is_dir else ""
+        return status, fid
+
+    # ---- this node's shard (calls forwarded by peers that do not own the key) ----
+
+    async def local_stat(self, path: str, fresh: bool = False) -> FileStatus:
+        t = self.resolve(path)
+        if t is None:
+            return FileStatus(paths.normalize(path), 0, 0.0, "", True)
+        return await self._local_stat(t, fresh)
+
+    async def _local_stat(self, t: Target, fresh: bool = False) -> FileStatus:
+        status, before = await self.shard.stat(t.mount, t.store, t.path, t.rel, fresh=fresh)
+        return self._drop_if_changed(t, status, before)
+
+    async def local_list(self, path: str, after: str = "", limit: int = 0) -> tuple[list[FileStatus], bool]:
+        t = self.resolve(path)
+        if t is None:
+            return await self.list_page(path, after, limit)
+        return await self.metadata.local_list(t.mount, t.store, t.path, t.rel, after, limit)
+
+    # ---- read path -------------------------------------------------------
+
+    async def open(self, path: str, *, version: str | None = None, size: int | None = None,
+                   status: FileStatus | None = None, local: bool = False) -> FileHandle:
+        """Open a file for reading, pinned to one version (:mod:`meshd.core.handle`).
+
+        ``version`` and ``size``: the caller pins a version it already knows (a client
+        reading one file in several requests, or from several nodes): every read serves
+        exactly that version or fails with VersionChanged. Otherwise the node's status
+        is pinned: ``status``, one the caller has just got from :meth:`stat` (no second
+        lookup), else a lookup per the mount's ``sync_interval`` (``local``: this node's
+        shard). Such a handle re-pins once if the object changed before its first byte."""
+        t = self.resolve(path)
+        if t is None:
+            raise IsADirectory(f"is a directory: {paths.normalize(path)}")
+        if version is not None or size is not None:
+            if not isinstance(version, str) or not version or not isinstance(size, int) or size < 0:
+                raise InvalidArgument(f"bad version pin: version={version!r} size={size!r}")
+            return FileHandle(self.sources, self.readahead, pin(t, FileStatus(t.path, size, 0.0, version, False)))
+        if status is None:
+            status = await (self._local_stat(t) if local else self._stat(t))
+        return FileHandle(self.sources, self.readahead, pin(t, status),
+                          restat=lambda t: self._stat(t, fresh=True))
+
+    async def serve_page(self, path: str, version: str, size: int, index: int,
+                         cached_only: bool = False) -> tuple[Page, int, bool]:
+        """A peer asks this node, as the page's owner, for page ``index`` of ``path`` at
+        ``version`` (``size`` bytes long). Served from the tiers or fetched once (version-checked).
+        Returns the page, its length, and whether it had to be fetched. ``cached_only`` (a
+        peer *region* asking): NotFound unless the page is held here; nothing is fetched."""
+        t = self._target(path)
+        ps = self.cache.page_size
+        if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
+            raise InvalidArgument(f"bad page request: index={index} size={size} version={version!r}")
+        f = pin(t, FileStatus(t.path, size, 0.0, version, False))
+        got, fetched = await self.sources.serve(f, index, cached_only)
+        length = f.page_len(index, ps)
+        if not cached_only:
+            self.sources.deliver(got, length)
+        return got.page, length, fetched
+
+    def _pinned(self, path: str, version: str, size: int = 0) -> Pinned:
+        t = self._target(path)
+        return pin(t, FileStatus(t.path, size, 0.0, version, False))
+
+    def held_here(self, path: str, version: str, indices: list[int]) -> list[int]:
+        """Which of the pages ``indices`` of ``path`` at ``version`` this node holds."""
+        return self.sources.held(self._pinned(path, version), indices)
+
+    async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
+        """Which pages of ``path`` at ``version`` this region holds: each page's owner
+        answers for it (a peer region asks before choosing where to fetch from)."""
+        by_owner = await self.held_by_owner(path, version, size)
+        return sorted(i for pages in by_owner.values() for i in pages)
+
+    async def held_by_owner(self, path: str, version: str, size: int) -> dict[str, list[int]]:
+        """The pages of ``path`` at ``version`` this region holds, by the node holding them
+        (its node id): each page's owner answers for its pages."""
+        if size < 0 or not version:
+            raise InvalidArgument(f"bad held request: size={size} version={version!r}")
+        t = self._target(path)
+        fid = file_id(t.mount.identity, t.rel)
+        indices = list(self.cache.page_range(0, size))
+        cluster = self.cluster
+        if cluster is None or cluster.single:
+            held = self.held_here(path, version, indices)
+            return {cluster.me.node_id if cluster is not None else "": held} if held else {}
+        by_owner: dict[str, list[int]] = {}
+        owners: dict[str, Member] = {}
+        for i in indices:
+            chain = cluster.chain(f"p:{fid}:{i}".encode(), 1)
+            if chain:
+                by_owner.setdefault(chain[0].node_id, []).append(i)
+                owners[chain[0].node_id] = chain[0]
+
+        async def one(node_id: str, pages: list[int]) -> list[int]:
+            m = owners[node_id]
+            if cluster.is_me(m):
+                return self.held_here(path, version, pages)
+            try:
+                got = await cluster.call(m, "shard.held", {"p": path, "v": version, "i": pages}, wait=5.0)
+                return [int(i) for i in got]
+            except MeshError:
+                return []  # an owner that cannot answer holds nothing we can count on
+
+        results = await asyncio.gather(*(one(n, ps) for n, ps in by_owner.items()))
+        return {n: r for n, r in zip(by_owner, results, strict=True) if r}
+
+    async def prefer_file(self, seg: Segment, min_length: int = 256 << 10) -> None:
+        """Swap a large in-memory segment for its page file, for zero-copy senders."""
+        if isinstance(seg.page, MemPage) and seg.key is not None and seg.length >= min_length:
+            disk = await self.cache.open_disk(seg.key)
+            if disk is not None:
+                seg.page = disk
+
+    async def read_bytes(self, path: str, offset: int = 0, length: int = -1, *,
+                         nocache: bool = False) -> bytes:
+        """Convenience for small reads (tests, RPC): the whole range as bytes."""
+        stream = await (await self.open(path)).read(offset, length, nocache=nocache)
+        out = []
+        async for seg in stream.segments:
+            out.append(seg.bytes())
+            seg.close()
+        return b"".join(out)
+
+    # ---- write path ------------------------------------------------------
+
+    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+        t = self._target(path)
+        t.mount.check_writable()
+        if not t.rel:
+            raise IsADirectory(f"{t.path} is a mount point")
+        info = await t.store.put(t.rel, chunks)
+        status = FileStatus.of(t.path, info, time.time())
+        await self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+        """Add bytes at the end of an existing file. A store that appends in place does
+        (``capabilities.append``: POSIX, HDFS); any other (S3) gets the whole file again:
+        its old bytes streamed back from the under-store, then the new ones (a full
+        rewrite per call, documented in docs/WEBHDFS_COMPAT.md)."""
+        t = self._target(path)
+        t.mount.check_writable()
+        old = await self._stat(t, fresh=True)
+        if old.is_dir:
+            raise IsADirectory(f"is a directory: {t.path}")
+        if t.store.capabilities.append:
+            info = await t.store.append(t.rel, chunks)
+        else:
+            async def joined() -> AsyncIterator[bytes]:
+                async for c in t.store.get_range(t.rel, 0, old.size, old.version):
+                    yield c
+                async for c in chunks:
+                    yield c
+
+            info = await t.store.put(t.rel, joined())
+        status = FileStatus.of(t.path, info, time.time())
+        await self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
+    async def mkdir(self, path: str) -> None:
+        t = self._target(path)
+        t.mount.check_writable()
+        if t.rel:
+            await t.store.mkdir(t.rel)
+        await self.metadata.invalidate(t.path)
+
+    async def delete(self, path: str, recursive: bool = False) -> int:
+        """Delete a file or directory; returns the number of entries removed."""
+        t = self._target(path)
+        t.mount.check_writable()
+        if not t.rel:
+            raise PermissionDenied(f"{t.path} is a mount point: unmount it instead")
+        status = await self._stat(t, fresh=True)
+        removed = 0
+        if status.is_dir:
+            children = await t.store.list(t.rel)
+            if children and not recursive:
+                raise DirectoryNotEmpty(f"directory not empty: {t.path}")
+            for child in children:
+                removed += await self.delete(paths.join(t.path, paths.basename(child.path)), True)
+        else:
+            self.cache.drop_file(file_id(t.mount.identity, t.rel))
+        await t.store.delete(t.rel)
+        await self.metadata.forget_subtree(t.path)
+        return removed + 1
+
+    async def remove_empty_dirs(self, path: str) -> None:
+        """Remove a directory tree that holds no file (asking the under-store, not the
+        cache); DirectoryNotEmpty as soon as a file is found, and nothing is unlinked."""
+        t = self._target(path)
+        t.mount.check_writable()
+
+        async def rm(rel: str) -> None:
+            for child in await t.store.list(rel):
+                if not child.is_dir:
+                    raise DirectoryNotEmpty(f"directory not empty: {paths.join(t.path, child.path)}")
+                await rm(child.path)
+            await t.store.delete(rel)  # a directory: rmdir, which refuses if a file appeared
+
+        await rm(t.rel)
+        await self.metadata.forget_subtree(t.path)
+
+    async def rename(self, src: str, dst: str) -> None:
+        s, d = self._target(src), self._target(dst)
+        if s.mount.path != d.mount.path:
+            raise NotSupported(f"rename across mounts ({s.mount.path} -> {d.mount.path}) is not supported")
+        s.mount.check_writable()
+        if not s.rel or not d.rel:
+            raise PermissionDenied("a mount point cannot be renamed")
+        if not s.store.capabilities.rename:
+            raise NotSupported(f"rename is not supported by {s.store.scheme}:// under-stores "
+                               f"(mount {s.mount.path}); copy and delete instead")
+        await s.store.rename(s.rel, d.rel)
+        self.cache.drop_file(file_id(s.mount.identity, s.rel))
+        await self.metadata.forget_subtree(s.path)
+        await self.metadata.forget_subtree(d.path)
+
+    # ---- cache management ------------------------------------------------
+
+    async def walk_files(self, path: str) -> AsyncIterator[FileStatus]:
+        status = await self.stat(path)
+        if not status.is_dir:
+            yield status
+            return
+        for child in await self.listdir(path):
+            if child.is_dir:
+                async for f in self.walk_files(child.path):
+                    yield f
+            else:
+                yield child
+
+    async def load(self, path: str, progress_interval: float = 0.2) -> AsyncIterator[LoadProgress]:
+        """Warm the cache with every page under ``path``; yields progress.
+
+        Pages are fetched ``load_parallelism`` at a time through the same
+        single-flight as reads, so a load racing readers fetches nothing twice.
+        Progress is yielded at most every ``progress_interval`` seconds, after
+        each file, and once at the end.
+        """
+        files = [f async for f in self.walk_files(path)]
+        total = sum(f.size for f in files)
+        done = fetched = 0
+        ps = self.cache.page_size
+        sem = asyncio.Semaphore(self.load_parallelism)
+        last = time.monotonic()
+
+        async def one(f: Pinned, index: int) -> tuple[int, bool]:
+            async with sem:
+                return f.page_len(index, ps), await self.sources.warm(f, index)
+
+        for n, st in enumerate(files):
+            f = pin(self._target(st.path), st)
+            for coro in asyncio.as_completed([one(f, i) for i in self.cache.page_range(0, st.size)]):
+                size, was_fetched = await coro
+                done += size
+                fetched += size if was_fetched else 0
+                if time.monotonic() - last >= progress_interval:
+                    last = time.monotonic()
+                    yield LoadProgress(st.path, n, len(files), done, total, fetched)
+            yield LoadProgress(st.path, n + 1, len(files), done, total, fetched)
+        if not files:
+            yield LoadProgress(paths.normalize(path), 0, 0, 0, 0, 0)
+
+    async def free(self, path: str) -> int:
+        """Drop the cached pages of every known file at or below ``path``; returns bytes.
+
+        In a cluster a file's pages are on every node: the files are found by
+        walking the (cached) listings, and every member drops their pages."""
+        norm = paths.normalize(path)
+        if self.cluster is None or self.cluster.single:
+            return self.free_ids(self._file_ids(self.metadata.cached_paths(norm)))
+        ids = self._file_ids([f.path async for f in self.walk_files(norm)])
+        freed = self.free_ids(ids)
+        for node_id, r in (await self.cluster.broadcast("free", {"ids": ids}, wait=120)).items():
+            if isinstance(r, Exception):
+                log.warning("free %s on %s failed: %s", norm, node_id, r)
+            else:
+                freed += int(r)
+        return freed
+
+    def _file_ids(self, fpaths: list[str]) -> list[str]:
+        ids = []
+        for fpath in fpaths:
+            found = self.mounts.resolve(fpath)
+            if found is not None:
+                mount, rel = found
+                ids.append(file_id(mount.identity, rel))
+        return ids
+
+    def free_ids(self, ids: list[str]) -> int:
+        return sum(self.cache.drop_file(i) for i in ids)
+
+    async def sync(self, path: str) -> int:
+        """Forget cached metadata under ``path`` and reload it from the under-store."""
+        norm = paths.normalize(path)
+        await self.metadata.forget_subtree(norm)
+        count = 0
+        async for _f in self.walk_files(norm):
+            count += 1
+        return count
+
+    def report(self) -> dict[str, Any]:
+        s, c = self.stats, self.cache
+        by_source = dict(s.bytes_by_source)
+        return {
+            "page_size": c.page_size,
+            "tiers": {
+                name: {"capacity": st.capacity, "used": st.used, "pages": st.pages, "hits": st.hits,
+                       "evicted_pages": st.evicted_pages}
+                for name, st in (("memory", c.memory.stats), ("disk", c.disk.stats))
+            },
+            "hits": s.hits,
+            "misses": s.misses,
+            "page_fetches": s.page_fetches,
+            "hit_ratio": s.hit_ratio(),
+            "bytes_by_source": by_source,
+            "bytes_from_cache": by_source["memory"] + by_source["disk"],
+            "bytes_from_understore": by_source["understore"] + by_source["nocache"],
+            "understore_requests": {f"{k[0]}:{k[1]}": v for k, v in sorted(s.understore_requests.items())},
+            "cache_write_errors": c.disk.write_errors,
+            "metadata_write_errors": self.metadata.write_errors,
+            "corrupt_pages": c.disk.corrupt_pages,
+            "mounts": len(self.mounts.entries()),
+            "metadata_forwarded": self.metadata.forwarded,
+            "metadata_fallbacks": self.metadata.fallbacks,
+            "region_served": s.region_served,
+            "federation": self.federation.report() if self.federation is not None else None,
+        }
+
+    async def cluster_report(self, wait: float = 2.0) -> list[dict[str, Any]]:
+        """Every member of the region: state, capacity and use (asked of each, in parallel)."""
+        c = self.cluster
+        if c is None:
+            return []
+
+        async def one(m: Member) -> dict[str, Any]:
+            row: dict[str, Any] = {"node_id": m.node_id, "region": m.region, "zone": m.zone,
+                                   "grpc": m.grpc, "capacity": m.capacity, "labels": m.labels,
+                                   "state": c.state(m)}
+            try:
+                r = self.report() if c.is_me(m) else await c.call(m, "report", {}, wait)
+                tiers = r["tiers"]
+                row["used"] = tiers["memory"]["used"] + tiers["disk"]["used"]
+                row["pages"] = tiers["memory"]["pages"] + tiers["disk"]["pages"]
+                row["hit_ratio"] = r["hit_ratio"]
+                if r.get("federation"):
+                    row["links"] = r["federation"]["links"]
+            except NodeUnavailable:
+                row["state"] = "unreachable"
+            except Exception as e:
+                row["state"] = f"error: {e}"
+            return row
+
+        rows = await asyncio.gather(*(one(m) for m in c.members.values()))
+        return sorted(rows, key=lambda r: r["node_id"])
+
+    async def mesh_state(self, path: str) -> placing.MeshState:
+        """The mesh's state of a path (home region, bytes cached in this region): the one
+        computation behind meshfs's and WebHDFS's ``user.mesh.*`` attributes."""
+        return await placing.mesh_state(self, path)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; cancelled when the node closes."""
+        self.sources.spawn(coro)
+
+    async def close(self) -> None:
+        await self.metadata.close()
+        await self.sources.close()
+        await self.cache.drain()
+        await self.mounts.close()

@@ -1,0 +1,1 @@
+"""File statuses and listings: this node's RocksDB shard, and the routing of keys to their owners."""

@@ -1,0 +1,1 @@
+"""Regions joined into one mesh: topology, routing between regions, link quotas."""

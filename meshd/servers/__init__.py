@@ -1,0 +1,1 @@
+"""The node's servers: gRPC, HTTP data, metadata wire, short-circuit socket, scheduler extender."""

@@ -1,0 +1,206 @@
+"""The node's HTTP endpoint: bulk data, metrics, health.
+
+=======================================  ====================================
+``GET  /v1/files/<path>``                read; query ``offset``, ``length``,
+                                         ``nocache=1``; header
+                                         ``X-Mesh-Stream`` names the reader
+                                         for sequential detection
+``PUT  /v1/files/<path>``                write the request body (streamed)
+``GET  /v1/pages/<path>``                (between nodes) page ``index`` of a
+                                         file at ``version``, ``size`` bytes
+                                         long, from this node as its owner;
+                                         ``warm=1``: cache it, send nothing;
+                                         ``cached=1`` (a peer region): only
+                                         if held here, else 404; ``start``,
+                                         ``length``: a part of the page
+``GET  /metrics``                        Prometheus text format
+``GET  /healthz``                        ``ok``
+=======================================  ====================================
+
+Zero copy. A page held by the disk tier is sent with ``loop.sendfile`` (the
+kernel copies page file -> socket); pages in memory are written as
+``memoryview`` slices without copying. Where sendfile is unavailable (TLS,
+platforms without it) the page is read and written instead.
+
+A read's status line and headers (``Content-Length``, ``X-Mesh-Size``,
+``X-Mesh-Version``) are sent only after the first page is in hand, so errors
+are proper HTTP errors (JSON body ``{"error": kind, "message": ...}`` with the
+status from :mod:`meshd.errors`). A failure after that point can only abort
+the connection; the client sees a short body and raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from meshd.cache.pages import DiskPage, MemPage
+from meshd.core.handle import ReadStream, Segment
+from meshd.core.node import MeshNode
+from meshd.errors import InvalidArgument, MeshError
+
+log = logging.getLogger(__name__)
+
+
+def _error(e: BaseException) -> web.Response:
+    if isinstance(e, MeshError):
+        return web.json_response({"error": e.kind, "message": str(e)}, status=e.http_status)
+    log.exception("internal error in HTTP handler")
+    return web.json_response({"error": "MeshError", "message": f"internal error: {type(e).__name__}"},
+                             status=500)
+
+
+def _int_arg(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
+
+
+async def send_segment(request: web.Request, resp: web.StreamResponse, seg: Segment,
+                       use_sendfile: bool = True) -> None:
+    """Write one segment: sendfile for a page file, a memoryview for bytes (no copy)."""
+    page = seg.page
+    if isinstance(page, MemPage):
+        await resp.write(memoryview(page.data)[seg.offset:seg.offset + seg.length])
+        return
+    assert isinstance(page, DiskPage)
+    transport = request.transport
+    if use_sendfile and transport is not None:
+        writer = resp._payload_writer
+        if writer is not None and hasattr(writer, "send_headers"):
+            writer.send_headers()  # aiohttp buffers headers until the first write
+        try:
+            await asyncio.get_running_loop().sendfile(transport, page.file, seg.offset, seg.length)
+            return
+        except NotImplementedError:
+            pass
+    await resp.write(await asyncio.to_thread(seg.bytes))
+
+
+async def stream_response(request: web.Request, resp: web.StreamResponse, node: MeshNode,
+                          stream: ReadStream, use_sendfile: bool = True) -> None:
+    """Send a prepared read as the body of ``resp`` (zero copy where possible).
+
+    Once the headers are out, a failure can only cut the connection: a second
+    response would land inside the body. The read is always closed.
+    """
+    try:
+        await resp.prepare(request)
+        request["streaming"] = resp
+        async for seg in stream.segments:
+            try:
+                if use_sendfile:
+                    await node.prefer_file(seg)
+                await send_segment(request, resp, seg, use_sendfile)
+            finally:
+                seg.close()
+        await resp.write_eof()
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        if _client_gone(request, e):
+            log.debug("reader of %s went away mid-response", request.path)
+        else:
+            log.exception("read of %s failed after the response started; aborting", request.path)
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        await stream.aclose()
+
+
+def _client_gone(request: web.Request, e: Exception) -> bool:
+    """A reader that hung up is not an error of ours (aiohttp says so in several ways)."""
+    transport = request.transport
+    return (isinstance(e, ConnectionError) or transport is None or transport.is_closing()
+            or (isinstance(e, RuntimeError) and "closing" in str(e).lower()))
+
+
+def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
+    async def get_file(request: web.Request) -> web.StreamResponse:
+        try:
+            offset = _int_arg(request, "offset", 0)
+            length = _int_arg(request, "length", -1)
+            nocache = request.query.get("nocache", "") in ("1", "true", "yes")
+            path = "/" + request.match_info["path"]
+            handle = await node.open(path, version=request.query.get("version"),
+                                     size=_int_arg(request, "size", -1) if "size" in request.query else None)
+            stream = await handle.read(offset, length, nocache=nocache,
+                                       stream_key=request.headers.get("X-Mesh-Stream"))
+        except Exception as e:
+            return _error(e)
+        resp = web.StreamResponse(status=200, headers={
+            "X-Mesh-Size": str(stream.status.size),
+            "X-Mesh-Version": stream.status.version,
+            "X-Mesh-Offset": str(stream.offset),
+            "Content-Type": "application/octet-stream",
+        })
+        resp.content_length = stream.length
+        await stream_response(request, resp, node, stream, use_sendfile)
+        return resp
+
+    async def put_file(request: web.Request) -> web.Response:
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                yield chunk
+
+        try:
+            status = await node.write("/" + request.match_info["path"], body())
+        except Exception as e:
+            return _error(e)
+        return web.json_response({"path": status.path, "size": status.size, "version": status.version,
+                                  "mtime": status.mtime}, status=201)
+
+    async def get_page(request: web.Request) -> web.StreamResponse:
+        try:
+            index = _int_arg(request, "index", -1)
+            size = _int_arg(request, "size", -1)
+            version = request.query.get("version", "")
+            warm = request.query.get("warm", "") == "1"
+            cached_only = request.query.get("cached", "") == "1"
+            start = _int_arg(request, "start", 0)
+            want = _int_arg(request, "length", -1)
+            page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index,
+                                                          cached_only=cached_only)
+        except Exception as e:
+            return _error(e)
+        if not 0 <= start <= length or want < -1:
+            seg = Segment(page, 0, 0)
+            seg.close()
+            return _error(InvalidArgument(f"bad page sub-range: start={start} length={want} of {length}"))
+        length = length - start if want < 0 else min(want, length - start)
+        seg = Segment(page, start, length)
+        if cached_only:
+            node.stats.region_served += length
+        if warm:
+            seg.close()
+            return web.json_response({"fetched": fetched})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = length
+        try:
+            await resp.prepare(request)
+            await send_segment(request, resp, seg, use_sendfile)
+            await resp.write_eof()
+        finally:
+            seg.close()
+        return resp
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=0)
+    app.router.add_get("/v1/files/{path:.*}", get_file)
+    app.router.add_put("/v1/files/{path:.*}", put_file)
+    app.router.add_get("/v1/pages/{path:.*}", get_page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
