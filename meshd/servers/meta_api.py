@@ -1,4 +1,5 @@
-"""The metadata wire's operations (a thin adapter, like service.py for gRPC).
+"""The metadata wire's operations (a thin adapter, like grpc_api.py for gRPC); their
+arguments are typed and checked by the schema in :mod:`meshd.rpc.messages`.
 
 Client operations (any node answers them, forwarding to owners as needed):
 
@@ -40,7 +41,7 @@ this region, bytes cached here), the ones meshfs and WebHDFS show.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshd import paths
@@ -49,21 +50,8 @@ from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument
 from meshd.metadata.shard import FileStatus
 from meshd.metadata.sharded import status_from_wire, status_to_wire
+from meshd.rpc import messages as msg
 from meshd.rpc.wire import Handler
-
-
-def _str(args: dict[str, Any], key: str, default: str | None = None) -> str:
-    v = args.get(key, default)
-    if not isinstance(v, str):
-        raise InvalidArgument(f"argument {key!r} must be a string")
-    return v
-
-
-def _int(args: dict[str, Any], key: str, default: int = 0) -> int:
-    v = args.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise InvalidArgument(f"argument {key!r} must be an integer")
-    return v
 
 
 def _listing(path: str, page: tuple[list[FileStatus], bool]) -> dict[str, Any]:
@@ -74,36 +62,36 @@ def _listing(path: str, page: tuple[list[FileStatus], bool]) -> dict[str, Any]:
 
 
 def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Handler]:
+    """Every operation of :data:`meshd.rpc.messages.OPS`, its arguments parsed and checked
+    by the schema before the handler sees them."""
     shard = node.shard
 
-    async def op_info(a: dict[str, Any]) -> Any:
+    async def op_info(m: msg.Empty) -> Any:
         return info()
 
-    async def op_stat(a: dict[str, Any]) -> Any:
-        return status_to_wire(await node.stat(_str(a, "p")))
+    async def op_stat(m: msg.PathArgs) -> Any:
+        return status_to_wire(await node.stat(m.path))
 
-    async def op_list(a: dict[str, Any]) -> Any:
-        p = _str(a, "p")
-        return _listing(p, await node.list_page(p, _str(a, "a", ""), _int(a, "n", 1000)))
+    async def op_list(m: msg.ListArgs) -> Any:
+        return _listing(m.path, await node.list_page(m.path, m.after, m.limit))
 
-    async def op_open(a: dict[str, Any]) -> Any:
-        status, fid = await node.open_info(_str(a, "p"))
+    async def op_open(m: msg.PathArgs) -> Any:
+        status, fid = await node.open_info(m.path)
         return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
 
-    async def op_shard_open(a: dict[str, Any]) -> Any:
-        status, fid = await node.open_info(_str(a, "p"), local=True)
+    async def op_shard_open(m: msg.PathArgs) -> Any:
+        status, fid = await node.open_info(m.path, local=True)
         return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
 
-    async def op_shard_stat(a: dict[str, Any]) -> Any:
-        return status_to_wire(await node.local_stat(_str(a, "p"), bool(a.get("f"))))
+    async def op_shard_stat(m: msg.ShardStatArgs) -> Any:
+        return status_to_wire(await node.local_stat(m.path, m.fresh))
 
-    async def op_shard_list(a: dict[str, Any]) -> Any:
-        p = _str(a, "p")
-        return _listing(p, await node.local_list(p, _str(a, "a", ""), _int(a, "n", 0)))
+    async def op_shard_list(m: msg.ListArgs) -> Any:
+        return _listing(m.path, await node.local_list(m.path, m.after, m.limit))
 
-    async def op_put(a: dict[str, Any]) -> Any:
+    async def op_put(m: msg.StatusBatch) -> Any:
         try:
-            statuses = [status_from_wire(w) for w in a.get("s", [])]
+            statuses = [status_from_wire(w) for w in m.statuses]
         except (TypeError, ValueError, IndexError):
             raise InvalidArgument("shard.put: malformed status list") from None
         if len(statuses) > 500:
@@ -112,80 +100,59 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
             shard.record_many(statuses)
         return len(statuses)
 
-    async def op_drop(a: dict[str, Any]) -> Any:
-        s, ls = a.get("s", []), a.get("l", [])
-        if not all(isinstance(x, str) for x in [*s, *ls]):
-            raise InvalidArgument("shard.drop: paths must be strings")
-        shard.drop(statuses=s, listings=ls)
+    async def op_drop(m: msg.DropArgs) -> Any:
+        shard.drop(statuses=m.statuses, listings=m.listings)
         return None
 
-    async def op_forget(a: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(shard.forget_subtree, paths.normalize(_str(a, "p")))
+    async def op_forget(m: msg.PathArgs) -> Any:
+        return await asyncio.to_thread(shard.forget_subtree, paths.normalize(m.path))
 
-    async def op_attrs(a: dict[str, Any]) -> Any:
-        return shard.attrs(_str(a, "p"), _str(a, "v"))
+    async def op_attrs(m: msg.AttrsArgs) -> Any:
+        return shard.attrs(m.path, m.version)
 
-    async def op_set_attrs(a: dict[str, Any]) -> Any:
-        attrs = a.get("a")
-        if not isinstance(attrs, dict):
-            raise InvalidArgument("shard.set_attrs: attributes must be an object")
-        shard.set_attrs(_str(a, "p"), _str(a, "v"), attrs)
+    async def op_set_attrs(m: msg.SetAttrsArgs) -> Any:
+        shard.set_attrs(m.path, m.version, m.attrs)
         return None
 
-    async def op_drop_attrs(a: dict[str, Any]) -> Any:
-        shard.drop_attrs(_str(a, "p"))
+    async def op_drop_attrs(m: msg.PathArgs) -> Any:
+        shard.drop_attrs(m.path)
         return None
 
-    async def op_free(a: dict[str, Any]) -> Any:
-        ids = a.get("ids", [])
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise InvalidArgument("free: ids must be a list of strings")
-        return node.free_ids(ids)
+    async def op_free(m: msg.FreeArgs) -> Any:
+        return node.free_ids(m.file_ids)
 
-    async def op_report(a: dict[str, Any]) -> Any:
-        return node.report()
+    async def op_report(m: msg.Empty) -> Any:
+        return msg.Report.from_wire(node.report()).to_wire()  # checked against the schema here
 
-    async def op_region_held(a: dict[str, Any]) -> Any:
-        return await node.held_in_region(_str(a, "p"), _str(a, "v"), _int(a, "z", -1))
+    async def op_region_held(m: msg.RegionHeldArgs) -> Any:
+        return await node.held_in_region(m.path, m.version, m.size)
 
-    async def op_quota_take(a: dict[str, Any]) -> Any:
-        tokens = a.get("t")
-        if not isinstance(tokens, int | float) or isinstance(tokens, bool) or not 0 <= tokens < 1 << 40:
-            raise InvalidArgument("quota.take: t must be a token count")
+    async def op_quota_take(m: msg.QuotaTakeArgs) -> Any:
         if node.federation is None:
             return 0.0
-        return await node.federation.serve_grant(_str(a, "l"), float(tokens))
+        return await node.federation.serve_grant(m.link, m.tokens)
 
-    async def op_shard_held(a: dict[str, Any]) -> Any:
-        indices = a.get("i", [])
-        if not isinstance(indices, list) or not all(isinstance(i, int) and i >= 0 for i in indices):
-            raise InvalidArgument("shard.held: i must be a list of page indices")
-        return node.held_here(_str(a, "p"), _str(a, "v"), indices)
+    async def op_shard_held(m: msg.ShardHeldArgs) -> Any:
+        return node.held_here(m.path, m.version, m.indices)
 
-    def _names(a: dict[str, Any], key: str) -> list[str]:
-        v = a.get(key)
-        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
-            raise InvalidArgument(f"argument {key!r} must be a list of dataset names")
-        return v
+    async def op_region_cached(m: msg.RegionCachedArgs) -> Any:
+        return await placing.region_cached(node, [paths.normalize(p) for p in m.paths])
 
-    async def op_region_cached(a: dict[str, Any]) -> Any:
-        return await placing.region_cached(node, [paths.normalize(p) for p in _names(a, "ps")])
+    async def op_place_state(m: msg.DatasetsArgs) -> Any:
+        return await placing.gather(node, m.names)
 
-    async def op_place_state(a: dict[str, Any]) -> Any:
-        return await placing.gather(node, _names(a, "d"))
+    async def op_mesh_state(m: msg.PathArgs) -> Any:
+        return (await node.mesh_state(m.path)).xattrs()
 
-    async def op_mesh_state(a: dict[str, Any]) -> Any:
-        return (await node.mesh_state(_str(a, "p"))).xattrs()
+    async def op_stage(m: msg.DatasetsArgs) -> Any:
+        return await placing.stage(node, m.names)
 
-    async def op_stage(a: dict[str, Any]) -> Any:
-        return await placing.stage(node, _names(a, "d"))
-
-    async def op_shard_counts(a: dict[str, Any]) -> Any:
+    async def op_shard_counts(m: msg.Empty) -> Any:
         """Keys in this node's shard, and status pushes still in flight (tests, benchmarks)."""
         counts = await asyncio.to_thread(shard.counts)
         return {**counts, "pushes_pending": node.metadata.pending}
 
-    return {
+    ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "region.cached": op_region_cached, "place.state": op_place_state, "stage": op_stage,
         "mesh.state": op_mesh_state,
         "region.held": op_region_held, "shard.held": op_shard_held, "quota.take": op_quota_take,
@@ -195,3 +162,12 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
         "shard.set_attrs": op_set_attrs, "shard.drop_attrs": op_drop_attrs,
         "free": op_free, "report": op_report, "shard.counts": op_shard_counts,
     }
+    assert ops.keys() == msg.OPS.keys(), "the schema and the handlers list different operations"
+    return {op: _typed(op, msg.OPS[op], fn) for op, fn in ops.items()}
+
+
+def _typed(op: str, cls: type[msg.Msg], fn: Callable[[Any], Awaitable[Any]]) -> Handler:
+    async def handle(args: dict[str, Any]) -> Any:
+        return await fn(cls.from_wire(args, op))
+
+    return handle
