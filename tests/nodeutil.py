@@ -1,17 +1,16 @@
-"""Build an in-process MeshNode for core tests (no servers)."""
+"""Build an in-process MeshNode for core tests (no servers), through the daemon's
+composition root (:mod:`meshd.compose`, embedded mode): wired exactly like ``meshd``'s."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from meshd.cache.pages import PageCache
-from meshd.cache.readahead import ReadAhead
-from meshd.core.metrics import InstrumentedStore, Metrics, Stats
-from meshd.core.mounts import MountTable
+from meshd.compose import NodeParts, build, member
+from meshd.config import CacheConfig, NodeConfig
+from meshd.core.metrics import Metrics, Stats
 from meshd.core.node import MeshNode
-from meshd.metadata.kv import KV, RocksKV
-from meshd.metadata.shard import MetadataCache
+from meshd.metadata.kv import KV
 
 
 class NodeBox:
@@ -20,25 +19,24 @@ class NodeBox:
     def __init__(self, root: Path, page_size: int = 64 << 10, memory: int = 64 << 20,
                  disk: int = 256 << 20) -> None:
         self.root, self.page_size, self.memory, self.disk = root, page_size, memory, disk
+        self.config = NodeConfig(data_dir=str(root), default_mount=False, cache=CacheConfig(
+            page_size=page_size, memory_capacity=memory, disk_capacity=disk, readahead_pages=4))
+        self.parts: NodeParts | None = None
         self.kv: KV | None = None
         self.node: MeshNode | None = None
 
     def open(self) -> MeshNode:
-        self.kv = RocksKV(os.path.join(self.root, "meta"))
-        self.stats = Stats()
-        self.cache = PageCache(os.path.join(self.root, "pages"), self.page_size, self.memory, self.disk)
-        self.metrics = Metrics(self.stats, self.cache)
-        mounts = MountTable(self.kv, wrap=lambda s, m: InstrumentedStore(s, self.metrics))
-        self.node = MeshNode(mounts, MetadataCache(self.kv), self.cache, self.stats,
-                             ReadAhead(self.page_size, max_pages=4))
-        return self.node
+        self.parts = parts = build(self.config, member(self.config, "test-node"))
+        self.kv, self.node = parts.kv, parts.node
+        self.stats: Stats = parts.stats
+        self.cache: PageCache = parts.cache
+        self.metrics: Metrics = parts.metrics
+        return parts.node
 
     async def close(self) -> None:
-        if self.node is not None:
-            await self.node.close()
-        if self.kv is not None:
-            self.kv.close()
-        self.node, self.kv = None, None
+        if self.parts is not None:
+            await self.parts.close()
+        self.parts, self.node, self.kv = None, None, None
 
     async def reopen(self) -> MeshNode:
         await self.close()

@@ -9,7 +9,7 @@ import sys
 
 SERVER_AND_FUSE = ["aiohttp", "rocksdict", "boto3", "botocore", "aetcd", "prometheus_client", "pyfuse3",
                    "defusedxml", "crc32c"]
-BLOCK = "import sys\nfor m in %r: sys.modules[m] = None\n" % (SERVER_AND_FUSE,)
+BLOCK = f"import sys\nfor m in {SERVER_AND_FUSE!r}: sys.modules[m] = None\n"
 
 
 def run(code: str) -> subprocess.CompletedProcess[str]:

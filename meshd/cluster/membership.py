@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -385,12 +385,14 @@ async def cluster_config(etcd: Etcd, cluster: str, proposed: dict[str, Any]) -> 
 
 
 class EtcdMounts:
-    """The cluster's mount table in etcd, applied to a node's MountTable by a watch."""
+    """The cluster's mount table in etcd. Changes go to etcd (``put``, ``delete``); from
+    ``start(apply)`` on, a watch hands every version of the table to ``apply`` (a node's
+    ``MountTable.sync_shared``)."""
 
-    def __init__(self, etcd: Etcd, cluster: str, table: Any) -> None:
+    def __init__(self, etcd: Etcd, cluster: str) -> None:
         self.etcd = etcd
         self.prefix = f"{PREFIX}/{cluster}/mounts"
-        self.table = table
+        self._apply: Callable[[list[Any]], Awaitable[None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _key(self, path: str) -> bytes:
@@ -418,10 +420,13 @@ class EtcdMounts:
                 mounts.append(Mount.from_json(kv.value))
             except (ValueError, KeyError, TypeError) as e:
                 log.error("mount table: ignoring malformed entry %s: %s", kv.key.decode(errors="replace"), e)
-        await self.table.sync_shared(mounts)
+        if self._apply is not None:
+            await self._apply(mounts)
         return int(resp.header.revision)
 
-    async def start(self) -> None:
+    async def start(self, apply: Callable[[list[Any]], Awaitable[None]]) -> None:
+        """Read the table (etcd must answer), hand it to ``apply``, then follow changes."""
+        self._apply = apply
         revision = await self.load()
         self._tasks = [asyncio.ensure_future(self._watch(revision + 1)), asyncio.ensure_future(self._poll())]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,6 +21,8 @@ from meshd.understore import ObjectInfo, UnderStore
 
 if TYPE_CHECKING:
     from meshd.cache.pages import PageCache
+    from meshd.cluster.peers import Cluster
+    from meshd.region.federation import Federation
 
 SOURCES = ("memory", "disk", "peer", "region", "understore", "nocache")
 
@@ -43,12 +45,42 @@ class Stats:
         return self.hits / total if total else 0.0
 
 
+class MetadataCounts(Protocol):
+    """The node's metadata counters (:class:`~meshd.metadata.sharded.ShardedMetadata`)."""
+
+    @property
+    def write_errors(self) -> int: ...
+
+    @property
+    def forwarded(self) -> int: ...
+
+    @property
+    def fallbacks(self) -> int: ...
+
+
+class UnderstoreMetrics:
+    """What :class:`InstrumentedStore` counts into: the node's :class:`Stats` and the
+    latency histogram (registered by :class:`Metrics`). Built before the mount table,
+    which wraps every under-store it opens with :meth:`wrap`."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.seconds = Histogram(
+            "mesh_understore_request_seconds", "Under-store request latency (to first byte for reads)",
+            ["scheme", "op"], registry=None,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def wrap(self, store: UnderStore) -> InstrumentedStore:
+        return InstrumentedStore(store, self)
+
+
 class _NodeCollector(Collector):
-    def __init__(self, stats: Stats, cache: PageCache) -> None:
-        self._stats, self._cache = stats, cache
-        self.metadata_write_errors: Any = lambda: 0  # set by the daemon once metadata exists
-        self.cluster: Any = None  # cluster mode: a function returning the figures below
-        self.federation: Any = None  # cluster mode: the node's Federation (links, routes)
+    def __init__(self, stats: Stats, cache: PageCache, metadata: MetadataCounts,
+                 cluster: Cluster | None, federation: Federation | None) -> None:
+        self._stats, self._cache, self._metadata = stats, cache, metadata
+        self._cluster = cluster  # cluster mode: members, ring, peers
+        self._federation = federation  # cluster mode: links, routes
 
     def collect(self) -> Iterator[Any]:
         s, c = self._stats, self._cache
@@ -77,7 +109,7 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily("mesh_cache_write_errors", "Failed writes to the cache disk",
                                   value=c.disk.write_errors)
         yield CounterMetricFamily("mesh_metadata_write_errors", "Failed writes to the metadata store",
-                                  value=self.metadata_write_errors())
+                                  value=self._metadata.write_errors)
         yield CounterMetricFamily("mesh_cache_corrupt_pages", "Cache pages that failed their checksum",
                                   value=c.disk.corrupt_pages)
         req = CounterMetricFamily("mesh_understore_requests", "Under-store requests", labels=["scheme", "op"])
@@ -92,26 +124,29 @@ class _NodeCollector(Collector):
         for scheme, n in sorted(s.understore_bytes.items()):
             ub.add_metric([scheme], n)
         yield ub
-        if self.cluster is not None:
-            k = self.cluster()
-            yield GaugeMetricFamily("mesh_cluster_members", "Live members of this node's region (its view)",
-                                    value=k["members"])
-            yield GaugeMetricFamily("mesh_cluster_etcd_up", "1 while etcd answers this node's keep-alives",
-                                    value=k["etcd_up"])
-            yield CounterMetricFamily("mesh_cluster_ring_changes", "Membership changes that rebuilt the ring",
-                                      value=k["ring_changes"])
-            yield CounterMetricFamily("mesh_cluster_peer_failures",
-                                      "Calls to a peer that failed (refused, reset, timed out)",
-                                      value=k["peer_failures"])
-            yield CounterMetricFamily("mesh_metadata_forwarded", "Metadata calls sent to the key's owner",
-                                      value=k["forwarded"])
-            yield CounterMetricFamily("mesh_metadata_fallbacks",
-                                      "Metadata calls served here because no owner answered",
-                                      value=k["fallbacks"])
-        if self.federation is not None:
-            yield from self._links(self.federation)
+        if self._cluster is not None:
+            yield from self._members(self._cluster)
+        if self._federation is not None:
+            yield from self._links(self._federation)
 
-    def _links(self, fed: Any) -> Iterator[Any]:
+    def _members(self, c: Cluster) -> Iterator[Any]:
+        md = self._metadata
+        yield GaugeMetricFamily("mesh_cluster_members", "Live members of this node's region (its view)",
+                                value=len(c.members))
+        yield GaugeMetricFamily("mesh_cluster_etcd_up", "1 while etcd answers this node's keep-alives",
+                                value=int(c.membership.etcd_ok))
+        yield CounterMetricFamily("mesh_cluster_ring_changes", "Membership changes that rebuilt the ring",
+                                  value=c.ring_changes)
+        yield CounterMetricFamily("mesh_cluster_peer_failures",
+                                  "Calls to a peer that failed (refused, reset, timed out)",
+                                  value=c.peer_failures)
+        yield CounterMetricFamily("mesh_metadata_forwarded", "Metadata calls sent to the key's owner",
+                                  value=md.forwarded)
+        yield CounterMetricFamily("mesh_metadata_fallbacks",
+                                  "Metadata calls served here because no owner answered",
+                                  value=md.fallbacks)
+
+    def _links(self, fed: Federation) -> Iterator[Any]:
         by = CounterMetricFamily("mesh_link_bytes", "Payload bytes this node moved over a link between "
                                  "regions, by kind (fill, region, write, metadata)", labels=["link", "kind"])
         throttled = CounterMetricFamily("mesh_link_throttled_seconds",
@@ -140,16 +175,14 @@ class _NodeCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, stats: Stats, cache: PageCache) -> None:
-        self.stats = stats
+    """The node's registry: the collector (everything read at scrape time) and the
+    under-store latency histogram. Built once the node's parts exist, from all of them."""
+
+    def __init__(self, understore: UnderstoreMetrics, cache: PageCache, metadata: MetadataCounts,
+                 cluster: Cluster | None = None, federation: Federation | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.collector = _NodeCollector(stats, cache)
-        self.registry.register(self.collector)
-        self.understore_seconds = Histogram(
-            "mesh_understore_request_seconds", "Under-store request latency (to first byte for reads)",
-            ["scheme", "op"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        self.registry.register(_NodeCollector(understore.stats, cache, metadata, cluster, federation))
+        self.registry.register(understore.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -158,7 +191,7 @@ class Metrics:
 class InstrumentedStore(UnderStore):
     """Wraps an under-store; counts requests, errors, bytes and latency."""
 
-    def __init__(self, inner: UnderStore, metrics: Metrics) -> None:
+    def __init__(self, inner: UnderStore, metrics: UnderstoreMetrics) -> None:
         super().__init__(inner.uri, inner.options)
         self.inner, self._m = inner, metrics
         self.scheme = inner.scheme
@@ -168,7 +201,7 @@ class InstrumentedStore(UnderStore):
         self._m.stats.understore_requests[(self.scheme, op)] += 1
         if not ok:
             self._m.stats.understore_errors[(self.scheme, op)] += 1
-        self._m.understore_seconds.labels(self.scheme, op).observe(time.perf_counter() - t0)
+        self._m.seconds.labels(self.scheme, op).observe(time.perf_counter() - t0)
 
     async def _call(self, op: str, coro: Any) -> Any:
         t0 = time.perf_counter()

@@ -32,7 +32,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from meshd import paths
@@ -179,16 +179,31 @@ class SharedMounts(Protocol):
     async def delete(self, path: str) -> None: ...
 
 
-class MountTable:
-    """Mounts of one node, each with its open under-store."""
+class StoreEndpoints(Protocol):
+    """The options a mount's under-store opens with, per the mesh's topology (a region's
+    own endpoint of the store): the node's Federation in cluster mode."""
 
-    def __init__(self, kv: KV, wrap: Callable[[UnderStore, Mount], UnderStore] | None = None,
-                 options_for: Callable[[Mount], dict[str, str]] | None = None) -> None:
+    def store_options(self, mount: Mount) -> dict[str, str]: ...
+
+    def on_change(self, fn: Callable[[], Any]) -> None: ...
+
+
+class MountTable:
+    """Mounts of one node, each with its open under-store.
+
+    ``wrap`` wraps every under-store opened (metrics, link quotas); ``shared`` is the
+    cluster's table (etcd), written before this node's copy; ``endpoints`` gives the
+    options stores open with, and says when they change (the stores then reopen)."""
+
+    def __init__(self, kv: KV, wrap: Callable[[UnderStore, Mount], UnderStore] | None = None, *,
+                 shared: SharedMounts | None = None, endpoints: StoreEndpoints | None = None) -> None:
         self._kv = kv
-        self.shared: SharedMounts | None = None  # set in cluster mode
+        self.shared = shared
         self._wrap = wrap or (lambda store, mount: store)
-        # The options a mount's under-store opens with (a region's own endpoint, multi-region).
-        self.options_for: Callable[[Mount], dict[str, str]] = options_for or (lambda m: m.store_options())
+        self.options_for: Callable[[Mount], dict[str, str]] = (
+            endpoints.store_options if endpoints is not None else Mount.store_options)
+        if endpoints is not None:
+            endpoints.on_change(self.reopen_changed)
         self._opened_with: dict[str, dict[str, str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._mounts: dict[str, Mount] = {}
@@ -295,7 +310,7 @@ class MountTable:
             self._stores[mount.path] = store
         return store
 
-    async def reopen_changed(self) -> list[str]:
+    def reopen_changed(self) -> list[str]:
         """Close the stores whose options changed (a new topology moved their
         endpoint); they reopen on next use. Returns the mount paths."""
         changed = [p for p in self._stores

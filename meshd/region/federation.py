@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from meshd.cluster.membership import PREFIX, Etcd, Member, _why
-from meshd.cluster.peers import page_url, ring_of
+from meshd.cluster.peers import Cluster, page_url, ring_of
 from meshd.cluster.ring import HashRing
 from meshd.core.mounts import Mount
 from meshd.errors import MeshError, NodeUnavailable, UnderStoreError
@@ -59,11 +59,17 @@ def topology_key(cluster: str) -> str:
 
 
 class Federation:
-    def __init__(self, region: str, quotas: Quotas, members: Callable[[], int] = lambda: 1,
-                 vnodes: int = 128) -> None:
+    """``cluster``: this region's cluster (the quota owners, the peers to call); its
+    membership changes re-divide the quotas. ``members``: the live member count that
+    divides them (default: the cluster's, else 1)."""
+
+    def __init__(self, region: str, quotas: Quotas, cluster: Cluster | None = None,
+                 members: Callable[[], int] | None = None, vnodes: int = 128) -> None:
         self.region = region
         self.quotas = quotas
-        self.cluster: Any = None  # this region's Cluster (set by the daemon): the quota owners
+        self.cluster = cluster
+        if members is None:
+            members = (lambda: len(cluster.members)) if cluster is not None else (lambda: 1)
         self._members = members  # live members of this region (the quota share)
         self.vnodes = vnodes
         self.topology: Topology | None = None
@@ -73,6 +79,8 @@ class Federation:
         self._listeners: list[Callable[[], Any]] = []
         self.routed: Counter[str] = Counter()  # pages fetched, by source ("cache:<region>", "store:<region>")
         self.fallbacks = 0  # sources that failed and were passed over
+        if cluster is not None:
+            cluster.membership.subscribe(lambda _members: self.refresh_quotas())
 
     # ---- state ---------------------------------------------------------------
 
@@ -148,13 +156,13 @@ class Federation:
     async def _grant(self, q: LinkQuota, tokens: float) -> None:
         """Tokens from the region's bucket for ``q``: here if this node is its quota owner,
         else asked of the owner; if the owner does not answer, from the local share."""
-        owner = self.quota_owner(q)
-        if owner is None:
+        owner, cluster = self.quota_owner(q), self.cluster
+        if owner is None or cluster is None:
             await q.bucket.acquire(tokens)
             return
         q.remote_grants += 1
         try:
-            await self.cluster.call(owner, "quota.take", {"l": q.name, "t": tokens}, wait=GRANT_WAIT)
+            await cluster.call(owner, "quota.take", {"l": q.name, "t": tokens}, wait=GRANT_WAIT)
         except MeshError as e:
             q.fallbacks += 1
             log.debug("quota owner %s of %s did not grant (%s): using the local share", owner.node_id, q.name, e)
