@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, web
 
 from meshd import errors as me
 from meshd.config import S3Config
-from meshd.core.node import MeshNode
+from meshd.core import MeshNode
 
 from . import listing, objects, xmlio
 from .errors import (
@@ -211,10 +211,7 @@ class Gateway:
         return _xml(doc)
 
     def _root_mount_writable(self) -> bool:
-        for mnt in self.node.mounts.entries():
-            if mnt.path == "/" and not mnt.read_only:
-                return True
-        return False
+        return any(m.path == "/" and not m.read_only for m in self.node.mount_points())
 
     async def bucket_op(self, request: web.Request, auth: AuthResult, bucket: str) -> web.StreamResponse:
         m, q = request.method, request.query
@@ -261,7 +258,7 @@ class Gateway:
 
     async def delete_bucket(self, bucket: str) -> web.Response:
         await objects.require_bucket(self.node, bucket)
-        if not self._root_mount_writable() or self.node.mounts.resolve("/" + bucket) is None:
+        if not self._root_mount_writable() or not self.node.inside_mount("/" + bucket):
             raise access_denied("this bucket is a mount: remove it with `meshctl mount rm /" + bucket + "`")
         try:  # never unlinks a file: a cached listing may be stale, the under-store is asked
             await self.node.remove_empty_dirs("/" + bucket)

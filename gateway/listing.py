@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from meshd import errors as me
-from meshd.core.node import MeshNode
-from meshd.metadata.shard import FileStatus
+from meshd.core import FileStatus, MeshNode
 
 
 @dataclass(frozen=True)

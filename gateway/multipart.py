@@ -2,7 +2,7 @@
 
 The gateway accepts the parts of a multipart upload on the local disk of the
 node that receives them (``DATA_DIR/multipart``) and only writes the object to
-the under-store, in one streamed :meth:`meshd.core.node.MeshNode.write`, when the
+the under-store, in one streamed :meth:`meshd.core.MeshNode.write`, when the
 client completes the upload. Everything here survives a gateway restart: the
 state *is* the directory tree, there is nothing in memory to lose.
 

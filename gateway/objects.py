@@ -25,9 +25,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from meshd import errors as me
-from meshd.core.node import MeshNode
-from meshd.metadata.shard import FileStatus
-from meshd.servers.http_api import stream_response
+from meshd.core import FileStatus, MeshNode
+from meshd.servers.streaming import stream_response
 
 from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
@@ -65,7 +64,7 @@ def mesh_path(bucket: str, key: str) -> str:
 
 
 async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
-    a = await node.metadata.attrs(st.path, st.version)
+    a = await node.object_attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
         return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
@@ -278,7 +277,7 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
-    await node.metadata.set_attrs(st.path, st.version, {
+    await node.set_object_attrs(st.path, st.version, {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
         "meta": metadata})
     return st, tag
@@ -395,7 +394,7 @@ async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
         return
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    await node.metadata.drop_attrs(path)
+    await node.drop_object_attrs(path)
 
 
 async def delete_object(node: MeshNode, bucket: str, key: str) -> web.Response:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.listing import list_page
-from meshd.core.node import MeshNode
+from meshd.core import MeshNode
 from tests.nodeutil import NodeBox
 
 KEYS = ["a-b", "a/x", "a/y/z", "a0", "b", "b/c", "dir/sub/deep/f", "dir/x y", "é", "z~"]

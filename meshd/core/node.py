@@ -51,6 +51,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class MountPoint:
+    """A mount as a front end sees it: where it is in the namespace, and whether it takes writes."""
+
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
 class LoadProgress:
     path: str
     files_done: int
@@ -61,6 +69,11 @@ class LoadProgress:
 
 
 class MeshNode:
+    """One namespace over the mounts, cached. Front ends (the gateways, through
+    :mod:`meshd.core`) call its methods only, never its parts (``mounts``,
+    ``metadata``, ``cache``, ...): what they need of those has a method here, named
+    for what it means (mount points, S3 object attributes, ...)."""
+
     def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
                  stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8,
                  cluster: Cluster | None = None, federation: Federation | None = None) -> None:
@@ -138,6 +151,41 @@ class MeshNode:
         t = self.resolve(path)
         fid = file_id(t.mount.identity, t.rel) if t is not None and not status.is_dir else ""
         return status, fid
+
+    # ---- the namespace's shape, for front ends ---------------------------
+
+    def mount_points(self) -> list[MountPoint]:
+        """Every mount: its path and whether it is read-only (S3's buckets)."""
+        return [MountPoint(m.path, m.read_only) for m in self.mounts.entries()]
+
+    def inside_mount(self, path: str) -> bool:
+        """Whether a mount holds ``path``: False for a directory above the mounts
+        (:meth:`is_virtual_dir`) and for a path no mount covers."""
+        return self.mounts.resolve(paths.normalize(path)) is not None
+
+    def is_virtual_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory above mount points that no mount holds
+        (the root, when nothing is mounted at ``/``)."""
+        norm = paths.normalize(path)
+        return self.mounts.resolve(norm) is None and self.mounts.children_of_virtual(norm) is not None
+
+    def check_writable(self, path: str) -> None:
+        """PermissionDenied unless ``path`` lies inside a mount that takes writes."""
+        self._target(path).mount.check_writable()
+
+    # ---- S3 object attributes (ETag, content type, user metadata) ---------
+
+    async def object_attrs(self, path: str, version: str) -> dict[str, Any] | None:
+        """The attributes a front end recorded for ``path`` at ``version``; None if none
+        were (written by other means, or since rewritten)."""
+        return await self.metadata.attrs(path, version)
+
+    async def set_object_attrs(self, path: str, version: str, attrs: dict[str, Any]) -> None:
+        """Record attributes of ``path`` at ``version`` (JSON-serialisable values)."""
+        await self.metadata.set_attrs(path, version, attrs)
+
+    async def drop_object_attrs(self, path: str) -> None:
+        await self.metadata.drop_attrs(path)
 
     # ---- this node's shard (calls forwarded by peers that do not own the key) ----
 

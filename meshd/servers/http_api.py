@@ -17,10 +17,11 @@
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
 
-Zero copy. A page held by the disk tier is sent with ``loop.sendfile`` (the
-kernel copies page file -> socket); pages in memory are written as
-``memoryview`` slices without copying. Where sendfile is unavailable (TLS,
-platforms without it) the page is read and written instead.
+Zero copy (:mod:`meshd.servers.streaming`, shared with the gateways). A page
+held by the disk tier is sent with ``loop.sendfile`` (the kernel copies page
+file -> socket); pages in memory are written as ``memoryview`` slices without
+copying. Where sendfile is unavailable (TLS, platforms without it) the page is
+read and written instead.
 
 A read's status line and headers (``Content-Length``, ``X-Mesh-Size``,
 ``X-Mesh-Version``) are sent only after the first page is in hand, so errors
@@ -31,16 +32,14 @@ the connection; the client sees a short body and raises.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from meshd.cache.pages import DiskPage, MemPage
-from meshd.core.handle import ReadStream, Segment
-from meshd.core.node import MeshNode
+from meshd.core import MeshNode, Segment
 from meshd.errors import InvalidArgument, MeshError
+from meshd.servers.streaming import send_segment, stream_response
 
 log = logging.getLogger(__name__)
 
@@ -61,65 +60,6 @@ def _int_arg(request: web.Request, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
-
-
-async def send_segment(request: web.Request, resp: web.StreamResponse, seg: Segment,
-                       use_sendfile: bool = True) -> None:
-    """Write one segment: sendfile for a page file, a memoryview for bytes (no copy)."""
-    page = seg.page
-    if isinstance(page, MemPage):
-        await resp.write(memoryview(page.data)[seg.offset:seg.offset + seg.length])
-        return
-    assert isinstance(page, DiskPage)
-    transport = request.transport
-    if use_sendfile and transport is not None:
-        writer = resp._payload_writer
-        if writer is not None and hasattr(writer, "send_headers"):
-            writer.send_headers()  # aiohttp buffers headers until the first write
-        try:
-            await asyncio.get_running_loop().sendfile(transport, page.file, seg.offset, seg.length)
-            return
-        except NotImplementedError:
-            pass
-    await resp.write(await asyncio.to_thread(seg.bytes))
-
-
-async def stream_response(request: web.Request, resp: web.StreamResponse, node: MeshNode,
-                          stream: ReadStream, use_sendfile: bool = True) -> None:
-    """Send a prepared read as the body of ``resp`` (zero copy where possible).
-
-    Once the headers are out, a failure can only cut the connection: a second
-    response would land inside the body. The read is always closed.
-    """
-    try:
-        await resp.prepare(request)
-        request["streaming"] = resp
-        async for seg in stream.segments:
-            try:
-                if use_sendfile:
-                    await node.prefer_file(seg)
-                await send_segment(request, resp, seg, use_sendfile)
-            finally:
-                seg.close()
-        await resp.write_eof()
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        if _client_gone(request, e):
-            log.debug("reader of %s went away mid-response", request.path)
-        else:
-            log.exception("read of %s failed after the response started; aborting", request.path)
-        if request.transport is not None:
-            request.transport.abort()
-    finally:
-        await stream.aclose()
-
-
-def _client_gone(request: web.Request, e: Exception) -> bool:
-    """A reader that hung up is not an error of ours (aiohttp says so in several ways)."""
-    transport = request.transport
-    return (isinstance(e, ConnectionError) or transport is None or transport.is_closing()
-            or (isinstance(e, RuntimeError) and "closing" in str(e).lower()))
 
 
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
