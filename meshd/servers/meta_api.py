@@ -61,109 +61,134 @@ def _listing(path: str, page: tuple[list[FileStatus], bool]) -> dict[str, Any]:
             "t": t, "more": more}
 
 
-def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Handler]:
-    """Every operation of :data:`meshd.rpc.messages.OPS`, its arguments parsed and checked
-    by the schema before the handler sees them."""
-    shard = node.shard
+class MetaApi:
+    """Every operation of :data:`meshd.rpc.messages.OPS`: one method each, its arguments
+    parsed and checked by the schema before the method sees them."""
 
-    async def op_info(m: msg.Empty) -> Any:
-        return info()
+    def __init__(self, node: MeshNode, info: Callable[[], dict[str, Any]]) -> None:
+        self.node = node
+        self.shard = node.shard
+        self.info = info
 
-    async def op_stat(m: msg.PathArgs) -> Any:
-        return status_to_wire(await node.stat(m.path))
+    async def op_info(self, m: msg.Empty) -> Any:
+        return self.info()
 
-    async def op_list(m: msg.ListArgs) -> Any:
-        return _listing(m.path, await node.list_page(m.path, m.after, m.limit))
+    async def op_stat(self, m: msg.PathArgs) -> Any:
+        return status_to_wire(await self.node.stat(m.path))
 
-    async def op_open(m: msg.PathArgs) -> Any:
-        status, fid = await node.open_info(m.path)
-        return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
+    async def op_list(self, m: msg.ListArgs) -> Any:
+        return _listing(m.path, await self.node.list_page(m.path, m.after, m.limit))
 
-    async def op_shard_open(m: msg.PathArgs) -> Any:
-        status, fid = await node.open_info(m.path, local=True)
-        return {"s": status_to_wire(status), "fid": fid, "ps": node.cache.page_size}
+    async def op_open(self, m: msg.PathArgs) -> Any:
+        status, fid = await self.node.open_info(m.path)
+        return {"s": status_to_wire(status), "fid": fid, "ps": self.node.cache.page_size}
 
-    async def op_shard_stat(m: msg.ShardStatArgs) -> Any:
-        return status_to_wire(await node.local_stat(m.path, m.fresh))
+    async def op_shard_open(self, m: msg.PathArgs) -> Any:
+        status, fid = await self.node.open_info(m.path, local=True)
+        return {"s": status_to_wire(status), "fid": fid, "ps": self.node.cache.page_size}
 
-    async def op_shard_list(m: msg.ListArgs) -> Any:
-        return _listing(m.path, await node.local_list(m.path, m.after, m.limit))
+    async def op_shard_stat(self, m: msg.ShardStatArgs) -> Any:
+        return status_to_wire(await self.node.local_stat(m.path, m.fresh))
 
-    async def op_put(m: msg.StatusBatch) -> Any:
+    async def op_shard_list(self, m: msg.ListArgs) -> Any:
+        return _listing(m.path, await self.node.local_list(m.path, m.after, m.limit))
+
+    async def op_put(self, m: msg.StatusBatch) -> Any:
         try:
             statuses = [status_from_wire(w) for w in m.statuses]
         except (TypeError, ValueError, IndexError):
-            raise InvalidArgument("shard.put: malformed status list") from None
+            raise InvalidArgument("self.shard.put: malformed status list") from None
         if len(statuses) > 500:
-            await asyncio.to_thread(shard.record_many, statuses)
+            await asyncio.to_thread(self.shard.record_many, statuses)
         else:
-            shard.record_many(statuses)
+            self.shard.record_many(statuses)
         return len(statuses)
 
-    async def op_drop(m: msg.DropArgs) -> Any:
-        shard.drop(statuses=m.statuses, listings=m.listings)
+    async def op_drop(self, m: msg.DropArgs) -> Any:
+        self.shard.drop(statuses=m.statuses, listings=m.listings)
         return None
 
-    async def op_forget(m: msg.PathArgs) -> Any:
-        return await asyncio.to_thread(shard.forget_subtree, paths.normalize(m.path))
+    async def op_forget(self, m: msg.PathArgs) -> Any:
+        return await asyncio.to_thread(self.shard.forget_subtree, paths.normalize(m.path))
 
-    async def op_attrs(m: msg.AttrsArgs) -> Any:
-        return shard.attrs(m.path, m.version)
+    async def op_attrs(self, m: msg.AttrsArgs) -> Any:
+        return self.shard.attrs(m.path, m.version)
 
-    async def op_set_attrs(m: msg.SetAttrsArgs) -> Any:
-        shard.set_attrs(m.path, m.version, m.attrs)
+    async def op_set_attrs(self, m: msg.SetAttrsArgs) -> Any:
+        self.shard.set_attrs(m.path, m.version, m.attrs)
         return None
 
-    async def op_drop_attrs(m: msg.PathArgs) -> Any:
-        shard.drop_attrs(m.path)
+    async def op_drop_attrs(self, m: msg.PathArgs) -> Any:
+        self.shard.drop_attrs(m.path)
         return None
 
-    async def op_free(m: msg.FreeArgs) -> Any:
-        return node.free_ids(m.file_ids)
+    async def op_free(self, m: msg.FreeArgs) -> Any:
+        return self.node.free_ids(m.file_ids)
 
-    async def op_report(m: msg.Empty) -> Any:
-        return msg.Report.from_wire(node.report()).to_wire()  # checked against the schema here
+    async def op_report(self, m: msg.Empty) -> Any:
+        return msg.Report.from_wire(self.node.report()).to_wire()  # checked against the schema here
 
-    async def op_region_held(m: msg.RegionHeldArgs) -> Any:
-        return await node.held_in_region(m.path, m.version, m.size)
+    async def op_region_held(self, m: msg.RegionHeldArgs) -> Any:
+        return await self.node.held_in_region(m.path, m.version, m.size)
 
-    async def op_quota_take(m: msg.QuotaTakeArgs) -> Any:
-        if node.federation is None:
+    async def op_quota_take(self, m: msg.QuotaTakeArgs) -> Any:
+        if self.node.federation is None:
             return 0.0
-        return await node.federation.serve_grant(m.link, m.tokens)
+        return await self.node.federation.serve_grant(m.link, m.tokens)
 
-    async def op_shard_held(m: msg.ShardHeldArgs) -> Any:
-        return node.held_here(m.path, m.version, m.indices)
+    async def op_shard_held(self, m: msg.ShardHeldArgs) -> Any:
+        return self.node.held_here(m.path, m.version, m.indices)
 
-    async def op_region_cached(m: msg.RegionCachedArgs) -> Any:
-        return await placing.region_cached(node, [paths.normalize(p) for p in m.paths])
+    async def op_region_cached(self, m: msg.RegionCachedArgs) -> Any:
+        return await placing.region_cached(self.node, [paths.normalize(p) for p in m.paths])
 
-    async def op_place_state(m: msg.DatasetsArgs) -> Any:
-        return await placing.gather(node, m.names)
+    async def op_place_state(self, m: msg.DatasetsArgs) -> Any:
+        return await placing.gather(self.node, m.names)
 
-    async def op_mesh_state(m: msg.PathArgs) -> Any:
-        return (await node.mesh_state(m.path)).xattrs()
+    async def op_mesh_state(self, m: msg.PathArgs) -> Any:
+        return (await self.node.mesh_state(m.path)).xattrs()
 
-    async def op_stage(m: msg.DatasetsArgs) -> Any:
-        return await placing.stage(node, m.names)
+    async def op_stage(self, m: msg.DatasetsArgs) -> Any:
+        return await placing.stage(self.node, m.names)
 
-    async def op_shard_counts(m: msg.Empty) -> Any:
+    async def op_shard_counts(self, m: msg.Empty) -> Any:
         """Keys in this node's shard, and status pushes still in flight (tests, benchmarks)."""
-        counts = await asyncio.to_thread(shard.counts)
-        return {**counts, "pushes_pending": node.metadata.pending}
+        counts = await asyncio.to_thread(self.shard.counts)
+        return {**counts, "pushes_pending": self.node.metadata.pending}
 
-    ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
-        "region.cached": op_region_cached, "place.state": op_place_state, "stage": op_stage,
-        "mesh.state": op_mesh_state,
-        "region.held": op_region_held, "shard.held": op_shard_held, "quota.take": op_quota_take,
-        "info": op_info, "stat": op_stat, "list": op_list, "open": op_open, "shard.open": op_shard_open,
-        "shard.stat": op_shard_stat, "shard.list": op_shard_list, "shard.put": op_put,
-        "shard.drop": op_drop, "shard.forget": op_forget, "shard.attrs": op_attrs,
-        "shard.set_attrs": op_set_attrs, "shard.drop_attrs": op_drop_attrs,
-        "free": op_free, "report": op_report, "shard.counts": op_shard_counts,
-    }
-    assert ops.keys() == msg.OPS.keys(), "the schema and the handlers list different operations"
-    return {op: _typed(op, msg.OPS[op], fn) for op, fn in ops.items()}
+
+OPS: dict[str, str] = {  # wire op -> MetaApi method
+    "region.cached": "op_region_cached",
+    "place.state": "op_place_state",
+    "stage": "op_stage",
+    "mesh.state": "op_mesh_state",
+    "region.held": "op_region_held",
+    "shard.held": "op_shard_held",
+    "quota.take": "op_quota_take",
+    "info": "op_info",
+    "stat": "op_stat",
+    "list": "op_list",
+    "open": "op_open",
+    "shard.open": "op_shard_open",
+    "shard.stat": "op_shard_stat",
+    "shard.list": "op_shard_list",
+    "shard.put": "op_put",
+    "shard.drop": "op_drop",
+    "shard.forget": "op_forget",
+    "shard.attrs": "op_attrs",
+    "shard.set_attrs": "op_set_attrs",
+    "shard.drop_attrs": "op_drop_attrs",
+    "free": "op_free",
+    "report": "op_report",
+    "shard.counts": "op_shard_counts",
+}
+
+
+def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Handler]:
+    """The wire server's handler table: every op of the schema, bound to a :class:`MetaApi`."""
+    assert OPS.keys() == msg.OPS.keys(), "the schema and the handlers list different operations"
+    api = MetaApi(node, info)
+    return {op: _typed(op, msg.OPS[op], getattr(api, name)) for op, name in OPS.items()}
 
 
 def _typed(op: str, cls: type[msg.Msg], fn: Callable[[Any], Awaitable[Any]]) -> Handler:
