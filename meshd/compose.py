@@ -39,12 +39,12 @@ from meshd.cluster.membership import (
 )
 from meshd.cluster.peers import Cluster
 from meshd.config import NodeConfig
-from meshd.core.metrics import Metrics, Stats, UnderstoreMetrics
-from meshd.core.mounts import Mount, MountTable
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError
 from meshd.metadata.kv import KV, RocksKV
+from meshd.metadata.mounts import Mount, MountTable
 from meshd.metadata.shard import MetadataCache
+from meshd.metrics import Metrics, Stats, UnderstoreMetrics
 from meshd.region.federation import EtcdFederation, Federation
 from meshd.region.quota import Quotas, ThrottledStore
 from meshd.understore import UnderStore

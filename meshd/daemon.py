@@ -28,9 +28,9 @@ from aiohttp import web
 
 from meshd.compose import NodeParts, member, open_node
 from meshd.config import NodeConfig
-from meshd.core.metrics import Metrics
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError
+from meshd.metrics import Metrics
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
 from meshd.rpc.wire import WireServer
 from meshd.servers.grpc_api import MeshService

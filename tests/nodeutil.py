@@ -8,9 +8,9 @@ from pathlib import Path
 from meshd.cache.pages import PageCache
 from meshd.compose import NodeParts, build, member
 from meshd.config import CacheConfig, NodeConfig
-from meshd.core.metrics import Metrics, Stats
 from meshd.core.node import MeshNode
 from meshd.metadata.kv import KV
+from meshd.metrics import Metrics, Stats
 
 
 class NodeBox:

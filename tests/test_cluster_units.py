@@ -23,9 +23,9 @@ from meshd.cli import meshd as cli_meshd
 from meshd.cluster.membership import EtcdMembership, Member, members_prefix
 from meshd.cluster.ring import HashRing, moved_fraction
 from meshd.config import ClusterConfig, check_cluster, from_dict
-from meshd.core.mounts import Mount
 from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, NotFound
 from meshd.metadata.kv import MemoryKV
+from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import FileStatus, MetadataCache
 from meshd.rpc.wire import HEADER, MAX_FRAME, SyncWireClient, WireClient, WireServer
 from meshd.understore import ObjectInfo, UnderStore

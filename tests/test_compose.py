@@ -9,7 +9,7 @@ from pathlib import Path
 from meshd.cluster.membership import Etcd, EtcdMembership, StaticMembership
 from meshd.compose import Clustered, Embedded, build, member
 from meshd.config import CacheConfig, ClusterConfig, NodeConfig
-from meshd.core.mounts import Mount
+from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import MetadataCache
 from meshd.region.quota import ThrottledStore
 from topology.model import parse

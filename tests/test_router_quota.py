@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 
 from meshd.cluster.membership import Member
 from meshd.cluster.ring import HashRing
-from meshd.core.mounts import Mount
 from meshd.errors import MeshError, NotFound, UnderStoreError
+from meshd.metadata.mounts import Mount
 from meshd.region import federation as federation_mod
 from meshd.region.federation import HELD_TTL, Federation
 from meshd.region.quota import (

@@ -8,9 +8,9 @@ from meshd import paths
 from meshd.cache.pages import MemoryTier, PageKey
 from meshd.cache.readahead import ReadAhead
 from meshd.config import from_dict, parse_mount_flag, parse_size
-from meshd.core.mounts import MountTable
 from meshd.errors import InvalidArgument, InvalidPath, MountError
 from meshd.metadata.kv import MemoryKV
+from meshd.metadata.mounts import MountTable
 
 
 @pytest.mark.parametrize("bad", ["", "/a/../b", "/a/./b", "/a\x00b", "/" + "x" * 256, "/a/" + "b/" * 2100])
@@ -97,7 +97,7 @@ def test_config_sizes_and_unknown_keys() -> None:
 
 def test_page_keys_name_the_endpoint_not_only_the_bucket() -> None:
     from meshd.cache.pages import file_id
-    from meshd.core.mounts import Mount
+    from meshd.metadata.mounts import Mount
 
     a = Mount("/a", "s3://bucket", {"endpoint": "http://dc1:9000"})
     b = Mount("/b", "s3://bucket", {"endpoint": "http://dc2:9000"})

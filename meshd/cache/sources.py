@@ -37,10 +37,10 @@ from typing import Any
 from meshd.cache.pages import DiskPage, MemPage, Page, PageCache, PageKey, SingleFlight
 from meshd.cluster.membership import Member
 from meshd.cluster.peers import Cluster
-from meshd.core.metrics import Stats
-from meshd.core.mounts import Mount
 from meshd.errors import MeshError, NotFound, UnderStoreError, VersionChanged
+from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import FileStatus
+from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import UnderStore
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from meshd import __version__
 from meshd.client.sdk import MeshClient
-from meshd.core.mounts import mesh_path_of
 from meshd.errors import InvalidArgument, MeshError
+from meshd.metadata.mounts import mesh_path_of
 from topology.model import format_size as _size
 
 
@@ -254,13 +254,8 @@ def _resolve_uris(c: MeshClient, a: argparse.Namespace) -> None:
         setattr(a, attr, "mesh:" + p if a.command == "cp" else p)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meshctl", description="Operate a data mesh node.")
-    p.add_argument("--version", action="version", version=f"meshctl {__version__}")
-    p.add_argument("--endpoint", help="node gRPC host:port or data directory "
-                   "(default: $MESH_ENDPOINT, then the default data directory)")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_mount_command(sub: argparse._SubParsersAction) -> None:
+    """``meshctl mount add|rm|ls``."""
     m = sub.add_parser("mount", help="manage the mount table")
     msub = m.add_subparsers(dest="mount_cmd", required=True)
     ma = msub.add_parser("add", help="mount an under-store at a mesh path")
@@ -274,6 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_mount)
 
+
+def _add_file_commands(sub: argparse._SubParsersAction) -> None:
+    """The namespace commands: ``ls``, ``stat``, ``cat``, ``cp``, ``rm``, ``mkdir``, ``mv``."""
     s = sub.add_parser("ls", help="list a directory")
     s.add_argument("path", nargs="?", default="/")
     s.add_argument("-l", "--long", action="store_true")
@@ -302,6 +300,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("src")
     s.add_argument("dst")
     s.set_defaults(fn=cmd_mv)
+
+
+def _add_cache_commands(sub: argparse._SubParsersAction) -> None:
+    """The cache commands: ``load``, ``free``, ``sync``, ``report``."""
     s = sub.add_parser("load", help="warm the cache with everything under PATH")
     s.add_argument("path")
     s.add_argument("-q", "--quiet", action="store_true")
@@ -316,10 +318,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_report)
 
-    from meshd.cli import place as cli_place
 
-    cli_place.register(sub)
-
+def _add_topology_command(sub: argparse._SubParsersAction) -> None:
+    """``meshctl topology``: topology.cli's validate and show, plus ``apply`` (to etcd)."""
     from topology.cli import register, subcommands
 
     leaves = subcommands(register(sub))
@@ -330,6 +331,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--etcd", required=True, help="etcd endpoint(s), comma-separated host:port or URLs")
     s.add_argument("--cluster", required=True, help="the mesh's cluster name (meshd run --cluster)")
     s.set_defaults(fn_topology=cmd_topology_apply)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshctl", description="Operate a data mesh node.")
+    p.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    p.add_argument("--endpoint", help="node gRPC host:port or data directory "
+                   "(default: $MESH_ENDPOINT, then the default data directory)")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_mount_command(sub)
+    _add_file_commands(sub)
+    _add_cache_commands(sub)
+
+    from meshd.cli import place as cli_place
+
+    cli_place.register(sub)
+    _add_topology_command(sub)
     return p
 
 

@@ -3,7 +3,7 @@
 etcd layout (one cluster = one key prefix, ``/mesh/<cluster>/``)::
 
     /mesh/<cluster>/config                                 {"page_size": ...}
-    /mesh/<cluster>/mounts/<mesh path>                     a mount (meshd/core/mounts.py)
+    /mesh/<cluster>/mounts/<mesh path>                     a mount (meshd/metadata/mounts.py)
     /mesh/<cluster>/regions/<region>/members/<node id>     a member record, on a lease
 
 A node registers its record under a lease (``lease_ttl`` seconds) and keeps
@@ -411,7 +411,7 @@ class EtcdMounts:
             raise MeshError(f"cannot change the mount table: etcd unreachable ({_why(e)})") from None
 
     async def load(self) -> int:
-        from meshd.core.mounts import Mount
+        from meshd.metadata.mounts import Mount
 
         resp = await self.etcd.call(self.etcd.client.get_prefix((self.prefix + "/").encode()))
         mounts = []

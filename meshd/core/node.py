@@ -31,8 +31,6 @@ from meshd.cluster.membership import Member
 from meshd.cluster.peers import Cluster
 from meshd.core import placing
 from meshd.core.handle import FileHandle, Segment, pin
-from meshd.core.metrics import Stats
-from meshd.core.mounts import MountTable
 from meshd.errors import (
     DirectoryNotEmpty,
     InvalidArgument,
@@ -43,8 +41,10 @@ from meshd.errors import (
     NotSupported,
     PermissionDenied,
 )
+from meshd.metadata.mounts import MountTable
 from meshd.metadata.shard import FileStatus, MetadataCache, page_of
 from meshd.metadata.sharded import ShardedMetadata
+from meshd.metrics import Stats
 from meshd.region.federation import Federation
 
 log = logging.getLogger(__name__)

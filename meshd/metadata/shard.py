@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd import paths
-from meshd.core.mounts import Mount
 from meshd.errors import MeshError
 from meshd.metadata.kv import KV
+from meshd.metadata.mounts import Mount
 from meshd.understore import ObjectInfo, UnderStore
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from typing import Any, TypeVar, cast
 from meshd import paths
 from meshd.cluster.membership import Member
 from meshd.cluster.peers import Cluster
-from meshd.core.mounts import Mount
 from meshd.errors import NodeUnavailable
+from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import FileStatus, MetadataCache
 from meshd.understore import UnderStore
 

@@ -40,8 +40,8 @@ import aiohttp
 from meshd.cluster.membership import PREFIX, Etcd, Member, _why
 from meshd.cluster.peers import Cluster, page_url, ring_of
 from meshd.cluster.ring import HashRing
-from meshd.core.mounts import Mount
 from meshd.errors import MeshError, NodeUnavailable, UnderStoreError
+from meshd.metadata.mounts import Mount
 from meshd.region.quota import Crossing, LinkQuota, Quotas
 from topology.model import Topology, TopologyError, parse
 from topology.router import Source, network_path, route, worth_asking
