@@ -16,7 +16,6 @@ the file's status is recorded and its old cached pages dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -27,16 +26,14 @@ from meshd import paths
 from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
 from meshd.cache.readahead import ReadAhead
 from meshd.cache.sources import PageSources, Pinned, Target
-from meshd.cluster.membership import Member
 from meshd.cluster.peers import Cluster
-from meshd.core import placing
+from meshd.core import admin, placing
+from meshd.core.admin import LoadProgress
 from meshd.core.handle import FileHandle, Segment, pin
 from meshd.errors import (
     DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
-    MeshError,
-    NodeUnavailable,
     NotFound,
     NotSupported,
     PermissionDenied,
@@ -56,16 +53,6 @@ class MountPoint:
 
     path: str
     read_only: bool
-
-
-@dataclass(frozen=True)
-class LoadProgress:
-    path: str
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    bytes_fetched: int  # of bytes_done, how many came from the under-store
 
 
 class MeshNode:
@@ -254,45 +241,6 @@ class MeshNode:
         """Which of the pages ``indices`` of ``path`` at ``version`` this node holds."""
         return self.sources.held(self._pinned(path, version), indices)
 
-    async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
-        """Which pages of ``path`` at ``version`` this region holds: each page's owner
-        answers for it (a peer region asks before choosing where to fetch from)."""
-        by_owner = await self.held_by_owner(path, version, size)
-        return sorted(i for pages in by_owner.values() for i in pages)
-
-    async def held_by_owner(self, path: str, version: str, size: int) -> dict[str, list[int]]:
-        """The pages of ``path`` at ``version`` this region holds, by the node holding them
-        (its node id): each page's owner answers for its pages."""
-        if size < 0 or not version:
-            raise InvalidArgument(f"bad held request: size={size} version={version!r}")
-        t = self._target(path)
-        fid = file_id(t.mount.identity, t.rel)
-        indices = list(self.cache.page_range(0, size))
-        cluster = self.cluster
-        if cluster is None or cluster.single:
-            held = self.held_here(path, version, indices)
-            return {cluster.me.node_id if cluster is not None else "": held} if held else {}
-        by_owner: dict[str, list[int]] = {}
-        owners: dict[str, Member] = {}
-        for i in indices:
-            chain = cluster.chain(f"p:{fid}:{i}".encode(), 1)
-            if chain:
-                by_owner.setdefault(chain[0].node_id, []).append(i)
-                owners[chain[0].node_id] = chain[0]
-
-        async def one(node_id: str, pages: list[int]) -> list[int]:
-            m = owners[node_id]
-            if cluster.is_me(m):
-                return self.held_here(path, version, pages)
-            try:
-                got = await cluster.call(m, "shard.held", {"p": path, "v": version, "i": pages}, wait=5.0)
-                return [int(i) for i in got]
-            except MeshError:
-                return []  # an owner that cannot answer holds nothing we can count on
-
-        results = await asyncio.gather(*(one(n, ps) for n, ps in by_owner.items()))
-        return {n: r for n, r in zip(by_owner, results, strict=True) if r}
-
     async def prefer_file(self, seg: Segment, min_length: int = 256 << 10) -> None:
         """Swap a large in-memory segment for its page file, for zero-copy senders."""
         if isinstance(seg.page, MemPage) and seg.key is not None and seg.length >= min_length:
@@ -421,129 +369,34 @@ class MeshNode:
                 yield child
 
     async def load(self, path: str, progress_interval: float = 0.2) -> AsyncIterator[LoadProgress]:
-        """Warm the cache with every page under ``path``; yields progress.
-
-        Pages are fetched ``load_parallelism`` at a time through the same
-        single-flight as reads, so a load racing readers fetches nothing twice.
-        Progress is yielded at most every ``progress_interval`` seconds, after
-        each file, and once at the end.
-        """
-        files = [f async for f in self.walk_files(path)]
-        total = sum(f.size for f in files)
-        done = fetched = 0
-        ps = self.cache.page_size
-        sem = asyncio.Semaphore(self.load_parallelism)
-        last = time.monotonic()
-
-        async def one(f: Pinned, index: int) -> tuple[int, bool]:
-            async with sem:
-                return f.page_len(index, ps), await self.sources.warm(f, index)
-
-        for n, st in enumerate(files):
-            f = pin(self._target(st.path), st)
-            for coro in asyncio.as_completed([one(f, i) for i in self.cache.page_range(0, st.size)]):
-                size, was_fetched = await coro
-                done += size
-                fetched += size if was_fetched else 0
-                if time.monotonic() - last >= progress_interval:
-                    last = time.monotonic()
-                    yield LoadProgress(st.path, n, len(files), done, total, fetched)
-            yield LoadProgress(st.path, n + 1, len(files), done, total, fetched)
-        if not files:
-            yield LoadProgress(paths.normalize(path), 0, 0, 0, 0, 0)
+        """Warm the cache with every page under ``path``; yields progress (:func:`admin.load`)."""
+        async for p in admin.load(self, path, progress_interval):
+            yield p
 
     async def free(self, path: str) -> int:
-        """Drop the cached pages of every known file at or below ``path``; returns bytes.
-
-        In a cluster a file's pages are on every node: the files are found by
-        walking the (cached) listings, and every member drops their pages."""
-        norm = paths.normalize(path)
-        if self.cluster is None or self.cluster.single:
-            return self.free_ids(self._file_ids(self.metadata.cached_paths(norm)))
-        ids = self._file_ids([f.path async for f in self.walk_files(norm)])
-        freed = self.free_ids(ids)
-        for node_id, r in (await self.cluster.broadcast("free", {"ids": ids}, wait=120)).items():
-            if isinstance(r, Exception):
-                log.warning("free %s on %s failed: %s", norm, node_id, r)
-            else:
-                freed += int(r)
-        return freed
-
-    def _file_ids(self, fpaths: list[str]) -> list[str]:
-        ids = []
-        for fpath in fpaths:
-            found = self.mounts.resolve(fpath)
-            if found is not None:
-                mount, rel = found
-                ids.append(file_id(mount.identity, rel))
-        return ids
+        """Drop the cached pages of every known file at or below ``path``; returns bytes."""
+        return await admin.free(self, path)
 
     def free_ids(self, ids: list[str]) -> int:
-        return sum(self.cache.drop_file(i) for i in ids)
+        return admin.free_ids(self, ids)
 
     async def sync(self, path: str) -> int:
         """Forget cached metadata under ``path`` and reload it from the under-store."""
-        norm = paths.normalize(path)
-        await self.metadata.forget_subtree(norm)
-        count = 0
-        async for _f in self.walk_files(norm):
-            count += 1
-        return count
+        return await admin.sync(self, path)
 
     def report(self) -> dict[str, Any]:
-        s, c = self.stats, self.cache
-        by_source = dict(s.bytes_by_source)
-        return {
-            "page_size": c.page_size,
-            "tiers": {
-                name: {"capacity": st.capacity, "used": st.used, "pages": st.pages, "hits": st.hits,
-                       "evicted_pages": st.evicted_pages}
-                for name, st in (("memory", c.memory.stats), ("disk", c.disk.stats))
-            },
-            "hits": s.hits,
-            "misses": s.misses,
-            "page_fetches": s.page_fetches,
-            "hit_ratio": s.hit_ratio(),
-            "bytes_by_source": by_source,
-            "bytes_from_cache": by_source["memory"] + by_source["disk"],
-            "bytes_from_understore": by_source["understore"] + by_source["nocache"],
-            "understore_requests": {f"{k[0]}:{k[1]}": v for k, v in sorted(s.understore_requests.items())},
-            "cache_write_errors": c.disk.write_errors,
-            "metadata_write_errors": self.metadata.write_errors,
-            "corrupt_pages": c.disk.corrupt_pages,
-            "mounts": len(self.mounts.entries()),
-            "metadata_forwarded": self.metadata.forwarded,
-            "metadata_fallbacks": self.metadata.fallbacks,
-            "region_served": s.region_served,
-            "federation": self.federation.report() if self.federation is not None else None,
-        }
+        return admin.report(self)
 
     async def cluster_report(self, wait: float = 2.0) -> list[dict[str, Any]]:
         """Every member of the region: state, capacity and use (asked of each, in parallel)."""
-        c = self.cluster
-        if c is None:
-            return []
+        return await admin.cluster_report(self, wait)
 
-        async def one(m: Member) -> dict[str, Any]:
-            row: dict[str, Any] = {"node_id": m.node_id, "region": m.region, "zone": m.zone,
-                                   "grpc": m.grpc, "capacity": m.capacity, "labels": m.labels,
-                                   "state": c.state(m)}
-            try:
-                r = self.report() if c.is_me(m) else await c.call(m, "report", {}, wait)
-                tiers = r["tiers"]
-                row["used"] = tiers["memory"]["used"] + tiers["disk"]["used"]
-                row["pages"] = tiers["memory"]["pages"] + tiers["disk"]["pages"]
-                row["hit_ratio"] = r["hit_ratio"]
-                if r.get("federation"):
-                    row["links"] = r["federation"]["links"]
-            except NodeUnavailable:
-                row["state"] = "unreachable"
-            except Exception as e:
-                row["state"] = f"error: {e}"
-            return row
+    async def held_in_region(self, path: str, version: str, size: int) -> list[int]:
+        """Which pages of ``path`` at ``version`` this region holds (each page's owner answers)."""
+        return await admin.held_in_region(self, path, version, size)
 
-        rows = await asyncio.gather(*(one(m) for m in c.members.values()))
-        return sorted(rows, key=lambda r: r["node_id"])
+    async def held_by_owner(self, path: str, version: str, size: int) -> dict[str, list[int]]:
+        return await admin.held_by_owner(self, path, version, size)
 
     async def mesh_state(self, path: str) -> placing.MeshState:
         """The mesh's state of a path (home region, bytes cached in this region): the one
