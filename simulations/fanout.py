@@ -61,75 +61,15 @@ def simulate(topo: Topology, home: str, readers: Mapping[str, int], dataset_byte
     ``total``. ValueError for a region the topology does not know, or one
     that cannot reach the store or any holder.
     """
-    if page <= 0:
-        raise ValueError(f"page size must be above 0, got {page}")
-    if dataset_bytes < 0:
-        raise ValueError(f"dataset size must be >= 0, got {dataset_bytes}")
     start = dict(start or {})
-    for region in [home, *readers, *start]:
-        if region not in topo.regions:
-            raise ValueError(f"unknown region {region!r}; the topology has {', '.join(sorted(topo.regions))}")
-    for region, count in readers.items():
-        if count < 0:
-            raise ValueError(f"reader count of {region} must be >= 0, got {count}")
+    _check_inputs(topo, home, readers, dataset_bytes, page, start)
     pages = math.ceil(dataset_bytes / page)
     sizes = [min(page, dataset_bytes - i * page) for i in range(pages)]
-    unique = float(dataset_bytes)
-
-    mesh_bytes: dict[tuple[str, str], int] = {}
-    direct_bytes: dict[tuple[str, str], int] = {}
-    regions: dict[str, dict[str, Any]] = {}
-    arrived: list[dict[str, float]] = [{} for _ in range(pages)]  # page -> region -> arrival time
-
-    # Events: (time, rank, region, page index); the rank (order given) breaks ties.
-    queue: list[tuple[float, int, str, int]] = []
-    for rank, (region, count) in enumerate(readers.items()):
-        t0 = float(start.get(region, 0.0))
-        regions[region] = {"readers": count, "start": t0, "bytes_in": 0, "ratio": 0.0,
-                           "sources": {}, "finish": t0, "direct_bytes_in": 0}
-        if count > 0 and pages:
-            heapq.heappush(queue, (t0, rank, region, 0))
-        if count > 0 and region != home:
-            hops = network_path(topo, home, region)
-            if hops is None:
-                raise ValueError(f"region {region} cannot reach the store's home {home}")
-            for a, b in itertools.pairwise(hops):
-                direct_bytes[(a, b)] = direct_bytes.get((a, b), 0) + count * dataset_bytes
-            regions[region]["direct_bytes_in"] = count * dataset_bytes
-
-    while queue:
-        now, rank, region, i = heapq.heappop(queue)
-        holders = [r for r, at in arrived[i].items() if at <= now and r != region]
-        sources = route(topo, region, home, holders, sizes[i])
-        if not sources:
-            raise ValueError(f"region {region} can reach neither the store's home {home} "
-                             f"nor any region holding page {i}")
-        best = sources[0]
-        for link in best.links:
-            mesh_bytes[link] = mesh_bytes.get(link, 0) + sizes[i]
-        r = regions[region]
-        if best.links:
-            r["bytes_in"] += sizes[i]
-        r["sources"][best.name] = r["sources"].get(best.name, 0) + 1
-        done = now + best.seconds
-        arrived[i][region] = done
-        r["finish"] = done
-        if i + 1 < pages:
-            heapq.heappush(queue, (done, rank, region, i + 1))
-
-    def ratio(n: float) -> float:
-        return n / unique if unique else 0.0
-
-    links = []
-    for key in sorted(set(mesh_bytes) | set(direct_bytes)):
-        figures = topo.links[key]
-        mesh, direct = mesh_bytes.get(key, 0), direct_bytes.get(key, 0)
-        links.append({"link": f"{key[0]}>{key[1]}", "src": key[0], "dst": key[1],
-                      "bytes": mesh, "ratio": ratio(mesh), "cost": figures.cost * mesh / GIB,
-                      "direct_bytes": direct, "direct_ratio": ratio(direct),
-                      "direct_cost": figures.cost * direct / GIB})
+    regions, direct_bytes, queue = _start_readers(topo, home, readers, dataset_bytes, pages, start)
+    mesh_bytes = _replay_pages(topo, home, sizes, regions, queue)
+    links = _link_figures(topo, mesh_bytes, direct_bytes, dataset_bytes)
     for r in regions.values():
-        r["ratio"] = ratio(r["bytes_in"])
+        r["ratio"] = _ratio(r["bytes_in"], dataset_bytes)
         r["sources"] = dict(sorted(r["sources"].items()))
     return {
         "topology": topo.name,
@@ -147,6 +87,96 @@ def simulate(topo: Topology, home: str, readers: Mapping[str, int], dataset_byte
             "finish": max((r["finish"] for r in regions.values()), default=0.0),
         },
     }
+
+
+# Replay events: (time, rank, region, page index); the rank (order given) breaks ties.
+_Event = tuple[float, int, str, int]
+
+
+def _check_inputs(topo: Topology, home: str, readers: Mapping[str, int], dataset_bytes: int, page: int,
+                  start: Mapping[str, float]) -> None:
+    """ValueError for a size out of range, an unknown region or a negative reader count."""
+    if page <= 0:
+        raise ValueError(f"page size must be above 0, got {page}")
+    if dataset_bytes < 0:
+        raise ValueError(f"dataset size must be >= 0, got {dataset_bytes}")
+    for region in [home, *readers, *start]:
+        if region not in topo.regions:
+            raise ValueError(f"unknown region {region!r}; the topology has {', '.join(sorted(topo.regions))}")
+    for region, count in readers.items():
+        if count < 0:
+            raise ValueError(f"reader count of {region} must be >= 0, got {count}")
+
+
+def _start_readers(topo: Topology, home: str, readers: Mapping[str, int], dataset_bytes: int, pages: int,
+                   start: Mapping[str, float]
+                   ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int], list[_Event]]:
+    """Each reader region's figures at its start, the bytes direct reads move per link,
+    and the queue of first-page events."""
+    regions: dict[str, dict[str, Any]] = {}
+    direct_bytes: dict[tuple[str, str], int] = {}
+    queue: list[_Event] = []
+    for rank, (region, count) in enumerate(readers.items()):
+        t0 = float(start.get(region, 0.0))
+        regions[region] = {"readers": count, "start": t0, "bytes_in": 0, "ratio": 0.0,
+                           "sources": {}, "finish": t0, "direct_bytes_in": 0}
+        if count > 0 and pages:
+            heapq.heappush(queue, (t0, rank, region, 0))
+        if count > 0 and region != home:
+            hops = network_path(topo, home, region)
+            if hops is None:
+                raise ValueError(f"region {region} cannot reach the store's home {home}")
+            for a, b in itertools.pairwise(hops):
+                direct_bytes[(a, b)] = direct_bytes.get((a, b), 0) + count * dataset_bytes
+            regions[region]["direct_bytes_in"] = count * dataset_bytes
+    return regions, direct_bytes, queue
+
+
+def _replay_pages(topo: Topology, home: str, sizes: Sequence[int], regions: dict[str, dict[str, Any]],
+                  queue: list[_Event]) -> dict[tuple[str, str], int]:
+    """Run the events in time order, each region fetching its pages one at a time through the
+    router; updates ``regions`` (bytes in, sources, finish) and returns the mesh's bytes per link."""
+    mesh_bytes: dict[tuple[str, str], int] = {}
+    arrived: list[dict[str, float]] = [{} for _ in sizes]  # page -> region -> arrival time
+    while queue:
+        now, rank, region, i = heapq.heappop(queue)
+        holders = [r for r, at in arrived[i].items() if at <= now and r != region]
+        sources = route(topo, region, home, holders, sizes[i])
+        if not sources:
+            raise ValueError(f"region {region} can reach neither the store's home {home} "
+                             f"nor any region holding page {i}")
+        best = sources[0]
+        for link in best.links:
+            mesh_bytes[link] = mesh_bytes.get(link, 0) + sizes[i]
+        r = regions[region]
+        if best.links:
+            r["bytes_in"] += sizes[i]
+        r["sources"][best.name] = r["sources"].get(best.name, 0) + 1
+        done = now + best.seconds
+        arrived[i][region] = done
+        r["finish"] = done
+        if i + 1 < len(sizes):
+            heapq.heappush(queue, (done, rank, region, i + 1))
+    return mesh_bytes
+
+
+def _ratio(n: float, unique_bytes: int) -> float:
+    unique = float(unique_bytes)
+    return n / unique if unique else 0.0
+
+
+def _link_figures(topo: Topology, mesh_bytes: Mapping[tuple[str, str], int],
+                  direct_bytes: Mapping[tuple[str, str], int], unique_bytes: int) -> list[dict[str, Any]]:
+    """One entry per link direction that moved bytes: bytes, ratio and cost, mesh and direct."""
+    links = []
+    for key in sorted(set(mesh_bytes) | set(direct_bytes)):
+        figures = topo.links[key]
+        mesh, direct = mesh_bytes.get(key, 0), direct_bytes.get(key, 0)
+        links.append({"link": f"{key[0]}>{key[1]}", "src": key[0], "dst": key[1],
+                      "bytes": mesh, "ratio": _ratio(mesh, unique_bytes), "cost": figures.cost * mesh / GIB,
+                      "direct_bytes": direct, "direct_ratio": _ratio(direct, unique_bytes),
+                      "direct_cost": figures.cost * direct / GIB})
+    return links
 
 
 # ---- command line ----------------------------------------------------------------------------

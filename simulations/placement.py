@@ -53,9 +53,25 @@ def synthetic(regions: int = 20, nodes: int = 2000, datasets: int = 200, seed: i
         raise ValueError("nodes and datasets must be >= 0")
     rng = random.Random(seed)
     names = [_region(i) for i in range(regions)]
+    node_list = _synthetic_nodes(rng, names, nodes)
+    by_region: dict[str, list[str]] = {}
+    for n in node_list:
+        by_region.setdefault(n.region, []).append(n.name)
+    region_objs = [Region(r, zones=(f"{r}a", f"{r}b"), nodes=tuple(by_region.get(r, ()))) for r in names]
+    links = _synthetic_links(rng, names)
+    stores = [Store(f"store-{i}", rng.choice(names), f"s3://store-{i}")
+              for i in range(max(1, min(5, regions)))]
+    topo = Topology(region_objs, links, stores, name=f"synthetic-{regions}r-seed{seed}")
+    ds = _synthetic_datasets(rng, datasets, stores, [r for r in names if by_region.get(r)], by_region)
 
-    # Nodes: every region gets at least one when there are enough, the rest at random.
-    where = [names[i % regions] for i in range(min(nodes, regions))]
+    # Load: a third of the link directions carry up to their whole quota (some more: the floor).
+    load = {(k.src, k.dst): k.quota * rng.uniform(0.0, 1.1) for k in links if rng.random() < 1 / 3}
+    return State(topo, ds, {n.name: n for n in node_list}, load)
+
+
+def _synthetic_nodes(rng: random.Random, names: Sequence[str], nodes: int) -> list[Node]:
+    """Nodes: every region gets at least one when there are enough, the rest at random."""
+    where = [names[i % len(names)] for i in range(min(nodes, len(names)))]
     where += [rng.choice(names) for _ in range(nodes - len(where))]
     node_list: list[Node] = []
     count: dict[str, int] = {}
@@ -63,12 +79,12 @@ def synthetic(regions: int = 20, nodes: int = 2000, datasets: int = 200, seed: i
         k = count[region] = count.get(region, -1) + 1
         node_list.append(Node(f"{region}-n{k:04d}", region, f"{region}{'ab'[k % 2]}",
                               gpus_free=rng.randint(0, 8), cache=rng.random() < 0.85))
-    by_region: dict[str, list[str]] = {}
-    for n in node_list:
-        by_region.setdefault(n.region, []).append(n.name)
-    region_objs = [Region(r, zones=(f"{r}a", f"{r}b"), nodes=tuple(by_region.get(r, ()))) for r in names]
+    return node_list
 
-    # Links: a ring (connected) plus about one random chord per region.
+
+def _synthetic_links(rng: random.Random, names: Sequence[str]) -> list[Link]:
+    """Links, both directions alike: a ring (connected) plus about one random chord per region."""
+    regions = len(names)
     pairs: set[tuple[str, str]] = set()
     for i in range(regions if regions > 1 else 0):
         a, b = sorted((names[i], names[(i + 1) % regions]))
@@ -87,19 +103,19 @@ def synthetic(regions: int = 20, nodes: int = 2000, datasets: int = 200, seed: i
         cost = round(rng.uniform(0, 0.1), 4)
         links += [Link(a, b, capacity, latency, cost, quota, OVERHEAD),
                   Link(b, a, capacity, latency, cost, quota, OVERHEAD)]
+    return links
 
-    stores = [Store(f"store-{i}", rng.choice(names), f"s3://store-{i}")
-              for i in range(max(1, min(5, regions)))]
-    topo = Topology(region_objs, links, stores, name=f"synthetic-{regions}r-seed{seed}")
 
-    # Datasets: log-uniform sizes, homed at a store, cached on a few nodes of a few regions.
+def _synthetic_datasets(rng: random.Random, datasets: int, stores: Sequence[Store], holding: Sequence[str],
+                        by_region: dict[str, list[str]]) -> dict[str, Dataset]:
+    """Datasets: log-uniform sizes, homed at a store, cached on a few nodes of a few of the
+    ``holding`` regions (those with nodes)."""
     ds: dict[str, Dataset] = {}
     for i in range(datasets):
         store = rng.choice(stores)
         size = int(10 * GIB * (1024 ** rng.random()))  # 10 GiB .. 10 TiB
         size = min(size, 10 * TIB)
         cached: dict[str, dict[str, int]] = {}
-        holding = [r for r in names if by_region.get(r)]
         for region in rng.sample(holding, min(len(holding), rng.choice((0, 1, 1, 2, 3)))):
             share = 1.0 if rng.random() < 0.3 else rng.uniform(0.05, 0.95)
             total = int(size * share)
@@ -109,10 +125,7 @@ def synthetic(regions: int = 20, nodes: int = 2000, datasets: int = 200, seed: i
             cached[region] = {n: p for n, p in zip(on, parts, strict=True) if p > 0}
         path = f"{store.uri}/ds{i:03d}"
         ds[path] = Dataset(path, size, store.home, cached)
-
-    # Load: a third of the link directions carry up to their whole quota (some more: the floor).
-    load = {(k.src, k.dst): k.quota * rng.uniform(0.0, 1.1) for k in links if rng.random() < 1 / 3}
-    return State(topo, ds, {n.name: n for n in node_list}, load)
+    return ds
 
 
 def jobs(state: State, n: int = 1000, seed: int = 1) -> list[Job]:

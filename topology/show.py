@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .model import DEFAULT_OVERHEAD, Link, Topology, format_duration, format_rate
 
@@ -102,9 +103,6 @@ def export_image(topo: Topology, path: str | os.PathLike[str]) -> Path:
     import networkx as nx
 
     g = topo.graph
-    homes: dict[str, list[str]] = {}
-    for s in topo.stores.values():
-        homes.setdefault(s.home, []).append(s.name)
     size = max(6.0, 2.2 * len(g) ** 0.5 + 3)
     fig = Figure(figsize=(size, size * 0.8))
     FigureCanvasAgg(fig)
@@ -121,21 +119,46 @@ def export_image(topo: Topology, path: str | os.PathLike[str]) -> Path:
     ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
     ax.set_aspect("equal")
 
+    _draw_regions(topo, ax, pos)
+    _draw_links(topo, ax, pos)
+    fig.savefig(out, format=kind[1:], dpi=120, bbox_inches="tight")
+    return out
+
+
+_NODE_SIZE = 2600  # of a region's disc, in points^2 (the arrows stop at its edge)
+
+
+def _draw_regions(topo: Topology, ax: Any, pos: Any) -> None:
+    """The regions as discs at ``pos``, labelled; those that are a store's home in amber,
+    with the stores named."""
+    import networkx as nx
+
+    g = topo.graph
+    homes: dict[str, list[str]] = {}
+    for s in topo.stores.values():
+        homes.setdefault(s.home, []).append(s.name)
     plain = [n for n in g if n not in homes]
     home = [n for n in g if n in homes]
-    node_size = 2600
-    nx.draw_networkx_nodes(g, pos, nodelist=plain, ax=ax, node_size=node_size, node_color="#cfe3f5",
+    nx.draw_networkx_nodes(g, pos, nodelist=plain, ax=ax, node_size=_NODE_SIZE, node_color="#cfe3f5",
                            edgecolors="#3a6ea5")
-    nx.draw_networkx_nodes(g, pos, nodelist=home, ax=ax, node_size=node_size, node_color="#ffd98e",
+    nx.draw_networkx_nodes(g, pos, nodelist=home, ax=ax, node_size=_NODE_SIZE, node_color="#ffd98e",
                            edgecolors="#b07d10", linewidths=2.5)
     labels = {n: n + ("\nhome: " + ", ".join(homes[n]) if n in homes else "") for n in g}
     nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=9)
 
-    # Both directions are drawn as arcs so each stays visible; a symmetric pair with the
-    # same figures gets one label.
+
+def _draw_links(topo: Topology, ax: Any, pos: Any) -> None:
+    """The links between the regions at ``pos``, with their figures.
+
+    Both directions are drawn as arcs so each stays visible; a symmetric pair with the
+    same figures gets one label.
+    """
+    import networkx as nx
+
+    g = topo.graph
     style = "arc3,rad=0.12"
     nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, arrowstyle="-|>", arrowsize=14,
-                           node_size=node_size, connectionstyle=style, edge_color="#555555")
+                           node_size=_NODE_SIZE, connectionstyle=style, edge_color="#555555")
     edge_labels: dict[tuple[str, str], str] = {}
     for k, back in _link_pairs(topo):
         for link in (k, back):
@@ -145,7 +168,5 @@ def export_image(topo: Topology, path: str | os.PathLike[str]) -> Path:
                                                  f"{format_rate(link.quota)}\n"
                                                  f"{format_duration(link.latency)}")
     nx.draw_networkx_edge_labels(g, pos, edge_labels=edge_labels, ax=ax, font_size=7,
-                                 node_size=node_size, connectionstyle=style,
+                                 node_size=_NODE_SIZE, connectionstyle=style,
                                  bbox={"boxstyle": "round", "fc": "white", "ec": "#bbbbbb", "alpha": 0.9})
-    fig.savefig(out, format=kind[1:], dpi=120, bbox_inches="tight")
-    return out

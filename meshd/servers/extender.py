@@ -254,17 +254,43 @@ def _pod(obj: Any, what: str) -> dict[str, Any]:
     return pod
 
 
-def make_app(cache: StateCache) -> web.Application:
-    async def decide(pod: dict[str, Any], nodes: list[dict[str, Any]], names: list[str]) -> Decision:
+def _task_pod(args: dict[str, Any]) -> dict[str, Any]:
+    """The pod of a Volcano request's ``task`` (a TaskInfo)."""
+    task = field(args, "task")
+    if not isinstance(task, dict):
+        raise BadRequest("task is missing or not an object")
+    return _pod(field(task, "Pod"), "task.Pod")
+
+
+def _node_info(info: Any) -> tuple[dict[str, Any], str]:
+    """(node object, node name) of a Volcano NodeInfo."""
+    if not isinstance(info, dict):
+        raise BadRequest("node info is not an object")
+    obj = field(info, "Node")
+    if not isinstance(obj, dict):
+        obj = {}
+    name = field(info, "Name") or (obj.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("node info has no Name")
+    return (obj or {"metadata": {"name": name}}), name
+
+
+class ExtenderHandlers:
+    """The extender's POST routes, deciding over the states of one :class:`StateCache`."""
+
+    def __init__(self, cache: StateCache) -> None:
+        self.cache = cache
+
+    async def decide(self, pod: dict[str, Any], nodes: list[dict[str, Any]], names: list[str]) -> Decision:
         datasets = k8s.datasets_of(pod)
-        state = await cache.get(datasets) if datasets else None
+        state = await self.cache.get(datasets) if datasets else None
         return Decision(pod, nodes, names, state)
 
-    async def kube_filter(request: web.Request) -> web.Response:
+    async def kube_filter(self, request: web.Request) -> web.Response:
         args = await _body(request)
         pod = _pod(field(args, "pod"), "pod")
         nodes, names, names_only = _kube_nodes(args)
-        d = await decide(pod, nodes, names)
+        d = await self.decide(pod, nodes, names)
         failed = {}
         for n in names:
             why = d.refusal(n)
@@ -276,75 +302,64 @@ def make_app(cache: StateCache) -> web.Application:
         return _json({"nodes": {"apiVersion": "v1", "kind": "NodeList", "items": kept},
                       "failedNodes": failed, "error": ""})
 
-    async def kube_prioritize(request: web.Request) -> web.Response:
+    async def kube_prioritize(self, request: web.Request) -> web.Response:
         args = await _body(request)
         pod = _pod(field(args, "pod"), "pod")
         nodes, names, _ = _kube_nodes(args)
-        d = await decide(pod, nodes, names)
+        d = await self.decide(pod, nodes, names)
         return _json([{"host": n, "score": round(KUBE_MAX * d.score(n))} for n in names])
 
-    def task_pod(args: dict[str, Any]) -> dict[str, Any]:
-        task = field(args, "task")
-        if not isinstance(task, dict):
-            raise BadRequest("task is missing or not an object")
-        return _pod(field(task, "Pod"), "task.Pod")
-
-    def node_info(info: Any) -> tuple[dict[str, Any], str]:
-        if not isinstance(info, dict):
-            raise BadRequest("node info is not an object")
-        obj = field(info, "Node")
-        if not isinstance(obj, dict):
-            obj = {}
-        name = field(info, "Name") or (obj.get("metadata") or {}).get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest("node info has no Name")
-        return (obj or {"metadata": {"name": name}}), name
-
-    async def volcano_predicate(request: web.Request) -> web.Response:
+    async def volcano_predicate(self, request: web.Request) -> web.Response:
         args = await _body(request)
-        pod = task_pod(args)
-        obj, name = node_info(field(args, "node"))
-        d = await decide(pod, [obj], [name])
+        pod = _task_pod(args)
+        obj, name = _node_info(field(args, "node"))
+        d = await self.decide(pod, [obj], [name])
         why = d.refusal(name)
         return _json({"status": "", "code": 0} if why is None else {"status": why[0], "code": why[1]})
 
-    async def volcano_prioritize(request: web.Request) -> web.Response:
+    async def volcano_prioritize(self, request: web.Request) -> web.Response:
         args = await _body(request)
-        pod = task_pod(args)
+        pod = _task_pod(args)
         infos = field(args, "nodes")
         if not isinstance(infos, list):
             raise BadRequest("nodes must be a list of node infos")
-        pairs = [node_info(i) for i in infos]
-        d = await decide(pod, [o for o, _ in pairs], [n for _, n in pairs])
+        pairs = [_node_info(i) for i in infos]
+        d = await self.decide(pod, [o for o, _ in pairs], [n for _, n in pairs])
         return _json({"nodeScore": {n: round(VOLCANO_MAX * d.score(n), 3) for _, n in pairs}, "errorMessage": ""})
 
-    async def session(request: web.Request) -> web.Response:
-        return _json({})
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+async def _session(request: web.Request) -> web.Response:
+    return _json({})
 
-    @web.middleware
-    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except BadRequest as e:
-            return _json({"error": str(e)}, status=400)
-        except web.HTTPException:
-            raise
-        except Exception as e:  # never a traceback to the scheduler; it retries or ignores
-            log.exception("extender %s failed", request.path)
-            return _json({"error": f"{type(e).__name__}: {e}"}, status=500)
 
-    app = web.Application(middlewares=[errors])
-    app.router.add_post("/kube/filter", kube_filter)
-    app.router.add_post("/kube/prioritize", kube_prioritize)
-    app.router.add_post("/volcano/predicate", volcano_predicate)
-    app.router.add_post("/volcano/prioritize", volcano_prioritize)
-    app.router.add_post("/volcano/onSessionOpen", session)
-    app.router.add_post("/volcano/onSessionClose", session)
-    app.router.add_get("/healthz", healthz)
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return _json({"error": str(e)}, status=400)
+    except web.HTTPException:
+        raise
+    except Exception as e:  # never a traceback to the scheduler; it retries or ignores
+        log.exception("extender %s failed", request.path)
+        return _json({"error": f"{type(e).__name__}: {e}"}, status=500)
+
+
+def make_app(cache: StateCache) -> web.Application:
+    handlers = ExtenderHandlers(cache)
+    app = web.Application(middlewares=[_errors])
+    app.router.add_post("/kube/filter", handlers.kube_filter)
+    app.router.add_post("/kube/prioritize", handlers.kube_prioritize)
+    app.router.add_post("/volcano/predicate", handlers.volcano_predicate)
+    app.router.add_post("/volcano/prioritize", handlers.volcano_prioritize)
+    app.router.add_post("/volcano/onSessionOpen", _session)
+    app.router.add_post("/volcano/onSessionClose", _session)
+    app.router.add_get("/healthz", _healthz)
     return app
 
 

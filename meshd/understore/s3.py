@@ -54,6 +54,7 @@ import datetime
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -191,79 +192,111 @@ def _truthy(value: str) -> bool:
     raise MountError(f"s3 mount option 'anonymous' must be true or false, got {value!r}")
 
 
+def _bucket_and_prefix(uri: str) -> tuple[str, str]:
+    """``(bucket, key prefix)`` of ``s3://bucket[/prefix]``; MountError for anything else."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise MountError(f"expected s3://bucket[/prefix], got {uri!r}")
+    if parts.query or parts.fragment:
+        raise MountError(f"s3:// URI may not carry a query or fragment: {uri!r}")
+    return parts.netloc, unquote(parts.path).strip("/")
+
+
+def _number_option(opts: Mapping[str, str], name: str, default: float, low: float) -> float:
+    """Mount option ``name`` as a number of at least ``low``; ``default`` when absent or empty."""
+    raw = opts.get(name) or ""
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise MountError(f"s3 {name} must be a number, got {raw!r}") from None
+    if not value >= low:
+        raise MountError(f"s3 {name} must be at least {low:g}, got {raw!r}")
+    return value
+
+
+def _max_connections_option(opts: Mapping[str, str]) -> int:
+    """Mount option ``max_connections``: a whole number of at least 1 (default 32)."""
+    try:
+        max_connections = int(opts.get("max_connections") or 32)
+    except ValueError:
+        raise MountError(
+            f"s3 max_connections must be an integer, got {opts['max_connections']!r}"
+        ) from None
+    if max_connections < 1:
+        raise MountError(f"s3 max_connections must be at least 1, got {max_connections}")
+    return max_connections
+
+
+@dataclass(frozen=True)
+class _ClientSettings:
+    """A mount's options, validated, as the arguments of its boto3 session and client."""
+
+    endpoint: str | None
+    region: str
+    client_args: dict[str, Any]
+    session_args: dict[str, Any]
+
+
+def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
+    """Validate the mount options (MountError for an unknown or malformed one) into
+    the settings the client is created with on first use."""
+    unknown = sorted(set(opts) - OPTIONS)
+    if unknown:
+        raise MountError(
+            f"unknown s3 mount option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}"
+        )
+    endpoint = opts.get("endpoint") or None
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise MountError(f"s3 endpoint must be an http:// or https:// URL, got {endpoint!r}")
+    region = opts.get("region") or "us-east-1"
+    style = opts.get("addressing_style") or ("path" if endpoint else "auto")
+    if style not in ("path", "virtual", "auto"):
+        raise MountError(f"s3 addressing_style must be path, virtual or auto, got {style!r}")
+    max_connections = _max_connections_option(opts)
+    anonymous = _truthy(opts.get("anonymous", ""))
+    access_key, secret_key = opts.get("access_key") or None, opts.get("secret_key") or None
+    if (access_key is None) != (secret_key is None):
+        raise MountError("s3 mount options access_key and secret_key go together")
+
+    config_args: dict[str, Any] = {
+        "region_name": region,
+        "max_pool_connections": max_connections,
+        "retries": {
+            "mode": "standard", "max_attempts": int(_number_option(opts, "max_attempts", 4, 1)),
+        },
+        "connect_timeout": _number_option(opts, "connect_timeout", 10, 0.1),
+        "read_timeout": _number_option(opts, "read_timeout", 60, 0.1),
+        "s3": {"addressing_style": style},
+    }
+    if anonymous:
+        config_args["signature_version"] = UNSIGNED
+    client_args: dict[str, Any] = {
+        "region_name": region,
+        "endpoint_url": endpoint,
+        "config": Config(**config_args),
+    }
+    session_args: dict[str, Any] = {}
+    if access_key is not None and not anonymous:
+        session_args = {
+            "aws_access_key_id": access_key,
+            "aws_secret_access_key": secret_key,
+            "aws_session_token": opts.get("session_token") or None,
+        }
+    return _ClientSettings(endpoint, region, client_args, session_args)
+
+
 class S3UnderStore(UnderStore):
     scheme = "s3"
     capabilities = Capabilities(rename=False, directories=False)
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         super().__init__(uri, options)
-        parts = urlsplit(uri)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise MountError(f"expected s3://bucket[/prefix], got {uri!r}")
-        if parts.query or parts.fragment:
-            raise MountError(f"s3:// URI may not carry a query or fragment: {uri!r}")
-        self.bucket = parts.netloc
-        self.prefix = unquote(parts.path).strip("/")
-
-        opts = self.options
-        unknown = sorted(set(opts) - OPTIONS)
-        if unknown:
-            raise MountError(
-                f"unknown s3 mount option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}"
-            )
-        endpoint = opts.get("endpoint") or None
-        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-            raise MountError(f"s3 endpoint must be an http:// or https:// URL, got {endpoint!r}")
-        self.endpoint = endpoint
-        self.region = opts.get("region") or "us-east-1"
-        style = opts.get("addressing_style") or ("path" if endpoint else "auto")
-        if style not in ("path", "virtual", "auto"):
-            raise MountError(f"s3 addressing_style must be path, virtual or auto, got {style!r}")
-        try:
-            max_connections = int(opts.get("max_connections") or 32)
-        except ValueError:
-            raise MountError(
-                f"s3 max_connections must be an integer, got {opts['max_connections']!r}"
-            ) from None
-        if max_connections < 1:
-            raise MountError(f"s3 max_connections must be at least 1, got {max_connections}")
-        anonymous = _truthy(opts.get("anonymous", ""))
-        access_key, secret_key = opts.get("access_key") or None, opts.get("secret_key") or None
-        if (access_key is None) != (secret_key is None):
-            raise MountError("s3 mount options access_key and secret_key go together")
-
-        def number(name: str, default: float, low: float) -> float:
-            raw = opts.get(name) or ""
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise MountError(f"s3 {name} must be a number, got {raw!r}") from None
-            if not value >= low:
-                raise MountError(f"s3 {name} must be at least {low:g}, got {raw!r}")
-            return value
-
-        config_args: dict[str, Any] = {
-            "region_name": self.region,
-            "max_pool_connections": max_connections,
-            "retries": {"mode": "standard", "max_attempts": int(number("max_attempts", 4, 1))},
-            "connect_timeout": number("connect_timeout", 10, 0.1),
-            "read_timeout": number("read_timeout", 60, 0.1),
-            "s3": {"addressing_style": style},
-        }
-        if anonymous:
-            config_args["signature_version"] = UNSIGNED
-        self._client_args: dict[str, Any] = {
-            "region_name": self.region,
-            "endpoint_url": endpoint,
-            "config": Config(**config_args),
-        }
-        self._session_args: dict[str, Any] = {}
-        if access_key is not None and not anonymous:
-            self._session_args = {
-                "aws_access_key_id": access_key,
-                "aws_secret_access_key": secret_key,
-                "aws_session_token": opts.get("session_token") or None,
-            }
+        self.bucket, self.prefix = _bucket_and_prefix(uri)
+        settings = _client_settings(self.options)
+        self.endpoint = settings.endpoint
+        self.region = settings.region
+        self._client_args: dict[str, Any] = settings.client_args
+        self._session_args: dict[str, Any] = settings.session_args
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._closed = False
