@@ -284,6 +284,42 @@ class _PartWriter:
                 self.tmp.unlink(missing_ok=True)
 
 
+def _check_part_body(w: _PartWriter, size: int, expected_md5: bytes | None,
+                     expected_size: int | None) -> None:
+    """Check a received part against Content-Length and Content-MD5, when the client sent them."""
+    if expected_size is not None and size != expected_size:
+        raise S3Error("IncompleteBody", "You did not provide the number of bytes "
+                      "specified by the Content-Length HTTP header", 400)
+    if expected_md5 is not None and w.md5.digest() != expected_md5:
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what "
+                      "we received.", 400)
+
+
+async def _discard_part(w: _PartWriter) -> None:
+    """Remove a part that will not be committed, even if the caller is cancelled meanwhile."""
+    # In a thread, after any write still running there (the writer's lock).
+    cleanup = asyncio.ensure_future(asyncio.to_thread(w.discard))
+    try:
+        await asyncio.shield(cleanup)
+    except asyncio.CancelledError:
+        pass  # cancelled again: the discard still runs to its end
+    except OSError:
+        log.warning("multipart: could not remove %s", w.tmp, exc_info=True)
+
+
+def _raise_part_os_error(e: OSError, upload_id: str) -> None:
+    """Raise the S3 error for an OSError receiving a part, if it has one.
+
+    A missing upload directory is ``NoSuchUpload`` (never created, or aborted
+    meanwhile); a full disk is the no-space error. Otherwise return: the caller
+    re-raises ``e``.
+    """
+    if isinstance(e, FileNotFoundError):
+        raise no_such_upload(upload_id) from None
+    if e.errno in _NO_SPACE:
+        raise _no_space(e) from e
+
+
 # ---- the store ---------------------------------------------------------------
 
 
@@ -413,52 +449,43 @@ class MultipartStore:
         w = _PartWriter(d / f".{name}.{secrets.token_hex(6)}.tmp", d / name, self.fsync)
         try:
             await asyncio.to_thread(w.open)
-        except FileNotFoundError:
-            raise no_such_upload(upload.upload_id) from None
         except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise _no_space(e) from e
+            _raise_part_os_error(e, upload.upload_id)
             raise
-        size = 0
         try:
-            buf: list[bytes] = []
-            buffered = 0
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > self.max_part_size:
-                    raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum "
-                                  "allowed size", 400, MaxSizeAllowed=str(self.max_part_size))
-                buf.append(chunk)
-                buffered += len(chunk)
-                if buffered >= CHUNK:
-                    await asyncio.to_thread(w.write, buf)
-                    buf, buffered = [], 0
-            if buf:
-                await asyncio.to_thread(w.write, buf)
-            if expected_size is not None and size != expected_size:
-                raise S3Error("IncompleteBody", "You did not provide the number of bytes "
-                              "specified by the Content-Length HTTP header", 400)
-            if expected_md5 is not None and w.md5.digest() != expected_md5:
-                raise S3Error("BadDigest", "The Content-MD5 you specified did not match what "
-                              "we received.", 400)
+            size = await self._receive_part(w, chunks)
+            _check_part_body(w, size, expected_md5, expected_size)
             digest, mtime = await asyncio.to_thread(w.seal, size)
         except BaseException as exc:
-            # In a thread, after any write still running there (the writer's lock).
-            cleanup = asyncio.ensure_future(asyncio.to_thread(w.discard))
-            try:
-                await asyncio.shield(cleanup)
-            except asyncio.CancelledError:
-                pass  # cancelled again: the discard still runs to its end
-            except OSError:
-                log.warning("multipart: could not remove %s", w.tmp, exc_info=True)
-            if isinstance(exc, FileNotFoundError):
-                raise no_such_upload(upload.upload_id) from None  # aborted meanwhile
-            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-                raise _no_space(exc) from exc
+            await _discard_part(w)
+            if isinstance(exc, OSError):
+                _raise_part_os_error(exc, upload.upload_id)  # e.g. aborted meanwhile
             raise
         return Part(number, _etag(digest), size, mtime)
+
+    async def _receive_part(self, w: _PartWriter, chunks: AsyncIterator[bytes]) -> int:
+        """Write ``chunks`` to ``w`` in batches of about ``CHUNK`` bytes; return the part's size.
+
+        ``EntityTooLarge`` as soon as the part exceeds ``max_part_size``.
+        """
+        size = 0
+        buf: list[bytes] = []
+        buffered = 0
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > self.max_part_size:
+                raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum "
+                              "allowed size", 400, MaxSizeAllowed=str(self.max_part_size))
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= CHUNK:
+                await asyncio.to_thread(w.write, buf)
+                buf, buffered = [], 0
+        if buf:
+            await asyncio.to_thread(w.write, buf)
+        return size
 
     async def list_parts(self, upload: Upload, marker: int = 0,
                          max_parts: int = 1000) -> tuple[list[Part], bool]:

@@ -465,7 +465,30 @@ def verify_request(method: str, raw_path: str, raw_query: str, headers: Mapping[
 def _verify_header(method: str, raw_path: str, params: list[_Param],
                    hdrs: dict[str, list[str]], keys: Mapping[str, str], now: datetime,
                    max_skew: timedelta, trailer: str) -> AuthResult:
-    auth = _one(hdrs, "authorization") or ""
+    """Authenticate a request signed in its ``Authorization`` header."""
+    fields = _parse_auth_header(_one(hdrs, "authorization") or "")
+    signature = fields["Signature"]
+    amz_date, when = _request_time(hdrs)
+    cred = _parse_credential(fields["Credential"], amz_date, _header_malformed)
+    payload_hash = _one(hdrs, "x-amz-content-sha256")
+    if payload_hash is None:
+        raise S3Error("InvalidRequest",
+                      "Missing required header for this request: x-amz-content-sha256", 400)
+    _check_payload_hash(payload_hash)
+    signed = _parse_signed_headers(fields["SignedHeaders"], _header_malformed)
+    _check_all_amz_signed(hdrs, signed)
+    secret = _secret(keys, cred.access_key)
+    if abs(now - when) > max_skew:
+        raise S3Error("RequestTimeTooSkewed", "The difference between the request time and the "
+                      "current time is too large.", 403, RequestTime=_clean(amz_date),
+                      ServerTime=_format_amz_date(now),
+                      MaxAllowedSkewMilliseconds=str(int(max_skew.total_seconds() * 1000)))
+    return _signed_result(method, raw_path, params, hdrs, signed, payload_hash, amz_date, cred,
+                          secret, signature, trailer)
+
+
+def _parse_auth_header(auth: str) -> dict[str, str]:
+    """The Credential, SignedHeaders and Signature of an ``AWS4-HMAC-SHA256`` Authorization."""
     m = _AUTH_HEADER.fullmatch(auth)
     scheme = m.group(1) if m else ""
     if scheme == "AWS":
@@ -490,10 +513,13 @@ def _verify_header(method: str, raw_path: str, params: list[_Param],
     for name in ("Credential", "SignedHeaders", "Signature"):
         if name not in fields:
             raise _header_malformed(f"the {name} component is missing.")
-    signature = fields["Signature"]
-    if not _HEX64.fullmatch(signature):
+    if not _HEX64.fullmatch(fields["Signature"]):
         raise _header_malformed("the Signature must be 64 hexadecimal characters.")
+    return fields
 
+
+def _request_time(hdrs: dict[str, list[str]]) -> tuple[str, datetime]:
+    """The signed request time: ``x-amz-date``, else the ``Date`` header; as text and parsed."""
     amz_date = _one(hdrs, "x-amz-date")
     when: datetime | None
     if amz_date is not None:
@@ -504,31 +530,41 @@ def _verify_header(method: str, raw_path: str, params: list[_Param],
         amz_date = _format_amz_date(when) if when is not None else ""
     if when is None:
         raise access_denied("AWS authentication requires a valid Date or x-amz-date header")
-
-    cred = _parse_credential(fields["Credential"], amz_date, _header_malformed)
-    payload_hash = _one(hdrs, "x-amz-content-sha256")
-    if payload_hash is None:
-        raise S3Error("InvalidRequest",
-                      "Missing required header for this request: x-amz-content-sha256", 400)
-    _check_payload_hash(payload_hash)
-    signed = _parse_signed_headers(fields["SignedHeaders"], _header_malformed)
-    _check_all_amz_signed(hdrs, signed)
-    secret = _secret(keys, cred.access_key)
-    if abs(now - when) > max_skew:
-        raise S3Error("RequestTimeTooSkewed", "The difference between the request time and the "
-                      "current time is too large.", 403, RequestTime=_clean(amz_date),
-                      ServerTime=_format_amz_date(now),
-                      MaxAllowedSkewMilliseconds=str(int(max_skew.total_seconds() * 1000)))
-    key = signing_key(secret, cred.date, cred.region)
-    _check_signature(method, raw_path, params, hdrs, signed, payload_hash, amz_date, cred, key,
-                     signature)
-    return AuthResult(cred.access_key, payload_hash, key, signature.lower(), amz_date,
-                      cred.scope, trailer)
+    return amz_date, when
 
 
 def _verify_presigned(method: str, raw_path: str, params: list[_Param],
                       hdrs: dict[str, list[str]], keys: Mapping[str, str], now: datetime,
                       max_skew: timedelta, trailer: str) -> AuthResult:
+    """Authenticate a presigned URL (the signature in ``X-Amz-*`` query parameters)."""
+    values = _presign_values(params)
+    amz_date = values["X-Amz-Date"]
+    when = _parse_amz_date(amz_date)
+    if when is None:
+        raise _query_malformed("X-Amz-Date must be in the ISO8601 Long Format "
+                               "\"yyyyMMdd'T'HHmmss'Z'\"")
+    expires = _parse_expires(values["X-Amz-Expires"])
+    signature = values["X-Amz-Signature"]
+    if not _HEX64.fullmatch(signature):
+        raise _query_malformed("X-Amz-Signature must be 64 hexadecimal characters.")
+    cred = _parse_credential(values["X-Amz-Credential"], amz_date, _credential_malformed)
+    signed = _parse_signed_headers(values["X-Amz-SignedHeaders"], _query_malformed)
+    # An unsigned x-amz-content-sha256 header is ignored (the payload is UNSIGNED-PAYLOAD).
+    _check_all_amz_signed(hdrs, signed, exempt=frozenset({"x-amz-content-sha256"}))
+    secret = _secret(keys, cred.access_key)
+    _check_presign_window(now, when, expires, values["X-Amz-Expires"], max_skew)
+    payload_hash = UNSIGNED_PAYLOAD
+    if "x-amz-content-sha256" in signed:
+        claimed = _one(hdrs, "x-amz-content-sha256")
+        if claimed is not None:
+            _check_payload_hash(claimed)
+            payload_hash = claimed
+    return _signed_result(method, raw_path, [p for p in params if p.key != "X-Amz-Signature"],
+                          hdrs, signed, payload_hash, amz_date, cred, secret, signature, trailer)
+
+
+def _presign_values(params: list[_Param]) -> dict[str, str]:
+    """The ``X-Amz-*`` parameters of a presigned URL: each exactly once, algorithm checked."""
     values: dict[str, str] = {}
     for p in params:
         if p.key in _PRESIGN_PARAMS:
@@ -541,50 +577,52 @@ def _verify_presigned(method: str, raw_path: str, params: list[_Param],
                                "X-Amz-SignedHeaders, and X-Amz-Expires parameters.")
     if values["X-Amz-Algorithm"] != ALGORITHM:
         raise _query_malformed("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"")
-    amz_date = values["X-Amz-Date"]
-    when = _parse_amz_date(amz_date)
-    if when is None:
-        raise _query_malformed("X-Amz-Date must be in the ISO8601 Long Format "
-                               "\"yyyyMMdd'T'HHmmss'Z'\"")
-    expires_s = values["X-Amz-Expires"]
-    if not _EXPIRES.fullmatch(expires_s):
+    return values
+
+
+def _parse_expires(value: str) -> int:
+    """``X-Amz-Expires`` in seconds: 1 to :data:`MAX_PRESIGN_EXPIRES`."""
+    if not _EXPIRES.fullmatch(value):
         raise _query_malformed("X-Amz-Expires should be a number")
-    expires = int(expires_s)
+    expires = int(value)
     if expires < 1:
         raise _query_malformed("X-Amz-Expires must be positive")
     if expires > MAX_PRESIGN_EXPIRES:
         raise _query_malformed("X-Amz-Expires must be less than a week (in seconds) that is "
                                "604800")
-    signature = values["X-Amz-Signature"]
-    if not _HEX64.fullmatch(signature):
-        raise _query_malformed("X-Amz-Signature must be 64 hexadecimal characters.")
+    return expires
 
-    def malformed(detail: str) -> S3Error:
-        return _query_malformed(f"Error parsing the X-Amz-Credential parameter; {detail}")
 
-    cred = _parse_credential(values["X-Amz-Credential"], amz_date, malformed)
-    signed = _parse_signed_headers(values["X-Amz-SignedHeaders"], _query_malformed)
-    # An unsigned x-amz-content-sha256 header is ignored (the payload is UNSIGNED-PAYLOAD).
-    _check_all_amz_signed(hdrs, signed, exempt=frozenset({"x-amz-content-sha256"}))
-    secret = _secret(keys, cred.access_key)
+def _credential_malformed(detail: str) -> S3Error:
+    return _query_malformed(f"Error parsing the X-Amz-Credential parameter; {detail}")
+
+
+def _check_presign_window(now: datetime, when: datetime, expires: int, expires_as_sent: str,
+                          max_skew: timedelta) -> None:
+    """A presigned URL is valid from ``when - max_skew`` to ``when + expires`` seconds."""
     if when - now > max_skew:
         raise access_denied("Request is not valid yet")
     if (now - when).total_seconds() > expires:
-        extra = {"X-Amz-Expires": expires_s, "ServerTime": _format_amz_date(now)}
+        extra = {"X-Amz-Expires": expires_as_sent, "ServerTime": _format_amz_date(now)}
         try:
             extra["Expires"] = _format_amz_date(when + timedelta(seconds=expires))
         except OverflowError:
             pass
         raise S3Error("AccessDenied", "Request has expired", 403, **extra)
-    payload_hash = UNSIGNED_PAYLOAD
-    if "x-amz-content-sha256" in signed:
-        claimed = _one(hdrs, "x-amz-content-sha256")
-        if claimed is not None:
-            _check_payload_hash(claimed)
-            payload_hash = claimed
+
+
+def _signed_result(method: str, raw_path: str, params: Iterable[_Param],
+                   hdrs: dict[str, list[str]], signed: list[str], payload_hash: str,
+                   amz_date: str, cred: _Credential, secret: str, signature: str,
+                   trailer: str) -> AuthResult:
+    """Derive the signing key, check ``signature`` with it and describe the request.
+
+    The last step of both forms (Authorization header and presigned URL), once
+    every field has been parsed and the request time checked.
+    """
     key = signing_key(secret, cred.date, cred.region)
-    _check_signature(method, raw_path, [p for p in params if p.key != "X-Amz-Signature"], hdrs,
-                     signed, payload_hash, amz_date, cred, key, signature)
+    _check_signature(method, raw_path, params, hdrs, signed, payload_hash, amz_date, cred, key,
+                     signature)
     return AuthResult(cred.access_key, payload_hash, key, signature.lower(), amz_date,
                       cred.scope, trailer)
 

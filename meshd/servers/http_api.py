@@ -62,85 +62,100 @@ def _int_arg(request: web.Request, name: str, default: int) -> int:
         raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
 
 
+_NODE = web.AppKey("node", MeshNode)
+_RENDER_METRICS = web.AppKey[Callable[[], bytes]]("render_metrics")
+_USE_SENDFILE = web.AppKey("use_sendfile", bool)
+
+
+async def _get_file(request: web.Request) -> web.StreamResponse:
+    node = request.app[_NODE]
+    try:
+        offset = _int_arg(request, "offset", 0)
+        length = _int_arg(request, "length", -1)
+        nocache = request.query.get("nocache", "") in ("1", "true", "yes")
+        path = "/" + request.match_info["path"]
+        handle = await node.open(path, version=request.query.get("version"),
+                                 size=_int_arg(request, "size", -1) if "size" in request.query else None)
+        stream = await handle.read(offset, length, nocache=nocache,
+                                   stream_key=request.headers.get("X-Mesh-Stream"))
+    except Exception as e:
+        return _error(e)
+    resp = web.StreamResponse(status=200, headers={
+        "X-Mesh-Size": str(stream.status.size),
+        "X-Mesh-Version": stream.status.version,
+        "X-Mesh-Offset": str(stream.offset),
+        "Content-Type": "application/octet-stream",
+    })
+    resp.content_length = stream.length
+    await stream_response(request, resp, node, stream, request.app[_USE_SENDFILE])
+    return resp
+
+
+async def _put_file(request: web.Request) -> web.Response:
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    try:
+        status = await request.app[_NODE].write("/" + request.match_info["path"], body())
+    except Exception as e:
+        return _error(e)
+    return web.json_response({"path": status.path, "size": status.size, "version": status.version,
+                              "mtime": status.mtime}, status=201)
+
+
+async def _get_page(request: web.Request) -> web.StreamResponse:
+    node = request.app[_NODE]
+    try:
+        index = _int_arg(request, "index", -1)
+        size = _int_arg(request, "size", -1)
+        version = request.query.get("version", "")
+        warm = request.query.get("warm", "") == "1"
+        cached_only = request.query.get("cached", "") == "1"
+        start = _int_arg(request, "start", 0)
+        want = _int_arg(request, "length", -1)
+        page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index,
+                                                      cached_only=cached_only)
+    except Exception as e:
+        return _error(e)
+    if not 0 <= start <= length or want < -1:
+        seg = Segment(page, 0, 0)
+        seg.close()
+        return _error(InvalidArgument(f"bad page sub-range: start={start} length={want} of {length}"))
+    length = length - start if want < 0 else min(want, length - start)
+    seg = Segment(page, start, length)
+    if cached_only:
+        node.stats.region_served += length
+    if warm:
+        seg.close()
+        return web.json_response({"fetched": fetched})
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = length
+    try:
+        await resp.prepare(request)
+        await send_segment(request, resp, seg, request.app[_USE_SENDFILE])
+        await resp.write_eof()
+    finally:
+        seg.close()
+    return resp
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_RENDER_METRICS](), content_type="text/plain", charset="utf-8")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
-    async def get_file(request: web.Request) -> web.StreamResponse:
-        try:
-            offset = _int_arg(request, "offset", 0)
-            length = _int_arg(request, "length", -1)
-            nocache = request.query.get("nocache", "") in ("1", "true", "yes")
-            path = "/" + request.match_info["path"]
-            handle = await node.open(path, version=request.query.get("version"),
-                                     size=_int_arg(request, "size", -1) if "size" in request.query else None)
-            stream = await handle.read(offset, length, nocache=nocache,
-                                       stream_key=request.headers.get("X-Mesh-Stream"))
-        except Exception as e:
-            return _error(e)
-        resp = web.StreamResponse(status=200, headers={
-            "X-Mesh-Size": str(stream.status.size),
-            "X-Mesh-Version": stream.status.version,
-            "X-Mesh-Offset": str(stream.offset),
-            "Content-Type": "application/octet-stream",
-        })
-        resp.content_length = stream.length
-        await stream_response(request, resp, node, stream, use_sendfile)
-        return resp
-
-    async def put_file(request: web.Request) -> web.Response:
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in request.content.iter_chunked(1 << 20):
-                yield chunk
-
-        try:
-            status = await node.write("/" + request.match_info["path"], body())
-        except Exception as e:
-            return _error(e)
-        return web.json_response({"path": status.path, "size": status.size, "version": status.version,
-                                  "mtime": status.mtime}, status=201)
-
-    async def get_page(request: web.Request) -> web.StreamResponse:
-        try:
-            index = _int_arg(request, "index", -1)
-            size = _int_arg(request, "size", -1)
-            version = request.query.get("version", "")
-            warm = request.query.get("warm", "") == "1"
-            cached_only = request.query.get("cached", "") == "1"
-            start = _int_arg(request, "start", 0)
-            want = _int_arg(request, "length", -1)
-            page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index,
-                                                          cached_only=cached_only)
-        except Exception as e:
-            return _error(e)
-        if not 0 <= start <= length or want < -1:
-            seg = Segment(page, 0, 0)
-            seg.close()
-            return _error(InvalidArgument(f"bad page sub-range: start={start} length={want} of {length}"))
-        length = length - start if want < 0 else min(want, length - start)
-        seg = Segment(page, start, length)
-        if cached_only:
-            node.stats.region_served += length
-        if warm:
-            seg.close()
-            return web.json_response({"fetched": fetched})
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = length
-        try:
-            await resp.prepare(request)
-            await send_segment(request, resp, seg, use_sendfile)
-            await resp.write_eof()
-        finally:
-            seg.close()
-        return resp
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(), content_type="text/plain", charset="utf-8")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
     app = web.Application(client_max_size=0)
-    app.router.add_get("/v1/files/{path:.*}", get_file)
-    app.router.add_put("/v1/files/{path:.*}", put_file)
-    app.router.add_get("/v1/pages/{path:.*}", get_page)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
+    app[_NODE] = node
+    app[_RENDER_METRICS] = render_metrics
+    app[_USE_SENDFILE] = use_sendfile
+    app.router.add_get("/v1/files/{path:.*}", _get_file)
+    app.router.add_put("/v1/files/{path:.*}", _put_file)
+    app.router.add_get("/v1/pages/{path:.*}", _get_page)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
     return app
