@@ -133,6 +133,16 @@ def report(node: MeshNode) -> dict[str, Any]:
         "federation": node.federation.report() if node.federation is not None else None,
     }
 
+async def full_report(node: MeshNode) -> dict[str, Any]:
+    r = report(node)
+    c = node.cluster
+    if c is not None:
+        r["cluster"] = {"name": c.me.cluster, "region": c.me.region, "node_id": c.me.node_id,
+                        "etcd_ok": c.membership.etcd_ok, "ring_changes": c.ring_changes,
+                        "members": await cluster_report(node)}
+    return r
+
+
 async def cluster_report(node: MeshNode, wait: float = 2.0) -> list[dict[str, Any]]:
     """Every member of the region: state, capacity and use (asked of each, in parallel)."""
     c = node.cluster

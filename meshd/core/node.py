@@ -387,6 +387,10 @@ class MeshNode:
     def report(self) -> dict[str, Any]:
         return admin.report(self)
 
+    async def full_report(self) -> dict[str, Any]:
+        """The report and, in a cluster, the cluster's name, etcd's state and every member's row."""
+        return await admin.full_report(self)
+
     async def cluster_report(self, wait: float = 2.0) -> list[dict[str, Any]]:
         """Every member of the region: state, capacity and use (asked of each, in parallel)."""
         return await admin.cluster_report(self, wait)

@@ -155,6 +155,11 @@ class FreeArgs(Msg):
 
 
 @dataclass(frozen=True)
+class ReportArgs(Msg):
+    members: bool = wire("m", False)  # add the region's members (meshctl report); peers ask without
+
+
+@dataclass(frozen=True)
 class RegionHeldArgs(Msg):
     path: str = wire("p")
     version: str = wire("v")
@@ -209,7 +214,7 @@ OPS: dict[str, type[Msg]] = {
     "shard.put": StatusBatch, "shard.drop": DropArgs, "shard.forget": PathArgs,
     "shard.attrs": AttrsArgs, "shard.set_attrs": SetAttrsArgs, "shard.drop_attrs": PathArgs,
     "shard.held": ShardHeldArgs, "shard.counts": Empty,
-    "free": FreeArgs, "report": Empty,
+    "free": FreeArgs, "report": ReportArgs,
     "region.held": RegionHeldArgs, "region.cached": RegionCachedArgs, "quota.take": QuotaTakeArgs,
     "place.state": DatasetsArgs, "stage": DatasetsArgs, "mesh.state": PathArgs,
 }

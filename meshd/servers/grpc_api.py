@@ -155,10 +155,5 @@ class MeshService(pb_grpc.MeshServicer):
         return pb.FreeResponse(bytes_freed=await _guard(context, lambda: self.node.free(request.path)))
 
     async def Report(self, request: pb.Empty, context: Any) -> pb.ReportResponse:
-        report = self.node.report()
-        if self.node.cluster is not None:
-            c = self.node.cluster
-            report["cluster"] = {"name": c.me.cluster, "region": c.me.region, "node_id": c.me.node_id,
-                                 "etcd_ok": c.membership.etcd_ok, "ring_changes": c.ring_changes,
-                                 "members": await self.node.cluster_report()}
+        report = await self.node.full_report()
         return pb.ReportResponse(json=json.dumps(report))

@@ -125,8 +125,9 @@ class MetaApi:
     async def op_free(self, m: msg.FreeArgs) -> Any:
         return self.node.free_ids(m.file_ids)
 
-    async def op_report(self, m: msg.Empty) -> Any:
-        return msg.Report.from_wire(self.node.report()).to_wire()  # checked against the schema here
+    async def op_report(self, m: msg.ReportArgs) -> Any:
+        report = await self.node.full_report() if m.members else self.node.report()
+        return msg.Report.from_wire(report).to_wire()  # checked against the schema here
 
     async def op_region_held(self, m: msg.RegionHeldArgs) -> Any:
         return await self.node.held_in_region(m.path, m.version, m.size)
