@@ -191,7 +191,12 @@ def test_write_outside_a_mount_fails(fs: MeshFileSystem) -> None:
     assert e.value.errno in (errno.EACCES, errno.ENOENT)
 
 
-def test_rm_mkdir_mv(fs: MeshFileSystem, store: Path) -> None:
+@pytest.mark.parametrize("ttl", [0.0, 60.0], ids=["no-metadata-cache", "metadata-cache"])
+def test_rm_mkdir_mv(node: MeshdProcess, store: Path, ttl: float) -> None:
+    """The filesystem's own changes show at once, whether it keeps metadata (ttl) or not."""
+    fs = MeshFileSystem(node.endpoint, ttl=ttl, skip_instance_cache=True)
+    assert sorted(fs.ls("/data", detail=False)) == ["/data/a.bin", "/data/b.txt", "/data/sub"]
+    assert not fs.exists("/data/newdir")
     fs.mkdir("/data/newdir")
     assert (store / "newdir").is_dir()
     assert fs.isdir("/data/newdir")
@@ -212,10 +217,72 @@ def test_rm_mkdir_mv(fs: MeshFileSystem, store: Path) -> None:
     assert not (store / "newdir").exists()
     assert sorted(fs.ls("/data", detail=False)) == ["/data/a.bin", "/data/sub"]
 
+    assert fs.cat("/data/sub/c.txt") == b"sea" and fs.ls("/data/sub", detail=False) == ["/data/sub/c.txt"]
     fs.mv("/data/sub/c.txt", "/data/moved.txt")
     assert (store / "moved.txt").read_bytes() == b"sea"
     assert not (store / "sub" / "c.txt").exists()
     assert fs.cat("mesh://data/moved.txt") == b"sea"
+    assert fs.ls("/data/sub", detail=False) == [] and not fs.exists("/data/sub/c.txt")
+    assert fs.info("/data/moved.txt")["size"] == 3
+    with fs.open("/data/moved.txt", "wb") as f:
+        f.write(b"longer")
+    assert fs.info("/data/moved.txt")["size"] == 6
+
+
+def test_metadata_cache_keeps_statuses_for_its_ttl(node: MeshdProcess, store: Path) -> None:
+    """ttl=N: statuses and listings are kept N seconds (a change behind the mesh's back shows
+    after that, or after invalidate_cache); opening a file never uses them."""
+    fs = MeshFileSystem(node.endpoint, ttl=60.0, skip_instance_cache=True)
+    assert fs.info("/data/b.txt")["size"] == 4
+    assert sorted(fs.ls("/data", detail=False)) == ["/data/a.bin", "/data/b.txt", "/data/sub"]
+    replace_in_store(store, "b.txt", b"longer bee\n")
+    (store / "new.txt").write_bytes(b"new")
+    assert fs.info("/data/b.txt")["size"] == 4  # kept
+    assert "/data/new.txt" not in fs.ls("/data", detail=False)
+    with fs.open("/data/b.txt", "rb") as f:  # an open asks the node
+        assert f.size == 11 and f.read() == b"longer bee\n"
+    fs.invalidate_cache()
+    assert fs.info("/data/b.txt")["size"] == 11
+    assert "/data/new.txt" in fs.ls("/data", detail=False)
+    fresh = MeshFileSystem(node.endpoint, skip_instance_cache=True)  # ttl 0: always asks
+    (store / "new.txt").unlink()
+    assert not fresh.exists("/data/new.txt") and fs.exists("/data/new.txt")
+
+
+@pytest.mark.parametrize("policy", ["none", "sequential"])
+def test_readahead_policies(node: MeshdProcess, policy: str) -> None:
+    """The read-ahead policy of meshd/client/readahead.py, by name: "none" asks for each
+    range fsspec asks for; "sequential" has a sequential reader fetch whole pages and the
+    page ahead in one request. Random reads are exact ranges either way."""
+    data = payload()
+    fs = MeshFileSystem(node.endpoint, readahead=policy, skip_instance_cache=True)
+    asked: list[tuple[int, int]] = []
+    cat = fs.client.cat
+
+    def counting_cat(path: str, offset: int = 0, length: int = -1, **kw: object) -> bytes:
+        asked.append((offset, length))
+        return cat(path, offset, length, **kw)  # type: ignore[arg-type]
+
+    fs.client.cat = counting_cat  # type: ignore[method-assign]
+    with fs.open("/data/a.bin", "rb", block_size=64 << 10, cache_type="none") as f:
+        got = bytearray()
+        while chunk := f.read(64 << 10):
+            got += chunk
+        assert got == data
+    pages = -(-SIZE // PAGE)
+    if policy == "none":
+        assert len(asked) == -(-SIZE // (64 << 10))
+    else:
+        assert len(asked) == -(-pages // 2) and asked[0] == (0, 2 * PAGE), asked
+    asked.clear()
+    with fs.open("/data/a.bin", "rb", block_size=64 << 10, cache_type="none",
+                 readahead="sequential") as f:  # the policy of one open
+        for off in (5 * PAGE + 3, PAGE + 9):
+            f.seek(off)
+            assert f.read(100) == data[off:off + 100]
+    assert asked == [(5 * PAGE + 3, 100), (PAGE + 9, 100)]
+    with pytest.raises(ValueError, match="unknown read-ahead policy"):
+        MeshFileSystem(node.endpoint, readahead="nope", skip_instance_cache=True)
 
 
 # ---------------------------------------------------------------- a file keeps its version
@@ -249,15 +316,18 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
-@pytest.mark.parametrize("cache_type", ["none", "readahead"])
+@pytest.mark.parametrize("cache_type,readahead", [("none", "none"), ("readahead", "none"),
+                                                  ("none", "sequential")])
 @pytest.mark.parametrize("new", [payload(3 * BLOCK, seed=3), payload(BLOCK + 5, seed=4),
                                  payload(5 * BLOCK, seed=5)], ids=["same-size", "shorter", "longer"])
 @pytest.mark.parametrize("how", ["under-store", "put"])
 def test_an_open_file_is_read_at_its_version_or_fails_with_estale(
-        transport: str, node: MeshdProcess, store: Path, how: str, new: bytes, cache_type: str) -> None:
-    """Read a block, replace the file, read on: the old bytes or ESTALE, never a mix."""
+        transport: str, node: MeshdProcess, store: Path, how: str, new: bytes, cache_type: str,
+        readahead: str) -> None:
+    """Read a block, replace the file, read on: the old bytes or ESTALE, never a mix (whatever
+    fsspec's cache and the read-ahead policy keep of the old version)."""
     (store / "v.bin").write_bytes(OLD)
-    fs = MeshFileSystem(node.endpoint, skip_instance_cache=True)
+    fs = MeshFileSystem(node.endpoint, readahead=readahead, skip_instance_cache=True)
     with fs.open("/data/v.bin", "rb", block_size=BLOCK, cache_type=cache_type) as f:
         assert f.size == len(OLD)
         assert f.read(BLOCK) == OLD[:BLOCK]

@@ -1,7 +1,7 @@
 """``meshfs``: the mesh's global namespace as a local filesystem (FUSE).
 
     meshfs mount MOUNTPOINT [--endpoint NODE] [--ttl 1] [--max-ttl 300] [--timeout 30] [--allow-other]
-                            [--uid N --gid N] [--readahead-kb 1024] [--debug]
+                            [--uid N --gid N] [--readahead-kb 1024] [--readahead sequential] [--debug]
     meshfs umount MOUNTPOINT
     meshfs drop-cache MOUNTPOINT
 
@@ -98,7 +98,7 @@ async def _serve(args: argparse.Namespace) -> int:
     _enable_asyncio()
     mountpoint = os.path.abspath(args.mountpoint)
     core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
-                  max_ttl=args.max_ttl)
+                  max_ttl=args.max_ttl, readahead=args.readahead)
     try:
         core.client()  # fail now, with a clear message, if there is no node
     except Exception as e:
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:  # a client-only install: `pip install datamesh`
         print(f"meshfs: the FUSE mount needs the fuse extra: pip install 'datamesh[fuse]' ({e})", file=sys.stderr)
         return 2
+    from meshd.client.readahead import policy_names
+
     p = argparse.ArgumentParser(prog="meshfs", description="The mesh's namespace as a local filesystem.")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("mount", help="mount the mesh at MOUNTPOINT (runs until SIGTERM or umount)")
@@ -177,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--gid", type=int, help="group shown for every file")
     m.add_argument("--readahead-kb", type=int, default=1024,
                    help="kernel read-ahead for the mount, KiB (default 1024; 0 keeps the kernel's)")
+    m.add_argument("--readahead", default="sequential", choices=policy_names(),
+                   help="meshfs's own read-ahead policy (meshd/client/readahead.py): 'sequential' "
+                        "(default) fetches page descriptors ahead of sequential readers, 'none' "
+                        "fetches exactly what each read asks for")
     m.add_argument("--debug", action="store_true", help="log every FUSE request")
     u = sub.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint")

@@ -1,6 +1,7 @@
 """pyfuse3's Operations over the meshfs core (fuse/meshfs/core.py): a thin adapter.
 
-Every handler turns the core's answer into pyfuse3's types and any failure into
+One pyfuse3 operation, one call of the core. Every handler turns the core's
+answer into pyfuse3's types and any failure into
 ``FUSEError(errno)`` (errnos from the mesh's one table; a bug is logged and
 reported as EIO, never allowed to escape into pyfuse3). Entries and
 attributes carry the core's TTL as the kernel's entry and attribute timeouts.
@@ -102,8 +103,7 @@ class MeshOps(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for ino, n in inode_list:
-            self.core.forget(ino, n)
-            if ino not in self.core.paths:
+            if self.core.forget(ino, n):
                 self._built.pop(ino, None)
 
     @_fuse_errors
@@ -113,31 +113,23 @@ class MeshOps(pyfuse3.Operations):
     @_fuse_errors
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """The hot loop of a listing: the entry of a status already given is reused."""
-        core = self.core
-        inodes, lookups, told, built = core.inodes, core.lookups, core.told, self._built
-        ttl = core.children_ttl(core.dirs[fh].path)
-        while True:
-            batch = await core.entries(fh, start_id)
-            if not batch:
-                return
-            for eid, st in batch:
-                ino = inodes.get(st.path) or core.ino(st.path)
-                got = built.get(ino)
-                if got is not None and got[0] is st and got[1] == ttl:
-                    e = got[2]
-                else:
-                    a = core.attr(st, ino)
-                    if ttl is not None:
-                        a.ttl = ttl
-                    e = self.entry(a)
-                    built[ino] = (st, ttl, e)
-                    if len(built) > MAX_BUILT:
-                        built.clear()
-                told[ino] = st.version
-                if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(st.path.rsplit("/", 1)[-1].encode()), e, eid):
-                    return
-                lookups[ino] = lookups.get(ino, 0) + 1  # the kernel now holds a reference
-                start_id = eid
+        core, built = self.core, self._built
+
+        def reply(eid: int, st: Status, ino: int, ttl: float | None) -> bool:
+            got = built.get(ino)
+            if got is not None and got[0] is st and got[1] == ttl:
+                e = got[2]
+            else:
+                a = core.attr(st, ino)
+                if ttl is not None:
+                    a.ttl = ttl
+                e = self.entry(a)
+                built[ino] = (st, ttl, e)
+                if len(built) > MAX_BUILT:
+                    built.clear()
+            return bool(pyfuse3.readdir_reply(token, pyfuse3.FileNameT(st.path.rsplit("/", 1)[-1].encode()), e, eid))
+
+        await core.readdir(fh, start_id, reply)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.core.releasedir(fh)
@@ -231,8 +223,7 @@ class MeshOps(pyfuse3.Operations):
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         if bytes(name) == DROP_CACHE:
-            n = self.core.drop_caches()
-            inodes = list(self.core.paths)
+            n, inodes = self.core.drop_caches()
 
             def invalidate() -> None:  # not from inside this handler: the kernel holds a lock of ours
                 for ino in inodes:

@@ -7,10 +7,23 @@ component: ``mesh://datasets/x`` is the mesh path ``/datasets/x``. The node is
 found like meshctl finds it (``endpoint=`` storage option, ``$MESH_ENDPOINT``,
 the default data directory).
 
-Reads fetch exactly the requested ranges (fsspec's read-ahead cache on top is
-the usual ``cache_type`` option). A file opened for reading keeps the version
-it was opened at: every range is read pinned to that version and size, and if
-the file changed since, the read fails with ESTALE rather than mix versions.
+Reads go through the client core's read-ahead policy (meshd/client/readahead.py),
+chosen by name with the ``readahead`` option (of the filesystem, or of one
+``open``): ``"none"`` (the default) fetches exactly the ranges fsspec asks
+for (fsspec's own read-ahead cache on top is the usual ``cache_type``
+option); ``"sequential"`` is meshfs's policy for a handle served bytes: a
+sequential reader gets whole pages and the page ahead in one request, and the
+pages past its read serve its next reads. A file opened for reading keeps the
+version it was opened at: every range is read pinned to that version and
+size, and if the file changed since, the read fails with ESTALE rather than
+mix versions.
+
+Metadata: with ``ttl=N`` (seconds, default 0: every call asks the node),
+statuses and listings are kept N seconds in the client core's metadata cache
+(meshd/client/metacache.py), as meshfs keeps them; this filesystem's own
+changes drop them at once (``invalidate_cache`` drops them all). Opening a
+file never uses them: it pins the status the node gives then.
+
 Writes are whole-file: bytes are spooled to a temporary file and sent to the
 node on close. Errors are Python's built-in exceptions (FileNotFoundError,
 IsADirectoryError, ...).
@@ -19,14 +32,17 @@ IsADirectoryError, ...).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+from meshd.client.metacache import MetaCache
+from meshd.client.readahead import Cursor, get_policy, read_bytes
 from meshd.client.sdk import MeshClient, Status
-from meshd.errors import MeshError, to_oserror
+from meshd.errors import MeshError, NotFound, to_oserror
 
 
 @contextmanager
@@ -46,9 +62,14 @@ class MeshFileSystem(AbstractFileSystem):
     protocol = "mesh"
     root_marker = "/"
 
-    def __init__(self, endpoint: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, endpoint: str | None = None, readahead: str = "none", ttl: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.endpoint = endpoint
+        self.readahead = readahead
+        get_policy(readahead)  # a bad name fails here, not at the first read
+        self.ttl = ttl
+        self._meta = MetaCache() if ttl > 0 else None
         self._client: MeshClient | None = None
 
     @property
@@ -69,16 +90,61 @@ class MeshFileSystem(AbstractFileSystem):
             path = path[len("mesh:"):]
         return "/" + path.strip("/")
 
+    def _stat(self, path: str) -> Status:
+        """The status of ``path``, from the metadata cache while it keeps it (``ttl``)."""
+        if self._meta is None:
+            return self.client.stat(path)
+        now = time.monotonic()
+        hit, st = self._meta.get(path, now)
+        if hit:
+            if st is None:
+                raise NotFound(f"not found: {path}")
+            return st
+        try:
+            st = self.client.stat(path)
+        except NotFound:
+            self._meta.put(path, None, self.ttl, now)
+            raise
+        self._meta.put(path, st, self.ttl, now)
+        return st
+
+    def _ls(self, path: str) -> list[Status]:
+        """The entries of directory ``path``, from the metadata cache while it keeps them."""
+        if self._meta is None:
+            return self.client.ls(path)
+        now = time.monotonic()
+        got = self._meta.listing(path, now)
+        if got is None:
+            got = self.client.ls(path)
+            for s in got:
+                self._meta.put(s.path, s, self.ttl, now)
+            self._meta.keep_listing(path, got, self.ttl, now)
+        return got
+
+    def _changed(self, path: str) -> None:
+        """``path`` was changed through this filesystem: forget what is kept of it and its parent."""
+        if self._meta is not None:
+            self._meta.invalidate(path)
+            self._meta.forget_under(path)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        if self._meta is not None:
+            if path is None:
+                self._meta.clear()
+            else:
+                self._changed(self._strip_protocol(path))
+        super().invalidate_cache(path)
+
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         path = self._strip_protocol(path)
         with _oserrors():
-            st = self.client.stat(path)
-            entries = [_entry(s) for s in self.client.ls(path)] if st.is_dir else [_entry(st)]
+            st = self._stat(path)
+            entries = [_entry(s) for s in self._ls(path)] if st.is_dir else [_entry(st)]
         return entries if detail else [e["name"] for e in entries]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         with _oserrors():
-            return _entry(self.client.stat(self._strip_protocol(path)))
+            return _entry(self._stat(self._strip_protocol(path)))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         path = self._strip_protocol(path)
@@ -92,12 +158,16 @@ class MeshFileSystem(AbstractFileSystem):
             return self.client.cat(path, offset, length)
 
     def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
         with _oserrors():
-            self.client.put(self._strip_protocol(path), value)
+            self.client.put(path, value)
+        self._changed(path)
 
     def _rm(self, path: str) -> None:
+        path = self._strip_protocol(path)
         with _oserrors():
-            self.client.rm(self._strip_protocol(path))
+            self.client.rm(path)
+        self._changed(path)
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         paths = path if isinstance(path, list) else [path]
@@ -107,8 +177,10 @@ class MeshFileSystem(AbstractFileSystem):
         self.invalidate_cache()
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
         with _oserrors():
-            self.client.mkdir(self._strip_protocol(path))
+            self.client.mkdir(path)
+        self._changed(path)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         if not exist_ok and self.exists(path):
@@ -117,8 +189,11 @@ class MeshFileSystem(AbstractFileSystem):
 
     def mv(self, path1: str, path2: str, recursive: bool = False, maxdepth: int | None = None,
            **kwargs: Any) -> None:
+        src, dst = self._strip_protocol(path1), self._strip_protocol(path2)
         with _oserrors():
-            self.client.rename(self._strip_protocol(path1), self._strip_protocol(path2))
+            self.client.rename(src, dst)
+        self._changed(src)
+        self._changed(dst)
 
     def modified(self, path: str) -> Any:
         import datetime
@@ -133,14 +208,16 @@ class MeshFileSystem(AbstractFileSystem):
 
 class MeshFile(AbstractBufferedFile):
     """A mesh file. Opened for reading, it is pinned to the status it had at open
-    (``pin``): its ``size`` is that size, and every range is read at that version."""
+    (``pin``): its ``size`` is that size, and every range is read at that version,
+    as the read-ahead policy ``readahead`` (a name; the filesystem's by default) says."""
 
     fs: MeshFileSystem
 
     def __init__(self, fs: MeshFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
-                 autocommit: bool = True, **kwargs: Any) -> None:
+                 autocommit: bool = True, readahead: str | None = None, **kwargs: Any) -> None:
         self._spool: Any = None
         self._stream_id = MeshClient.new_stream_id()
+        self._policy = get_policy(readahead or fs.readahead)
         self.pin: Status | None = None
         if mode == "rb":
             with _oserrors():
@@ -149,12 +226,15 @@ class MeshFile(AbstractBufferedFile):
                 raise IsADirectoryError(f"is a directory: {path}")
             kwargs["size"] = self.pin.size
             self.details = _entry(self.pin)
+            self._cursor = Cursor(fs.client.page_size or (4 << 20), self.pin.size, bytes_only=True)
         super().__init__(fs, path, mode, block_size, autocommit, **kwargs)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _oserrors():
-            return self.fs.client.cat(self.path, start, max(0, end - start), stream_id=self._stream_id,
-                                      pin=self.pin)
+            return read_bytes(self._policy, self._cursor, start, end, self._fetch)
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        return self.fs.client.cat(self.path, offset, length, stream_id=self._stream_id, pin=self.pin)
 
     def _initiate_upload(self) -> None:
         self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
@@ -173,5 +253,6 @@ class MeshFile(AbstractBufferedFile):
 
             with _oserrors():
                 self.fs.client.put(self.path, chunks())
+            self.fs._changed(self.path)
             self._spool.close()
         return True

@@ -1,4 +1,5 @@
-"""Page descriptors shared by every handle of a meshfs mount, fetched once each.
+"""Page descriptors shared by every handle of a client, fetched once each (the client core;
+meshfs keeps one table for its whole mount).
 
 The local node hands a read's bytes over as descriptors of its page files
 (``MeshClient.page_pieces``). A page file holds one whole, verified page of
@@ -6,7 +7,7 @@ one version of one file (meshd/cache/pages.py: written under a temporary name an
 renamed, so it is whole or absent), so a descriptor received for *any* range
 of a page serves *every* later read of that page by a ``pread``, with no
 round trip to the node. ``PageTable`` keeps those descriptors, keyed by
-``(path, version, page index)``, for all handles of the mount: four threads
+``(path, version, page index)``, for all handles of a client: four threads
 reading one file at random share them, and so do a file's successive opens.
 
 **Whole pages.** A piece ``(fd, offset_in_page, length)`` that arrives for
@@ -26,8 +27,8 @@ keep alive after the node evicts their pages is at most that many pages,
 ``max_memfd`` may be memfds: a page the node held only in memory arrives as a
 memfd, which is memory, not disk, so only a few are kept. The least recently
 used goes first. Holding a descriptor costs the client no memory of its own
-(the bytes stay in the kernel's page cache), so meshfs's memory does not grow
-with bytes read.
+(the bytes stay in the kernel's page cache), so a client's memory (meshfs's)
+does not grow with bytes read.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ import asyncio
 import os
 import resource
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from meshd.client.base import Piece
 
 PageId = tuple[str, str, int]  # (path, version, page index)
 MAX_PAGES = 1024
@@ -162,6 +166,43 @@ class PageTable:
                 mine.set_result(None)
             else:
                 mine.set_exception(error if isinstance(error, Exception) else OSError(4, "fetch interrupted"))
+
+    def keep_pieces(self, path: str, version: str, start: int, pieces: list[Piece], page_size: int,
+                    file_size: int, keep_inline: Callable[[int, Cached], None]) -> None:
+        """What ``MeshClient.page_pieces`` returned for a range starting at ``start``:
+        descriptors to the table (as whole pages), inline bytes to ``keep_inline(page
+        index, bytes)`` (consecutive inline pieces of one page as one entry). Every
+        piece's descriptor is the table's or closed afterwards."""
+        ps = page_size
+        logical = start
+        inline: list[bytes] = []
+        inline_at = start
+
+        def flush_inline() -> None:
+            if inline:
+                data = inline[0] if len(inline) == 1 else b"".join(inline)
+                keep_inline(inline_at // ps, Cached(inline_at, inline_at + len(data), data=data))
+                inline.clear()
+
+        try:
+            for p in pieces:
+                if p.data is not None:
+                    if inline and (logical // ps != inline_at // ps):
+                        flush_inline()
+                    if not inline:
+                        inline_at = logical
+                    inline.append(p.data)
+                else:
+                    flush_inline()
+                    if p.length > 0 and p.fd is not None:
+                        c = whole_page(p.fd, logical, p.offset, p.length, ps, file_size)
+                        p.fd = None  # the table owns it now
+                        self.put((path, version, c.start // ps), c)
+                logical += p.length
+            flush_inline()
+        finally:
+            for p in pieces:
+                p.close()
 
     def drop_file(self, path: str) -> None:
         for key in [k for k in self._pages if k[0] == path]:

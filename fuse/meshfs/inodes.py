@@ -1,0 +1,109 @@
+"""meshfs's inodes: a number per path, held while the kernel holds a reference.
+
+A path gets an inode number the first time the kernel sees it (lookup,
+create, mkdir, readdir) and keeps it while the kernel holds a reference
+(``forget`` releases it); a rename moves the path, the inode stays. Per
+inode, meshfs also remembers the version the file had at its last open (the
+kernel may keep the file's cached pages while it is unchanged: ``keep_cache``)
+and the version of the attributes the kernel was last given (an open that
+pins another has the kernel drop them).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from meshd import paths
+from meshfs.node import FSError
+
+ROOT = 1
+
+
+@dataclass
+class Attr:
+    ino: int
+    is_dir: bool
+    size: int
+    mtime: float
+    version: str
+    ttl: float = 1.0  # how long the kernel may keep it (entry and attribute timeout)
+
+
+class Inodes:
+    def __init__(self) -> None:
+        self.paths: dict[int, str] = {ROOT: "/"}
+        self.by_path: dict[str, int] = {"/": ROOT}
+        self.lookups: dict[int, int] = {ROOT: 1}  # the kernel's references
+        self.versions: dict[int, str] = {}  # the version each inode had at its last open (keep_cache)
+        self.told: dict[int, str] = {}  # the version of each inode's attributes the kernel was last given
+        self._next = ROOT + 1
+
+    def path_of(self, ino: int) -> str:
+        p = self.paths.get(ino)
+        if p is None:
+            raise FSError(errno.ESTALE, f"inode {ino} is gone")
+        return p
+
+    def child(self, parent: int, name: bytes) -> str:
+        try:
+            n = name.decode()
+        except UnicodeDecodeError:
+            raise FSError(errno.EINVAL, "file names must be UTF-8") from None
+        if n in ("", ".", "..") or "/" in n or "\0" in n:
+            raise FSError(errno.EINVAL, f"bad name {n!r}")
+        return paths.join(self.path_of(parent), n)
+
+    def ino(self, path: str) -> int:
+        ino = self.by_path.get(path)
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self.by_path[path], self.paths[ino] = ino, path
+            self.lookups[ino] = 0
+        return ino
+
+    def remember(self, path: str) -> int:
+        """The kernel now holds one more reference to ``path``'s inode."""
+        ino = self.ino(path)
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        return ino
+
+    def forget(self, ino: int, n: int) -> bool:
+        """The kernel dropped ``n`` references; True when the inode is gone."""
+        if ino == ROOT:
+            return False
+        left = self.lookups.get(ino, 0) - n
+        if left > 0:
+            self.lookups[ino] = left
+            return False
+        self.lookups.pop(ino, None)
+        path = self.paths.pop(ino, None)
+        if path is not None and self.by_path.get(path) == ino:
+            del self.by_path[path]
+        self.versions.pop(ino, None)
+        self.told.pop(ino, None)
+        return True
+
+    def moved(self, src: str, dst: str) -> None:
+        """A rename: every known path under ``src`` now lives under ``dst``."""
+        for path in [p for p in self.by_path if paths.is_within(p, src)]:
+            ino = self.by_path.pop(path)
+            new = dst + path[len(src):]
+            old_ino = self.by_path.get(new)
+            if old_ino is not None and old_ino != ino:  # the replaced file's inode is orphaned
+                self.paths.pop(old_ino, None)
+            self.by_path[new], self.paths[ino] = ino, new
+
+    def opened(self, ino: int, version: str) -> tuple[bool, bool]:
+        """``ino`` was opened at ``version``: whether the kernel may keep its cached pages
+        (the version is the one of its last open), and whether the attributes the kernel
+        holds are stale (it was told another version)."""
+        keep = self.versions.get(ino) == version
+        self.versions[ino] = version
+        stale = self.told.get(ino, version) != version
+        self.told[ino] = version
+        return keep, stale
+
+
+__all__ = ["ROOT", "Attr", "Inodes"]

@@ -1,0 +1,128 @@
+"""The client's metadata calls: every call of the metadata wire, in one place.
+
+``open``, ``stat`` and ``ls_page`` go over the node's metadata wire
+(meshd/rpc/wire.py), straight to the key's owner when the client knows the
+region's ring (one hop instead of two: ``_meta_call``), falling back to the
+node it is connected to; a node without a metadata wire is asked over gRPC.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from meshd import paths
+from meshd.client.base import Status
+from meshd.client.connection import Connection
+from meshd.cluster.ring import HashRing
+from meshd.errors import MeshError, NodeUnavailable
+from meshd.rpc import mesh_pb2 as pb
+
+
+def _status(s: pb.FileStatus) -> Status:
+    return Status(s.path, s.size, s.mtime, s.version, s.is_dir)
+
+
+def _normal(path: str) -> str:
+    try:
+        return paths.normalize(path)
+    except MeshError:
+        return path  # the node reports the problem
+
+
+class MetadataCalls(Connection):
+    def _learn_members(self) -> None:
+        if self._meta is None:
+            return
+        try:
+            info = self._meta.call("info", {})
+        except MeshError:
+            return
+        self.members = list(info.get("members", []))
+        if self._route and len(self.members) > 1:
+            self._ring = HashRing({m["node_id"]: float(m.get("capacity") or 1) for m in self.members},
+                                  int(info.get("vnodes", 128)))
+        else:
+            self._ring = None
+
+    def _meta_call(self, key: bytes, op: str, args: dict[str, Any]) -> Any:
+        """A metadata call: to the key's owner if known (``shard.<op>``), else any node."""
+        if self._ring is not None:
+            owner = self._ring.owner(key)
+            member = next((m for m in self.members if m["node_id"] == owner), None)
+            if member is not None and self._suspect.get(member["meta"], 0) < time.monotonic():
+                try:
+                    return self._wire(member["meta"]).call("shard." + op, args)
+                except NodeUnavailable:  # the node we talk to forwards or falls back
+                    self._suspect[member["meta"]] = time.monotonic() + 5
+        return self._retrying(lambda: self._meta_once(op, args))
+
+    def _meta_once(self, op: str, args: dict[str, Any]) -> Any:
+        if self._meta is None:
+            raise NotImplementedError
+        return self._meta.call(op, args)
+
+    def open(self, path: str) -> Status:
+        """The status a read of ``path`` would serve now (the metadata wire's ``open``):
+        pass it as ``pin=`` to ``cat``, ``iter_read`` or ``read_chunks_into`` to read
+        exactly that version (size and version), or fail with VersionChanged."""
+        if self._meta is None:
+            return self.stat(path)
+        w = self._open_wire(_normal(path))["s"]
+        return Status(w[0], w[1], w[2], w[3], w[4])
+
+    def _open_wire(self, norm: str) -> dict[str, Any]:
+        """The metadata wire's ``open`` of normalized ``norm``: ``s`` its status (a list),
+        ``fid`` its file id, ``ps`` the page size (what a read plan needs)."""
+        got: dict[str, Any] = self._meta_call(b"s:" + norm.encode(), "open", {"p": norm})
+        return got
+
+    def stat(self, path: str) -> Status:
+        if self._meta is None:
+            return _status(self._call("Stat", pb.PathRequest(path=path)))
+        norm = _normal(path)
+        w = self._meta_call(b"s:" + norm.encode(), "stat", {"p": norm})
+        return Status(w[0], w[1], w[2], w[3], w[4])
+
+    def ls_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[Status], bool]:
+        """One page of a directory's entries in name order, after the name ``after``."""
+        if self._meta is None:
+            entries = self.ls(path)
+            entries = [e for e in entries if not after or e.path.rsplit("/", 1)[-1] > after]
+            return entries[:limit], len(entries) > limit
+        norm = _normal(path)
+        r = self._meta_call(b"l:" + norm.encode(), "list", {"p": norm, "a": after, "n": limit})
+        base = norm.rstrip("/")
+        return [Status(f"{base}/{n}", s, m, v, d) for n, s, m, v, d in r["e"]], bool(r["more"])
+
+    def iter_ls(self, path: str, page: int = 1000) -> Iterator[Status]:
+        """Every entry of a directory, fetched ``page`` at a time (for huge directories)."""
+        after, more = "", True
+        while more:
+            entries, more = self.ls_page(path, after, page)
+            yield from entries
+            if entries:
+                after = entries[-1].path.rsplit("/", 1)[-1]
+
+    def ls(self, path: str) -> list[Status]:
+        if self._meta is not None:
+            return list(self.iter_ls(path, 5000))
+        return [_status(s) for s in self._call("List", pb.PathRequest(path=path)).entries]
+
+    def place_state(self, datasets: list[str]) -> dict[str, Any]:
+        """What the mesh knows for placing a job on ``datasets`` (meshd/core/placing.py)."""
+        return dict(self._retrying(lambda: self._meta_once("place.state", {"d": datasets})))
+
+    def mesh_state(self, path: str) -> dict[str, str]:
+        """A path's ``user.mesh.*`` attributes (home region, region, bytes cached there):
+        the node's one computation of them, as WebHDFS shows them too."""
+        return {str(k): str(v) for k, v in
+                dict(self._retrying(lambda: self._meta_once("mesh.state", {"p": path}))).items()}
+
+    def stage(self, datasets: list[str]) -> dict[str, Any]:
+        """Start loading ``datasets`` into this node's region, in the background."""
+        return dict(self._meta_once("stage", {"d": datasets}))
+
+
+__all__ = ["MetadataCalls"]
