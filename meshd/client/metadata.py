@@ -59,16 +59,14 @@ class MetadataCalls(Connection):
         return self._retrying(lambda: self._meta_once(op, args))
 
     def _meta_once(self, op: str, args: dict[str, Any]) -> Any:
-        if self._meta is None:
-            raise NotImplementedError
+        if self._meta is None:  # every node serves the metadata wire: one home for metadata
+            raise NodeUnavailable(f"the node at {self.endpoint} announces no metadata endpoint")
         return self._meta.call(op, args)
 
     def open(self, path: str) -> Status:
         """The status a read of ``path`` would serve now (the metadata wire's ``open``):
         pass it as ``pin=`` to ``cat``, ``iter_read`` or ``read_chunks_into`` to read
         exactly that version (size and version), or fail with VersionChanged."""
-        if self._meta is None:
-            return self.stat(path)
         w = self._open_wire(_normal(path))["s"]
         return Status(w[0], w[1], w[2], w[3], w[4])
 
@@ -79,18 +77,12 @@ class MetadataCalls(Connection):
         return got
 
     def stat(self, path: str) -> Status:
-        if self._meta is None:
-            return _status(self._call("Stat", pb.PathRequest(path=path)))
         norm = _normal(path)
         w = self._meta_call(b"s:" + norm.encode(), "stat", {"p": norm})
         return Status(w[0], w[1], w[2], w[3], w[4])
 
     def ls_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[Status], bool]:
         """One page of a directory's entries in name order, after the name ``after``."""
-        if self._meta is None:
-            entries = self.ls(path)
-            entries = [e for e in entries if not after or e.path.rsplit("/", 1)[-1] > after]
-            return entries[:limit], len(entries) > limit
         norm = _normal(path)
         r = self._meta_call(b"l:" + norm.encode(), "list", {"p": norm, "a": after, "n": limit})
         base = norm.rstrip("/")
@@ -106,9 +98,7 @@ class MetadataCalls(Connection):
                 after = entries[-1].path.rsplit("/", 1)[-1]
 
     def ls(self, path: str) -> list[Status]:
-        if self._meta is not None:
-            return list(self.iter_ls(path, 5000))
-        return [_status(s) for s in self._call("List", pb.PathRequest(path=path)).entries]
+        return list(self.iter_ls(path, 5000))
 
     def place_state(self, datasets: list[str]) -> dict[str, Any]:
         """What the mesh knows for placing a job on ``datasets`` (meshd/core/placing.py)."""

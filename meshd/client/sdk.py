@@ -33,7 +33,6 @@ and this module: the control calls and the read API that ties them together.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
@@ -54,6 +53,7 @@ from meshd.client.routing import Routing
 from meshd.client.shortcircuit import ShortCircuit
 from meshd.errors import NodeUnavailable
 from meshd.rpc import mesh_pb2 as pb
+from meshd.rpc.messages import Report
 
 
 class MeshClient(Routing, ShortCircuit, HttpData):
@@ -110,8 +110,9 @@ class MeshClient(Routing, ShortCircuit, HttpData):
         return int(self._call("Free", pb.PathRequest(path=path)).bytes_freed)
 
     def report(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self._call("Report", pb.Empty()).json)
-        return result
+        """The node's report with its region's members (``report`` on the metadata wire),
+        checked against the one Report type (meshd/rpc/messages.py)."""
+        return Report.from_wire(self._retrying(lambda: self._meta_once("report", {"m": True}))).to_wire()
 
     # ---- reads -------------------------------------------------------------
 

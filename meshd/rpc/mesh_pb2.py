@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14meshd/rpc/mesh.proto\x12\x07mesh.v1\"\x07\n\x05\x45mpty\"\xa6\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x33\n\tendpoints\x18\x03 \x03(\x0b\x32 .mesh.v1.NodeInfo.EndpointsEntry\x12\x11\n\tpage_size\x18\x04 \x01(\x04\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x0bPathRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"X\n\nFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05mtime\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06is_dir\x18\x05 \x01(\x08\"4\n\x0cListResponse\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.mesh.v1.FileStatus\"k\n\x0bReadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\x0f\n\x07nocache\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\">\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12#\n\x06status\x18\x02 \x01(\x0b\x32\x13.mesh.v1.FileStatus\"(\n\nWriteChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"0\n\rDeleteRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\")\n\rRenameRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\"\xa6\x01\n\x0f\x41\x64\x64MountRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x36\n\x07options\x18\x03 \x03(\x0b\x32%.mesh.v1.AddMountRequest.OptionsEntry\x12\x10\n\x08no_check\x18\x04 \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\tMountInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x30\n\x07options\x18\x03 \x03(\x0b\x32\x1f.mesh.v1.MountInfo.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x12ListMountsResponse\x12\"\n\x06mounts\x18\x01 \x03(\x0b\x32\x12.mesh.v1.MountInfo\"\x1f\n\x0cSyncResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\"\x85\x01\n\x0cLoadProgress\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nfiles_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x66iles_total\x18\x03 \x01(\x04\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x15\n\rbytes_fetched\x18\x06 \x01(\x04\"#\n\x0c\x46reeResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\"\x1e\n\x0eReportResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa3\x06\n\x04Mesh\x12,\n\x07GetInfo\x12\x0e.mesh.v1.Empty\x1a\x11.mesh.v1.NodeInfo\x12\x31\n\x04Stat\x12\x14.mesh.v1.PathRequest\x1a\x13.mesh.v1.FileStatus\x12\x33\n\x04List\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.ListResponse\x12\x32\n\x04Read\x12\x14.mesh.v1.ReadRequest\x1a\x12.mesh.v1.ReadChunk0\x01\x12\x33\n\x05Write\x12\x13.mesh.v1.WriteChunk\x1a\x13.mesh.v1.FileStatus(\x01\x12\x39\n\x06\x44\x65lete\x12\x16.mesh.v1.DeleteRequest\x1a\x17.mesh.v1.DeleteResponse\x12-\n\x05Mkdir\x12\x14.mesh.v1.PathRequest\x1a\x0e.mesh.v1.Empty\x12\x30\n\x06Rename\x12\x16.mesh.v1.RenameRequest\x1a\x0e.mesh.v1.Empty\x12\x38\n\x08\x41\x64\x64Mount\x12\x18.mesh.v1.AddMountRequest\x1a\x12.mesh.v1.MountInfo\x12\x37\n\x0bRemoveMount\x12\x14.mesh.v1.PathRequest\x1a\x12.mesh.v1.MountInfo\x12\x39\n\nListMounts\x12\x0e.mesh.v1.Empty\x1a\x1b.mesh.v1.ListMountsResponse\x12\x33\n\x04Sync\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.SyncResponse\x12\x35\n\x04Load\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.LoadProgress0\x01\x12\x33\n\x04\x46ree\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.FreeResponse\x12\x31\n\x06Report\x12\x0e.mesh.v1.Empty\x1a\x17.mesh.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14meshd/rpc/mesh.proto\x12\x07mesh.v1\"\x07\n\x05\x45mpty\"\xa6\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x33\n\tendpoints\x18\x03 \x03(\x0b\x32 .mesh.v1.NodeInfo.EndpointsEntry\x12\x11\n\tpage_size\x18\x04 \x01(\x04\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\x0bPathRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"X\n\nFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05mtime\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06is_dir\x18\x05 \x01(\x08\"k\n\x0bReadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\x0f\n\x07nocache\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\">\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12#\n\x06status\x18\x02 \x01(\x0b\x32\x13.mesh.v1.FileStatus\"(\n\nWriteChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"0\n\rDeleteRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\")\n\rRenameRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\"\xa6\x01\n\x0f\x41\x64\x64MountRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x36\n\x07options\x18\x03 \x03(\x0b\x32%.mesh.v1.AddMountRequest.OptionsEntry\x12\x10\n\x08no_check\x18\x04 \x01(\x08\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\tMountInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x30\n\x07options\x18\x03 \x03(\x0b\x32\x1f.mesh.v1.MountInfo.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x12ListMountsResponse\x12\"\n\x06mounts\x18\x01 \x03(\x0b\x32\x12.mesh.v1.MountInfo\"\x1f\n\x0cSyncResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\"\x85\x01\n\x0cLoadProgress\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nfiles_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x66iles_total\x18\x03 \x01(\x04\x12\x12\n\nbytes_done\x18\x04 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x04\x12\x15\n\rbytes_fetched\x18\x06 \x01(\x04\"#\n\x0c\x46reeResponse\x12\x13\n\x0b\x62ytes_freed\x18\x01 \x01(\x04\x32\x88\x05\n\x04Mesh\x12,\n\x07GetInfo\x12\x0e.mesh.v1.Empty\x1a\x11.mesh.v1.NodeInfo\x12\x32\n\x04Read\x12\x14.mesh.v1.ReadRequest\x1a\x12.mesh.v1.ReadChunk0\x01\x12\x33\n\x05Write\x12\x13.mesh.v1.WriteChunk\x1a\x13.mesh.v1.FileStatus(\x01\x12\x39\n\x06\x44\x65lete\x12\x16.mesh.v1.DeleteRequest\x1a\x17.mesh.v1.DeleteResponse\x12-\n\x05Mkdir\x12\x14.mesh.v1.PathRequest\x1a\x0e.mesh.v1.Empty\x12\x30\n\x06Rename\x12\x16.mesh.v1.RenameRequest\x1a\x0e.mesh.v1.Empty\x12\x38\n\x08\x41\x64\x64Mount\x12\x18.mesh.v1.AddMountRequest\x1a\x12.mesh.v1.MountInfo\x12\x37\n\x0bRemoveMount\x12\x14.mesh.v1.PathRequest\x1a\x12.mesh.v1.MountInfo\x12\x39\n\nListMounts\x12\x0e.mesh.v1.Empty\x1a\x1b.mesh.v1.ListMountsResponse\x12\x33\n\x04Sync\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.SyncResponse\x12\x35\n\x04Load\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.LoadProgress0\x01\x12\x33\n\x04\x46ree\x12\x14.mesh.v1.PathRequest\x1a\x15.mesh.v1.FreeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,38 +47,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PATHREQUEST']._serialized_end=238
   _globals['_FILESTATUS']._serialized_start=240
   _globals['_FILESTATUS']._serialized_end=328
-  _globals['_LISTRESPONSE']._serialized_start=330
-  _globals['_LISTRESPONSE']._serialized_end=382
-  _globals['_READREQUEST']._serialized_start=384
-  _globals['_READREQUEST']._serialized_end=491
-  _globals['_READCHUNK']._serialized_start=493
-  _globals['_READCHUNK']._serialized_end=555
-  _globals['_WRITECHUNK']._serialized_start=557
-  _globals['_WRITECHUNK']._serialized_end=597
-  _globals['_DELETEREQUEST']._serialized_start=599
-  _globals['_DELETEREQUEST']._serialized_end=647
-  _globals['_DELETERESPONSE']._serialized_start=649
-  _globals['_DELETERESPONSE']._serialized_end=682
-  _globals['_RENAMEREQUEST']._serialized_start=684
-  _globals['_RENAMEREQUEST']._serialized_end=725
-  _globals['_ADDMOUNTREQUEST']._serialized_start=728
-  _globals['_ADDMOUNTREQUEST']._serialized_end=894
-  _globals['_ADDMOUNTREQUEST_OPTIONSENTRY']._serialized_start=848
-  _globals['_ADDMOUNTREQUEST_OPTIONSENTRY']._serialized_end=894
-  _globals['_MOUNTINFO']._serialized_start=897
-  _globals['_MOUNTINFO']._serialized_end=1033
-  _globals['_MOUNTINFO_OPTIONSENTRY']._serialized_start=848
-  _globals['_MOUNTINFO_OPTIONSENTRY']._serialized_end=894
-  _globals['_LISTMOUNTSRESPONSE']._serialized_start=1035
-  _globals['_LISTMOUNTSRESPONSE']._serialized_end=1091
-  _globals['_SYNCRESPONSE']._serialized_start=1093
-  _globals['_SYNCRESPONSE']._serialized_end=1124
-  _globals['_LOADPROGRESS']._serialized_start=1127
-  _globals['_LOADPROGRESS']._serialized_end=1260
-  _globals['_FREERESPONSE']._serialized_start=1262
-  _globals['_FREERESPONSE']._serialized_end=1297
-  _globals['_REPORTRESPONSE']._serialized_start=1299
-  _globals['_REPORTRESPONSE']._serialized_end=1329
-  _globals['_MESH']._serialized_start=1332
-  _globals['_MESH']._serialized_end=2135
+  _globals['_READREQUEST']._serialized_start=330
+  _globals['_READREQUEST']._serialized_end=437
+  _globals['_READCHUNK']._serialized_start=439
+  _globals['_READCHUNK']._serialized_end=501
+  _globals['_WRITECHUNK']._serialized_start=503
+  _globals['_WRITECHUNK']._serialized_end=543
+  _globals['_DELETEREQUEST']._serialized_start=545
+  _globals['_DELETEREQUEST']._serialized_end=593
+  _globals['_DELETERESPONSE']._serialized_start=595
+  _globals['_DELETERESPONSE']._serialized_end=628
+  _globals['_RENAMEREQUEST']._serialized_start=630
+  _globals['_RENAMEREQUEST']._serialized_end=671
+  _globals['_ADDMOUNTREQUEST']._serialized_start=674
+  _globals['_ADDMOUNTREQUEST']._serialized_end=840
+  _globals['_ADDMOUNTREQUEST_OPTIONSENTRY']._serialized_start=794
+  _globals['_ADDMOUNTREQUEST_OPTIONSENTRY']._serialized_end=840
+  _globals['_MOUNTINFO']._serialized_start=843
+  _globals['_MOUNTINFO']._serialized_end=979
+  _globals['_MOUNTINFO_OPTIONSENTRY']._serialized_start=794
+  _globals['_MOUNTINFO_OPTIONSENTRY']._serialized_end=840
+  _globals['_LISTMOUNTSRESPONSE']._serialized_start=981
+  _globals['_LISTMOUNTSRESPONSE']._serialized_end=1037
+  _globals['_SYNCRESPONSE']._serialized_start=1039
+  _globals['_SYNCRESPONSE']._serialized_end=1070
+  _globals['_LOADPROGRESS']._serialized_start=1073
+  _globals['_LOADPROGRESS']._serialized_end=1206
+  _globals['_FREERESPONSE']._serialized_start=1208
+  _globals['_FREERESPONSE']._serialized_end=1243
+  _globals['_MESH']._serialized_start=1246
+  _globals['_MESH']._serialized_end=1894
 # @@protoc_insertion_point(module_scope)

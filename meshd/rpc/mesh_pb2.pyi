@@ -49,12 +49,6 @@ class FileStatus(_message.Message):
     is_dir: bool
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., version: _Optional[str] = ..., is_dir: _Optional[bool] = ...) -> None: ...
 
-class ListResponse(_message.Message):
-    __slots__ = ("entries",)
-    ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    entries: _containers.RepeatedCompositeFieldContainer[FileStatus]
-    def __init__(self, entries: _Optional[_Iterable[_Union[FileStatus, _Mapping]]] = ...) -> None: ...
-
 class ReadRequest(_message.Message):
     __slots__ = ("path", "offset", "length", "nocache", "version", "size")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -178,9 +172,3 @@ class FreeResponse(_message.Message):
     BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
     bytes_freed: int
     def __init__(self, bytes_freed: _Optional[int] = ...) -> None: ...
-
-class ReportResponse(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -39,16 +39,6 @@ class MeshStub:
                 request_serializer=meshd_dot_rpc_dot_mesh__pb2.Empty.SerializeToString,
                 response_deserializer=meshd_dot_rpc_dot_mesh__pb2.NodeInfo.FromString,
                 _registered_method=True)
-        self.Stat = channel.unary_unary(
-                '/mesh.v1.Mesh/Stat',
-                request_serializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
-                response_deserializer=meshd_dot_rpc_dot_mesh__pb2.FileStatus.FromString,
-                _registered_method=True)
-        self.List = channel.unary_unary(
-                '/mesh.v1.Mesh/List',
-                request_serializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
-                response_deserializer=meshd_dot_rpc_dot_mesh__pb2.ListResponse.FromString,
-                _registered_method=True)
         self.Read = channel.unary_stream(
                 '/mesh.v1.Mesh/Read',
                 request_serializer=meshd_dot_rpc_dot_mesh__pb2.ReadRequest.SerializeToString,
@@ -104,29 +94,12 @@ class MeshStub:
                 request_serializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
                 response_deserializer=meshd_dot_rpc_dot_mesh__pb2.FreeResponse.FromString,
                 _registered_method=True)
-        self.Report = channel.unary_unary(
-                '/mesh.v1.Mesh/Report',
-                request_serializer=meshd_dot_rpc_dot_mesh__pb2.Empty.SerializeToString,
-                response_deserializer=meshd_dot_rpc_dot_mesh__pb2.ReportResponse.FromString,
-                _registered_method=True)
 
 
 class MeshServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Stat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def List(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,12 +174,6 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Report(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,16 +181,6 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=meshd_dot_rpc_dot_mesh__pb2.Empty.FromString,
                     response_serializer=meshd_dot_rpc_dot_mesh__pb2.NodeInfo.SerializeToString,
-            ),
-            'Stat': grpc.unary_unary_rpc_method_handler(
-                    servicer.Stat,
-                    request_deserializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.FromString,
-                    response_serializer=meshd_dot_rpc_dot_mesh__pb2.FileStatus.SerializeToString,
-            ),
-            'List': grpc.unary_unary_rpc_method_handler(
-                    servicer.List,
-                    request_deserializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.FromString,
-                    response_serializer=meshd_dot_rpc_dot_mesh__pb2.ListResponse.SerializeToString,
             ),
             'Read': grpc.unary_stream_rpc_method_handler(
                     servicer.Read,
@@ -280,11 +237,6 @@ def add_MeshServicer_to_server(servicer, server):
                     request_deserializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.FromString,
                     response_serializer=meshd_dot_rpc_dot_mesh__pb2.FreeResponse.SerializeToString,
             ),
-            'Report': grpc.unary_unary_rpc_method_handler(
-                    servicer.Report,
-                    request_deserializer=meshd_dot_rpc_dot_mesh__pb2.Empty.FromString,
-                    response_serializer=meshd_dot_rpc_dot_mesh__pb2.ReportResponse.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mesh.v1.Mesh', rpc_method_handlers)
@@ -313,60 +265,6 @@ class Mesh:
             '/mesh.v1.Mesh/GetInfo',
             meshd_dot_rpc_dot_mesh__pb2.Empty.SerializeToString,
             meshd_dot_rpc_dot_mesh__pb2.NodeInfo.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Stat(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mesh.v1.Mesh/Stat',
-            meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
-            meshd_dot_rpc_dot_mesh__pb2.FileStatus.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def List(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mesh.v1.Mesh/List',
-            meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
-            meshd_dot_rpc_dot_mesh__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -664,33 +562,6 @@ class Mesh:
             '/mesh.v1.Mesh/Free',
             meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
             meshd_dot_rpc_dot_mesh__pb2.FreeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Report(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mesh.v1.Mesh/Report',
-            meshd_dot_rpc_dot_mesh__pb2.Empty.SerializeToString,
-            meshd_dot_rpc_dot_mesh__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,8 @@ py-spy). Metadata operations are tiny and numerous (a directory of 100,000
 files, a dataloader stat-ing every sample), and nodes forward them to the
 shard that owns the key, so the per-call cost is the metadata layer's
 throughput. This framing costs a few tens of microseconds a call. gRPC stays
-the control API (proto/mesh.proto) and still answers ``Stat``/``List``.
+the control API (proto/mesh.proto); metadata and the report have their one home
+here, and their schema in :mod:`meshd.rpc.messages`.
 
 Frame (both directions): ``!II`` = body length, request id; then the body,
 JSON. Request body ``[op, args]``; reply ``{"r": result}`` or

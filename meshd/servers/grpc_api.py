@@ -8,7 +8,6 @@ is logged with its traceback here and reported as INTERNAL without one.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -60,13 +59,6 @@ class MeshService(pb_grpc.MeshServicer):
     async def GetInfo(self, request: pb.Empty, context: Any) -> pb.NodeInfo:
         return pb.NodeInfo(node_id=self._node_id, version=__version__, endpoints=self._endpoints(),
                            page_size=self.node.cache.page_size)
-
-    async def Stat(self, request: pb.PathRequest, context: Any) -> pb.FileStatus:
-        return status_pb(await _guard(context, lambda: self.node.stat(request.path)))
-
-    async def List(self, request: pb.PathRequest, context: Any) -> pb.ListResponse:
-        entries = await _guard(context, lambda: self.node.listdir(request.path))
-        return pb.ListResponse(entries=[status_pb(s) for s in entries])
 
     async def Read(self, request: pb.ReadRequest, context: Any) -> AsyncIterator[pb.ReadChunk]:
         async def start() -> ReadStream:
@@ -154,6 +146,3 @@ class MeshService(pb_grpc.MeshServicer):
     async def Free(self, request: pb.PathRequest, context: Any) -> pb.FreeResponse:
         return pb.FreeResponse(bytes_freed=await _guard(context, lambda: self.node.free(request.path)))
 
-    async def Report(self, request: pb.Empty, context: Any) -> pb.ReportResponse:
-        report = await self.node.full_report()
-        return pb.ReportResponse(json=json.dumps(report))
