@@ -30,11 +30,19 @@ from meshd.core import MeshNode, ReadStream, Segment
 log = logging.getLogger(__name__)
 
 
+def _may_sendfile(request: web.Request, resp: web.StreamResponse) -> bool:
+    """Whether the body may bypass aiohttp's writer: a transport, a Content-Length (no
+    chunked framing) and no compression."""
+    return request.transport is not None and resp.content_length is not None and not resp.compression
+
+
 async def _sendfile_ready(request: web.Request, resp: web.StreamResponse) -> asyncio.Transport | None:
     """The transport, once the headers are on it, if the body may bypass aiohttp's
-    writer: a Content-Length (no chunked framing) and no compression. Else None."""
+    writer. Called only when a page file is about to be sent: aiohttp holds the headers
+    back to go out with the first write, and a body served from memory keeps that (one
+    send for headers and a small body, not two)."""
     transport = request.transport
-    if transport is None or resp.content_length is None or resp.compression:
+    if transport is None or not _may_sendfile(request, resp):
         return None
     writer = await resp.prepare(request)  # prepared already: returns its writer
     if writer is None:  # the body is complete
@@ -80,11 +88,14 @@ async def stream_response(request: web.Request, resp: web.StreamResponse, node: 
     try:
         await resp.prepare(request)
         request["streaming"] = resp
-        sendfile_to = await _sendfile_ready(request, resp) if use_sendfile else None
+        may_sendfile = use_sendfile and _may_sendfile(request, resp)
+        sendfile_to: asyncio.Transport | None = None
         async for seg in stream.segments:
             try:
-                if sendfile_to is not None:
+                if may_sendfile:
                     await node.prefer_file(seg)
+                    if sendfile_to is None and isinstance(seg.page, DiskPage):
+                        sendfile_to = await _sendfile_ready(request, resp)
                 await _send(resp, seg, sendfile_to)
             finally:
                 seg.close()
