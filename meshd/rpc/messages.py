@@ -69,6 +69,23 @@ def _check(op: str, key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+_Spec = tuple[tuple[str, str, Any, bool], ...]  # (name, wire key, type, required) per field
+_SPECS: dict[type, _Spec] = {}
+
+
+def _spec(cls: type) -> _Spec:
+    """A class's fields, read once: the metadata wire's hot path must not resolve
+    annotations on every call (``typing.get_type_hints`` costs ~30 us)."""
+    spec = _SPECS.get(cls)
+    if spec is None:
+        hints = typing.get_type_hints(cls)
+        spec = _SPECS[cls] = tuple(
+            (f.name, f.metadata["wire"], hints[f.name],
+             f.default is _MISSING and f.default_factory is _MISSING)
+            for f in dataclasses.fields(cls))
+    return spec
+
+
 class Msg:
     """An operation's arguments: fields declared with :func:`wire`."""
 
@@ -79,14 +96,12 @@ class Msg:
         op = op or cls.OP
         if not isinstance(args, dict):
             raise InvalidArgument(f"{op}: arguments must be an object")
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            key = f.metadata["wire"]
+        for name, key, hint, required in _spec(cls):
             if key in args:
-                values[f.name] = _check(op, key, args[key], hints[f.name])
-            elif f.default is _MISSING and f.default_factory is _MISSING:
-                raise InvalidArgument(f"{op}: argument {key!r} ({f.name}) is required")
+                values[name] = _check(op, key, args[key], hint)
+            elif required:
+                raise InvalidArgument(f"{op}: argument {key!r} ({name}) is required")
         obj = cls(**values)
         obj.validate(op)
         return obj
