@@ -193,7 +193,7 @@ def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Ha
 
 
 def _typed(op: str, cls: type[msg.Msg], fn: Callable[[Any], Awaitable[Any]]) -> Handler:
-    async def handle(args: dict[str, Any]) -> Any:
-        return await fn(cls.from_wire(args, op))
+    def handle(args: dict[str, Any]) -> Awaitable[Any]:
+        return fn(cls.from_wire(args, op))  # no coroutine of its own: the wire awaits fn's
 
     return handle
