@@ -116,7 +116,7 @@ class Clustered(Mode):
         cc = config.cluster
         self.etcd = etcd
         self.membership = EtcdMembership(etcd, me, cc.lease_ttl)
-        self.cluster = Cluster(self.membership)
+        self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout)
         self.federation = Federation(cc.region, Quotas(), self.cluster)
         self.shared = EtcdMounts(etcd, cc.name)
         self.topology = EtcdFederation(etcd, cc.name, self.federation)

@@ -115,6 +115,10 @@ class ClusterConfig:
     capacity: int = 0  # announced cache capacity (default: the disk tier's)
     labels: dict[str, str] = field(default_factory=dict)
     lease_ttl: int = 10  # seconds without keep-alive before etcd drops a dead node
+    # Seconds a peer may stay silent (no page, no "queued" answer) before it is presumed
+    # dead and the next owner asked. A peer that answers is never given up on, however
+    # long its queue: it answers "queued" every peer_timeout / 3 seconds (at most 5).
+    peer_timeout: float = 15.0
     meta_port: int = 0  # the metadata wire's port (0: a free one)
 
     @property
@@ -273,6 +277,8 @@ def check_cluster(cfg: ClusterConfig, where: str = "config") -> None:
                 raise InvalidArgument(f"{where}: etcd endpoint {e!r} is not host:port or http://host:port")
     if not 1 <= cfg.lease_ttl <= 3600:
         raise InvalidArgument(f"{where}: cluster.lease_ttl must be between 1 and 3600 seconds")
+    if not 0.5 <= cfg.peer_timeout <= 600:
+        raise InvalidArgument(f"{where}: cluster.peer_timeout must be between 0.5 and 600 seconds")
 
 
 def parse_mount_flag(flag: str) -> MountConfig:

@@ -36,6 +36,7 @@ class Stats:
         self.misses = 0
         self.page_fetches = 0  # pages brought in from under-stores (reads, read-ahead, load)
         self.region_served = 0  # bytes of cached pages sent to nodes of other regions
+        self.pages_held = 0  # peers' page requests answered "queued" (the page still on its way)
         self.understore_requests: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_errors: dict[tuple[str, str], int] = defaultdict(int)
         self.understore_bytes: dict[str, int] = defaultdict(int)
@@ -140,6 +141,12 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily("mesh_cluster_peer_failures",
                                   "Calls to a peer that failed (refused, reset, timed out)",
                                   value=c.peer_failures)
+        yield CounterMetricFamily("mesh_cluster_page_polls",
+                                  "Pages asked of their owner again after a 'queued' answer",
+                                  value=c.page_polls)
+        yield CounterMetricFamily("mesh_cluster_page_queued_seconds",
+                                  "Seconds this node's page requests waited at their owners",
+                                  value=c.queued_seconds)
         yield CounterMetricFamily("mesh_metadata_forwarded", "Metadata calls sent to the key's owner",
                                   value=md.forwarded)
         yield CounterMetricFamily("mesh_metadata_fallbacks",
@@ -222,16 +229,16 @@ class InstrumentedStore(UnderStore):
         return result
 
     async def get_range(self, path: str, start: int, end: int,
-                        version: str | None = None) -> AsyncIterator[bytes]:
+                        version: str | None = None, *, chunk: int | None = None) -> AsyncIterator[bytes]:
         t0 = time.perf_counter()
         first = True
         try:
-            async for chunk in self.inner.get_range(path, start, end, version):
+            async for piece in self.inner.get_range(path, start, end, version, chunk=chunk):
                 if first:
                     self._done("get", t0, True)
                     first = False
-                self._m.stats.understore_bytes[self.scheme] += len(chunk)
-                yield chunk
+                self._m.stats.understore_bytes[self.scheme] += len(piece)
+                yield piece
         except BaseException:
             if first:
                 self._done("get", t0, False)

@@ -47,6 +47,8 @@ from meshd.region.quota import (
     LIST_ENTRY_BYTES,
     MAX_GRAIN,
     MIN_GRAIN,
+    MIN_PIECE,
+    RECEIVE_WINDOW,
     REQUEST_BYTES,
     Crossing,
     LinkQuota,
@@ -57,9 +59,6 @@ from meshd.region.quota import (
 from meshd.understore import ObjectInfo, UnderStore
 from topology.model import Link, Region, Topology, parse
 from topology.router import MIN_HEADROOM, Source, price, route, worth_asking
-
-# grains a throttled read keeps in flight at the 1 MB/s quota these tests use
-AHEAD = Crossing([LinkQuota("a", "b", 1e6, 0.05, 1)]).ahead
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "topology.yaml"
 GIB = float(1 << 30)
@@ -516,7 +515,7 @@ UNDER_DELIVERS: list[Any] = []  # fixed: the bucket is GCRA-exact (was: overslee
 
 
 @pytest.mark.parametrize("rate", [
-    1e6,                                        # grain 64 KiB (the floor)
+    1e6,                                        # grain 16 KiB (the floor)
     50e6,                                       # the example's 400 Mbit/s: grain 781,250 B
     pytest.param(123_456_789.0, marks=UNDER_DELIVERS),
     pytest.param(875e6, marks=UNDER_DELIVERS),  # grain 4 MiB (the ceiling)
@@ -568,7 +567,7 @@ def test_link_quota_long_run_holds_the_quota_on_the_wire(quota: float) -> None:
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("quota", "grain"), [
-    (1e6, MIN_GRAIN),               # 15,625 -> floor 64 KiB
+    (1e6, MIN_GRAIN),               # 15,625 -> floor 16 KiB
     (64 * MIN_GRAIN, MIN_GRAIN),
     (64e6, 1_000_000),
     (50e6, 781_250),
@@ -718,6 +717,7 @@ class MemoryStore(UnderStore):
         self.chunk = chunk
         self.delay = delay
         self.reads: list[tuple[str, int, int]] = []
+        self.events: list[tuple[str, float]] = []  # ("read", bytes) as pieces are read
         self.fail_from: int | None = None  # reads starting at or after this offset fail
         self.received: list[int] = []  # chunk sizes put() got
         self.ops: list[tuple[str, str]] = []
@@ -734,18 +734,21 @@ class MemoryStore(UnderStore):
         self.ops.append(("list", path))
         return [ObjectInfo(p, len(d), 0.0, "v") for p, d in sorted(self.objects.items())]
 
-    async def get_range(self, path: str, start: int, end: int,
-                        version: str | None = None) -> AsyncIterator[bytes]:
+    async def get_range(self, path: str, start: int, end: int, version: str | None = None, *,
+                        chunk: int | None = None) -> AsyncIterator[bytes]:
         self.reads.append((path, start, end))
         if self.delay:
             await asyncio.sleep(self.delay)
         else:
             await asyncio.sleep(0)
-        if self.fail_from is not None and start >= self.fail_from:
-            raise UnderStoreError(f"injected failure at {start}")
         data = self.objects[path][start:end]
-        for i in range(0, len(data), self.chunk):
-            yield data[i:i + self.chunk]
+        step = chunk or self.chunk
+        for i in range(0, len(data), step):
+            if self.fail_from is not None and start + i >= self.fail_from:
+                raise UnderStoreError(f"injected failure at {start + i}")
+            piece = data[i:i + step]
+            self.events.append(("read", len(piece)))  # the piece leaves the "socket" now
+            yield piece
             await asyncio.sleep(0)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
@@ -767,16 +770,18 @@ class MemoryStore(UnderStore):
 class Recorder:
     """A granter that grants at once and records what each link was asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: list[tuple[str, float]] | None = None) -> None:
         self.tokens: dict[str, float] = {}
         self.calls = 0
+        self.events = events if events is not None else []  # ("take <link>", tokens) as granted
 
     async def __call__(self, q: LinkQuota, tokens: float) -> None:
         self.calls += 1
         self.tokens[q.name] = self.tokens.get(q.name, 0.0) + tokens
+        self.events.append((f"take {q.name}", tokens))
 
 
-GRAIN = MIN_GRAIN  # quota 1e6 B/s -> grain 64 KiB
+GRAIN = MIN_GRAIN  # quota 1e6 B/s -> grain 16 KiB
 BLOB = bytes(i * 7 % 251 for i in range(10 * GRAIN + 12_345))
 
 
@@ -790,22 +795,33 @@ async def collect(it: AsyncIterator[bytes]) -> bytes:
     return b"".join([c async for c in it])
 
 
-async def test_throttled_read_goes_grain_by_grain_and_pays_every_byte() -> None:
-    inner = MemoryStore({"f": BLOB})
+async def test_throttled_read_is_one_request_paced_grain_by_grain() -> None:
+    inner = MemoryStore({"f": BLOB}, chunk=1 << 20)
     ab, bc = LinkQuota("a", "b", 1e6, 0.05, 1), LinkQuota("b", "c", 5e6, 0.1, 1)
-    rec = Recorder()
+    rec = Recorder(inner.events)
     store = throttled(inner, [ab, bc], grant=rec)
     assert (store.uri, store.options, store.scheme) == ("mem://bucket", {"opt": "1"}, "mem")
     start, end = 1000, 1000 + 5 * GRAIN + 7
     assert await collect(store.get_range("f", start, end, "v")) == BLOB[start:end]
-    assert inner.reads == [("f", lo, min(end, lo + GRAIN)) for lo in range(start, end, GRAIN)]
+    assert inner.reads == [("f", start, end)]  # one request, however small the grain
     n = end - start
     assert ab.bytes_by_kind == {"fill": n} and bc.bytes_by_kind == {"fill": n}
     assert rec.tokens == {"a>b": pytest.approx(n * 1.05), "b>c": pytest.approx(n * 1.1)}
+    # Tokens before bytes: every piece is read from the store only once the tokens of
+    # all bytes read so far (it included) were granted on the tightest link; pieces are
+    # at most a grain (the store's own 1 MiB chunk is overridden).
+    paid = read = 0.0
+    for kind, amount in inner.events:
+        if kind == "take a>b":
+            paid += amount / 1.05
+        elif kind == "read":
+            read += amount
+            assert amount <= GRAIN
+            assert read <= paid + 1e-6, f"{read} bytes read with tokens for {paid}"
     # read_all goes the same way.
     inner.reads.clear()
     assert await store.read_all("f", 0, 3 * GRAIN) == BLOB[:3 * GRAIN]
-    assert len(inner.reads) == 3
+    assert inner.reads == [("f", 0, 3 * GRAIN)]
 
 
 async def test_throttled_read_stops_at_the_end_of_the_object() -> None:
@@ -815,17 +831,37 @@ async def test_throttled_read_stops_at_the_end_of_the_object() -> None:
     size = len(BLOB)
     start = size - 3 * GRAIN - 100
     assert await collect(store.get_range("f", start, size + 20 * GRAIN)) == BLOB[start:]
-    asked = [(lo, hi) for _, lo, hi in inner.reads]
-    assert asked[:4] == [(start + i * GRAIN, start + (i + 1) * GRAIN) for i in range(4)]
-    # At most the grains already in flight go past the end.
-    assert len(asked) <= 4 + AHEAD - 1
+    assert inner.reads == [("f", start, size + 20 * GRAIN)]
+    # The range ran past the end: tokens were taken ahead for the receive window, the
+    # grain being read and the one asked for ahead of it (callers clip ranges to the
+    # size they know, so this is the rare case of an object that shrank).
     delivered = size - start
-    assert delivered <= ab.bytes <= delivered + (AHEAD - 1) * GRAIN
-    # Nothing to read: no request.
-    inner.reads.clear()
+    assert delivered <= ab.bytes <= delivered + RECEIVE_WINDOW + 3 * GRAIN
+    # Nothing to read: no tokens taken (the store is still asked whether the object exists).
+    before = ab.bytes
     assert await collect(store.get_range("f", 5, 5)) == b""
-    assert inner.reads == []
+    assert ab.bytes == before
 
+
+@pytest.mark.parametrize("quota_bits", [8e6, 80e6, 1e9])
+def test_throttled_read_requests_do_not_grow_as_the_quota_shrinks(quota_bits: float) -> None:
+    """One store request per extent at any quota from 8 Mbit/s up (4 pages of 4 MiB:
+    one GET), paced by the real bucket in virtual time."""
+    big = bytes(1) * (4 * PAGE)
+
+    async def main(loop: VirtualTimeLoop) -> float:
+        q = LinkQuota("a", "b", quota_bits / 8, 0.05, 1, loop.time)
+        inner = MemoryStore({"f": big}, chunk=1 << 20)
+        store = ThrottledStore(inner, lambda: Crossing([q]), lambda: Crossing([]))
+        assert len(await collect(store.get_range("f", 0, len(big)))) == len(big)
+        assert inner.reads == [("f", 0, len(big))]
+        assert q.bytes == len(big)
+        return loop.time()
+
+    took = vrun(main)
+    grain = LinkQuota("a", "b", quota_bits / 8, 0.05, 1).grain  # the bucket starts with one grain
+    ideal = (len(big) * 1.05 - grain) / (quota_bits / 8)
+    assert ideal * 0.99 <= took <= ideal * 1.05 + 0.01
 
 async def test_unlimited_crossing_passes_through_in_one_call() -> None:
     inner = MemoryStore({"f": BLOB})
@@ -838,7 +874,7 @@ async def test_unlimited_crossing_passes_through_in_one_call() -> None:
 
 
 def test_throttled_read_with_the_real_bucket_takes_the_quota_time() -> None:
-    big = BLOB * 3
+    big = BLOB * 12
     assert len(big) > 2_000_000
 
     async def main(loop: VirtualTimeLoop) -> float:
@@ -932,21 +968,24 @@ def test_throttled_read_error_propagates_and_leaves_no_task() -> None:
 def test_throttled_read_closed_early_leaves_no_task() -> None:
     async def main(loop: VirtualTimeLoop) -> None:
         inner = MemoryStore({"f": BLOB}, delay=0.5)
-        store = throttled(inner, [LinkQuota("a", "b", 1e6, 0.05, 1, loop.time)])
+        q = LinkQuota("a", "b", 1e6, 0.05, 1, loop.time)
+        store = ThrottledStore(inner, lambda: Crossing([q]), lambda: Crossing([]))  # the real bucket
         reader = cast(AsyncGenerator[bytes, None], store.get_range("f", 0, len(BLOB)))
         async with contextlib.aclosing(reader) as it:
             async for first in it:
-                assert first == BLOB[:GRAIN]
+                assert first == BLOB[:MIN_PIECE]  # the socket is read a piece at a time
                 break
         assert others(loop) == set()
-        assert len(inner.reads) <= AHEAD
+        assert len(inner.reads) == 1
+        assert inner.events == [("read", MIN_PIECE)]  # nothing more was read from the store
 
         # A reader cancelled while it waits for bytes.
         async def read() -> bytes:
             return await collect(store.get_range("f", 0, len(BLOB)))
 
         task = asyncio.ensure_future(read())
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(0.58)  # the request's 0.5 s, then part of the 0.18 s the bytes take
+        assert 0 < sum(n for _, n in inner.events) - MIN_PIECE < len(BLOB)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

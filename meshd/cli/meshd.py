@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--advertise-host", help="the address peers and clients reach this node at (default: --host)")
     r.add_argument("--meta-port", type=int, help="metadata wire port (default: a free one)")
     r.add_argument("--lease-ttl", type=int, help="seconds before etcd drops a node that stopped answering (10)")
+    r.add_argument("--peer-timeout", type=float,
+                   help="seconds a peer may stay silent before it is presumed dead (15); a busy peer "
+                   "says 'queued' well within it and is waited for")
     r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a node label (repeatable)")
     x = sub.add_parser("scheduler-extender",
                        help="serve kube-scheduler's and Volcano's extender protocols (docs/SCHEDULING.md)")
@@ -169,7 +172,8 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
                      zone=args.zone or cc.zone, node_id=args.node_id or cc.node_id,
                      advertise_host=args.advertise_host or cc.advertise_host, labels=labels,
                      meta_port=args.meta_port if args.meta_port is not None else cc.meta_port,
-                     lease_ttl=args.lease_ttl if args.lease_ttl is not None else cc.lease_ttl)
+                     lease_ttl=args.lease_ttl if args.lease_ttl is not None else cc.lease_ttl,
+                     peer_timeout=args.peer_timeout if args.peer_timeout is not None else cc.peer_timeout)
         if not cc.etcd:
             raise InvalidArgument("meshd run needs --etcd (or cluster.etcd in the config file); "
                                   "for a single node without etcd use `meshd embedded`")

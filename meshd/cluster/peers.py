@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUSPECT_SECONDS = 5.0
-PAGE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0, sock_read=15.0)
+PEER_TIMEOUT = 15.0  # a peer silent this long (no bytes, no "queued") is presumed dead
+HOLD_SECONDS = 5.0  # an owner answers "queued" after holding a page request this long (at most)
+
+
+def page_timeout(peer_timeout: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0, sock_read=peer_timeout)
 
 
 def ring_of(members: Iterable[Member], vnodes: int) -> HashRing:
@@ -49,8 +54,10 @@ def page_url(m: Member, path: str, version: str, size: int, index: int) -> str:
 
 
 class Cluster:
-    def __init__(self, membership: Membership, vnodes: int = 128) -> None:
+    def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT) -> None:
         self.membership = membership
+        self.page_timeout = page_timeout(peer_timeout)
+        self.hold = min(HOLD_SECONDS, peer_timeout / 3)  # well inside the silence that means dead
         self.me = membership.me
         self.vnodes = vnodes
         self.ring = HashRing([self.me.node_id], vnodes)
@@ -60,6 +67,9 @@ class Cluster:
         self._session: aiohttp.ClientSession | None = None
         self.ring_changes = 0
         self.peer_failures = 0
+        self.page_polls = 0  # "queued" answers from page owners (each one asked again)
+        self.queued_seconds = 0.0  # time pages spent queued at their owners, as seen from here
+        self.queued_seconds_max = 0.0
         self._closing: set[asyncio.Task[None]] = set()
         membership.subscribe(self._on_members)
         self._on_members(membership.members)
@@ -162,30 +172,60 @@ class Cluster:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=PAGE_TIMEOUT, auto_decompress=False,
+                timeout=self.page_timeout, auto_decompress=False,
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300))
         return self._session
 
     async def fetch_page(self, m: Member, path: str, version: str, size: int, index: int,
                          warm: bool = False) -> bytes:
-        """Page ``index`` of ``path`` (at ``version``, ``size`` bytes long) from its owner ``m``."""
-        return await self.get_page_url(m, page_url(m, path, version, size, index) + ("&warm=1" if warm else ""),
-                                       f"peer {m.node_id}")
+        """Page ``index`` of ``path`` (at ``version``, ``size`` bytes long) from its owner ``m``.
+
+        A busy owner is not a dead one. The owner holds the request up to ``hold`` seconds
+        while the page is queued behind its quota or a slow store, then answers 202
+        "queued" and is asked again: each answer is a sign of life, and the wait is
+        as long as the owner's queue, however long. The owner is given up on only when
+        it is dead: refused or reset connections, silence for ``peer_timeout`` seconds
+        (no page and no "queued"), or its lease gone from the membership."""
+        url = page_url(m, path, version, size, index) + f"&hold={self.hold:g}" + ("&warm=1" if warm else "")
+        who = f"peer {m.node_id}"
+        t0 = time.monotonic()
+        while True:
+            if m.node_id not in self.members:
+                raise NodeUnavailable(f"{who} left the region (its lease is gone) while page {index} "
+                                      f"of {path} was queued there")
+            async with self.open_page(m, url, who) as (status, body):
+                if status != 202:
+                    data = await body.read()
+                    break
+                await body.read()
+            self.page_polls += 1
+        waited = time.monotonic() - t0
+        self.queued_seconds += waited
+        self.queued_seconds_max = max(self.queued_seconds_max, waited)
+        return data
 
     async def get_page_url(self, m: Member, url: str, who: str,
                            limits: aiohttp.ClientTimeout | None = None) -> bytes:
-        """The body of a ``GET /v1/pages`` at ``m``; the error it reports, rebuilt, or
-        NodeUnavailable when ``m`` cannot be reached (``who`` names it in messages; ``limits``:
-        timeouts other than the cluster's)."""
+        """The body of a ``GET /v1/pages`` at ``m``, read whole (see :meth:`open_page`)."""
+        async with self.open_page(m, url, who, limits) as (_, body):
+            return await body.read()
+
+    @contextlib.asynccontextmanager
+    async def open_page(self, m: Member, url: str, who: str, limits: aiohttp.ClientTimeout | None = None
+                        ) -> AsyncIterator[tuple[int, aiohttp.StreamReader]]:
+        """A ``GET /v1/pages`` at ``m``: (HTTP status, body to read at the caller's pace).
+        The error the peer reports is raised rebuilt; NodeUnavailable when ``m`` cannot be
+        reached or goes silent (``who`` names it in messages; ``limits``: timeouts other
+        than the cluster's)."""
         try:
-            async with self.session().get(url, timeout=limits or PAGE_TIMEOUT) as resp:
+            async with self.session().get(url, timeout=limits or self.page_timeout) as resp:
                 if resp.status >= 300:
                     try:
                         err = await resp.json(content_type=None)
                         raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
                     except (ValueError, aiohttp.ContentTypeError):
                         raise MeshError(f"{who}: HTTP {resp.status}") from None
-                return await resp.read()
+                yield resp.status, resp.content
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise NodeUnavailable(f"{who} at {m.http}: {type(e).__name__} {e}") from None
 

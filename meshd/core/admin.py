@@ -139,6 +139,10 @@ async def full_report(node: MeshNode) -> dict[str, Any]:
     if c is not None:
         r["cluster"] = {"name": c.me.cluster, "region": c.me.region, "node_id": c.me.node_id,
                         "etcd_ok": c.membership.etcd_ok, "ring_changes": c.ring_changes,
+                        "peer_failures": c.peer_failures, "page_polls": c.page_polls,
+                        "page_wait_seconds": round(c.queued_seconds, 3),
+                        "page_wait_max_seconds": round(c.queued_seconds_max, 3),
+                        "pages_held": node.stats.pages_held,
                         "members": await cluster_report(node)}
     return r
 

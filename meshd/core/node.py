@@ -16,6 +16,7 @@ the file's status is recorded and its old cached pages dropped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -217,17 +218,27 @@ class MeshNode:
                           restat=lambda t: self._stat(t, fresh=True))
 
     async def serve_page(self, path: str, version: str, size: int, index: int,
-                         cached_only: bool = False) -> tuple[Page, int, bool]:
+                         cached_only: bool = False, hold: float | None = None) -> tuple[Page, int, bool] | None:
         """A peer asks this node, as the page's owner, for page ``index`` of ``path`` at
         ``version`` (``size`` bytes long). Served from the tiers or fetched once (version-checked).
         Returns the page, its length, and whether it had to be fetched. ``cached_only`` (a
-        peer *region* asking): NotFound unless the page is held here; nothing is fetched."""
+        peer *region* asking): NotFound unless the page is held here; nothing is fetched.
+        ``hold``: None when the page is still queued after that many seconds (its fetch
+        goes on; the peer asks again)."""
         t = self._target(path)
         ps = self.cache.page_size
         if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
             raise InvalidArgument(f"bad page request: index={index} size={size} version={version!r}")
         f = pin(t, FileStatus(t.path, size, 0.0, version, False))
-        got, fetched = await self.sources.serve(f, index, cached_only)
+        serving = self.sources.serve(f, index, cached_only)
+        if hold is None:
+            got, fetched = await serving
+        else:
+            try:
+                got, fetched = await asyncio.wait_for(serving, hold)
+            except TimeoutError:
+                self.stats.pages_held += 1
+                return None
         length = f.page_len(index, ps)
         if not cached_only:
             self.sources.deliver(got, length)

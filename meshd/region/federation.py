@@ -42,7 +42,7 @@ from meshd.cluster.peers import Cluster, page_url, ring_of
 from meshd.cluster.ring import HashRing
 from meshd.errors import MeshError, NodeUnavailable, UnderStoreError
 from meshd.metadata.mounts import Mount
-from meshd.region.quota import Crossing, LinkQuota, Quotas
+from meshd.region.quota import RECEIVE_WINDOW, STREAM_BUFFER, Crossing, LinkQuota, Pacer, Quotas
 from topology.model import Topology, TopologyError, parse
 from topology.router import Source, network_path, route, worth_asking
 
@@ -267,29 +267,43 @@ class Federation:
 
     async def fetch_from_region(self, region: str, path: str, version: str, size: int, fid: str,
                                 index: int, page_size: int) -> bytes:
-        """Page ``index`` from the cache of its owner in ``region``, in quota-sized grains.
-        NotFound when that owner does not hold it (it never fetches on our behalf)."""
+        """Page ``index`` from the cache of its owner in ``region``: one request, its body
+        read at the quota's pace (each grain's tokens before its bytes are read; the first
+        grain's before the request goes out). NotFound when that owner does not hold it
+        (it never fetches on our behalf)."""
         owner = self.owner_in(region, f"p:{fid}:{index}".encode())
         if owner is None:
             raise NodeUnavailable(f"no live member in region {region}")
         if self.cluster is None:
             raise NodeUnavailable("no cluster: peer regions are reached only in cluster mode")
         crossing = self.crossing(region)
-        start = index * page_size
-        length = min(page_size, size - start)
-        base = page_url(owner, path, version, size, index) + "&cached=1"
+        length = min(page_size, size - index * page_size)
+        url = page_url(owner, path, version, size, index) + "&cached=1"
         who = f"region {region} ({owner.node_id})"
+        if not crossing:
+            async with self.cluster.open_page(owner, url, who, REGION_TIMEOUT) as (_, body):
+                data = await body.read()
+            if len(data) != length:
+                raise UnderStoreError(f"region {region} sent {len(data)} of {length} bytes of page {index} of {path}")
+            return data
+        pacer = Pacer(crossing, length, "region", window=RECEIVE_WINDOW + STREAM_BUFFER)
         parts: list[bytes] = []
-        got = 0
-        grain = crossing.grain if crossing else length
-        while got < length:
-            n = min(grain, length - got)
-            await crossing.take(n, "region")
-            data = await self.cluster.get_page_url(owner, f"{base}&start={got}&length={n}", who, REGION_TIMEOUT)
-            if len(data) != n:
-                raise UnderStoreError(f"region {region} sent {len(data)} of {n} bytes of page {index} of {path}")
-            parts.append(data)
-            got += n
+        try:
+            await pacer.ready()  # the first grain's tokens before the request
+            async with self.cluster.open_page(owner, url, who, REGION_TIMEOUT) as (_, body):
+                while not pacer.finished:
+                    n = await pacer.ready()
+                    try:
+                        parts.append(await body.readexactly(n))
+                    except asyncio.IncompleteReadError as e:
+                        raise UnderStoreError(f"region {region} sent {pacer.done + len(e.partial)} of {length} "
+                                              f"bytes of page {index} of {path}") from None
+                    await pacer.took(n)
+                if not body.at_eof() and await body.read(1):
+                    raise UnderStoreError(f"region {region} sent more than the {length} bytes of page {index} "
+                                          f"of {path}")
+        finally:
+            await pacer.close()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # ---- report --------------------------------------------------------------------

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from meshd.understore import ObjectInfo, UnderStore
 
-MIN_GRAIN = 64 << 10
+MIN_GRAIN = 16 << 10  # 8 Mbit/s: 61 grants a second
 MAX_GRAIN = 4 << 20
 RATE_WINDOW = 2.0  # seconds over which the "current rate" is measured
 
@@ -231,12 +231,9 @@ class Crossing:
         return min((q.grain for q in self.links), default=MAX_GRAIN)
 
     @property
-    def ahead(self) -> int:
-        """Grains of one transfer to keep in flight: AHEAD_SECONDS of the tightest quota."""
-        quota = min((q.quota for q in self.links if q.limited), default=0.0)
-        if not quota:
-            return 2
-        return max(2, min(8, math.ceil(AHEAD_SECONDS * quota / self.grain)))
+    def rate(self) -> float:
+        """The tightest quota in bytes a second (inf when none limits)."""
+        return min((q.quota for q in self.links if q.limited), default=math.inf)
 
     async def take(self, n: int, kind: str) -> None:
         for q in self.links:
@@ -268,8 +265,108 @@ class Crossing:
 
 LIST_ENTRY_BYTES = 320  # what one entry of a listing costs on the wire (S3 XML), charged after
 REQUEST_BYTES = 600  # a status call or an empty listing: request and response headers
-AHEAD_SECONDS = 0.1  # a read keeps about this much of the quota's worth of grains in flight
 CHARGE_BATCH = 16 << 10  # after-the-fact charges are sent to the quota owner in batches this big
+
+
+MIN_PIECE = 16 << 10
+MAX_PIECE = 128 << 10
+PIECES_PER_SECOND = 512  # a paced read takes about this many pieces a second at the full quota
+STREAM_BUFFER = 128 << 10  # what an aiohttp client response buffers before it stops reading
+
+
+def _receive_window() -> int:
+    """A new TCP connection's receive buffer (Linux: ``tcp_rmem``'s default): the bytes a
+    sender may put on the wire before the reader takes any."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 128 << 10
+
+
+RECEIVE_WINDOW = _receive_window()
+
+
+class Pacer:
+    """One transfer's reads across quota'd links: tokens before bytes, pieces spaced.
+
+    The region's tokens are taken a grain at a time (one grant from the quota owner
+    per grain), each before the bytes they pay for are read from the socket: the
+    first grain's before the request is even sent. The next grain's grant is asked
+    for while the current one is read, so a round trip to the quota owner never
+    stalls a stream. Within a grain, the socket is read ``piece`` bytes at a time,
+    no faster than twice the tightest quota. Reading in small, evenly spaced pieces
+    matters: Linux sizes a connection's receive window (the bytes a sender may put
+    on the wire before the reader asks) by how much the reader takes per round
+    trip. Read a grain at once and it grows to megabytes, which the sender then
+    bursts past the quota; read at about the quota's pace and it stays near the
+    quota's bandwidth-delay product, which is all the link needs to carry it.
+    """
+
+    def __init__(self, crossing: Crossing, want: int, kind: str, limit: int | None = None,
+                 window: int = RECEIVE_WINDOW) -> None:
+        self.crossing, self.want, self.kind = crossing, max(0, want), kind
+        self.grain = crossing.grain
+        self.rate = crossing.rate
+        piece = int(min(MAX_PIECE, max(MIN_PIECE, self.rate / PIECES_PER_SECOND)))
+        self.piece = max(1, min(piece, self.grain, limit or piece))
+        self.window = window  # bytes the sender may send past what was read: paid for ahead
+        self.paid = 0  # bytes whose tokens were taken
+        self.done = 0  # bytes read
+        self._next = 0.0  # loop time the next piece may be read at
+        self._grant: asyncio.Task[int] | None = None  # the next grain's tokens, being asked for
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.want
+
+    async def _take(self, n: int) -> int:
+        await self.crossing.take(n, self.kind)
+        return n
+
+    async def ready(self) -> int:
+        """Wait until the next piece may be read: the tokens of everything the sender may
+        have put on the wire by then (the piece and the receive window past it) taken, and
+        a piece's time since the last one. Returns the piece's size."""
+        n = min(self.piece, self.want - self.done)
+        must = min(self.want, self.done + n + self.window)
+        while must > self.paid:
+            if self._grant is not None:
+                grant, self._grant = self._grant, None
+                self.paid += await grant
+            else:
+                self.paid += await self._take(min(self.want, max(must, self.paid + self.grain)) - self.paid)
+        if self._grant is None and self.paid < self.want:
+            self._grant = asyncio.ensure_future(self._take(min(self.grain, self.want - self.paid)))
+        delay = self._next - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return n
+
+    async def took(self, n: int) -> None:
+        """``n`` bytes were read (a store that read more than asked pays the rest now)."""
+        self.done += n
+        while self.done > self.paid:
+            if self._grant is not None:
+                grant, self._grant = self._grant, None
+                self.paid += await grant
+            else:
+                self.paid += await self._take(self.done - self.paid)
+        now = asyncio.get_running_loop().time()
+        self._next = max(self._next, now) + n / (2 * self.rate)
+
+    async def close(self) -> None:
+        """Stop asking for tokens (the transfer ended early or failed)."""
+        if self._grant is not None:
+            self._grant.cancel()
+            await asyncio.gather(self._grant, return_exceptions=True)
+            self._grant = None
+
+
+async def _aclose(it: AsyncIterator[bytes]) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class ThrottledStore(UnderStore):
@@ -304,46 +401,31 @@ class ThrottledStore(UnderStore):
         finally:
             self._in().charge(REQUEST_BYTES + LIST_ENTRY_BYTES * len(entries), "metadata")
 
-    async def get_range(self, path: str, start: int, end: int,
-                        version: str | None = None) -> AsyncIterator[bytes]:
+    async def get_range(self, path: str, start: int, end: int, version: str | None = None, *,
+                        chunk: int | None = None) -> AsyncIterator[bytes]:
+        """One request for the whole range, read at the quota's pace (:class:`Pacer`): the
+        request goes out after the first grain's tokens, and the socket is read a piece
+        at a time, each after its tokens. The request count does not grow as the quota
+        shrinks."""
         crossing = self._in()
         if not crossing:
-            async for chunk in self.inner.get_range(path, start, end, version):
-                yield chunk
+            async for piece in self.inner.get_range(path, start, end, version, chunk=chunk):
+                yield piece
             return
-        grain = crossing.grain
-
-        async def one(lo: int, hi: int) -> bytes:
-            await crossing.take(hi - lo, "fill")
-            return await self.inner.read_all(path, lo, hi, version)
-
-        # Grain after grain, `ahead` of them in flight (about AHEAD_SECONDS of the quota, at
-        # least 2): later grains wait for their tokens while earlier ones are on the wire,
-        # so a stream keeps the bucket drained through event-loop stalls and round trips.
-        # Every request is still sent only after its tokens are granted.
-        ahead = crossing.ahead
-        bounds = iter(range(start, end, grain))
-        pending: deque[tuple[int, asyncio.Task[bytes]]] = deque()
+        pacer = Pacer(crossing, end - start, "fill", chunk)
         try:
-            while True:
-                while len(pending) < ahead:
-                    lo = next(bounds, None)
-                    if lo is None:
-                        break
-                    hi = min(end, lo + grain)
-                    pending.append((hi - lo, asyncio.ensure_future(one(lo, hi))))
-                if not pending:
-                    return
-                want, task = pending.popleft()
-                data = await task
-                if data:
-                    yield data
-                if len(data) < want:  # the object ends before `end`
-                    return
+            await pacer.ready()
+            pieces = self.inner.get_range(path, start, end, version, chunk=pacer.piece)
+            try:
+                async for piece in pieces:
+                    await pacer.took(len(piece))
+                    yield piece
+                    if not pacer.finished:
+                        await pacer.ready()
+            finally:
+                await _aclose(pieces)
         finally:
-            for _, task in pending:
-                task.cancel()
-            await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+            await pacer.close()
 
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         if not self._in():

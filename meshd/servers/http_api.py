@@ -12,7 +12,11 @@
                                          ``warm=1``: cache it, send nothing;
                                          ``cached=1`` (a peer region): only
                                          if held here, else 404; ``start``,
-                                         ``length``: a part of the page
+                                         ``length``: a part of the page;
+                                         ``hold=S``: if the page is still
+                                         being fetched after S seconds,
+                                         answer ``202 {"queued": true}``
+                                         (the fetch goes on; ask again)
 ``GET  /metrics``                        Prometheus text format
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
@@ -67,6 +71,23 @@ _RENDER_METRICS = web.AppKey[Callable[[], bytes]]("render_metrics")
 _USE_SENDFILE = web.AppKey("use_sendfile", bool)
 
 
+MAX_HOLD = 30.0
+
+
+def _hold_arg(request: web.Request) -> float | None:
+    """``hold=S``: answer 202 "queued" if the page is not ready within S seconds."""
+    raw = request.query.get("hold")
+    if raw is None:
+        return None
+    try:
+        hold = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"hold must be a number of seconds, not {raw[:40]!r}") from None
+    if not 0 < hold <= MAX_HOLD:
+        raise InvalidArgument(f"hold must be in (0, {MAX_HOLD:g}] seconds, not {raw[:40]!r}")
+    return hold
+
+
 async def _get_file(request: web.Request) -> web.StreamResponse:
     node = request.app[_NODE]
     try:
@@ -114,10 +135,14 @@ async def _get_page(request: web.Request) -> web.StreamResponse:
         cached_only = request.query.get("cached", "") == "1"
         start = _int_arg(request, "start", 0)
         want = _int_arg(request, "length", -1)
-        page, length, fetched = await node.serve_page("/" + request.match_info["path"], version, size, index,
-                                                      cached_only=cached_only)
+        hold = _hold_arg(request)
+        served = await node.serve_page("/" + request.match_info["path"], version, size, index,
+                                       cached_only=cached_only, hold=hold)
     except Exception as e:
         return _error(e)
+    if served is None:  # still queued here (behind the quota or a slow store): ask again
+        return web.json_response({"queued": True, "held": hold}, status=202)
+    page, length, fetched = served
     if not 0 <= start <= length or want < -1:
         seg = Segment(page, 0, 0)
         seg.close()

@@ -58,9 +58,13 @@ class UnderStore(abc.ABC):
 
     @abc.abstractmethod
     def get_range(
-        self, path: str, start: int, end: int, version: str | None = None
+        self, path: str, start: int, end: int, version: str | None = None, *, chunk: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream bytes [start, end) of a file, clipped at its size."""
+        """Stream bytes [start, end) of a file, clipped at its size, as ONE request to the
+        store. ``chunk``: read the source at most this many bytes at a time, each piece
+        only when the consumer asks for the next one (a reader pacing a quota'd link sets
+        its grain: the socket is then read at the quota's pace and TCP holds the sender
+        back). None: the store's own read size."""
 
     @abc.abstractmethod
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:

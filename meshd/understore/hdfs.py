@@ -266,7 +266,7 @@ class HdfsUnderStore(UnderStore):
         return sorted(out_list, key=lambda i: i.path.encode())
 
     async def get_range(self, path: str, start: int, end: int,
-                        version: str | None = None) -> AsyncIterator[bytes]:
+                        version: str | None = None, *, chunk: int | None = None) -> AsyncIterator[bytes]:
         rel = path.strip("/")
         info = await self.head(rel)
         if info.is_dir:
@@ -281,12 +281,12 @@ class HdfsUnderStore(UnderStore):
         try:
             async with self.session().get(self._url(rel, "OPEN", offset=start, length=end - start)) as resp:
                 await self._raise_for(resp, f"OPEN {self.uri}/{rel}")
-                async for chunk in resp.content.iter_chunked(CHUNK):
+                async for piece in resp.content.iter_chunked(chunk or CHUNK):
                     if version is None:
-                        yield chunk
+                        yield piece
                         continue
-                    held.append(chunk)
-                    held_bytes += len(chunk)
+                    held.append(piece)
+                    held_bytes += len(piece)
                     if held_bytes >= VERIFY_EVERY:
                         await self._verify(rel, version)
                         for c in held:

@@ -87,9 +87,9 @@ class PosixUnderStore(UnderStore):
             raise from_oserror(e, f"{self.uri}/{path}") from None
 
     def get_range(
-        self, path: str, start: int, end: int, version: str | None = None
+        self, path: str, start: int, end: int, version: str | None = None, *, chunk: int | None = None
     ) -> AsyncIterator[bytes]:
-        return self._stream(path, start, end, version, CHUNK)
+        return self._stream(path, start, end, version, chunk or CHUNK)
 
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         """A page: one pread in one thread hop."""

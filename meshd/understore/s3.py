@@ -452,9 +452,9 @@ class S3UnderStore(UnderStore):
         return sorted(entries.values(), key=lambda i: i.path)
 
     def get_range(
-        self, path: str, start: int, end: int, version: str | None = None
+        self, path: str, start: int, end: int, version: str | None = None, *, chunk: int | None = None
     ) -> AsyncIterator[bytes]:
-        return self._stream(path, start, end, version, CHUNK)
+        return self._stream(path, start, end, version, chunk or CHUNK)
 
     async def read_all(
         self, path: str, start: int, end: int, version: str | None = None
