@@ -47,13 +47,16 @@ try:
     s3.create_bucket(Bucket=bucket)
 except Exception:
     pass
-data = random.Random(seed).randbytes(size)
+rng, step = random.Random(seed), 16 << 20  # randbytes takes at most 256 MiB at once
+data = b"".join(rng.randbytes(min(step, size - i)) for i in range(0, size, step))
 s3.put_object(Bucket=bucket, Key=key, Body=data)
 """
 
 
 def content(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+    """The bytes ``put`` uploads (the same draws, 16 MiB at a time)."""
+    rng, step = random.Random(seed), 16 << 20
+    return b"".join(rng.randbytes(min(step, size - i)) for i in range(0, size, step))
 
 
 def sha256_of(seed: int, size: int) -> str:
@@ -69,10 +72,12 @@ class MultiRegion:
 
     def __init__(self, workdir: Path, nodes: dict[str, int] | None = None,
                  topology: str | None = None, quota_overrides: dict[tuple[str, str], str] | None = None,
-                 mount_options: dict[str, str] | None = None) -> None:
-        """``mount_options``: extra options of the ``/datasets`` mount (e.g. ``sync_interval``)."""
+                 mount_options: dict[str, str] | None = None, node_args: list[str] | None = None) -> None:
+        """``mount_options``: extra options of the ``/datasets`` mount (e.g. ``sync_interval``);
+        ``node_args``: extra ``meshd run`` flags of every node."""
         cleanup_leftovers()
         self.mount_options = dict(mount_options or {})
+        self.node_args = list(node_args or [])
         self.workdir = Path(workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)  # no cache survives from an earlier run
         self.workdir.mkdir(parents=True)
@@ -166,7 +171,7 @@ class MultiRegion:
         p = MeshdProcess(d, [], ["--etcd", self.etcd_url, "--cluster", CLUSTER, "--region", region,
                                  "--host", addr, "--advertise-host", addr, "--lease-ttl", "3",
                                  "--no-s3", "--log-level", "INFO", "--memory-capacity", "256MiB",
-                                 "--disk-capacity", "4GiB"],
+                                 "--disk-capacity", "4GiB", *self.node_args],
                          command="run", prefix=["ip", "netns", "exec", self.net.ns(region)])
         p.start(timeout=60)
         self.nodes[region].append(p)
@@ -217,6 +222,22 @@ class MultiRegion:
         self.seeds[key] = (seed, size)
         return sha256_of(seed, size)
 
+    def store_counters(self) -> dict[str, Any]:
+        """The S3 server's counters (tests/s3server.py)."""
+        out = self.net.run("region-a", ["curl", "-sf", f"{self.s3_url}/_mesh_counters"], timeout=30).stdout
+        counters: dict[str, Any] = json.loads(out)
+        return counters
+
+    def reset_store_counters(self) -> None:
+        self.net.run("region-a", ["curl", "-sf", "-X", "POST", f"{self.s3_url}/_mesh_counters/reset"], timeout=30)
+
+    def slow_store(self, delay: float = 0.0, rate: float = 0.0) -> None:
+        """Every GET object waits ``delay`` s before its first byte; the store sends object
+        bytes at ``rate`` B/s at most, all GETs together (0, 0: full speed)."""
+        body = json.dumps({"delay": delay, "rate": rate})
+        self.net.run("region-a", ["curl", "-sf", "-X", "POST", "-d", body, f"{self.s3_url}/_mesh_counters/config"],
+                     timeout=30)
+
     def read(self, region: str, paths: list[str], readers: int, timeout: float = 600,
              direct: bool = False, read_timeout: float = 60, one_client: bool = False) -> dict[str, Any]:
         """``readers`` concurrent readers in ``region`` (spread over its nodes), each reading
@@ -231,8 +252,9 @@ class MultiRegion:
         result: dict[str, Any] = json.loads(r.stdout)
         return result
 
-    def popen_read(self, region: str, paths: list[str], readers: int, read_timeout: float = 60) -> subprocess.Popen[str]:
-        endpoints = ",".join(str(p.data_dir) for p in self.nodes[region])
+    def popen_read(self, region: str, paths: list[str], readers: int, read_timeout: float = 60,
+                   nodes: list[MeshdProcess] | None = None) -> subprocess.Popen[str]:
+        endpoints = ",".join(str(p.data_dir) for p in (nodes or self.nodes[region]))
         argv = [sys.executable, "-m", "tests.mr_reader", "--readers", str(readers), "--timeout", str(read_timeout),
                 "--endpoint", endpoints, *paths]
         return self.net.popen(region, argv, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

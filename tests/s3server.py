@@ -16,8 +16,17 @@ counts at the server side, i.e. what really went over the wire:
   ``requests_by_method`` and ``unsigned_requests`` (neither an Authorization
   header nor a presigned-URL signature).
 
+* ``get_ranges[key]``: the ``[start, end)`` byte range of every 2xx GET object
+  request (the whole object when no Range was asked), in arrival order.
+
 They are served on the same port: ``GET /_mesh_counters`` returns them as
 JSON, ``POST /_mesh_counters/reset`` zeroes them.
+
+A slow store, for tests of the mesh under a slow under-store:
+``POST /_mesh_counters/config`` with JSON ``{"delay": S, "rate": B}`` makes
+every GET object request wait ``S`` seconds before its first byte (a real
+store's first-byte latency) and caps the object bytes all GETs together
+send at ``B`` bytes a second (0: no cap). Also ``--delay``/``--rate`` flags.
 
 Credentials. moto accepts any key unless IAM authentication is switched on,
 which it does with ``INITIAL_NO_AUTH_ACTION_COUNT`` (the first N actions run
@@ -71,15 +80,21 @@ StartResponse = Callable[..., Any]
 class CountingMiddleware:
     """WSGI middleware around moto's app that counts object reads."""
 
-    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]],
+                 delay: float = 0.0, rate: float = 0.0) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.delay = delay
+        self.rate = rate
+        self._pace_lock = threading.Lock()
+        self._next_free = 0.0  # the store's send pacing: when the next byte may go
         self.reset()
 
     def reset(self) -> None:
         with self.lock:
             self.get_requests: Counter[str] = Counter()
             self.get_bytes: Counter[str] = Counter()
+            self.get_ranges: dict[str, list[tuple[int, int | None]]] = {}
             self.head_requests: Counter[str] = Counter()
             self.by_method: Counter[str] = Counter()
             self.requests = 0
@@ -90,6 +105,7 @@ class CountingMiddleware:
             return {
                 "get_requests": dict(self.get_requests),
                 "get_bytes": dict(self.get_bytes),
+                "get_ranges": {k: list(v) for k, v in self.get_ranges.items()},
                 "head_requests": dict(self.head_requests),
                 "requests_by_method": dict(self.by_method),
                 "requests": self.requests,
@@ -124,6 +140,13 @@ class CountingMiddleware:
             self.reset()
             start_response("204 No Content", [])
             return []
+        if path == COUNTERS_PATH + "/config" and method == "POST":
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            conf = json.loads(environ["wsgi.input"].read(size) or b"{}")
+            self.delay = float(conf.get("delay", self.delay))
+            self.rate = float(conf.get("rate", self.rate))
+            start_response("204 No Content", [])
+            return []
 
         key = self.object_key(environ)
         with self.lock:
@@ -139,10 +162,15 @@ class CountingMiddleware:
                 self.get_requests[key] += 1
         if key is None or method != "GET":
             return self.app(environ, start_response)
+        if self.delay:
+            time.sleep(self.delay)
         status: list[str] = []
 
         def capture(code: str, headers: Any, exc_info: Any = None) -> Any:
             status.append(code)
+            if code.startswith("2"):
+                with self.lock:
+                    self.get_ranges.setdefault(key, []).append(_range_of(environ.get("HTTP_RANGE", "")))
             return start_response(code, headers, exc_info)
 
         return self._count_body(key, self.app(environ, capture), status)
@@ -151,14 +179,40 @@ class CountingMiddleware:
         """Pass the body through, counting it when it is object data (a 2xx answer)."""
         try:
             for chunk in result:
-                if status and status[-1].startswith("2"):
+                ok = bool(status) and status[-1].startswith("2")
+                if ok:
                     with self.lock:
                         self.get_bytes[key] += len(chunk)
-                yield chunk
+                if ok and self.rate > 0:
+                    yield from self._paced(chunk)
+                else:
+                    yield chunk
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _paced(self, chunk: bytes) -> Iterator[bytes]:
+        """``chunk`` in 64 KiB pieces, each sent when the store's shared rate allows."""
+        view = memoryview(chunk)
+        for i in range(0, len(view), 64 << 10):
+            piece = view[i:i + (64 << 10)]
+            with self._pace_lock:
+                now = time.monotonic()
+                at = max(now, self._next_free)
+                self._next_free = at + len(piece) / self.rate
+            if at > now:
+                time.sleep(at - now)
+            yield bytes(piece)
+
+
+def _range_of(header: str) -> tuple[int, int | None]:
+    """``bytes=a-b`` as ``(a, b + 1)``; ``(0, None)``: the whole object."""
+    spec = header.strip().removeprefix("bytes=")
+    lo, sep, hi = spec.partition("-")
+    if not sep or not lo.isdigit():
+        return 0, None
+    return int(lo), int(hi) + 1 if hi.isdigit() else None
 
 
 def _exit_with_parent() -> None:
@@ -169,7 +223,7 @@ def _exit_with_parent() -> None:
     os._exit(0)
 
 
-def serve(host: str, port: int, exit_with_parent: bool = False) -> None:
+def serve(host: str, port: int, exit_with_parent: bool = False, delay: float = 0.0, rate: float = 0.0) -> None:
     """Serve moto + counters until SIGTERM; print the bound port when ready."""
     if exit_with_parent:
         threading.Thread(target=_exit_with_parent, daemon=True).start()
@@ -180,7 +234,7 @@ def serve(host: str, port: int, exit_with_parent: bool = False) -> None:
     )
     from werkzeug.serving import make_server
 
-    app = CountingMiddleware(DomainDispatcherApplication(create_backend_app))
+    app = CountingMiddleware(DomainDispatcherApplication(create_backend_app), delay, rate)
     # make_server is what werkzeug's run_simple(threaded=True) uses underneath;
     # calling it directly lets us bind port 0 and report the port we got.
     server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
@@ -195,13 +249,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--exit-with-parent", action="store_true")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each GET object's first byte")
+    parser.add_argument("--rate", type=float, default=0.0, help="cap on GET object bytes per second (0: none)")
     args = parser.parse_args(argv)
     import logging
     import signal
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request log lines
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(args.host, args.port, args.exit_with_parent)
+    serve(args.host, args.port, args.exit_with_parent, args.delay, args.rate)
 
 
 # --------------------------------------------------------------------------- client side
@@ -266,6 +322,11 @@ class S3Server:
 
     def reset_counters(self) -> None:
         self._request("POST", COUNTERS_PATH + "/reset", b"")
+
+    def slow_down(self, delay: float = 0.0, rate: float = 0.0) -> None:
+        """Every GET object waits ``delay`` s before its first byte; object bytes go out at
+        ``rate`` B/s at most, all GETs together (0, 0: back to full speed)."""
+        self._request("POST", COUNTERS_PATH + "/config", json.dumps({"delay": delay, "rate": rate}).encode())
 
     def get_requests(self, bucket: str, key: str) -> int:
         return int(self.counters()["get_requests"].get(f"{bucket}/{key}", 0))
