@@ -10,6 +10,13 @@ removes it from the ring for good.
 
 Peers are reached over the metadata wire (:mod:`meshd.rpc.wire`) for metadata and
 over HTTP for page bytes (the owner sends its page file with sendfile).
+
+Liveness: a busy peer is not a dead one. A page may wait at its owner far
+longer than any timeout (behind a link's quota, a slow store); the owner
+answers "queued" every ``hold`` seconds meanwhile (:meth:`Cluster.fetch_page`).
+A peer is presumed dead only when the connection is refused or reset, when it
+stays silent for ``peer_timeout`` seconds, or when its lease leaves the
+membership.
 """
 
 from __future__ import annotations

@@ -15,14 +15,20 @@ two busy nodes get what they ask for in turn, and the sum never exceeds the
 quota. If the owner cannot be reached, a node falls back to a local bucket
 of ``quota / live members`` (the conservative split) until it can.
 
-*Tokens before bytes.* A reader that only slowed down reading its socket
-would still receive a burst as large as the TCP windows (several MiB) at
-link speed. So a transfer over a quota'd link asks for at most ``grain``
-bytes at a time (a ranged GET or page sub-range per grain), each after its
-tokens are granted: the bytes on the wire never run ahead of the bucket by
-more than a grain per transfer. The grain is 1/64 of the quota (at least
-64 KiB, at most 4 MiB) and the bucket holds one grain, so over any one-second
-window the region moves at most about ``quota * (1 + 2/64)`` bytes.
+*Tokens before bytes, one request per extent.* A transfer over a quota'd
+link is one request (a ranged GET of a run of pages; one page from a peer
+region's cache), whatever the quota: stores bill and throttle per request.
+It is read at the quota's pace by a :class:`Pacer`: the request goes out once
+the first grain's tokens and the connection's receive window are paid, then
+each piece of the response is read from the socket only after its tokens, so
+TCP's flow control holds the sender back and the bytes on the wire never run
+ahead of the tokens. The socket is read in small, evenly spaced pieces: Linux
+grows a receive window to what the reader takes per round trip, and a reader
+that took a grain at once would let the sender burst megabytes past the
+quota. The grain is 1/64 of the quota (at least 16 KiB, at most 4 MiB) and
+the bucket holds one grain, so over any one-second window the region moves at
+most about ``quota * (1 + 1/64)`` bytes plus one step of the receiver's window
+(half its buffer: 64 KiB with Linux's defaults).
 
 *Framing.* The quota is about bytes on the wire. Each payload byte is charged
 ``1 + overhead`` tokens (the link's ``overhead``, default 5 %: TCP/IP and
@@ -374,9 +380,9 @@ class ThrottledStore(UnderStore):
 
     ``inbound()`` / ``outbound()`` give the links between this node and the
     store's home region *now* (the topology can change under an open store).
-    Reads go out as ranged requests of one grain each, after their tokens;
-    writes take tokens per grain before sending; status calls and listings
-    are charged after the fact by an estimate of their size.
+    A read is one request, read at the quota's pace (:class:`Pacer`); writes
+    take tokens per grain before sending; status calls and listings are
+    charged after the fact by an estimate of their size.
     """
 
     def __init__(self, inner: UnderStore, inbound: Callable[[], Crossing],
