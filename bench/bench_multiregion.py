@@ -1,8 +1,25 @@
-"""Multi-region fan-out (issue 5): N readers in one region, data homed in another.
+"""Multi-region: fan-out (N readers in one region, data homed in another) and exactly
+once behind a slow store.
 
-    ./dev bench multiregion [--quick] [--readers 1,5,20] [--files 48] [--file-mib 4]
-                            [--capacity-mbit 200] [--quota-mbit 200] [--repeat 3]
+    ./dev bench multiregion [--scenario all|fanout|slow] [--quick] [--readers 1,5,20]
+                            [--files 48] [--file-mib 4] [--capacity-mbit 200]
+                            [--quota-mbit 200] [--repeat 3]
+                            [--slow-delay-ms 30] [--slow-store-mbit 0]
     (= .venv/bin/python bench/bench_multiregion.py ...; needs root: network namespaces + tc)
+
+**Slow store** (``--scenario slow``, issue 19): region-a's S3 server made slow
+(``--slow-delay-ms`` before every GET's first byte, optionally a cap of
+``--slow-store-mbit`` on what it sends), the a-b line 200 Mbit/s with a mesh
+quota of 160 Mbit/s, 2 nodes in region-b. Two datasets, each fresh: ONE object
+of 256 MiB (``--quick``: 128 MiB) and 64 objects of 4 MiB. Each is read whole
+by 10 readers over region-b's 2 nodes (mesh), and, side by side in the same
+run, by 1 reader straight from S3 (direct: the line's speed, no quota). Per
+dataset: cross-link bytes / unique bytes (rx counter), store GET requests per
+4 MiB page (counted at the S3 server), the peak 1-s rate of the link / quota,
+and the mesh's time to finish / (size / quota) (goal: within 10 %; the mesh
+charges 5 % framing per payload byte, so 1.05 is the floor).
+
+The rest of this docstring is the fan-out scenario.
 
 The real three-region environment of the tests (:class:`tests.multiregion.MultiRegion`:
 one network namespace per region, veth links shaped by tbf to the topology's
@@ -56,8 +73,8 @@ With the example's 400 Mbit/s quota on a 1 Gbit/s line
 ~0.8 of the quota (per-file overheads weigh more at that rate) and the direct
 readers get 2.5 x the mesh's bandwidth. Many 4 MiB objects rather than a few
 large ones: moto copies the whole object for every ranged GET, and the mesh
-reads in quota grains (quota / 64) as ranged GETs (``--file-mib 16 --files
-12`` is the same 192 MiB in 16 MiB objects).
+sends one per page or run of pages (``--file-mib 16 --files 12`` is the same
+192 MiB in 16 MiB objects).
 
 Goals (issue 5): cross-link bytes / unique bytes 1.00 for the mesh (N for
 direct); the mesh's time to finish for 20 readers within 1.2 x of one reader.
@@ -112,6 +129,9 @@ try:
     s3.create_bucket(Bucket=sys.argv[2])
 except Exception:  # it exists
     pass
+def body(seed, size):  # tests.multiregion.content: the same draws, 16 MiB at a time
+    rng, step = random.Random(seed), 16 << 20
+    return b"".join(rng.randbytes(min(step, size - i)) for i in range(0, size, step))
 for line in sys.stdin:
     cmd = json.loads(line)
     t = time.monotonic()
@@ -119,7 +139,7 @@ for line in sys.stdin:
         if cmd["op"] == "put":
             def one(i):
                 s3.put_object(Bucket=cmd["bucket"], Key=f"{cmd['prefix']}/f{i:03d}",
-                              Body=random.Random(cmd["seed"] + i).randbytes(cmd["size"]))
+                              Body=body(cmd["seed"] + i, cmd["size"]))
             with ThreadPoolExecutor(4) as ex:
                 list(ex.map(one, range(cmd["n"])))
             out = {}
@@ -342,14 +362,16 @@ class Bench:
 # ---- the environment ------------------------------------------------------------------
 
 
-def topology_text(capacity_mbit: float, quota_mbit: float) -> str:
-    """examples/topology.yaml with the a-b link's capacity and quota replaced."""
+def topology_text(capacity_mbit: float, quota_mbit: float, latency: str | None = None) -> str:
+    """examples/topology.yaml with the a-b link's capacity and quota (and latency) replaced."""
     raw = yaml.safe_load(MultiRegion.example())
     for link in raw["links"]:
         pair = set(link.get("between") or (link.get("from"), link.get("to")))
         if pair == {A, B}:
             link["capacity"] = f"{capacity_mbit:g}Mbit/s"
             link["quota"] = f"{quota_mbit:g}Mbit/s"
+            if latency is not None:
+                link["latency"] = latency
     return yaml.safe_dump(raw, sort_keys=False)
 
 
@@ -366,6 +388,115 @@ def add_immutable_mount(mr: MultiRegion) -> None:
             time.sleep(0.3)
 
 
+# ---- the slow-store scenario ------------------------------------------------------------
+
+SLOW_CAPACITY, SLOW_QUOTA = 200.0, 160.0  # Mbit/s of the a-b line and the mesh's quota on it
+SLOW_READERS = 10
+
+
+@dataclass
+class SlowRun:
+    dataset: str
+    kind: str  # "mesh" (10 readers over region-b's 2 nodes) | "direct" (1 reader, boto3)
+    unique: int
+    seconds: float = 0.0
+    rx: int = 0
+    peak: float = 0.0
+    gets: int = 0
+    pages: int = 0
+    polls: int = 0  # "queued" answers from page owners (mesh)
+    peer_failures: int = 0
+    ok: bool = True
+
+
+def _cluster_sums(mr: MultiRegion) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in mr.nodes[B]:
+        c = mr.report(p).get("cluster", {})
+        for k in ("page_polls", "peer_failures"):
+            out[k] = out.get(k, 0) + c.get(k, 0)
+    return out
+
+
+def slow_measure(mr: MultiRegion, helper: S3Helper, name: str, kind: str, files: int, size: int,
+                 seed: int) -> SlowRun:
+    prefix = f"slow-{name}-{kind}-{seed}"
+    helper.call(op="put", bucket=BUCKET, prefix=prefix, seed=seed, size=size, n=files)
+    expect = {f"/{BUCKET}/{prefix}/f{i:03d}": hashlib.sha256(content(seed + i, size)).hexdigest()
+              for i in range(files)}
+    run = SlowRun(name, kind, files * size, pages=files * -(-size // (4 * MiB)))
+    before, rx0 = _cluster_sums(mr), mr.rx(B, A)
+    gets0 = helper.counters(prefix)["gets"]
+    with Sampler(mr.net, B, A, interval=SAMPLE) as sampler:
+        result = mr.read(B, sorted(expect), SLOW_READERS if kind == "mesh" else 1, timeout=3600,
+                         direct=kind == "direct", read_timeout=120, one_client=True)
+        samples = sampler.stop()
+    run.seconds = float(result["seconds"])
+    run.rx = mr.rx(B, A) - rx0
+    run.peak = max_window_rate(samples, 1.0) if samples[-1][0] - samples[0][0] > 1.0 else 0.0
+    run.gets = helper.counters(prefix)["gets"] - gets0
+    after = _cluster_sums(mr)
+    run.polls = int(after["page_polls"] - before["page_polls"])
+    run.peer_failures = int(after["peer_failures"] - before["peer_failures"])
+    run.ok = all(not r.get("error") and r.get("digests") == expect for r in result["readers"])
+    helper.call(op="delete", bucket=BUCKET, prefix=prefix, n=files)
+    return run
+
+
+def slow_scenario(args: argparse.Namespace, workdir: Path) -> list[SlowRun]:
+    big = (128 if args.quick else 256) * MiB
+    datasets = [("one large object", 1, big), ("many small objects", big // (4 * MiB), 4 * MiB)]
+    quota = SLOW_QUOTA * 1e6 / 8
+    # The veth link has no delay (netem is not available): the topology says so, since the
+    # mesh sizes its receive windows by the latency it is told.
+    mr = MultiRegion(workdir, nodes={A: 1, B: 2}, topology=topology_text(SLOW_CAPACITY, SLOW_QUOTA, "0.2ms"))
+    runs: list[SlowRun] = []
+    try:
+        helper = S3Helper(mr)
+        mr.slow_store(delay=args.slow_delay_ms / 1000, rate=args.slow_store_mbit * 1e6 / 8)
+        print(f"slow store: {args.slow_delay_ms:g} ms before each GET's first byte"
+              + (f", {args.slow_store_mbit:g} Mbit/s at most" if args.slow_store_mbit else "")
+              + f"; a-b line {SLOW_CAPACITY:g} Mbit/s, quota {SLOW_QUOTA:g} Mbit/s", flush=True)
+        for n, (name, files, size) in enumerate(datasets):
+            for kind in ("direct", "mesh"):
+                run = slow_measure(mr, helper, name, kind, files, size, 7_000_000 + 1000 * n + (kind == "mesh"))
+                runs.append(run)
+                print(f"  {name:<20} {kind:<6} {run.seconds:6.1f} s  link/unique {run.rx / run.unique:6.3f}  "
+                      f"GETs/page {run.gets / run.pages:5.2f}  peak 1 s {run.peak / quota:5.3f} x quota  "
+                      f"'queued' answers {run.polls}  peers given up {run.peer_failures}  "
+                      f"{'ok' if run.ok else 'WRONG BYTES'}", flush=True)
+    finally:
+        mr.close()
+    return runs
+
+
+def slow_report(runs: list[SlowRun]) -> dict[str, Any]:
+    quota = SLOW_QUOTA * 1e6 / 8
+    print()
+    print(f"slow store: {SLOW_READERS} mesh readers over 2 nodes vs 1 direct reader, side by side")
+    print(f"  {'dataset':<20} | {'link/unique':>11} {'GETs/page':>9} {'peak/quota':>10} {'s':>6} "
+          f"{'s / (size/quota)':>16} | {'direct s':>8} {'mesh/direct s':>13}")
+    summary: dict[str, Any] = {}
+    for name in dict.fromkeys(r.dataset for r in runs):
+        m = next(r for r in runs if r.dataset == name and r.kind == "mesh")
+        d = next(r for r in runs if r.dataset == name and r.kind == "direct")
+        ideal = m.unique / quota
+        row = {"rx_ratio": m.rx / m.unique, "gets_per_page": m.gets / m.pages, "peak": m.peak / quota,
+               "seconds": m.seconds, "vs_quota": m.seconds / ideal, "direct_seconds": d.seconds,
+               "ok": m.ok and d.ok, "peer_failures": m.peer_failures, "polls": m.polls}
+        summary[name] = row
+        print(f"  {name:<20} | {row['rx_ratio']:11.3f} {row['gets_per_page']:9.2f} {row['peak']:10.3f} "
+              f"{m.seconds:6.1f} {row['vs_quota']:16.2f} | {d.seconds:8.1f} {m.seconds / d.seconds:13.2f}")
+    print("goals:")
+    for name, row in summary.items():
+        for text, value, ok in ((f"{name}: link / unique", row["rx_ratio"], row["rx_ratio"] <= 1.02),
+                                (f"{name}: store GETs per page", row["gets_per_page"], row["gets_per_page"] <= 1),
+                                (f"{name}: time / (size / quota)", row["vs_quota"], row["vs_quota"] <= 1.10),
+                                (f"{name}: right bytes", float(row["ok"]), row["ok"])):
+            print(f"  {'PASS' if ok else 'MISS'}  {text:<48} {value:8.3f}")
+    return summary
+
+
 def background_busy(seconds: float = 2.0) -> float:
     """How busy the machine is before the benchmark starts (cores' worth, 0..ncpu)."""
     b0, t0 = machine_busy(), time.monotonic()
@@ -379,6 +510,12 @@ def background_busy(seconds: float = 2.0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=("all", "fanout", "slow"), default="all",
+                    help="fan-out readers, exactly once behind a slow store, or both (all)")
+    ap.add_argument("--slow-delay-ms", type=float, default=30.0,
+                    help="slow scenario: ms before each GET's first byte at the store (30)")
+    ap.add_argument("--slow-store-mbit", type=float, default=0.0,
+                    help="slow scenario: cap on what the store sends, Mbit/s (0: none)")
     ap.add_argument("--quick", action="store_true", help="a smaller dataset, no repeats (a smoke run, ~2 min)")
     ap.add_argument("--readers", default="1,5,20", help="reader counts, comma-separated (the first is the base)")
     ap.add_argument("--files", type=int, help="objects per dataset (48; --quick 16)")
@@ -418,12 +555,25 @@ def main() -> None:
           f"Python {platform.python_version()}; busy before the run: {idle:.2f} cores"
           + ("  ** something else is using the CPU: figures will be noisy **" if idle > 0.3 else ""),
           flush=True)
+
+    if args.scenario in ("all", "slow"):
+        slow_dir = Path(args.workdir) / "slowstore"
+        try:
+            slow = slow_report(slow_scenario(args, slow_dir))
+        finally:
+            if not args.keep:
+                shutil.rmtree(slow_dir, ignore_errors=True)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.with_name(json_path.stem + "-slow.json").write_text(json.dumps(slow, indent=1))
+        if args.scenario == "slow":
+            return
+        print()
+
     print(f"workdir {work}; a-b link {capacity:g} Mbit/s line (tbf), mesh quota {quota:g} Mbit/s; "
           f"datasets of {files} x {args.file_mib} MiB = {unique / MiB:.0f} MiB; readers {counts}; "
           f"mesh runs x{repeat}", flush=True)
     print("direct readers are not subject to the mesh's quota: they may use the whole line "
           f"({capacity:g} Mbit/s)" + (" (= the quota here)" if quota == capacity else ""), flush=True)
-
     t_start = time.monotonic()
     mr: MultiRegion | None = None
     runs: list[Run] = []

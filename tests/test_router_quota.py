@@ -46,13 +46,17 @@ from meshd.region.federation import HELD_TTL, Federation
 from meshd.region.quota import (
     LIST_ENTRY_BYTES,
     MAX_GRAIN,
+    MAX_RCVBUF,
     MIN_GRAIN,
     MIN_PIECE,
+    MIN_RCVBUF,
     RECEIVE_WINDOW,
+    REGION_STREAMS,
     REQUEST_BYTES,
     Crossing,
     LinkQuota,
     Quotas,
+    Slots,
     ThrottledStore,
     TokenBucket,
 )
@@ -1254,3 +1258,84 @@ async def test_serve_grant() -> None:
     assert await fed.serve_grant("region-a>region-b", 1000) < 0.01  # within the bucket
     fed.quotas.configure({}, 1)
     assert await fed.serve_grant("region-a>region-b", 1e12) == 0.0  # no longer limited
+
+
+# ---------------------------------------------------------------------------
+# Streams: a node's share of the region's open transfers, their receive windows
+# ---------------------------------------------------------------------------
+
+def test_a_nodes_stream_share_follows_the_membership() -> None:
+    q = LinkQuota("a", "b", 20e6, 0.05, 1)
+    assert q.stream_share == REGION_STREAMS
+    q.update(20e6, 0.05, 2)
+    assert q.stream_share == REGION_STREAMS // 2
+    q.update(20e6, 0.05, 100)
+    assert q.stream_share == 1  # never none
+
+
+async def test_slots_limit_open_streams_and_can_be_resized() -> None:
+    slots = Slots(2)
+    await slots.acquire()
+    await slots.acquire()
+    third = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    assert not third.done()
+    slots.release()
+    await asyncio.wait_for(third, 1)
+    assert slots.used == 2
+    fourth = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    assert not fourth.done()
+    slots.resize(3)  # a member left: this node's share grew
+    await asyncio.wait_for(fourth, 1)
+    # A waiter cancelled after its wake-up passes the slot on.
+    slots.resize(3)
+    a, b = asyncio.ensure_future(slots.acquire()), asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # wakes a
+    a.cancel()
+    await asyncio.wait_for(b, 1)
+    assert slots.used == 3
+
+
+async def test_a_paced_transfer_holds_a_stream_slot_until_it_ends() -> None:
+    q = LinkQuota("a", "b", 1e6, 0.05, 4)  # 4 members: one stream for this node
+    assert q.stream_share == 1
+    inner = MemoryStore({"f": BLOB, "g": BLOB})
+    store = throttled(inner, [q])
+    first = cast(AsyncGenerator[bytes, None], store.get_range("f", 0, len(BLOB)))
+    async with contextlib.aclosing(first) as it:
+        await it.__anext__()
+        second = asyncio.ensure_future(collect(store.get_range("g", 0, len(BLOB))))
+        await asyncio.sleep(0.05)
+        assert not second.done() and inner.reads == [("f", 0, len(BLOB))]  # g waits for the slot
+    assert await asyncio.wait_for(second, 5) == BLOB
+    assert q.streams.used == 0
+
+
+@pytest.mark.parametrize(("quota", "latency", "rcvbuf"), [
+    (20e6, 0.0002, MIN_RCVBUF),       # a LAN-like link: the floor
+    (50e6, 0.020, 640_625),           # the example's a-b link: 1.25 x 50e6 / 4 x 41 ms
+    (1e9, 0.1, MAX_RCVBUF),           # the ceiling
+])
+def test_receive_buffer_carries_a_streams_share_over_the_round_trip(quota: float, latency: float,
+                                                                     rcvbuf: int) -> None:
+    crossing = Crossing([LinkQuota("a", "b", quota, 0.05, 1, latency=latency)])
+    assert crossing.rcvbuf == rcvbuf
+
+
+def test_s3_store_connections_get_the_receive_buffer(tmp_path: Path) -> None:
+    """botocore has no public socket option: the store extends the list its HTTP session
+    hands urllib3. If botocore changes, this fails (and the store logs it at run time)."""
+    import socket
+
+    from meshd.understore.s3 import S3UnderStore
+
+    store = S3UnderStore("s3://bucket", {"endpoint": "http://127.0.0.1:9", "access_key": "k", "secret_key": "s"})
+    assert store.limit_receive_buffer(96 << 10)
+    client = store._get_client()
+    options = client._endpoint.http_session._socket_options
+    assert (socket.SOL_SOCKET, socket.SO_RCVBUF, 96 << 10) in options
+    assert store.limit_receive_buffer(64 << 10)  # a new size replaces the old one
+    assert [o for o in options if o[:2] == (socket.SOL_SOCKET, socket.SO_RCVBUF)] == \
+        [(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)]

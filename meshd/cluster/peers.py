@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -72,6 +73,7 @@ class Cluster:
         self._suspect: dict[str, float] = {}
         self._wires: dict[str, WireClient] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._paced: dict[int, aiohttp.ClientSession] = {}
         self.ring_changes = 0
         self.peer_failures = 0
         self.page_polls = 0  # "queued" answers from page owners (each one asked again)
@@ -217,15 +219,32 @@ class Cluster:
         async with self.open_page(m, url, who, limits) as (_, body):
             return await body.read()
 
+    def paced_session(self, rcvbuf: int) -> aiohttp.ClientSession:
+        """A session whose connections have a fixed ``rcvbuf`` TCP receive buffer, for
+        transfers read at a quota's pace (the sender can run ahead by that much only)."""
+        session = self._paced.get(rcvbuf)
+        if session is None or session.closed:
+            def small_window(addr: Any) -> socket.socket:
+                family, kind, proto = addr[0], addr[1], addr[2]
+                sock = socket.socket(family=family, type=kind, proto=proto)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                return sock
+
+            session = self._paced[rcvbuf] = aiohttp.ClientSession(
+                timeout=self.page_timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window))
+        return session
+
     @contextlib.asynccontextmanager
-    async def open_page(self, m: Member, url: str, who: str, limits: aiohttp.ClientTimeout | None = None
-                        ) -> AsyncIterator[tuple[int, aiohttp.StreamReader]]:
+    async def open_page(self, m: Member, url: str, who: str, limits: aiohttp.ClientTimeout | None = None,
+                        rcvbuf: int = 0) -> AsyncIterator[tuple[int, aiohttp.StreamReader]]:
         """A ``GET /v1/pages`` at ``m``: (HTTP status, body to read at the caller's pace).
         The error the peer reports is raised rebuilt; NodeUnavailable when ``m`` cannot be
         reached or goes silent (``who`` names it in messages; ``limits``: timeouts other
-        than the cluster's)."""
+        than the cluster's; ``rcvbuf``: over a connection with that receive buffer)."""
+        session = self.paced_session(rcvbuf) if rcvbuf else self.session()
         try:
-            async with self.session().get(url, timeout=limits or self.page_timeout) as resp:
+            async with session.get(url, timeout=limits or self.page_timeout) as resp:
                 if resp.status >= 300:
                     try:
                         err = await resp.json(content_type=None)
@@ -240,6 +259,7 @@ class Cluster:
         for w in self._wires.values():
             await w.close()
         self._wires.clear()
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
+        for session in [self._session, *self._paced.values()]:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.close()

@@ -42,7 +42,7 @@ from meshd.cluster.peers import Cluster, page_url, ring_of
 from meshd.cluster.ring import HashRing
 from meshd.errors import MeshError, NodeUnavailable, UnderStoreError
 from meshd.metadata.mounts import Mount
-from meshd.region.quota import RECEIVE_WINDOW, STREAM_BUFFER, Crossing, LinkQuota, Pacer, Quotas
+from meshd.region.quota import STREAM_BUFFER, Crossing, LinkQuota, Pacer, Quotas
 from topology.model import Topology, TopologyError, parse
 from topology.router import Source, network_path, route, worth_asking
 
@@ -99,7 +99,7 @@ class Federation:
         """(Re)divide every link's quota among this region's live members. Every link
         has a bucket: a multi-hop path takes tokens on each link it crosses."""
         topo = self.topology
-        links = {k: (link.quota, link.overhead) for k, link in topo.links.items()} if topo else {}
+        links = {k: (link.quota, link.overhead, link.latency) for k, link in topo.links.items()} if topo else {}
         self.quotas.configure(links, self._members())
 
     def set_peers(self, members: dict[str, dict[str, Member]]) -> None:
@@ -286,11 +286,13 @@ class Federation:
             if len(data) != length:
                 raise UnderStoreError(f"region {region} sent {len(data)} of {length} bytes of page {index} of {path}")
             return data
-        pacer = Pacer(crossing, length, "region", window=RECEIVE_WINDOW + STREAM_BUFFER)
+        rcvbuf = crossing.rcvbuf
+        pacer = Pacer(crossing, length, "region", window=2 * rcvbuf + STREAM_BUFFER)
         parts: list[bytes] = []
         try:
+            await pacer.open()
             await pacer.ready()  # the first grain's tokens before the request
-            async with self.cluster.open_page(owner, url, who, REGION_TIMEOUT) as (_, body):
+            async with self.cluster.open_page(owner, url, who, REGION_TIMEOUT, rcvbuf) as (_, body):
                 while not pacer.finished:
                     n = await pacer.ready()
                     try:

@@ -22,13 +22,16 @@ It is read at the quota's pace by a :class:`Pacer`: the request goes out once
 the first grain's tokens and the connection's receive window are paid, then
 each piece of the response is read from the socket only after its tokens, so
 TCP's flow control holds the sender back and the bytes on the wire never run
-ahead of the tokens. The socket is read in small, evenly spaced pieces: Linux
-grows a receive window to what the reader takes per round trip, and a reader
-that took a grain at once would let the sender burst megabytes past the
-quota. The grain is 1/64 of the quota (at least 16 KiB, at most 4 MiB) and
-the bucket holds one grain, so over any one-second window the region moves at
-most about ``quota * (1 + 1/64)`` bytes plus one step of the receiver's window
-(half its buffer: 64 KiB with Linux's defaults).
+ahead of the tokens. The window is bounded: connections carrying quota'd
+reads get a fixed receive buffer (:attr:`Crossing.rcvbuf`, sized for one
+stream's share of the quota over the path's round trip; Linux would grow it
+to megabytes, which the sender would burst past the quota), the socket is
+read in small, evenly spaced pieces, and a region keeps at most
+REGION_STREAMS transfers open per link (:class:`Slots`, each node its share).
+The grain is 1/64 of the quota (at least 16 KiB, at most 4 MiB) and the
+bucket holds one grain, so over any one-second window the region moves at
+most about ``quota * (1 + 1/64)`` bytes plus, per open transfer, the window
+and the grain it paid ahead (``2 * rcvbuf + grain``).
 
 *Framing.* The quota is about bytes on the wire. Each payload byte is charged
 ``1 + overhead`` tokens (the link's ``overhead``, default 5 %: TCP/IP and
@@ -41,7 +44,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from meshd.understore import ObjectInfo, UnderStore
 
@@ -107,14 +110,16 @@ class LinkQuota:
     node is the link's quota owner), the fallback share, and this node's counters."""
 
     def __init__(self, src: str, dst: str, quota: float, overhead: float, members: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, latency: float = 0.0) -> None:
         self.src, self.dst = src, dst
+        self.latency = latency
         self.quota = quota
         self.overhead = overhead
         self.members = max(1, members)
         self._clock = clock
         self.bucket = TokenBucket(quota if self.limited else 1.0, self.grain, clock)  # the region's
         self.local = TokenBucket(self.share if self.limited else 1.0, self.grain, clock)  # owner away
+        self.streams = Slots(self.stream_share)  # this node's transfers open on the link
         self.bytes_by_kind: dict[str, int] = {}
         self._recent: deque[tuple[float, int]] = deque()
         self.waited = 0.0  # seconds this node's transfers waited for tokens
@@ -141,8 +146,16 @@ class LinkQuota:
             return MAX_GRAIN
         return int(min(MAX_GRAIN, max(MIN_GRAIN, self.quota / 64)))
 
-    def update(self, quota: float, overhead: float, members: int) -> None:
+    @property
+    def stream_share(self) -> int:
+        """Transfers this node may have open on the link at once: its share of REGION_STREAMS.
+        Each open transfer lets the store run one receive window ahead of the tokens."""
+        return max(1, REGION_STREAMS // self.members)
+
+    def update(self, quota: float, overhead: float, members: int, latency: float = 0.0) -> None:
         self.quota, self.overhead, self.members = quota, overhead, max(1, members)
+        self.latency = latency
+        self.streams.resize(self.stream_share)
         if self.limited:
             self.bucket.set_rate(self.quota, self.grain)
             self.local.set_rate(self.share, self.grain)
@@ -196,15 +209,16 @@ class Quotas:
         self._clock = clock
         self.links: dict[tuple[str, str], LinkQuota] = {}
 
-    def configure(self, links: dict[tuple[str, str], tuple[float, float]], members: int) -> None:
-        """Set every link's (quota, overhead) and the region's live member count.
+    def configure(self, links: Mapping[tuple[str, str], tuple[float, ...]], members: int) -> None:
+        """Set every link's (quota, overhead[, one-way latency]) and the region's live member count.
         Links no longer in the topology keep their counters but stop limiting."""
-        for key, (quota, overhead) in links.items():
+        for key, (quota, overhead, *more) in links.items():
+            latency = float(more[0]) if more else 0.0
             q = self.links.get(key)
             if q is None:
-                self.links[key] = LinkQuota(key[0], key[1], quota, overhead, members, self._clock)
+                self.links[key] = LinkQuota(key[0], key[1], quota, overhead, members, self._clock, latency)
             else:
-                q.update(quota, overhead, members)
+                q.update(quota, overhead, members, latency)
         for key in set(self.links) - set(links):
             self.links[key].update(math.inf, 0.0, members)  # left the topology: counted, not limited
 
@@ -241,6 +255,15 @@ class Crossing:
         """The tightest quota in bytes a second (inf when none limits)."""
         return min((q.quota for q in self.links if q.limited), default=math.inf)
 
+    @property
+    def rcvbuf(self) -> int:
+        """The TCP receive buffer for a transfer over these links: enough for one of the
+        region's REGION_STREAMS streams to carry its share of the quota over the path's
+        round trip (plus a LAN's millisecond), at least MIN_RCVBUF, at most MAX_RCVBUF."""
+        rtt = 2 * sum(q.latency for q in self.links) + 0.001
+        want = 1.25 * self.rate / REGION_STREAMS * rtt if math.isfinite(self.rate) else MAX_RCVBUF
+        return int(min(MAX_RCVBUF, max(MIN_RCVBUF, want)))
+
     async def take(self, n: int, kind: str) -> None:
         for q in self.links:
             await q.take(n, kind, self._grant)
@@ -274,6 +297,8 @@ REQUEST_BYTES = 600  # a status call or an empty listing: request and response h
 CHARGE_BATCH = 16 << 10  # after-the-fact charges are sent to the quota owner in batches this big
 
 
+REGION_STREAMS = 4  # quota'd transfers a region keeps open on a link at once (each node its share)
+PACE = 2.0  # a stream reads its socket at most this many times the quota's pace
 MIN_PIECE = 16 << 10
 MAX_PIECE = 128 << 10
 PIECES_PER_SECOND = 512  # a paced read takes about this many pieces a second at the full quota
@@ -291,6 +316,47 @@ def _receive_window() -> int:
 
 
 RECEIVE_WINDOW = _receive_window()
+MIN_RCVBUF = 64 << 10
+MAX_RCVBUF = 4 << 20
+
+
+class Slots:
+    """A semaphore whose limit can change (membership changes a node's share)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                elif not fut.cancelled():
+                    self._wake()  # woken, then cancelled: pass the free slot on
+                raise
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.limit - self.used
+        while free > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
 
 
 class Pacer:
@@ -321,6 +387,12 @@ class Pacer:
         self.done = 0  # bytes read
         self._next = 0.0  # loop time the next piece may be read at
         self._grant: asyncio.Task[int] | None = None  # the next grain's tokens, being asked for
+        self._held: list[LinkQuota] = []  # links whose stream slot this transfer holds
+
+    async def open(self) -> None:
+        for q in self.crossing.links:
+            await q.streams.acquire()
+            self._held.append(q)
 
     @property
     def finished(self) -> bool:
@@ -359,7 +431,7 @@ class Pacer:
             else:
                 self.paid += await self._take(self.done - self.paid)
         now = asyncio.get_running_loop().time()
-        self._next = max(self._next, now) + n / (2 * self.rate)
+        self._next = max(self._next, now) + n / (PACE * self.rate)
 
     async def close(self) -> None:
         """Stop asking for tokens (the transfer ended early or failed)."""
@@ -367,6 +439,8 @@ class Pacer:
             self._grant.cancel()
             await asyncio.gather(self._grant, return_exceptions=True)
             self._grant = None
+        while self._held:
+            self._held.pop().streams.release()
 
 
 async def _aclose(it: AsyncIterator[bytes]) -> None:
@@ -392,6 +466,8 @@ class ThrottledStore(UnderStore):
         self.scheme = inner.scheme
         self.capabilities = inner.capabilities
         self._in, self._out = inbound, outbound
+        self._rcvbuf = 0  # the receive buffer asked of the store's connections (0: none yet)
+        self._limited = False  # whether the store could give them one
 
     async def head(self, path: str) -> ObjectInfo:
         try:
@@ -418,8 +494,11 @@ class ThrottledStore(UnderStore):
             async for piece in self.inner.get_range(path, start, end, version, chunk=chunk):
                 yield piece
             return
-        pacer = Pacer(crossing, end - start, "fill", chunk)
+        rcvbuf = crossing.rcvbuf
+        window = 2 * rcvbuf if self._small_window(rcvbuf) else RECEIVE_WINDOW
+        pacer = Pacer(crossing, end - start, "fill", chunk, window)
         try:
+            await pacer.open()
             await pacer.ready()
             pieces = self.inner.get_range(path, start, end, version, chunk=pacer.piece)
             try:
@@ -432,6 +511,13 @@ class ThrottledStore(UnderStore):
                 await _aclose(pieces)
         finally:
             await pacer.close()
+
+    def _small_window(self, rcvbuf: int) -> bool:
+        """Ask the store for connections with a ``rcvbuf`` receive buffer (once per size)."""
+        if rcvbuf != self._rcvbuf:
+            self._rcvbuf = rcvbuf
+            self._limited = self.inner.limit_receive_buffer(rcvbuf)
+        return self._limited
 
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         if not self._in():

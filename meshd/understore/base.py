@@ -90,6 +90,13 @@ class UnderStore(abc.ABC):
 
         raise NotSupported(f"append is not supported by {self.scheme}:// under-stores")
 
+    def limit_receive_buffer(self, nbytes: int) -> bool:
+        """Give the store's connections opened from now on a fixed ``nbytes`` TCP receive
+        buffer (SO_RCVBUF: Linux then stops growing it). A reader pacing a quota'd link
+        needs it: the window it advertises is then known and small, so the store cannot
+        put megabytes on the wire past the quota. False when the store cannot."""
+        return False
+
     async def check(self) -> None:
         """Verify the store is reachable with the given options (at mount time)."""
         await self.head("")

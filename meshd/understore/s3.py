@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -85,6 +87,8 @@ from meshd.errors import (
 )
 from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 from meshd.understore.s3_listing import ListingParserFactory
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # body read size of get_range
 PART = 8 << 20  # put: single-request limit and multipart part size
@@ -164,6 +168,24 @@ def _cheaper_200_check(client: Any) -> None:
     events = client.meta.events
     events.unregister("before-parse.s3.*", original)
     events.register_first("before-parse.s3.*", check)
+
+
+def _set_receive_buffer(client: Any, nbytes: int) -> bool:
+    """Open the client's connections from now on with SO_RCVBUF ``nbytes`` (pooled ones are
+    dropped). botocore has no public option for socket options: its HTTP session keeps
+    the list it hands urllib3 for every new connection, and that list is extended here.
+    False (and a log line) if botocore changed that."""
+    http = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    options = getattr(http, "_socket_options", None)
+    manager = getattr(http, "_manager", None)
+    if not isinstance(options, list) or manager is None:
+        log.warning("cannot set the receive buffer of S3 connections (botocore changed): quota'd reads "
+                    "are paced but the store may send past the quota by a TCP window")
+        return False
+    options[:] = [o for o in options if o[:2] != (socket.SOL_SOCKET, socket.SO_RCVBUF)]
+    options.append((socket.SOL_SOCKET, socket.SO_RCVBUF, nbytes))
+    manager.clear()
+    return True
 
 
 def _fast_timestamp(value: str) -> datetime.datetime:
@@ -300,6 +322,7 @@ class S3UnderStore(UnderStore):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._closed = False
+        self._rcvbuf = 0  # SO_RCVBUF of new connections (0: the kernel's, growing)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -327,7 +350,16 @@ class S3UnderStore(UnderStore):
                 session._session.register_component("response_parser_factory", factory)
                 self._client = session.client("s3", **self._client_args)
                 _cheaper_200_check(self._client)
+                if self._rcvbuf:
+                    _set_receive_buffer(self._client, self._rcvbuf)
             return self._client
+
+    def limit_receive_buffer(self, nbytes: int) -> bool:
+        with self._client_lock:
+            if self._rcvbuf == nbytes:
+                return True
+            self._rcvbuf = nbytes
+            return self._client is None or _set_receive_buffer(self._client, nbytes)
 
     def _invoke(self, op: str, kwargs: dict[str, Any]) -> Any:
         return getattr(self._get_client(), op)(Bucket=self.bucket, **kwargs)
