@@ -71,6 +71,7 @@ class Daemon:
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
         self._lock_file: IO[str] | None = None
+        self._published = False  # endpoints.json is ours to remove only once we wrote it
         self._socks: dict[str, socket.socket] = {}  # bound, until a server takes them
         self._grpc: grpc.aio.Server | None = None
         self._wire: WireServer | None = None
@@ -207,12 +208,15 @@ class Daemon:
             json.dump({"node_id": self.node_id, "pid": os.getpid(), **self.endpoints}, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
+        self._published = True
 
     async def stop(self) -> None:
-        try:
-            os.unlink(os.path.join(self.data_dir, "endpoints.json"))
-        except FileNotFoundError:
-            pass
+        if self._published:  # a daemon refused the directory's lock must not unpublish the one holding it
+            self._published = False
+            try:
+                os.unlink(os.path.join(self.data_dir, "endpoints.json"))
+            except FileNotFoundError:
+                pass
         if self.parts is not None:
             await self.parts.leave()  # leave the ring first
         if self._wire is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests import data as testdata
-from tests.meshd_proc import MESHCTL, MeshdProcess, env_without_endpoint
+from tests.meshd_proc import MESHCTL, MESHD, MeshdProcess, env_without_endpoint
 
 PAGE = 256 << 10
 PAGE_ARGS = ["--page-size", "256KiB"]
@@ -679,3 +679,18 @@ def test_default_mount_serves_hello(meshd: Callable[..., MeshdProcess]) -> None:
     assert ok(node.ctl("ls", "/")).split() == ["local/"]
     assert ok(node.ctl("ls", "/local")).split() == ["hello.txt"]
     assert "meshctl report" in ok(node.ctl("cat", "/local/hello.txt"))
+
+
+def test_second_meshd_on_a_busy_data_dir_leaves_the_first_alone(meshd: Callable[..., MeshdProcess]) -> None:
+    """A meshd refused a data directory's lock exits non-zero and removes nothing of the running one's."""
+    node = meshd()
+    published = (node.data_dir / "endpoints.json").read_text()
+    second = subprocess.run([*MESHD, "embedded", "--data-dir", str(node.data_dir)],
+                            capture_output=True, timeout=60)
+    assert second.returncode != 0
+    assert b"another meshd is using data directory" in second.stderr, second.stderr.decode()
+    assert b"Traceback" not in second.stderr
+    assert (node.data_dir / "endpoints.json").read_text() == published
+    assert (node.data_dir / "local.sock").exists()
+    env = env_without_endpoint()
+    assert ok(_run_ctl(["--endpoint", str(node.data_dir), "ls", "/local"], env)).split() == ["hello.txt"]
