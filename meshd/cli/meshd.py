@@ -145,6 +145,10 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         cfg = cfg.with_overrides(mounts=cfg.mounts + tuple(parse_mount_flag(m) for m in args.mount))
     if (args.s3_access_key is None) != (args.s3_secret_key is None):
         raise InvalidArgument("--s3-access-key and --s3-secret-key go together")
+    for flag, value in (("--s3-access-key", args.s3_access_key), ("--s3-secret-key", args.s3_secret_key)):
+        if value is not None and not value.strip():  # `--s3-secret-key "$SECRET"` with SECRET unset
+            raise InvalidArgument(f"{flag} is empty (an unset shell variable?): give the key, "
+                                  "or leave out both --s3-access-key and --s3-secret-key")
     s3 = cfg.s3
     if args.s3_access_key:
         s3 = replace(s3, access_keys={**s3.access_keys, args.s3_access_key: args.s3_secret_key})
