@@ -250,6 +250,11 @@ def test_nested_mount_refused_the_other_way_round(meshd: Callable[..., MeshdProc
     ("file://relative/dir", [], "file://"),
     ("FILE", ["-o", "sync_interval=soon"], "sync_interval"),
     ("FILE", ["-o", "read_only=maybe"], "read_only"),
+    # a misspelt option is refused for every scheme, not silently ignored (readonly mounted writable)
+    ("FILE", ["-o", "readonly=true"], "unknown file mount option 'readonly'; did you mean 'read_only'?"),
+    ("s3://bucket/p", ["-o", "secretkey=x"], "did you mean 'secret_key'?"),
+    ("hdfs://namenode/x", ["-o", "usr=etl"], "did you mean 'user'?"),
+    ("FILE", ["-o", "colour=blue"], "unknown file mount option 'colour' (file mounts take: home_region"),
 ])
 def test_bad_mount_refused(node: MeshdProcess, tmp_path: Path, uri: str, opts: list[str],
                            needle: str) -> None:

@@ -83,7 +83,7 @@ from meshd.errors import (
     UnderStoreError,
     VersionChanged,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore, check_options
 from meshd.understore.s3_listing import ListingParserFactory
 
 CHUNK = 1 << 20  # body read size of get_range
@@ -244,11 +244,7 @@ class _ClientSettings:
 def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
     """Validate the mount options (MountError for an unknown or malformed one) into
     the settings the client is created with on first use."""
-    unknown = sorted(set(opts) - OPTIONS)
-    if unknown:
-        raise MountError(
-            f"unknown s3 mount option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}"
-        )
+    check_options("s3", opts, OPTIONS)
     endpoint = opts.get("endpoint") or None
     if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
         raise MountError(f"s3 endpoint must be an http:// or https:// URL, got {endpoint!r}")
@@ -292,6 +288,7 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 class S3UnderStore(UnderStore):
     scheme = "s3"
     capabilities = Capabilities(rename=False, directories=False)
+    OPTIONS = OPTIONS
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         super().__init__(uri, options)
