@@ -467,3 +467,12 @@ def test_mount_on_a_missing_directory_says_it_does_not_exist(tmp_path: Path) -> 
     r = subprocess.run([*MESHFS, "mount", str(tmp_path / "file")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not a directory" in r.stderr, r.stderr
 
+
+def test_directories_the_store_does_not_date_show_the_mount_time(env: Env) -> None:
+    """The mesh root (and S3's implicit directories) has no mtime of its own: not 1970."""
+    root = os.stat(env.mnt)
+    assert time.time() - 3600 < root.st_mtime <= time.time()
+    with env.node.client() as c:
+        assert c.stat("/").mtime == 0  # what the node says; meshfs dates it
+    for e in os.scandir(env.mnt):
+        assert e.stat().st_mtime > 10 * 365 * 86400, e.name
