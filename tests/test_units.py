@@ -134,3 +134,22 @@ def test_missing_s3_credentials_name_the_options_and_environment() -> None:
     assert "no usable S3 credentials" in message
     for name in ("access_key=", "secret_key=", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in message, message
+
+
+def test_member_usage_keeps_the_tiers_apart() -> None:
+    """A page in memory is on disk too: USED is the disk tier's, against the disk capacity."""
+    from meshd.cli.meshctl import _member_line
+    from meshd.core.admin import member_usage
+
+    gib = 1 << 30
+    tiers = {"memory": {"used": 3 * gib, "capacity": 4 * gib, "pages": 3},
+             "disk": {"used": 10 * gib, "capacity": 10 * gib, "pages": 10}}
+    row = member_usage(tiers)
+    assert row["used"] == row["disk_used"] == 10 * gib  # not 13 GiB of a 10 GiB capacity
+    assert row["memory_used"] == 3 * gib and row["memory_capacity"] == 4 * gib
+    assert row["disk_capacity"] == 10 * gib and row["disk_pages"] == 10 and row["memory_pages"] == 3
+    line = _member_line({"node_id": "n1", "state": "up", "zone": "", "grpc": "h:1", "capacity": 10 * gib,
+                         "hit_ratio": 0.5, **row})
+    assert "10.0 GiB" in line and "3.0 GiB" in line and "13.0 GiB" not in line
+    old = _member_line({"node_id": "n1", "state": "up", "zone": "", "grpc": "h:1", "capacity": gib})
+    assert old.split()[4:] == ["-", "1.0", "GiB", "-", "-"]

@@ -197,13 +197,22 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
         print(f"\ncluster {cl['name']}, region {cl['region']}: {len(cl['members'])} members, {etcd}")
         print(f"  metadata calls forwarded to owners: {r['metadata_forwarded']}, "
               f"served here for lack of an owner: {r['metadata_fallbacks']}; peer bytes {_size(b.get('peer', 0))}")
-        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'USED':>10} {'CAPACITY':>10} {'HIT':>6}")
+        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'DISK USED':>10} {'CAPACITY':>10} "
+              f"{'MEMORY USED':>11} {'HIT':>6}")
         for m in cl["members"]:
-            used = _size(m["used"]) if "used" in m else "-"
-            hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
-            print(f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
-                  f"{_size(m['capacity']):>10} {hit:>6}")
+            print(_member_line(m))
         _print_links(r, cl)
+
+
+def _member_line(m: dict[str, Any]) -> str:
+    """One member's row: the disk tier's use against the member's capacity (the disk
+    tier's), the memory tier apart (its pages are mostly on disk as well)."""
+    disk = m.get("disk_used", m.get("used"))  # a node before disk_used reports the sum in used
+    used = _size(disk) if disk is not None else "-"
+    memory = _size(m["memory_used"]) if "memory_used" in m else "-"
+    hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
+    return (f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
+            f"{_size(m['capacity']):>10} {memory:>11} {hit:>6}")
 
 
 def _rate(bytes_per_s: float | None) -> str:
