@@ -408,6 +408,10 @@ def test_cp_errors(node: MeshdProcess, tmp_path: Path) -> None:
     failed(node.ctl("cp", "mesh:/data/missing.bin", str(tmp_path / "x.bin")), "NotFound")
     assert not (tmp_path / "x.bin").exists()
     assert not (tmp_path / "x.bin.meshctl-tmp").exists()
+    # a destination directory that does not exist is named as the user gave it
+    line = failed(node.ctl("cp", "mesh:/data/small.txt", str(tmp_path / "missing-dir") + "/"))
+    assert "meshctl-tmp" not in line and line.endswith(f"{tmp_path / 'missing-dir'}/"), line
+    assert "No such file or directory" in line
 
 
 # ---------------------------------------------------------------- rm / mkdir / mv

@@ -124,6 +124,12 @@ def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
         with open(tmp, "wb") as f:
             n = c.readinto(src, f)
         os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename == tmp:  # name what the user gave, not our temporary file
+            raise OSError(e.errno, e.strerror, a.dst) from None
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
