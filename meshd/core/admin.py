@@ -74,7 +74,10 @@ async def free(node: MeshNode, path: str) -> int:
     walking the (cached) listings, and every member drops their pages."""
     norm = paths.normalize(path)
     if node.cluster is None or node.cluster.single:
-        return free_ids(node, _file_ids(node, node.metadata.cached_paths(norm)))
+        cached = node.metadata.cached_paths(norm)
+        if not cached:
+            await node.stat(norm)  # NotFound for a path that does not exist, as sync and load say
+        return free_ids(node, _file_ids(node, cached))
     ids = _file_ids(node, [f.path async for f in node.walk_files(norm)])
     freed = free_ids(node, ids)
     for node_id, r in (await node.cluster.broadcast("free", {"ids": ids}, wait=120)).items():
