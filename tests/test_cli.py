@@ -550,7 +550,7 @@ def test_load_summary(node: MeshdProcess) -> None:
     assert out.startswith("loaded 4 files, 3.0 MiB (3.0 MiB fetched from the under-store")
     # (the progress bar goes to stderr on a terminal only: tqdm's auto-disable)
     r = node.ctl("load", "--quiet", "/data/a.bin")
-    assert "loaded 1 files" in ok(r) and r.stderr == b""
+    assert "loaded 1 file," in ok(r) and r.stderr == b""
     failed(node.ctl("load", "/data/nope"), "NotFound")
 
 
@@ -617,7 +617,7 @@ def test_report_human(node: MeshdProcess) -> None:
     out = ok(node.ctl("report"))
     assert "hit ratio" in out
     assert "hit ratio 50.0%" in out  # 13 misses, then 13 hits
-    assert "page size 256.0 KiB" in out and "1 mounts" in out
+    assert "page size 256.0 KiB" in out and "1 mount)" in out
     assert "memory" in out and "disk" in out
     rep = report(node)
     assert rep["hits"] == rep["misses"] == -(-SIZE // PAGE)
@@ -703,3 +703,72 @@ def test_second_meshd_on_a_busy_data_dir_leaves_the_first_alone(meshd: Callable[
     assert (node.data_dir / "local.sock").exists()
     env = env_without_endpoint()
     assert ok(_run_ctl(["--endpoint", str(node.data_dir), "ls", "/local"], env)).split() == ["hello.txt"]
+
+
+# ---------------------------------------------------------------- a new user's first hour
+
+
+def test_free_of_a_missing_path_is_not_found(node: MeshdProcess) -> None:
+    """free says NotFound, as sync and load do, instead of 'freed 0 B'."""
+    for cmd in ("free", "sync", "load"):
+        failed(node.ctl(cmd, "/data/nope"), "NotFound")
+    failed(node.ctl("free", "/nowhere"), "NotFound")
+    assert "freed 0 B" in ok(node.ctl("free", "/data/small.txt"))  # exists, nothing cached
+
+
+def test_mkdir_and_mv_say_what_they_did(node: MeshdProcess, store: Path) -> None:
+    assert ok(node.ctl("mkdir", "/data/newdir")).strip() == "created /data/newdir"
+    assert (store / "newdir").is_dir()
+    assert ok(node.ctl("mv", "/data/newdir", "/data/other")).strip() == "renamed /data/newdir -> /data/other"
+    assert (store / "other").is_dir() and not (store / "newdir").exists()
+
+
+def test_empty_mount_table_says_so(meshd: Callable[..., MeshdProcess]) -> None:
+    node = meshd(args=["--no-default-mount"])
+    assert ok(node.ctl("mount", "ls")).startswith("no mounts")
+    assert json.loads(ok(node.ctl("mount", "ls", "--json"))) == []
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["ls", "-h"], "long listing: type"),
+    (["cat", "-h"], "first byte to write"),
+    (["cat", "-h"], "bytes to write (default: to the end"),
+    (["cp", "-h"], "Copy one file into the mesh"),
+    (["mount", "add", "-h"], "a mount option (repeatable)"),
+    (["free", "-h"], "drop cached pages under PATH"),
+])
+def test_subcommand_help_describes_it(args: list[str], text: str) -> None:
+    out = ok(_run_ctl(args, env_without_endpoint()))
+    assert text in " ".join(out.split()), out
+
+
+def test_topology_show_without_a_file(node: MeshdProcess, tmp_path: Path) -> None:
+    """Without FILE, topology show draws the node's topology; an embedded node has none, and says so."""
+    r = node.ctl("topology", "show")
+    assert r.returncode == 1 and r.stdout == b"" and r.stderr.decode().count("\n") == 1
+    assert "has no topology (one region, no links); give a FILE" in r.stderr.decode()
+    r = _run_ctl(["--endpoint", str(tmp_path / "no-node"), "topology", "show"], env_without_endpoint())
+    line = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in line
+    assert line.startswith("meshctl topology show: give a FILE") and "no running node found" in line
+
+
+def test_topology_show_draws_the_text_a_node_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from topology.cli import cmd_show
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "topology.yaml").read_text()
+    args = argparse.Namespace(file="topology of the node at h:1", text=text, image=None)
+    assert cmd_show(args) == 0
+    assert "region-a" in capsys.readouterr().out
+    assert cmd_show(argparse.Namespace(file=None, image=None)) == 2
+    assert "give a FILE" in capsys.readouterr().err
+
+
+def test_load_progress_uses_the_summary_units() -> None:
+    from meshd.cli.meshctl import _load_progress
+
+    text = _load_progress(400_080_000, 800_160_000, 1, 2)
+    assert text == "381.5 MiB / 763.1 MiB, 1/2 files"  # tqdm's own would say 381M
+    assert _load_progress(0, 10, 0, 1).endswith("0/1 file")
