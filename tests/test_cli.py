@@ -772,3 +772,10 @@ def test_load_progress_uses_the_summary_units() -> None:
     text = _load_progress(400_080_000, 800_160_000, 1, 2)
     assert text == "381.5 MiB / 763.1 MiB, 1/2 files"  # tqdm's own would say 381M
     assert _load_progress(0, 10, 0, 1).endswith("0/1 file")
+
+
+def test_memory_capacity_above_the_ram_is_warned_of(meshd: Callable[..., MeshdProcess]) -> None:
+    node = meshd(args=["--memory-capacity", "64TiB"])  # starts: a tier fills lazily
+    assert "cache.memory_capacity (--memory-capacity) is 64.0 TiB, more than this machine's" in node.log.read_text()
+    small = meshd(args=["--memory-capacity", "16MiB"])
+    assert "more than this machine's" not in small.log.read_text()
