@@ -779,3 +779,14 @@ def test_memory_capacity_above_the_ram_is_warned_of(meshd: Callable[..., MeshdPr
     assert "cache.memory_capacity (--memory-capacity) is 64.0 TiB, more than this machine's" in node.log.read_text()
     small = meshd(args=["--memory-capacity", "16MiB"])
     assert "more than this machine's" not in small.log.read_text()
+
+
+def test_http_root_is_an_index(node: MeshdProcess) -> None:
+    """``GET /`` on the node's HTTP port answers what it serves instead of a 404."""
+    import urllib.request
+
+    with urllib.request.urlopen(node.http + "/", timeout=10) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+        index = json.loads(resp.read())
+    assert index["service"] == "meshd" and index["endpoints"]["grpc"] == node.endpoint
+    assert {"/metrics", "/healthz", "/v1/files/<path>"} <= set(index["paths"])
