@@ -790,3 +790,12 @@ def test_http_root_is_an_index(node: MeshdProcess) -> None:
         index = json.loads(resp.read())
     assert index["service"] == "meshd" and index["endpoints"]["grpc"] == node.endpoint
     assert {"/metrics", "/healthz", "/v1/files/<path>"} <= set(index["paths"])
+
+
+def test_errors_name_mesh_paths_not_the_store(node: MeshdProcess, store: Path) -> None:
+    """A file mount's errors name the path the user gave (/data/...), not file:///<store>/..."""
+    for args, kind in ((["cat", "/data/nope.txt"], "NotFound"), (["ls", "/data/small.txt/x"], None),
+                       (["rm", "/data/sub"], None), (["mkdir", "/data/small.txt/d"], None)):
+        line = failed(node.ctl(*args), kind)
+        assert "file://" not in line and str(store) not in line, line
+        assert "/data/" in line, line

@@ -302,7 +302,9 @@ class MountTable:
 
     def _open(self, mount: Mount) -> UnderStore:
         options = self.options_for(mount)
-        store = self._wrap(open_understore(mount.uri, options), mount)
+        raw = open_understore(mount.uri, options)
+        raw.shown = mount.path  # errors name the mesh path the user gave, not file:///...
+        store = self._wrap(raw, mount)
         self._opened_with[mount.path] = options
         return store
 

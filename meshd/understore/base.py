@@ -64,6 +64,12 @@ class UnderStore(abc.ABC):
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         self.uri = uri
         self.options = dict(options)
+        self.shown = uri  # what error messages call the root: the mount table sets the mesh path
+
+    def _shown(self, path: str) -> str:
+        """``path`` (relative to the root) as error messages name it: the mesh path once mounted."""
+        root = self.shown.rstrip("/")
+        return f"{root}/{path}" if path else (self.shown or "/")
 
     @abc.abstractmethod
     async def head(self, path: str) -> ObjectInfo:
