@@ -391,6 +391,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_place.register(sub)
     _add_topology_command(sub)
+    c = _command(sub, "completion", "print a shell completion script: source <(meshctl completion bash)",
+                 description="Print a bash completion script for meshctl (zsh: run `autoload bashcompinit "
+                             "&& bashcompinit` first): source <(meshctl completion bash), or save it in "
+                             "/etc/bash_completion.d/meshctl.")
+    c.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     return p
 
 
@@ -451,6 +456,11 @@ def cmd_topology_apply(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        from meshd.cli.completion import bash_script
+
+        sys.stdout.write(bash_script(_parser(), "meshctl"))
+        return 0
     if args.command == "topology":
         from topology.cli import run
 

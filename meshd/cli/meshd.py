@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--first-wait", type=float, default=0.5,
                    help="seconds a scheduling call waits for a dataset set never seen before (0.5)")
     x.add_argument("--log-level", default="INFO")
+    c = sub.add_parser("completion", help="print a shell completion script: source <(meshd completion bash)")
+    c.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     return p
 
 
@@ -190,6 +192,11 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        from meshd.cli.completion import bash_script
+
+        sys.stdout.write(bash_script(_parser(), "meshd"))
+        return 0
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "scheduler-extender":
