@@ -199,6 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:  # a client-only install: `pip install datamesh`
         print(f"meshfs: the FUSE mount needs the fuse extra: pip install 'datamesh[fuse]' ({e})", file=sys.stderr)
         return 2
+    p = _parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "umount":
+        return _umount(args.mountpoint)
+    if args.command == "drop-cache":
+        return _drop_cache(args.mountpoint)
+    if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
+        p.error("--ttl and --max-ttl must be >= 0 and --timeout > 0")
+    if not os.path.exists(args.mountpoint):
+        print(f"meshfs: {args.mountpoint}: no such directory (create it first: mkdir -p {args.mountpoint})",
+              file=sys.stderr)
+        return 1
+    if not os.path.isdir(args.mountpoint):
+        print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(args))
+
+
+def _parser() -> argparse.ArgumentParser:
     from meshd.client.readahead import policy_names
 
     p = argparse.ArgumentParser(prog="meshfs", description="The mesh's namespace as a local filesystem.")
@@ -228,23 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("mountpoint")
     d = sub.add_parser("drop-cache", help="forget cached metadata and pages of a mount")
     d.add_argument("mountpoint")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
-                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "umount":
-        return _umount(args.mountpoint)
-    if args.command == "drop-cache":
-        return _drop_cache(args.mountpoint)
-    if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
-        p.error("--ttl and --max-ttl must be >= 0 and --timeout > 0")
-    if not os.path.exists(args.mountpoint):
-        print(f"meshfs: {args.mountpoint}: no such directory (create it first: mkdir -p {args.mountpoint})",
-              file=sys.stderr)
-        return 1
-    if not os.path.isdir(args.mountpoint):
-        print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
-        return 1
-    return asyncio.run(_serve(args))
+    return p
 
 
 if __name__ == "__main__":
