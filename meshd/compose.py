@@ -48,6 +48,7 @@ from meshd.metrics import Metrics, Stats, UnderstoreMetrics
 from meshd.region.federation import EtcdFederation, Federation
 from meshd.region.quota import Quotas, ThrottledStore
 from meshd.understore import UnderStore
+from topology.model import format_size
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,23 @@ class NodeParts:
         self.kv.close()
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def warn_memory_capacity(capacity: int) -> None:
+    """A memory tier larger than the machine's RAM starts, and swaps or is killed later: say so now."""
+    ram = physical_memory()
+    if ram and capacity > ram:
+        log.warning("cache.memory_capacity (--memory-capacity) is %s, more than this machine's %s of RAM: "
+                    "the node would swap or be OOM-killed once the tier fills; give it well under the RAM",
+                    format_size(capacity), format_size(ram))
+
+
 def build(config: NodeConfig, me: Member, etcd: Etcd | None = None) -> NodeParts:
     """Every part of a node, wired; nothing started or read from etcd. Cluster mode
     (``config.cluster.enabled``) needs ``etcd``, and ``config``'s page size must be
@@ -224,6 +242,7 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None) -> NodeParts
     if config.cluster.enabled and etcd is None:
         raise InvalidArgument("cluster mode needs a connection to etcd")
     c = config.cache
+    warn_memory_capacity(c.memory_capacity)
     data_dir = os.path.abspath(config.data_dir)
     kv = RocksKV(os.path.join(data_dir, "meta"))
     stats = Stats()

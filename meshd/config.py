@@ -196,6 +196,8 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
             if not isinstance(v, dict):
                 raise InvalidArgument(f"{where}: s3.access_keys must map access keys to secret keys")
             s3_kw[k] = {str(a): str(b) for a, b in v.items()}
+            if any(not a.strip() or not b.strip() for a, b in s3_kw[k].items()):
+                raise InvalidArgument(f"{where}: s3.access_keys has an empty access key or secret key")
         elif k == "domains":
             s3_kw[k] = tuple(str(d) for d in (v if isinstance(v, list) else [v]))
         elif k in ("enabled", "allow_anonymous"):

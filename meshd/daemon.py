@@ -71,6 +71,7 @@ class Daemon:
         self.node: MeshNode | None = None
         self.metrics: Metrics | None = None
         self._lock_file: IO[str] | None = None
+        self._published = False  # endpoints.json is ours to remove only once we wrote it
         self._socks: dict[str, socket.socket] = {}  # bound, until a server takes them
         self._grpc: grpc.aio.Server | None = None
         self._wire: WireServer | None = None
@@ -147,7 +148,9 @@ class Daemon:
         await self._grpc.start()
         self._wire = WireServer(meta_handlers(node, self._info))
         await self._wire.start(socks["meta"])
-        await self._site(make_app(node, parts.metrics.render), socks["http"])
+        app = make_app(node, parts.metrics.render)
+        app.router.add_get("/", self._index)
+        await self._site(app, socks["http"])
         self._sc = ShortCircuitServer(node, self.endpoints["local"])
         await self._sc.start()
         if "s3" in socks:
@@ -190,6 +193,16 @@ class Daemon:
         log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", self.endpoints["webhdfs"],
                  f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")
 
+    async def _index(self, request: web.Request) -> web.Response:
+        """``GET /`` on the HTTP port: what this port serves, and the node's other endpoints
+        (a browser or curl pointed at the node finds its way from here)."""
+        return web.json_response({
+            "service": "meshd", "node_id": self.node_id, "endpoints": self.endpoints,
+            "paths": {"/v1/files/<path>": "GET: read a file (offset, length, nocache=1); PUT: write it",
+                      "/v1/pages/<path>": "between nodes: one page of a file",
+                      "/metrics": "Prometheus metrics (METRICS.md)", "/healthz": "ok while the node serves"},
+        }, dumps=lambda d: json.dumps(d, indent=2) + "\n")
+
     def _info(self) -> dict[str, Any]:
         """What the metadata wire's ``info`` tells clients: this node and its region."""
         assert self.parts is not None
@@ -207,12 +220,15 @@ class Daemon:
             json.dump({"node_id": self.node_id, "pid": os.getpid(), **self.endpoints}, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
+        self._published = True
 
     async def stop(self) -> None:
-        try:
-            os.unlink(os.path.join(self.data_dir, "endpoints.json"))
-        except FileNotFoundError:
-            pass
+        if self._published:  # a daemon refused the directory's lock must not unpublish the one holding it
+            self._published = False
+            try:
+                os.unlink(os.path.join(self.data_dir, "endpoints.json"))
+            except FileNotFoundError:
+                pass
         if self.parts is not None:
             await self.parts.leave()  # leave the ring first
         if self._wire is not None:

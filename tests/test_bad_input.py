@@ -309,6 +309,8 @@ def test_mount_s3_bad_bucket_and_bad_credentials(node: MeshdProcess, client: Mes
         client.mount_add("/s3", s3_bucket.uri("p"), bad)
     assert "definitely-not-the-secret" not in str(e.value)
     assert good["secret_key"] not in str(e.value)
+    for hint in ("access_key=", "secret_key=", "AWS_ACCESS_KEY_ID"):  # how to give credentials
+        assert hint in str(e.value), str(e.value)
     _assert_mounts(client, ["/local"])
 
     # unknown access key

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests import data as testdata
-from tests.meshd_proc import MESHCTL, MeshdProcess, env_without_endpoint
+from tests.meshd_proc import MESHCTL, MESHD, MeshdProcess, env_without_endpoint
 
 PAGE = 256 << 10
 PAGE_ARGS = ["--page-size", "256KiB"]
@@ -250,6 +250,11 @@ def test_nested_mount_refused_the_other_way_round(meshd: Callable[..., MeshdProc
     ("file://relative/dir", [], "file://"),
     ("FILE", ["-o", "sync_interval=soon"], "sync_interval"),
     ("FILE", ["-o", "read_only=maybe"], "read_only"),
+    # a misspelt option is refused for every scheme, not silently ignored (readonly mounted writable)
+    ("FILE", ["-o", "readonly=true"], "unknown file mount option 'readonly'; did you mean 'read_only'?"),
+    ("s3://bucket/p", ["-o", "secretkey=x"], "did you mean 'secret_key'?"),
+    ("hdfs://namenode/x", ["-o", "usr=etl"], "did you mean 'user'?"),
+    ("FILE", ["-o", "colour=blue"], "unknown file mount option 'colour' (file mounts take: home_region"),
 ])
 def test_bad_mount_refused(node: MeshdProcess, tmp_path: Path, uri: str, opts: list[str],
                            needle: str) -> None:
@@ -403,6 +408,10 @@ def test_cp_errors(node: MeshdProcess, tmp_path: Path) -> None:
     failed(node.ctl("cp", "mesh:/data/missing.bin", str(tmp_path / "x.bin")), "NotFound")
     assert not (tmp_path / "x.bin").exists()
     assert not (tmp_path / "x.bin.meshctl-tmp").exists()
+    # a destination directory that does not exist is named as the user gave it
+    line = failed(node.ctl("cp", "mesh:/data/small.txt", str(tmp_path / "missing-dir") + "/"))
+    assert "meshctl-tmp" not in line and line.endswith(f"{tmp_path / 'missing-dir'}/"), line
+    assert "No such file or directory" in line
 
 
 # ---------------------------------------------------------------- rm / mkdir / mv
@@ -541,7 +550,7 @@ def test_load_summary(node: MeshdProcess) -> None:
     assert out.startswith("loaded 4 files, 3.0 MiB (3.0 MiB fetched from the under-store")
     # (the progress bar goes to stderr on a terminal only: tqdm's auto-disable)
     r = node.ctl("load", "--quiet", "/data/a.bin")
-    assert "loaded 1 files" in ok(r) and r.stderr == b""
+    assert "loaded 1 file," in ok(r) and r.stderr == b""
     failed(node.ctl("load", "/data/nope"), "NotFound")
 
 
@@ -608,7 +617,7 @@ def test_report_human(node: MeshdProcess) -> None:
     out = ok(node.ctl("report"))
     assert "hit ratio" in out
     assert "hit ratio 50.0%" in out  # 13 misses, then 13 hits
-    assert "page size 256.0 KiB" in out and "1 mounts" in out
+    assert "page size 256.0 KiB" in out and "1 mount)" in out
     assert "memory" in out and "disk" in out
     rep = report(node)
     assert rep["hits"] == rep["misses"] == -(-SIZE // PAGE)
@@ -679,3 +688,114 @@ def test_default_mount_serves_hello(meshd: Callable[..., MeshdProcess]) -> None:
     assert ok(node.ctl("ls", "/")).split() == ["local/"]
     assert ok(node.ctl("ls", "/local")).split() == ["hello.txt"]
     assert "meshctl report" in ok(node.ctl("cat", "/local/hello.txt"))
+
+
+def test_second_meshd_on_a_busy_data_dir_leaves_the_first_alone(meshd: Callable[..., MeshdProcess]) -> None:
+    """A meshd refused a data directory's lock exits non-zero and removes nothing of the running one's."""
+    node = meshd()
+    published = (node.data_dir / "endpoints.json").read_text()
+    second = subprocess.run([*MESHD, "embedded", "--data-dir", str(node.data_dir)],
+                            capture_output=True, timeout=60)
+    assert second.returncode != 0
+    assert b"another meshd is using data directory" in second.stderr, second.stderr.decode()
+    assert b"Traceback" not in second.stderr
+    assert (node.data_dir / "endpoints.json").read_text() == published
+    assert (node.data_dir / "local.sock").exists()
+    env = env_without_endpoint()
+    assert ok(_run_ctl(["--endpoint", str(node.data_dir), "ls", "/local"], env)).split() == ["hello.txt"]
+
+
+# ---------------------------------------------------------------- a new user's first hour
+
+
+def test_free_of_a_missing_path_is_not_found(node: MeshdProcess) -> None:
+    """free says NotFound, as sync and load do, instead of 'freed 0 B'."""
+    for cmd in ("free", "sync", "load"):
+        failed(node.ctl(cmd, "/data/nope"), "NotFound")
+    failed(node.ctl("free", "/nowhere"), "NotFound")
+    assert "freed 0 B" in ok(node.ctl("free", "/data/small.txt"))  # exists, nothing cached
+
+
+def test_mkdir_and_mv_say_what_they_did(node: MeshdProcess, store: Path) -> None:
+    assert ok(node.ctl("mkdir", "/data/newdir")).strip() == "created /data/newdir"
+    assert (store / "newdir").is_dir()
+    assert ok(node.ctl("mv", "/data/newdir", "/data/other")).strip() == "renamed /data/newdir -> /data/other"
+    assert (store / "other").is_dir() and not (store / "newdir").exists()
+
+
+def test_empty_mount_table_says_so(meshd: Callable[..., MeshdProcess]) -> None:
+    node = meshd(args=["--no-default-mount"])
+    assert ok(node.ctl("mount", "ls")).startswith("no mounts")
+    assert json.loads(ok(node.ctl("mount", "ls", "--json"))) == []
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["ls", "-h"], "long listing: type"),
+    (["cat", "-h"], "first byte to write"),
+    (["cat", "-h"], "bytes to write (default: to the end"),
+    (["cp", "-h"], "Copy one file into the mesh"),
+    (["mount", "add", "-h"], "a mount option (repeatable)"),
+    (["free", "-h"], "drop cached pages under PATH"),
+])
+def test_subcommand_help_describes_it(args: list[str], text: str) -> None:
+    out = ok(_run_ctl(args, env_without_endpoint()))
+    assert text in " ".join(out.split()), out
+
+
+def test_topology_show_without_a_file(node: MeshdProcess, tmp_path: Path) -> None:
+    """Without FILE, topology show draws the node's topology; an embedded node has none, and says so."""
+    r = node.ctl("topology", "show")
+    assert r.returncode == 1 and r.stdout == b"" and r.stderr.decode().count("\n") == 1
+    assert "has no topology (one region, no links); give a FILE" in r.stderr.decode()
+    r = _run_ctl(["--endpoint", str(tmp_path / "no-node"), "topology", "show"], env_without_endpoint())
+    line = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in line
+    assert line.startswith("meshctl topology show: give a FILE") and "no running node found" in line
+
+
+def test_topology_show_draws_the_text_a_node_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from topology.cli import cmd_show
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "topology.yaml").read_text()
+    args = argparse.Namespace(file="topology of the node at h:1", text=text, image=None)
+    assert cmd_show(args) == 0
+    assert "region-a" in capsys.readouterr().out
+    assert cmd_show(argparse.Namespace(file=None, image=None)) == 2
+    assert "give a FILE" in capsys.readouterr().err
+
+
+def test_load_progress_uses_the_summary_units() -> None:
+    from meshd.cli.meshctl import _load_progress
+
+    text = _load_progress(400_080_000, 800_160_000, 1, 2)
+    assert text == "381.5 MiB / 763.1 MiB, 1/2 files"  # tqdm's own would say 381M
+    assert _load_progress(0, 10, 0, 1).endswith("0/1 file")
+
+
+def test_memory_capacity_above_the_ram_is_warned_of(meshd: Callable[..., MeshdProcess]) -> None:
+    node = meshd(args=["--memory-capacity", "64TiB"])  # starts: a tier fills lazily
+    assert "cache.memory_capacity (--memory-capacity) is 64.0 TiB, more than this machine's" in node.log.read_text()
+    small = meshd(args=["--memory-capacity", "16MiB"])
+    assert "more than this machine's" not in small.log.read_text()
+
+
+def test_http_root_is_an_index(node: MeshdProcess) -> None:
+    """``GET /`` on the node's HTTP port answers what it serves instead of a 404."""
+    import urllib.request
+
+    with urllib.request.urlopen(node.http + "/", timeout=10) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+        index = json.loads(resp.read())
+    assert index["service"] == "meshd" and index["endpoints"]["grpc"] == node.endpoint
+    assert {"/metrics", "/healthz", "/v1/files/<path>"} <= set(index["paths"])
+
+
+def test_errors_name_mesh_paths_not_the_store(node: MeshdProcess, store: Path) -> None:
+    """A file mount's errors name the path the user gave (/data/...), not file:///<store>/..."""
+    for args, kind in ((["cat", "/data/nope.txt"], "NotFound"), (["ls", "/data/small.txt/x"], None),
+                       (["rm", "/data/sub"], None), (["mkdir", "/data/small.txt/d"], None)):
+        line = failed(node.ctl(*args), kind)
+        assert "file://" not in line and str(store) not in line, line
+        assert "/data/" in line, line

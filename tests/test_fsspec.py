@@ -478,3 +478,12 @@ def test_pandas_reads_and_writes_mesh_urls(fs: MeshFileSystem, node: MeshdProces
     pd.testing.assert_frame_equal(back, df)
     df.to_csv("mesh://data/df.csv", index=False, storage_options={"endpoint": node.endpoint})
     assert pd.read_csv(store / "df.csv").equals(df.astype({"b": "int64"}))
+
+
+def test_no_node_tells_python_users_how_to_name_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python user has no --endpoint flag: the error names endpoint= and $MESH_ENDPOINT."""
+    monkeypatch.delenv("MESH_ENDPOINT", raising=False)
+    fs = MeshFileSystem(endpoint=str(tmp_path / "no-node"), skip_instance_cache=True)
+    with pytest.raises(OSError, match="no running node found") as e:
+        fs.ls("/")
+    assert "endpoint=" in str(e.value) and "$MESH_ENDPOINT" in str(e.value)

@@ -11,6 +11,7 @@ under-store. The node-failure test kills and restarts its own node.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import multiprocessing
@@ -439,3 +440,39 @@ def test_a_tree_walk_lists_each_directory_once_and_ahead(tmp_path: Path) -> None
     finally:
         fs.stop()
         node.stop()
+
+
+def test_drop_cache_refuses_a_directory_that_is_not_a_meshfs_mount(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = subprocess.run([*MESHFS, "drop-cache", str(plain)], capture_output=True, text=True)
+    assert r.returncode == 1 and "dropped" not in r.stdout
+    assert f"{plain} is not a meshfs mount" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs has none to leave
+        assert "user.mesh.drop_cache" not in os.listxattr(plain)
+    r = subprocess.run([*MESHFS, "drop-cache", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such file or directory" in r.stderr, r.stderr
+
+
+def test_drop_cache_inside_a_mount_is_accepted(env: Env) -> None:
+    r = subprocess.run([*MESHFS, "drop-cache", str(env.data())], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("dropped cached metadata")
+
+
+def test_mount_on_a_missing_directory_says_it_does_not_exist(tmp_path: Path) -> None:
+    r = subprocess.run([*MESHFS, "mount", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"{tmp_path / 'nope'}: no such directory" in r.stderr, r.stderr
+    (tmp_path / "file").write_text("x")
+    r = subprocess.run([*MESHFS, "mount", str(tmp_path / "file")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not a directory" in r.stderr, r.stderr
+
+
+def test_directories_the_store_does_not_date_show_the_mount_time(env: Env) -> None:
+    """The mesh root (and S3's implicit directories) has no mtime of its own: not 1970."""
+    root = os.stat(env.mnt)
+    assert time.time() - 3600 < root.st_mtime <= time.time()
+    with env.node.client() as c:
+        assert c.stat("/").mtime == 0  # what the node says; meshfs dates it
+    for e in os.scandir(env.mnt):
+        assert e.stat().st_mtime > 10 * 365 * 86400, e.name

@@ -78,10 +78,11 @@ def test_patch_prints_a_valid_manifest_and_the_table_on_stderr(tmp_path: Path) -
 
 def test_patch_reads_stdin_and_keeps_other_documents() -> None:
     text = (JOBS / "job.yaml").read_text() + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n"
+    text = text.replace("s3://datasets/corpus-2026, s3://datasets/stopwords", "s3://datasets/unheard-of")
     r = ctl("place", "-", "--state", str(STATE), "--topology", str(TOPOLOGY), "--patch",
             "--dataset", "s3://datasets/imagenet", stdin=text)
-    assert r.returncode == 1 and "the state says nothing of s3://datasets/corpus-2026" in r.stderr
-    text = text.replace("s3://datasets/corpus-2026, s3://datasets/stopwords", "s3://datasets/imagenet")
+    assert r.returncode == 1 and "the state says nothing of s3://datasets/unheard-of" in r.stderr
+    text = text.replace("s3://datasets/unheard-of", "s3://datasets/imagenet")
     r = ctl("place", "-", "--state", str(STATE), "--topology", str(TOPOLOGY), "--patch", stdin=text)
     assert r.returncode == 0, r.stderr
     job, cm = yaml.safe_load_all(r.stdout)
@@ -154,3 +155,43 @@ def test_errors_name_the_problem(args: list[str], message: str) -> None:
 def test_no_mesh_is_a_clear_error(tmp_path: Path) -> None:
     r = ctl("--endpoint", "127.0.0.1:9", "place", str(JOBS / "pod.yaml"))
     assert r.returncode == 1 and "meshctl: NodeUnreachable" in r.stderr and "unreachable" in r.stderr
+    assert "--state FILE --topology FILE" in r.stderr
+    r = ctl("--endpoint", str(tmp_path), "place", str(JOBS / "pod.yaml"))  # no node ever started here
+    assert r.returncode == 1 and "no running node found" in r.stderr
+    assert "--state FILE --topology FILE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+JOB_EXAMPLES = sorted(p.name for p in JOBS.glob("*.yaml") if p.name not in ("state.yaml", "meshd-statefulset.yaml"))
+
+
+@pytest.mark.parametrize("name", JOB_EXAMPLES)
+def test_every_shipped_job_example_places_offline(name: str) -> None:
+    """Each job under examples/jobs works as docs/SCHEDULING.md shows it, with no mesh running."""
+    r = place(str(JOBS / name))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("job ") and "why region-" in r.stdout
+    r = place(str(JOBS / name), "--patch")
+    assert r.returncode == 0, r.stderr
+    assert "&id" not in r.stdout and "*id" not in r.stdout  # no YAML anchors in what people read
+    (doc,) = yaml.safe_load_all(r.stdout)
+    assert k8s.REGION in doc["metadata"]["annotations"]
+    if doc["apiVersion"] in ("v1", "apps/v1", "batch/v1"):
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+
+
+def test_the_shipped_statefulset_example_spreads() -> None:
+    r = ctl("spread", str(JOBS / "meshd-statefulset.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "&id" not in r.stdout
+    kubernetes_validate.validate(yaml.safe_load(r.stdout), "1.30", strict=True)
+
+
+def test_several_job_files_at_once() -> None:
+    r = place(str(JOBS / "pod.yaml"), str(JOBS / "volcano-job.yaml"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [j["job"] for j in json.loads(r.stdout)] == ["resnet-probe", "ctr-train"]
+    r = place(str(JOBS / "pod.yaml"), str(JOBS / "deployment.yaml"), "--patch")
+    assert r.returncode == 0, r.stderr
+    assert [d["kind"] for d in yaml.safe_load_all(r.stdout)] == ["Pod", "Deployment"]
+    r = place(str(JOBS / "pod.yaml"), str(TOPOLOGY))
+    assert r.returncode == 1 and "is not a Kubernetes object" in r.stderr

@@ -410,7 +410,7 @@ def run_cli(*argv: str) -> int:
 def test_cli_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("topology", "validate", str(EXAMPLE)) == 0
     out, err = capsys.readouterr()
-    assert out == f"{EXAMPLE}: OK (3 regions, 6 links, 1 stores)\n" and err == ""
+    assert out == f"{EXAMPLE}: OK (3 regions, 6 links, 1 store)\n" and err == ""
 
 
 def test_cli_validate_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -104,3 +104,52 @@ def test_page_keys_name_the_endpoint_not_only_the_bucket() -> None:
     c = Mount("/c", "s3://bucket", {"endpoint": "http://dc1:9000", "region": "x"})
     assert file_id(a.identity, "k") != file_id(b.identity, "k")
     assert file_id(a.identity, "k") == file_id(c.identity, "k")  # same data, same pages
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--s3-access-key", "AK", "--s3-secret-key", ""], "--s3-secret-key"),
+    (["--s3-access-key", " ", "--s3-secret-key", "SK"], "--s3-access-key"),
+])
+def test_empty_s3_key_flag_is_refused(flags: list[str], named: str) -> None:
+    """``--s3-secret-key "$SECRET"`` with SECRET unset must not start a gateway whose secret is empty."""
+    from meshd.cli.meshd import _parser, build_config
+
+    with pytest.raises(InvalidArgument, match=f"{named} is empty"):
+        build_config(_parser().parse_args(["embedded", *flags]))
+    cfg = build_config(_parser().parse_args(["embedded", "--s3-access-key", "AK", "--s3-secret-key", "SK"]))
+    assert cfg.s3.access_keys == {"AK": "SK"}
+
+
+def test_empty_s3_secret_in_config_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="empty access key or secret key"):
+        from_dict({"s3": {"access_keys": {"AK": ""}}})
+
+
+def test_missing_s3_credentials_name_the_options_and_environment() -> None:
+    from botocore.exceptions import NoCredentialsError
+
+    from meshd.understore.s3 import translate_error
+
+    message = str(translate_error(NoCredentialsError(), "s3://bucket/key", "bucket"))
+    assert "no usable S3 credentials" in message
+    for name in ("access_key=", "secret_key=", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert name in message, message
+
+
+def test_member_usage_keeps_the_tiers_apart() -> None:
+    """A page in memory is on disk too: USED is the disk tier's, against the disk capacity."""
+    from meshd.cli.meshctl import _member_line
+    from meshd.core.admin import member_usage
+
+    gib = 1 << 30
+    tiers = {"memory": {"used": 3 * gib, "capacity": 4 * gib, "pages": 3},
+             "disk": {"used": 10 * gib, "capacity": 10 * gib, "pages": 10}}
+    row = member_usage(tiers)
+    assert row["used"] == row["disk_used"] == 10 * gib  # not 13 GiB of a 10 GiB capacity
+    assert row["memory_used"] == 3 * gib and row["memory_capacity"] == 4 * gib
+    assert row["disk_capacity"] == 10 * gib and row["disk_pages"] == 10 and row["memory_pages"] == 3
+    line = _member_line({"node_id": "n1", "state": "up", "zone": "", "grpc": "h:1", "capacity": 10 * gib,
+                         "hit_ratio": 0.5, **row})
+    assert "10.0 GiB" in line and "3.0 GiB" in line and "13.0 GiB" not in line
+    old = _member_line({"node_id": "n1", "state": "up", "zone": "", "grpc": "h:1", "capacity": gib})
+    assert old.split()[4:] == ["-", "1.0", "GiB", "-", "-"]

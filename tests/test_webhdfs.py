@@ -301,3 +301,13 @@ def test_hdfs_understore_is_the_same_bytes(mesh: Mesh, tmp_path: Path) -> None:
         assert (mesh.store / "wh" / "new.txt").read_bytes() == b"through two meshes"
     finally:
         front.stop()
+
+
+def test_store_errors_name_mesh_paths(mesh: Mesh) -> None:
+    """An under-store's refusal reads in the client's terms: /data/..., not file:///<store>/..."""
+    (mesh.store / "e.txt").write_bytes(b"exists")
+    for method, path, query in (("PUT", "/data/e.txt/sub", "op=MKDIRS&user.name=alice"),
+                                ("GET", "/data/e.txt/x", "op=LISTSTATUS&user.name=alice")):
+        _, remote = mesh.remote(method, path, query)
+        assert "file://" not in remote["message"] and str(mesh.store) not in remote["message"], remote
+        assert "/data/e.txt" in remote["message"], remote

@@ -1,7 +1,8 @@
 """``meshctl topology``: check and draw a topology file.
 
     meshctl topology validate FILE            every problem on stderr (exit 1), or "FILE: OK (...)"
-    meshctl topology show FILE [--image OUT]  text drawing on stdout; OUT.png / OUT.svg drawn too
+    meshctl topology show [FILE] [--image OUT]  text drawing on stdout; OUT.png / OUT.svg drawn too
+                                                (no FILE: meshctl gives the node's topology as ``args.text``)
 
 :func:`register` adds the sub-command to meshctl's parser; each leaf sets
 ``fn_topology`` (``args -> exit code``) and :func:`run` calls it. More leaves
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .model import Topology, TopologyError, parse, read
+from .model import Topology, TopologyError, parse, plural, read
 from .show import IMAGE_SUFFIXES, export_image, render_text
 
 __all__ = ["register", "run", "subcommands"]
@@ -33,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.set_defaults(fn_topology=cmd_validate)
 
     s = leaves.add_parser("show", help="draw a topology file as text (and as an image)",
-                          description="Draw the regions, links and stores as text on stdout.")
-    s.add_argument("file", metavar="FILE")
+                          description="Draw the regions, links and stores as text on stdout. Without "
+                                      "FILE, the topology the running node applies (meshctl --endpoint).")
+    s.add_argument("file", metavar="FILE", nargs="?")
     s.add_argument("--image", metavar="OUT",
                    help=f"also draw it to OUT ({' or '.join(IMAGE_SUFFIXES)}; needs matplotlib: "
                         "pip install 'datamesh[viz]')")
@@ -60,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _load(path: str) -> Topology | None:
-    """The topology, or None after printing why not (one problem per line on stderr)."""
+def _load(path: str, text: str | None = None) -> Topology | None:
+    """The topology (of file ``path``, or ``text`` named ``path``), or None after printing
+    why not (one problem per line on stderr)."""
     try:
-        text = read(path)
+        text = read(path) if text is None else text
     except TopologyError as e:
         for p in e.problems:
             print(p.message, file=sys.stderr)
@@ -80,8 +83,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     topo = _load(args.file)
     if topo is None:
         return 1
-    print(f"{args.file}: OK ({len(topo.regions)} regions, {len(topo.links)} links, "
-          f"{len(topo.stores)} stores)")
+    print(f"{args.file}: OK ({plural(len(topo.regions), 'region')}, {plural(len(topo.links), 'link')}, "
+          f"{plural(len(topo.stores), 'store')})")
     return 0
 
 
@@ -90,7 +93,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"meshctl topology show: --image {args.image}: the file name must end in "
               f"{' or '.join(IMAGE_SUFFIXES)}", file=sys.stderr)
         return 2
-    topo = _load(args.file)
+    if args.file is None and getattr(args, "text", None) is None:
+        print("meshctl topology show: give a FILE (no running node told its topology)", file=sys.stderr)
+        return 2
+    topo = _load(args.file, getattr(args, "text", None))
     if topo is None:
         return 1
     sys.stdout.write(render_text(topo))

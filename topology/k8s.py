@@ -80,8 +80,16 @@ def load_all(text: str, source: str = "<manifest>") -> list[dict[str, Any]]:
     return docs
 
 
+class _NoAliases(yaml.SafeDumper):
+    """A dumper that writes a value shared by two places twice, never as ``&id001``/``*id001``
+    (kubectl takes anchors, but people read and diff these manifests)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_all(docs: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(docs, Dumper=_NoAliases, sort_keys=False, default_flow_style=False)
 
 
 def _name(doc: dict[str, Any]) -> str:

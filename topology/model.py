@@ -175,6 +175,11 @@ def format_size(n: float) -> str:
     raise AssertionError
 
 
+def plural(n: int, word: str) -> str:
+    """``plural(1, "store")`` -> ``"1 store"``, ``plural(3, "store")`` -> ``"3 stores"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def format_duration(seconds: float) -> str:
     """0.02 -> ``"20 ms"``."""
     if seconds == 0:
@@ -265,8 +270,8 @@ class Topology:
                                 quota=k.quota, overhead=k.overhead, link=k)
 
     def __repr__(self) -> str:
-        return (f"Topology({self.name or self.source!r}: {len(self.regions)} regions, "
-                f"{len(self.links)} links, {len(self.stores)} stores)")
+        return (f"Topology({self.name or self.source!r}: {plural(len(self.regions), 'region')}, "
+                f"{plural(len(self.links), 'link')}, {plural(len(self.stores), 'store')})")
 
     def link(self, src: str, dst: str) -> Link | None:
         return self.links.get((src, dst))

@@ -143,7 +143,47 @@ def _umount(mountpoint: str) -> int:
     return r.returncode
 
 
+def _unescape(field: str) -> str:
+    """A mountinfo path field: spaces, tabs, newlines and backslashes are octal escapes."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def _mount_of(path: str) -> tuple[str, str, str] | None:
+    """``(mount point, fstype, source)`` of the filesystem ``path`` lies on, from mountinfo
+    (the longest mount point holding it; the last of equal ones: mounts stack)."""
+    target, best = os.path.realpath(path), None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                head, sep, tail = line.partition(" - ")
+                fields, rest = head.split(), tail.split()
+                if not sep or len(fields) < 5 or len(rest) < 2:
+                    continue
+                point = _unescape(fields[4])
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and (best is None or len(point) >= len(best[0])):
+                    best = (point, rest[0], _unescape(rest[1]))
+    except OSError:
+        return None
+    return best
+
+
+def is_meshfs(path: str) -> bool:
+    """Whether ``path`` lies on a meshfs mount (``fsname=meshfs``, ``subtype=mesh``)."""
+    found = _mount_of(path)
+    return found is not None and (found[1] == "fuse.mesh" or found[2] == "meshfs")
+
+
 def _drop_cache(mountpoint: str) -> int:
+    if not os.path.exists(mountpoint):
+        print(f"meshfs: {mountpoint}: no such file or directory", file=sys.stderr)
+        return 1
+    if not is_meshfs(mountpoint):
+        found = _mount_of(mountpoint)
+        on = f" (it is on {found[1]} at {found[0]})" if found else ""
+        print(f"meshfs: {mountpoint} is not a meshfs mount{on}: give the directory "
+              "`meshfs mount` was started on", file=sys.stderr)
+        return 1
     try:
         os.setxattr(mountpoint, DROP_CACHE, b"1")
     except OSError as e:
@@ -159,6 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:  # a client-only install: `pip install datamesh`
         print(f"meshfs: the FUSE mount needs the fuse extra: pip install 'datamesh[fuse]' ({e})", file=sys.stderr)
         return 2
+    p = _parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
+                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "umount":
+        return _umount(args.mountpoint)
+    if args.command == "drop-cache":
+        return _drop_cache(args.mountpoint)
+    if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
+        p.error("--ttl and --max-ttl must be >= 0 and --timeout > 0")
+    if not os.path.exists(args.mountpoint):
+        print(f"meshfs: {args.mountpoint}: no such directory (create it first: mkdir -p {args.mountpoint})",
+              file=sys.stderr)
+        return 1
+    if not os.path.isdir(args.mountpoint):
+        print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(args))
+
+
+def _parser() -> argparse.ArgumentParser:
     from meshd.client.readahead import policy_names
 
     p = argparse.ArgumentParser(prog="meshfs", description="The mesh's namespace as a local filesystem.")
@@ -188,19 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("mountpoint")
     d = sub.add_parser("drop-cache", help="forget cached metadata and pages of a mount")
     d.add_argument("mountpoint")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "debug", False) else logging.INFO,
-                        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "umount":
-        return _umount(args.mountpoint)
-    if args.command == "drop-cache":
-        return _drop_cache(args.mountpoint)
-    if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
-        p.error("--ttl and --max-ttl must be >= 0 and --timeout > 0")
-    if not os.path.isdir(args.mountpoint):
-        print(f"meshfs: {args.mountpoint}: not a directory", file=sys.stderr)
-        return 1
-    return asyncio.run(_serve(args))
+    return p
 
 
 if __name__ == "__main__":

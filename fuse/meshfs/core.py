@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 
 from meshd import paths
@@ -76,6 +77,7 @@ class MeshFS:
         self.writes = Writers(self.node, self.meta)
         self.handles: dict[int, Reader | Writer] = {}
         self._next_fh = 1
+        self.mounted_at = time.time()  # the time shown for directories the store dates not (S3, /)
 
     def client(self) -> MeshClient:
         return self.node.client()
@@ -90,7 +92,8 @@ class MeshFS:
     def attr(self, st: Status, ino: int) -> Attr:
         """What the kernel is told of ``st``; it may keep it as long as this client does."""
         self.inodes.told[ino] = st.version
-        return Attr(ino, st.is_dir, st.size, st.mtime, st.version, self.meta.attr_ttl(st.path))
+        mtime = st.mtime if st.mtime or not st.is_dir else self.mounted_at  # not 1970
+        return Attr(ino, st.is_dir, st.size, mtime, st.version, self.meta.attr_ttl(st.path))
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         path = self.inodes.child(parent, name)

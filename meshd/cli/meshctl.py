@@ -25,6 +25,7 @@ from meshd.client.sdk import MeshClient
 from meshd.errors import InvalidArgument, MeshError
 from meshd.metadata.mounts import mesh_path_of
 from topology.model import format_size as _size
+from topology.model import plural
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -56,6 +57,9 @@ def cmd_mount(c: MeshClient, a: argparse.Namespace) -> None:
         mounts = c.mounts()
         if a.json:
             print(json.dumps([{"path": m.path, "uri": m.uri, "options": dict(m.options)} for m in mounts], indent=2))
+            return
+        if not mounts:
+            print("no mounts (add one: meshctl mount add /PATH file:///DIR)")
             return
         width = max([len(m.path) for m in mounts] + [4])
         for m in mounts:
@@ -124,6 +128,12 @@ def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
         with open(tmp, "wb") as f:
             n = c.readinto(src, f)
         os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename == tmp:  # name what the user gave, not our temporary file
+            raise OSError(e.errno, e.strerror, a.dst) from None
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -138,30 +148,39 @@ def cmd_rm(c: MeshClient, a: argparse.Namespace) -> None:
 
 def cmd_mkdir(c: MeshClient, a: argparse.Namespace) -> None:
     c.mkdir(a.path)
+    print(f"created {a.path}")
 
 
 def cmd_mv(c: MeshClient, a: argparse.Namespace) -> None:
     c.rename(a.src, a.dst)
+    print(f"renamed {a.src} -> {a.dst}")
 
 
 def cmd_load(c: MeshClient, a: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"load {a.path}",
-               disable=a.quiet or None, file=sys.stderr)
+    # the bar counts in the summary's units (MiB, not tqdm's M)
+    bar = tqdm(total=0, desc=f"load {a.path}", disable=a.quiet or None, file=sys.stderr,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
     last = None
     try:
         for p in c.load(a.path):
             if bar.total != p.bytes_total:
                 bar.total = p.bytes_total
             bar.update(p.bytes_done - bar.n)
-            bar.set_postfix(files=f"{p.files_done}/{p.files_total}", refresh=False)
+            bar.set_postfix_str(_load_progress(p.bytes_done, p.bytes_total, p.files_done, p.files_total),
+                                refresh=False)
             last = p
     finally:
         bar.close()
     if last is not None:
-        print(f"loaded {last.files_total} files, {_size(last.bytes_total)} "
+        print(f"loaded {plural(last.files_total, 'file')}, {_size(last.bytes_total)} "
               f"({_size(last.bytes_fetched)} fetched from the under-store, the rest already cached)")
+
+
+def _load_progress(done: int, total: int, files_done: int, files_total: int) -> str:
+    """The progress bar's figures, in the units of the summary that follows it."""
+    return f"{_size(done)} / {_size(total)}, {files_done}/{plural(files_total, 'file')}"
 
 
 def cmd_free(c: MeshClient, a: argparse.Namespace) -> None:
@@ -177,7 +196,7 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"node {c.node_id} at {c.endpoint}  (page size {_size(r['page_size'])}, {r['mounts']} mounts)")
+    print(f"node {c.node_id} at {c.endpoint}  (page size {_size(r['page_size'])}, {plural(r['mounts'], 'mount')})")
     for tier, t in r["tiers"].items():
         pct = 100 * t["used"] / t["capacity"] if t["capacity"] else 0
         print(f"  {tier:<6} {_size(t['used']):>11} / {_size(t['capacity']):<11} ({pct:4.1f}%)  "
@@ -194,16 +213,25 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
     cl = r.get("cluster")
     if cl:
         etcd = "etcd ok" if cl["etcd_ok"] else "etcd UNREACHABLE (serving with the last known members)"
-        print(f"\ncluster {cl['name']}, region {cl['region']}: {len(cl['members'])} members, {etcd}")
+        print(f"\ncluster {cl['name']}, region {cl['region']}: {plural(len(cl['members']), 'member')}, {etcd}")
         print(f"  metadata calls forwarded to owners: {r['metadata_forwarded']}, "
               f"served here for lack of an owner: {r['metadata_fallbacks']}; peer bytes {_size(b.get('peer', 0))}")
-        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'USED':>10} {'CAPACITY':>10} {'HIT':>6}")
+        print(f"  {'NODE':<14} {'STATE':<12} {'ZONE':<8} {'ADDRESS':<22} {'DISK USED':>10} {'CAPACITY':>10} "
+              f"{'MEMORY USED':>11} {'HIT':>6}")
         for m in cl["members"]:
-            used = _size(m["used"]) if "used" in m else "-"
-            hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
-            print(f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
-                  f"{_size(m['capacity']):>10} {hit:>6}")
+            print(_member_line(m))
         _print_links(r, cl)
+
+
+def _member_line(m: dict[str, Any]) -> str:
+    """One member's row: the disk tier's use against the member's capacity (the disk
+    tier's), the memory tier apart (its pages are mostly on disk as well)."""
+    disk = m.get("disk_used", m.get("used"))  # a node before disk_used reports the sum in used
+    used = _size(disk) if disk is not None else "-"
+    memory = _size(m["memory_used"]) if "memory_used" in m else "-"
+    hit = f"{100 * m['hit_ratio']:.0f}%" if "hit_ratio" in m else "-"
+    return (f"  {m['node_id']:<14} {m['state']:<12} {m['zone'] or '-':<8} {m['grpc']:<22} {used:>10} "
+            f"{_size(m['capacity']):>10} {memory:>11} {hit:>6}")
 
 
 def _rate(bytes_per_s: float | None) -> str:
@@ -254,68 +282,84 @@ def _resolve_uris(c: MeshClient, a: argparse.Namespace) -> None:
         setattr(a, attr, "mesh:" + p if a.command == "cp" else p)
 
 
+def _command(sub: argparse._SubParsersAction, name: str, text: str, **kw: Any) -> argparse.ArgumentParser:
+    """A sub-command whose ``-h`` starts with the line ``meshctl -h`` lists it with."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=text, description=kw.pop("description", text), **kw)
+    return p
+
+
+PATH_HELP = "mesh path (/datasets/a.bin), or an under-store URI a mount holds (s3://bucket/key)"
+
+
 def _add_mount_command(sub: argparse._SubParsersAction) -> None:
     """``meshctl mount add|rm|ls``."""
-    m = sub.add_parser("mount", help="manage the mount table")
+    m = _command(sub, "mount", "manage the mount table")
     msub = m.add_subparsers(dest="mount_cmd", required=True)
-    ma = msub.add_parser("add", help="mount an under-store at a mesh path")
-    ma.add_argument("path")
-    ma.add_argument("uri", help="file:///dir or s3://bucket/prefix")
-    ma.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
+    ma = _command(msub, "add", "mount an under-store at a mesh path",
+                  description="Mount an under-store at a mesh path; options as -o KEY=VALUE "
+                              "(every mount option: CONFIGURATION.md).")
+    ma.add_argument("path", help="mesh path to mount at (/datasets)")
+    ma.add_argument("uri", help="file:///dir, s3://bucket/prefix or hdfs://namenode/path")
+    ma.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="a mount option (repeatable): sync_interval=300, read_only=true, "
+                         "endpoint=URL, access_key=..., secret_key=...")
     ma.add_argument("--no-check", action="store_true", help="do not contact the under-store now")
-    mr = msub.add_parser("rm", help="remove a mount")
-    mr.add_argument("path")
-    ml = msub.add_parser("ls", help="list mounts")
-    ml.add_argument("--json", action="store_true")
+    mr = _command(msub, "rm", "remove a mount (the under-store's data stays)")
+    mr.add_argument("path", help="the mount's mesh path")
+    ml = _command(msub, "ls", "list mounts (secrets shown as ***)")
+    ml.add_argument("--json", action="store_true", help="print them as JSON")
     m.set_defaults(fn=cmd_mount)
 
 
 def _add_file_commands(sub: argparse._SubParsersAction) -> None:
     """The namespace commands: ``ls``, ``stat``, ``cat``, ``cp``, ``rm``, ``mkdir``, ``mv``."""
-    s = sub.add_parser("ls", help="list a directory")
-    s.add_argument("path", nargs="?", default="/")
-    s.add_argument("-l", "--long", action="store_true")
+    s = _command(sub, "ls", "list a directory")
+    s.add_argument("path", nargs="?", default="/", help=PATH_HELP + "; default /")
+    s.add_argument("-l", "--long", action="store_true",
+                   help="long listing: type (d or -), size in bytes, modification time, name")
     s.set_defaults(fn=cmd_ls)
-    s = sub.add_parser("stat", help="file status as JSON")
-    s.add_argument("path")
+    s = _command(sub, "stat", "file status as JSON (type, size, mtime, version)")
+    s.add_argument("path", help=PATH_HELP)
     s.set_defaults(fn=cmd_stat)
-    s = sub.add_parser("cat", help="write a file (or a range of it) to stdout")
-    s.add_argument("path")
-    s.add_argument("--offset", type=int, default=0)
-    s.add_argument("--length", type=int, default=-1)
+    s = _command(sub, "cat", "write a file (or a range of it) to stdout")
+    s.add_argument("path", help=PATH_HELP)
+    s.add_argument("--offset", type=int, default=0, help="first byte to write (default 0)")
+    s.add_argument("--length", type=int, default=-1, help="bytes to write (default: to the end of the file)")
     s.add_argument("--nocache", action="store_true", help="read from the under-store without caching")
     s.set_defaults(fn=cmd_cat)
-    s = sub.add_parser("cp", help="copy in or out: meshctl cp LOCAL mesh:/PATH | cp mesh:/PATH LOCAL")
-    s.add_argument("src")
-    s.add_argument("dst")
+    s = _command(sub, "cp", "copy in or out: meshctl cp LOCAL mesh:/PATH | cp mesh:/PATH LOCAL",
+                 description="Copy one file into the mesh (cp LOCAL mesh:/PATH) or out of it (cp mesh:/PATH "
+                             "LOCAL; LOCAL may be a directory). - is stdin or stdout.")
+    s.add_argument("src", help="a local file, -, or mesh:/PATH")
+    s.add_argument("dst", help="mesh:/PATH, a local file or directory, or -")
     s.set_defaults(fn=cmd_cp)
-    s = sub.add_parser("rm", help="delete a file or directory")
-    s.add_argument("path")
-    s.add_argument("-r", "--recursive", action="store_true")
+    s = _command(sub, "rm", "delete a file or directory (in the under-store too)")
+    s.add_argument("path", help=PATH_HELP)
+    s.add_argument("-r", "--recursive", action="store_true", help="delete a directory and everything in it")
     s.set_defaults(fn=cmd_rm)
-    s = sub.add_parser("mkdir", help="create a directory")
-    s.add_argument("path")
+    s = _command(sub, "mkdir", "create a directory")
+    s.add_argument("path", help=PATH_HELP)
     s.set_defaults(fn=cmd_mkdir)
-    s = sub.add_parser("mv", help="rename (where the under-store supports it)")
-    s.add_argument("src")
-    s.add_argument("dst")
+    s = _command(sub, "mv", "rename (where the under-store supports it)")
+    s.add_argument("src", help=PATH_HELP)
+    s.add_argument("dst", help="the new mesh path, in the same mount")
     s.set_defaults(fn=cmd_mv)
 
 
 def _add_cache_commands(sub: argparse._SubParsersAction) -> None:
     """The cache commands: ``load``, ``free``, ``sync``, ``report``."""
-    s = sub.add_parser("load", help="warm the cache with everything under PATH")
-    s.add_argument("path")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s = _command(sub, "load", "warm the cache with everything under PATH")
+    s.add_argument("path", help=PATH_HELP)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_load)
-    s = sub.add_parser("free", help="drop cached pages under PATH")
-    s.add_argument("path")
+    s = _command(sub, "free", "drop cached pages under PATH")
+    s.add_argument("path", help=PATH_HELP)
     s.set_defaults(fn=cmd_free)
-    s = sub.add_parser("sync", help="refresh cached metadata under PATH from the under-store")
-    s.add_argument("path")
+    s = _command(sub, "sync", "refresh cached metadata under PATH from the under-store")
+    s.add_argument("path", help=PATH_HELP)
     s.set_defaults(fn=cmd_sync)
-    s = sub.add_parser("report", help="cache capacity, use, hit ratio, bytes by source")
-    s.add_argument("--json", action="store_true")
+    s = _command(sub, "report", "cache capacity, use, hit ratio, bytes by source")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(fn=cmd_report)
 
 
@@ -347,7 +391,29 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_place.register(sub)
     _add_topology_command(sub)
+    c = _command(sub, "completion", "print a shell completion script: source <(meshctl completion bash)",
+                 description="Print a bash completion script for meshctl (zsh: run `autoload bashcompinit "
+                             "&& bashcompinit` first): source <(meshctl completion bash), or save it in "
+                             "/etc/bash_completion.d/meshctl.")
+    c.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     return p
+
+
+def _node_topology(a: argparse.Namespace) -> int:
+    """For ``topology show`` without FILE: the topology the running node applies, as
+    ``a.file``/``a.text``; or an exit code after saying why there is none."""
+    try:
+        with MeshClient(a.endpoint) as c:
+            text, where = c.place_state([]).get("topology"), c.endpoint
+    except MeshError as e:
+        print(f"meshctl topology show: give a FILE, or run it where a node runs ({e.kind}: {e})", file=sys.stderr)
+        return 1
+    if not text:
+        print(f"meshctl topology show: the node at {where} has no topology (one region, no links); "
+              "give a FILE to draw one", file=sys.stderr)
+        return 1
+    a.file, a.text = f"topology of the node at {where}", text
+    return 0
 
 
 def cmd_topology_apply(a: argparse.Namespace) -> int:
@@ -383,16 +449,25 @@ def cmd_topology_apply(a: argparse.Namespace) -> int:
         print(f"meshctl: cannot store the topology in etcd at {a.etcd}: {type(e).__name__} {e}",
               file=sys.stderr)
         return 1
-    print(f"topology {topo.name or a.file} applied to cluster {a.cluster} ({len(topo.regions)} regions, "
-          f"{len(topo.links)} links): nodes pick it up within seconds")
+    print(f"topology {topo.name or a.file} applied to cluster {a.cluster} ({plural(len(topo.regions), 'region')}, "
+          f"{plural(len(topo.links), 'link')}): nodes pick it up within seconds")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        from meshd.cli.completion import bash_script
+
+        sys.stdout.write(bash_script(_parser(), "meshctl"))
+        return 0
     if args.command == "topology":
         from topology.cli import run
 
+        if args.topology_cmd == "show" and args.file is None:
+            code = _node_topology(args)
+            if code:
+                return code
         return run(args)
     if args.command in ("place", "spread"):
         from meshd.cli.place import run as run_place

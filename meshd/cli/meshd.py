@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--first-wait", type=float, default=0.5,
                    help="seconds a scheduling call waits for a dataset set never seen before (0.5)")
     x.add_argument("--log-level", default="INFO")
+    c = sub.add_parser("completion", help="print a shell completion script: source <(meshd completion bash)")
+    c.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     return p
 
 
@@ -145,6 +147,10 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         cfg = cfg.with_overrides(mounts=cfg.mounts + tuple(parse_mount_flag(m) for m in args.mount))
     if (args.s3_access_key is None) != (args.s3_secret_key is None):
         raise InvalidArgument("--s3-access-key and --s3-secret-key go together")
+    for flag, value in (("--s3-access-key", args.s3_access_key), ("--s3-secret-key", args.s3_secret_key)):
+        if value is not None and not value.strip():  # `--s3-secret-key "$SECRET"` with SECRET unset
+            raise InvalidArgument(f"{flag} is empty (an unset shell variable?): give the key, "
+                                  "or leave out both --s3-access-key and --s3-secret-key")
     s3 = cfg.s3
     if args.s3_access_key:
         s3 = replace(s3, access_keys={**s3.access_keys, args.s3_access_key: args.s3_secret_key})
@@ -186,6 +192,11 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        from meshd.cli.completion import bash_script
+
+        sys.stdout.write(bash_script(_parser(), "meshd"))
+        return 0
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "scheduler-extender":

@@ -30,7 +30,7 @@ import yaml
 
 from meshd.client.sdk import MeshClient
 from meshd.core.placing import state_from_doc
-from meshd.errors import InvalidArgument, MeshError
+from meshd.errors import InvalidArgument, MeshError, NodeUnavailable
 from topology import k8s
 from topology.model import TopologyError, format_duration, format_rate, load
 from topology.model import format_size as _human
@@ -40,10 +40,12 @@ from topology.placement import Candidate, Job, State, place
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "place", help="rank regions and nodes for a job by where its data is; add scheduling hints",
-        description="Rank the regions (and their nodes) for the job in JOBFILE by where its datasets' "
-                    "bytes are cached, what must cross which link and how long that takes under the "
-                    "link quotas, and whether the pods fit.")
-    p.add_argument("jobfile", metavar="JOBFILE", help="Kubernetes manifest (YAML or JSON); - for stdin")
+        description="Rank the regions (and their nodes) for each job in the JOBFILEs by where its "
+                    "datasets' bytes are cached, what must cross which link and how long that takes "
+                    "under the link quotas, and whether the pods fit. Without a running node, plan "
+                    "offline: --state FILE --topology FILE (examples/jobs/state.yaml).")
+    p.add_argument("jobfiles", nargs="+", metavar="JOBFILE",
+                   help="Kubernetes manifest(s) (YAML or JSON); - for stdin")
     p.add_argument("--dataset", "-d", action="append", default=[], metavar="PATH",
                    help="a dataset the job reads, besides those in its datamesh.io/datasets annotation")
     p.add_argument("--state", metavar="FILE", help="plan offline from this state document (JSON/YAML) "
@@ -111,11 +113,37 @@ def cmd_spread(a: argparse.Namespace, endpoint: str | None) -> int:
     return 0
 
 
+def _jobs(files: list[str], datasets: list[str]) -> tuple[list[dict[str, Any]], list[tuple[int, Job]]]:
+    """Every document of the job files, in order, and (index, job) of those with a pod template."""
+    if files.count("-") > 1:
+        raise InvalidArgument("stdin (-) can be read once")
+    docs: list[dict[str, Any]] = []
+    jobs: list[tuple[int, Job]] = []
+    for path in files:
+        found = k8s.load_all(_read(path), path)
+        mine = [(len(docs) + i, k8s.job_of(d, datasets)) for i, d in enumerate(found) if any(k8s.pod_templates(d))]
+        if not mine:
+            raise k8s.ManifestError(f"{path}: no object with a pod template")
+        docs += found
+        jobs += mine
+    return docs, jobs
+
+
+def _mesh_state(endpoint: str | None, names: list[str]) -> tuple[MeshClient, dict[str, Any]]:
+    """The mesh's answer to ``place.state``; without a node, the error says how to plan offline."""
+    client: MeshClient | None = None
+    try:
+        client = MeshClient(endpoint)
+        return client, client.place_state(names)
+    except NodeUnavailable as e:
+        if client is not None:
+            client.close()
+        raise type(e)(f"{e}; to plan without a running node: --state FILE --topology FILE "
+                      "(examples: examples/jobs/state.yaml, examples/topology.yaml)") from None
+
+
 def cmd_place(a: argparse.Namespace, endpoint: str | None) -> int:
-    docs = k8s.load_all(_read(a.jobfile), a.jobfile)
-    jobs = [(i, k8s.job_of(d, a.dataset)) for i, d in enumerate(docs) if any(k8s.pod_templates(d))]
-    if not jobs:
-        raise k8s.ManifestError(f"{a.jobfile}: no object with a pod template")
+    docs, jobs = _jobs(a.jobfiles, a.dataset)
     names = list(dict.fromkeys(n for _, j in jobs for n in j.datasets))
     topo = load(a.topology) if a.topology else None
     client: MeshClient | None = None
@@ -123,8 +151,7 @@ def cmd_place(a: argparse.Namespace, endpoint: str | None) -> int:
         if a.state:
             doc = _structured(a.state)
         else:
-            client = MeshClient(endpoint)
-            doc = client.place_state(names)
+            client, doc = _mesh_state(endpoint, names)
         state = state_from_doc(doc, topo)
         missing = [n for n in names if n not in state.datasets]
         if missing:

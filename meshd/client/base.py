@@ -75,7 +75,8 @@ def find_endpoint(endpoint: str | None = None) -> str:
                 return str(json.load(f)["grpc"])
         except FileNotFoundError:
             raise NodeUnreachable(f"no running node found: {candidate} does not exist "
-                                  "(start one with `meshd embedded`, or pass --endpoint)") from None
+                                  "(start one with `meshd embedded`, or name a running node: meshctl "
+                                  "--endpoint, endpoint= in Python and fsspec, or $MESH_ENDPOINT)") from None
         except (ValueError, KeyError) as e:
             raise NodeUnreachable(f"{candidate} is not a valid endpoints.json: {e}") from None
     if candidate.startswith(("http://", "grpc://")):

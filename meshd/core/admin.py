@@ -74,7 +74,10 @@ async def free(node: MeshNode, path: str) -> int:
     walking the (cached) listings, and every member drops their pages."""
     norm = paths.normalize(path)
     if node.cluster is None or node.cluster.single:
-        return free_ids(node, _file_ids(node, node.metadata.cached_paths(norm)))
+        cached = node.metadata.cached_paths(norm)
+        if not cached:
+            await node.stat(norm)  # NotFound for a path that does not exist, as sync and load say
+        return free_ids(node, _file_ids(node, cached))
     ids = _file_ids(node, [f.path async for f in node.walk_files(norm)])
     freed = free_ids(node, ids)
     for node_id, r in (await node.cluster.broadcast("free", {"ids": ids}, wait=120)).items():
@@ -147,6 +150,16 @@ async def full_report(node: MeshNode) -> dict[str, Any]:
     return r
 
 
+def member_usage(tiers: dict[str, dict[str, int]]) -> dict[str, int]:
+    """A member's use in its report row, each tier on its own: a page in memory is
+    usually on disk as well, so the tiers do not add up. ``used`` is the disk tier's,
+    like the member's ``capacity``; ``pages`` stays the sum of both tiers' entries."""
+    mem, disk = tiers["memory"], tiers["disk"]
+    return {"used": disk["used"], "disk_used": disk["used"], "disk_capacity": disk["capacity"],
+            "memory_used": mem["used"], "memory_capacity": mem["capacity"],
+            "pages": mem["pages"] + disk["pages"], "disk_pages": disk["pages"], "memory_pages": mem["pages"]}
+
+
 async def cluster_report(node: MeshNode, wait: float = 2.0) -> list[dict[str, Any]]:
     """Every member of the region: state, capacity and use (asked of each, in parallel)."""
     c = node.cluster
@@ -159,9 +172,7 @@ async def cluster_report(node: MeshNode, wait: float = 2.0) -> list[dict[str, An
                                "state": c.state(m)}
         try:
             r = report(node) if c.is_me(m) else await c.call(m, "report", {}, wait)
-            tiers = r["tiers"]
-            row["used"] = tiers["memory"]["used"] + tiers["disk"]["used"]
-            row["pages"] = tiers["memory"]["pages"] + tiers["disk"]["pages"]
+            row.update(member_usage(r["tiers"]))
             row["hit_ratio"] = r["hit_ratio"]
             if r.get("federation"):
                 row["links"] = r["federation"]["links"]

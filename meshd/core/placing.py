@@ -137,13 +137,17 @@ async def _link_rates(node: MeshNode) -> dict[str, float]:
 
 async def gather(node: MeshNode, names: list[str]) -> dict[str, Any]:
     """The state document for datasets named as a job names them (mesh paths, s3://,
-    hdfs:// URIs the mount table resolves). NotFound names a dataset no mount covers."""
-    if not names or not all(isinstance(n, str) and n for n in names):
+    hdfs:// URIs the mount table resolves). NotFound names a dataset no mount covers.
+    No name at all: the region and topology alone (``meshctl topology show``)."""
+    if not all(isinstance(n, str) and n for n in names):
         raise InvalidArgument("place.state: name at least one dataset")
     fed = node.federation
     cluster = node.cluster
     region = fed.region if fed is not None else (cluster.me.region if cluster is not None else "local")
     topo = fed.topology if fed is not None else None
+    if not names:
+        return {"region": region, "topology": topo.text if topo is not None else None, "datasets": {},
+                "nodes": {}, "load": {}, "errors": {}}
     mesh = {n: node.mounts.mesh_path(n) for n in names}
     homes: dict[str, str] = {}
     for n, p in mesh.items():

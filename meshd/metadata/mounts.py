@@ -2,7 +2,8 @@
 
 A mount's path is a normalised mesh path; mounts may not overlap (one may not
 lie inside another) because a path must resolve to exactly one under-store.
-Options that the mesh itself understands (all others go to the under-store):
+Options that the mesh itself understands (all others go to the under-store, and
+an option neither takes is refused, with the closest known name):
 
 =================  =======  ==================================================
 option             default  meaning
@@ -38,7 +39,8 @@ from urllib.parse import urlsplit
 from meshd import paths
 from meshd.errors import MountError, NotFound, PermissionDenied
 from meshd.metadata.kv import KV
-from meshd.understore import UnderStore, open_understore
+from meshd.understore import UnderStore, open_understore, options_of
+from meshd.understore.base import check_options
 
 MESH_OPTIONS = {"sync_interval", "nocache", "read_only", "store", "home_region"}
 SECRET_OPTIONS = {"secret_key", "session_token", "password"}
@@ -123,6 +125,7 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     for key in options:
         if not key or not key.replace("_", "").isalnum():
             raise MountError(f"malformed option name {key!r}")
+    check_options(parts.scheme, options, MESH_OPTIONS | options_of(uri))
     mount = Mount(path, uri.rstrip("/") if parts.path not in ("", "/") else uri, dict(options))
     _ = mount.sync_interval, mount.nocache, mount.read_only  # validate values
     return mount
@@ -299,7 +302,9 @@ class MountTable:
 
     def _open(self, mount: Mount) -> UnderStore:
         options = self.options_for(mount)
-        store = self._wrap(open_understore(mount.uri, options), mount)
+        raw = open_understore(mount.uri, options)
+        raw.shown = mount.path  # errors name the mesh path the user gave, not file:///...
+        store = self._wrap(raw, mount)
         self._opened_with[mount.path] = options
         return store
 

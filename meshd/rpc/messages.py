@@ -208,12 +208,13 @@ class QuotaTakeArgs(Msg):
 
 @dataclass(slots=True)
 class DatasetsArgs(Msg):
-    """place.state and stage: dataset names (paths or store URIs) under ``d``."""
+    """place.state and stage: dataset names (paths or store URIs) under ``d``; place.state
+    takes none as well (the topology and nodes alone: ``meshctl topology show``)."""
 
     names: list[str] = wire("d", [])
 
     def validate(self, op: str) -> None:
-        if not self.names or not all(self.names):
+        if (not self.names and op != "place.state") or not all(self.names):
             raise InvalidArgument(f"{op}: argument 'd' must be a list of dataset names")
 
 

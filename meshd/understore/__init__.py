@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from meshd.errors import MountError
 from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 
-__all__ = ["Capabilities", "ObjectInfo", "UnderStore", "open_understore", "schemes"]
+__all__ = ["Capabilities", "ObjectInfo", "UnderStore", "open_understore", "options_of", "schemes"]
 
 _BACKENDS: dict[str, str] = {
     "file": "meshd.understore.posix:PosixUnderStore",
@@ -29,7 +29,7 @@ def schemes() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def open_understore(uri: str, options: Mapping[str, str] | None = None) -> UnderStore:
+def _backend(uri: str) -> type[UnderStore]:
     scheme = urlsplit(uri).scheme
     if not scheme:
         raise MountError(f"under-store URI has no scheme: {uri!r} (expected one of {schemes()})")
@@ -37,6 +37,15 @@ def open_understore(uri: str, options: Mapping[str, str] | None = None) -> Under
     if target is None:
         raise MountError(f"unknown under-store scheme {scheme!r} in {uri!r}; supported: {', '.join(schemes())}")
     module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    store: UnderStore = cls(uri, dict(options or {}))
+    cls: type[UnderStore] = getattr(importlib.import_module(module_name), cls_name)
+    return cls
+
+
+def options_of(uri: str) -> frozenset[str]:
+    """The mount options the under-store of ``uri`` takes (MountError for an unknown scheme)."""
+    return _backend(uri).OPTIONS
+
+
+def open_understore(uri: str, options: Mapping[str, str] | None = None) -> UnderStore:
+    store: UnderStore = _backend(uri)(uri, dict(options or {}))
     return store

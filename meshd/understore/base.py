@@ -18,8 +18,11 @@ Implementations register by URI scheme (see ``meshd.understore``) and all pass
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+import difflib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+
+from meshd.errors import MountError
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,35 @@ class Capabilities:
     append: bool = False  # bytes can be added at the end of a file in place
 
 
+def check_options(scheme: str, options: Iterable[str], known: Iterable[str]) -> None:
+    """MountError for the first option of ``options`` not in ``known``, with the closest
+    known name (a misspelt ``read_only`` must not mount writable)."""
+    known = sorted(set(known))
+    for key in sorted(options):
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise MountError(f"unknown {scheme} mount option {key!r}{hint} ({scheme} mounts take: "
+                         f"{', '.join(known) or 'none'})")
+
+
 class UnderStore(abc.ABC):
     """Async interface over one under-store location (a mount's URI)."""
 
     scheme: str = ""
     capabilities = Capabilities()
+    OPTIONS: frozenset[str] = frozenset()  # the mount options this store takes (others are refused)
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         self.uri = uri
         self.options = dict(options)
+        self.shown = uri  # what error messages call the root: the mount table sets the mesh path
+
+    def _shown(self, path: str) -> str:
+        """``path`` (relative to the root) as error messages name it: the mesh path once mounted."""
+        root = self.shown.rstrip("/")
+        return f"{root}/{path}" if path else (self.shown or "/")
 
     @abc.abstractmethod
     async def head(self, path: str) -> ObjectInfo:

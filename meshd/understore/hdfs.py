@@ -62,7 +62,7 @@ from meshd.errors import (
     UnderStoreError,
     VersionChanged,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore, check_options
 
 DEFAULT_HTTP_PORT = 9870
 VERIFY_EVERY = 4 << 20
@@ -98,6 +98,7 @@ def _float(options: Mapping[str, str], key: str, default: float) -> float:
 class HdfsUnderStore(UnderStore):
     scheme = "hdfs"
     capabilities = Capabilities(rename=True, directories=True, append=True)
+    OPTIONS = frozenset({"endpoint", "user", "connect_timeout", "read_timeout"})
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         super().__init__(uri, options)
@@ -123,10 +124,7 @@ class HdfsUnderStore(UnderStore):
         self._timeout = aiohttp.ClientTimeout(total=None, connect=_float(options, "connect_timeout", 5.0),
                                               sock_connect=_float(options, "connect_timeout", 5.0),
                                               sock_read=_float(options, "read_timeout", 60.0))
-        unknown = set(options) - {"endpoint", "user", "connect_timeout", "read_timeout"}
-        if unknown:
-            raise MountError(f"unknown hdfs option(s) {', '.join(sorted(unknown))}; "
-                             f"known: endpoint, user, connect_timeout, read_timeout")
+        check_options("hdfs", options, self.OPTIONS)
         self._session: aiohttp.ClientSession | None = None
 
     # ---- plumbing ----------------------------------------------------------

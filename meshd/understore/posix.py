@@ -61,7 +61,7 @@ class PosixUnderStore(UnderStore):
         try:
             st = await asyncio.to_thread(os.stat, self._abs(path))
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         return _info(path, st)
 
     async def list(self, path: str) -> list[ObjectInfo]:
@@ -82,9 +82,9 @@ class PosixUnderStore(UnderStore):
         try:
             return await asyncio.to_thread(scan)
         except NotADirectoryError:
-            raise NotADirectory(f"not a directory: {path}") from None
+            raise NotADirectory(f"not a directory: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
 
     def get_range(
         self, path: str, start: int, end: int, version: str | None = None, *, chunk: int | None = None
@@ -104,13 +104,13 @@ class PosixUnderStore(UnderStore):
         except IsADirectoryError:
             from meshd.errors import IsADirectory
 
-            raise IsADirectory(f"is a directory: {path}") from None
+            raise IsADirectory(f"is a directory: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         try:
             st = os.fstat(f.fileno())
             if version is not None and _version(st) != version:
-                raise VersionChanged(f"{path} changed in the under-store")
+                raise VersionChanged(f"{self._shown(path)} changed in the under-store")
             end = min(end, st.st_size)
             pos = start
             while pos < end:
@@ -128,19 +128,19 @@ class PosixUnderStore(UnderStore):
         try:
             fd = await asyncio.to_thread(os.open, target, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         try:
             with os.fdopen(fd, "ab") as f:
                 if stat_mod.S_ISDIR(os.fstat(f.fileno()).st_mode):
                     from meshd.errors import IsADirectory
 
-                    raise IsADirectory(f"is a directory: {path}")
+                    raise IsADirectory(f"is a directory: {self._shown(path)}")
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
                 f.flush()
                 st = os.fstat(f.fileno())
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         return _info(path, st)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
@@ -150,7 +150,7 @@ class PosixUnderStore(UnderStore):
             await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
             fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=".mesh-tmp-", dir=directory)
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 async for chunk in chunks:
@@ -169,10 +169,10 @@ class PosixUnderStore(UnderStore):
             if os.path.isdir(target):
                 from meshd.errors import IsADirectory
 
-                raise IsADirectory(f"is a directory: {path}")
+                raise IsADirectory(f"is a directory: {self._shown(path)}")
             await asyncio.to_thread(os.replace, tmp, target)
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -188,21 +188,21 @@ class PosixUnderStore(UnderStore):
         except FileNotFoundError:
             return
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
 
     async def mkdir(self, path: str) -> None:
         try:
             await asyncio.to_thread(os.makedirs, self._abs(path), exist_ok=True)
         except FileExistsError:
-            raise NotADirectory(f"a file is in the way: {path}") from None
+            raise NotADirectory(f"a file is in the way: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{path}") from None
+            raise from_oserror(e, self._shown(path)) from None
 
     async def rename(self, src: str, dst: str) -> None:
         if not os.path.lexists(self._abs(src)):
-            raise NotFound(f"no such file or directory: {src}")
+            raise NotFound(f"no such file or directory: {self._shown(src)}")
         try:
             await asyncio.to_thread(os.makedirs, os.path.dirname(self._abs(dst)), exist_ok=True)
             await asyncio.to_thread(os.rename, self._abs(src), self._abs(dst))
         except OSError as e:
-            raise from_oserror(e, f"{self.uri}/{src} -> {dst}") from None
+            raise from_oserror(e, f"{self._shown(src)} -> {self._shown(dst)}") from None

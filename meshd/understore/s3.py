@@ -85,7 +85,7 @@ from meshd.errors import (
     UnderStoreError,
     VersionChanged,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.base import Capabilities, ObjectInfo, UnderStore, check_options
 from meshd.understore.s3_listing import ListingParserFactory
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,10 @@ _DENIED = frozenset({
     "ExpiredToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
 })
 _PRECONDITION = frozenset({"PreconditionFailed", "412"})
+# How to give a mount credentials, named by every error about missing or refused ones.
+CREDENTIALS_HINT = ("give the mount the options access_key=...,secret_key=... "
+                    "or the node AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment "
+                    "(anonymous=true for a public bucket)")
 
 Parts = list[dict[str, Any]]  # (inside the class, ``list`` is the method)
 
@@ -133,14 +137,14 @@ def translate_error(exc: Exception, what: str, bucket: str) -> MeshError:
         if code in _DENIED or status == 403:
             return PermissionDenied(
                 f"{what}: access denied by S3 ({code or status}); "
-                "check the mount's credentials and the bucket policy"
+                f"check the mount's credentials and the bucket policy: {CREDENTIALS_HINT}"
             )
         if code in _PRECONDITION or status == 412:
             return VersionChanged(f"{what} changed in the under-store")
         message = exc.response.get("Error", {}).get("Message", "")
         return UnderStoreError(f"{what}: S3 error {code or status} (HTTP {status}) {message}".rstrip())
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return PermissionDenied(f"{what}: no usable S3 credentials ({type(exc).__name__})")
+        return PermissionDenied(f"{what}: no usable S3 credentials ({type(exc).__name__}): {CREDENTIALS_HINT}")
     if isinstance(exc, BotoCoreError):
         return UnderStoreError(f"{what}: {exc}")
     return UnderStoreError(f"{what}: {type(exc).__name__}: {exc}")
@@ -262,11 +266,7 @@ class _ClientSettings:
 def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
     """Validate the mount options (MountError for an unknown or malformed one) into
     the settings the client is created with on first use."""
-    unknown = sorted(set(opts) - OPTIONS)
-    if unknown:
-        raise MountError(
-            f"unknown s3 mount option(s) {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}"
-        )
+    check_options("s3", opts, OPTIONS)
     endpoint = opts.get("endpoint") or None
     if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
         raise MountError(f"s3 endpoint must be an http:// or https:// URL, got {endpoint!r}")
@@ -310,6 +310,7 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 class S3UnderStore(UnderStore):
     scheme = "s3"
     capabilities = Capabilities(rename=False, directories=False)
+    OPTIONS = OPTIONS
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
         super().__init__(uri, options)
@@ -414,8 +415,8 @@ class S3UnderStore(UnderStore):
             if code in _DENIED or status == 403:
                 raise PermissionDenied(
                     f"access to bucket {self.bucket!r} at {self.endpoint_name} denied "
-                    f"({code or status}): check the mount's access_key/secret_key "
-                    "and the bucket policy"
+                    f"({code or status}): check the bucket policy and the mount's credentials: "
+                    f"{CREDENTIALS_HINT}"
                 ) from e
             raise translate_error(e, f"s3://{self.bucket} at {self.endpoint_name}", self.bucket) from e
         except EndpointConnectionError as e:
