@@ -126,10 +126,10 @@ def test_quota_holds_and_is_used(mr: MultiRegion) -> None:
     while not all(r["quota"] == q for r in _link_report(mr, "region-b", "region-a>region-b")):
         assert time.monotonic() < deadline, "the nodes did not pick up the new quota"
         time.sleep(0.3)
-    # Many 4 MiB objects: moto copies a whole object for every ranged GET, which would
-    # make the under-store, not the quota, the bottleneck with big objects.
-    expect = _dataset(mr, "quota", 30, 4 * MiB, 300)
-    size = 30 * 4 * MiB
+    # 16 MiB objects: `load` warms a file's pages in parallel but one file after the other,
+    # so with one page per file the per-file steps (status, route, first byte) would show.
+    expect = _dataset(mr, "quota", 8, 16 * MiB, 300)
+    size = 8 * 16 * MiB
     with Sampler(mr.net, "region-b", "region-a", interval=0.05) as sampler:
         t0 = time.monotonic()
         mr.ctl("region-b", "load", "-q", "/datasets/quota")  # a preload: both nodes fetch their pages
