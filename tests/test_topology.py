@@ -388,6 +388,36 @@ def test_render_text_shows_both_directions_when_they_differ() -> None:
     assert any("zones a1, a2  nodes n1" in line for line in lines)
 
 
+def test_store_homes_are_labelled_below_their_region_disc() -> None:
+    """The "home: datasets" label used to sit inside the disc and spill over its edge."""
+    import math
+
+    import networkx as nx
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from topology.show import _NODE_SIZE, _draw_regions
+
+    t = load(EXAMPLE)
+    fig = Figure(figsize=(6, 5), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pos = nx.circular_layout(t.graph)
+    ax.set_xlim(-1.5, 1.5)
+    ax.set_ylim(-1.5, 1.5)
+    _draw_regions(t, ax, pos)
+    renderer = canvas.get_renderer()
+    homes = [x for x in ax.texts if x.get_text().startswith("home: ")]
+    assert [x.get_text() for x in homes] == ["home: datasets"]
+    center = ax.transData.transform(pos["region-a"])
+    radius = math.sqrt(_NODE_SIZE / math.pi) * fig.dpi / 72
+    box = homes[0].get_window_extent(renderer)
+    assert box.y1 <= center[1] - radius  # wholly below the disc
+    assert box.x0 < center[0] < box.x1  # and centred under it
+    names = {x.get_text() for x in ax.texts} - {"home: datasets"}
+    assert names == {"region-a", "region-b", "region-c"}
+
+
 def test_export_image_png_and_svg(tmp_path: Path) -> None:
     t = load(EXAMPLE)
     png = export_image(t, tmp_path / "t.png")

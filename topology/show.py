@@ -9,6 +9,7 @@ an image is asked for, since nodes never draw (``pip install 'datamesh[viz]'``).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,12 @@ def _draw_regions(topo: Topology, ax: Any, pos: Any) -> None:
                            edgecolors="#3a6ea5")
     nx.draw_networkx_nodes(g, pos, nodelist=home, ax=ax, node_size=_NODE_SIZE, node_color="#ffd98e",
                            edgecolors="#b07d10", linewidths=2.5)
-    labels = {n: n + ("\nhome: " + ", ".join(homes[n]) if n in homes else "") for n in g}
-    nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=9)
+    nx.draw_networkx_labels(g, pos, labels={n: n for n in g}, ax=ax, font_size=9)
+    below = (_NODE_SIZE / math.pi) ** 0.5 + 3  # the disc's radius in points, and a gap
+    for n, stores in homes.items():
+        if n in pos:  # under the disc: a store list does not fit inside it
+            ax.annotate("home: " + ", ".join(stores), xy=pos[n], xytext=(0, -below), textcoords="offset points",
+                        ha="center", va="top", fontsize=8, color="#7a5a10")
 
 
 def _draw_links(topo: Topology, ax: Any, pos: Any) -> None:

@@ -17,6 +17,9 @@
                                          being fetched after S seconds,
                                          answer ``202 {"queued": true}``
                                          (the fetch goes on; ask again)
+``GET  /``                               an index of what the port serves
+                                         and the node's endpoints (added by
+                                         :mod:`meshd.daemon`, which knows them)
 ``GET  /metrics``                        Prometheus text format
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
