@@ -9,14 +9,25 @@ a file is ``"{mtime_ns}-{size}"``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import stat as stat_mod
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote, urlsplit
 
-from meshd.errors import MountError, NotADirectory, NotFound, VersionChanged, from_oserror
+from meshd.errors import (
+    IsADirectory,
+    MeshError,
+    MountError,
+    NotADirectory,
+    NotFound,
+    PermissionDenied,
+    VersionChanged,
+    from_oserror,
+)
 from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.beneath import Beneath, Escapes
 
 CHUNK = 1 << 20
 
@@ -49,33 +60,46 @@ class PosixUnderStore(UnderStore):
         if not root.startswith("/"):
             raise MountError(f"file:// URI must hold an absolute path: {uri!r}")
         self.root = os.path.normpath(root)
+        self._beneath = Beneath(self.root)  # every path resolved beneath the root, never outside
 
-    def _abs(self, path: str) -> str:
-        return os.path.join(self.root, path) if path else self.root
+    def _fail(self, e: OSError, path: str) -> MeshError:
+        if isinstance(e, Escapes):
+            return PermissionDenied(f"{self._shown(path)}: the path leads outside the store (a symlink)")
+        return from_oserror(e, self._shown(path))
 
     async def check(self) -> None:
         if not os.path.isdir(self.root):
             raise MountError(f"directory does not exist: {self.root}")
 
+    async def close(self) -> None:
+        self._beneath.close()
+
     async def head(self, path: str) -> ObjectInfo:
         try:
-            st = await asyncio.to_thread(os.stat, self._abs(path))
+            st = await asyncio.to_thread(self._beneath.stat, path)
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
         return _info(path, st)
 
     async def list(self, path: str) -> list[ObjectInfo]:
+        b = self._beneath
+
         def scan() -> list[ObjectInfo]:
             out = []
-            with os.scandir(self._abs(path)) as it:
-                for entry in it:
-                    if entry.name.startswith(".mesh-tmp-"):
-                        continue
+            fd = b.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                names = [e.name for e in os.scandir(fd) if not e.name.startswith(".mesh-tmp-")]
+                for name in names:
+                    rel = f"{path}/{name}" if path else name
                     try:
-                        st = entry.stat()
-                    except FileNotFoundError:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if stat_mod.S_ISLNK(st.st_mode):
+                            st = b.stat(rel)  # followed only while it stays beneath the root
+                    except OSError:  # gone meanwhile, dangling, or leading out: not listed
                         continue
-                    out.append(_info(f"{path}/{entry.name}" if path else entry.name, st))
+                    out.append(_info(rel, st))
+            finally:
+                os.close(fd)
             out.sort(key=lambda i: i.path)
             return out
 
@@ -84,7 +108,7 @@ class PosixUnderStore(UnderStore):
         except NotADirectoryError:
             raise NotADirectory(f"not a directory: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
 
     def get_range(
         self, path: str, start: int, end: int, version: str | None = None, *, chunk: int | None = None
@@ -100,109 +124,129 @@ class PosixUnderStore(UnderStore):
         self, path: str, start: int, end: int, version: str | None, chunk_size: int
     ) -> AsyncIterator[bytes]:
         try:
-            f = await asyncio.to_thread(open, self._abs(path), "rb", buffering=0)
-        except IsADirectoryError:
-            from meshd.errors import IsADirectory
-
-            raise IsADirectory(f"is a directory: {self._shown(path)}") from None
+            fd = await asyncio.to_thread(self._beneath.open, path, os.O_RDONLY)
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
         try:
-            st = os.fstat(f.fileno())
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"is a directory: {self._shown(path)}")
             if version is not None and _version(st) != version:
                 raise VersionChanged(f"{self._shown(path)} changed in the under-store")
             end = min(end, st.st_size)
             pos = start
             while pos < end:
                 n = min(chunk_size, end - pos)
-                chunk = await asyncio.to_thread(os.pread, f.fileno(), n, pos)
+                chunk = await asyncio.to_thread(os.pread, fd, n, pos)
                 if not chunk:
                     break
                 pos += len(chunk)
                 yield chunk
         finally:
-            f.close()
+            os.close(fd)
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-        target = self._abs(path)
         try:
-            fd = await asyncio.to_thread(os.open, target, os.O_WRONLY | os.O_APPEND)
+            fd = await asyncio.to_thread(self._beneath.open, path, os.O_WRONLY | os.O_APPEND)
+        except IsADirectoryError:
+            raise IsADirectory(f"is a directory: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
         try:
             with os.fdopen(fd, "ab") as f:
-                if stat_mod.S_ISDIR(os.fstat(f.fileno()).st_mode):
-                    from meshd.errors import IsADirectory
-
-                    raise IsADirectory(f"is a directory: {self._shown(path)}")
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
                 f.flush()
                 st = os.fstat(f.fileno())
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
         return _info(path, st)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-        target = self._abs(path)
-        directory = os.path.dirname(target)
+        b = self._beneath
+        head = path.strip("/").rpartition("/")[0]
         try:
-            await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
-            fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=".mesh-tmp-", dir=directory)
+            await asyncio.to_thread(b.makedirs, head)
+            parent, name = await asyncio.to_thread(b.parent, path)
+        except FileExistsError:
+            raise NotADirectory(f"a file is in the way: {self._shown(head)}") from None
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
+        tmp = f".mesh-tmp-{secrets.token_hex(8)}"
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=parent)
             with os.fdopen(fd, "wb") as f:
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
                 f.flush()
-                # mkstemp makes 0600 files: give the file the mode a plain create
-                # would (or keep the mode of the file it replaces)
+                # created 0600 while being written: give it the mode a plain create would
+                # (or keep the mode of the file it replaces)
                 try:
-                    mode = os.stat(target).st_mode & 0o7777
-                except OSError:
-                    mode = 0o666 & ~_UMASK
+                    old = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    old = None
+                if old is not None and stat_mod.S_ISDIR(old.st_mode):
+                    raise IsADirectory(f"is a directory: {self._shown(path)}")
+                mode = old.st_mode & 0o7777 if old is not None and stat_mod.S_ISREG(old.st_mode) else 0o666 & ~_UMASK
                 os.fchmod(f.fileno(), mode)
                 # The version of *this* write, taken before the rename: a later
                 # head() could already see a concurrent writer's file.
                 st = os.fstat(f.fileno())
-            if os.path.isdir(target):
-                from meshd.errors import IsADirectory
-
-                raise IsADirectory(f"is a directory: {self._shown(path)}")
-            await asyncio.to_thread(os.replace, tmp, target)
+            await asyncio.to_thread(os.replace, tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent)
+            os.close(parent)
         return _info(path, st)
 
     async def delete(self, path: str) -> None:
-        target = self._abs(path)
+        def remove() -> None:
+            parent, name = self._beneath.parent(path)
+            try:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat_mod.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=parent)
+                else:
+                    os.unlink(name, dir_fd=parent)  # a symlink is removed, never what it names
+            finally:
+                os.close(parent)
+
         try:
-            if os.path.isdir(target) and not os.path.islink(target):
-                await asyncio.to_thread(os.rmdir, target)
-            else:
-                await asyncio.to_thread(os.unlink, target)
+            await asyncio.to_thread(remove)
         except FileNotFoundError:
             return
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
 
     async def mkdir(self, path: str) -> None:
         try:
-            await asyncio.to_thread(os.makedirs, self._abs(path), exist_ok=True)
-        except FileExistsError:
+            await asyncio.to_thread(self._beneath.makedirs, path)
+        except (FileExistsError, NotADirectoryError):
             raise NotADirectory(f"a file is in the way: {self._shown(path)}") from None
         except OSError as e:
-            raise from_oserror(e, self._shown(path)) from None
+            raise self._fail(e, path) from None
 
     async def rename(self, src: str, dst: str) -> None:
-        if not os.path.lexists(self._abs(src)):
-            raise NotFound(f"no such file or directory: {self._shown(src)}")
+        b = self._beneath
+
+        def move() -> None:
+            sp, sname = b.parent(src)
+            try:
+                os.stat(sname, dir_fd=sp, follow_symlinks=False)  # NotFound before anything is created
+                b.makedirs(dst.strip("/").rpartition("/")[0])
+                dp, dname = b.parent(dst)
+                try:
+                    os.rename(sname, dname, src_dir_fd=sp, dst_dir_fd=dp)
+                finally:
+                    os.close(dp)
+            finally:
+                os.close(sp)
+
         try:
-            await asyncio.to_thread(os.makedirs, os.path.dirname(self._abs(dst)), exist_ok=True)
-            await asyncio.to_thread(os.rename, self._abs(src), self._abs(dst))
+            await asyncio.to_thread(move)
+        except FileNotFoundError:
+            raise NotFound(f"no such file or directory: {self._shown(src)}") from None
         except OSError as e:
-            raise from_oserror(e, f"{self._shown(src)} -> {self._shown(dst)}") from None
+            raise self._fail(e, f"{src} -> {dst}") from None
