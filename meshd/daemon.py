@@ -61,6 +61,17 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _private(path: str) -> None:
+    """The data directory holds the mount table (with store credentials), the pages and
+    the node's local socket: readable by its owner only (0700). A directory made with
+    looser permissions is tightened, with a line saying so."""
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, st.st_mode & 0o700 | 0o700)
+        log.warning("data directory %s was mode %o: made it 0700 (it holds the mount table's "
+                    "credentials and the node's socket)", path, st.st_mode & 0o777)
+
+
 class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -79,7 +90,8 @@ class Daemon:
         self._runners: list[web.AppRunner] = []  # HTTP, S3, WebHDFS
 
     def _lock(self) -> None:
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        _private(self.data_dir)
         f = open(os.path.join(self.data_dir, "lock"), "a+")  # held for the daemon's life
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -196,3 +196,15 @@ def test_no_front_end_escapes_the_store(node: tuple[MeshdProcess, Path]) -> None
     with n.client() as c:  # a link that stays inside still reads
         assert c.cat("/data/inside") == b"inside"
 
+
+
+def test_the_data_directory_is_private(meshd: Callable[..., MeshdProcess], tmp_path: Path) -> None:
+    """It holds the mount table (store credentials), the pages and the local socket."""
+    fresh = meshd(data_dir=tmp_path / "fresh")
+    assert os.stat(fresh.data_dir).st_mode & 0o777 == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    n = meshd(data_dir=loose)
+    assert os.stat(loose).st_mode & 0o777 == 0o700
+    assert "made it 0700" in n.log.read_text()
