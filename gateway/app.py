@@ -273,7 +273,7 @@ class Gateway:
         raw = request.query.get(name, "1000")
         if not raw.isdigit():
             raise invalid_argument(f"{name} must be a non-negative integer", ArgumentName=name)
-        return min(int(raw), 1000)
+        return min(objects.digits(raw), 1000)
 
     async def list_objects(self, request: web.Request, bucket: str, v2: bool) -> web.Response:
         q = request.query
@@ -357,10 +357,10 @@ class Gateway:
 
     def _part_number(self, request: web.Request) -> int:
         raw = request.query.get("partNumber", "")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        if not raw.isdigit() or not 1 <= objects.digits(raw) <= 10000:
             raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive",
                                    ArgumentName="partNumber")
-        return int(raw)
+        return objects.digits(raw)
 
     async def upload_part(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
         if "uploadId" not in request.query or "partNumber" not in request.query:
@@ -378,12 +378,12 @@ class Gateway:
         st = await objects.stat_object(self.node, sb, sk)
         if raw_range:
             m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
-            if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) >= st.size:
+            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)) or objects.digits(m.group(2)) >= st.size:
                 raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last "
                                        "where first and last are the zero-based offsets of the first and last "
                                        "bytes to copy, within the source object",
                                        ArgumentName="x-amz-copy-source-range")
-            rng = (int(m.group(1)), int(m.group(2)) + 1)
+            rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
         try:
             part = await self.uploads.put_part(upload, number, chunks)
@@ -400,7 +400,7 @@ class Gateway:
             num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
             if num is None or etag is None or not num.strip().isdigit():
                 raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
-            parts.append((int(num), etag.strip()))
+            parts.append((objects.digits(num.strip()), etag.strip()))
         stream, etag, _size = await self.uploads.complete(upload, parts)
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62)
@@ -412,7 +412,7 @@ class Gateway:
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])
         marker_raw = request.query.get("part-number-marker", "0")
-        marker = int(marker_raw) if marker_raw.isdigit() else 0
+        marker = objects.digits(marker_raw) if marker_raw.isdigit() else 0
         max_parts = self._max_keys(request, "max-parts")
         parts, truncated = await self.uploads.list_parts(upload, marker, max_parts)
         items = [xmlio.element("Part", [xmlio.leaf("PartNumber", p.number),

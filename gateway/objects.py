@@ -144,6 +144,17 @@ def check_conditions(headers: Any, etag: str, mtime: float, prefix: str = "") ->
     return None
 
 
+HUGE = 10**18  # larger than any object: what a number of more digits stands for
+
+
+def digits(raw: str) -> int:
+    """A string of decimal digits as an int, clipped at HUGE: a client's "999...9" of
+    thousands of digits is a large number, not an internal error (Python refuses to
+    convert more than 4,300 digits)."""
+    raw = raw.lstrip("0") or "0"
+    return HUGE if len(raw) > 18 else int(raw)
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     """(start, end exclusive) of a single byte range; None for no (or an ignored) Range.
 
@@ -157,13 +168,13 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix: the last N bytes
-        n = int(last)
+        n = digits(last)
         if n == 0 or size == 0:
             raise _invalid_range(size)
         return max(0, size - n), size
-    start = int(first)
-    end = size if last == "" else min(size, int(last) + 1)
-    if last != "" and int(last) < start:
+    start = digits(first)
+    end = size if last == "" else min(size, digits(last) + 1)
+    if last != "" and digits(last) < start:
         return None  # invalid: ignored
     if start >= size:
         raise _invalid_range(size)
@@ -288,7 +299,7 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     length = request.headers.get("x-amz-decoded-content-length") or request.headers.get("Content-Length")
     if length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-    if length is not None and length.isdigit() and int(length) > MAX_PUT:
+    if length is not None and length.isdigit() and digits(length) > MAX_PUT:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),

@@ -450,3 +450,42 @@ def test_cache_disk_with_no_space_left_at_all(meshd: Callable[..., MeshdProcess]
         assert node.alive()
     finally:
         node.stop()
+
+
+# ---------------------------------------------------------------- numbers of thousands of digits
+
+HUGE_NUMBER = "9" * 5000  # Python refuses to convert more than 4,300 digits: once a 500
+
+
+def _s3(node: MeshdProcess, method: str, target: str, headers: dict[str, str] | None = None,
+        body: bytes | None = None) -> tuple[int, bytes]:
+    u = urlsplit(node.endpoints["s3"])
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("method", "target", "headers", "status", "code"), [
+    ("GET", "/local/hello.txt", {"Range": f"bytes=0-{HUGE_NUMBER}"}, 206, None),  # clipped at the end
+    ("GET", "/local/hello.txt", {"Range": f"bytes={HUGE_NUMBER}-"}, 416, "InvalidRange"),
+    ("GET", "/local/hello.txt", {"Range": f"bytes=-{HUGE_NUMBER}"}, 206, None),  # the whole object
+    ("GET", f"/local?max-keys={HUGE_NUMBER}", {}, 200, None),  # capped at 1000, as S3 does
+    ("GET", f"/local?list-type=2&max-keys={HUGE_NUMBER}", {}, 200, None),
+    ("GET", f"/local/hello.txt?partNumber={HUGE_NUMBER}", {}, 400, "InvalidArgument"),
+    ("PUT", "/local/huge.txt", {"x-amz-decoded-content-length": HUGE_NUMBER, "Content-Length": "1"},
+     400, "EntityTooLarge"),
+])
+def test_numbers_of_thousands_of_digits_are_s3_errors_not_500(
+        node: MeshdProcess, method: str, target: str, headers: dict[str, str], status: int,
+        code: str | None) -> None:
+    got, body = _s3(node, method, target, headers, b"x" if method == "PUT" else None)
+    assert got == status, body[:300]
+    if code is not None:
+        assert f"<Code>{code}</Code>".encode() in body
+    if status == 206:
+        assert body.startswith(HELLO_PREFIX)
+    assert "Traceback" not in node.log.read_text()
