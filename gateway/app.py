@@ -134,8 +134,8 @@ class Gateway:
             resp = self.error(request, from_mesh(e, key), bucket, key, request_id)
         except (ConnectionResetError, web.HTTPException):
             raise
-        except Exception:
-            log.exception("internal error in S3 request %s %s", request.method, request.path)
+        except Exception as e:
+            me.log_internal(log, f"S3 request {request.method} {request.path}", e)
             if "streaming" in request:
                 return self._abort(request)
             resp = self.error(request, S3Error("InternalError", "We encountered an internal error. "

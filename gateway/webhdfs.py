@@ -104,7 +104,7 @@ def make_app(node: MeshNode, cfg: WebHdfsConfig) -> web.Application:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as e:
-            log.exception("WebHDFS %s %s failed", request.method, request.path_qs)
+            me.log_internal(log, f"WebHDFS {request.method} {request.path}", e)
             return RemoteException("IOException", "java.io.IOException", f"internal error: {type(e).__name__}",
                                    500).response()
 

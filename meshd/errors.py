@@ -36,6 +36,7 @@ translated into this tree at the under-store boundary, nowhere else.
 from __future__ import annotations
 
 import errno as _errno
+from typing import Any
 
 
 class MeshError(Exception):
@@ -182,3 +183,51 @@ def from_oserror(exc: OSError, what: str) -> MeshError:
 def to_oserror(exc: MeshError) -> OSError:
     """The built-in exception Python libraries expect (FileNotFoundError, ...)."""
     return OSError(exc.errno, str(exc))
+
+
+# ---- internal errors in request handlers: logged, but never a flood ---------------------
+
+INTERNAL_TRACEBACK_EVERY = 60.0  # seconds between full tracebacks of one kind of internal error
+INTERNAL_LINES_PER_SECOND = 5  # one-line reports of one kind per second; the rest are counted
+
+
+class _InternalErrors:
+    """Rate limits for :func:`log_internal`, per kind (exception type and the code line
+    it came from): a hostile client repeating one bad request cannot fill the disk."""
+
+    def __init__(self) -> None:
+        self.traceback_at: dict[tuple[str, str, int], float] = {}
+        self.window: dict[tuple[str, str, int], tuple[float, int]] = {}  # (second, lines in it)
+        self.suppressed: dict[tuple[str, str, int], int] = {}
+
+
+_INTERNAL = _InternalErrors()
+
+
+def log_internal(logger: Any, what: str, exc: BaseException) -> None:
+    """Report an internal error of a request handler: a full traceback at most once a
+    minute per kind, one line otherwise (at most a few a second per kind, with a count of
+    the lines left out)."""
+    import time
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = (frames[-1].filename, frames[-1].lineno or 0) if frames else ("?", 0)
+    key = (type(exc).__name__, *where)
+    now = time.monotonic()
+    second, lines = _INTERNAL.window.get(key, (-1.0, 0))
+    if int(now) != second:
+        second, lines = int(now), 0
+    if lines >= INTERNAL_LINES_PER_SECOND:
+        _INTERNAL.suppressed[key] = _INTERNAL.suppressed.get(key, 0) + 1
+        _INTERNAL.window[key] = (second, lines)
+        return
+    _INTERNAL.window[key] = (second, lines + 1)
+    left_out = _INTERNAL.suppressed.pop(key, 0)
+    more = f" ({left_out} more like it not logged)" if left_out else ""
+    if now - _INTERNAL.traceback_at.get(key, -INTERNAL_TRACEBACK_EVERY) >= INTERNAL_TRACEBACK_EVERY:
+        _INTERNAL.traceback_at[key] = now
+        logger.error("internal error in %s: %s: %s%s", what, type(exc).__name__, exc, more, exc_info=exc)
+    else:
+        logger.error("internal error in %s: %s: %s at %s:%d%s (traceback logged at most once a minute)",
+                     what, type(exc).__name__, exc, where[0], where[1], more)

@@ -153,3 +153,41 @@ def test_member_usage_keeps_the_tiers_apart() -> None:
     assert "10.0 GiB" in line and "3.0 GiB" in line and "13.0 GiB" not in line
     old = _member_line({"node_id": "n1", "state": "up", "zone": "", "grpc": "h:1", "capacity": gib})
     assert old.split()[4:] == ["-", "1.0", "GiB", "-", "-"]
+
+
+def test_internal_errors_are_logged_without_a_flood(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client repeating one request that hits a bug: one traceback a minute, a few lines a
+    second, and the lines left out are counted in the next one."""
+    import logging
+
+    from meshd import errors as errors_mod
+
+    clock = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+    monkeypatch.setattr(errors_mod, "_INTERNAL", errors_mod._InternalErrors())
+    logger = logging.getLogger("test.internal")
+
+    def fail() -> BaseException:
+        try:
+            raise KeyError("boom")
+        except KeyError as e:
+            return e
+
+    caplog.set_level(logging.ERROR, logger="test.internal")
+    for _ in range(1000):  # one second of a hostile loop
+        errors_mod.log_internal(logger, "an HTTP handler", fail())
+    records = [r for r in caplog.records if r.name == "test.internal"]
+    assert len(records) == errors_mod.INTERNAL_LINES_PER_SECOND
+    assert sum(r.exc_info is not None for r in records) == 1  # one traceback
+    assert "KeyError" in records[-1].getMessage()
+    caplog.clear()
+    clock[0] += 1.0
+    errors_mod.log_internal(logger, "an HTTP handler", fail())
+    (line,) = [r for r in caplog.records if r.name == "test.internal"]
+    assert f"({1000 - errors_mod.INTERNAL_LINES_PER_SECOND} more like it not logged)" in line.getMessage()
+    assert line.exc_info is None  # the traceback comes again only after a minute
+    caplog.clear()
+    clock[0] += errors_mod.INTERNAL_TRACEBACK_EVERY
+    errors_mod.log_internal(logger, "an HTTP handler", fail())
+    assert [r.exc_info is not None for r in caplog.records if r.name == "test.internal"] == [True]

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, from_kind
+from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, from_kind, log_internal
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def take_frame(buf: bytearray) -> tuple[int, bytes] | None:
 def _error_body(e: BaseException) -> dict[str, str]:
     if isinstance(e, MeshError):
         return {"e": e.kind, "m": str(e)}
-    log.exception("internal error in metadata wire handler", exc_info=e)
+    log_internal(log, "a metadata wire handler", e)
     return {"e": "MeshError", "m": f"internal error: {type(e).__name__}"}
 
 

@@ -61,6 +61,7 @@ from typing import Any
 from aiohttp import web
 
 from meshd.core.placing import state_from_doc
+from meshd.errors import log_internal
 from topology import k8s
 from topology.model import Topology
 from topology.placement import Candidate, Job, Node, State, place
@@ -346,7 +347,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     except web.HTTPException:
         raise
     except Exception as e:  # never a traceback to the scheduler; it retries or ignores
-        log.exception("extender %s failed", request.path)
+        log_internal(log, f"extender {request.path}", e)
         return _json({"error": f"{type(e).__name__}: {e}"}, status=500)
 
 

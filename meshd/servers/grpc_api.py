@@ -17,7 +17,7 @@ import grpc
 from meshd import __version__
 from meshd.core.handle import ReadStream
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument, MeshError
+from meshd.errors import InvalidArgument, MeshError, log_internal
 from meshd.metadata.shard import FileStatus
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
@@ -36,7 +36,7 @@ async def _abort(context: grpc.aio.ServicerContext, e: BaseException) -> None:
     if isinstance(e, MeshError):
         context.set_trailing_metadata(((ERROR_KIND_KEY, e.kind),))
         await context.abort(getattr(grpc.StatusCode, e.grpc_code), str(e))
-    log.exception("internal error in gRPC handler")
+    log_internal(log, "a gRPC handler", e)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
 
 

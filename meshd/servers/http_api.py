@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from meshd.core import MeshNode, Segment
-from meshd.errors import InvalidArgument, MeshError
+from meshd.errors import InvalidArgument, MeshError, log_internal
 from meshd.servers.streaming import send_segment, stream_response
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 def _error(e: BaseException) -> web.Response:
     if isinstance(e, MeshError):
         return web.json_response({"error": e.kind, "message": str(e)}, status=e.http_status)
-    log.exception("internal error in HTTP handler")
+    log_internal(log, "an HTTP handler", e)
     return web.json_response({"error": "MeshError", "message": f"internal error: {type(e).__name__}"},
                              status=500)
 

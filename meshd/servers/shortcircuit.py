@@ -46,7 +46,7 @@ from collections import OrderedDict
 from meshd.cache.pages import DiskPage, MemPage, PageKey
 from meshd.core.handle import Segment
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument, MeshError
+from meshd.errors import InvalidArgument, MeshError, log_internal
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 def _error(e: BaseException) -> bytes:
     if isinstance(e, MeshError):
         return b"X" + json.dumps({"error": e.kind, "message": str(e)}).encode()
-    log.exception("internal error in a short-circuit read")
+    log_internal(log, "a short-circuit read", e)
     return b"X" + json.dumps({"error": "MeshError", "message": f"internal error: {type(e).__name__}"}).encode()
 
 
