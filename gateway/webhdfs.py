@@ -12,8 +12,8 @@ and ``GETFILECHECKSUM`` first answer ``307 Temporary Redirect`` with a
 request. Clients written for HDFS (HdfsCLI, fsspec, curl -L, Hadoop's
 WebHdfsFileSystem) expect exactly that.
 
-Users. Hadoop's simple auth: the caller names itself with ``user.name`` (or
-``doas``); requests without it act as ``webhdfs.anonymous_user`` (``dr.who``)
+Users. Hadoop's simple auth: the caller names itself with ``user.name`` (``doas``
+only for ``webhdfs.proxy_users``); requests without it act as ``webhdfs.anonymous_user`` (``dr.who``)
 unless ``webhdfs.allow_anonymous`` is off. With ``webhdfs.users`` set, only
 those users are let in, each ``rw`` or ``ro``. A read-only mount refuses
 writes to everyone. Refusals are ``AccessControlException``.

@@ -132,16 +132,30 @@ class WebHdfsBase:
             raise illegal(f"Invalid path name {path}: {e}") from None
 
     def user_of(self, request: web.Request, op: str) -> str:
+        """The user a request acts as. ``user.name`` names the caller; ``doas`` another user
+        it acts for, allowed only to the configured proxy users (Hadoop's rule). With
+        ``users`` set, the caller must be listed, and the user acted as gives the mode."""
         q = request.query
-        user = q.get("doas") or q.get("user.name") or ""
-        if not user:
+        caller, doas = q.get("user.name") or "", q.get("doas") or ""
+        anonymous = not caller
+        if anonymous:
             if not self.cfg.allow_anonymous:
                 raise RemoteException("SecurityException", "java.lang.SecurityException",
                                       "Failed to obtain user group information: "
                                       "org.apache.hadoop.security.authentication.util.SignerException: "
                                       "user.name is required", 401)
-            user = self.cfg.anonymous_user
+            caller = self.cfg.anonymous_user
+        if anonymous and op in WRITES and self.cfg.anonymous_writes is False:
+            raise denied(f"Permission denied: anonymous writes are refused while credentials are configured "
+                         f"(give user.name), access=WRITE, op={op}")
+        user = caller
+        if doas and doas != caller:
+            if anonymous or caller not in self.cfg.proxy_users:
+                raise denied(f"User: {caller} is not allowed to impersonate {doas} (webhdfs.proxy_users)")
+            user = doas
         if self.cfg.users:
+            if caller not in self.cfg.users:
+                raise denied(f"Permission denied: user={caller} is not allowed by the gateway")
             mode = self.cfg.users.get(user)
             if mode is None:
                 raise denied(f"Permission denied: user={user} is not allowed by the gateway")

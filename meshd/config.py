@@ -85,13 +85,20 @@ class WebHdfsConfig:
     """The WebHDFS gateway (gateway/webhdfs.py). Hadoop's simple auth: the caller names
     itself with ``user.name``. ``users`` empty: every user may read and write; else only
     the users listed, each ``rw`` or ``ro``. Without ``user.name`` a request acts as
-    ``anonymous_user`` (Hadoop's static web user), unless ``allow_anonymous`` is off."""
+    ``anonymous_user`` (Hadoop's static web user), unless ``allow_anonymous`` is off;
+    it may not write once any credential is configured. ``doas`` (acting as another
+    user) is only for the ``proxy_users``."""
 
     enabled: bool = True
     port: int = 0
     users: dict[str, str] = field(default_factory=dict)  # user -> "rw" | "ro"
     allow_anonymous: bool = True
     anonymous_user: str = "dr.who"
+    # Users who may act as another with ``doas`` (Hadoop's proxy users); nobody else may.
+    proxy_users: tuple[str, ...] = ()
+    # Writes without user.name: None = allowed only while no credential is configured
+    # (no S3 access key, no WebHDFS user); meshd resolves it at start-up.
+    anonymous_writes: bool | None = None
     block_size: int = 128 << 20  # reported in file statuses (HDFS's default), and the checksum's block
 
 
@@ -223,8 +230,12 @@ def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:
             if not isinstance(v, dict) or not all(str(m) in ("rw", "ro") for m in v.values()):
                 raise InvalidArgument(f"{where}: webhdfs.users must map user names to rw or ro")
             kw[k] = {str(u): str(m) for u, m in v.items()}
-        elif k in ("enabled", "allow_anonymous"):
+        elif k in ("enabled", "allow_anonymous", "anonymous_writes"):
             kw[k] = bool(v)
+        elif k == "proxy_users":
+            if not isinstance(v, list) or not all(isinstance(u, str) and u for u in v):
+                raise InvalidArgument(f"{where}: webhdfs.proxy_users must be a list of user names")
+            kw[k] = tuple(v)
         elif k == "port":
             kw[k] = int(v)
         elif k == "block_size":

@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import IO, Any
 
 import grpc
@@ -201,6 +202,8 @@ class Daemon:
         from gateway.webhdfs import make_app as make_webhdfs_app
 
         wh = self.config.webhdfs
+        if wh.anonymous_writes is None:  # anonymous writes only while nothing else needs credentials
+            wh = replace(wh, anonymous_writes=not (self.config.s3.access_keys or wh.users))
         await self._site(make_webhdfs_app(node, wh), sock)
         log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", self.endpoints["webhdfs"],
                  f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")

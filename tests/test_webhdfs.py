@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ro.mkdir()
     (ro / "fixed.txt").write_bytes(b"read me only")
     cfg = base / "meshd.yaml"
-    cfg.write_text("webhdfs:\n  users: {alice: rw, bob: ro}\n")
+    cfg.write_text("webhdfs:\n  users: {alice: rw, bob: ro}\n  proxy_users: [alice]\n")
     node = MeshdProcess(base / "node", [f"/data={store.as_uri()}", f"/ro={ro.as_uri()},read_only=true"],
                         ["--config", str(cfg), "--no-s3"]).start()
     try:
@@ -238,6 +238,17 @@ def test_xattrs_carry_mesh_state(mesh: Mesh) -> None:
      "org.apache.hadoop.security.AccessControlException"),
     ("PUT", "/data/e.txt", "op=RENAME&destination=relative&user.name=alice", 400, "IllegalArgumentException",
      "java.lang.IllegalArgumentException"),
+    # doas: only a proxy user may act as another (an unlisted eve used to get in as alice)
+    ("GET", "/data/e.txt", "op=GETFILESTATUS&user.name=eve&doas=alice", 403, "AccessControlException",
+     "org.apache.hadoop.security.AccessControlException"),
+    ("DELETE", "/data/e.txt", "op=DELETE&user.name=bob&doas=alice", 403, "AccessControlException",
+     "org.apache.hadoop.security.AccessControlException"),
+    ("DELETE", "/data/e.txt", "op=DELETE&doas=alice", 403, "AccessControlException",
+     "org.apache.hadoop.security.AccessControlException"),
+    ("DELETE", "/data/e.txt", "op=DELETE&user.name=alice&doas=bob", 403, "AccessControlException",
+     "org.apache.hadoop.security.AccessControlException"),  # alice acting as read-only bob
+    ("PUT", "/data/anon.txt", "op=CREATE", 403, "AccessControlException",
+     "org.apache.hadoop.security.AccessControlException"),
 ])
 def test_errors_are_remote_exceptions(mesh: Mesh, method: str, path: str, query: str, status: int,
                                       exception: str, java_class: str) -> None:
@@ -247,6 +258,30 @@ def test_errors_are_remote_exceptions(mesh: Mesh, method: str, path: str, query:
     assert remote["message"] and "Traceback" not in remote["message"]
     assert (mesh.store / "e.txt").read_bytes() == b"exists"  # no refusal changed anything
     assert not (mesh.ro / "new.txt").exists() and (mesh.ro / "fixed.txt").exists()
+
+
+def test_a_proxy_user_acts_as_another(mesh: Mesh) -> None:
+    (mesh.store / "p.txt").write_bytes(b"by proxy")
+    status, _, data = mesh.raw("GET", "/data/p.txt", "op=OPEN&user.name=alice&doas=bob")
+    assert (status, data) == (200, b"by proxy")  # alice may act as bob, who may read
+
+
+def test_anonymous_writes_are_refused_once_any_credential_is_set(meshd: Callable[..., MeshdProcess],
+                                                                  tmp_path: Path) -> None:
+    """S3 keys set, no WebHDFS users: anyone naming a user.name may still write (Hadoop's
+    simple auth), but a request naming nobody may only read."""
+    store = tmp_path / "s"
+    store.mkdir()
+    (store / "r.txt").write_bytes(b"readable")
+    node = meshd(mounts=[f"/data={store.as_uri()}"], args=["--s3-access-key", "k", "--s3-secret-key", "s3cret"])
+    m = Mesh(node, store, store)
+    status, remote = m.remote("PUT", "/data/anon.txt", "op=CREATE")
+    assert status == 403 and "anonymous writes are refused" in remote["message"]
+    assert not (store / "anon.txt").exists()
+    status, _, data = m.raw("GET", "/data/r.txt", "op=OPEN")
+    assert (status, data) == (200, b"readable")
+    status, _, _ = m.raw("PUT", "/data/named.txt", "op=CREATE&user.name=carol", b"carol's")
+    assert status == 201 and (store / "named.txt").read_bytes() == b"carol's"
 
 
 def test_clients_surface_the_errors(mesh: Mesh) -> None:
