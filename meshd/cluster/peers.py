@@ -213,12 +213,6 @@ class Cluster:
         self.queued_seconds_max = max(self.queued_seconds_max, waited)
         return data
 
-    async def get_page_url(self, m: Member, url: str, who: str,
-                           limits: aiohttp.ClientTimeout | None = None) -> bytes:
-        """The body of a ``GET /v1/pages`` at ``m``, read whole (see :meth:`open_page`)."""
-        async with self.open_page(m, url, who, limits) as (_, body):
-            return await body.read()
-
     def paced_session(self, rcvbuf: int) -> aiohttp.ClientSession:
         """A session whose connections have a fixed ``rcvbuf`` TCP receive buffer, for
         transfers read at a quota's pace (the sender can run ahead by that much only)."""

@@ -402,18 +402,23 @@ class Pacer:
         await self.crossing.take(n, self.kind)
         return n
 
+    async def _pay(self, must: int, upto: Callable[[], int]) -> None:
+        """Take tokens until ``must`` bytes are paid: the grant asked for ahead first, else
+        up to ``upto()`` bytes at once."""
+        while must > self.paid:
+            if self._grant is not None:
+                grant, self._grant = self._grant, None
+                self.paid += await grant
+            else:
+                self.paid += await self._take(upto() - self.paid)
+
     async def ready(self) -> int:
         """Wait until the next piece may be read: the tokens of everything the sender may
         have put on the wire by then (the piece and the receive window past it) taken, and
         a piece's time since the last one. Returns the piece's size."""
         n = min(self.piece, self.want - self.done)
         must = min(self.want, self.done + n + self.window)
-        while must > self.paid:
-            if self._grant is not None:
-                grant, self._grant = self._grant, None
-                self.paid += await grant
-            else:
-                self.paid += await self._take(min(self.want, max(must, self.paid + self.grain)) - self.paid)
+        await self._pay(must, lambda: min(self.want, max(must, self.paid + self.grain)))
         if self._grant is None and self.paid < self.want:
             self._grant = asyncio.ensure_future(self._take(min(self.grain, self.want - self.paid)))
         delay = self._next - asyncio.get_running_loop().time()
@@ -424,12 +429,7 @@ class Pacer:
     async def took(self, n: int) -> None:
         """``n`` bytes were read (a store that read more than asked pays the rest now)."""
         self.done += n
-        while self.done > self.paid:
-            if self._grant is not None:
-                grant, self._grant = self._grant, None
-                self.paid += await grant
-            else:
-                self.paid += await self._take(self.done - self.paid)
+        await self._pay(self.done, lambda: self.done)
         now = asyncio.get_running_loop().time()
         self._next = max(self._next, now) + n / (PACE * self.rate)
 
