@@ -671,3 +671,14 @@ def mean_rate(samples: Sequence[tuple[float, int]], t0: float, t1: float) -> flo
     (ta, va), (tb, vb) = inside[0], inside[-1]
     return (vb - va) / (tb - ta)
 
+
+def transfer_rates(samples: Sequence[tuple[float, int]], t0: float, t1: float) -> tuple[float, float, float, int]:
+    """A transfer between ``t0`` and ``t1`` as a sampled counter saw it: (peak 1-s rate, mean
+    rate, seconds, bytes moved). The mean is over the transfer proper, from 2 % to 98 % of
+    its bytes (start-up calls and the last page's tail are not link time)."""
+    during = [(t, b) for t, b in samples if t0 - 0.1 <= t <= t1 + 0.1]
+    peak = max_window_rate(during, 1.0)
+    base, moved = during[0][1], during[-1][1] - during[0][1]
+    t_lo = next(t for t, b in during if b - base >= 0.02 * moved)
+    t_hi = next(t for t, b in during if b - base >= 0.98 * moved)
+    return peak, 0.96 * moved / (t_hi - t_lo), t_hi - t_lo, moved

@@ -31,7 +31,7 @@ import pytest
 
 from meshd.region.quota import RECEIVE_WINDOW
 from tests.multiregion import MultiRegion
-from tests.netns import Sampler, max_window_rate
+from tests.netns import Sampler, transfer_rates
 
 MiB = 1 << 20
 PAGE = 4 * MiB
@@ -210,15 +210,10 @@ def _quota_run(mr: MultiRegion, quota: str, files: int, size: int, readers: int,
         samples = sampler.stop()
     for n, r in enumerate(result["readers"]):
         assert r["error"] is None and r["digests"] == expect, f"reader {n}: {r['error']}"
-    during = [(t, b) for t, b in samples if t0 - 0.1 <= t <= t1 + 0.1]
-    peak = max_window_rate(during, 1.0)
-    base, moved = during[0][1], during[-1][1] - during[0][1]
-    t_lo = next(t for t, b in during if b - base >= 0.02 * moved)
-    t_hi = next(t for t, b in during if b - base >= 0.98 * moved)
-    mean = 0.96 * moved / (t_hi - t_lo)
+    peak, mean, seconds, _ = transfer_rates(samples, t0, t1)
     counters = mr.store_counters()["get_ranges"]
     gets = sum(len(v) for k, v in counters.items() if k.startswith(f"datasets/{tag}/"))
-    return peak / q, mean / q, t_hi - t_lo, gets, files * math.ceil(size / PAGE)
+    return peak / q, mean / q, seconds, gets, files * math.ceil(size / PAGE)
 
 
 def test_quota_holds_over_thirty_seconds(mr: MultiRegion) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.meshd_proc import MESHCTL
 from tests.multiregion import MultiRegion
-from tests.netns import Sampler, max_window_rate
+from tests.netns import Sampler, transfer_rates
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(900)
@@ -136,19 +136,12 @@ def test_quota_holds_and_is_used(mr: MultiRegion) -> None:
         t1 = time.monotonic()
         time.sleep(0.2)
         samples = sampler.stop()
-    during = [(t, b) for t, b in samples if t0 - 0.1 <= t <= t1 + 0.1]
-    peak = max_window_rate(during, 1.0)
-    # the transfer proper: from 2 % to 98 % of its bytes (start-up listing and the last
-    # page's tail are not link time)
-    base, moved = during[0][1], during[-1][1] - during[0][1]
-    t_lo = next(t for t, b in during if b - base >= 0.02 * moved)
-    t_hi = next(t for t, b in during if b - base >= 0.98 * moved)
-    mean = 0.96 * moved / (t_hi - t_lo)
-    print(f"quota: peak 1-s window {peak / q:.3f} x, mean {mean / q:.3f} x quota over {t_hi - t_lo:.1f} s "
+    peak, mean, seconds, moved = transfer_rates(samples, t0, t1)
+    print(f"quota: peak 1-s window {peak / q:.3f} x, mean {mean / q:.3f} x quota over {seconds:.1f} s "
           f"(load took {t1 - t0:.1f} s)")
     assert moved >= size
     assert peak <= 1.05 * q, f"peak 1-s rate {peak / q:.3f} x quota"
-    assert mean >= 0.9 * q, f"mean rate {mean / q:.3f} x quota over {t_hi - t_lo:.1f} s"
+    assert mean >= 0.9 * q, f"mean rate {mean / q:.3f} x quota over {seconds:.1f} s"
     assert size / (t1 - t0) <= 1.05 * q  # the payload itself respects it too
     result = mr.read("region-b", sorted(expect), readers=2)  # cached now: no link needed, right bytes
     _check(result, expect)
