@@ -18,13 +18,15 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import HttpVersion11, web
 
+from meshd import auth as mauth
 from meshd import errors as me
+from meshd.auth.http import connection_principal
 from meshd.config import S3Config
 from meshd.core import MeshNode
 
@@ -51,11 +53,54 @@ UNSUPPORTED = {
 READ_CHUNK = 1 << 20
 
 
+class _Keys(Mapping[str, str]):
+    """Every S3 key the node knows, looked up when a request names one: the config's and
+    the node's own (operators), and the tenants' of the access file (as reloaded)."""
+
+    def __init__(self, access: Callable[[], mauth.Access]) -> None:
+        self._access = access
+
+    def __getitem__(self, key: str) -> str:
+        found = self._access().s3_key(key)
+        if found is None:
+            raise KeyError(key)
+        return found[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())  # never enumerated: keys are only looked up
+
+    def __len__(self) -> int:
+        return 0
+
+
 class Gateway:
     def __init__(self, node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> None:
         self.node = node
         self.cfg = cfg
         self.uploads = uploads
+        self.keys = _Keys(lambda: node.access)
+
+    def principal(self, request: web.Request, result: AuthResult) -> mauth.Principal:
+        """Who a request authenticated by ``result`` acts as."""
+        if result.access_key is not None:
+            found = self.node.access.s3_key(result.access_key)
+            assert found is not None  # the signature was checked with its secret
+            return found[1]
+        if self.cfg.allow_anonymous:
+            tenant = self.node.access.tenants.get("anonymous")
+            return mauth.Principal("tenant", "anonymous", "anonymous") if tenant else \
+                mauth.Principal("operator", "anonymous (s3.allow_anonymous)")
+        return mauth.OPERATOR  # the node's own user, with no key configured (see anonymous_ok)
+
+    def anonymous_ok(self, request: web.Request) -> bool:
+        """Unsigned requests: where the operator allows them (``allow_anonymous: true``),
+        or, while no S3 key is configured at all, from the node's own user on this machine
+        (a first try needs no keys; anyone else signs with DATA_DIR/credentials.json's)."""
+        if self.cfg.allow_anonymous is not None:
+            return self.cfg.allow_anonymous
+        access = self.node.access
+        configured = bool(self.cfg.access_keys) or any(t.s3_keys for t in access.tenants.values())
+        return not configured and connection_principal(request).kind == "operator"
 
     # ---- request parsing ---------------------------------------------------
 
@@ -79,10 +124,9 @@ class Gateway:
             host = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
             virtual = any(host.endswith("." + d) for d in self.cfg.domains)
             resource = ("/" + quote(bucket, safe="") + raw_path) if virtual else raw_path
-            return verify_presigned_v2(request.method, resource, raw_query, request.headers,
-                                       self.cfg.access_keys)
-        return verify_request(request.method, raw_path, raw_query, request.headers, self.cfg.access_keys,
-                              allow_anonymous=self.cfg.anonymous)
+            return verify_presigned_v2(request.method, resource, raw_query, request.headers, self.keys)
+        return verify_request(request.method, raw_path, raw_query, request.headers, self.keys,
+                              allow_anonymous=self.anonymous_ok(request))
 
     def body(self, request: web.Request, auth: AuthResult) -> AsyncIterator[bytes]:
         """The request body as the object's bytes: aws-chunked decoded, and checked
@@ -120,7 +164,8 @@ class Gateway:
         try:
             bucket, key = self.address(request)
             auth = self.authenticate(request, bucket)
-            resp = await self.dispatch(request, auth, bucket, key)
+            with mauth.acting_as(self.principal(request, auth)):
+                resp = await self.dispatch(request, auth, bucket, key)
         except S3Error as e:
             if "streaming" in request:
                 return self._abort(request)

@@ -10,8 +10,9 @@ from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
+from meshd import auth, paths
 from meshd import errors as me
-from meshd import paths
+from meshd.auth.http import bearer, connection_principal, principal
 from meshd.config import WebHdfsConfig
 from meshd.core import FileStatus, MeshNode
 
@@ -132,11 +133,46 @@ class WebHdfsBase:
             raise illegal(f"Invalid path name {path}: {e}") from None
 
     def user_of(self, request: web.Request, op: str) -> str:
-        """The user a request acts as. ``user.name`` names the caller; ``doas`` another user
-        it acts for, allowed only to the configured proxy users (Hadoop's rule). With
-        ``users`` set, the caller must be listed, and the user acted as gives the mode."""
+        """The user a request acts as, and (:func:`meshd.auth.set_current`) its principal.
+
+        A token (WebHDFS's ``delegation`` parameter, or ``Authorization: Bearer``) is the
+        principal; ``user.name`` then only names the user shown as owner. Without one,
+        Hadoop's simple auth: ``user.name`` names the caller; ``doas`` another user it
+        acts for, allowed only to the configured proxy users (Hadoop's rule). With
+        ``users`` set, the caller must be listed, and the user acted as gives the mode.
+        A user listed under a tenant of the access file acts as that tenant; any other
+        request must come from the node's own user on this machine, or is refused."""
         q = request.query
         caller, doas = q.get("user.name") or "", q.get("doas") or ""
+        token = q.get("delegation") or bearer(request)
+        if token:
+            try:
+                p = principal(request, self.node.access, token)
+            except me.PermissionDenied as e:
+                raise RemoteException("SecurityException", "java.lang.SecurityException", str(e), 401) from None
+            if doas and doas != caller and not p.trusted:
+                raise denied(f"{p} may not impersonate {doas}: doas is for operators and webhdfs.proxy_users")
+            auth.set_current(p)
+            return doas or caller or p.tenant or "mesh"
+        user = self._simple_user(request, op, caller, doas)
+        tenant = self.node.access.webhdfs_user(user)
+        if tenant is not None:
+            auth.set_current(tenant)
+        elif connection_principal(request).kind == "operator":
+            auth.set_current(auth.OPERATOR)
+        elif caller and caller in self.cfg.users:
+            auth.set_current(auth.Principal("operator", f"webhdfs user {caller}"))
+        else:
+            auth.refused.warning("webhdfs-anon", "WebHDFS %s %s from %s refused: no credential", op,
+                                 request.path[:200], request.remote)
+            raise RemoteException("SecurityException", "java.lang.SecurityException",
+                                   "Authentication required: give delegation=<token> (or Authorization: "
+                                   "Bearer), or a user.name the gateway lists (webhdfs.users, a tenant's "
+                                   "webhdfs_users)", 401)
+        return user
+
+    def _simple_user(self, request: web.Request, op: str, caller: str, doas: str) -> str:
+        """Hadoop's simple auth (see :meth:`user_of`)."""
         anonymous = not caller
         if anonymous:
             if not self.cfg.allow_anonymous:

@@ -26,6 +26,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+from meshd import auth
+from meshd.auth import credentials
 from meshd.cache.pages import PageCache
 from meshd.cache.readahead import ReadAhead
 from meshd.cluster.membership import (
@@ -36,6 +38,7 @@ from meshd.cluster.membership import (
     Membership,
     StaticMembership,
     cluster_config,
+    cluster_token,
 )
 from meshd.cluster.peers import Cluster
 from meshd.config import NodeConfig
@@ -113,11 +116,11 @@ class Clustered(Mode):
     cluster: Cluster
     federation: Federation
 
-    def __init__(self, etcd: Etcd, config: NodeConfig, me: Member) -> None:
+    def __init__(self, etcd: Etcd, config: NodeConfig, me: Member, token: str = "") -> None:
         cc = config.cluster
         self.etcd = etcd
         self.membership = EtcdMembership(etcd, me, cc.lease_ttl)
-        self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout)
+        self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout, token=token)
         self.federation = Federation(cc.region, Quotas(), self.cluster)
         self.shared = EtcdMounts(etcd, cc.name)
         self.topology = EtcdFederation(etcd, cc.name, self.federation)
@@ -235,10 +238,21 @@ def warn_memory_capacity(capacity: int) -> None:
                     format_size(capacity), format_size(ram))
 
 
-def build(config: NodeConfig, me: Member, etcd: Etcd | None = None) -> NodeParts:
+def access_of(config: NodeConfig, node_token: str = "") -> auth.Access:
+    """Who may use the node: its own credentials (``DATA_DIR/credentials.json``, made on
+    first start), the cluster token, the S3 keys of the config, the access file."""
+    creds = credentials.ensure(os.path.abspath(config.data_dir))
+    return auth.Access(operator_hashes={auth.token_hash(creds["token"])},
+                       node_hashes={auth.token_hash(node_token)} if node_token else set(),
+                       operator_keys={**config.s3.access_keys, creds["s3_access_key"]: creds["s3_secret_key"]},
+                       file=config.auth.file)
+
+
+def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: str = "") -> NodeParts:
     """Every part of a node, wired; nothing started or read from etcd. Cluster mode
     (``config.cluster.enabled``) needs ``etcd``, and ``config``'s page size must be
-    the cluster's (:func:`open_node` agrees it first)."""
+    the cluster's (:func:`open_node` agrees it first); ``node_token``: what nodes
+    present to each other (:func:`cluster_token`)."""
     if config.cluster.enabled and etcd is None:
         raise InvalidArgument("cluster mode needs a connection to etcd")
     c = config.cache
@@ -248,11 +262,13 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None) -> NodeParts
     stats = Stats()
     cache = PageCache(os.path.join(data_dir, "pages"), c.page_size, c.memory_capacity, c.disk_capacity,
                       c.high_watermark, c.low_watermark, c.write_behind)
-    mode: Mode = Clustered(etcd, config, me) if etcd is not None else Embedded(me)
+    access = access_of(config, node_token)
+    mode: Mode = Clustered(etcd, config, me, node_token) if etcd is not None else Embedded(me)
     understore = UnderstoreMetrics(stats)
     node = MeshNode(mode.mount_table(kv, understore), MetadataCache(kv), cache, stats,
                     ReadAhead(c.page_size, max_pages=c.readahead_pages), c.load_parallelism,
                     cluster=mode.cluster, federation=mode.federation)
+    node.access = access
     metrics = Metrics(understore, cache, node.metadata, mode.cluster, mode.federation)
     return NodeParts(config, me, mode, kv, stats, cache, node.mounts, node, metrics)
 
@@ -273,14 +289,29 @@ async def agree_page_size(config: NodeConfig, etcd: Etcd) -> NodeConfig:
     return dataclasses.replace(config, cache=dataclasses.replace(config.cache, page_size=agreed))
 
 
+async def node_token(config: NodeConfig, etcd: Etcd) -> str:
+    """The cluster token: ``cluster.token_file``, else the one the first node put in etcd."""
+    cc = config.cluster
+    if cc.token_file:
+        return credentials.read_cluster_token(cc.token_file)
+    try:
+        return await cluster_token(etcd, cc.name, credentials.new_token())
+    except MeshError:
+        raise
+    except Exception as e:
+        raise MeshError(f"cannot reach etcd at {', '.join(cc.etcd)}: {type(e).__name__} {e}") from None
+
+
 async def open_node(config: NodeConfig, me: Member) -> NodeParts:
     """A node built and loaded (what the daemon serves). In cluster mode etcd must
     answer: a node starting without it cannot know the page size or the mount table."""
     etcd = Etcd(config.cluster.etcd) if config.cluster.enabled else None
     try:
+        token = ""
         if etcd is not None:
             config = await agree_page_size(config, etcd)
-        parts = build(config, me, etcd)
+            token = await node_token(config, etcd)
+        parts = build(config, me, etcd, token)
     except BaseException:
         if etcd is not None:
             await etcd.close()

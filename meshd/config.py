@@ -103,6 +103,15 @@ class WebHdfsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Who may use the node (meshd/auth/, THREAT_MODEL.md). ``file``: the access file
+    (tenants, their tokens, S3 keys, WebHDFS users and path rules; operator tokens),
+    read again whenever it changes."""
+
+    file: str = ""
+
+
+@dataclass(frozen=True)
 class MountConfig:
     path: str
     uri: str
@@ -127,6 +136,9 @@ class ClusterConfig:
     # long its queue: it answers "queued" every peer_timeout / 3 seconds (at most 5).
     peer_timeout: float = 15.0
     meta_port: int = 0  # the metadata wire's port (0: a free one)
+    # The secret nodes present to each other. Empty: the first node makes one and keeps
+    # it in etcd (whoever can read etcd's /mesh/<cluster>/ is trusted anyway).
+    token_file: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -145,6 +157,7 @@ class NodeConfig:
     s3: S3Config = field(default_factory=S3Config)
     webhdfs: WebHdfsConfig = field(default_factory=WebHdfsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -215,9 +228,14 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
             s3_kw[k] = float(v)
     cluster = _cluster_from_dict(raw.get("cluster") or {}, where)
     webhdfs = _webhdfs_from_dict(raw.get("webhdfs") or {}, where)
-    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster", "webhdfs")}
+    auth_raw = raw.get("auth") or {}
+    if not isinstance(auth_raw, dict):
+        raise InvalidArgument(f"{where}: auth must be a mapping")
+    _check_keys(auth_raw, AuthConfig, f"{where}: auth")
+    auth = AuthConfig(**{k: str(v) for k, v in auth_raw.items()})
+    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      webhdfs=webhdfs, cluster=cluster, **node_kw)
+                      webhdfs=webhdfs, cluster=cluster, auth=auth, **node_kw)
 
 
 def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:

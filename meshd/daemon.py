@@ -27,6 +27,7 @@ from typing import IO, Any
 import grpc
 from aiohttp import web
 
+from meshd import auth
 from meshd.compose import NodeParts, member, open_node
 from meshd.config import NodeConfig
 from meshd.core.node import MeshNode
@@ -34,7 +35,7 @@ from meshd.errors import InvalidArgument, MeshError
 from meshd.metrics import Metrics
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
 from meshd.rpc.wire import WireServer
-from meshd.servers.grpc_api import MeshService
+from meshd.servers.grpc_api import Authenticate, MeshService
 from meshd.servers.http_api import make_app
 from meshd.servers.meta_api import handlers as meta_handlers
 from meshd.servers.shortcircuit import ShortCircuitServer
@@ -89,6 +90,8 @@ class Daemon:
         self._wire: WireServer | None = None
         self._sc: ShortCircuitServer | None = None
         self._runners: list[web.AppRunner] = []  # HTTP, S3, WebHDFS
+        self._authn: Authenticate | None = None
+        self._refresh: asyncio.Task[None] | None = None
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -146,11 +149,14 @@ class Daemon:
 
     def _listen_grpc(self) -> int:
         cfg = self.config
+        self._authn = authn = Authenticate(lambda: self.node.access if self.node else auth.Access())
         self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                              ("grpc.max_send_message_length", 64 << 20)])
+                                              ("grpc.max_send_message_length", 64 << 20)],
+                                     interceptors=[authn])
         bind = f"[{cfg.host}]:{cfg.grpc_port}" if ":" in cfg.host else f"{cfg.host}:{cfg.grpc_port}"
         try:
-            return int(self._grpc.add_insecure_port(bind))
+            authn.port = int(self._grpc.add_insecure_port(bind))
+            return authn.port
         except RuntimeError as e:
             raise InvalidArgument(f"cannot listen on {bind} for gRPC: {e}") from None
 
@@ -159,7 +165,7 @@ class Daemon:
         assert self._grpc is not None
         pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
         await self._grpc.start()
-        self._wire = WireServer(meta_handlers(node, self._info))
+        self._wire = WireServer(meta_handlers(node, self._info), node.access)
         await self._wire.start(socks["meta"])
         app = make_app(node, parts.metrics.render)
         app.router.add_get("/", self._index)
@@ -170,6 +176,16 @@ class Daemon:
             await self._start_s3(node, socks["s3"])
         if "webhdfs" in socks:
             await self._start_webhdfs(node, socks["webhdfs"])
+        if node.access.file:
+            self._refresh = asyncio.ensure_future(self._reload_access(node))
+        log.info("credentials for other users and machines: %s (0600); the node's own user needs none",
+                 os.path.join(self.data_dir, "credentials.json"))
+
+    async def _reload_access(self, node: MeshNode) -> None:
+        """The access file is read again whenever it changes: new rules without a restart."""
+        while True:
+            await asyncio.sleep(1.0)
+            node.access.refresh()
 
     async def _site(self, app: web.Application, sock: socket.socket) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -189,12 +205,14 @@ class Daemon:
             log.info("removed %d abandoned multipart uploads", removed)
         await self._site(make_s3_app(node, s3, uploads), sock)
         url = self.endpoints["s3"]
-        if s3.anonymous:
-            log.warning("*** S3 gateway at %s accepts ANONYMOUS requests: anyone who reaches it can read "
-                        "and write every mount. Configure s3.access_keys (or --s3-access-key/--s3-secret-key) "
-                        "before exposing it. ***", url)
+        if s3.allow_anonymous:
+            log.warning("*** S3 gateway at %s accepts ANONYMOUS requests (s3.allow_anonymous): anyone who "
+                        "reaches it acts as %s. ***", url,
+                        "the access file's tenant 'anonymous'" if "anonymous" in node.access.tenants
+                        else "an operator: reads and writes every mount")
         else:
-            log.info("S3 gateway at %s (%d access key(s))", url, len(s3.access_keys))
+            log.info("S3 gateway at %s (%d configured access key(s); the node's own key pair is in "
+                     "credentials.json)", url, len(s3.access_keys))
 
     async def _start_webhdfs(self, node: MeshNode, sock: socket.socket) -> None:
         """The WebHDFS gateway (gateway/webhdfs.py) on its own port (the REST root is
@@ -203,7 +221,7 @@ class Daemon:
 
         wh = self.config.webhdfs
         if wh.anonymous_writes is None:  # anonymous writes only while nothing else needs credentials
-            wh = replace(wh, anonymous_writes=not (self.config.s3.access_keys or wh.users))
+            wh = replace(wh, anonymous_writes=not (self.config.s3.access_keys or wh.users or node.access.tenants))
         await self._site(make_webhdfs_app(node, wh), sock)
         log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", self.endpoints["webhdfs"],
                  f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")
@@ -244,6 +262,8 @@ class Daemon:
                 os.unlink(os.path.join(self.data_dir, "endpoints.json"))
             except FileNotFoundError:
                 pass
+        if self._refresh is not None:
+            self._refresh.cancel()
         if self.parts is not None:
             await self.parts.leave()  # leave the ring first
         if self._wire is not None:

@@ -96,6 +96,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from meshfs.ops import MeshOps
 
     _enable_asyncio()
+    if args.token_file:
+        os.environ["MESH_TOKEN_FILE"] = args.token_file
     mountpoint = os.path.abspath(args.mountpoint)
     core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
                   max_ttl=args.max_ttl, readahead=args.readahead)
@@ -227,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount the mesh at MOUNTPOINT (runs until SIGTERM or umount)")
     m.add_argument("mountpoint")
     m.add_argument("--endpoint", help="mesh node: gRPC host:port or data directory")
+    m.add_argument("--token-file", metavar="FILE",
+                   help="the credential meshfs presents for every user of the mount (default: $MESH_TOKEN, "
+                   "$MESH_TOKEN_FILE, then credentials.json beside the node's endpoints.json)")
     m.add_argument("--ttl", type=float, default=1.0,
                    help="seconds statuses and listings are kept here and in the kernel (default 1); "
                         "longer on mounts whose sync_interval is longer, and an open always "

@@ -382,7 +382,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshctl {__version__}")
     p.add_argument("--endpoint", help="node gRPC host:port or data directory "
                    "(default: $MESH_ENDPOINT, then the default data directory)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="the credential to present: a token file or a credentials.json (default: "
+                   "$MESH_TOKEN, $MESH_TOKEN_FILE, then credentials.json beside the node's endpoints.json)")
     sub = p.add_subparsers(dest="command", required=True)
+    t = _command(sub, "token", "make a new access token: the token for its holder, the hash for the access file")
+    t.add_argument("what", choices=["new"], help="new: print a new random token and its sha256 hash")
     _add_mount_command(sub)
     _add_file_commands(sub)
     _add_cache_commands(sub)
@@ -460,6 +465,17 @@ def main(argv: list[str] | None = None) -> int:
         from meshd.cli.completion import bash_script
 
         sys.stdout.write(bash_script(_parser(), "meshctl"))
+        return 0
+    if args.token_file:  # like $MESH_TOKEN_FILE, for this process and the clients it makes
+        os.environ["MESH_TOKEN_FILE"] = args.token_file
+    if args.command == "token":
+        from meshd.auth import token_hash
+        from meshd.auth.credentials import new_token
+
+        token = new_token()
+        print(f"token: {token}\nhash:  {token_hash(token)}\n"
+              "Give the token to its holder (a 0600 file, $MESH_TOKEN_FILE); list the hash in the access "
+              "file, under operators or a tenant's tokens.")
         return 0
     if args.command == "topology":
         from topology.cli import run

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--peer-timeout", type=float,
                    help="seconds a peer may stay silent before it is presumed dead (15); a busy peer "
                    "says 'queued' well within it and is waited for")
+    r.add_argument("--cluster-token-file", metavar="FILE",
+                   help="the secret nodes present to each other (default: made by the first node, kept in etcd)")
     r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a node label (repeatable)")
     x = sub.add_parser("scheduler-extender",
                        help="serve kube-scheduler's and Volcano's extender protocols (docs/SCHEDULING.md)")
@@ -131,6 +133,9 @@ def _node_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--no-s3", action="store_true", help="do not serve the S3 API")
     e.add_argument("--webhdfs-port", type=int, help="WebHDFS gateway port (default: a free one)")
     e.add_argument("--no-webhdfs", action="store_true", help="do not serve the WebHDFS API")
+    e.add_argument("--access", metavar="FILE",
+                   help="the access file: tenants, their credentials and path rules (reloaded when it "
+                   "changes; THREAT_MODEL.md)")
     e.add_argument("--log-level", default="INFO")
 
 
@@ -143,6 +148,8 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         disk_capacity=parse_size(args.disk_capacity, "--disk-capacity") if args.disk_capacity else None,
         default_mount=False if args.no_default_mount else None,
     )
+    if args.access:
+        cfg = replace(cfg, auth=replace(cfg.auth, file=args.access))
     if args.mount:
         cfg = cfg.with_overrides(mounts=cfg.mounts + tuple(parse_mount_flag(m) for m in args.mount))
     if (args.s3_access_key is None) != (args.s3_secret_key is None):
@@ -179,7 +186,8 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
                      advertise_host=args.advertise_host or cc.advertise_host, labels=labels,
                      meta_port=args.meta_port if args.meta_port is not None else cc.meta_port,
                      lease_ttl=args.lease_ttl if args.lease_ttl is not None else cc.lease_ttl,
-                     peer_timeout=args.peer_timeout if args.peer_timeout is not None else cc.peer_timeout)
+                     peer_timeout=args.peer_timeout if args.peer_timeout is not None else cc.peer_timeout,
+                     token_file=args.cluster_token_file or cc.token_file)
         if not cc.etcd:
             raise InvalidArgument("meshd run needs --etcd (or cluster.etcd in the config file); "
                                   "for a single node without etcd use `meshd embedded`")

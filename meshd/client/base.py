@@ -105,6 +105,8 @@ class ClientState:
     _suspect: dict[str, float]
     _channel: Any
     _stub: Any
+    token: str | None  # presented on every connection (find_token); None: the node's owner only
+    _auth_md: tuple[tuple[str, str], ...]  # gRPC metadata carrying it
     _local: threading.local  # per-thread connections (HTTP ``conn``, short-circuit ``sc``)
     _local_sock: str
     _http_host: str

@@ -26,6 +26,7 @@ _GRPC_TO_KIND = {
     grpc.StatusCode.NOT_FOUND: "NotFound",
     grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
     grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.UNAUTHENTICATED: "PermissionDenied",
     grpc.StatusCode.UNIMPLEMENTED: "NotSupported",
     grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
 }
@@ -38,9 +39,11 @@ class Connection(ClientState):
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
         stub = pb_grpc.MeshStub(channel)
         try:
-            info = stub.GetInfo(pb.Empty(), timeout=min(self.timeout, 10.0))
+            info = stub.GetInfo(pb.Empty(), timeout=min(self.timeout, 10.0), metadata=self._auth_md)
         except grpc.RpcError as e:
             channel.close()
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise self._error(e) from None
             raise NodeUnreachable(f"node at {endpoint} is unreachable: {e.details()}") from None
         old = getattr(self, "_channel", None)
         self.endpoint, self._channel, self._stub = endpoint, channel, stub
@@ -60,7 +63,7 @@ class Connection(ClientState):
     def _wire(self, address: str) -> SyncWireClient:
         w = self._wires.get(address)
         if w is None:
-            w = self._wires[address] = SyncWireClient(address, self.timeout)
+            w = self._wires[address] = SyncWireClient(address, self.timeout, token=self.token)
         return w
 
     def _learn_members(self) -> None:
@@ -113,7 +116,8 @@ class Connection(ClientState):
         """A unary call; ``method`` is a stub attribute name (re-bound after a failover)."""
         def once() -> Any:
             try:
-                return getattr(self._stub, method)(request, timeout=timeout or self.timeout)
+                return getattr(self._stub, method)(request, timeout=timeout or self.timeout,
+                                                   metadata=self._auth_md)
             except grpc.RpcError as e:
                 raise self._error(e) from None
 
@@ -121,7 +125,7 @@ class Connection(ClientState):
 
     def _stream(self, method: str, request: Any) -> Iterator[Any]:
         try:
-            yield from getattr(self._stub, method)(request)
+            yield from getattr(self._stub, method)(request, metadata=self._auth_md)
         except grpc.RpcError as e:
             raise self._error(e) from None
 

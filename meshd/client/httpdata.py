@@ -35,6 +35,8 @@ class HttpData(ClientState):
         for attempt in (0, 1):
             conn = self._conn()
             try:
+                if self.token:
+                    headers = {**(headers or {}), "Authorization": f"Bearer {self.token}"}
                 conn.request(method, url, body=body, headers=headers or {},
                              encode_chunked=(headers or {}).get("Transfer-Encoding") == "chunked")
                 return conn.getresponse()

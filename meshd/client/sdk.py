@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
+from meshd.auth.credentials import find_token
 from meshd.client.base import (
     CHUNK,
     NodeUnreachable,
@@ -57,7 +58,10 @@ from meshd.rpc.messages import Report
 
 
 class MeshClient(Routing, ShortCircuit, HttpData):
-    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True) -> None:
+    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True,
+                 token: str | None = None) -> None:
+        self.token = find_token(endpoint, token)  # None: only the node's own user gets in
+        self._auth_md = (("authorization", f"Bearer {self.token}"),) if self.token else ()
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
         self._route = route

@@ -60,7 +60,7 @@ class ShortCircuit(ClientState):
         sock = self._sc()
         assert sock is not None
         req = {"path": path, "offset": offset, "length": length, "nocache": nocache, "stream": stream_id,
-               **(hint or {})}
+               **(hint or {}), **({"t": self.token} if self.token else {})}
         done = False
         try:
             sock.sendall(json.dumps(req).encode())

@@ -384,6 +384,22 @@ async def cluster_config(etcd: Etcd, cluster: str, proposed: dict[str, Any]) -> 
     return d
 
 
+async def cluster_token(etcd: Etcd, cluster: str, proposed: str) -> str:
+    """The token nodes of the cluster present to each other (``/mesh/<cluster>/auth/node-token``):
+    the first node writes ``proposed``, every later node adopts what is there."""
+    key = f"{PREFIX}/{cluster}/auth/node-token".encode()
+    c = etcd.client
+    tx = c.transactions
+    await etcd.call(c.transaction(compare=[tx.create(key) == 0], success=[tx.put(key, proposed.encode())],
+                                  failure=[]))
+    got = await etcd.call(c.get(key))
+    token = got.value.decode() if got is not None else ""
+    if len(token) < 16:
+        raise MeshError(f"etcd key {key.decode()} does not hold a cluster token; delete it (a node "
+                        "makes a new one) or give every node cluster.token_file")
+    return token
+
+
 class EtcdMounts:
     """The cluster's mount table in etcd. Changes go to etcd (``put``, ``delete``); from
     ``start(apply)`` on, a watch hands every version of the table to ``apply`` (a node's

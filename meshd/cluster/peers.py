@@ -62,8 +62,11 @@ def page_url(m: Member, path: str, version: str, size: int, index: int) -> str:
 
 
 class Cluster:
-    def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT) -> None:
+    def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT,
+                 token: str = "") -> None:
         self.membership = membership
+        self.token = token  # the cluster token: what this node presents to its peers
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.page_timeout = page_timeout(peer_timeout)
         self.hold = min(HOLD_SECONDS, peer_timeout / 3)  # well inside the silence that means dead
         self.me = membership.me
@@ -158,7 +161,7 @@ class Cluster:
     def wire(self, m: Member) -> WireClient:
         w = self._wires.get(m.node_id)
         if w is None:
-            w = self._wires[m.node_id] = WireClient(m.meta)
+            w = self._wires[m.node_id] = WireClient(m.meta, token=self.token or None)
         return w
 
     async def call(self, m: Member, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
@@ -181,7 +184,7 @@ class Cluster:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self.page_timeout, auto_decompress=False,
+                timeout=self.page_timeout, auto_decompress=False, headers=self._headers,
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300))
         return self._session
 
@@ -225,7 +228,7 @@ class Cluster:
                 return sock
 
             session = self._paced[rcvbuf] = aiohttp.ClientSession(
-                timeout=self.page_timeout, auto_decompress=False,
+                timeout=self.page_timeout, auto_decompress=False, headers=self._headers,
                 connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window))
         return session
 

@@ -10,6 +10,11 @@ each ``handle.read(offset, length)`` then gets the pages covering the range from
 the page-source chain (:mod:`meshd.cache.sources`: memory tier | disk tier | owner node
 | peer region | home store), at the pinned version only.
 
+Access: every operation is checked here, once, against the principal the front
+end authenticated the request as (:mod:`meshd.auth`; ``self.access``): the same
+rules on every front end. A node built without credentials (``auth.OPEN``)
+allows everything.
+
 Write path (simple, for now): writes go through to the under-store, then
 the file's status is recorded and its old cached pages dropped.
 """
@@ -23,7 +28,8 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from meshd import paths
+from meshd import auth, paths
+from meshd.auth import ADMIN, READ, WRITE
 from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
 from meshd.cache.readahead import ReadAhead
 from meshd.cache.sources import PageSources, Pinned, Target
@@ -75,6 +81,7 @@ class MeshNode:
         self.readahead = readahead or ReadAhead(cache.page_size)
         self.sources = PageSources(cache, stats, cluster, federation)
         self.load_parallelism = load_parallelism
+        self.access: auth.Access = auth.OPEN  # set by the composition root
 
     # ---- namespace -------------------------------------------------------
 
@@ -109,32 +116,49 @@ class MeshNode:
             self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
+    def _see(self, path: str) -> None:
+        """Stat and list: allowed on what the principal may read, and on the directories
+        leading there (their names are not secret from those who may go through them)."""
+        if not self.access.sees(path):
+            self.access.check(READ, paths.normalize(path))
+
+    def _filter(self, path: str, entries: list[FileStatus]) -> list[FileStatus]:
+        if self.access.check_list(paths.normalize(path)):
+            return entries
+        return [e for e in entries if self.access.sees(e.path)]
+
     async def stat(self, path: str) -> FileStatus:
+        self._see(path)
         t = self.resolve(path)
         if t is None:
             return FileStatus(paths.normalize(path), 0, 0.0, "", True)
         return await self._stat(t)
 
     async def listdir(self, path: str) -> list[FileStatus]:
+        self._see(path)
         t = self.resolve(path)
         if t is None:
             norm = paths.normalize(path)
             names = self.mounts.children_of_virtual(norm) or []
-            return [FileStatus(paths.join(norm, n), 0, 0.0, "", True) for n in names]
-        return await self.metadata.listdir(t.mount, t.store, t.path, t.rel)
+            return self._filter(norm, [FileStatus(paths.join(norm, n), 0, 0.0, "", True) for n in names])
+        return self._filter(t.path, await self.metadata.listdir(t.mount, t.store, t.path, t.rel))
 
     async def list_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[FileStatus], bool]:
         """Entries of a directory in name order after the name ``after``: (page, more)."""
         if limit < 0:
             raise InvalidArgument(f"bad listing limit {limit}")
+        self._see(path)
         t = self.resolve(path)
         if t is None:
             return page_of(await self.listdir(path), after, limit)
-        return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
+        if self.access.check_list(t.path):
+            return await self.metadata.list_page(t.mount, t.store, t.path, t.rel, after, limit)
+        return page_of(await self.listdir(path), after, limit)
 
     async def open_info(self, path: str, *, local: bool = False) -> tuple[FileStatus, str]:
         """A file's status and its file id (the key of its pages on the ring), so a
         client can send each page range to the page's owner."""
+        self.access.check(READ, paths.normalize(path))
         status = await (self.local_stat(path) if local else self.stat(path))
         t = self.resolve(path)
         fid = file_id(t.mount.identity, t.rel) if t is not None and not status.is_dir else ""
@@ -158,7 +182,9 @@ class MeshNode:
         return self.mounts.resolve(norm) is None and self.mounts.children_of_virtual(norm) is not None
 
     def check_writable(self, path: str) -> None:
-        """PermissionDenied unless ``path`` lies inside a mount that takes writes."""
+        """PermissionDenied unless ``path`` lies inside a mount that takes writes, and the
+        request's principal may write there."""
+        self.access.check(WRITE, paths.normalize(path))
         self._target(path).mount.check_writable()
 
     # ---- S3 object attributes (ETag, content type, user metadata) ---------
@@ -166,18 +192,22 @@ class MeshNode:
     async def object_attrs(self, path: str, version: str) -> dict[str, Any] | None:
         """The attributes a front end recorded for ``path`` at ``version``; None if none
         were (written by other means, or since rewritten)."""
+        self.access.check(READ, paths.normalize(path))
         return await self.metadata.attrs(path, version)
 
     async def set_object_attrs(self, path: str, version: str, attrs: dict[str, Any]) -> None:
         """Record attributes of ``path`` at ``version`` (JSON-serialisable values)."""
+        self.access.check(WRITE, paths.normalize(path))
         await self.metadata.set_attrs(path, version, attrs)
 
     async def drop_object_attrs(self, path: str) -> None:
+        self.access.check(WRITE, paths.normalize(path))
         await self.metadata.drop_attrs(path)
 
     # ---- this node's shard (calls forwarded by peers that do not own the key) ----
 
     async def local_stat(self, path: str, fresh: bool = False) -> FileStatus:
+        self._see(path)
         t = self.resolve(path)
         if t is None:
             return FileStatus(paths.normalize(path), 0, 0.0, "", True)
@@ -189,7 +219,7 @@ class MeshNode:
 
     async def local_list(self, path: str, after: str = "", limit: int = 0) -> tuple[list[FileStatus], bool]:
         t = self.resolve(path)
-        if t is None:
+        if t is None or not self.access.check_list(t.path):
             return await self.list_page(path, after, limit)
         return await self.metadata.local_list(t.mount, t.store, t.path, t.rel, after, limit)
 
@@ -205,6 +235,7 @@ class MeshNode:
         is pinned: ``status``, one the caller has just got from :meth:`stat` (no second
         lookup), else a lookup per the mount's ``sync_interval`` (``local``: this node's
         shard). Such a handle re-pins once if the object changed before its first byte."""
+        self.access.check(READ, paths.normalize(path))
         t = self.resolve(path)
         if t is None:
             raise IsADirectory(f"is a directory: {paths.normalize(path)}")
@@ -225,6 +256,7 @@ class MeshNode:
         peer *region* asking): NotFound unless the page is held here; nothing is fetched.
         ``hold``: None when the page is still queued after that many seconds (its fetch
         goes on; the peer asks again)."""
+        self.access.check(READ, paths.normalize(path))
         t = self._target(path)
         ps = self.cache.page_size
         if size < 0 or index < 0 or index * ps >= max(size, 1) or not version:
@@ -272,6 +304,7 @@ class MeshNode:
     # ---- write path ------------------------------------------------------
 
     async def write(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+        self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
         if not t.rel:
@@ -287,6 +320,7 @@ class MeshNode:
         (``capabilities.append``: POSIX, HDFS); any other (S3) gets the whole file again:
         its old bytes streamed back from the under-store, then the new ones (a full
         rewrite per call, documented in docs/WEBHDFS_COMPAT.md)."""
+        self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
         old = await self._stat(t, fresh=True)
@@ -308,6 +342,7 @@ class MeshNode:
         return status
 
     async def mkdir(self, path: str) -> None:
+        self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
         if t.rel:
@@ -316,6 +351,7 @@ class MeshNode:
 
     async def delete(self, path: str, recursive: bool = False) -> int:
         """Delete a file or directory; returns the number of entries removed."""
+        self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
         if not t.rel:
@@ -337,6 +373,7 @@ class MeshNode:
     async def remove_empty_dirs(self, path: str) -> None:
         """Remove a directory tree that holds no file (asking the under-store, not the
         cache); DirectoryNotEmpty as soon as a file is found, and nothing is unlinked."""
+        self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
 
@@ -351,6 +388,8 @@ class MeshNode:
         await self.metadata.forget_subtree(t.path)
 
     async def rename(self, src: str, dst: str) -> None:
+        self.access.check(WRITE, paths.normalize(src))
+        self.access.check(WRITE, paths.normalize(dst))
         s, d = self._target(src), self._target(dst)
         if s.mount.path != d.mount.path:
             raise NotSupported(f"rename across mounts ({s.mount.path} -> {d.mount.path}) is not supported")
@@ -381,11 +420,13 @@ class MeshNode:
 
     async def load(self, path: str, progress_interval: float = 0.2) -> AsyncIterator[LoadProgress]:
         """Warm the cache with every page under ``path``; yields progress (:func:`admin.load`)."""
+        self.access.check(ADMIN, paths.normalize(path))
         async for p in admin.load(self, path, progress_interval):
             yield p
 
     async def free(self, path: str) -> int:
         """Drop the cached pages of every known file at or below ``path``; returns bytes."""
+        self.access.check(ADMIN, paths.normalize(path))
         return await admin.free(self, path)
 
     def free_ids(self, ids: list[str]) -> int:
@@ -393,6 +434,7 @@ class MeshNode:
 
     async def sync(self, path: str) -> int:
         """Forget cached metadata under ``path`` and reload it from the under-store."""
+        self.access.check(ADMIN, paths.normalize(path))
         return await admin.sync(self, path)
 
     def report(self) -> dict[str, Any]:
@@ -416,6 +458,7 @@ class MeshNode:
     async def mesh_state(self, path: str) -> placing.MeshState:
         """The mesh's state of a path (home region, bytes cached in this region): the one
         computation behind meshfs's and WebHDFS's ``user.mesh.*`` attributes."""
+        self._see(path)
         return await placing.mesh_state(self, path)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -13,6 +13,12 @@ Frame (both directions): ``!II`` = body length, request id; then the body,
 JSON. Request body ``[op, args]``; reply ``{"r": result}`` or
 ``{"e": error kind, "m": message}`` (kinds from :mod:`meshd.errors`). Replies
 may come back in any order; the id matches them to requests.
+
+Identity: a connection starts as whoever :func:`meshd.auth.peer.tcp_peer_uid` finds at
+its other end (the node's own user: the operator; anyone else: anonymous), until
+an ``["auth", {"t": token}]`` request names a principal for the rest of the
+connection (clients send it first, pipelined). Each request runs as the
+connection's principal (:func:`meshd.auth.current`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,16 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, from_kind, log_internal
+from meshd import auth
+from meshd.auth.peer import is_owner, tcp_peer_uid
+from meshd.errors import (
+    InvalidArgument,
+    MeshError,
+    NodeUnavailable,
+    PermissionDenied,
+    from_kind,
+    log_internal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +79,11 @@ def _error_body(e: BaseException) -> dict[str, str]:
 
 
 class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, handlers: dict[str, Handler], live: set[_ServerProtocol]) -> None:
+    def __init__(self, handlers: dict[str, Handler], live: set[_ServerProtocol],
+                 access: auth.Access | None = None) -> None:
         self._handlers = handlers
+        self._access = access
+        self.principal = auth.SYSTEM if access is None else auth.ANONYMOUS
         self._live = live
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
@@ -79,6 +97,21 @@ class _ServerProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._access is not None and is_owner(tcp_peer_uid(transport.get_extra_info("peername"),
+                                                              transport.get_extra_info("sockname"))):
+            self.principal = auth.OPERATOR
+
+    def _auth(self, args: dict[str, Any]) -> Any:
+        if self._access is None:
+            return {"as": "system"}
+        p = self._access.by_token(str(args.get("t", "")))
+        if p is None:
+            self.principal = auth.Principal("anonymous", "invalid token")
+            auth.refused.warning("wire-auth", "metadata wire: a connection from %s presented an invalid token",
+                                 self._transport.get_extra_info("peername") if self._transport else "?")
+            raise PermissionDenied("the token presented is not valid for this node")
+        self.principal = p
+        return {"as": p.kind}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -111,12 +144,19 @@ class _ServerProtocol(asyncio.Protocol):
         try:
             try:
                 op, args = json.loads(body)
-                handler = self._handlers[op]
+                handler = self._handlers[op] if op != "auth" else None
             except (ValueError, TypeError, KeyError):
                 raise InvalidArgument(f"malformed metadata wire request: {body[:100]!r}") from None
             if not isinstance(args, dict):
                 raise InvalidArgument(f"metadata wire request {op!r}: arguments must be an object")
-            reply: Any = {"r": await handler(args)}
+            if handler is None:
+                reply: Any = {"r": self._auth(args)}
+            else:
+                if self.principal.kind == "anonymous":
+                    raise PermissionDenied("the metadata wire needs a credential: send [\"auth\", {\"t\": "
+                                           "token}] first (THREAT_MODEL.md)")
+                auth.set_current(self.principal)
+                reply = {"r": await handler(args)}
         except asyncio.CancelledError:
             return
         except Exception as e:
@@ -126,14 +166,15 @@ class _ServerProtocol(asyncio.Protocol):
 
 
 class WireServer:
-    def __init__(self, handlers: dict[str, Handler]) -> None:
+    def __init__(self, handlers: dict[str, Handler], access: auth.Access | None = None) -> None:
         self.handlers = handlers
+        self.access = access
         self._server: asyncio.base_events.Server | None = None
         self._live: set[_ServerProtocol] = set()
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ServerProtocol(self.handlers, self._live), sock=sock)
+        self._server = await loop.create_server(lambda: _ServerProtocol(self.handlers, self._live, self.access), sock=sock)
 
     async def stop(self) -> None:
         """Stop listening and cut every connection: callers fail over at once."""
@@ -188,8 +229,9 @@ class _ClientProtocol(asyncio.Protocol):
 class WireClient:
     """Async client for one peer: one connection, many requests in flight."""
 
-    def __init__(self, address: str, connect_timeout: float = 2.0) -> None:
+    def __init__(self, address: str, connect_timeout: float = 2.0, token: str | None = None) -> None:
         self.address = address
+        self._token = token
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._connect_timeout = connect_timeout
@@ -224,6 +266,8 @@ class WireClient:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert isinstance(transport, asyncio.Transport)
+        if self._token:  # first on the connection; its reply (id 0) is not waited for
+            transport.write(_encode(0, ["auth", {"t": self._token}]))
         self._transport = transport
 
     def _lost(self, exc: Exception | None) -> None:
@@ -256,8 +300,9 @@ class WireClient:
 class SyncWireClient:
     """Blocking client (meshctl, fsspec, benchmarks): one connection per thread."""
 
-    def __init__(self, address: str, timeout: float = 60.0) -> None:
+    def __init__(self, address: str, timeout: float = 60.0, token: str | None = None) -> None:
         self.address = address
+        self._token = token
         host, _, port = address.rpartition(":")
         self._addr = (host.strip("[]"), int(port))
         self._timeout = timeout
@@ -273,10 +318,11 @@ class SyncWireClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.sock = sock
             self._local.buf = bytearray()
+            if self._token:
+                self._exchange(sock, "auth", {"t": self._token})
         return sock
 
-    def call(self, op: str, args: dict[str, Any]) -> Any:
-        sock = self._sock()
+    def _exchange(self, sock: socket.socket, op: str, args: dict[str, Any]) -> Any:
         try:
             sock.sendall(_encode(1, [op, args]))
             buf: bytearray = self._local.buf
@@ -294,6 +340,9 @@ class SyncWireClient:
         except ValueError:
             raise MeshError(f"malformed reply from {self.address}") from None
         return _raise(reply, self.address)
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        return self._exchange(self._sock(), op, args)
 
     def close_thread(self) -> None:
         sock = getattr(self._local, "sock", None)

@@ -4,6 +4,11 @@ Errors: a :class:`~meshd.errors.MeshError` becomes its gRPC status code with
 the message as details and the error's kind in the trailing metadata key
 ``mesh-error-kind`` (the client rebuilds the same exception). Anything else
 is logged with its traceback here and reported as INTERNAL without one.
+
+Identity (:class:`Authenticate`, a server interceptor): every call runs as the
+principal of its ``authorization: Bearer <token>`` metadata, or of its
+connection (the node's own user on this machine); a call with neither fails
+with UNAUTHENTICATED before any handler runs.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from meshd import __version__
+from meshd import __version__, auth
+from meshd.auth import ADMIN
+from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.core.handle import ReadStream
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument, MeshError, log_internal
+from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
 from meshd.metadata.shard import FileStatus
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
@@ -48,6 +55,85 @@ async def _guard(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T
     except Exception as e:
         await _abort(context, e)
         raise AssertionError("unreachable") from e
+
+
+def _peer(peer: str) -> tuple[str, int] | None:
+    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` -> (host, port)."""
+    kind, _, rest = peer.partition(":")
+    host, _, port = rest.rpartition(":")
+    if kind not in ("ipv4", "ipv6") or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class Authenticate(grpc.aio.ServerInterceptor):
+    """Runs every call as its principal (see the module's docstring). ``port``: the gRPC
+    port, set once bound (a local client's socket is found by its address pair)."""
+
+    def __init__(self, access: Callable[[], auth.Access]) -> None:
+        self.access = access
+        self.port = 0
+
+    async def principal(self, context: Any) -> auth.Principal:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                token = token.strip() if scheme.lower() == "bearer" else ""
+        if token:
+            p = self.access().by_token(token)
+            if p is not None:
+                return p
+            auth.refused.warning("grpc-token", "gRPC call from %s: invalid token refused", context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token presented is not valid for this node")
+        peer = _peer(context.peer())
+        if peer is not None and is_owner(tcp_peer_uid(peer, (peer[0], self.port))):
+            return auth.OPERATOR
+        auth.refused.warning("grpc-anon", "gRPC call from %s without a credential refused", context.peer())
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                            "this call carries no credential (metadata authorization: Bearer <token>; "
+                            "meshctl --token-file, $MESH_TOKEN_FILE; see THREAT_MODEL.md)")
+        raise AssertionError("unreachable")
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        who = self.principal
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                auth.set_current(await who(context))
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> Any:
+                auth.set_current(await who(context))
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
+                                                        handler.response_serializer)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator: Any, context: Any) -> Any:
+                auth.set_current(await who(context))
+                return await inner_su(request_iterator, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
+                                                        handler.response_serializer)
+        return None  # no stream-stream methods: refuse what does not exist
+
+
+def _admin(node: MeshNode, what: str) -> None:
+    if not node.access.allowed(auth.current(), ADMIN, "/"):
+        raise PermissionDenied(f"{what} needs an operator (the mount table is the node's), not {auth.current()}")
 
 
 class MeshService(pb_grpc.MeshServicer):
@@ -117,19 +203,31 @@ class MeshService(pb_grpc.MeshServicer):
         return pb.Empty()
 
     async def AddMount(self, request: pb.AddMountRequest, context: Any) -> pb.MountInfo:
-        m = await _guard(context, lambda: self.node.mounts.add(
-            request.path, request.uri, dict(request.options), check=not request.no_check))
+        async def add() -> Any:
+            _admin(self.node, "mount add")
+            return await self.node.mounts.add(request.path, request.uri, dict(request.options),
+                                              check=not request.no_check)
+
+        m = await _guard(context, add)
         return pb.MountInfo(path=m.path, uri=m.uri, options=m.redacted_options())
 
     async def RemoveMount(self, request: pb.PathRequest, context: Any) -> pb.MountInfo:
-        m = await _guard(context, lambda: self.node.mounts.remove(request.path))
+        async def remove() -> Any:
+            _admin(self.node, "mount rm")
+            return await self.node.mounts.remove(request.path)
+
+        m = await _guard(context, remove)
         await self.node.metadata.forget_subtree(m.path)
         return pb.MountInfo(path=m.path, uri=m.uri, options=m.redacted_options())
 
     async def ListMounts(self, request: pb.Empty, context: Any) -> pb.ListMountsResponse:
+        """Operators see every mount; anyone else the mounts they may read something in,
+        without the store's URI (meshfs needs each mount's path and options)."""
+        access, who = self.node.access, auth.current()
+        admin = access.allowed(who, ADMIN, "/")
         return pb.ListMountsResponse(mounts=[
-            pb.MountInfo(path=m.path, uri=m.uri, options=m.redacted_options())
-            for m in self.node.mounts.entries()])
+            pb.MountInfo(path=m.path, uri=m.uri if admin else "", options=m.redacted_options())
+            for m in self.node.mounts.entries() if admin or access.sees(m.path, who)])
 
     async def Sync(self, request: pb.PathRequest, context: Any) -> pb.SyncResponse:
         return pb.SyncResponse(entries=await _guard(context, lambda: self.node.sync(request.path)))

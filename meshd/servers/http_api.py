@@ -24,6 +24,10 @@
 ``GET  /healthz``                        ``ok``
 =======================================  ====================================
 
+Every path but ``/healthz`` needs a principal (:mod:`meshd.auth.http`): a bearer
+token, or a local connection of the node's own user. Without one: ``401`` with
+``WWW-Authenticate: Bearer``; what a principal may do is checked by the facade.
+
 Zero copy (:mod:`meshd.servers.streaming`, shared with the gateways). A page
 held by the disk tier is sent with ``loop.sendfile`` (the kernel copies page
 file -> socket); pages in memory are written as ``memoryview`` slices without
@@ -40,15 +44,18 @@ the connection; the client sees a short body and raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from meshd import auth
+from meshd.auth.http import principal
 from meshd.core import MeshNode, Segment
-from meshd.errors import InvalidArgument, MeshError, log_internal
+from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
 from meshd.servers.streaming import send_segment, stream_response
 
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(e: BaseException) -> web.Response:
@@ -176,8 +183,26 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    try:
+        p = principal(request, request.app[_NODE].access)
+        if p.kind == "anonymous":
+            raise PermissionDenied(f"{request.path[:200]}: this request carries no credential (Authorization: "
+                                   "Bearer <token>; see THREAT_MODEL.md)")
+    except PermissionDenied as e:
+        auth.refused.warning("http-anon", "HTTP %s %s from %s refused: %s", request.method, request.path[:200],
+                             request.remote, e)
+        return web.json_response({"error": e.kind, "message": str(e)}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer realm="mesh"'})
+    with auth.acting_as(p):
+        return await handler(request)
+
+
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:
-    app = web.Application(client_max_size=0)
+    app = web.Application(client_max_size=0, middlewares=[_authenticate])
     app[_NODE] = node
     app[_RENDER_METRICS] = render_metrics
     app[_USE_SENDFILE] = use_sendfile

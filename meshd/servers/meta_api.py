@@ -44,10 +44,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshd import paths
+from meshd import auth, paths
 from meshd.core import placing
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument
+from meshd.errors import InvalidArgument, PermissionDenied
 from meshd.metadata.shard import FileStatus
 from meshd.metadata.sharded import status_from_wire, status_to_wire
 from meshd.rpc import messages as msg
@@ -185,15 +185,24 @@ OPS: dict[str, str] = {  # wire op -> MetaApi method
 }
 
 
+# Operations only nodes (and operators) may call: they write a shard directly, take quota,
+# drop pages or start loads. Client operations are checked by the facade (meshd/core/node.py).
+TRUSTED_OPS = frozenset({"shard.put", "shard.drop", "shard.forget", "shard.attrs", "shard.set_attrs",
+                         "shard.drop_attrs", "shard.held", "shard.counts", "free", "region.held",
+                         "region.cached", "quota.take", "stage"})
+
+
 def handlers(node: MeshNode, info: Callable[[], dict[str, Any]]) -> dict[str, Handler]:
     """The wire server's handler table: every op of the schema, bound to a :class:`MetaApi`."""
     assert OPS.keys() == msg.OPS.keys(), "the schema and the handlers list different operations"
     api = MetaApi(node, info)
-    return {op: _typed(op, msg.OPS[op], getattr(api, name)) for op, name in OPS.items()}
+    return {op: _typed(op, msg.OPS[op], getattr(api, name), op in TRUSTED_OPS) for op, name in OPS.items()}
 
 
-def _typed(op: str, cls: type[msg.Msg], fn: Callable[[Any], Awaitable[Any]]) -> Handler:
+def _typed(op: str, cls: type[msg.Msg], fn: Callable[[Any], Awaitable[Any]], trusted: bool) -> Handler:
     def handle(args: dict[str, Any]) -> Awaitable[Any]:
+        if trusted and not auth.current().trusted:
+            raise PermissionDenied(f"{op} is for the cluster's nodes and operators, not {auth.current()}")
         return fn(cls.from_wire(args, op))  # no coroutine of its own: the wire awaits fn's
 
     return handle

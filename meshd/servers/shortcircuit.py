@@ -43,10 +43,12 @@ import socket
 import struct
 from collections import OrderedDict
 
+from meshd import auth
+from meshd.auth.peer import is_owner, unix_peer_uid
 from meshd.cache.pages import DiskPage, MemPage, PageKey
 from meshd.core.handle import Segment
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument, MeshError, log_internal
+from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,18 @@ class ShortCircuitServer:
         assert self._sock is not None
         while True:
             conn, _ = await loop.sock_accept(self._sock)
+            if not is_owner(unix_peer_uid(conn)):  # the socket's directory is 0700: not expected
+                auth.refused.warning("sc-peer", "local socket: a connection of uid %s refused (not the node's "
+                                     "user)", unix_peer_uid(conn))
+                conn.close()
+                continue
             conn.setblocking(False)
             task = asyncio.ensure_future(self._serve(conn))
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
+        auth.set_current(auth.OPERATOR)  # the node's own user (checked at accept)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -163,8 +171,16 @@ class ShortCircuitServer:
                 # a client that keeps descriptors (meshfs) gets one for every cached page, however
                 # small the range: the descriptor serves its later reads of the whole page
                 keeps = bool(req.get("fds"))
+                token = req.get("t")
             except (ValueError, KeyError, TypeError):
                 raise InvalidArgument("malformed short-circuit request") from None
+            if token:  # a client holding a token acts as its principal here too
+                p = self.node.access.by_token(str(token))
+                if p is None:
+                    raise PermissionDenied("the token presented is not valid for this node")
+                auth.set_current(p)
+            else:
+                auth.set_current(auth.OPERATOR)
             handle = await self.node.open(path, version=version, size=size)
             stream = await handle.read(offset, length, nocache=bool(req.get("nocache")),
                                        stream_key=req.get("stream") or None)

@@ -1,0 +1,59 @@
+"""Authenticating an aiohttp request (the HTTP data port, and the gateways' own schemes on top).
+
+A request is its ``Authorization: Bearer <token>``'s principal; without one, the
+connection's: the node's owner for a local connection of its user
+(:mod:`meshd.auth.peer`, looked up once per connection), anonymous otherwise.
+A token that is not valid is refused even on a local connection (a client that
+sends one means to be that principal).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from aiohttp import web
+
+from meshd import auth
+from meshd.auth.peer import is_owner, tcp_peer_uid
+from meshd.errors import PermissionDenied
+
+_by_connection: weakref.WeakKeyDictionary[Any, auth.Principal] = weakref.WeakKeyDictionary()
+
+
+def connection_principal(request: web.Request) -> auth.Principal:
+    """OPERATOR for a local connection of the node's user (or root), else ANONYMOUS."""
+    transport = request.transport
+    if transport is None:
+        return auth.ANONYMOUS
+    try:
+        return _by_connection[transport]
+    except (KeyError, TypeError):
+        pass
+    owner = is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname")))
+    p = auth.OPERATOR if owner else auth.ANONYMOUS
+    try:
+        _by_connection[transport] = p
+    except TypeError:
+        pass
+    return p
+
+
+def bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def principal(request: web.Request, access: auth.Access, token: str | None = None) -> auth.Principal:
+    """The request's principal (``token``: one the protocol carries elsewhere, e.g.
+    WebHDFS's ``delegation``). PermissionDenied for a token that is not valid."""
+    token = token or bearer(request)
+    if token:
+        p = access.by_token(token)
+        if p is None:
+            auth.refused.warning("bad-token", "%s %s from %s: invalid token refused", request.method,
+                                 request.path[:200], request.remote)
+            raise PermissionDenied("the token presented is not valid for this node")
+        return p
+    return connection_principal(request)
