@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from dataclasses import replace
 from typing import Any
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--listen", default="0.0.0.0:8888", help="HOST:PORT to serve on (default 0.0.0.0:8888)")
     x.add_argument("--endpoint", help="a mesh node (gRPC host:port or data directory; default: "
                    "$MESH_ENDPOINT, then the default data directory)")
+    x.add_argument("--token-file", metavar="FILE",
+                   help="the operator token to present to the mesh (default: $MESH_TOKEN, $MESH_TOKEN_FILE, "
+                   "credentials.json beside the node's endpoints.json)")
     x.add_argument("--state", metavar="FILE", help="answer from this fixed state document instead of "
                    "a mesh (a dry run; format in meshd/core/placing.py)")
     x.add_argument("--topology", metavar="FILE", help="use this topology file instead of the mesh's")
@@ -71,6 +75,8 @@ def extender(args: argparse.Namespace) -> int:
     from topology.model import TopologyError
     from topology.model import load as load_topology
 
+    if args.token_file:
+        os.environ["MESH_TOKEN_FILE"] = args.token_file
     try:
         topo = load_topology(args.topology) if args.topology else None
     except TopologyError as e:
