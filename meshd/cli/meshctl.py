@@ -382,6 +382,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshctl {__version__}")
     p.add_argument("--endpoint", help="node gRPC host:port or data directory "
                    "(default: $MESH_ENDPOINT, then the default data directory)")
+    from meshd.tls import add_client_flags
+
+    add_client_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
     _add_mount_command(sub)
     _add_file_commands(sub)
@@ -456,6 +459,9 @@ def cmd_topology_apply(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from meshd.tls import apply_client_flags
+
+    apply_client_flags(args)
     if args.command == "completion":
         from meshd.cli.completion import bash_script
 

@@ -54,10 +54,15 @@ from meshd.client.shortcircuit import ShortCircuit
 from meshd.errors import NodeUnavailable
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc.messages import Report
+from meshd.tls import ClientTLS, find_client_tls
 
 
 class MeshClient(Routing, ShortCircuit, HttpData):
-    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True) -> None:
+    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True,
+                 tls: ClientTLS | None = None) -> None:
+        # TLS: as given, else as $MESH_TLS_* / grpcs:// / the node's endpoints.json say (meshd/tls.py)
+        self._tls = tls or find_client_tls(endpoint)
+        self._ssl = self._tls.context() if self._tls is not None else None
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
         self._route = route

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -62,8 +63,10 @@ def page_url(m: Member, path: str, version: str, size: int, index: int) -> str:
 
 
 class Cluster:
-    def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT) -> None:
+    def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.membership = membership
+        self.ssl = ssl_context  # mutual TLS towards peers (meshd.tls.node_client_context), else plain
         self.page_timeout = page_timeout(peer_timeout)
         self.hold = min(HOLD_SECONDS, peer_timeout / 3)  # well inside the silence that means dead
         self.me = membership.me
@@ -158,7 +161,7 @@ class Cluster:
     def wire(self, m: Member) -> WireClient:
         w = self._wires.get(m.node_id)
         if w is None:
-            w = self._wires[m.node_id] = WireClient(m.meta)
+            w = self._wires[m.node_id] = WireClient(m.meta, ssl_context=self.ssl)
         return w
 
     async def call(self, m: Member, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
@@ -182,7 +185,8 @@ class Cluster:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self.page_timeout, auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300))
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300,
+                                               ssl=self.ssl if self.ssl is not None else True))
         return self._session
 
     async def fetch_page(self, m: Member, path: str, version: str, size: int, index: int,
@@ -226,7 +230,8 @@ class Cluster:
 
             session = self._paced[rcvbuf] = aiohttp.ClientSession(
                 timeout=self.page_timeout, auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window))
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window,
+                                               ssl=self.ssl if self.ssl is not None else True))
         return session
 
     @contextlib.asynccontextmanager
