@@ -18,6 +18,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,6 +126,13 @@ def test_certs_init_and_issue_make_private_keys_and_the_right_certificates(pki: 
     r = subprocess.run([*MESHD, "certs", "issue", "--dir", str(ca.parent / "none"), "--name", "x"],
                        capture_output=True, timeout=60)
     assert r.returncode == 2 and b"meshd certs init" in r.stderr, r.stderr
+
+
+def test_certs_without_the_server_extra_names_it(tmp_path: Path) -> None:
+    code = ("import sys\nsys.modules['cryptography'] = None\nfrom meshd.cli.meshd import main\n"
+            f"sys.exit(main(['certs', 'init', '--dir', {str(tmp_path / 'ca')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'datamesh[server]'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_node_refuses_a_tls_config_it_cannot_use(pki: dict[str, Path], tmp_path: Path) -> None:
@@ -276,6 +284,30 @@ def test_sdk_and_fsspec_over_tls(node: MeshdProcess, alice_env: None) -> None:
         assert c._ssl is not None
         assert c.cat("/local/seed.bin") == b"seed " * 1000
         assert c.report()["mounts"] >= 1  # the report: over the metadata wire
+
+
+def test_meshfs_over_tls(node: MeshdProcess, pki: dict[str, Path], tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """meshfs with --tls-* flags: its gRPC and metadata-wire calls go over mutual TLS
+    (bytes through the local socket, which TLS leaves alone)."""
+    from tests.fuse_proc import MeshfsProcess
+
+    for var in ("MESH_TLS_CA", "MESH_TLS_CERT", "MESH_TLS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    cert, key = alice(pki)
+    mnt = tmp_path / "mnt"
+    fs = MeshfsProcess(mnt, node.endpoint, ["--tls-ca", str(pki["ca"] / "ca.pem"), "--tls-cert", cert,
+                                            "--tls-key", key]).start()
+    try:
+        assert (mnt / "local" / "seed.bin").read_bytes() == b"seed " * 1000
+        (mnt / "local" / "fuse.txt").write_bytes(b"through meshfs")
+        assert b"fuse.txt" in subprocess.run([*MESHCTL, "--endpoint", str(node.data_dir), "--tls-cert", cert,
+                                              "--tls-key", key, "ls", "/local"],
+                                             capture_output=True, timeout=60).stdout
+    finally:
+        assert fs.stop() == 0
+    with pytest.raises(RuntimeError, match="did not mount"):  # without a client certificate
+        MeshfsProcess(tmp_path / "mnt2", node.endpoint, ["--tls-ca", str(pki["ca"] / "ca.pem")]).start()
 
 
 def test_sdk_finds_tls_beside_endpoints_json(node: MeshdProcess, pki: dict[str, Path],

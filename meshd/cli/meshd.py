@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         except MeshError as e:
             print(f"meshd: {e}", file=sys.stderr)
             return 2
+        except ImportError as e:  # a client-only install
+            print(f"meshd certs needs the server extra: pip install 'datamesh[server]' ({e})", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "scheduler-extender":
