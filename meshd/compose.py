@@ -50,6 +50,7 @@ from meshd.metadata.shard import MetadataCache
 from meshd.metrics import Metrics, Stats, UnderstoreMetrics
 from meshd.region.federation import EtcdFederation, Federation
 from meshd.region.quota import Quotas, ThrottledStore
+from meshd.tls import node_client_context
 from meshd.understore import UnderStore
 from topology.model import format_size
 
@@ -120,7 +121,8 @@ class Clustered(Mode):
         cc = config.cluster
         self.etcd = etcd
         self.membership = EtcdMembership(etcd, me, cc.lease_ttl)
-        self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout, token=token)
+        self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout, token=token,
+                               ssl_context=node_client_context(config.tls) if config.tls.enabled else None)
         self.federation = Federation(cc.region, Quotas(), self.cluster)
         self.shared = EtcdMounts(etcd, cc.name)
         self.topology = EtcdFederation(etcd, cc.name, self.federation)

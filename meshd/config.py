@@ -146,6 +146,34 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on every TCP listener (docs/TLS.md). ``cert``/``key``: this node's certificate
+    (serverAuth + clientAuth: it is also its peers' client); ``ca``: the cluster CA that
+    peers' and clients' certificates are verified against; ``client_auth``: a client
+    certificate is ``required`` (mutual TLS), ``optional`` or ``none``. Off without ``cert``."""
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    client_auth: str = "required"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+def check_tls(cfg: TlsConfig, where: str = "config") -> None:
+    if cfg.client_auth not in ("required", "optional", "none"):
+        raise InvalidArgument(f"{where}: tls.client_auth must be required, optional or none, "
+                              f"got {cfg.client_auth!r}")
+    if (cfg.cert or cfg.key or cfg.ca) and not (cfg.cert and cfg.key):
+        raise InvalidArgument(f"{where}: tls needs both cert and key (and ca for peers and client certificates)")
+    if cfg.enabled and cfg.client_auth != "none" and not cfg.ca:
+        raise InvalidArgument(f"{where}: tls.client_auth {cfg.client_auth} needs tls.ca (the CA client "
+                              "certificates are verified against); or set client_auth: none")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: str = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
@@ -158,6 +186,7 @@ class NodeConfig:
     webhdfs: WebHdfsConfig = field(default_factory=WebHdfsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -233,9 +262,21 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
         raise InvalidArgument(f"{where}: auth must be a mapping")
     _check_keys(auth_raw, AuthConfig, f"{where}: auth")
     auth = AuthConfig(**{k: str(v) for k, v in auth_raw.items()})
-    node_kw = {k: v for k, v in raw.items() if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth")}
+    tls = _tls_from_dict(raw.get("tls") or {}, where)
+    node_kw = {k: v for k, v in raw.items()
+               if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      webhdfs=webhdfs, cluster=cluster, auth=auth, **node_kw)
+                      webhdfs=webhdfs, cluster=cluster, auth=auth, tls=tls, **node_kw)
+
+
+def _tls_from_dict(raw: Any, where: str) -> TlsConfig:
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: tls must be a mapping")
+    _check_keys(raw, TlsConfig, f"{where}: tls")
+    kw = {k: os.path.expanduser(str(v)) if k != "client_auth" else str(v) for k, v in raw.items() if v is not None}
+    cfg = TlsConfig(**kw)
+    check_tls(cfg, where)
+    return cfg
 
 
 def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:

@@ -17,7 +17,9 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
+import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,7 @@ from meshd.servers.grpc_api import Authenticate, MeshService
 from meshd.servers.http_api import make_app
 from meshd.servers.meta_api import handlers as meta_handlers
 from meshd.servers.shortcircuit import ShortCircuitServer
+from meshd.tls import grpc_server_credentials, server_context
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class Daemon:
         self._runners: list[web.AppRunner] = []  # HTTP, S3, WebHDFS
         self._authn: Authenticate | None = None
         self._refresh: asyncio.Task[None] | None = None
+        # TLS on every TCP listener when tls.cert is configured (docs/TLS.md)
+        self._ssl: ssl.SSLContext | None = server_context(config.tls) if config.tls.enabled else None
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -137,15 +142,18 @@ class Daemon:
         socks = self._socks
         socks["http"] = _bind(cfg.host, cfg.http_port)
         socks["meta"] = _bind(cfg.host, cfg.cluster.meta_port)
-        http_url = f"http://{host}:{socks['http'].getsockname()[1]}"
+        scheme = "https" if self._ssl is not None else "http"
+        http_url = f"{scheme}://{host}:{socks['http'].getsockname()[1]}"
         self.endpoints = {"grpc": f"{host}:{self._listen_grpc()}", "http": http_url,
                           "meta": f"{host}:{socks['meta'].getsockname()[1]}", "metrics": f"{http_url}/metrics",
                           "local": os.path.join(self.data_dir, "local.sock")}
+        if self._ssl is not None:  # grpc and meta stay host:port; this key says they speak TLS
+            self.endpoints["tls"] = cfg.tls.client_auth
         gateways = (("s3", cfg.s3.enabled, cfg.s3.port), ("webhdfs", cfg.webhdfs.enabled, cfg.webhdfs.port))
         for name, enabled, port in gateways:
             if enabled:
                 socks[name] = _bind(cfg.host, port)
-                self.endpoints[name] = f"http://{host}:{socks[name].getsockname()[1]}"
+                self.endpoints[name] = f"{scheme}://{host}:{socks[name].getsockname()[1]}"
 
     def _listen_grpc(self) -> int:
         cfg = self.config
@@ -155,7 +163,10 @@ class Daemon:
                                      interceptors=[authn])
         bind = f"[{cfg.host}]:{cfg.grpc_port}" if ":" in cfg.host else f"{cfg.host}:{cfg.grpc_port}"
         try:
-            authn.port = int(self._grpc.add_insecure_port(bind))
+            if cfg.tls.enabled:
+                authn.port = int(self._grpc.add_secure_port(bind, grpc_server_credentials(cfg.tls)))
+            else:
+                authn.port = int(self._grpc.add_insecure_port(bind))
             return authn.port
         except RuntimeError as e:
             raise InvalidArgument(f"cannot listen on {bind} for gRPC: {e}") from None
@@ -165,9 +176,9 @@ class Daemon:
         assert self._grpc is not None
         pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
         await self._grpc.start()
-        self._wire = WireServer(meta_handlers(node, self._info), node.access)
+        self._wire = WireServer(meta_handlers(node, self._info), node.access, ssl_context=self._ssl)
         await self._wire.start(socks["meta"])
-        app = make_app(node, parts.metrics.render)
+        app = make_app(node, parts.metrics.render, use_sendfile=self._ssl is None)  # no sendfile under TLS
         app.router.add_get("/", self._index)
         await self._site(app, socks["http"])
         self._sc = ShortCircuitServer(node, self.endpoints["local"])
@@ -191,7 +202,7 @@ class Daemon:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._runners.append(runner)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self._ssl).start()
 
     async def _start_s3(self, node: MeshNode, sock: socket.socket) -> None:
         """The S3 gateway (gateway/) on its own port."""
@@ -246,7 +257,18 @@ class Daemon:
                 "members": [{"node_id": m.node_id, "grpc": m.grpc, "http": m.http, "meta": m.meta,
                              "capacity": m.capacity, "endpoints": m.endpoints} for m in ms.members.values()]}
 
+    def _publish_ca(self) -> None:
+        """With TLS, the CA beside endpoints.json (``DATA_DIR/tls/ca.pem``): local clients
+        that find the node there find what to verify it with (meshd.tls.find_client_tls)."""
+        tls_dir = os.path.join(self.data_dir, "tls")
+        os.makedirs(tls_dir, mode=0o700, exist_ok=True)
+        if self.config.tls.ca:
+            shutil.copyfile(self.config.tls.ca, os.path.join(tls_dir, "ca.pem.tmp"))
+            os.replace(os.path.join(tls_dir, "ca.pem.tmp"), os.path.join(tls_dir, "ca.pem"))
+
     def _publish(self) -> None:
+        if self._ssl is not None:
+            self._publish_ca()
         path = os.path.join(self.data_dir, "endpoints.json")
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

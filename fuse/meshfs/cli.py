@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "umount":
         return _umount(args.mountpoint)
+    from meshd.tls import apply_client_flags
+
+    apply_client_flags(args)
     if args.command == "drop-cache":
         return _drop_cache(args.mountpoint)
     if args.ttl < 0 or args.max_ttl < 0 or args.timeout <= 0:
@@ -232,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--token-file", metavar="FILE",
                    help="the credential meshfs presents for every user of the mount (default: $MESH_TOKEN, "
                    "$MESH_TOKEN_FILE, then credentials.json beside the node's endpoints.json)")
+    from meshd.tls import add_client_flags
+
+    add_client_flags(m)
     m.add_argument("--ttl", type=float, default=1.0,
                    help="seconds statuses and listings are kept here and in the kernel (default 1); "
                         "longer on mounts whose sync_interval is longer, and an open always "

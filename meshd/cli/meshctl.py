@@ -385,6 +385,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="FILE",
                    help="the credential to present: a token file or a credentials.json (default: "
                    "$MESH_TOKEN, $MESH_TOKEN_FILE, then credentials.json beside the node's endpoints.json)")
+    from meshd.tls import add_client_flags
+
+    add_client_flags(p)
     sub = p.add_subparsers(dest="command", required=True)
     t = _command(sub, "token", "make a new access token: the token for its holder, the hash for the access file")
     t.add_argument("what", choices=["new"], help="new: print a new random token and its sha256 hash")
@@ -461,6 +464,9 @@ def cmd_topology_apply(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from meshd.tls import apply_client_flags
+
+    apply_client_flags(args)
     if args.command == "completion":
         from meshd.cli.completion import bash_script
 

@@ -62,6 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--first-wait", type=float, default=0.5,
                    help="seconds a scheduling call waits for a dataset set never seen before (0.5)")
     x.add_argument("--log-level", default="INFO")
+    x.add_argument("--tls-cert", help="serve HTTPS with this certificate (with --tls-key)")
+    x.add_argument("--tls-key", help="the certificate's key")
+    x.add_argument("--tls-ca", help="require client certificates from this CA")
+    ct = sub.add_parser("certs", help="make a cluster CA and node/client certificates (docs/TLS.md)")
+    cs = ct.add_subparsers(dest="certs_command", required=True)
+    ci = cs.add_parser("init", help="create a cluster CA: DIR/ca.pem, DIR/ca.key (0600)")
+    ci.add_argument("--dir", required=True, help="directory for the CA (made 0700)")
+    ci.add_argument("--name", default="meshd cluster CA", help="the CA's common name")
+    ci.add_argument("--days", type=int, default=3650, help="validity in days (3650)")
+    ci.add_argument("--force", action="store_true", help="replace an existing CA")
+    cis = cs.add_parser("issue", help="issue DIR/NAME.pem and DIR/NAME.key from the CA in DIR")
+    cis.add_argument("--dir", required=True, help="the CA's directory (meshd certs init)")
+    who = cis.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="a node certificate (serverAuth + clientAuth) with this CN")
+    who.add_argument("--client", metavar="NAME", help="a client certificate (clientAuth) with this CN")
+    cis.add_argument("--host", default="", help="node: host names and IP addresses it is reached at, "
+                     "comma-separated (localhost, 127.0.0.1 and ::1 are always added)")
+    cis.add_argument("--days", type=int, default=825, help="validity in days (825)")
     c = sub.add_parser("completion", help="print a shell completion script: source <(meshd completion bash)")
     c.add_argument("shell", choices=["bash"], help="the shell (bash; zsh through bashcompinit)")
     return p
@@ -108,7 +126,16 @@ def extender(args: argparse.Namespace) -> int:
             return await asyncio.to_thread(ask, names)
 
     try:
-        asyncio.run(serve(args.listen, fetch, topo, args.ttl, args.first_wait))
+        ssl_ctx = None
+        if args.tls_cert or args.tls_key or args.tls_ca:
+            from meshd.config import TlsConfig, check_tls
+            from meshd.tls import server_context
+
+            tls = TlsConfig(cert=args.tls_cert or "", key=args.tls_key or "", ca=args.tls_ca or "",
+                            client_auth="required" if args.tls_ca else "none")
+            check_tls(tls, "flags")
+            ssl_ctx = server_context(tls)
+        asyncio.run(serve(args.listen, fetch, topo, args.ttl, args.first_wait, ssl_context=ssl_ctx))
     except ValueError as e:
         print(f"meshd: {e}", file=sys.stderr)
         return 2
@@ -142,7 +169,27 @@ def _node_flags(e: argparse.ArgumentParser) -> None:
     e.add_argument("--access", metavar="FILE",
                    help="the access file: tenants, their credentials and path rules (reloaded when it "
                    "changes; THREAT_MODEL.md)")
+    e.add_argument("--tls-cert", help="TLS on every TCP port with this node certificate (docs/TLS.md)")
+    e.add_argument("--tls-key", help="the node certificate's key")
+    e.add_argument("--tls-ca", help="the cluster CA: peers and client certificates are verified against it")
+    e.add_argument("--tls-client-auth", choices=["required", "optional", "none"],
+                   help="client certificates: required (mutual TLS, the default), optional or none")
     e.add_argument("--log-level", default="INFO")
+
+
+def certs(args: argparse.Namespace) -> int:
+    from meshd.tls import init_ca, issue
+
+    if args.certs_command == "init":
+        path = init_ca(args.dir, args.name, args.days, args.force)
+        print(f"cluster CA: {path} (key {args.dir}/ca.key, mode 0600: keep it off the nodes "
+              "if you can; it issues every identity)")
+        return 0
+    name = args.name or args.client
+    cert, key = issue(args.dir, name, [h for h in args.host.split(",") if h.strip()],
+                      client_only=args.client is not None, days=args.days)
+    print(f"{'client' if args.client else 'node'} certificate {name}: {cert} (key {key}, mode 0600)")
+    return 0
 
 
 def build_config(args: argparse.Namespace) -> NodeConfig:
@@ -178,6 +225,14 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
         cfg = replace(cfg, webhdfs=replace(cfg.webhdfs, port=args.webhdfs_port))
     if args.no_webhdfs:
         cfg = replace(cfg, webhdfs=replace(cfg.webhdfs, enabled=False))
+    if args.tls_cert or args.tls_key or args.tls_ca or args.tls_client_auth:
+        from meshd.config import check_tls
+
+        t = cfg.tls
+        t = replace(t, cert=args.tls_cert or t.cert, key=args.tls_key or t.key, ca=args.tls_ca or t.ca,
+                    client_auth=args.tls_client_auth or t.client_auth)
+        check_tls(t, "flags")
+        cfg = replace(cfg, tls=t)
     if args.command == "run":
         cc = cfg.cluster
         labels = dict(cc.labels)
@@ -211,6 +266,15 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(bash_script(_parser(), "meshd"))
         return 0
+    if args.command == "certs":
+        try:
+            return certs(args)
+        except MeshError as e:
+            print(f"meshd: {e}", file=sys.stderr)
+            return 2
+        except ImportError as e:  # a client-only install
+            print(f"meshd certs needs the server extra: pip install 'datamesh[server]' ({e})", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "scheduler-extender":

@@ -79,7 +79,7 @@ def find_endpoint(endpoint: str | None = None) -> str:
                                   "--endpoint, endpoint= in Python and fsspec, or $MESH_ENDPOINT)") from None
         except (ValueError, KeyError) as e:
             raise NodeUnreachable(f"{candidate} is not a valid endpoints.json: {e}") from None
-    if candidate.startswith(("http://", "grpc://")):
+    if candidate.startswith(("http://", "grpc://", "https://", "grpcs://")):  # grpcs, https: TLS (meshd.tls)
         candidate = urlsplit(candidate).netloc
     return candidate
 
@@ -111,6 +111,8 @@ class ClientState:
     _local_sock: str
     _http_host: str
     _http_port: int
+    _tls: Any  # meshd.tls.ClientTLS when the node speaks TLS, else None
+    _ssl: Any  # its ssl.SSLContext (HTTPS, metadata wire), else None
 
 
 __all__ = ["CHUNK", "ClientState", "NodeUnreachable", "Piece", "ReadCut", "Status", "find_endpoint",

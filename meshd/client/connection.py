@@ -35,8 +35,10 @@ _GRPC_TO_KIND = {
 class Connection(ClientState):
     def _connect(self, endpoint: str) -> None:
         """Talk to the node at gRPC ``endpoint`` from now on (raises NodeUnreachable)."""
-        channel = grpc.insecure_channel(endpoint, options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        tls = getattr(self, "_tls", None)
+        channel = (grpc.secure_channel(endpoint, tls.grpc_credentials(), options=options) if tls is not None
+                   else grpc.insecure_channel(endpoint, options=options))
         stub = pb_grpc.MeshStub(channel)
         try:
             info = stub.GetInfo(pb.Empty(), timeout=min(self.timeout, 10.0), metadata=self._auth_md)
@@ -44,7 +46,9 @@ class Connection(ClientState):
             channel.close()
             if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 raise self._error(e) from None
-            raise NodeUnreachable(f"node at {endpoint} is unreachable: {e.details()}") from None
+            hint = (" (over TLS without a client certificate: give one with --tls-cert/--tls-key or "
+                    "$MESH_TLS_CERT/$MESH_TLS_KEY if the node requires it)" if tls is not None and not tls.cert else "")
+            raise NodeUnreachable(f"node at {endpoint} is unreachable: {e.details()}{hint}") from None
         old = getattr(self, "_channel", None)
         self.endpoint, self._channel, self._stub = endpoint, channel, stub
         self._local = threading.local()  # per-thread connections belong to the old node
@@ -63,7 +67,8 @@ class Connection(ClientState):
     def _wire(self, address: str) -> SyncWireClient:
         w = self._wires.get(address)
         if w is None:
-            w = self._wires[address] = SyncWireClient(address, self.timeout, token=self.token)
+            w = self._wires[address] = SyncWireClient(address, self.timeout, ssl_context=getattr(self, "_ssl", None),
+                                                      token=self.token)
         return w
 
     def _learn_members(self) -> None:

@@ -25,7 +25,10 @@ class HttpData(ClientState):
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPConnection(self._http_host, self._http_port, timeout=self.timeout)
+            ctx = getattr(self, "_ssl", None)
+            conn = (http.client.HTTPSConnection(self._http_host, self._http_port, timeout=self.timeout, context=ctx)
+                    if ctx is not None else
+                    http.client.HTTPConnection(self._http_host, self._http_port, timeout=self.timeout))
             self._local.conn = conn
         return conn
 

@@ -55,13 +55,17 @@ from meshd.client.shortcircuit import ShortCircuit
 from meshd.errors import NodeUnavailable
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc.messages import Report
+from meshd.tls import ClientTLS, find_client_tls
 
 
 class MeshClient(Routing, ShortCircuit, HttpData):
     def __init__(self, endpoint: str | None = None, timeout: float = 60.0, *, route: bool = True,
-                 token: str | None = None) -> None:
+                 token: str | None = None, tls: ClientTLS | None = None) -> None:
         self.token = find_token(endpoint, token)  # None: only the node's own user gets in
         self._auth_md = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        # TLS: as given, else as $MESH_TLS_* / grpcs:// / the node's endpoints.json say (meshd/tls.py)
+        self._tls = tls or find_client_tls(endpoint)
+        self._ssl = self._tls.context() if self._tls is not None else None
         self.endpoint = find_endpoint(endpoint)
         self.timeout = timeout
         self._route = route

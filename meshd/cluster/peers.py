@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -63,10 +64,11 @@ def page_url(m: Member, path: str, version: str, size: int, index: int) -> str:
 
 class Cluster:
     def __init__(self, membership: Membership, vnodes: int = 128, peer_timeout: float = PEER_TIMEOUT,
-                 token: str = "") -> None:
+                 token: str = "", ssl_context: ssl.SSLContext | None = None) -> None:
         self.membership = membership
         self.token = token  # the cluster token: what this node presents to its peers
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl = ssl_context  # mutual TLS towards peers (meshd.tls.node_client_context), else plain
         self.page_timeout = page_timeout(peer_timeout)
         self.hold = min(HOLD_SECONDS, peer_timeout / 3)  # well inside the silence that means dead
         self.me = membership.me
@@ -161,7 +163,7 @@ class Cluster:
     def wire(self, m: Member) -> WireClient:
         w = self._wires.get(m.node_id)
         if w is None:
-            w = self._wires[m.node_id] = WireClient(m.meta, token=self.token or None)
+            w = self._wires[m.node_id] = WireClient(m.meta, ssl_context=self.ssl, token=self.token or None)
         return w
 
     async def call(self, m: Member, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
@@ -185,7 +187,8 @@ class Cluster:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self.page_timeout, auto_decompress=False, headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300))
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, ttl_dns_cache=300,
+                                               ssl=self.ssl if self.ssl is not None else True))
         return self._session
 
     async def fetch_page(self, m: Member, path: str, version: str, size: int, index: int,
@@ -229,7 +232,8 @@ class Cluster:
 
             session = self._paced[rcvbuf] = aiohttp.ClientSession(
                 timeout=self.page_timeout, auto_decompress=False, headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window))
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, socket_factory=small_window,
+                                               ssl=self.ssl if self.ssl is not None else True))
         return session
 
     @contextlib.asynccontextmanager

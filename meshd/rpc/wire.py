@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from meshd.errors import (
     from_kind,
     log_internal,
 )
+from meshd.tls import peer_identity
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,13 @@ class _ServerProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.peer: str | None = None  # the verified client certificate's CN (TLS), else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._live.add(self)
+        self.peer = peer_identity(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -166,15 +170,18 @@ class _ServerProtocol(asyncio.Protocol):
 
 
 class WireServer:
-    def __init__(self, handlers: dict[str, Handler], access: auth.Access | None = None) -> None:
+    def __init__(self, handlers: dict[str, Handler], access: auth.Access | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.handlers = handlers
         self.access = access
+        self.ssl = ssl_context  # TLS on the listener (meshd.tls.server_context)
         self._server: asyncio.base_events.Server | None = None
         self._live: set[_ServerProtocol] = set()
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ServerProtocol(self.handlers, self._live, self.access), sock=sock)
+        self._server = await loop.create_server(
+            lambda: _ServerProtocol(self.handlers, self._live, self.access), sock=sock, ssl=self.ssl)
 
     async def stop(self) -> None:
         """Stop listening and cut every connection: callers fail over at once."""
@@ -229,8 +236,10 @@ class _ClientProtocol(asyncio.Protocol):
 class WireClient:
     """Async client for one peer: one connection, many requests in flight."""
 
-    def __init__(self, address: str, connect_timeout: float = 2.0, token: str | None = None) -> None:
+    def __init__(self, address: str, connect_timeout: float = 2.0, ssl_context: ssl.SSLContext | None = None,
+                 token: str | None = None) -> None:
         self.address = address
+        self._ssl = ssl_context
         self._token = token
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
@@ -257,9 +266,10 @@ class WireClient:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _ClientProtocol(self), self._host, self._port),
+                loop.create_connection(lambda: _ClientProtocol(self), self._host, self._port,
+                                       ssl=self._ssl, server_hostname=self._host if self._ssl else None),
                 self._connect_timeout)
-        except (TimeoutError, OSError) as e:
+        except (TimeoutError, OSError) as e:  # ssl.SSLError is an OSError
             raise NodeUnavailable(f"cannot connect to {self.address}: {e or 'timed out'}") from None
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -300,8 +310,10 @@ class WireClient:
 class SyncWireClient:
     """Blocking client (meshctl, fsspec, benchmarks): one connection per thread."""
 
-    def __init__(self, address: str, timeout: float = 60.0, token: str | None = None) -> None:
+    def __init__(self, address: str, timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None,
+                 token: str | None = None) -> None:
         self.address = address
+        self._ssl = ssl_context
         self._token = token
         host, _, port = address.rpartition(":")
         self._addr = (host.strip("[]"), int(port))
@@ -313,6 +325,12 @@ class SyncWireClient:
         if sock is None:
             try:
                 sock = socket.create_connection(self._addr, timeout=self._timeout)
+                if self._ssl is not None:
+                    try:
+                        sock = self._ssl.wrap_socket(sock, server_hostname=self._addr[0])
+                    except OSError:
+                        sock.close()
+                        raise
             except OSError as e:
                 raise NodeUnavailable(f"cannot connect to {self.address}: {e}") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

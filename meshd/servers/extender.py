@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -365,8 +366,10 @@ def make_app(cache: StateCache) -> web.Application:
 
 
 async def serve(listen: str, fetch: Callable[[list[str]], Awaitable[dict[str, Any]]],
-                topology: Topology | None = None, ttl: float = 10.0, first_wait: float = 0.5) -> None:
-    """Serve until SIGTERM/SIGINT; prints ``listening on http://host:port`` once bound."""
+                topology: Topology | None = None, ttl: float = 10.0, first_wait: float = 0.5,
+                ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; prints ``listening on http://host:port`` once bound
+    (``https://`` with ``ssl_context``: meshd scheduler-extender --tls-cert)."""
     import signal
 
     host, sep, port = listen.rpartition(":")
@@ -375,11 +378,12 @@ async def serve(listen: str, fetch: Callable[[list[str]], Awaitable[dict[str, An
     cache = StateCache(fetch, topology, ttl, first_wait)
     runner = web.AppRunner(make_app(cache), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))
+    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port), ssl_context=ssl_context)
     await site.start()
     server = getattr(site, "_server", None)
     bound = server.sockets[0].getsockname() if server is not None and server.sockets else (host, port)
-    print(f"scheduler extender listening on http://{bound[0]}:{bound[1]}", flush=True)
+    scheme = "https" if ssl_context is not None else "http"
+    print(f"scheduler extender listening on {scheme}://{bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
