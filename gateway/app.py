@@ -90,17 +90,19 @@ class Gateway:
             tenant = self.node.access.tenants.get("anonymous")
             return mauth.Principal("tenant", "anonymous", "anonymous") if tenant else \
                 mauth.Principal("operator", "anonymous (s3.allow_anonymous)")
-        return mauth.OPERATOR  # the node's own user, with no key configured (see anonymous_ok)
+        # the node's own user or a client certificate's holder, with no key configured (anonymous_ok)
+        return connection_principal(request, self.node.access)
 
     def anonymous_ok(self, request: web.Request) -> bool:
         """Unsigned requests: where the operator allows them (``allow_anonymous: true``),
         or, while no S3 key is configured at all, from the node's own user on this machine
-        (a first try needs no keys; anyone else signs with DATA_DIR/credentials.json's)."""
+        (a first try needs no keys; anyone else signs with DATA_DIR/credentials.json's), or
+        from the holder of a client certificate of the cluster's CA (mutual TLS)."""
         if self.cfg.allow_anonymous is not None:
             return self.cfg.allow_anonymous
         access = self.node.access
         configured = bool(self.cfg.access_keys) or any(t.s3_keys for t in access.tenants.values())
-        return not configured and connection_principal(request).kind == "operator"
+        return not configured and connection_principal(request, access).kind != "anonymous"
 
     # ---- request parsing ---------------------------------------------------
 

@@ -158,8 +158,8 @@ class WebHdfsBase:
         tenant = self.node.access.webhdfs_user(user)
         if tenant is not None:
             auth.set_current(tenant)
-        elif connection_principal(request).kind == "operator":
-            auth.set_current(auth.OPERATOR)
+        elif (conn := connection_principal(request, self.node.access)).kind != "anonymous":
+            auth.set_current(conn)  # the node's own user, or a client certificate's holder
         elif caller and caller in self.cfg.users:
             auth.set_current(auth.Principal("operator", f"webhdfs user {caller}"))
         else:

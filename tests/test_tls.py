@@ -480,3 +480,27 @@ def test_plain_clients_are_unchanged_without_tls(meshd: Callable[..., MeshdProce
     assert not (p.data_dir / "tls").exists()
     assert find_client_tls(p.endpoint) is None  # a bare address: plain text
     assert find_client_tls("grpcs://" + p.endpoint) is not None  # unless it says grpcs://
+
+
+def test_a_client_certificate_is_an_identity(pki: dict[str, Path], tmp_path: Path) -> None:
+    """A verified client certificate is its holder's credential: a tenant's when its CN is
+    listed under one in the access file, else an operator's (the CA is the operator's).
+    It decides before the connection's local user does: the test runs as the node's user."""
+    ca = pki["ca"]
+    certs("issue", "--dir", str(ca), "--client", "carol")
+    access = tmp_path / "access.yaml"
+    access.write_text("tenants:\n  team:\n    certificates: [alice]\n"
+                      "    rules: [{path: /local, allow: read}]\n")
+    p = MeshdProcess(tmp_path / "data", [], [*tls_args(pki), "--access", str(access)]).start()
+    try:
+        (tmp_path / "data" / "local-store" / "seed.bin").write_bytes(b"seed")
+        verify, url = str(ca / "ca.pem"), p.http + "/v1/files/local/"
+        carol = (str(ca / "carol.pem"), str(ca / "carol.key"))
+        assert requests.get(url + "seed.bin", verify=verify, cert=alice(pki), timeout=60).content == b"seed"
+        r = requests.put(url + "by-alice.bin", data=b"x", verify=verify, cert=alice(pki), timeout=60)
+        assert r.status_code == 403 and r.json()["error"] == "PermissionDenied", r.text
+        r = requests.put(url + "by-carol.bin", data=b"x", verify=verify, cert=carol, timeout=60)
+        assert r.status_code == 201, r.text
+        assert not (tmp_path / "data" / "local-store" / "by-alice.bin").exists()
+    finally:
+        p.stop()

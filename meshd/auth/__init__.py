@@ -106,6 +106,7 @@ class Tenant:
     token_hashes: set[str] = field(default_factory=set)
     s3_keys: dict[str, str] = field(default_factory=dict)
     webhdfs_users: set[str] = field(default_factory=set)
+    certificates: set[str] = field(default_factory=set)  # client certificate CNs (mutual TLS)
 
     def level(self, path: str) -> int:
         """The longest rule at or above ``path`` decides (of two for the same path, the later)."""
@@ -180,10 +181,10 @@ def parse_access(raw: Any, where: str) -> tuple[dict[str, Tenant], set[str]]:
         w = f"{where}: tenants.{name}"
         if not isinstance(t, dict):
             raise InvalidArgument(f"{w}: expected a mapping")
-        unknown = set(t) - {"tokens", "s3_keys", "webhdfs_users", "rules"}
+        unknown = set(t) - {"tokens", "s3_keys", "webhdfs_users", "certificates", "rules"}
         if unknown:
             raise InvalidArgument(f"{w}: unknown key(s) {', '.join(sorted(unknown))}; "
-                                  "known: rules, s3_keys, tokens, webhdfs_users")
+                                  "known: certificates, rules, s3_keys, tokens, webhdfs_users")
         tenant = Tenant(str(name))
         tenant.token_hashes = {_hash(h, f"{w}.tokens") for h in _list(t.get("tokens"), f"{w}.tokens")}
         keys = t.get("s3_keys") or {}
@@ -198,6 +199,7 @@ def parse_access(raw: Any, where: str) -> tuple[dict[str, Tenant], set[str]]:
             seen_keys.add(str(ak))
             tenant.s3_keys[str(ak)] = secret
         tenant.webhdfs_users = {str(u) for u in _list(t.get("webhdfs_users"), f"{w}.webhdfs_users")}
+        tenant.certificates = {str(u) for u in _list(t.get("certificates"), f"{w}.certificates")}
         for i, r in enumerate(_list(t.get("rules"), f"{w}.rules")):
             if not isinstance(r, dict) or set(r) != {"path", "allow"}:
                 raise InvalidArgument(f"{w}.rules[{i}]: expected {{path: /mesh/path, allow: read|write|admin|none}}")
@@ -280,6 +282,17 @@ class Access:
             if any(hmac.compare_digest(h, x) for x in t.token_hashes):
                 return Principal("tenant", f"token of {t.name}", t.name)
         return None
+
+    def by_certificate(self, cn: str | None) -> Principal | None:
+        """A client certificate the node verified against the cluster CA (mutual TLS): a
+        tenant's if its CN is listed under one, else an operator's (the CA is the
+        operator's: every certificate it issued was granted by one)."""
+        if not cn:
+            return None
+        for t in self.tenants.values():
+            if cn in t.certificates:
+                return Principal("tenant", f"certificate {cn}", t.name)
+        return Principal("operator", f"certificate {cn}")
 
     def s3_key(self, access_key: str) -> tuple[str, Principal] | None:
         """(secret, principal) of an S3 access key."""

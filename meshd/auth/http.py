@@ -17,12 +17,14 @@ from aiohttp import web
 from meshd import auth
 from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.errors import PermissionDenied
+from meshd.tls import peer_identity
 
 _by_connection: weakref.WeakKeyDictionary[Any, auth.Principal] = weakref.WeakKeyDictionary()
 
 
-def connection_principal(request: web.Request) -> auth.Principal:
-    """OPERATOR for a local connection of the node's user (or root), else ANONYMOUS."""
+def connection_principal(request: web.Request, access: auth.Access | None = None) -> auth.Principal:
+    """The principal of the connection: its verified client certificate's (mutual TLS),
+    else OPERATOR for a local connection of the node's user (or root), else ANONYMOUS."""
     transport = request.transport
     if transport is None:
         return auth.ANONYMOUS
@@ -30,8 +32,10 @@ def connection_principal(request: web.Request) -> auth.Principal:
         return _by_connection[transport]
     except (KeyError, TypeError):
         pass
-    owner = is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname")))
-    p = auth.OPERATOR if owner else auth.ANONYMOUS
+    p = access.by_certificate(peer_identity(transport)) if access is not None else None
+    if p is None:
+        owner = is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname")))
+        p = auth.OPERATOR if owner else auth.ANONYMOUS
     try:
         _by_connection[transport] = p
     except TypeError:
@@ -56,4 +60,4 @@ def principal(request: web.Request, access: auth.Access, token: str | None = Non
                                  request.path[:200], request.remote)
             raise PermissionDenied("the token presented is not valid for this node")
         return p
-    return connection_principal(request)
+    return connection_principal(request, access)

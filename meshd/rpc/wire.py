@@ -101,8 +101,12 @@ class _ServerProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._access is not None and is_owner(tcp_peer_uid(transport.get_extra_info("peername"),
-                                                              transport.get_extra_info("sockname"))):
+        if self._access is None:
+            return
+        by_cert = self._access.by_certificate(self.peer)
+        if by_cert is not None:
+            self.principal = by_cert
+        elif is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))):
             self.principal = auth.OPERATOR
 
     def _auth(self, args: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_inter
 from meshd.metadata.shard import FileStatus
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
+from meshd.tls import peer_identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +87,9 @@ class Authenticate(grpc.aio.ServerInterceptor):
                 return p
             auth.refused.warning("grpc-token", "gRPC call from %s: invalid token refused", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token presented is not valid for this node")
+        by_cert = self.access().by_certificate(peer_identity(context))
+        if by_cert is not None:
+            return by_cert
         peer = _peer(context.peer())
         if peer is not None and is_owner(tcp_peer_uid(peer, (peer[0], self.port))):
             return auth.OPERATOR
