@@ -243,7 +243,8 @@ def warn_memory_capacity(capacity: int) -> None:
 def access_of(config: NodeConfig, node_token: str = "") -> auth.Access:
     """Who may use the node: its own credentials (``DATA_DIR/credentials.json``, made on
     first start), the cluster token, the S3 keys of the config, the access file."""
-    creds = credentials.ensure(os.path.abspath(config.data_dir))
+    creds = credentials.ensure(os.path.abspath(config.data_dir),
+                               credentials.derived(node_token) if node_token else None)
     return auth.Access(operator_hashes={auth.token_hash(creds["token"])},
                        node_hashes={auth.token_hash(node_token)} if node_token else set(),
                        operator_keys={**config.s3.access_keys, creds["s3_access_key"]: creds["s3_secret_key"]},

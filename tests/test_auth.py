@@ -241,6 +241,12 @@ def test_cluster_nodes_present_the_cluster_token_and_strangers_are_refused(
     for name in ("wire_stat", "wire_put", "wire_quota"):
         assert out[name]["e"] == "PermissionDenied", (name, out[name])
     assert out["grpc_read"][0] == "UNAUTHENTICATED"
+    # one operator credential for the whole cluster: a's token opens b
+    creds = json.loads((a.data_dir / "credentials.json").read_text())
+    assert creds == json.loads((b.data_dir / "credentials.json").read_text())
+    out = as_nobody(ATTACKS, {"EP": json.dumps({**b.endpoints, "s3": b.endpoints["http"],
+                                                "webhdfs": b.endpoints["http"]}), "ATTACK_TOKEN": creds["token"]})
+    assert out["grpc_info"][0] == "OK" and "r" in out["wire_report"], out
 
 
 # ---- tenants: one matrix, every front end -----------------------------------------------

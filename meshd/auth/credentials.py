@@ -6,7 +6,8 @@
      "s3_access_key": "...", "s3_secret_key": "..."}   # an operator S3 key pair
 
 It is made the first time a node starts on a data directory and kept across
-restarts. Its owner (who runs meshd) needs neither: local connections of that
+restarts. In a cluster every node holds the same one, derived from the cluster
+token (:func:`derived`): a client may present it to any member. Its owner (who runs meshd) needs neither: local connections of that
 user are recognised (:mod:`meshd.auth.peer`). Another user, another machine or
 another network namespace presents the token (``Authorization: Bearer``, gRPC
 metadata ``authorization``, the metadata wire's ``auth``, WebHDFS
@@ -21,6 +22,9 @@ pointed at no node (a bare ``host:port`` is sent no token it did not ask for).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -35,21 +39,34 @@ def new_token() -> str:
     return "mesh_" + secrets.token_urlsafe(32)
 
 
-def ensure(data_dir: str) -> dict[str, str]:
-    """The node's credentials, made (0600) on first start."""
+def derived(cluster_token: str) -> dict[str, str]:
+    """A cluster's operator credentials, the same on every node: derived from the cluster
+    token (HMAC-SHA256, one way: an operator token does not reveal the cluster token)."""
+    def part(label: str) -> bytes:
+        return hmac.new(cluster_token.encode(), b"mesh operator " + label.encode(), hashlib.sha256).digest()
+
+    return {"token": "mesh_" + base64.urlsafe_b64encode(part("token")).decode().rstrip("="),
+            "s3_access_key": "MESH" + part("s3 key").hex()[:16].upper(),
+            "s3_secret_key": base64.urlsafe_b64encode(part("s3 secret")).decode().rstrip("=")}
+
+
+def ensure(data_dir: str, preset: dict[str, str] | None = None) -> dict[str, str]:
+    """The node's credentials, made (0600) on first start; ``preset``: the cluster's
+    (:func:`derived`), written if the file does not hold them already."""
     path = os.path.join(data_dir, FILE)
     try:
         with open(path) as f:
             d = json.load(f)
         if isinstance(d, dict) and all(isinstance(d.get(k), str) and d.get(k)
-                                       for k in ("token", "s3_access_key", "s3_secret_key")):
+                                       for k in ("token", "s3_access_key", "s3_secret_key")) \
+                and (preset is None or d == preset):
             if os.stat(path).st_mode & 0o077:
                 os.chmod(path, 0o600)
             return {k: str(v) for k, v in d.items()}
     except (FileNotFoundError, ValueError):
         pass
-    d = {"token": new_token(), "s3_access_key": "MESH" + secrets.token_hex(8).upper(),
-         "s3_secret_key": secrets.token_urlsafe(30)}
+    d = preset or {"token": new_token(), "s3_access_key": "MESH" + secrets.token_hex(8).upper(),
+                   "s3_secret_key": secrets.token_urlsafe(30)}
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
