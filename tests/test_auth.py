@@ -39,6 +39,7 @@ from meshd.rpc.wire import SyncWireClient
 from tests.conftest import wait_until
 from tests.fuse_proc import MeshfsProcess
 from tests.meshd_proc import MESHCTL, MeshdProcess
+from tests.netns import Regions
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 PY = sys.executable
@@ -176,6 +177,29 @@ def test_a_second_local_user_without_a_credential_is_refused_everywhere(
     with n.client() as c:  # the node's own user needs nothing
         assert c.cat("/data/pub/f.txt") == b"hello"
         assert [m.path for m in c.mounts()] == ["/data"]
+
+
+def test_a_client_on_the_network_without_a_credential_is_refused(tmp_path: Path) -> None:
+    """root itself, from another machine (a network namespace joined by a link): no local
+    socket to recognise, so no credential means no entry, on every listener."""
+    store = tmp_path / "store"
+    (store / "pub").mkdir(parents=True)
+    (store / "pub" / "f.txt").write_bytes(b"hello")
+    with Regions(["srv", "cli"], {("srv", "cli"): None}) as r:
+        n = MeshdProcess(tmp_path / "node", [f"/data=file://{store}"], ["--host", r.address("srv")],
+                         prefix=["ip", "netns", "exec", r.ns("srv")]).start()
+        try:
+            code = "import json\nout = {}\n" + ATTACKS + "\nprint(json.dumps(out))\n"
+            out_raw = subprocess.run(["ip", "netns", "exec", r.ns("cli"), PY, "-c", code], capture_output=True,
+                                     text=True, timeout=120, cwd="/",
+                                     env={**os.environ, "EP": json.dumps({**n.endpoints, "local": "/nonexistent"}),
+                                          "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+            assert out_raw.returncode == 0, out_raw.stderr[-3000:]
+            out = json.loads(out_raw.stdout.strip().splitlines()[-1])
+            out["local"] = ["refused", errno.EACCES]  # no local socket from another machine
+            _refused(out, store)
+        finally:
+            n.stop()
 
 
 def test_a_wrong_token_is_refused_everywhere(node: tuple[MeshdProcess, Path]) -> None:
