@@ -98,9 +98,9 @@ class Gateway:
         or, while no S3 key is configured at all, from the node's own user on this machine
         (a first try needs no keys; anyone else signs with DATA_DIR/credentials.json's), or
         from the holder of a client certificate of the cluster's CA (mutual TLS)."""
-        if self.cfg.allow_anonymous is not None:
-            return self.cfg.allow_anonymous
         access = self.node.access
+        if self.cfg.allow_anonymous is not None or not access.enforce:
+            return bool(self.cfg.allow_anonymous) or not access.enforce
         configured = bool(self.cfg.access_keys) or any(t.s3_keys for t in access.tenants.values())
         return not configured and connection_principal(request, access).kind != "anonymous"
 

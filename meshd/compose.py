@@ -248,7 +248,7 @@ def access_of(config: NodeConfig, node_token: str = "") -> auth.Access:
     return auth.Access(operator_hashes={auth.token_hash(creds["token"])},
                        node_hashes={auth.token_hash(node_token)} if node_token else set(),
                        operator_keys={**config.s3.access_keys, creds["s3_access_key"]: creds["s3_secret_key"]},
-                       file=config.auth.file)
+                       file=config.auth.file, enforce=config.auth.enforce)
 
 
 def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: str = "") -> NodeParts:

@@ -109,6 +109,9 @@ class AuthConfig:
     read again whenever it changes."""
 
     file: str = ""
+    # false: every request acts as an operator, as before identities existed. For measuring
+    # what authentication costs (bench/), never for a node others can reach.
+    enforce: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     if not isinstance(auth_raw, dict):
         raise InvalidArgument(f"{where}: auth must be a mapping")
     _check_keys(auth_raw, AuthConfig, f"{where}: auth")
-    auth = AuthConfig(**{k: str(v) for k, v in auth_raw.items()})
+    auth = AuthConfig(file=str(auth_raw.get("file") or ""), enforce=bool(auth_raw.get("enforce", True)))
     tls = _tls_from_dict(raw.get("tls") or {}, where)
     node_kw = {k: v for k, v in raw.items()
                if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls")}

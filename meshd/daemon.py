@@ -189,6 +189,9 @@ class Daemon:
             await self._start_webhdfs(node, socks["webhdfs"])
         if node.access.file:
             self._refresh = asyncio.ensure_future(self._reload_access(node))
+        if not node.access.enforce:
+            log.warning("*** auth.enforce is false: EVERY request acts as an operator, from anyone who reaches "
+                        "a port. For measuring only. ***")
         log.info("credentials for other users and machines: %s (0600); the node's own user needs none",
                  os.path.join(self.data_dir, "credentials.json"))
 

@@ -566,3 +566,18 @@ def test_the_wire_auth_frame_is_answered_and_checked(node: tuple[MeshdProcess, P
     head = s.recv(8)
     size, rid = struct.unpack("!II", head)
     assert rid == 7 and json.loads(s.recv(size)) == {"r": {"as": "operator"}}
+
+
+def test_enforcement_off_lets_everyone_in_and_says_so(meshd: Callable[..., MeshdProcess], tmp_path: Path) -> None:
+    """``auth.enforce: false`` (measuring only) is what the benchmarks compare against: the
+    second user gets in, and the log says loudly that anyone does."""
+    cfg = tmp_path / "off.yaml"
+    cfg.write_text("auth: {enforce: false}\n")
+    store = tmp_path / "store"
+    (store / "pub").mkdir(parents=True)
+    (store / "pub" / "f.txt").write_bytes(b"hello")
+    n = meshd([f"/data=file://{store}"], ["--config", str(cfg)])
+    out = as_nobody(ATTACKS, {"EP": json.dumps(n.endpoints)})
+    assert out["http_get"] == [200, "hello"] and out["grpc_info"][0] == "OK"
+    assert "r" in out["wire_stat"] and out["s3_get"][0] == 200
+    assert "auth.enforce is false" in n.log.read_text()

@@ -283,6 +283,16 @@ class Access:
                 return Principal("tenant", f"token of {t.name}", t.name)
         return None
 
+    def local(self, peer: tuple[str, int] | None, local: tuple[str, int] | None) -> Principal:
+        """A connection with no credential: OPERATOR when it comes from the node's own user
+        (or root) on this machine, else ANONYMOUS; OPERATOR for everyone when enforcement
+        is off (``auth.enforce: false``: measuring only)."""
+        if not self.enforce:
+            return OPERATOR
+        from meshd.auth.peer import is_owner, tcp_peer_uid
+
+        return OPERATOR if is_owner(tcp_peer_uid(peer, local)) else ANONYMOUS
+
     def by_certificate(self, cn: str | None) -> Principal | None:
         """A client certificate the node verified against the cluster CA (mutual TLS): a
         tenant's if its CN is listed under one, else an operator's (the CA is the

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from meshd import auth
-from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.errors import PermissionDenied
 from meshd.tls import peer_identity
 
@@ -34,8 +33,7 @@ def connection_principal(request: web.Request, access: auth.Access | None = None
         pass
     p = access.by_certificate(peer_identity(transport)) if access is not None else None
     if p is None:
-        owner = is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname")))
-        p = auth.OPERATOR if owner else auth.ANONYMOUS
+        p = (access or auth.Access()).local(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
     try:
         _by_connection[transport] = p
     except TypeError:

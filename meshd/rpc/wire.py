@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshd import auth
-from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.errors import (
     InvalidArgument,
     MeshError,
@@ -106,8 +105,9 @@ class _ServerProtocol(asyncio.Protocol):
         by_cert = self._access.by_certificate(self.peer)
         if by_cert is not None:
             self.principal = by_cert
-        elif is_owner(tcp_peer_uid(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))):
-            self.principal = auth.OPERATOR
+        else:
+            self.principal = self._access.local(transport.get_extra_info("peername"),
+                                                transport.get_extra_info("sockname"))
 
     def _auth(self, args: dict[str, Any]) -> Any:
         if self._access is None:

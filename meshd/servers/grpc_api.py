@@ -21,7 +21,6 @@ import grpc
 
 from meshd import __version__, auth
 from meshd.auth import ADMIN
-from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.core.handle import ReadStream
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
@@ -91,7 +90,7 @@ class Authenticate(grpc.aio.ServerInterceptor):
         if by_cert is not None:
             return by_cert
         peer = _peer(context.peer())
-        if peer is not None and is_owner(tcp_peer_uid(peer, (peer[0], self.port))):
+        if peer is not None and self.access().local(peer, (peer[0], self.port)).kind == "operator":
             return auth.OPERATOR
         auth.refused.warning("grpc-anon", "gRPC call from %s without a credential refused", context.peer())
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
