@@ -42,6 +42,7 @@ from aiohttp import web
 from meshd import errors as me
 from meshd.config import WebHdfsConfig
 from meshd.core import MeshNode
+from meshd.servers.guard import REFUSE
 
 from .webhdfs_base import OP_CLASS, OPS, PREFIX, RemoteException, from_mesh, illegal, unsupported
 from .webhdfs_read import ReadOps
@@ -111,6 +112,7 @@ def make_app(node: MeshNode, cfg: WebHdfsConfig) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=1 << 20)
     for method in OPS:
         app.router.add_route(method, PREFIX + "{tail:.*}", gw.handle)
+    app[REFUSE] = lambda request, e: from_mesh(e).response()  # RetriableException, 503
     return app
 
 

@@ -35,6 +35,7 @@ from meshd.metrics import Metrics
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
 from meshd.rpc.wire import WireServer
 from meshd.servers.grpc_api import MeshService
+from meshd.servers.guard import Guard, serve
 from meshd.servers.http_api import make_app
 from meshd.servers.meta_api import handlers as meta_handlers
 from meshd.servers.shortcircuit import ShortCircuitServer
@@ -89,6 +90,7 @@ class Daemon:
         self._wire: WireServer | None = None
         self._sc: ShortCircuitServer | None = None
         self._runners: list[web.AppRunner] = []  # HTTP, S3, WebHDFS
+        self._sweeper: asyncio.Future[None] | None = None  # temporary files of crashed writes
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -123,6 +125,7 @@ class Daemon:
         self.parts = parts = await open_node(self.config, member(self.config, self.node_id, self.endpoints))
         self.node, self.metrics = parts.node, parts.metrics
         await self._serve(parts)
+        self._sweeper = asyncio.ensure_future(self._sweep_tmp(parts))
         await parts.join()  # join the ring last: peers see this node only once it answers
         self._publish()
         log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
@@ -159,7 +162,7 @@ class Daemon:
         assert self._grpc is not None
         pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
         await self._grpc.start()
-        self._wire = WireServer(meta_handlers(node, self._info))
+        self._wire = WireServer(meta_handlers(node, self._info), self.config.limits)
         await self._wire.start(socks["meta"])
         app = make_app(node, parts.metrics.render)
         app.router.add_get("/", self._index)
@@ -171,11 +174,10 @@ class Daemon:
         if "webhdfs" in socks:
             await self._start_webhdfs(node, socks["webhdfs"])
 
-    async def _site(self, app: web.Application, sock: socket.socket) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self._runners.append(runner)
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
+    async def _site(self, app: web.Application, sock: socket.socket, name: str = "HTTP") -> None:
+        """Serve ``app`` on ``sock`` under the node's limits (meshd.servers.guard: slow
+        senders cut, requests in flight per client capped)."""
+        self._runners.append(await serve(app, sock, Guard(name, self.config.limits)))
 
     async def _start_s3(self, node: MeshNode, sock: socket.socket) -> None:
         """The S3 gateway (gateway/) on its own port."""
@@ -187,7 +189,7 @@ class Daemon:
         removed = await uploads.cleanup(time.time() - s3.multipart_expiry)
         if removed:
             log.info("removed %d abandoned multipart uploads", removed)
-        await self._site(make_s3_app(node, s3, uploads), sock)
+        await self._site(make_s3_app(node, s3, uploads), sock, "S3")
         url = self.endpoints["s3"]
         if s3.anonymous:
             log.warning("*** S3 gateway at %s accepts ANONYMOUS requests: anyone who reaches it can read "
@@ -204,9 +206,21 @@ class Daemon:
         wh = self.config.webhdfs
         if wh.anonymous_writes is None:  # anonymous writes only while nothing else needs credentials
             wh = replace(wh, anonymous_writes=not (self.config.s3.access_keys or wh.users))
-        await self._site(make_webhdfs_app(node, wh), sock)
+        await self._site(make_webhdfs_app(node, wh), sock, "WebHDFS")
         log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", self.endpoints["webhdfs"],
                  f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")
+
+    async def _sweep_tmp(self, parts: NodeParts) -> None:
+        """Temporary files of crashed writes: removed at start-up, then every
+        ``limits.tmp_sweep_interval`` seconds (0: at start-up only)."""
+        interval = self.config.limits.tmp_sweep_interval
+        while True:
+            removed = await parts.sweep_tmp()
+            if removed:
+                log.info("removed %d temporary file(s) of crashed writes from the stores", removed)
+            if not interval:
+                return
+            await asyncio.sleep(interval)
 
     async def _index(self, request: web.Request) -> web.Response:
         """``GET /`` on the HTTP port: what this port serves, and the node's other endpoints
@@ -244,6 +258,8 @@ class Daemon:
                 os.unlink(os.path.join(self.data_dir, "endpoints.json"))
             except FileNotFoundError:
                 pass
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.parts is not None:
             await self.parts.leave()  # leave the ring first
         if self._wire is not None:

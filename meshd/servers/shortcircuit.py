@@ -47,6 +47,7 @@ from meshd.cache.pages import DiskPage, MemPage, PageKey
 from meshd.core.handle import Segment
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError, log_internal
+from meshd.limits import loads, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,15 @@ class ShortCircuitServer:
     async def _read(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, raw: bytes) -> None:
         try:
             try:
-                req = json.loads(raw)
-                path, offset, length = str(req["path"]), int(req.get("offset", 0)), int(req.get("length", -1))
+                req = loads(raw, "short-circuit request")
+                path = str(req["path"])
+                offset = parse_int(req.get("offset", 0), "offset")
+                length = parse_int(req.get("length", -1), "length", low=-1)
                 version, size = req.get("version"), req.get("size")
                 # a client that keeps descriptors (meshfs) gets one for every cached page, however
                 # small the range: the descriptor serves its later reads of the whole page
                 keeps = bool(req.get("fds"))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise InvalidArgument("malformed short-circuit request") from None
             handle = await self.node.open(path, version=version, size=size)
             stream = await handle.read(offset, length, nocache=bool(req.get("nocache")),
