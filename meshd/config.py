@@ -141,8 +141,8 @@ class LimitsConfig:
     header_timeout: float = 30.0  # seconds from a request's first byte to its complete head (a wire frame: whole)
     body_timeout: float = 60.0  # seconds without a byte while a request body is awaited
     keepalive_timeout: float = 75.0  # seconds an idle keep-alive HTTP connection is kept
-    max_in_flight_per_connection: int = 256  # metadata wire requests pipelined on one connection
-    max_in_flight_per_client: int = 1024  # requests in flight per client (remote address), per listener
+    max_in_flight_per_connection: int = 1024  # metadata wire requests pipelined on one connection
+    max_in_flight_per_client: int = 4096  # requests in flight per client (remote address), per listener
     tmp_max_age: float = 3600.0  # seconds before a .mesh-tmp-* file of a file:// store counts as crashed
     tmp_sweep_interval: float = 600.0  # seconds between sweeps of those files (0: only at start-up)
 

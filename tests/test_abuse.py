@@ -296,3 +296,74 @@ def test_rejections_are_logged_as_lines_not_tracebacks(node: MeshdProcess) -> No
     assert "Traceback" not in log
     assert log.count("rejected ") >= 5
     assert all(len(line) < 600 for line in log.splitlines()), "a rejection logged a huge line"
+
+
+async def test_the_wire_client_retries_slow_down_answers(node: MeshdProcess) -> None:
+    """A peer or client over the cap gets SlowDown and asks again after a pause: many
+    concurrent calls on one connection (cap PIPELINE) all succeed."""
+    import asyncio
+
+    from meshd.rpc.wire import WireClient
+
+    w = WireClient(node.endpoints["meta"])
+    try:
+        results = await asyncio.gather(*(w.call("stat", {"p": "/data/hello.txt"}) for _ in range(50)))
+    finally:
+        await w.close()
+    assert len(results) == 50 and all(r[:5] == results[0][:5] for r in results)  # path, size, mtime, version
+
+
+# ---- the bounds themselves (meshd.limits, the limits: section of the config) ----------------
+
+def test_parse_int_bounds() -> None:
+    from meshd.errors import InvalidArgument
+    from meshd.limits import INT64_MAX, parse_int
+
+    assert parse_int("42", "n") == 42 and parse_int(" 7 ", "n") == 7 and parse_int(-1, "n", low=-1) == -1
+    assert parse_int(str(INT64_MAX), "n") == INT64_MAX
+    for bad in ("9" * 5000, str(INT64_MAX + 1), "1_000", "0x10", "1e3", "", "-1", True, 1.5, None, [1]):
+        with pytest.raises(InvalidArgument):
+            parse_int(bad, "n")
+
+
+def test_json_depth_and_loads() -> None:
+    from meshd.errors import InvalidArgument
+    from meshd.limits import MAX_JSON_DEPTH, json_depth, loads
+
+    assert json_depth(b"[" * 70 + b"]" * 70) == 70
+    deep = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    assert loads(deep, "x") is not None
+    with pytest.raises(InvalidArgument, match="deeper"):
+        loads(b"[" + deep + b"]", "x")
+    # brackets inside strings do not count
+    many = json.dumps({"s": "[" * 10_000, "l": [[1]] * 100}).encode()
+    assert json_depth(many) == 3 and loads(many, "x")["s"] == "[" * 10_000
+    with pytest.raises(InvalidArgument, match="larger"):
+        loads(b"[1]", "x", max_bytes=2)
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        loads(b"[1", "x")
+
+
+def test_in_flight_limiter() -> None:
+    from meshd.errors import SlowDown
+    from meshd.limits import InFlight
+
+    lim = InFlight(2)
+    with lim.slot("a"), lim.slot("a"):
+        with pytest.raises(SlowDown), lim.slot("a"):
+            pass
+        with lim.slot("b"):  # another key has its own budget
+            pass
+    assert lim.counts == {}  # every slot given back
+
+
+def test_limits_config_keys_are_checked() -> None:
+    from meshd.config import from_dict
+    from meshd.errors import InvalidArgument
+
+    cfg = from_dict({"limits": {"header_timeout": "5", "max_in_flight_per_client": 10}})
+    assert cfg.limits.header_timeout == 5.0 and cfg.limits.max_in_flight_per_client == 10
+    for bad in ({"header_timeot": 1}, {"body_timeout": 0}, {"max_in_flight_per_connection": "x"},
+                {"tmp_max_age": True}):
+        with pytest.raises(InvalidArgument, match="limits"):
+            from_dict({"limits": bad})

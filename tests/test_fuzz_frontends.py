@@ -118,7 +118,7 @@ BODY = st.one_of(st.just(b""), st.binary(max_size=300),
 
 @st.composite
 def path_of(draw: st.DrawFn, roots: list[str]) -> str:
-    parts = [draw(st.sampled_from(roots))] + draw(st.lists(TEXT, max_size=4))
+    parts = [draw(st.sampled_from(roots)), *draw(st.lists(TEXT, max_size=4))]
     return "/" + "/".join(p for p in parts if p is not None)
 
 

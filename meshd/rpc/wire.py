@@ -24,16 +24,25 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshd.config import LimitsConfig
-from meshd.errors import InvalidArgument, MeshError, NodeUnavailable, from_kind, log_internal
+from meshd.errors import (
+    InvalidArgument,
+    MeshError,
+    NodeUnavailable,
+    SlowDown,
+    from_kind,
+    log_internal,
+)
 from meshd.limits import InFlight, loads, log_rejected
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!II")
+SLOWDOWN_FIRST_PAUSE, SLOWDOWN_MAX_PAUSE = 0.01, 0.5  # seconds, between retries of a SlowDown answer
 MAX_FRAME = 256 << 20
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -307,6 +316,20 @@ class WireClient:
                 fut.set_exception(NodeUnavailable(f"connection to {self.address} lost"))
 
     async def call(self, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
+        """``op`` at the peer; a SlowDown answer (the peer's cap on requests in flight)
+        is retried with a growing pause for up to ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + wait, SLOWDOWN_FIRST_PAUSE
+        while True:
+            try:
+                return await self._call_once(op, args, wait)
+            except SlowDown:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, SLOWDOWN_MAX_PAUSE)
+
+    async def _call_once(self, op: str, args: dict[str, Any], wait: float) -> Any:
         transport = await self._connect()
         self._next = (self._next + 1) & 0xFFFFFFFF
         req_id = self._next
@@ -349,6 +372,18 @@ class SyncWireClient:
         return sock
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
+        """``op`` at the node; SlowDown answers are retried as by :meth:`WireClient.call`."""
+        deadline, pause = time.monotonic() + self._timeout, SLOWDOWN_FIRST_PAUSE
+        while True:
+            try:
+                return self._call_once(op, args)
+            except SlowDown:
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, SLOWDOWN_MAX_PAUSE)
+
+    def _call_once(self, op: str, args: dict[str, Any]) -> Any:
         sock = self._sock()
         try:
             sock.sendall(_encode(1, [op, args]))
