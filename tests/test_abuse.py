@@ -367,3 +367,23 @@ def test_limits_config_keys_are_checked() -> None:
                 {"tmp_max_age": True}):
         with pytest.raises(InvalidArgument, match="limits"):
             from_dict({"limits": bad})
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_an_empty_s3_secret_is_refused_at_start(tmp_path: Path, how: str) -> None:
+    """``--s3-secret-key "$SECRET"`` with SECRET unset (or ``""`` in the config file) must
+    not start a gateway that accepts requests signed with an empty secret."""
+    import subprocess
+    import sys
+
+    if how == "flag":
+        extra = ["--s3-access-key", "AK", "--s3-secret-key", ""]
+    else:
+        (tmp_path / "c.yaml").write_text('s3: {access_keys: {AK: ""}}\n')
+        extra = ["--config", str(tmp_path / "c.yaml")]
+    r = subprocess.run([sys.executable, "-m", "meshd.cli.meshd", "embedded", "--data-dir", str(tmp_path / "d"),
+                        *extra], capture_output=True, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    assert ("--s3-secret-key is empty" if how == "flag" else "empty access key or secret key") in err, err
+    assert not (tmp_path / "d" / "endpoints.json").exists()
