@@ -29,6 +29,7 @@ from meshd import errors as me
 from meshd.auth.http import connection_principal
 from meshd.config import S3Config
 from meshd.core import MeshNode
+from meshd.servers.guard import REFUSE
 
 from . import listing, objects, xmlio
 from .errors import (
@@ -166,7 +167,7 @@ class Gateway:
         try:
             bucket, key = self.address(request)
             auth = self.authenticate(request, bucket)
-            with mauth.acting_as(self.principal(request, auth)):
+            with self.node.access.serving(self.principal(request, auth)):
                 resp = await self.dispatch(request, auth, bucket, key)
         except S3Error as e:
             if "streaming" in request:
@@ -541,10 +542,16 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
         response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
         response.headers.setdefault("Server", "datamesh")
 
+    def refuse(request: web.Request, e: me.SlowDown) -> web.StreamResponse:
+        """Over the client's requests in flight (meshd.servers.guard): S3's SlowDown."""
+        request["request_id"] = secrets.token_hex(8)
+        return gw.error(request, from_mesh(e), "", "", request["request_id"])
+
     handler_fn: Callable[[web.Request], Awaitable[web.StreamResponse]] = handler
     # [\s\S]: keys may contain line breaks, which '.' would not match
     app.router.add_route("*", "/{tail:[\\s\\S]*}", handler_fn, expect_handler=expect)
     app.on_response_prepare.append(stamp)
+    app[REFUSE] = refuse
     return app
 
 

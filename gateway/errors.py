@@ -88,6 +88,8 @@ def from_mesh(e: me.MeshError, key: str = "") -> S3Error:
         return S3Error("ServiceUnavailable", "The node is out of space. Please try again later.", 503)
     if isinstance(e, me.DirectoryNotEmpty):
         return S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409)
+    if isinstance(e, me.SlowDown):
+        return S3Error("SlowDown", "Please reduce your request rate.", 503)
     if isinstance(e, me.UnderStoreError):
         return S3Error("ServiceUnavailable", "The under-store is unavailable. Please try again.", 503)
     return S3Error("InternalError", "We encountered an internal error. Please try again.", 500)

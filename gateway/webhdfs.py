@@ -39,9 +39,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from meshd import auth
 from meshd import errors as me
 from meshd.config import WebHdfsConfig
 from meshd.core import MeshNode
+from meshd.servers.guard import REFUSE
 
 from .webhdfs_base import OP_CLASS, OPS, PREFIX, RemoteException, from_mesh, illegal, unsupported
 from .webhdfs_read import ReadOps
@@ -73,7 +75,8 @@ class WebHdfs(ReadOps, WriteOps):
             if fn is None:
                 raise unsupported(f"Operation {op} is not supported by the mesh's WebHDFS gateway "
                                   f"(docs/WEBHDFS_COMPAT.md)")
-            return await fn(request, path, user)
+            with self.node.access.serving(auth.current()):  # the tenant's slot, while it is served
+                return await fn(request, path, user)
         except RemoteException as e:
             return self._error(request, e)
         except me.MeshError as e:
@@ -111,6 +114,7 @@ def make_app(node: MeshNode, cfg: WebHdfsConfig) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=1 << 20)
     for method in OPS:
         app.router.add_route(method, PREFIX + "{tail:.*}", gw.handle)
+    app[REFUSE] = lambda request, e: from_mesh(e).response()  # RetriableException, 503
     return app
 
 

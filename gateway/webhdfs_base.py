@@ -5,6 +5,7 @@ composes it with the operations in :mod:`gateway.webhdfs_read` and :mod:`gateway
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -76,16 +77,25 @@ def param_error(name: str, value: str, why: str) -> RemoteException:
     return illegal(f'Invalid value for webhdfs parameter "{name}": {why}: "{value}"')
 
 
-def long_arg(q: Any, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+INT_MAX = (1 << 31) - 1  # Java's int: buffersize
+SHORT_MAX = (1 << 15) - 1  # Java's short: replication
+LONG_MAX = (1 << 63) - 1  # Java's long: offset, length, blocksize, times
+
+
+def long_arg(q: Any, name: str, default: int | None = None, minimum: int = 0,
+             maximum: int = LONG_MAX) -> int | None:
+    """A number parameter, parsed as Hadoop's Java type would be: digits only, within
+    [minimum, maximum] (thousands of digits are an IllegalArgumentException, not a 500)."""
     raw = q.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise param_error(name, raw, "not a number") from None
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
+        raise param_error(name, raw[:40], "not a number")
+    v = int(raw)
     if v < minimum:
         raise param_error(name, raw, f"must be at least {minimum}")
+    if v > maximum:
+        raise param_error(name, raw, f"must be at most {maximum}")
     return v
 
 

@@ -18,6 +18,7 @@ from meshd.servers.streaming import stream_response
 from .webhdfs_base import (
     BATCH,
     BYTES_PER_CRC,
+    INT_MAX,
     RemoteException,
     WebHdfsBase,
     bool_arg,
@@ -129,7 +130,7 @@ class ReadOps(WebHdfsBase):
         q = request.query
         offset = long_arg(q, "offset", 0)
         length = long_arg(q, "length", None)
-        long_arg(q, "buffersize", None, minimum=1)
+        long_arg(q, "buffersize", None, minimum=1, maximum=INT_MAX)
         assert offset is not None
         st = await self.stat(path)
         if st.is_dir:

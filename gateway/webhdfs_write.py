@@ -14,7 +14,9 @@ from meshd import paths
 from meshd.core import FileStatus
 
 from .webhdfs_base import (
+    INT_MAX,
     READ_CHUNK,
+    SHORT_MAX,
     RemoteException,
     WebHdfsBase,
     bool_arg,
@@ -41,8 +43,8 @@ class WriteOps(WebHdfsBase):
         overwrite = bool_arg(q, "overwrite")
         permission_arg(q, "644")
         long_arg(q, "blocksize", None, minimum=1)
-        long_arg(q, "replication", None, minimum=1)
-        long_arg(q, "buffersize", None, minimum=1)
+        long_arg(q, "replication", None, minimum=1, maximum=SHORT_MAX)
+        long_arg(q, "buffersize", None, minimum=1, maximum=INT_MAX)
         if path == "/":
             raise RemoteException("FileAlreadyExistsException", "org.apache.hadoop.fs.FileAlreadyExistsException",
                                   "/ already exists as a directory", 403)
@@ -67,7 +69,7 @@ class WriteOps(WebHdfsBase):
                                                  "Content-Length": "0"})
 
     async def op_append(self, request: web.Request, path: str, user: str) -> web.Response:
-        long_arg(request.query, "buffersize", None, minimum=1)
+        long_arg(request.query, "buffersize", None, minimum=1, maximum=INT_MAX)
         st = await self.stat(path)
         if st.is_dir:
             raise me.NotFound(f"Path is not a file: {path}")
@@ -184,7 +186,7 @@ class WriteOps(WebHdfsBase):
         return web.Response(status=200)
 
     async def op_setreplication(self, request: web.Request, path: str, user: str) -> web.Response:
-        long_arg(request.query, "replication", None, minimum=1)
+        long_arg(request.query, "replication", None, minimum=1, maximum=SHORT_MAX)
         st = await self.stat(path)
         return web.json_response({"boolean": not st.is_dir})
 

@@ -196,6 +196,17 @@ class NodeParts:
         if not self.mounts.entries() and self.config.default_mount and self.mode.default_mount:
             await self._mount_welcome()
 
+    async def sweep_tmp(self) -> int:
+        """Remove the temporary files crashed writes left in the mounts' stores (older
+        than ``limits.tmp_max_age``: writes in flight are never touched); how many."""
+        removed = 0
+        for m in self.mounts.entries():
+            try:
+                removed += await self.mounts.store(m).sweep_tmp(self.config.limits.tmp_max_age)
+            except (OSError, MeshError) as e:
+                log.warning("sweep of temporary files in %s: %s", m.path, e)
+        return removed
+
     async def _mount_welcome(self) -> None:
         local = os.path.join(os.path.abspath(self.config.data_dir), "local-store")
         os.makedirs(local, exist_ok=True)
@@ -248,7 +259,8 @@ def access_of(config: NodeConfig, node_token: str = "") -> auth.Access:
     return auth.Access(operator_hashes={auth.token_hash(creds["token"])},
                        node_hashes={auth.token_hash(node_token)} if node_token else set(),
                        operator_keys={**config.s3.access_keys, creds["s3_access_key"]: creds["s3_secret_key"]},
-                       file=config.auth.file, enforce=config.auth.enforce)
+                       file=config.auth.file, enforce=config.auth.enforce,
+                       max_in_flight_per_tenant=config.limits.max_in_flight_per_tenant)
 
 
 def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: str = "") -> NodeParts:

@@ -177,6 +177,21 @@ def check_tls(cfg: TlsConfig, where: str = "config") -> None:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one client may hold of a node (meshd.limits, meshd.servers.guard): every
+    HTTP listener and the metadata wire cut slow senders, and cap requests in flight."""
+
+    header_timeout: float = 30.0  # seconds from a request's first byte to its complete head (a wire frame: whole)
+    body_timeout: float = 60.0  # seconds without a byte while a request body is awaited
+    keepalive_timeout: float = 75.0  # seconds an idle keep-alive HTTP connection is kept
+    max_in_flight_per_connection: int = 1024  # metadata wire requests pipelined on one connection
+    max_in_flight_per_client: int = 4096  # requests in flight per client (remote address), per listener
+    max_in_flight_per_tenant: int = 4096  # requests in flight per tenant, across every listener
+    tmp_max_age: float = 3600.0  # seconds before a .mesh-tmp-* file of a file:// store counts as crashed
+    tmp_sweep_interval: float = 600.0  # seconds between sweeps of those files (0: only at start-up)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: str = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
@@ -190,6 +205,7 @@ class NodeConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -266,10 +282,11 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     _check_keys(auth_raw, AuthConfig, f"{where}: auth")
     auth = AuthConfig(file=str(auth_raw.get("file") or ""), enforce=bool(auth_raw.get("enforce", True)))
     tls = _tls_from_dict(raw.get("tls") or {}, where)
+    limits = _limits_from_dict(raw.get("limits") or {}, where)
     node_kw = {k: v for k, v in raw.items()
-               if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls")}
+               if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls", "limits")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      webhdfs=webhdfs, cluster=cluster, auth=auth, tls=tls, **node_kw)
+                      webhdfs=webhdfs, cluster=cluster, auth=auth, tls=tls, limits=limits, **node_kw)
 
 
 def _tls_from_dict(raw: Any, where: str) -> TlsConfig:
@@ -280,6 +297,25 @@ def _tls_from_dict(raw: Any, where: str) -> TlsConfig:
     cfg = TlsConfig(**kw)
     check_tls(cfg, where)
     return cfg
+
+
+def _limits_from_dict(raw: Any, where: str) -> LimitsConfig:
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{where}: limits must be a mapping")
+    _check_keys(raw, LimitsConfig, f"{where}: limits")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        integer = k.startswith("max_")
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            kw[k] = int(v) if integer else float(v)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where}: limits.{k} must be a number, got {v!r}") from None
+        low = 0.0 if k == "tmp_sweep_interval" else (1 if integer else 0.1)
+        if not low <= kw[k] <= 10**9:
+            raise InvalidArgument(f"{where}: limits.{k} must be between {low:g} and 1e9, got {v!r}")
+    return LimitsConfig(**kw)
 
 
 def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:

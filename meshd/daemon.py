@@ -38,6 +38,7 @@ from meshd.metrics import Metrics
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
 from meshd.rpc.wire import WireServer
 from meshd.servers.grpc_api import Authenticate, MeshService
+from meshd.servers.guard import Guard, serve
 from meshd.servers.http_api import make_app
 from meshd.servers.meta_api import handlers as meta_handlers
 from meshd.servers.shortcircuit import ShortCircuitServer
@@ -97,6 +98,7 @@ class Daemon:
         self._refresh: asyncio.Task[None] | None = None
         # TLS on every TCP listener when tls.cert is configured (docs/TLS.md)
         self._ssl: ssl.SSLContext | None = server_context(config.tls) if config.tls.enabled else None
+        self._sweeper: asyncio.Future[None] | None = None  # temporary files of crashed writes
 
     def _lock(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
@@ -131,6 +133,7 @@ class Daemon:
         self.parts = parts = await open_node(self.config, member(self.config, self.node_id, self.endpoints))
         self.node, self.metrics = parts.node, parts.metrics
         await self._serve(parts)
+        self._sweeper = asyncio.ensure_future(self._sweep_tmp(parts))
         await parts.join()  # join the ring last: peers see this node only once it answers
         self._publish()
         log.info("meshd %s ready: %s", self.node_id, json.dumps(self.endpoints))
@@ -176,7 +179,8 @@ class Daemon:
         assert self._grpc is not None
         pb_grpc.add_MeshServicer_to_server(MeshService(node, lambda: self.endpoints, self.node_id), self._grpc)
         await self._grpc.start()
-        self._wire = WireServer(meta_handlers(node, self._info), node.access, ssl_context=self._ssl)
+        self._wire = WireServer(meta_handlers(node, self._info), self.config.limits, node.access,
+                                ssl_context=self._ssl)
         await self._wire.start(socks["meta"])
         app = make_app(node, parts.metrics.render, use_sendfile=self._ssl is None)  # no sendfile under TLS
         app.router.add_get("/", self._index)
@@ -201,11 +205,10 @@ class Daemon:
             await asyncio.sleep(1.0)
             node.access.refresh()
 
-    async def _site(self, app: web.Application, sock: socket.socket) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        self._runners.append(runner)
-        await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=self._ssl).start()
+    async def _site(self, app: web.Application, sock: socket.socket, name: str = "HTTP") -> None:
+        """Serve ``app`` on ``sock`` under the node's limits (meshd.servers.guard: slow
+        senders cut, requests in flight per client capped), with TLS when configured."""
+        self._runners.append(await serve(app, sock, Guard(name, self.config.limits), ssl_context=self._ssl))
 
     async def _start_s3(self, node: MeshNode, sock: socket.socket) -> None:
         """The S3 gateway (gateway/) on its own port."""
@@ -217,7 +220,7 @@ class Daemon:
         removed = await uploads.cleanup(time.time() - s3.multipart_expiry)
         if removed:
             log.info("removed %d abandoned multipart uploads", removed)
-        await self._site(make_s3_app(node, s3, uploads), sock)
+        await self._site(make_s3_app(node, s3, uploads), sock, "S3")
         url = self.endpoints["s3"]
         if s3.allow_anonymous:
             log.warning("*** S3 gateway at %s accepts ANONYMOUS requests (s3.allow_anonymous): anyone who "
@@ -236,9 +239,21 @@ class Daemon:
         wh = self.config.webhdfs
         if wh.anonymous_writes is None:  # anonymous writes only while nothing else needs credentials
             wh = replace(wh, anonymous_writes=not (self.config.s3.access_keys or wh.users or node.access.tenants))
-        await self._site(make_webhdfs_app(node, wh), sock)
+        await self._site(make_webhdfs_app(node, wh), sock, "WebHDFS")
         log.info("WebHDFS gateway at %s/webhdfs/v1 (%s)", self.endpoints["webhdfs"],
                  f"{len(wh.users)} user(s) allowed" if wh.users else "simple auth: every user.name")
+
+    async def _sweep_tmp(self, parts: NodeParts) -> None:
+        """Temporary files of crashed writes: removed at start-up, then every
+        ``limits.tmp_sweep_interval`` seconds (0: at start-up only)."""
+        interval = self.config.limits.tmp_sweep_interval
+        while True:
+            removed = await parts.sweep_tmp()
+            if removed:
+                log.info("removed %d temporary file(s) of crashed writes from the stores", removed)
+            if not interval:
+                return
+            await asyncio.sleep(interval)
 
     async def _index(self, request: web.Request) -> web.Response:
         """``GET /`` on the HTTP port: what this port serves, and the node's other endpoints
@@ -289,6 +304,8 @@ class Daemon:
                 pass
         if self._refresh is not None:
             self._refresh.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.parts is not None:
             await self.parts.leave()  # leave the ring first
         if self._wire is not None:

@@ -16,7 +16,8 @@
     ├── VersionChanged             ESTALE      ABORTED              412
     ├── UnderStoreError            EIO         UNAVAILABLE          502
     ├── NodeUnavailable            EIO         UNAVAILABLE          503
-    └── NoSpace                    ENOSPC      RESOURCE_EXHAUSTED   507
+    ├── NoSpace                    ENOSPC      RESOURCE_EXHAUSTED   507
+    └── SlowDown                   EAGAIN      RESOURCE_EXHAUSTED   503
 
 WebHDFS reports them as Hadoop's Java exceptions (:func:`hadoop_exception`):
 NotFound and IsADirectory as FileNotFoundException (404), AlreadyExists as
@@ -113,12 +114,18 @@ class NoSpace(MeshError):
     errno, grpc_code, http_status = _errno.ENOSPC, "RESOURCE_EXHAUSTED", 507
 
 
+class SlowDown(MeshError):
+    """A client has too many requests in flight (meshd.limits): try again shortly."""
+
+    errno, grpc_code, http_status = _errno.EAGAIN, "RESOURCE_EXHAUSTED", 503
+
+
 _KINDS: dict[str, type[MeshError]] = {
     cls.__name__: cls
     for cls in (
         MeshError, NotFound, AlreadyExists, NotADirectory, IsADirectory, DirectoryNotEmpty,
         InvalidPath, InvalidArgument, MountError, NotSupported, PermissionDenied,
-        VersionChanged, UnderStoreError, NodeUnavailable, NoSpace,
+        VersionChanged, UnderStoreError, NodeUnavailable, NoSpace, SlowDown,
     )
 }
 
@@ -138,6 +145,7 @@ _HADOOP: dict[type[MeshError], tuple[str, str, int]] = {
     NotSupported: ("UnsupportedOperationException", "java.lang.UnsupportedOperationException", 400),
     NoSpace: ("DSQuotaExceededException", "org.apache.hadoop.hdfs.protocol.DSQuotaExceededException", 403),
     NodeUnavailable: ("RetriableException", "org.apache.hadoop.ipc.RetriableException", 403),
+    SlowDown: ("RetriableException", "org.apache.hadoop.ipc.RetriableException", 503),
 }
 
 

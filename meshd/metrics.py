@@ -204,6 +204,9 @@ class InstrumentedStore(UnderStore):
         self.scheme = inner.scheme
         self.capabilities = inner.capabilities
 
+    async def sweep_tmp(self, max_age: float) -> int:
+        return await self.inner.sweep_tmp(max_age)
+
     def _done(self, op: str, t0: float, ok: bool) -> None:
         self._m.stats.understore_requests[(self.scheme, op)] += 1
         if not ok:

@@ -246,3 +246,22 @@ def test_a_killed_node_restarting_takes_its_record_over(cluster: Cluster, etcd: 
     assert nodes[1].endpoints["node_id"] == node_id
     assert "took over member record" in nodes[1].log.read_text()
     wait_members(nodes, 2)
+
+
+def test_mount_add_while_etcd_is_down_fails_at_once_with_a_clear_error(
+        cluster: Cluster, etcd: EtcdProcess, tmp_path: Path) -> None:
+    """The mount table lives in etcd: with etcd gone, ``meshctl mount add`` must say so
+    within a few seconds (not block a minute and report "Deadline Exceeded")."""
+    (tmp_path / "store").mkdir()
+    node, = cluster(1, etcd)
+    etcd.kill()
+    wait_until(lambda: etcd_ok(node), lambda ok: not ok, 30, "the node did not notice etcd was gone")
+    t0 = time.monotonic()
+    r = node.ctl("mount", "add", "/late", f"file://{tmp_path / 'store'}")
+    took = time.monotonic() - t0
+    err = r.stderr.decode()
+    assert r.returncode != 0, r.stdout
+    assert "etcd" in err and "Deadline" not in err and "Traceback" not in err, err
+    assert took < 20, f"meshctl mount add took {took:.1f} s with etcd down"
+    with node.client() as c:  # and the node still serves
+        assert c.report()["cluster"]["etcd_ok"] is False

@@ -184,6 +184,9 @@ def test_volcano_prioritize(ext: Extender) -> None:
     ("/volcano/predicate", json.dumps({"node": {}}).encode(), "task is missing"),
     ("/volcano/predicate", json.dumps({"task": {"Pod": {}}, "node": {"Idle": {}}}).encode(), "no Name"),
     ("/volcano/prioritize", json.dumps({"task": {"Pod": {}}, "nodes": 3}).encode(), "list of node infos"),
+    # nested deeper than meshd.limits.MAX_JSON_DEPTH: refused before parsing, never a RecursionError
+    ("/kube/filter", b'{"pod": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper than 64"),
+    ("/kube/filter", b'{"pod": ' + b'{"a":' * 65 + b"1" + b"}" * 65 + b"}", "nested deeper than 64"),
 ])
 def test_malformed_requests_get_400_with_a_message(ext: Extender, path: str, raw: bytes, message: str) -> None:
     status, r = ext.post(path, None, raw=raw)

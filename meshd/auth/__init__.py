@@ -39,6 +39,7 @@ import yaml
 
 from meshd import paths
 from meshd.errors import InvalidArgument, PermissionDenied
+from meshd.limits import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,10 @@ class Access:
 
     def __init__(self, operator_hashes: set[str] | None = None, node_hashes: set[str] | None = None,
                  operator_keys: dict[str, str] | None = None, file: str = "",
-                 anonymous: Principal | None = None, enforce: bool = True) -> None:
+                 anonymous: Principal | None = None, enforce: bool = True,
+                 max_in_flight_per_tenant: int = 4096) -> None:
         self.enforce = enforce
+        self.tenant_slots = InFlight(max_in_flight_per_tenant, "requests")  # per tenant, all listeners
         self._operator_hashes = set(operator_hashes or ())
         self._node_hashes = set(node_hashes or ())
         self.operator_keys = dict(operator_keys or {})  # S3 access key -> secret (operator)
@@ -267,6 +270,21 @@ class Access:
             return False
         log.info("access file %s reloaded: %d tenant(s)", self.file, len(self.tenants))
         return True
+
+    @contextlib.contextmanager
+    def serving(self, p: Principal) -> Iterator[None]:
+        """Run a request as ``p``: the current principal, and one of its tenant's slots
+        (``limits.max_in_flight_per_tenant`` across every listener; SlowDown when all are
+        taken). Operators and nodes are not capped here (per-client caps still apply)."""
+        token = _current.set(p)
+        try:
+            if p.kind == "tenant":
+                with self.tenant_slots.slot(f"tenant {p.tenant}"):
+                    yield
+            else:
+                yield
+        finally:
+            _current.reset(token)
 
     # ---- authentication ---------------------------------------------------
 

@@ -26,6 +26,7 @@ Which protocol is each operation's home:
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -33,6 +34,7 @@ from typing import Any, ClassVar, Self
 from meshd.errors import InvalidArgument
 
 _MISSING = dataclasses.MISSING
+_INT64 = 1 << 63  # integers on the wire are 64-bit: a path's offset, a size, a count
 
 
 def wire(key: str, default: Any = _MISSING) -> Any:
@@ -50,9 +52,13 @@ def _check(op: str, key: str, value: Any, hint: Any) -> Any:
         ok = isinstance(value, bool)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -_INT64 <= value < _INT64:
+            raise InvalidArgument(f"{op}: argument {key!r} is out of range")
     elif hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        value = float(value) if ok and -_INT64 <= value < _INT64 else value
+        if ok and not (isinstance(value, float) and math.isfinite(value)):
+            raise InvalidArgument(f"{op}: argument {key!r} is out of range")
     elif hint is str:
         ok = isinstance(value, str)
     elif origin is list:

@@ -31,23 +31,28 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshd import auth
+from meshd.config import LimitsConfig
 from meshd.errors import (
     InvalidArgument,
     MeshError,
     NodeUnavailable,
     PermissionDenied,
+    SlowDown,
     from_kind,
     log_internal,
 )
+from meshd.limits import InFlight, loads, log_rejected
 from meshd.tls import peer_identity
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!II")
+SLOWDOWN_FIRST_PAUSE, SLOWDOWN_MAX_PAUSE = 0.01, 0.5  # seconds, between retries of a SlowDown answer
 MAX_FRAME = 256 << 20
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -79,30 +84,43 @@ def _error_body(e: BaseException) -> dict[str, str]:
     return {"e": "MeshError", "m": f"internal error: {type(e).__name__}"}
 
 
+MAX_REQUEST_FRAME = 64 << 20  # a request: the largest legitimate one (a batch of 5,000 statuses) is ~2 MiB
+_LARGE_FRAME = 1 << 20  # above this, a frame may take longer than header_timeout to arrive
+
+
 class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, handlers: dict[str, Handler], live: set[_ServerProtocol],
-                 access: auth.Access | None = None) -> None:
-        self._handlers = handlers
-        self._access = access
-        self.principal = auth.SYSTEM if access is None else auth.ANONYMOUS
-        self._live = live
+    """One client connection. Bounded (``limits``): requests in flight on it and from
+    its address, how long a frame may take to arrive, how deep its JSON nests."""
+
+    def __init__(self, server: WireServer) -> None:
+        self._server = server
+        self._handlers = server.handlers
+        self._live = server._live
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.peer: str | None = None  # the verified client certificate's CN (TLS), else None
+        self.peer = ""  # the client's address (its key for the per-client cap)
+        self.frame_since: float | None = None  # first byte of a frame not complete yet
+        self.rx_at = 0.0
+        self._access = server.access
+        self.principal = auth.SYSTEM if server.access is None else auth.ANONYMOUS
+        self.cert_cn: str | None = None  # the verified client certificate's CN (TLS), else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._live.add(self)
-        self.peer = peer_identity(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.frame_since = self.rx_at = asyncio.get_running_loop().time()  # a first frame is due
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.cert_cn = peer_identity(transport)
         if self._access is None:
             return
-        by_cert = self._access.by_certificate(self.peer)
+        by_cert = self._access.by_certificate(self.cert_cn)
         if by_cert is not None:
             self.principal = by_cert
         else:
@@ -116,7 +134,7 @@ class _ServerProtocol(asyncio.Protocol):
         if p is None:
             self.principal = auth.Principal("anonymous", "invalid token")
             auth.refused.warning("wire-auth", "metadata wire: a connection from %s presented an invalid token",
-                                 self._transport.get_extra_info("peername") if self._transport else "?")
+                                 self.peer)
             raise PermissionDenied("the token presented is not valid for this node")
         self.principal = p
         return {"as": p.kind}
@@ -131,29 +149,66 @@ class _ServerProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def overdue(self, now: float, limits: LimitsConfig) -> str | None:
+        """Why this connection is to be cut now (a frame arriving too slowly), or None.
+        Idle between frames is fine once a first frame arrived."""
+        if self.frame_since is None:
+            return None
+        if len(self._buf) >= HEADER.size and HEADER.unpack_from(self._buf)[0] > _LARGE_FRAME:
+            if now - self.rx_at > limits.body_timeout:
+                return f"no byte of a large frame for {limits.body_timeout:g} s"
+        elif now - self.frame_since > limits.header_timeout:
+            return f"no complete frame within {limits.header_timeout:g} s"
+        return None
+
     def data_received(self, data: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        self.rx_at = now
+        if self.frame_since is None:
+            self.frame_since = now
         self._buf += data
         while True:
-            try:
-                frame = take_frame(self._buf)
-            except ValueError as e:
-                log.warning("metadata wire: %s; closing the connection", e)
+            if len(self._buf) >= HEADER.size and HEADER.unpack_from(self._buf)[0] > MAX_REQUEST_FRAME:
+                log_rejected("metadata wire frame", self.peer,
+                             f"frame of {HEADER.unpack_from(self._buf)[0]} bytes; connection closed")
                 if self._transport is not None:
                     self._transport.close()
                 return
+            frame = take_frame(self._buf)
             if frame is None:
                 break
+            self.frame_since = now if self._buf else None
             req_id, body = frame
+            if len(self._tasks) >= self._server.limits.max_in_flight_per_connection:
+                self._refuse(req_id, f"more than {len(self._tasks)} requests in flight on this connection")
+                continue
+            if not self._server.clients.try_acquire(self.peer):
+                self._refuse(req_id, f"more than {self._server.clients.limit} requests in flight from this client")
+                continue
             task = asyncio.ensure_future(self._serve(req_id, body))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._server.clients.release(self.peer)
+
+    def _refuse(self, req_id: int, why: str) -> None:
+        log_rejected("metadata wire request", self.peer, why)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(_encode(req_id, {"e": "SlowDown", "m": why + ": slow down"}))
 
     async def _serve(self, req_id: int, body: bytes) -> None:
         try:
             try:
-                op, args = json.loads(body)
+                request = loads(body, "metadata wire request")
+                op, args = request
                 handler = self._handlers[op] if op != "auth" else None
+            except InvalidArgument as e:
+                log_rejected("metadata wire request", self.peer, str(e))
+                raise
             except (ValueError, TypeError, KeyError):
+                log_rejected("metadata wire request", self.peer, f"malformed: {body[:60]!r}")
                 raise InvalidArgument(f"malformed metadata wire request: {body[:100]!r}") from None
             if not isinstance(args, dict):
                 raise InvalidArgument(f"metadata wire request {op!r}: arguments must be an object")
@@ -163,8 +218,11 @@ class _ServerProtocol(asyncio.Protocol):
                 if self.principal.kind == "anonymous":
                     raise PermissionDenied("the metadata wire needs a credential: send [\"auth\", {\"t\": "
                                            "token}] first (THREAT_MODEL.md)")
-                auth.set_current(self.principal)
-                reply = {"r": await handler(args)}
+                if self._access is None:
+                    reply = {"r": await handler(args)}
+                else:
+                    with self._access.serving(self.principal):
+                        reply = {"r": await handler(args)}
         except asyncio.CancelledError:
             return
         except Exception as e:
@@ -174,21 +232,40 @@ class _ServerProtocol(asyncio.Protocol):
 
 
 class WireServer:
-    def __init__(self, handlers: dict[str, Handler], access: auth.Access | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, handlers: dict[str, Handler], limits: LimitsConfig | None = None,
+                 access: auth.Access | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.handlers = handlers
-        self.access = access
+        self.access = access  # None: every connection is trusted (in-process tests of the wire)
         self.ssl = ssl_context  # TLS on the listener (meshd.tls.server_context)
+        self.limits = limits or LimitsConfig()
+        self.clients = InFlight(self.limits.max_in_flight_per_client, "requests")
         self._server: asyncio.base_events.Server | None = None
         self._live: set[_ServerProtocol] = set()
+        self._patrol_task: asyncio.Task[None] | None = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerProtocol(self.handlers, self._live, self.access), sock=sock, ssl=self.ssl)
+        self._server = await loop.create_server(lambda: _ServerProtocol(self), sock=sock, ssl=self.ssl)
+        self._patrol_task = asyncio.ensure_future(self._patrol())
+
+    async def _patrol(self) -> None:
+        """Cut connections whose frames arrive too slowly (a slowloris client)."""
+        limits = self.limits
+        every = max(0.05, min(1.0, limits.header_timeout / 4, limits.body_timeout / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for proto in list(self._live):
+                why = proto.overdue(now, limits)
+                if why is not None:
+                    log_rejected("metadata wire connection", proto.peer, why + "; connection closed")
+                    proto.abort()
 
     async def stop(self) -> None:
         """Stop listening and cut every connection: callers fail over at once."""
+        if self._patrol_task is not None:
+            self._patrol_task.cancel()
         if self._server is not None:
             self._server.close()
             for proto in list(self._live):
@@ -292,6 +369,20 @@ class WireClient:
                 fut.set_exception(NodeUnavailable(f"connection to {self.address} lost"))
 
     async def call(self, op: str, args: dict[str, Any], wait: float = 10.0) -> Any:
+        """``op`` at the peer; a SlowDown answer (the peer's cap on requests in flight)
+        is retried with a growing pause for up to ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + wait, SLOWDOWN_FIRST_PAUSE
+        while True:
+            try:
+                return await self._call_once(op, args, wait)
+            except SlowDown:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, SLOWDOWN_MAX_PAUSE)
+
+    async def _call_once(self, op: str, args: dict[str, Any], wait: float) -> Any:
         transport = await self._connect()
         self._next = (self._next + 1) & 0xFFFFFFFF
         req_id = self._next
@@ -344,6 +435,21 @@ class SyncWireClient:
                 self._exchange(sock, "auth", {"t": self._token})
         return sock
 
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """``op`` at the node; SlowDown answers are retried as by :meth:`WireClient.call`."""
+        deadline, pause = time.monotonic() + self._timeout, SLOWDOWN_FIRST_PAUSE
+        while True:
+            try:
+                return self._call_once(op, args)
+            except SlowDown:
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, SLOWDOWN_MAX_PAUSE)
+
+    def _call_once(self, op: str, args: dict[str, Any]) -> Any:
+        return self._exchange(self._sock(), op, args)
+
     def _exchange(self, sock: socket.socket, op: str, args: dict[str, Any]) -> Any:
         try:
             sock.sendall(_encode(1, [op, args]))
@@ -362,9 +468,6 @@ class SyncWireClient:
         except ValueError:
             raise MeshError(f"malformed reply from {self.address}") from None
         return _raise(reply, self.address)
-
-    def call(self, op: str, args: dict[str, Any]) -> Any:
-        return self._exchange(self._sock(), op, args)
 
     def close_thread(self) -> None:
         sock = getattr(self._local, "sock", None)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -61,8 +62,12 @@ from typing import Any
 
 from aiohttp import web
 
+from meshd.config import LimitsConfig
 from meshd.core.placing import state_from_doc
-from meshd.errors import log_internal
+from meshd.errors import InvalidArgument, log_internal
+from meshd.limits import loads, log_rejected
+from meshd.servers.guard import Guard
+from meshd.servers.guard import serve as guarded
 from topology import k8s
 from topology.model import Topology
 from topology.placement import Candidate, Job, Node, State, place
@@ -227,11 +232,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+MAX_BODY = 64 << 20  # ExtenderArgs with every node object of a large cluster: tens of MiB
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except ValueError as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+        body = loads(await request.read(), "request body")  # deep nesting refused, never a RecursionError
+    except InvalidArgument as e:
+        log_rejected(f"extender {request.path}", request.remote or "", str(e))
+        raise BadRequest(str(e)) from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -354,7 +363,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 def make_app(cache: StateCache) -> web.Application:
     handlers = ExtenderHandlers(cache)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app.router.add_post("/kube/filter", handlers.kube_filter)
     app.router.add_post("/kube/prioritize", handlers.kube_prioritize)
     app.router.add_post("/volcano/predicate", handlers.volcano_predicate)
@@ -376,12 +385,13 @@ async def serve(listen: str, fetch: Callable[[list[str]], Awaitable[dict[str, An
     if not sep or not port.isdigit():
         raise ValueError(f"--listen {listen!r}: expected HOST:PORT")
     cache = StateCache(fetch, topology, ttl, first_wait)
-    runner = web.AppRunner(make_app(cache), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port), ssl_context=ssl_context)
-    await site.start()
-    server = getattr(site, "_server", None)
-    bound = server.sockets[0].getsockname() if server is not None and server.sockets else (host, port)
+    host = host.strip("[]") or "0.0.0.0"
+    sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                backlog=1024)
+    sock.setblocking(False)
+    bound = sock.getsockname()
+    # the node's limits: slow senders cut, requests in flight per client capped (meshd.servers.guard)
+    runner = await guarded(make_app(cache), sock, Guard("extender", LimitsConfig()), ssl_context=ssl_context)
     scheme = "https" if ssl_context is not None else "http"
     print(f"scheduler extender listening on {scheme}://{bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()

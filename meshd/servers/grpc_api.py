@@ -23,7 +23,7 @@ from meshd import __version__, auth
 from meshd.auth import ADMIN
 from meshd.core.handle import ReadStream
 from meshd.core.node import MeshNode
-from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
+from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
 from meshd.metadata.shard import FileStatus
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
@@ -107,8 +107,12 @@ class Authenticate(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                auth.set_current(await who(context))
-                return await inner_uu(request, context)
+                p = await who(context)
+                try:
+                    with self.access().serving(p):
+                        return await inner_uu(request, context)
+                except SlowDown as e:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
                                                        handler.response_serializer)
@@ -116,9 +120,13 @@ class Authenticate(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: Any) -> Any:
-                auth.set_current(await who(context))
-                async for item in inner_us(request, context):
-                    yield item
+                p = await who(context)
+                try:
+                    with self.access().serving(p):
+                        async for item in inner_us(request, context):
+                            yield item
+                except SlowDown as e:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
                                                         handler.response_serializer)
@@ -126,8 +134,12 @@ class Authenticate(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: Any) -> Any:
-                auth.set_current(await who(context))
-                return await inner_su(request_iterator, context)
+                p = await who(context)
+                try:
+                    with self.access().serving(p):
+                        return await inner_su(request_iterator, context)
+                except SlowDown as e:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
                                                         handler.response_serializer)

@@ -51,7 +51,8 @@ from aiohttp import web
 from meshd import auth
 from meshd.auth.http import principal
 from meshd.core import MeshNode, Segment
-from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
+from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
+from meshd.limits import parse_int
 from meshd.servers.streaming import send_segment, stream_response
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,12 @@ def _error(e: BaseException) -> web.Response:
                              status=500)
 
 
-def _int_arg(request: web.Request, name: str, default: int) -> int:
+def _int_arg(request: web.Request, name: str, default: int, low: int = -1) -> int:
+    """An integer query parameter in [low, 2**63 - 1]; anything else is a 400."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidArgument(f"query parameter {name} must be an integer, got {raw!r}") from None
+    return parse_int(raw, f"query parameter {name}", low)
 
 
 _NODE = web.AppKey("node", MeshNode)
@@ -101,7 +100,7 @@ def _hold_arg(request: web.Request) -> float | None:
 async def _get_file(request: web.Request) -> web.StreamResponse:
     node = request.app[_NODE]
     try:
-        offset = _int_arg(request, "offset", 0)
+        offset = _int_arg(request, "offset", 0, low=0)
         length = _int_arg(request, "length", -1)
         nocache = request.query.get("nocache", "") in ("1", "true", "yes")
         path = "/" + request.match_info["path"]
@@ -143,7 +142,7 @@ async def _get_page(request: web.Request) -> web.StreamResponse:
         version = request.query.get("version", "")
         warm = request.query.get("warm", "") == "1"
         cached_only = request.query.get("cached", "") == "1"
-        start = _int_arg(request, "start", 0)
+        start = _int_arg(request, "start", 0, low=0)
         want = _int_arg(request, "length", -1)
         hold = _hold_arg(request)
         served = await node.serve_page("/" + request.match_info["path"], version, size, index,
@@ -197,8 +196,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
                              request.remote, e)
         return web.json_response({"error": e.kind, "message": str(e)}, status=401,
                                  headers={"WWW-Authenticate": 'Bearer realm="mesh"'})
-    with auth.acting_as(p):
-        return await handler(request)
+    try:
+        with request.app[_NODE].access.serving(p):
+            return await handler(request)
+    except SlowDown as e:  # the tenant's requests in flight are at their cap
+        return _error(e)
 
 
 def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: bool = True) -> web.Application:

@@ -49,6 +49,7 @@ from meshd.cache.pages import DiskPage, MemPage, PageKey
 from meshd.core.handle import Segment
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
+from meshd.limits import loads, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +166,16 @@ class ShortCircuitServer:
     async def _read(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, raw: bytes) -> None:
         try:
             try:
-                req = json.loads(raw)
-                path, offset, length = str(req["path"]), int(req.get("offset", 0)), int(req.get("length", -1))
+                req = loads(raw, "short-circuit request")
+                path = str(req["path"])
+                offset = parse_int(req.get("offset", 0), "offset")
+                length = parse_int(req.get("length", -1), "length", low=-1)
                 version, size = req.get("version"), req.get("size")
                 # a client that keeps descriptors (meshfs) gets one for every cached page, however
                 # small the range: the descriptor serves its later reads of the whole page
                 keeps = bool(req.get("fds"))
                 token = req.get("t")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise InvalidArgument("malformed short-circuit request") from None
             if token:  # a client holding a token acts as its principal here too
                 p = self.node.access.by_token(str(token))

@@ -127,6 +127,11 @@ class UnderStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""
 
+    async def sweep_tmp(self, max_age: float) -> int:
+        """Remove temporary files of writes that crashed (older than ``max_age`` seconds);
+        how many were removed. Stores whose writes leave none have nothing to do."""
+        return 0
+
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         parts = [c async for c in self.get_range(path, start, end, version)]
         return b"".join(parts)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import stat as stat_mod
+import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +31,26 @@ from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
 from meshd.understore.beneath import Beneath, Escapes
 
 CHUNK = 1 << 20
+TMP_PREFIX = ".mesh-tmp-"  # a write in progress (put): renamed into place when complete
+
+
+def sweep_tmp(root: str, max_age: float) -> int:
+    """Remove the ``.mesh-tmp-*`` files under ``root`` not modified for ``max_age``
+    seconds: writes that crashed (a write in progress modifies its file at least every
+    ``limits.body_timeout`` seconds, or is cut). Walks with directory descriptors and
+    never follows a symlink, so nothing outside ``root`` is touched. How many were removed."""
+    cutoff = time.time() - max_age
+    removed = 0
+    for _, _, files, dirfd in os.fwalk(root, follow_symlinks=False):
+        for name in files:
+            if not name.startswith(TMP_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                if stat_mod.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(name, dir_fd=dirfd)
+                    removed += 1
+    return removed
 
 
 def _version(st: os.stat_result) -> str:
@@ -74,6 +95,9 @@ class PosixUnderStore(UnderStore):
     async def close(self) -> None:
         self._beneath.close()
 
+    async def sweep_tmp(self, max_age: float) -> int:
+        return await asyncio.to_thread(sweep_tmp, self.root, max_age)
+
     async def head(self, path: str) -> ObjectInfo:
         try:
             st = await asyncio.to_thread(self._beneath.stat, path)
@@ -88,7 +112,7 @@ class PosixUnderStore(UnderStore):
             out = []
             fd = b.open(path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                names = [e.name for e in os.scandir(fd) if not e.name.startswith(".mesh-tmp-")]
+                names = [e.name for e in os.scandir(fd) if not e.name.startswith(TMP_PREFIX)]
                 for name in names:
                     rel = f"{path}/{name}" if path else name
                     try:
@@ -172,7 +196,7 @@ class PosixUnderStore(UnderStore):
             raise NotADirectory(f"a file is in the way: {self._shown(head)}") from None
         except OSError as e:
             raise self._fail(e, path) from None
-        tmp = f".mesh-tmp-{secrets.token_hex(8)}"
+        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=parent)
             with os.fdopen(fd, "wb") as f:
