@@ -581,3 +581,44 @@ def test_enforcement_off_lets_everyone_in_and_says_so(meshd: Callable[..., Meshd
     assert out["http_get"] == [200, "hello"] and out["grpc_info"][0] == "OK"
     assert "r" in out["wire_stat"] and out["s3_get"][0] == 200
     assert "auth.enforce is false" in n.log.read_text()
+
+
+def test_a_tenant_over_its_requests_in_flight_is_told_to_slow_down(meshd: Callable[..., MeshdProcess],
+                                                                     tmp_path: Path) -> None:
+    """One slot per tenant, across listeners: while a read of the tenant's holds it (its
+    reader is not reading), the tenant's next request on another port is told to slow
+    down in that protocol's terms; an operator is not held back; the slot comes back."""
+    store = tmp_path / "tstore"
+    for d in ("rw", "ro", "no"):
+        (store / d).mkdir(parents=True)
+    (store / "rw" / "big.bin").write_bytes(os.urandom(64 << 20))
+    (store / "rw" / "f.txt").write_bytes(b"small")
+    access = tmp_path / "access.yaml"
+    access_file(access)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("limits: {max_in_flight_per_tenant: 1}\n")
+    n = meshd([f"/data=file://{store}"], ["--access", str(access), "--config", str(cfg)])
+    u = urllib.parse.urlsplit(n.http)
+    hog = socket.create_connection((u.hostname, u.port), timeout=30)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.sendall(f"GET /v1/files/data/rw/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALPHA_TOKEN}"
+                "\r\n\r\n".encode())
+    assert hog.recv(12).startswith(b"HTTP/1.1 200")
+    s3 = boto3.client("s3", endpoint_url=n.endpoints["s3"], aws_access_key_id=ALPHA_KEY,
+                      aws_secret_access_key=ALPHA_SECRET, region_name="us-east-1",
+                      config=Config(retries={"max_attempts": 1}))
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="data", Key="rw/f.txt")
+    assert e.value.response["Error"]["Code"] == "SlowDown"
+    with n.client() as c:  # the operator is not the tenant
+        assert c.cat("/data/rw/f.txt") == b"small"
+    hog.close()
+    wait_until(lambda: _s3_read(s3), lambda r: r == b"small", 20, "the tenant's slot never came back")
+
+
+def _s3_read(s3: Any) -> bytes | str:
+    try:
+        body: bytes = s3.get_object(Bucket="data", Key="rw/f.txt")["Body"].read()
+        return body
+    except ClientError as e:
+        return str(e)
