@@ -376,7 +376,7 @@ def test_peer_identity_names_the_verified_client(pki: dict[str, Path]) -> None:
         await site.start()
         port = runner.addresses[0][1]
 
-        wire = WireServer({"who": lambda args: asyncio.sleep(0, [p.peer for p in wire._live])},
+        wire = WireServer({"who": lambda args: asyncio.sleep(0, [p.cert_cn for p in wire._live])},
                           ssl_context=server_context(cfg))
         import socket
         s = socket.socket()
