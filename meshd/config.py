@@ -127,6 +127,9 @@ class ClusterConfig:
     # long its queue: it answers "queued" every peer_timeout / 3 seconds (at most 5).
     peer_timeout: float = 15.0
     meta_port: int = 0  # the metadata wire's port (0: a free one)
+    # The key sealing the mount table's inline secrets (base64 of 32 bytes, 0600), the same
+    # file on every node; without it inline secrets are refused (meshd/secrets.py).
+    secrets_key_file: str = ""
 
     @property
     def enabled(self) -> bool:
