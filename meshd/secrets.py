@@ -26,9 +26,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from meshd.errors import InvalidArgument, MountError
 
 log = logging.getLogger("meshd.secrets")
@@ -83,6 +80,10 @@ class SecretsKey:
     """The AES-256 key that seals a node's inline mount secrets."""
 
     def __init__(self, key: bytes, source: str) -> None:
+        # imported here: the client side (meshctl, mesh://) imports the mount table's helpers
+        # but is installed without the server extra, which brings cryptography
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if len(key) != 32:
             raise InvalidArgument(f"secrets key {source}: expected 32 bytes (base64), got {len(key)}")
         self._aead = AESGCM(key)
@@ -141,6 +142,8 @@ class SecretsKey:
         return f"{SEALED}{self.id}:{base64.urlsafe_b64encode(nonce + box).decode()}"
 
     def unseal(self, name: str, token: str, where: str) -> str:
+        from cryptography.exceptions import InvalidTag
+
         kid, _, body = token[len(SEALED):].partition(":")
         if kid != self.id:
             raise MountError(f"mount {where}: option {name} is encrypted with the secrets key {kid}, "
