@@ -36,10 +36,9 @@ SEALED = "enc:v1:"
 KEY_FILE = "secrets.key"  # in the data directory (embedded mode)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-NO_KEY_HINT = ("this node has no secrets key to encrypt it with (cluster mode: every node needs the "
+NO_KEY_HINT = ("this node has no secrets key to encrypt them with (cluster mode: every node needs the "
                "same key file, cluster.secrets_key_file / --secrets-key-file); give the key file, or "
-               "give a reference instead, which each node resolves itself: {name}_file=/path or "
-               "{name}_env=VARIABLE")
+               "give references instead, which each node resolves itself: {refs}")
 
 
 def secret_options(known: Iterable[str]) -> frozenset[str]:
@@ -164,12 +163,15 @@ def has_clear(options: Mapping[str, str]) -> bool:
 def seal(options: Mapping[str, str], key: SecretsKey | None, where: str) -> dict[str, str]:
     """``options`` as stored: inline secret values sealed (already sealed ones kept).
     MountError when there is one to seal and no key."""
+    inline = sorted(k for k, v in options.items() if k in SECRET_OPTIONS and v and not is_sealed(v))
+    if inline and key is None:
+        refs = ", ".join(f"{k}_file=/path or {k}_env=VARIABLE" for k in inline)
+        raise MountError(f"mount {where}: secret options given inline ({', '.join(inline)}); "
+                         + NO_KEY_HINT.format(refs=refs))
     out = dict(options)
-    for k, v in options.items():
-        if k in SECRET_OPTIONS and v and not is_sealed(v):
-            if key is None:
-                raise MountError(f"mount {where}: option {k} given inline; " + NO_KEY_HINT.format(name=k))
-            out[k] = key.seal(k, v)
+    for k in inline:
+        assert key is not None
+        out[k] = key.seal(k, options[k])
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,6 +86,21 @@ async def test_mount_table_persists_and_redacts(tmp_path: Path, monkeypatch: pyt
         validate("/s", "file:///tmp", {"secret_key_file": "/k"})  # file:// takes no secrets
 
 
+async def test_clear_secrets_of_an_older_version_are_sealed_on_load() -> None:
+    kv = MemoryKV()
+    old = {"path": "/s", "uri": "s3://b", "options": {"access_key": "AKOLD", "secret_key": "hunter2"}}
+    kv.put(b"m:/s", json.dumps(old).encode())
+    key = SecretsKey(os.urandom(32), "test")
+    t = MountTable(kv, key=key)
+    assert b"hunter2" not in b"".join(v for _, v in kv.scan(b"")) and b"AKOLD" not in kv.get(b"m:/s")
+    (m,) = t.entries()
+    assert t.store(m).options["secret_key"] == "hunter2"  # the store opens with the value
+    other = SecretsKey(os.urandom(32), "another")
+    with pytest.raises(MountError, match=f"encrypted with the secrets key {key.id}, this node's is {other.id}"):
+        MountTable(kv, key=other).store(m)
+    await t.close()
+
+
 def test_memory_tier_lru_between_watermarks() -> None:
     tier = MemoryTier(capacity=100, high=0.9, low=0.5)
     for i in range(9):
@@ -158,7 +174,7 @@ def test_missing_s3_credentials_name_the_options_and_environment() -> None:
 
     from meshd.understore.s3 import translate_error
 
-    message = str(translate_error(NoCredentialsError(), "s3://bucket/key", "bucket"))
+    message = str(translate_error(NoCredentialsError(), "/mnt/key"))
     assert "no usable S3 credentials" in message
     for name in ("access_key=", "secret_key=", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in message, message
