@@ -304,9 +304,10 @@ def parse_mount_flag(flag: str) -> MountConfig:
         raise InvalidArgument(f"--mount {flag!r}: expected /PATH=URI[,key=value...]")
     uri, *opts = rest.split(",")
     options = {}
-    for o in opts:
+    for n, o in enumerate(opts, 1):
         k, s, v = o.partition("=")
-        if not s:
-            raise InvalidArgument(f"--mount {flag!r}: option {o!r} is not key=value")
+        if not s:  # the flag is not echoed: it may hold a secret (and a comma inside one)
+            raise InvalidArgument(f"--mount {path}: option {n} is not key=value (values cannot hold "
+                                  "a comma; give such a secret as <option>_file=/path)")
         options[k] = v
     return MountConfig(path, uri, options)

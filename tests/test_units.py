@@ -13,7 +13,7 @@ from meshd.cache.pages import MemoryTier, PageKey
 from meshd.cache.readahead import ReadAhead
 from meshd.config import from_dict, parse_mount_flag, parse_size
 from meshd.errors import InvalidArgument, InvalidPath, MountError
-from meshd.metadata.kv import MemoryKV
+from meshd.metadata.kv import MemoryKV, RocksKV
 from meshd.metadata.mounts import MountTable, validate
 from meshd.secrets import SecretsKey
 
@@ -86,19 +86,33 @@ async def test_mount_table_persists_and_redacts(tmp_path: Path, monkeypatch: pyt
         validate("/s", "file:///tmp", {"secret_key_file": "/k"})  # file:// takes no secrets
 
 
-async def test_clear_secrets_of_an_older_version_are_sealed_on_load() -> None:
-    kv = MemoryKV()
+async def test_clear_secrets_of_an_older_version_are_sealed_on_load(tmp_path: Path) -> None:
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in (tmp_path / "meta").iterdir())
+
+    kv = RocksKV(str(tmp_path / "meta"))
     old = {"path": "/s", "uri": "s3://b", "options": {"access_key": "AKOLD", "secret_key": "hunter2"}}
     kv.put(b"m:/s", json.dumps(old).encode())
+    for i in range(100):
+        kv.put(b"s:/%d" % i, b"x" * 100)
+    kv.close()
+    kv = RocksKV(str(tmp_path / "meta"))
+    kv.purge(b"m:")  # the old version's entry now in an SST file, as after a long run
+    assert b"hunter2" in on_disk()
     key = SecretsKey(os.urandom(32), "test")
     t = MountTable(kv, key=key)
-    assert b"hunter2" not in b"".join(v for _, v in kv.scan(b"")) and b"AKOLD" not in kv.get(b"m:/s")
+    assert b"hunter2" not in b"".join(v for _, v in kv.scan(b"")) and b"AKOLD" not in (kv.get(b"m:/s") or b"")
+    kv.close()
+    assert b"hunter2" not in on_disk() and b"AKOLD" not in on_disk()  # SST, WAL, LOG, MANIFEST
+    kv = RocksKV(str(tmp_path / "meta"))
+    t = MountTable(kv, key=key)
     (m,) = t.entries()
     assert t.store(m).options["secret_key"] == "hunter2"  # the store opens with the value
     other = SecretsKey(os.urandom(32), "another")
     with pytest.raises(MountError, match=f"encrypted with the secrets key {key.id}, this node's is {other.id}"):
         MountTable(kv, key=other).store(m)
     await t.close()
+    kv.close()
 
 
 def test_memory_tier_lru_between_watermarks() -> None:

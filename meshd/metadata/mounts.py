@@ -226,13 +226,23 @@ class MountTable:
         self._closing: set[asyncio.Task[None]] = set()
         self._mounts: dict[str, Mount] = {}
         self._stores: dict[str, UnderStore] = {}
-        for _, raw in kv.scan(_PREFIX):
+        rewritten = False
+        for _, raw in list(kv.scan(_PREFIX)):
             m = Mount.from_json(raw)
-            if secrets.has_clear(m.options) and key is not None:  # written by an older version
-                m = dataclasses.replace(m, options=secrets.seal(m.options, key, m.path))
-                kv.put(_PREFIX + m.path.encode(), m.to_json())
-                log.info("mount %s: its secret options were in clear text: encrypted them", m.path)
+            if secrets.has_clear(m.options):  # written by an older version
+                if key is not None:
+                    m = dataclasses.replace(m, options=secrets.seal(m.options, key, m.path))
+                    kv.put(_PREFIX + m.path.encode(), m.to_json())
+                    log.info("mount %s: its secret options were in clear text: encrypted them", m.path)
+                    rewritten = True
+                elif shared is not None:  # etcd has them: this copy loses them (_install)
+                    self._mounts[m.path] = m
+                    self._kv_put(m)
+                    rewritten = True
+                    continue
             self._mounts[m.path] = m
+        if rewritten:
+            kv.purge(_PREFIX)  # the clear values are gone from RocksDB's files too
 
     def entries(self) -> list[Mount]:
         return [self._mounts[p] for p in sorted(self._mounts)]
@@ -290,6 +300,9 @@ class MountTable:
         self._mounts[mount.path] = mount
         if store is not None:
             self._stores[mount.path] = store
+        self._kv_put(mount)
+
+    def _kv_put(self, mount: Mount) -> None:
         stored = mount
         if secrets.has_clear(mount.options):  # an old clear entry of etcd, no key: not to disk
             stored = dataclasses.replace(mount, options={
