@@ -146,7 +146,7 @@ class SecretsKey:
         kid, _, body = token[len(SEALED):].partition(":")
         if kid != self.id:
             raise MountError(f"mount {where}: option {name} is encrypted with the secrets key {kid}, "
-                             f"this node's is {self.id} ({self.source}): give every node the same key")
+                             f"this node's is {self.id}: give every node the same key")
         try:
             raw = base64.urlsafe_b64decode(body)
             return self._aead.decrypt(raw[:12], raw[12:], name.encode()).decode()

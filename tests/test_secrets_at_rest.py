@@ -135,9 +135,14 @@ def test_secret_references_from_a_file_and_the_environment(
         assert m["options"]["secret_key_file"] == str(secret_file) and m["options"]["access_key_env"] == var
         # a reference that does not resolve is refused with the option's name, not a value
         r = node.ctl("mount", "add", "/bad", s3_bucket.uri(), "-o", f"endpoint={s3_bucket.endpoint}",
-                     "-o", f"secret_key_file={tmp_path / 'missing'}", "-o", f"access_key_env={var}_UNSET")
+                     "-o", f"secret_key_file={tmp_path / 'missing'}", "-o", f"access_key_env={var}")
         err = r.stderr.decode()
         assert r.returncode != 0 and "secret_key_file" in err and "No such file" in err, err
+        r = node.ctl("mount", "add", "/bad", s3_bucket.uri(), "-o", f"endpoint={s3_bucket.endpoint}",
+                     "-o", f"secret_key_file={secret_file}", "-o", f"access_key_env={var}_UNSET")
+        err = r.stderr.decode()
+        assert r.returncode != 0 and f"access_key_env names {var}_UNSET, which is not set" in err, err
+        assert secret not in err and access not in err
         # a secret given twice is refused
         r = node.ctl("mount", "add", "/bad", s3_bucket.uri(), "-o", "secret_key=x",
                      "-o", f"secret_key_file={secret_file}", "-o", "access_key=y")
