@@ -177,18 +177,36 @@ def test_store_failures_name_mesh_paths_only(
     store = tmp_path / "hidden-store-dir"
     store.mkdir()
     (store / "gone.txt").write_bytes(b"soon gone")
+    # a WebHDFS NameNode: another mesh node's gateway, serving a directory as /hdfsroot
+    hdfs_dir = tmp_path / "hidden-hdfs-dir"
+    hdfs_dir.mkdir()
+    (hdfs_dir / "cold.bin").write_bytes(DATA)
+    namenode = meshd([f"/hdfsroot=file://{hdfs_dir}"])
     opts = own_s3.options()
     node = meshd([f"/s3=s3://{bucket},sync_interval=-1," + ",".join(f"{k}={v}" for k, v in opts.items()),
-                  f"/local=file://{store},sync_interval=-1"], ["--s3-allow-anonymous"])
+                  f"/local=file://{store},sync_interval=-1",
+                  f"/h=hdfs://127.0.0.1/hdfsroot,endpoint={namenode.endpoints['webhdfs']},sync_interval=-1"],
+                 ["--s3-allow-anonymous"])
     with node.client() as client:
         assert client.stat("/s3/cold.bin").size == len(DATA)  # known, not cached
         assert client.stat("/local/gone.txt").size == 9
+        assert client.stat("/h/cold.bin").size == len(DATA)
+    # the NameNode's own message names its path: translated to the mesh path
+    (hdfs_dir / "gone.bin").write_bytes(b"x")
+    with node.client() as client:
+        assert client.stat("/h/gone.bin").size == 1
+    (hdfs_dir / "gone.bin").unlink()
+    for text in (node.ctl("cat", "/h/gone.bin").stderr.decode(),
+                 http_get(node.endpoints["webhdfs"] + "/webhdfs/v1/h/gone.bin?op=OPEN")[1].decode()):
+        assert "/h/gone.bin" in text and "FileNotFound" in text and "hdfsroot" not in text, text
     (store / "gone.txt").unlink()
     own_s3.stop()  # the S3 endpoint goes away
+    namenode.stop()  # and the NameNode
     port = own_s3.endpoint.rsplit(":", 1)[1]
+    nn_port = namenode.endpoints["webhdfs"].rsplit(":", 1)[1]
     forbidden = [bucket, str(store), "hidden", own_s3.endpoint, f":{port}", opts["secret_key"], opts["access_key"],
-                 "s3://", "file://"]
-    cases = {"/s3/cold.bin": "unreachable", "/local/gone.txt": "no such file"}
+                 "s3://", "file://", "hdfs://", "hdfsroot", f":{nn_port}"]
+    cases = {"/s3/cold.bin": "unreachable", "/local/gone.txt": "no such file", "/h/cold.bin": "unreachable"}
     for mesh_path, why in cases.items():
         answers = {}
         r = node.ctl("cat", mesh_path)
