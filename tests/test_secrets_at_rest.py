@@ -183,7 +183,7 @@ def test_store_failures_name_mesh_paths_only(
     (hdfs_dir / "cold.bin").write_bytes(DATA)
     namenode = meshd([f"/hdfsroot=file://{hdfs_dir}"])
     opts = own_s3.options()
-    node = meshd([f"/s3=s3://{bucket},sync_interval=-1," + ",".join(f"{k}={v}" for k, v in opts.items()),
+    node = meshd([f"/s3=s3://{bucket},sync_interval=-1,max_attempts=1,connect_timeout=2," + ",".join(f"{k}={v}" for k, v in opts.items()),
                   f"/local=file://{store},sync_interval=-1",
                   f"/h=hdfs://127.0.0.1/hdfsroot,endpoint={namenode.endpoints['webhdfs']},sync_interval=-1"],
                  ["--s3-allow-anonymous"])
