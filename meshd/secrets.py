@@ -152,7 +152,7 @@ class SecretsKey:
             return self._aead.decrypt(raw[:12], raw[12:], name.encode()).decode()
         except (binascii.Error, ValueError, InvalidTag):
             raise MountError(f"mount {where}: option {name} does not decrypt with the secrets key "
-                             f"{self.id}: damaged; give the secret again (meshctl mount add --replace)") from None
+                             f"{self.id}: damaged; give the secret again (meshctl mount rm, then mount add)") from None
 
 
 def has_clear(options: Mapping[str, str]) -> bool:
