@@ -50,6 +50,7 @@ from meshd.metadata.shard import MetadataCache
 from meshd.metrics import Metrics, Stats, UnderstoreMetrics
 from meshd.region.federation import EtcdFederation, Federation
 from meshd.region.quota import Quotas, ThrottledStore
+from meshd.secrets import KEY_FILE, SecretsKey
 from meshd.tls import node_client_context
 from meshd.understore import UnderStore
 from topology.model import format_size
@@ -84,7 +85,7 @@ class Mode:
     federation: Federation | None = None
     default_mount = False  # with no mount configured, mount a local directory at /local
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics) -> MountTable:
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
         raise NotImplementedError
 
     async def start(self, mounts: MountTable) -> None:
@@ -106,8 +107,8 @@ class Embedded(Mode):
     def __init__(self, me: Member) -> None:
         self.membership = StaticMembership(me)
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics) -> MountTable:
-        return MountTable(kv, wrap=lambda store, _mount: understore.wrap(store))
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
+        return MountTable(kv, wrap=lambda store, _mount: understore.wrap(store), key=key)
 
 
 class Clustered(Mode):
@@ -127,7 +128,7 @@ class Clustered(Mode):
         self.shared = EtcdMounts(etcd, cc.name)
         self.topology = EtcdFederation(etcd, cc.name, self.federation)
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics) -> MountTable:
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
         fed = self.federation
 
         def wrap(store: UnderStore, mount: Mount) -> UnderStore:
@@ -136,7 +137,7 @@ class Clustered(Mode):
                                        lambda: fed.outbound(fed.home_of(mount)))
             return understore.wrap(throttled)
 
-        return MountTable(kv, wrap=wrap, shared=self.shared, endpoints=fed)
+        return MountTable(kv, wrap=wrap, shared=self.shared, endpoints=fed, key=key)
 
     async def start(self, mounts: MountTable) -> None:
         """The shared mount table and the topology (etcd must answer), then follow them."""
@@ -251,6 +252,20 @@ def warn_memory_capacity(capacity: int) -> None:
                     format_size(capacity), format_size(ram))
 
 
+def secrets_key(config: NodeConfig) -> SecretsKey | None:
+    """The key that seals the mount table's inline secrets: ``cluster.secrets_key_file``
+    when given (the same file on every node of a cluster); else, in embedded mode,
+    ``DATA_DIR/secrets.key`` (created 0600 on first start, beside the RocksDB directory,
+    not in it); else None: a cluster node without a key refuses inline secrets."""
+    if config.cluster.secrets_key_file:
+        return SecretsKey.load(config.cluster.secrets_key_file)
+    if config.cluster.enabled:
+        return None
+    data_dir = os.path.abspath(config.data_dir)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    return SecretsKey.load_or_create(os.path.join(data_dir, KEY_FILE))
+
+
 def access_of(config: NodeConfig, node_token: str = "") -> auth.Access:
     """Who may use the node: its own credentials (``DATA_DIR/credentials.json``, made on
     first start), the cluster token, the S3 keys of the config, the access file."""
@@ -273,6 +288,7 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: 
     c = config.cache
     warn_memory_capacity(c.memory_capacity)
     data_dir = os.path.abspath(config.data_dir)
+    key = secrets_key(config)
     kv = RocksKV(os.path.join(data_dir, "meta"))
     stats = Stats()
     cache = PageCache(os.path.join(data_dir, "pages"), c.page_size, c.memory_capacity, c.disk_capacity,
@@ -280,7 +296,7 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: 
     access = access_of(config, node_token)
     mode: Mode = Clustered(etcd, config, me, node_token) if etcd is not None else Embedded(me)
     understore = UnderstoreMetrics(stats)
-    node = MeshNode(mode.mount_table(kv, understore), MetadataCache(kv), cache, stats,
+    node = MeshNode(mode.mount_table(kv, understore, key), MetadataCache(kv), cache, stats,
                     ReadAhead(c.page_size, max_pages=c.readahead_pages), c.load_parallelism,
                     cluster=mode.cluster, federation=mode.federation)
     node.access = access

@@ -142,6 +142,9 @@ class ClusterConfig:
     # The secret nodes present to each other. Empty: the first node makes one and keeps
     # it in etcd (whoever can read etcd's /mesh/<cluster>/ is trusted anyway).
     token_file: str = ""
+    # The key sealing the mount table's inline secrets (base64 of 32 bytes, 0600), the same
+    # file on every node; without it inline secrets are refused (meshd/secrets.py).
+    secrets_key_file: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -399,9 +402,10 @@ def parse_mount_flag(flag: str) -> MountConfig:
         raise InvalidArgument(f"--mount {flag!r}: expected /PATH=URI[,key=value...]")
     uri, *opts = rest.split(",")
     options = {}
-    for o in opts:
+    for n, o in enumerate(opts, 1):
         k, s, v = o.partition("=")
-        if not s:
-            raise InvalidArgument(f"--mount {flag!r}: option {o!r} is not key=value")
+        if not s:  # the flag is not echoed: it may hold a secret (and a comma inside one)
+            raise InvalidArgument(f"--mount {path}: option {n} is not key=value (values cannot hold "
+                                  "a comma; give such a secret as <option>_file=/path)")
         options[k] = v
     return MountConfig(path, uri, options)

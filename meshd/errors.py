@@ -185,7 +185,7 @@ def from_oserror(exc: OSError, what: str) -> MeshError:
         _errno.EXDEV: NotSupported,
     }
     cls = by_errno.get(exc.errno or 0, UnderStoreError)
-    return cls(f"{what}: {exc.strerror or exc}")
+    return cls(f"{what}: {exc.strerror or type(exc).__name__}")  # str(exc) names the host file
 
 
 def to_oserror(exc: MeshError) -> OSError:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest_s3 import s3_bucket, s3_server  # noqa: F401 - fixtures
 from tests.etcdproc import EtcdProcess
-from tests.meshd_proc import MeshdProcess
+from tests.meshd_proc import MeshdProcess, secrets_key_file
 
 _counter = itertools.count()
 T = TypeVar("T")
@@ -54,7 +54,8 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
 def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl: int = 3,
                  s3: bool = False) -> list[str]:
     return ["--etcd", etcd.url, "--cluster", name, "--region", region, "--lease-ttl", str(ttl),
-            "--log-level", "INFO", *([] if s3 else ["--no-s3"])]
+            "--log-level", "INFO", "--secrets-key-file", str(secrets_key_file(etcd.data_dir.parent)),
+            *([] if s3 else ["--no-s3"])]
 
 
 def wait_until(probe: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str,

@@ -88,6 +88,20 @@ class MeshdProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def secrets_key_file(directory: Path) -> Path:
+    """A cluster's key for mount secrets in ``directory`` (made once, 0600): what an operator
+    gives every node of a cluster (``meshd run --secrets-key-file``)."""
+    import base64
+
+    path = Path(directory) / "cluster-secrets.key"
+    if not path.exists():
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64encode(os.urandom(32)) + b"\n")
+    return path
+
+
 def env_without_endpoint() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MESH_ENDPOINT", None)

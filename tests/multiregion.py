@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from tests.meshd_proc import MESHCTL, MeshdProcess
+from tests.meshd_proc import MESHCTL, MeshdProcess, secrets_key_file
 from tests.netns import Regions, cleanup_leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +171,8 @@ class MultiRegion:
         p = MeshdProcess(d, [], ["--etcd", self.etcd_url, "--cluster", CLUSTER, "--region", region,
                                  "--host", addr, "--advertise-host", addr, "--lease-ttl", "3",
                                  "--no-s3", "--log-level", "INFO", "--memory-capacity", "256MiB",
-                                 "--disk-capacity", "4GiB", *self.node_args],
+                                 "--disk-capacity", "4GiB",
+                                 "--secrets-key-file", str(secrets_key_file(self.workdir)), *self.node_args],
                          command="run", prefix=["ip", "netns", "exec", self.net.ns(region)])
         p.start(timeout=60)
         self.nodes[region].append(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import textwrap
 from pathlib import Path
@@ -12,6 +13,7 @@ from meshd.config import CacheConfig, ClusterConfig, NodeConfig
 from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import MetadataCache
 from meshd.region.quota import ThrottledStore
+from meshd.secrets import SecretsKey
 from topology.model import parse
 
 PS = 64 << 10
@@ -77,5 +79,40 @@ async def test_cluster_mode_is_wired_at_construction(tmp_path: Path) -> None:
         assert parts.mounts.options_for(mount) == {"endpoint": "http://two:9000"}
         text = parts.metrics.render().decode()
         assert "mesh_cluster_members 3.0" in text and 'mesh_link_bytes_total' in text
+    finally:
+        await parts.close()
+
+
+async def test_secrets_key_per_mode(tmp_path: Path) -> None:
+    """Embedded: DATA_DIR/secrets.key, made 0600 once, beside (not in) RocksDB's directory.
+    Cluster: cluster.secrets_key_file, or none (inline secrets then refused)."""
+    cfg = config(tmp_path / "e")
+    parts = build(cfg, member(cfg, "n1"))
+    try:
+        key = tmp_path / "e" / "secrets.key"
+        assert parts.mounts.key is not None and (key.stat().st_mode & 0o777) == 0o600
+        first = parts.mounts.key.id
+    finally:
+        await parts.close()
+    parts = build(cfg, member(cfg, "n1"))  # the same key on the next start
+    try:
+        assert parts.mounts.key is not None and parts.mounts.key.id == first
+    finally:
+        await parts.close()
+    cfg = config(tmp_path / "c", cluster=True)
+    parts = build(cfg, member(cfg, "n1"), Etcd(cfg.cluster.etcd))
+    try:
+        assert parts.mounts.key is None and not (tmp_path / "c" / "secrets.key").exists()
+    finally:
+        await parts.close()
+    shared = tmp_path / "shared.key"
+    shared.write_text(base64.b64encode(bytes(range(32))).decode() + "\n")
+    shared.chmod(0o644)  # an operator's file others may read: tightened (it is ours)
+    cfg = dataclasses.replace(cfg, data_dir=str(tmp_path / "c2"),
+                              cluster=dataclasses.replace(cfg.cluster, secrets_key_file=str(shared)))
+    parts = build(cfg, member(cfg, "n1"), Etcd(cfg.cluster.etcd))
+    try:
+        assert parts.mounts.key is not None and parts.mounts.key.id == SecretsKey(bytes(range(32)), "x").id
+        assert (shared.stat().st_mode & 0o777) == 0o600
     finally:
         await parts.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from meshd import paths
@@ -9,8 +13,9 @@ from meshd.cache.pages import MemoryTier, PageKey
 from meshd.cache.readahead import ReadAhead
 from meshd.config import from_dict, parse_mount_flag, parse_size
 from meshd.errors import InvalidArgument, InvalidPath, MountError
-from meshd.metadata.kv import MemoryKV
-from meshd.metadata.mounts import MountTable
+from meshd.metadata.kv import MemoryKV, RocksKV
+from meshd.metadata.mounts import MountTable, validate
+from meshd.secrets import SecretsKey
 
 
 @pytest.mark.parametrize("bad", ["", "/a/../b", "/a/./b", "/a\x00b", "/" + "x" * 256, "/a/" + "b/" * 2100])
@@ -45,16 +50,69 @@ async def test_mount_table_refuses_overlap_and_malformed(tmp_path: object) -> No
     await t.close()
 
 
-async def test_mount_table_persists_and_redacts() -> None:
+async def test_mount_table_persists_and_redacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kv = MemoryKV()
-    t = MountTable(kv)
+    key = SecretsKey(os.urandom(32), "test")
+    t = MountTable(kv, key=key)
     await t.add("/s", "s3://bucket/p", {"access_key": "a", "secret_key": "hunter2", "region": "x"}, check=False)
-    again = MountTable(kv)
+    assert b"hunter2" not in b"".join(v for _, v in kv.scan(b""))
+    again = MountTable(kv, key=key)
     (m,) = again.entries()
-    assert m.uri == "s3://bucket/p" and m.options["secret_key"] == "hunter2"
-    assert m.redacted_options() == {"access_key": "a", "secret_key": "***", "region": "x"}
+    assert m.uri == "s3://bucket/p" and m.options["secret_key"].startswith("enc:v1:")
+    assert m.redacted_options() == {"access_key": "***", "secret_key": "***", "region": "x"}
     await t.remove("/s")
     assert MountTable(kv).entries() == []
+    # without a key (a cluster node without cluster.secrets_key_file), an inline secret is
+    # refused, naming both ways that work; references are taken
+    bare = MountTable(MemoryKV())
+    with pytest.raises(MountError, match="secret_key_file=/path or secret_key_env=VARIABLE"):
+        await bare.add("/s", "s3://bucket/p", {"secret_key": "hunter2", "access_key_env": "AK"}, check=False)
+    with pytest.raises(MountError, match="cannot read secret_key_file /nonexistent/k: No such file"):
+        await bare.add("/s", "s3://bucket/p", {"secret_key_file": "/nonexistent/k", "access_key_env": "AK"},
+                       check=False)
+    (tmp_path / "k").write_text("hunter2\n")
+    with pytest.raises(MountError, match="access_key_env names AK, which is not set"):
+        await bare.add("/s", "s3://bucket/p", {"secret_key_file": str(tmp_path / "k"), "access_key_env": "AK"},
+                       check=False)
+    monkeypatch.setenv("AK", "a")
+    m = await bare.add("/s", "s3://bucket/p", {"secret_key_file": str(tmp_path / "k"), "access_key_env": "AK"},
+                       check=False)
+    assert m.redacted_options() == {"secret_key_file": str(tmp_path / "k"), "access_key_env": "AK"}
+    assert bare.store(m).options["secret_key"] == "hunter2" and bare.store(m).options["access_key"] == "a"
+    await bare.close()
+    with pytest.raises(MountError, match="both give secret_key"):
+        validate("/s", "s3://b", {"secret_key": "x", "secret_key_env": "S"})
+    with pytest.raises(MountError, match="unknown file mount option 'secret_key_file'"):
+        validate("/s", "file:///tmp", {"secret_key_file": "/k"})  # file:// takes no secrets
+
+
+async def test_clear_secrets_of_an_older_version_are_sealed_on_load(tmp_path: Path) -> None:
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in (tmp_path / "meta").iterdir())
+
+    kv = RocksKV(str(tmp_path / "meta"))
+    old = {"path": "/s", "uri": "s3://b", "options": {"access_key": "AKOLD", "secret_key": "hunter2"}}
+    kv.put(b"m:/s", json.dumps(old).encode())
+    for i in range(100):
+        kv.put(b"s:/%d" % i, b"x" * 100)
+    kv.close()
+    kv = RocksKV(str(tmp_path / "meta"))
+    kv.purge(b"m:")  # the old version's entry now in an SST file, as after a long run
+    assert b"hunter2" in on_disk()
+    key = SecretsKey(os.urandom(32), "test")
+    t = MountTable(kv, key=key)
+    assert b"hunter2" not in b"".join(v for _, v in kv.scan(b"")) and b"AKOLD" not in (kv.get(b"m:/s") or b"")
+    kv.close()
+    assert b"hunter2" not in on_disk() and b"AKOLD" not in on_disk()  # SST, WAL, LOG, MANIFEST
+    kv = RocksKV(str(tmp_path / "meta"))
+    t = MountTable(kv, key=key)
+    (m,) = t.entries()
+    assert t.store(m).options["secret_key"] == "hunter2"  # the store opens with the value
+    other = SecretsKey(os.urandom(32), "another")
+    with pytest.raises(MountError, match=f"encrypted with the secrets key {key.id}, this node's is {other.id}"):
+        MountTable(kv, key=other).store(m)
+    await t.close()
+    kv.close()
 
 
 def test_memory_tier_lru_between_watermarks() -> None:
@@ -130,7 +188,7 @@ def test_missing_s3_credentials_name_the_options_and_environment() -> None:
 
     from meshd.understore.s3 import translate_error
 
-    message = str(translate_error(NoCredentialsError(), "s3://bucket/key", "bucket"))
+    message = str(translate_error(NoCredentialsError(), "/mnt/key"))
     assert "no usable S3 credentials" in message
     for name in ("access_key=", "secret_key=", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in message, message

@@ -113,7 +113,7 @@ class StoreSource:
         t = f.target
         data = await t.store.read_all(t.rel, start, end, f.status.version)
         if len(data) != end - start:
-            raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: page {index} "
+            raise UnderStoreError(f"short read from {t.path}: page {index} "
                                   f"has {len(data)} of {end - start} bytes")
         await self.cache.put(f.key(index), data)
         self.stats.page_fetches += 1
@@ -146,7 +146,7 @@ class StoreSource:
                         futs.pop(idx).set_result(Got(MemPage(data), Source.STORE))
                         idx, parts, have = idx + 1, [], 0
             if futs:
-                raise UnderStoreError(f"short read from {t.mount.uri}/{t.rel}: pages {sorted(futs)} missing")
+                raise UnderStoreError(f"short read from {t.path}: pages {sorted(futs)} missing")
         except BaseException as e:
             fail(futs.values(), e)
 

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                    "says 'queued' well within it and is waited for")
     r.add_argument("--cluster-token-file", metavar="FILE",
                    help="the secret nodes present to each other (default: made by the first node, kept in etcd)")
+    r.add_argument("--secrets-key-file", metavar="FILE",
+                   help="the cluster's key for mount secrets, the same on every node (base64 of 32 bytes, 0600)")
     r.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a node label (repeatable)")
     x = sub.add_parser("scheduler-extender",
                        help="serve kube-scheduler's and Volcano's extender protocols (docs/SCHEDULING.md)")
@@ -248,7 +250,8 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
                      meta_port=args.meta_port if args.meta_port is not None else cc.meta_port,
                      lease_ttl=args.lease_ttl if args.lease_ttl is not None else cc.lease_ttl,
                      peer_timeout=args.peer_timeout if args.peer_timeout is not None else cc.peer_timeout,
-                     token_file=args.cluster_token_file or cc.token_file)
+                     token_file=args.cluster_token_file or cc.token_file,
+                     secrets_key_file=args.secrets_key_file or cc.secrets_key_file)
         if not cc.etcd:
             raise InvalidArgument("meshd run needs --etcd (or cluster.etcd in the config file); "
                                   "for a single node without etcd use `meshd embedded`")

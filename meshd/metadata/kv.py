@@ -40,6 +40,10 @@ class KV(abc.ABC):
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         """Apply deletes then puts atomically."""
 
+    def purge(self, prefix: bytes) -> None:  # noqa: B027 - optional hook
+        """Drop from the files on disk the old versions of the keys under ``prefix``
+        (overwritten values that held secrets in clear text)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -189,6 +193,23 @@ class RocksKV(KV):
             n += 1
             it.next()
         return n
+
+    def purge(self, prefix: bytes) -> None:
+        """Flush the memtable (the WAL holding the old values is then dropped) and rewrite
+        the SST files holding ``prefix``, down to the bottom level: RocksDB keeps
+        overwritten values until a compaction reaches them."""
+        from rocksdict import BottommostLevelCompaction, CompactOptions
+
+        if self._db is None:
+            return
+        opts = CompactOptions()
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        try:
+            self._db.flush()
+            self._db.compact_range(prefix, end, opts)
+        except Exception as e:  # a full disk: the next purge (next start) tries again
+            log.warning("metadata store: cannot compact %r: %s", prefix, str(e)[:200])
 
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         from rocksdict import WriteBatch

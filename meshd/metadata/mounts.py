@@ -20,6 +20,12 @@ option             default  meaning
 ``home_region``    (own)    the home region when no topology store matches
 =================  =======  ==================================================
 
+Secret options (``access_key``, ``secret_key``, ``session_token``, ...: see
+:mod:`meshd.secrets`) are stored encrypted with the node's secrets key, or given by
+reference (``secret_key_file=/path``, ``secret_key_env=NAME``) and resolved when the
+store opens: the table never holds one in clear text. Entries an older version wrote
+in clear text are read as they are and written back encrypted when the node has a key.
+
 The table persists in the node's KV store (key ``m:<path>``). In cluster mode
 it lives in etcd (``/mesh/<cluster>/mounts/<path>``, shared by every node and
 region): changes are written there, every node applies them from its watch,
@@ -29,21 +35,25 @@ and the KV copy is the last known table, used if etcd is away at start-up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from meshd import paths
-from meshd.errors import MountError, NotFound, PermissionDenied
+from meshd import paths, secrets
+from meshd.errors import MeshError, MountError, NotFound, PermissionDenied
 from meshd.metadata.kv import KV
+from meshd.secrets import SecretsKey
 from meshd.understore import UnderStore, open_understore, options_of
 from meshd.understore.base import check_options
 
 MESH_OPTIONS = {"sync_interval", "nocache", "read_only", "store", "home_region"}
-SECRET_OPTIONS = {"secret_key", "session_token", "password"}
+SECRET_OPTIONS = secrets.SECRET_OPTIONS
+log = logging.getLogger("meshd.mounts")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _PREFIX = b"m:"
@@ -98,7 +108,7 @@ class Mount:
         return {k: v for k, v in self.options.items() if k not in MESH_OPTIONS}
 
     def redacted_options(self) -> dict[str, str]:
-        return {k: ("***" if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+        return secrets.redact(self.options)
 
     def check_writable(self) -> None:
         if self.read_only:
@@ -125,7 +135,9 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     for key in options:
         if not key or not key.replace("_", "").isalnum():
             raise MountError(f"malformed option name {key!r}")
-    check_options(parts.scheme, options, MESH_OPTIONS | options_of(uri))
+    known = options_of(uri)
+    check_options(parts.scheme, options, MESH_OPTIONS | known | secrets.reference_options(known))
+    secrets.check_references(options)
     mount = Mount(path, uri.rstrip("/") if parts.path not in ("", "/") else uri, dict(options))
     _ = mount.sync_interval, mount.nocache, mount.read_only  # validate values
     return mount
@@ -199,8 +211,11 @@ class MountTable:
     options stores open with, and says when they change (the stores then reopen)."""
 
     def __init__(self, kv: KV, wrap: Callable[[UnderStore, Mount], UnderStore] | None = None, *,
-                 shared: SharedMounts | None = None, endpoints: StoreEndpoints | None = None) -> None:
+                 shared: SharedMounts | None = None, endpoints: StoreEndpoints | None = None,
+                 key: SecretsKey | None = None) -> None:
         self._kv = kv
+        self.key = key  # seals inline secrets; None: they are refused (cluster mode without a key)
+        self._warned_clear: set[str] = set()
         self.shared = shared
         self._wrap = wrap or (lambda store, mount: store)
         self.options_for: Callable[[Mount], dict[str, str]] = (
@@ -211,9 +226,23 @@ class MountTable:
         self._closing: set[asyncio.Task[None]] = set()
         self._mounts: dict[str, Mount] = {}
         self._stores: dict[str, UnderStore] = {}
-        for _, raw in kv.scan(_PREFIX):
+        rewritten = False
+        for _, raw in list(kv.scan(_PREFIX)):
             m = Mount.from_json(raw)
+            if secrets.has_clear(m.options):  # written by an older version
+                if key is not None:
+                    m = dataclasses.replace(m, options=secrets.seal(m.options, key, m.path))
+                    kv.put(_PREFIX + m.path.encode(), m.to_json())
+                    log.info("mount %s: its secret options were in clear text: encrypted them", m.path)
+                    rewritten = True
+                elif shared is not None:  # etcd has them: this copy loses them (_install)
+                    self._mounts[m.path] = m
+                    self._kv_put(m)
+                    rewritten = True
+                    continue
             self._mounts[m.path] = m
+        if rewritten:
+            kv.purge(_PREFIX)  # the clear values are gone from RocksDB's files too
 
     def entries(self) -> list[Mount]:
         return [self._mounts[p] for p in sorted(self._mounts)]
@@ -227,13 +256,14 @@ class MountTable:
     async def add(self, path: str, uri: str, options: Mapping[str, str], *, check: bool = True,
                   replace: bool = False) -> Mount:
         mount = validate(path, uri, options)
+        mount = dataclasses.replace(mount, options=self._seal(mount, self._mounts.get(mount.path)))
         if mount.path in self._mounts and not replace:
             raise MountError(f"{mount.path} is already mounted ({self._mounts[mount.path].uri})")
         other = self._overlap(mount.path)
         if other is not None:
             raise MountError(f"{mount.path} overlaps the existing mount {other.path} ({other.uri}); "
                              "mounts may not be nested")
-        store = self._open(mount)
+        store = self._open(mount, detail=True)
         if check:
             try:
                 await store.check()
@@ -249,6 +279,20 @@ class MountTable:
         await self._install(mount, store)
         return mount
 
+    def _seal(self, mount: Mount, previous: Mount | None) -> dict[str, str]:
+        """``mount``'s options as stored: inline secrets sealed. A secret equal to the one
+        ``previous`` holds keeps its sealed value (re-adding a mount changes nothing)."""
+        options = dict(mount.options)
+        if previous is not None and self.key is not None:
+            for k, v in previous.options.items():
+                if k in SECRET_OPTIONS and secrets.is_sealed(v) and k in options:
+                    try:
+                        if self.key.unseal(k, v, mount.path) == options[k]:
+                            options[k] = v
+                    except MountError:
+                        pass
+        return secrets.seal(options, self.key, mount.path)
+
     async def _install(self, mount: Mount, store: UnderStore | None) -> None:
         old = self._stores.pop(mount.path, None)
         if old is not None:
@@ -256,7 +300,14 @@ class MountTable:
         self._mounts[mount.path] = mount
         if store is not None:
             self._stores[mount.path] = store
-        self._kv.put(_PREFIX + mount.path.encode(), mount.to_json())
+        self._kv_put(mount)
+
+    def _kv_put(self, mount: Mount) -> None:
+        stored = mount
+        if secrets.has_clear(mount.options):  # an old clear entry of etcd, no key: not to disk
+            stored = dataclasses.replace(mount, options={
+                k: v for k, v in mount.options.items() if k not in SECRET_OPTIONS})
+        self._kv.put(_PREFIX + mount.path.encode(), stored.to_json())
 
     async def remove(self, path: str) -> Mount:
         path = paths.normalize(path)
@@ -282,8 +333,32 @@ class MountTable:
             if path not in wanted:
                 await self._forget(path)
         for m in wanted.values():
+            if secrets.has_clear(m.options):
+                m = await self._reseal_shared(m)
             if self._mounts.get(m.path) != m:
                 await self._install(m, None)  # its under-store opens on first use
+                try:
+                    secrets.unseal(m.options, self.key, m.path)
+                except MountError as e:  # its requests fail with this; the other mounts serve
+                    log.error("%s", e)
+
+    async def _reseal_shared(self, m: Mount) -> Mount:
+        """An entry an older version wrote to etcd with secrets in clear text: written back
+        sealed when this node has the key (nodes racing to do it converge on the last
+        write), else used as it is, with a warning."""
+        if self.key is None or self.shared is None:
+            if m.path not in self._warned_clear:
+                self._warned_clear.add(m.path)
+                log.warning("mount %s holds secret options in clear text in the cluster's mount "
+                            "table; give the nodes cluster.secrets_key_file to encrypt them", m.path)
+            return m
+        sealed = dataclasses.replace(m, options=secrets.seal(m.options, self.key, m.path))
+        try:
+            await self.shared.put(sealed)
+            log.info("mount %s: its secret options were in clear text in etcd: encrypted them", m.path)
+        except MeshError as e:
+            log.warning("mount %s: cannot write its secrets back encrypted: %s", m.path, e)
+        return sealed
 
     def resolve(self, path: str) -> tuple[Mount, str] | None:
         """The mount holding ``path`` and the path relative to its root."""
@@ -300,9 +375,21 @@ class MountTable:
         """The mesh path a user's name for data stands for (see :func:`mesh_path_of`)."""
         return mesh_path_of(((m.path, m.uri) for m in self._mounts.values()), name)
 
-    def _open(self, mount: Mount) -> UnderStore:
+    def _open(self, mount: Mount, *, detail: bool = False) -> UnderStore:
+        """``mount``'s under-store, opened with its secrets resolved (in memory only).
+        ``detail``: errors of the store's own (they may name its URI) go to the caller
+        as they are (``mount add``, by an operator); else they are logged and the caller
+        is told only that the mount's store cannot be opened."""
         options = self.options_for(mount)
-        raw = open_understore(mount.uri, options)
+        resolved = secrets.unseal(options, self.key, mount.path)  # errors name the mount only
+        try:
+            raw = open_understore(mount.uri, resolved)
+        except MeshError as e:
+            if detail:
+                raise
+            log.error("mount %s: cannot open its under-store: %s", mount.path, e)
+            raise MountError(f"mount {mount.path}: its under-store cannot be opened "
+                             "(the node's log says why)") from None
         raw.shown = mount.path  # errors name the mesh path the user gave, not file:///...
         store = self._wrap(raw, mount)
         self._opened_with[mount.path] = options

@@ -21,6 +21,7 @@ import abc
 import difflib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from meshd.errors import MountError
 
@@ -39,6 +40,14 @@ class Capabilities:
     rename: bool = False  # atomic rename of files (and directories)
     directories: bool = False  # real directories (False: prefixes / markers)
     append: bool = False  # bytes can be added at the end of a file in place
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without the ``user:password@`` it may carry: how logs and messages name it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def check_options(scheme: str, options: Iterable[str], known: Iterable[str]) -> None:

@@ -62,7 +62,13 @@ from meshd.errors import (
     UnderStoreError,
     VersionChanged,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore, check_options
+from meshd.understore.base import (
+    Capabilities,
+    ObjectInfo,
+    UnderStore,
+    check_options,
+    without_userinfo,
+)
 
 DEFAULT_HTTP_PORT = 9870
 VERIFY_EVERY = 4 << 20
@@ -156,13 +162,20 @@ class HdfsUnderStore(UnderStore):
             remote = json.loads(body)["RemoteException"]
             name, message = str(remote.get("exception", "")), str(remote.get("message", ""))
         except (ValueError, KeyError, TypeError):
-            raise UnderStoreError(f"{what}: HTTP {resp.status} from {self.endpoint}: "
-                                  f"{body[:200].decode(errors='replace')}") from None
-        raise _EXCEPTIONS.get(name, UnderStoreError)(f"{what}: {name}: {message}")
+            # the body (a proxy's page, ...) may name the NameNode and HDFS paths: not echoed
+            raise UnderStoreError(f"{what}: HTTP {resp.status} from the NameNode") from None
+        raise _EXCEPTIONS.get(name, UnderStoreError)(f"{what}: {name}{self._mesh_message(message)}")
+
+    def _mesh_message(self, message: str) -> str:
+        """The NameNode's message with HDFS paths named as mesh paths (``": ..."``); when the
+        mount is the HDFS root they cannot be told apart from other text: left out."""
+        if not self.root or not message:
+            return ""
+        return ": " + message.replace(self.root, self.shown.rstrip("/") or "/")
 
     async def _call(self, method: str, path: str, op: str, **params: Any) -> Any:
         """A one-step operation with a JSON answer (or none)."""
-        what = f"{op} {self.uri}/{path}".rstrip("/")
+        what = f"{op} {self._shown(path.strip('/'))}"
         try:
             async with self.session().request(method, self._url(path, op, **params)) as resp:
                 await self._raise_for(resp, what)
@@ -170,12 +183,12 @@ class HdfsUnderStore(UnderStore):
         except MeshError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise UnderStoreError(f"{what}: {self.endpoint} unreachable: {type(e).__name__}: {e}") from None
+            raise UnderStoreError(f"{what}: the NameNode is unreachable ({type(e).__name__})") from None
         return json.loads(body) if body.strip() else None
 
     async def _located(self, method: str, path: str, op: str, **params: Any) -> str:
         """Step one of a two-step operation: where the NameNode sends the bytes."""
-        what = f"{op} {self.uri}/{path}"
+        what = f"{op} {self._shown(path.strip('/'))}"
         try:
             async with self.session().request(method, self._url(path, op, **params),
                                               allow_redirects=False) as resp:
@@ -186,7 +199,7 @@ class HdfsUnderStore(UnderStore):
         except MeshError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            raise UnderStoreError(f"{what}: {self.endpoint} unreachable: {type(e).__name__}: {e}") from None
+            raise UnderStoreError(f"{what}: the NameNode is unreachable ({type(e).__name__})") from None
         if not location:
             raise UnderStoreError(f"{what}: the NameNode gave no DataNode location (HTTP {resp.status})")
         return location
@@ -214,7 +227,7 @@ class HdfsUnderStore(UnderStore):
         except (TimeoutError, aiohttp.ClientError) as e:
             if failed:
                 raise failed[0] from None
-            raise UnderStoreError(f"{what}: upload failed: {type(e).__name__}: {e}") from None
+            raise UnderStoreError(f"{what}: upload failed ({type(e).__name__})") from None
 
     def _info(self, path: str, st: dict[str, Any]) -> ObjectInfo:
         is_dir = st.get("type") == "DIRECTORY"
@@ -229,7 +242,7 @@ class HdfsUnderStore(UnderStore):
         try:
             info = await self.head("")
         except NotFound:
-            raise MountError(f"{self.uri}: no such directory in HDFS at {self.endpoint}") from None
+            raise MountError(f"{self.uri}: no such directory in HDFS at {without_userinfo(self.endpoint)}") from None
         except UnderStoreError as e:
             raise MountError(f"{self.uri}: {e}") from None
         if not info.is_dir:
@@ -258,7 +271,7 @@ class HdfsUnderStore(UnderStore):
                 break
             after = page[-1]["pathSuffix"]
         if len(entries) == 1 and entries[0].get("pathSuffix") == "" and entries[0].get("type") == "FILE":
-            raise NotADirectory(f"not a directory: {self.uri}/{rel}")
+            raise NotADirectory(f"not a directory: {self._shown(rel)}")
         out_list = [self._info(f"{rel}/{e['pathSuffix']}".lstrip("/"), e) for e in entries
                     if not str(e.get("pathSuffix", "")).startswith(TMP_PREFIX)]
         return sorted(out_list, key=lambda i: i.path.encode())
@@ -268,9 +281,9 @@ class HdfsUnderStore(UnderStore):
         rel = path.strip("/")
         info = await self.head(rel)
         if info.is_dir:
-            raise IsADirectory(f"is a directory: {self.uri}/{rel}")
+            raise IsADirectory(f"is a directory: {self._shown(rel)}")
         if version is not None and info.version != version:
-            raise VersionChanged(f"{self.uri}/{rel} changed: {version} -> {info.version}")
+            raise VersionChanged(f"{self._shown(rel)} changed: {version} -> {info.version}")
         end = min(end, info.size)
         if start >= end:
             return
@@ -278,7 +291,7 @@ class HdfsUnderStore(UnderStore):
         held_bytes = 0
         try:
             async with self.session().get(self._url(rel, "OPEN", offset=start, length=end - start)) as resp:
-                await self._raise_for(resp, f"OPEN {self.uri}/{rel}")
+                await self._raise_for(resp, f"OPEN {self._shown(rel)}")
                 async for piece in resp.content.iter_chunked(chunk or CHUNK):
                     if version is None:
                         yield piece
@@ -293,7 +306,7 @@ class HdfsUnderStore(UnderStore):
         except MeshError:
             raise
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UnderStoreError(f"OPEN {self.uri}/{rel}: {type(e).__name__}: {e}") from None
+            raise UnderStoreError(f"OPEN {self._shown(rel)}: read failed ({type(e).__name__})") from None
         if held:
             await self._verify(rel, version or "")
             for c in held:
@@ -302,22 +315,22 @@ class HdfsUnderStore(UnderStore):
     async def _verify(self, rel: str, version: str) -> None:
         now = (await self.head(rel)).version
         if now != version:
-            raise VersionChanged(f"{self.uri}/{rel} changed while it was read: {version} -> {now}")
+            raise VersionChanged(f"{self._shown(rel)} changed while it was read: {version} -> {now}")
 
     async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         rel = path.strip("/")
         if not rel:
-            raise IsADirectory(f"{self.uri} is a directory")
+            raise IsADirectory(f"{self._shown('')} is a directory")
         try:
             if (await self.head(rel)).is_dir:
-                raise IsADirectory(f"is a directory: {self.uri}/{rel}")
+                raise IsADirectory(f"is a directory: {self._shown(rel)}")
         except NotFound:
             pass
         parent, _, name = rel.rpartition("/")
         tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(8)}-{name}".lstrip("/")
         try:
             location = await self._located("PUT", tmp, "CREATE", overwrite=False)
-            await self._send("PUT", location, chunks, f"CREATE {self.uri}/{rel}")
+            await self._send("PUT", location, chunks, f"CREATE {self._shown(rel)}")
             info = await self.head(tmp)  # the version of *these* bytes: a rename keeps it
             await self._call("PUT", tmp, "RENAME", destination=self._abs(rel), renameoptions="OVERWRITE")
         except BaseException:
@@ -331,7 +344,7 @@ class HdfsUnderStore(UnderStore):
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         rel = path.strip("/")
         location = await self._located("POST", rel, "APPEND")
-        await self._send("POST", location, chunks, f"APPEND {self.uri}/{rel}")
+        await self._send("POST", location, chunks, f"APPEND {self._shown(rel)}")
         return await self.head(rel)
 
     async def delete(self, path: str) -> None:
@@ -346,7 +359,7 @@ class HdfsUnderStore(UnderStore):
         try:
             await self._call("PUT", rel, "MKDIRS")
         except AlreadyExists:
-            raise NotADirectory(f"a file is in the way: {self.uri}/{rel}") from None
+            raise NotADirectory(f"a file is in the way: {self._shown(rel)}") from None
 
     async def rename(self, src: str, dst: str) -> None:
         s, d = src.strip("/"), dst.strip("/")
@@ -356,4 +369,4 @@ class HdfsUnderStore(UnderStore):
             await self.mkdir(parent)
         out = await self._call("PUT", s, "RENAME", destination=self._abs(d), renameoptions="OVERWRITE")
         if isinstance(out, dict) and out.get("boolean") is False:
-            raise UnderStoreError(f"RENAME {self.uri}/{s} -> {d} refused by the NameNode")
+            raise UnderStoreError(f"RENAME {self._shown(s)} -> {self._shown(d)} refused by the NameNode")

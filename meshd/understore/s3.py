@@ -67,9 +67,11 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
@@ -85,7 +87,13 @@ from meshd.errors import (
     UnderStoreError,
     VersionChanged,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore, check_options
+from meshd.understore.base import (
+    Capabilities,
+    ObjectInfo,
+    UnderStore,
+    check_options,
+    without_userinfo,
+)
 from meshd.understore.s3_listing import ListingParserFactory
 
 log = logging.getLogger(__name__)
@@ -120,18 +128,19 @@ def error_code(exc: ClientError) -> tuple[str, int]:
     return code, status
 
 
-def translate_error(exc: Exception, what: str, bucket: str) -> MeshError:
+def translate_error(exc: Exception, what: str) -> MeshError:
     """The one mapping of boto errors to the mesh's error tree.
 
-    ``what`` names the object (``s3://bucket/key``); messages never carry
-    credentials (S3's own messages for auth failures are not echoed either).
+    ``what`` names the object: its mesh path once mounted (``UnderStore.shown``), else
+    ``s3://bucket/key``. Messages never carry credentials, the endpoint's URL, the
+    bucket or S3's own message text (which may name them): the code and kind only.
     """
     if isinstance(exc, MeshError):
         return exc
     if isinstance(exc, ClientError):
         code, status = error_code(exc)
         if code == "NoSuchBucket":
-            return NotFound(f"{what}: bucket {bucket!r} does not exist")
+            return NotFound(f"{what}: the under-store's bucket does not exist")
         if code in _NOT_FOUND or (status == 404 and not code):
             return NotFound(f"no such object: {what}")
         if code in _DENIED or status == 403:
@@ -141,13 +150,13 @@ def translate_error(exc: Exception, what: str, bucket: str) -> MeshError:
             )
         if code in _PRECONDITION or status == 412:
             return VersionChanged(f"{what} changed in the under-store")
-        message = exc.response.get("Error", {}).get("Message", "")
-        return UnderStoreError(f"{what}: S3 error {code or status} (HTTP {status}) {message}".rstrip())
+        return UnderStoreError(f"{what}: S3 error {code or status} (HTTP {status})")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return PermissionDenied(f"{what}: no usable S3 credentials ({type(exc).__name__}): {CREDENTIALS_HINT}")
-    if isinstance(exc, BotoCoreError):
-        return UnderStoreError(f"{what}: {exc}")
-    return UnderStoreError(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+        return UnderStoreError(f"{what}: the under-store is unreachable ({type(exc).__name__})")
+    # botocore's texts name the endpoint URL and the bucket: the kind only
+    return UnderStoreError(f"{what}: under-store request failed ({type(exc).__name__})")
 
 
 _LIST_OPS = ("ListObjectsV2", "ListObjects")
@@ -331,16 +340,16 @@ class S3UnderStore(UnderStore):
     def endpoint_name(self) -> str:
         """Where requests go, for messages."""
         if self.endpoint:
-            return self.endpoint
+            return without_userinfo(self.endpoint)
         if self._client is not None:
-            return str(self._client.meta.endpoint_url)
+            return without_userinfo(str(self._client.meta.endpoint_url))
         return f"AWS S3 ({self.region})"
 
     def _get_client(self) -> Any:
         """The botocore client, created on first use (runs in a worker thread)."""
         with self._client_lock:
             if self._closed:
-                raise UnderStoreError(f"{self.uri}: under-store is closed")
+                raise UnderStoreError(f"{self._shown('')}: under-store is closed")
             if self._client is None:
                 session = boto3.session.Session(**self._session_args)
                 # listings: botocore walks its model per element (s3_listing has a quicker walk of
@@ -374,7 +383,7 @@ class S3UnderStore(UnderStore):
         try:
             return await self._raw(op, **kwargs)
         except (ClientError, BotoCoreError) as e:
-            raise translate_error(e, what, self.bucket) from e
+            raise translate_error(e, what) from e
 
     def _key(self, path: str) -> str:
         path = path.strip("/")
@@ -388,8 +397,8 @@ class S3UnderStore(UnderStore):
         return key + "/" if key else ""
 
     def _what(self, path: str) -> str:
-        key = self._key(path)
-        return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+        """``path`` as messages name it: its mesh path once mounted (never bucket or key)."""
+        return self._shown(path.strip("/"))
 
     async def _dir_state(self, path: str) -> tuple[bool, bool, float]:
         """``(exists, has_children, marker mtime)`` of ``path`` as a directory."""
@@ -418,11 +427,12 @@ class S3UnderStore(UnderStore):
                     f"({code or status}): check the bucket policy and the mount's credentials: "
                     f"{CREDENTIALS_HINT}"
                 ) from e
-            raise translate_error(e, f"s3://{self.bucket} at {self.endpoint_name}", self.bucket) from e
+            raise translate_error(e, f"s3://{self.bucket} at {self.endpoint_name}") from e
         except EndpointConnectionError as e:
-            raise UnderStoreError(f"cannot connect to S3 endpoint {self.endpoint_name}: {e}") from e
+            raise UnderStoreError(f"cannot connect to S3 endpoint {self.endpoint_name} "
+                                  f"({type(e).__name__})") from e
         except BotoCoreError as e:
-            raise translate_error(e, f"s3://{self.bucket} at {self.endpoint_name}", self.bucket) from e
+            raise translate_error(e, f"s3://{self.bucket} at {self.endpoint_name}") from e
 
     async def head(self, path: str) -> ObjectInfo:
         path = path.strip("/")
@@ -517,14 +527,14 @@ class S3UnderStore(UnderStore):
                 # start is at or past the end of the object (or it is empty).
                 await self._head_for_read(path, if_match)
                 return
-            err = translate_error(e, what, self.bucket)
+            err = translate_error(e, what)
             if isinstance(err, NotFound) and code != "NoSuchBucket":
                 exists, _, _ = await self._dir_state(path)
                 if exists:
                     raise IsADirectory(f"is a directory: {what}") from None
             raise err from e
         except BotoCoreError as e:
-            raise translate_error(e, what, self.bucket) from e
+            raise translate_error(e, what) from e
 
         body = resp["Body"]
         try:
@@ -545,7 +555,7 @@ class S3UnderStore(UnderStore):
                 remaining -= len(chunk)
                 yield chunk
         except (ClientError, BotoCoreError) as e:
-            raise translate_error(e, what, self.bucket) from e
+            raise translate_error(e, what) from e
         finally:
             body.close()
 
@@ -650,7 +660,8 @@ class S3UnderStore(UnderStore):
     async def rename(self, src: str, dst: str) -> None:
         raise NotSupported(
             "rename is not supported by s3:// under-stores: S3 has no atomic rename "
-            f"(copy + delete would expose a half-done state); cannot rename {src!r} to {dst!r}"
+            f"(copy + delete would expose a half-done state); cannot rename {self._shown(src)} "
+            f"to {self._shown(dst)}"
         )
 
     async def close(self) -> None:
