@@ -247,7 +247,7 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None) -> NodeParts
     kv = RocksKV(os.path.join(data_dir, "meta"))
     stats = Stats()
     cache = PageCache(os.path.join(data_dir, "pages"), c.page_size, c.memory_capacity, c.disk_capacity,
-                      c.high_watermark, c.low_watermark, c.write_behind)
+                      c.high_watermark, c.low_watermark, c.write_behind, verify=c.verify)
     mode: Mode = Clustered(etcd, config, me) if etcd is not None else Embedded(me)
     understore = UnderstoreMetrics(stats)
     node = MeshNode(mode.mount_table(kv, understore), MetadataCache(kv), cache, stats,

@@ -46,6 +46,18 @@ def parse_size(value: Any, name: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_bool(value: Any, name: str) -> bool:
+    """A YAML boolean (true/false, yes/no, on/off, 1/0), strictly: "false" is not True."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise InvalidArgument(f"{name}: expected true or false, got {value!r}")
+
+
 def default_data_dir() -> str:
     return os.environ.get("MESH_DATA_DIR") or os.path.join(
         os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mesh")
@@ -61,6 +73,7 @@ class CacheConfig:
     readahead_pages: int = DEFAULT_READAHEAD_PAGES
     load_parallelism: int = DEFAULT_LOAD_PARALLELISM
     write_behind: int = DEFAULT_WRITE_BEHIND  # bytes of fetched pages queued for the cache disk
+    verify: bool = True  # check each disk page's CRC-32C on every serve (else on first use and change)
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,8 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
             cache_kw[k] = parse_size(v, f"cache.{k}")
         elif k in ("high_watermark", "low_watermark"):
             cache_kw[k] = float(v)
+        elif k == "verify":
+            cache_kw[k] = parse_bool(v, f"cache.{k}")
         else:
             cache_kw[k] = int(v)
     mounts = []
