@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
@@ -26,3 +29,39 @@ def print_findings(findings: list[str], limit: int) -> None:
             print(f"  {line}")
     else:
         print("node logs: nothing at WARNING or above")
+
+
+def verify_args(work: Path, verify: bool, window: float | None = None) -> list[str]:
+    """``meshd`` flags for a node that checks disk pages on every serve (the default; a check
+    covering the unchanged file for ``window`` s) or not (``cache.verify: false``: on first
+    use and after a change of the file only)."""
+    name = f"verify-{'on' if verify else 'off'}-{window}.yaml"
+    text = f"cache:\n  verify: {'true' if verify else 'false'}\n"
+    if window is not None:
+        text += f"  verify_window: {window}\n"
+    (work / name).write_text(text)
+    return ["--config", str(work / name)]
+
+
+VERIFY_NODES = {"on": (True, None), "strict": (True, 0.0), "off": (False, None)}
+VERIFY_LEGEND = ("on = the default (CRC-32C on every serve; a check covers the unchanged file for "
+                 "cache.verify_window = 10 s); strict = verify_window 0 (every serve hashes); "
+                 "off = cache.verify: false (first use and changes only)")
+
+
+def verify_cost(cases: list[tuple[str, str, dict[str, Callable[[], float]]]], repeat: int = 5) -> None:
+    """Each case ``(name, unit, {variant: run})``, the variants of VERIFY_NODES run alternately
+    ``repeat`` times (so drift hits all alike); a run returns how many units it moved. Prints
+    the median rates side by side, and each variant's rate over the rate with it off."""
+    print(f"page verification, median of {repeat}, variants alternating ({VERIFY_LEGEND}):")
+    for name, unit, runs in cases:
+        rates: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeat):
+            for which, fn in runs.items():
+                t = time.perf_counter()
+                n = fn()
+                rates[which].append(n / (time.perf_counter() - t))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        cols = "   ".join(f"{k} {v:9.1f}" for k, v in med.items())
+        ratios = "  ".join(f"{k}/off {v / med['off']:5.2f}" for k, v in med.items() if k != "off")
+        print(f"  {name:<36} {cols} {unit}   {ratios}", flush=True)

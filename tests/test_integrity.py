@@ -34,6 +34,8 @@ from hdfs import InsecureClient
 
 from meshd.cache.pages import PageCache, PageKey, checksum
 from meshd.client.sdk import MeshClient
+from meshd.config import from_dict
+from meshd.errors import InvalidArgument
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
 from tests.data import payload
@@ -285,10 +287,6 @@ def test_meshfs_never_reads_a_page_corrupted_after_it_got_the_descriptor(
 # ----------------------------------------------------------------------------- the page store
 
 
-def _store(tmp_path: Path, verify: bool) -> PageCache:
-    return PageCache(str(tmp_path / "pages"), 4096, 0, 1 << 20, verify=verify)
-
-
 def _file(cache: PageCache, key: PageKey) -> Path:
     entry = cache.disk.lookup(key)
     assert entry is not None
@@ -316,9 +314,11 @@ def _put(cache: PageCache, key: PageKey, data: bytes) -> None:
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("verify", [True, False])
-def test_the_page_store_checks_every_serve(tmp_path: Path, verify: bool) -> None:
-    cache = _store(tmp_path, verify)
+@pytest.mark.parametrize("verify,window", [(True, 0.0), (True, 10.0), (False, 0.0)])
+def test_the_page_store_checks_every_serve(tmp_path: Path, verify: bool, window: float) -> None:
+    """A page file written in place or truncated is found at the next serve, whatever the
+    window (its fstat changed), and is a miss."""
+    cache = PageCache(str(tmp_path / "pages"), 4096, 0, 1 << 20, verify=verify, verify_window=window)
     key, data = PageKey("f" * 32, "v" * 16, 0), os.urandom(3000)
     _put(cache, key, data)
     path = _file(cache, key)
@@ -337,26 +337,28 @@ def test_the_page_store_checks_every_serve(tmp_path: Path, verify: bool) -> None
     assert _serve(cache, key) is None and cache.disk.corrupt_pages == 2
 
 
-def test_verify_on_catches_a_change_that_keeps_the_file_times(tmp_path: Path) -> None:
-    """What media corruption under the page cache looks like: different bytes, same stat.
-    Checked on every serve, it is found; with verify off it is not (the documented cost)."""
-    for verify in (True, False):
-        cache = _store(tmp_path / str(verify), verify)
-        key, data = PageKey("a" * 32, "b" * 16, 7), os.urandom(4096)
-        _put(cache, key, data)
-        path = _file(cache, key)
-        assert _serve(cache, key) == data
-        st = path.stat()
-        os.chmod(path, 0o644)
-        with open(path, "r+b") as f:
-            f.write(b"\xff" * 8)
-        os.chmod(path, 0o444)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        entry = cache.disk.lookup(key)
-        assert entry is not None
-        if entry.stamp is not None:  # ctime cannot be set back: pretend it could
-            entry.stamp = (*entry.stamp[:3], path.stat().st_ctime_ns)
-        assert (_serve(cache, key) is None) == verify
+@pytest.mark.parametrize("verify,window", [(True, 0.0), (True, 60.0), (False, 0.0)])
+def test_a_change_that_keeps_the_file_stat(tmp_path: Path, verify: bool, window: float) -> None:
+    """What media corruption under the page cache looks like: other bytes, the same fstat.
+    With verify on it is found at the first serve past the window; with it off, never."""
+    cache = PageCache(str(tmp_path / "pages"), 4096, 0, 1 << 20, verify=verify, verify_window=window)
+    key, data = PageKey("a" * 32, "b" * 16, 7), os.urandom(4096)
+    _put(cache, key, data)
+    path = _file(cache, key)
+    assert _serve(cache, key) == data
+    entry = cache.disk.lookup(key)
+    assert entry is not None and entry.stamp is not None
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * 8)
+    st = path.stat()
+    entry.stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # as if the stat had not changed
+    if verify and window == 0:
+        assert _serve(cache, key) is None
+        return
+    assert _serve(cache, key) is not None  # within the window (or verify off): not hashed again
+    entry.checked -= window + 1
+    assert (_serve(cache, key) is None) == verify
 
 
 def test_pages_of_the_crc32_format_are_misses_after_an_upgrade(tmp_path: Path) -> None:
@@ -366,3 +368,12 @@ def test_pages_of_the_crc32_format_are_misses_after_an_upgrade(tmp_path: Path) -
     (old / f"{'v' * 16}_0_1234abcd_4096").write_bytes(b"x" * 4096)  # zlib CRC32, no 'c'
     cache = PageCache(str(root), 4096, 0, 1 << 20)
     assert cache.disk.stats.pages == 0 and not any(old.iterdir())
+
+
+def test_the_config_keys() -> None:
+    assert from_dict({}).cache.verify is True and from_dict({}).cache.verify_window == 10.0
+    c = from_dict({"cache": {"verify": "false", "verify_window": 0}}).cache
+    assert c.verify is False and c.verify_window == 0.0
+    for bad in ({"verify": "maybe"}, {"verify_window": -1}, {"verify_window": "nan"}):
+        with pytest.raises(InvalidArgument, match=r"cache\.verify"):
+            from_dict({"cache": bad})

@@ -20,12 +20,13 @@ Integrity. A disk page's file name carries its length and CRC-32C
 (``<version_id>_<index>_c<crc32c>_<len>``); it is written to a temporary name,
 made read-only and renamed into place, so a page file is whole or absent and
 is never written again. Every time a page file is opened to serve a reader
-(any front end, a peer, a short-circuit client's descriptor) its size is
-checked and, with ``verify`` on (the default), its bytes are read and checked
-against the CRC-32C, in a thread, just before they are sent. With ``verify``
-off a page is checked on first use and again whenever its file's identity or
-times change (inode, size, mtime, ctime: any write through the filesystem),
-which is cheaper but misses media corruption under the kernel's page cache.
+(any front end, a peer, a short-circuit client's descriptor) its size and
+``fstat`` (inode, size, mtime, ctime) are checked and, with ``verify`` on (the
+default), its bytes are hashed (CRC-32C, in a thread, just before they are
+sent) unless the same unchanged file was hashed less than ``verify_window``
+seconds ago (0: every serve hashes). With ``verify`` off a page is hashed on
+first use and again whenever its ``fstat`` changes (any write through the
+filesystem), which misses media corruption under the kernel's page cache.
 A mismatch, a short file or a read error drops the page (counted in
 ``mesh_cache_corrupt_pages_total``, one log line each) and the read treats it
 as a miss: the page is fetched again from its source. Page files named with
@@ -177,12 +178,15 @@ class _DiskEntry:
     length: int
     crc: int
     stamp: Stamp | None = None  # the file as it was when last checked (None: never)
+    checked: float = 0.0  # when (monotonic)
 
 
 class DiskTier:
-    def __init__(self, root: str, capacity: int, high: float, low: float, verify: bool = True) -> None:
+    def __init__(self, root: str, capacity: int, high: float, low: float, verify: bool = True,
+                 verify_window: float = 0.0) -> None:
         self.root = root
         self.verify = verify  # check every serve (else: first use, and after any change of the file)
+        self.verify_window = verify_window  # a check also covers serves of the unchanged file this long
         self.stats = TierStats(capacity)
         self.write_errors = 0
         self.corrupt_pages = 0
@@ -246,14 +250,14 @@ class DiskTier:
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             if st.st_size != entry.length:
                 bad = f"{st.st_size} bytes, expected {entry.length}"
-            elif self.verify or entry.stamp != stamp:
+            elif entry.stamp != stamp or (self.verify and time.monotonic() - entry.checked >= self.verify_window):
                 crc, n = file_checksum(fd, entry.length)
                 if n != entry.length:
                     bad = f"{n} bytes readable, expected {entry.length}"
                 elif crc != entry.crc:
                     bad = f"CRC-32C {crc:08x}, expected {entry.crc:08x}"
                 else:
-                    entry.stamp = stamp
+                    entry.stamp, entry.checked = stamp, time.monotonic()
         except OSError as e:
             bad = f"unreadable: {e.strerror}"
         if bad is not None:
@@ -377,14 +381,14 @@ class PageCache:
 
     def __init__(self, root: str, page_size: int, memory_capacity: int, disk_capacity: int,
                  high: float = 0.9, low: float = 0.8, write_behind: int = 256 << 20,
-                 writer_threads: int = 2, verify: bool = True) -> None:
+                 writer_threads: int = 2, verify: bool = True, verify_window: float = 0.0) -> None:
         if not 4096 <= page_size <= 64 << 20:
             raise ValueError(f"page size must be between 4 KiB and 64 MiB, got {page_size}")
         if not 0 < low < high <= 1:
             raise ValueError(f"watermarks must satisfy 0 < low < high <= 1, got low={low} high={high}")
         self.page_size = page_size
         self.memory = MemoryTier(memory_capacity, high, low)
-        self.disk = DiskTier(root, disk_capacity, high, low, verify)
+        self.disk = DiskTier(root, disk_capacity, high, low, verify, verify_window)
         self.write_behind = write_behind
         self._queued = 0
         self._room = asyncio.Condition()
