@@ -211,7 +211,7 @@ def compare_verification(work: Path, node: MeshdProcess, store_dir: Path, flags:
             ("warm, Python client over HTTP", "MB/s", each(lambda k: read_mesh(hc[k], url) / mb)),
             ("warm, curl over HTTP (sendfile)", "MB/s",
              each(lambda k: read_curl(f"{nodes[k].http}/v1/files{url}") / mb)),
-        ])
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None})
         for c in (*sc.values(), *hc.values()):
             c.close()
     finally:

@@ -128,7 +128,7 @@ def compare_verification(work: Path, store: Path, size: int, small_keys: list[st
         verify_cost([
             ("gateway GET, curl, 1 stream", "MB/s", {k: (lambda k=k: big(k)) for k in nodes}),
             (f"{len(sample)} small GETs (64 KiB), 16 conns", "req/s", {k: (lambda k=k: small(k)) for k in nodes}),
-        ])
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None})
     finally:
         for n in nodes.values():
             n.stop()
