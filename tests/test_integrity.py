@@ -230,6 +230,7 @@ def node_for(meshd: Callable[..., MeshdProcess], tmp_path: Path,
         assert read_http(node) == DATA
         from_disk = scrape(node)("mesh_read_bytes_total", source="disk") - before
         assert from_disk >= 8 * PS or memory == "large"  # the short last page fits a tiny memory tier
+        assert scrape(node)("mesh_cache_verified_bytes_total") >= 8 * PS  # hashed when first served
         return node
 
     return start

@@ -190,6 +190,7 @@ class DiskTier:
         self.stats = TierStats(capacity)
         self.write_errors = 0
         self.corrupt_pages = 0
+        self.verified_bytes = 0  # bytes hashed by checks (from several threads: a close count)
         self._high, self._low = high, low
         self._lru: OrderedDict[PageKey, _DiskEntry] = OrderedDict()
         self._last_error_log = 0.0
@@ -252,6 +253,7 @@ class DiskTier:
                 bad = f"{st.st_size} bytes, expected {entry.length}"
             elif entry.stamp != stamp or (self.verify and time.monotonic() - entry.checked >= self.verify_window):
                 crc, n = file_checksum(fd, entry.length)
+                self.verified_bytes += n
                 if n != entry.length:
                     bad = f"{n} bytes readable, expected {entry.length}"
                 elif crc != entry.crc:
