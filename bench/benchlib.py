@@ -64,12 +64,14 @@ def verify_cost(cases: list[tuple[str, str, dict[str, Callable[[], float]]]], pi
     the median rates side by side and each over the rate with verification off, then the
     node's CPU time per unit (``pids``: each variant's node), which the machine's load
     disturbs far less than a rate."""
-    print(f"page verification, median of {repeat}, variants alternating ({VERIFY_LEGEND}):")
+    print(f"page verification, median of {repeat}, variants alternating, order rotated ({VERIFY_LEGEND}):")
     for name, unit, runs in cases:
         rates: dict[str, list[float]] = {k: [] for k in runs}
         cpu: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(repeat):
-            for which, fn in runs.items():
+        order = list(runs)
+        for r in range(repeat):
+            for which in order[r % len(order):] + order[:r % len(order)]:  # rotated: no variant always first
+                fn = runs[which]
                 c0, t = cpu_seconds(pids[which]), time.perf_counter()
                 n = fn()
                 rates[which].append(n / (time.perf_counter() - t))
