@@ -102,7 +102,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_read import S3rver  # noqa: E402
-from benchlib import log_findings, print_findings  # noqa: E402
+from benchlib import VERIFY_NODES, log_findings, print_findings, verify_args  # noqa: E402
 
 from tests.fuse_proc import MESHFS, MeshfsProcess, force_unmount, is_mounted  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
@@ -417,6 +417,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
                     help="where data, S3 server, caches and mounts live (a real disk; /tmp is slow here)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--verify", choices=["on", "strict", "off"], default="on",
+                    help="the node's page verification (bench/benchlib.py VERIFY_NODES; run the bench "
+                         "once with each to compare: meshfs checks happen when descriptors are handed out)")
     ap.add_argument("--pin-server", action="store_true",
                     help="s3rver on a core of its own, everything else on the others (the server as a remote one)")
     args = ap.parse_args()
@@ -464,7 +467,8 @@ def main() -> None:
         def start_node(data_dir: Path) -> MeshdProcess:
             return MeshdProcess(data_dir, [f"/s3=s3://bench,{opts},sync_interval={args.sync_interval}"],
                                 ["--no-default-mount", "--no-s3", "--no-webhdfs", "--memory-capacity", "256MiB",
-                                 "--disk-capacity", f"{2 * args.size_mib + 1024}MiB"]).start()
+                                 "--disk-capacity", f"{2 * args.size_mib + 1024}MiB",
+                                 *verify_args(work, *VERIFY_NODES[args.verify])]).start()
 
         b.node = start_node(work / "node")
 

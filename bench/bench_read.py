@@ -16,6 +16,11 @@ buffer, bytes discarded):
                   short-circuit path (page descriptors over a Unix socket, the
                   default on the node's own machine), its HTTP path, and curl
                   against the HTTP endpoint (sendfile)
+* verification    the three warm reads of the file:// mount on this node (disk
+                  pages checked with CRC-32C on every serve, the default) and
+                  on nodes with ``verify_window: 0`` and ``cache.verify: false``,
+                  alternately;
+                  ``--verify-cost-only`` runs just this part
 
 The S3 server is s3rver (npm, file-backed: a ranged GET reads only its range),
 installed on first use into bench/.s3rver. moto is not usable here: every
@@ -43,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchlib import VERIFY_NODES, verify_args, verify_cost  # noqa: E402
 from meshd.client.sdk import MeshClient  # noqa: E402
 from meshd.understore.posix import PosixUnderStore  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
@@ -177,6 +183,43 @@ def read_curl(url: str) -> int:
     return int(out.stdout)
 
 
+def compare_verification(work: Path, node: MeshdProcess, store_dir: Path, flags: list[str], size: int) -> None:
+    """Warm reads of /local/big.bin on ``node`` (verification on, the default) and on nodes
+    with it strict and off (bench/benchlib.py VERIFY_NODES), same flags, side by side."""
+    nodes = {"on": node}
+    try:
+        for name, (verify, window) in VERIFY_NODES.items():
+            if name != "on":
+                nodes[name] = MeshdProcess(work / f"node-verify-{name}", [f"/local=file://{store_dir}"],
+                                           [*flags, *verify_args(work, verify, window)]).start()
+        url = "/local/big.bin"
+        sc, hc = {}, {}
+        for name, n in nodes.items():
+            os.environ["MESH_SHORT_CIRCUIT"] = "1"
+            sc[name] = n.client()
+            os.environ["MESH_SHORT_CIRCUIT"] = "0"
+            hc[name] = n.client()
+            os.environ.pop("MESH_SHORT_CIRCUIT")
+            assert read_mesh(sc[name], url) == size  # cold: fills the tiers
+        mb = float(MiB)
+
+        def each(fn: Callable[[str], float]) -> dict[str, Callable[[], float]]:
+            return {k: (lambda k=k: fn(k)) for k in nodes}  # type: ignore[misc]
+
+        verify_cost([
+            ("warm, short-circuit (descriptors)", "MB/s", each(lambda k: read_mesh(sc[k], url) / mb)),
+            ("warm, Python client over HTTP", "MB/s", each(lambda k: read_mesh(hc[k], url) / mb)),
+            ("warm, curl over HTTP (sendfile)", "MB/s",
+             each(lambda k: read_curl(f"{nodes[k].http}/v1/files{url}") / mb)),
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None})
+        for c in (*sc.values(), *hc.values()):
+            c.close()
+    finally:
+        for name, n in nodes.items():
+            if name != "on":
+                n.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -187,6 +230,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
                     help="where the under-store, S3 server data and cache live (a real disk: "
                          "on some machines /tmp is a much slower filesystem)")
+    ap.add_argument("--verify-cost-only", action="store_true",
+                    help="only the warm reads with page verification on vs off (no S3 server)")
     args = ap.parse_args()
     size = args.size_mib * MiB
     os.makedirs(args.workdir, exist_ok=True)
@@ -219,6 +264,13 @@ def main() -> None:
         with open(src, "wb") as f:
             for i in range(args.size_mib):
                 f.write(hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:])
+        node_flags = ["--page-size", args.page_size, "--memory-capacity", "256MiB",
+                      "--disk-capacity", f"{4 * args.size_mib}MiB", "--no-default-mount"]
+        if args.verify_cost_only:
+            node = MeshdProcess(work / "node", [f"/local=file://{store_dir}"],
+                                [*node_flags, *verify_args(work, True)]).start()
+            compare_verification(work, node, store_dir, node_flags, size)
+            return
         server = S3rver(work / "s3")
         s3: Any = server.client()
         s3.create_bucket(Bucket="bench")
@@ -227,8 +279,7 @@ def main() -> None:
         s3.close()
         opts = ",".join(f"{k}={v}" for k, v in server.options().items())
         node = MeshdProcess(work / "node", [f"/local=file://{store_dir}", f"/s3=s3://bench,{opts}"],
-                            ["--page-size", args.page_size, "--memory-capacity", "256MiB",
-                             "--disk-capacity", f"{4 * args.size_mib}MiB", "--no-default-mount"]).start()
+                            [*node_flags, *verify_args(work, True)]).start()
         client = node.client()
         read_local(str(src))  # warm the kernel page cache for the baseline
         print("results (MB/s, higher is better):")
@@ -268,6 +319,8 @@ def main() -> None:
             print(f"  mesh cold / direct S3, shaped   {shaped[1] / shaped[0]:5.2f}   "
                   f"({args.link_mbit} Mbit/s link; goal >= 0.9)")
         print(f"  hit ratio {report['hit_ratio']:.2f}, bytes by source {report['bytes_by_source']}")
+        os.environ.pop("MESH_SHORT_CIRCUIT", None)
+        compare_verification(work, node, store_dir, node_flags, size)
     finally:
         if node is not None:
             node.stop()

@@ -14,6 +14,11 @@ Side by side, in one run:
   connections (aiohttp client): requests/s, p50 and p99 latency, against
   reading the same files from local disk in 16 threads.
 
+Then page verification (issue 20): the 1-stream GET and the small GETs on this
+node (checks on, the default) and on nodes with ``verify_window: 0`` and
+``cache.verify: false``, alternately, each with a 64 MiB memory tier so that
+the small objects come from the disk tier too (``--verify-cost-only``: just that).
+
 Goal (issue 3): single-stream warm GET >= 0.7 x reading the file from the page cache.
 """
 
@@ -34,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchlib import VERIFY_NODES, verify_args, verify_cost  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
 
 MiB = 1 << 20
@@ -98,11 +104,42 @@ async def small_gets(base: str, keys: list[str], conns: int) -> list[float]:
     return lat
 
 
+def compare_verification(work: Path, store: Path, size: int, small_keys: list[str]) -> None:
+    """The 1-stream GET and the small GETs with page verification on, strict and off."""
+    nodes: dict[str, MeshdProcess] = {}
+    try:
+        for name, (verify, window) in VERIFY_NODES.items():
+            nodes[name] = n = MeshdProcess(work / f"node-verify-{name}", [f"/data=file://{store}"],
+                                           ["--no-default-mount", "--memory-capacity", "64MiB",
+                                            "--disk-capacity", f"{4 * size // MiB}MiB",
+                                            *verify_args(work, verify, window)]).start()
+            with n.client() as c:
+                for _ in c.load("/data"):
+                    pass
+            asyncio.run(small_gets(f"{n.endpoints['s3']}/data", small_keys, 16))  # metadata warm
+        sample = small_keys[:2000]
+
+        def big(k: str) -> float:
+            return curl(f"{nodes[k].endpoints['s3']}/data/big.bin") / MiB
+
+        def small(k: str) -> float:
+            return len(asyncio.run(small_gets(f"{nodes[k].endpoints['s3']}/data", list(sample), 16)))
+
+        verify_cost([
+            ("gateway GET, curl, 1 stream", "MB/s", {k: (lambda k=k: big(k)) for k in nodes}),
+            (f"{len(sample)} small GETs (64 KiB), 16 conns", "req/s", {k: (lambda k=k: small(k)) for k in nodes}),
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None})
+    finally:
+        for n in nodes.values():
+            n.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=10000)
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"))
+    ap.add_argument("--verify-cost-only", action="store_true", help="only page verification on vs off")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-s3-", dir=args.workdir))
@@ -120,6 +157,9 @@ def main() -> None:
         for i in range(args.small):
             (store / "small" / f"{i:05d}.bin").write_bytes(block[: 64 << 10])
             small_keys.append(f"small/{i:05d}.bin")
+        if args.verify_cost_only:
+            compare_verification(work, store, size, small_keys)
+            return
         node = MeshdProcess(work / "node", [f"/data=file://{store}"],
                             ["--no-default-mount", "--memory-capacity", "2GiB",
                              "--disk-capacity", f"{4 * args.size_mib}MiB"]).start()
@@ -194,6 +234,9 @@ def main() -> None:
         print(f"  gateway 1 stream / bare aiohttp sendfile   {gw / ceiling:5.2f}")
         print(f"  gateway 8 streams / local 8 streams        {gw8 / local8:5.2f}")
         print(f"  small GETs / local small reads             {(len(lat) / el) / (len(small_keys) / el_local):5.2f}")
+        node.stop()
+        node = None
+        compare_verification(work, store, size, small_keys)
     finally:
         if node is not None:
             node.stop()

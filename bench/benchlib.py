@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 LOG_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
@@ -26,3 +30,57 @@ def print_findings(findings: list[str], limit: int) -> None:
             print(f"  {line}")
     else:
         print("node logs: nothing at WARNING or above")
+
+
+def verify_args(work: Path, verify: bool, window: float | None = None) -> list[str]:
+    """``meshd`` flags for a node that checks disk pages on every serve (the default; a check
+    covering the unchanged file for ``window`` s) or not (``cache.verify: false``: on first
+    use and after a change of the file only)."""
+    name = f"verify-{'on' if verify else 'off'}-{window}.yaml"
+    text = f"cache:\n  verify: {'true' if verify else 'false'}\n"
+    if window is not None:
+        text += f"  verify_window: {window}\n"
+    (work / name).write_text(text)
+    return ["--config", str(work / name)]
+
+
+VERIFY_NODES = {"on": (True, None), "strict": (True, 0.0), "off": (False, None)}
+VERIFY_LEGEND = ("on = the default (CRC-32C on every serve; a check covers the unchanged file for "
+                 "cache.verify_window = 10 s); strict = verify_window 0 (every serve hashes); "
+                 "off = cache.verify: false (first use and changes only)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def verify_cost(cases: list[tuple[str, str, dict[str, Callable[[], float]]]], pids: dict[str, int],
+                repeat: int = 7) -> None:
+    """Each case ``(name, unit, {variant: run})``, the variants of VERIFY_NODES run alternately
+    ``repeat`` times (so drift hits all alike); a run returns how many units it moved. Prints
+    the median rates side by side and each over the rate with verification off, then the
+    node's CPU time per unit (``pids``: each variant's node), which the machine's load
+    disturbs far less than a rate."""
+    print(f"page verification, median of {repeat}, variants alternating, order rotated ({VERIFY_LEGEND}):")
+    for name, unit, runs in cases:
+        rates: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        order = list(runs)
+        for r in range(repeat):
+            for which in order[r % len(order):] + order[:r % len(order)]:  # rotated: no variant always first
+                fn = runs[which]
+                c0, t = cpu_seconds(pids[which]), time.perf_counter()
+                n = fn()
+                rates[which].append(n / (time.perf_counter() - t))
+                cpu[which].append((cpu_seconds(pids[which]) - c0) / n)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        mcpu = {k: statistics.median(v) for k, v in cpu.items()}
+        cols = "   ".join(f"{k} {v:9.1f}" for k, v in med.items())
+        ratios = "  ".join(f"{k}/off {v / med['off']:5.2f}" for k, v in med.items() if k != "off")
+        print(f"  {name:<36} {cols} {unit}   {ratios}", flush=True)
+        cols = "   ".join(f"{k} {1e6 * v:9.1f}" for k, v in mcpu.items())
+        ratios = "  ".join(f"{k}/off {v / mcpu['off']:5.2f}" for k, v in mcpu.items() if k != "off" and mcpu["off"])
+        print(f"  {'  node CPU':<36} {cols} us/{unit.split('/')[0]}   {ratios}", flush=True)

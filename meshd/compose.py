@@ -292,7 +292,8 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: 
     kv = RocksKV(os.path.join(data_dir, "meta"))
     stats = Stats()
     cache = PageCache(os.path.join(data_dir, "pages"), c.page_size, c.memory_capacity, c.disk_capacity,
-                      c.high_watermark, c.low_watermark, c.write_behind)
+                      c.high_watermark, c.low_watermark, c.write_behind, verify=c.verify,
+                      verify_window=c.verify_window)
     access = access_of(config, node_token)
     mode: Mode = Clustered(etcd, config, me, node_token) if etcd is not None else Embedded(me)
     understore = UnderstoreMetrics(stats)

@@ -26,6 +26,7 @@ DEFAULT_LOW_WATERMARK = 0.8
 DEFAULT_READAHEAD_PAGES = 16
 DEFAULT_LOAD_PARALLELISM = 8
 DEFAULT_WRITE_BEHIND = 256 << 20
+DEFAULT_VERIFY_WINDOW = 10.0  # seconds (docs/SEMANTICS.md, "Integrity of cached pages")
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
@@ -46,6 +47,18 @@ def parse_size(value: Any, name: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_bool(value: Any, name: str) -> bool:
+    """A YAML boolean (true/false, yes/no, on/off, 1/0), strictly: "false" is not True."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise InvalidArgument(f"{name}: expected true or false, got {value!r}")
+
+
 def default_data_dir() -> str:
     return os.environ.get("MESH_DATA_DIR") or os.path.join(
         os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mesh")
@@ -61,6 +74,8 @@ class CacheConfig:
     readahead_pages: int = DEFAULT_READAHEAD_PAGES
     load_parallelism: int = DEFAULT_LOAD_PARALLELISM
     write_behind: int = DEFAULT_WRITE_BEHIND  # bytes of fetched pages queued for the cache disk
+    verify: bool = True  # check each disk page's CRC-32C on every serve (else on first use and change)
+    verify_window: float = DEFAULT_VERIFY_WINDOW  # s: a check also covers serves of the unchanged file
 
 
 @dataclass(frozen=True)
@@ -248,10 +263,14 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     for k, v in cache_raw.items():
         if k in ("page_size", "memory_capacity", "disk_capacity", "write_behind"):
             cache_kw[k] = parse_size(v, f"cache.{k}")
-        elif k in ("high_watermark", "low_watermark"):
+        elif k in ("high_watermark", "low_watermark", "verify_window"):
             cache_kw[k] = float(v)
+        elif k == "verify":
+            cache_kw[k] = parse_bool(v, f"cache.{k}")
         else:
             cache_kw[k] = int(v)
+    if not 0 <= cache_kw.get("verify_window", 0) <= 3600:
+        raise InvalidArgument(f"{where}: cache.verify_window must be between 0 and 3600 seconds")
     mounts = []
     for i, m in enumerate(raw.get("mounts") or []):
         if not isinstance(m, dict) or "path" not in m or "uri" not in m:

@@ -113,6 +113,8 @@ class _NodeCollector(Collector):
                                   value=self._metadata.write_errors)
         yield CounterMetricFamily("mesh_cache_corrupt_pages", "Cache pages that failed their checksum",
                                   value=c.disk.corrupt_pages)
+        yield CounterMetricFamily("mesh_cache_verified_bytes", "Bytes of disk pages hashed (CRC-32C) before a serve",
+                                  value=c.disk.verified_bytes)
         req = CounterMetricFamily("mesh_understore_requests", "Under-store requests", labels=["scheme", "op"])
         for (scheme, op), n in sorted(s.understore_requests.items()):
             req.add_metric([scheme, op], n)

@@ -16,12 +16,21 @@ Eviction. Each tier is an LRU with a high and a low watermark: when a put
 takes the tier above ``high * capacity`` it evicts least-recently-used pages
 until it is below ``low * capacity``.
 
-Integrity. A disk page's file name carries its length and CRC32
-(``<version_id>_<index>_<crc>_<len>``), written to a temporary name and renamed
-into place, so a page file is either whole or absent. The first time a page
-file is used after start-up its bytes are read and checked; a mismatch deletes
-the file and the read is treated as a miss. Verified pages are then trusted
-until eviction (documented trade-off: no re-hash on every sendfile).
+Integrity. A disk page's file name carries its length and CRC-32C
+(``<version_id>_<index>_c<crc32c>_<len>``); it is written to a temporary name,
+made read-only and renamed into place, so a page file is whole or absent and
+is never written again. Every time a page file is opened to serve a reader
+(any front end, a peer, a short-circuit client's descriptor) its size and
+``fstat`` (inode, size, mtime, ctime) are checked and, with ``verify`` on (the
+default), its bytes are hashed (CRC-32C, in a thread, just before they are
+sent) unless the same unchanged file was hashed less than ``verify_window``
+seconds ago (0: every serve hashes). With ``verify`` off a page is hashed on
+first use and again whenever its ``fstat`` changes (any write through the
+filesystem), which misses media corruption under the kernel's page cache.
+A mismatch, a short file or a read error drops the page (counted in
+``mesh_cache_corrupt_pages_total``, one log line each) and the read treats it
+as a miss: the page is fetched again from its source. Page files named with
+the CRC32 of earlier versions are dropped at start-up (a miss each).
 
 Failure. A full or failing cache disk never fails a read: the page is still
 served from memory, the error is counted (``mesh_cache_write_errors_total``)
@@ -38,14 +47,39 @@ import os
 import shutil
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
+import crc32c as _crc32c
+
 log = logging.getLogger(__name__)
+
+VERIFY_CHUNK = 1 << 20  # page files are checked in 1 MiB reads into a per-thread buffer
+_buffers = threading.local()
+
+
+def checksum(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC-32C (hardware-accelerated: SSE4.2 / ARMv8; the GIL is released on large buffers)."""
+    return int(_crc32c.crc32c(data, value))
+
+
+def file_checksum(fd: int, length: int) -> tuple[int, int]:
+    """CRC-32C of the first ``length`` bytes of ``fd`` and how many bytes it had (``pread``:
+    a mapping would kill the process with SIGBUS if the file were truncated meanwhile)."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = memoryview(bytearray(VERIFY_CHUNK))
+    crc = done = 0
+    while done < length:
+        n = os.preadv(fd, [buf[:min(VERIFY_CHUNK, length - done)]], done)
+        if n <= 0:
+            break
+        crc = checksum(buf[:n], crc)
+        done += n
+    return crc, done
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +170,27 @@ class MemoryTier:
         return freed
 
 
+Stamp = tuple[int, int, int, int]  # a page file's inode, size, mtime and ctime (ns)
+
+
 @dataclass(slots=True)
 class _DiskEntry:
     length: int
     crc: int
-    verified: bool
+    stamp: Stamp | None = None  # the file as it was when last checked (None: never)
+    checked: float = 0.0  # when (monotonic)
 
 
 class DiskTier:
-    def __init__(self, root: str, capacity: int, high: float, low: float) -> None:
+    def __init__(self, root: str, capacity: int, high: float, low: float, verify: bool = True,
+                 verify_window: float = 0.0) -> None:
         self.root = root
+        self.verify = verify  # check every serve (else: first use, and after any change of the file)
+        self.verify_window = verify_window  # a check also covers serves of the unchanged file this long
         self.stats = TierStats(capacity)
         self.write_errors = 0
         self.corrupt_pages = 0
+        self.verified_bytes = 0  # bytes hashed by checks (from several threads: a close count)
         self._high, self._low = high, low
         self._lru: OrderedDict[PageKey, _DiskEntry] = OrderedDict()
         self._last_error_log = 0.0
@@ -159,25 +201,31 @@ class DiskTier:
         return os.path.join(self.root, fid[:2], fid)
 
     def _path(self, key: PageKey, e: _DiskEntry) -> str:
-        return os.path.join(self._dir(key.file_id), f"{key.version_id}_{key.index}_{e.crc:08x}_{e.length}")
+        return os.path.join(self._dir(key.file_id), f"{key.version_id}_{key.index}_c{e.crc:08x}_{e.length}")
 
     def _load(self) -> None:
         """Rebuild the index from the page files left by a previous run."""
         found: list[tuple[float, PageKey, _DiskEntry]] = []
+        old = 0
         for dirpath, _dirs, files in os.walk(self.root):
             fid = os.path.basename(dirpath)
             for name in files:
                 full = os.path.join(dirpath, name)
                 parts = name.split("_")
-                if name.endswith(".tmp") or len(parts) != 4:
-                    os.unlink(full)  # an interrupted write
+                if name.endswith(".tmp") or len(parts) != 4 or not parts[2].startswith("c"):
+                    old += not name.endswith(".tmp") and len(parts) == 4
+                    with contextlib.suppress(OSError):
+                        os.unlink(full)  # an interrupted write, or a page named with a CRC32
                     continue
                 try:
                     key = PageKey(fid, parts[0], int(parts[1]))
-                    entry = _DiskEntry(int(parts[3]), int(parts[2], 16), False)
+                    entry = _DiskEntry(int(parts[3]), int(parts[2][1:], 16))
                     found.append((os.stat(full).st_mtime, key, entry))
                 except (ValueError, OSError):
-                    os.unlink(full)
+                    with contextlib.suppress(OSError):
+                        os.unlink(full)
+        if old:
+            log.info("dropped %d cache page files of an earlier format (CRC32): they are fetched again", old)
         for _mtime, key, entry in sorted(found, key=lambda t: t[0]):
             self._lru[key] = entry
             self.stats.used += entry.length
@@ -187,23 +235,38 @@ class DiskTier:
         return self._lru.get(key)
 
     def open(self, key: PageKey, entry: _DiskEntry) -> tuple[DiskPage | None, str]:
-        """Open a page file and verify it on first use: pure I/O, run in a thread.
+        """Open a page file to serve it, and check it: pure I/O, run in a thread.
 
-        Returns the page and ``"ok"``, or None and ``"missing"`` / ``"corrupt"``;
-        the caller updates the index on the event loop.
+        Returns the page and ``"ok"``, or None and ``"missing"`` / ``"corrupt"``
+        (one log line); the caller updates the index on the event loop.
         """
         path = self._path(key, entry)
         try:
-            f = open(path, "rb", buffering=0)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None, "missing"
-        if not entry.verified:
-            data = os.pread(f.fileno(), entry.length + 1, 0)
-            if len(data) != entry.length or zlib.crc32(data) != entry.crc:
-                f.close()
-                log.warning("corrupt cache page %s dropped (treated as a miss)", path)
-                return None, "corrupt"
-        return DiskPage(f, entry.length), "ok"
+        bad = None
+        try:
+            st = os.fstat(fd)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if st.st_size != entry.length:
+                bad = f"{st.st_size} bytes, expected {entry.length}"
+            elif entry.stamp != stamp or (self.verify and time.monotonic() - entry.checked >= self.verify_window):
+                crc, n = file_checksum(fd, entry.length)
+                self.verified_bytes += n
+                if n != entry.length:
+                    bad = f"{n} bytes readable, expected {entry.length}"
+                elif crc != entry.crc:
+                    bad = f"CRC-32C {crc:08x}, expected {entry.crc:08x}"
+                else:
+                    entry.stamp, entry.checked = stamp, time.monotonic()
+        except OSError as e:
+            bad = f"unreadable: {e.strerror}"
+        if bad is not None:
+            os.close(fd)
+            log.warning("corrupt cache page %s (%s): dropped, fetched again", path, bad)
+            return None, "corrupt"
+        return DiskPage(os.fdopen(fd, "rb", buffering=0), entry.length), "ok"
 
     def touch(self, key: PageKey) -> None:
         if key in self._lru:
@@ -214,13 +277,14 @@ class DiskTier:
         """Write a page file (blocking; run in a thread). None when it failed."""
         if self.stats.capacity <= 0 or len(data) > self.stats.capacity:
             return None
-        entry = _DiskEntry(len(data), zlib.crc32(data), True)
+        entry = _DiskEntry(len(data), checksum(data))
         path = self._path(key, entry)
         tmp = f"{path}.{threading.get_ident()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
+                os.fchmod(f.fileno(), 0o444)  # never written again: only replaced or removed
             os.replace(tmp, path)
         except OSError as e:
             self.write_errors += 1
@@ -319,14 +383,14 @@ class PageCache:
 
     def __init__(self, root: str, page_size: int, memory_capacity: int, disk_capacity: int,
                  high: float = 0.9, low: float = 0.8, write_behind: int = 256 << 20,
-                 writer_threads: int = 2) -> None:
+                 writer_threads: int = 2, verify: bool = True, verify_window: float = 0.0) -> None:
         if not 4096 <= page_size <= 64 << 20:
             raise ValueError(f"page size must be between 4 KiB and 64 MiB, got {page_size}")
         if not 0 < low < high <= 1:
             raise ValueError(f"watermarks must satisfy 0 < low < high <= 1, got low={low} high={high}")
         self.page_size = page_size
         self.memory = MemoryTier(memory_capacity, high, low)
-        self.disk = DiskTier(root, disk_capacity, high, low)
+        self.disk = DiskTier(root, disk_capacity, high, low, verify, verify_window)
         self.write_behind = write_behind
         self._queued = 0
         self._room = asyncio.Condition()
@@ -343,32 +407,41 @@ class PageCache:
             data = self._pending.get(key)
         if data is not None:
             return MemPage(data)
+        return await self._open_disk(key, hit=True)
+
+    async def _open_disk(self, key: PageKey, hit: bool) -> DiskPage | None:
+        """The page's disk file, checked (:meth:`DiskTier.open`); None when it has none or
+        it failed its check (then dropped: a miss)."""
         entry = self.disk.lookup(key)
         if entry is None:
             return None
         page, outcome = await asyncio.to_thread(self.disk.open, key, entry)
+        if outcome == "corrupt":
+            self.disk.corrupt_pages += 1
         if self.disk.lookup(key) is not entry:  # evicted or replaced meanwhile:
             return page  # an open file stays readable after its unlink
         if outcome == "corrupt":
-            self.disk.corrupt_pages += 1
             self.disk._remove(key)
+            data = self.memory._lru.get(key)
+            if data is not None:  # a good copy in memory: write the page file again
+                task = asyncio.ensure_future(self.put(key, data))
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
         elif outcome == "missing":
             self.disk._forget(key)
-        else:
-            entry.verified = True
+        elif hit:
             self.disk.touch(key)
+        else:
+            self.disk._lru.move_to_end(key)
         return page
 
     def contains(self, key: PageKey) -> bool:
         return key in self.memory._lru or key in self._pending or key in self.disk._lru
 
     async def open_disk(self, key: PageKey) -> DiskPage | None:
-        """The page's verified disk file, if it has one (for zero-copy senders)."""
-        entry = self.disk.lookup(key)
-        if entry is None or not entry.verified:
-            return None
-        page, outcome = await asyncio.to_thread(self.disk.open, key, entry)
-        return page if outcome == "ok" else None
+        """The page's disk file, checked, if it has a good one (for zero-copy senders of a
+        page also held in memory: a corrupt file is dropped, the memory copy is served)."""
+        return await self._open_disk(key, hit=False)
 
     async def put(self, key: PageKey, data: bytes) -> None:
         """Admit a fetched page: memory now, disk behind (bounded).

@@ -20,6 +20,13 @@ read-ahead sends several at once) wait for the one fetch in flight instead of
 each asking the node: ``begin`` returns the future to wait on, or registers
 the caller as the fetcher, who must call ``done`` (or ``failed``) once.
 
+**Unchanged files only.** The node checks a page file's CRC-32C when it hands
+the descriptor over; the table keeps with it the file's inode, size, mtime and
+ctime then, and a later read whose ``fstat`` finds any of them changed (the
+file was written or truncated in place) drops the descriptor and asks the
+node again, which checks the file, drops it as corrupt and fetches the page
+anew. One ``fstat`` per read, no hashing in the client.
+
 **Bounds.** At most ``max_pages`` descriptors (default 1024, fewer when the
 process may open fewer than four times that many files; the disk space they
 keep alive after the node evicts their pages is at most that many pages,
@@ -57,6 +64,16 @@ class Cached:
     base: int = 0
     data: bytes | None = None
     memfd: bool = False
+    stamp: tuple[int, int, int, int] | None = None  # the file's (inode, size, mtime, ctime) when received
+
+    def unchanged(self) -> bool:
+        """Whether the descriptor's file is as it was when the node handed it over."""
+        if self.fd is None or self.stamp is None:
+            return True
+        try:
+            return file_stamp(os.fstat(self.fd)) == self.stamp
+        except OSError:
+            return False
 
     def read(self, pos: int, stop: int) -> bytes:
         """The bytes ``[pos, stop)`` (within this range)."""
@@ -74,6 +91,10 @@ class Cached:
             self.fd = None
 
 
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def is_memfd(fd: int) -> bool:
     try:
         return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
@@ -87,14 +108,15 @@ def whole_page(fd: int, logical: int, offset_in_page: int, length: int, page_siz
     the page grid (the usual case), else just the piece."""
     start = logical - offset_in_page
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size, stamp = st.st_size, file_stamp(st)
     except OSError:
-        size = -1
+        size, stamp = -1, None
     memfd = is_memfd(fd)
     if start >= 0 and start % page_size == 0 and offset_in_page + length <= size <= page_size \
             and start + size <= file_size:
-        return Cached(start, start + size, fd=fd, base=0, memfd=memfd)
-    return Cached(logical, logical + length, fd=fd, base=offset_in_page, memfd=memfd)
+        return Cached(start, start + size, fd=fd, base=0, memfd=memfd, stamp=stamp)
+    return Cached(logical, logical + length, fd=fd, base=offset_in_page, memfd=memfd, stamp=stamp)
 
 
 class PageTable:
@@ -112,6 +134,9 @@ class PageTable:
 
     def find(self, key: PageId, pos: int) -> Cached | None:
         c = self._pages.get(key)
+        if c is not None and not c.unchanged():  # written in place since: ask the node again
+            self._drop(key)
+            return None
         if c is not None and c.start <= pos < c.end:
             self._pages.move_to_end(key)
             self.hits += 1

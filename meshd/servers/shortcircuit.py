@@ -28,7 +28,9 @@ their memfd; a client's received descriptor outlives its eviction.
 Passing descriptors (as HDFS short-circuit reads do) needs no file
 permissions on the cache directory, and an eviction racing the read is
 harmless: an open descriptor outlives the unlink. The node stays the only
-writer of its cache; the client only ever reads pages the node verified.
+writer of its cache; the client only ever reads pages the node verified: a page
+file's CRC-32C is checked when it is opened for the read, before its descriptor
+is sent (docs/SEMANTICS.md, "Integrity of cached pages").
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ so it sits with the servers, not in the facade.
 
 A page held by the disk tier is sent with ``loop.sendfile`` on the request's
 transport (the kernel copies page file -> socket), as aiohttp's own
-``FileResponse`` does; pages in memory are written as ``memoryview`` slices,
+``FileResponse`` does (the file was checked against its CRC-32C when the cache
+opened it for this read: docs/SEMANTICS.md, "Integrity of cached pages"); pages in memory are written as ``memoryview`` slices,
 without copying. Only public API: ``StreamResponse.prepare`` (which, once the
 response is prepared, just returns its writer), the writer's ``send_headers``
 (headers aiohttp may hold back for a first write must be on the socket before
