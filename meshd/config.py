@@ -302,7 +302,8 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     if not isinstance(auth_raw, dict):
         raise InvalidArgument(f"{where}: auth must be a mapping")
     _check_keys(auth_raw, AuthConfig, f"{where}: auth")
-    auth = AuthConfig(file=str(auth_raw.get("file") or ""), enforce=bool(auth_raw.get("enforce", True)))
+    auth = AuthConfig(file=str(auth_raw.get("file") or ""),
+                      enforce=parse_bool(auth_raw.get("enforce", True), "auth.enforce"))
     tls = _tls_from_dict(raw.get("tls") or {}, where)
     limits = _limits_from_dict(raw.get("limits") or {}, where)
     node_kw = {k: v for k, v in raw.items()
