@@ -48,7 +48,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import VERIFY_NODES, verify_args, verify_cost  # noqa: E402
+from bench.benchlib import (  # noqa: E402
+    BENCH_TOKEN,
+    SECURITY_LEGEND,
+    VERIFY_NODES,
+    security_args,
+    verify_args,
+    verify_cost,
+)
 from meshd.client.sdk import MeshClient  # noqa: E402
 from meshd.understore.posix import PosixUnderStore  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
@@ -220,6 +227,48 @@ def compare_verification(work: Path, node: MeshdProcess, store_dir: Path, flags:
                 n.stop()
 
 
+def compare_security(work: Path, store_dir: Path, flags: list[str], size: int) -> None:
+    """Warm reads of /local/big.bin on a node with authentication and verification on (the
+    reader a tenant presenting its token) and on one with both off, side by side."""
+    nodes: dict[str, MeshdProcess] = {}
+    try:
+        for name in ("on", "off"):
+            nodes[name] = MeshdProcess(work / f"node-security-{name}", [f"/local=file://{store_dir}"],
+                                       [*flags, *security_args(work, name == "on")]).start()
+        url = "/local/big.bin"
+        sc, hc = {}, {}
+        for name, n in nodes.items():
+            token = BENCH_TOKEN if name == "on" else None
+            os.environ["MESH_SHORT_CIRCUIT"] = "1"
+            sc[name] = MeshClient(n.endpoint, token=token)
+            os.environ["MESH_SHORT_CIRCUIT"] = "0"
+            hc[name] = MeshClient(n.endpoint, token=token)
+            os.environ.pop("MESH_SHORT_CIRCUIT")
+            assert read_mesh(sc[name], url) == size  # cold: fills the tiers
+        mb = float(MiB)
+
+        def curl(k: str) -> float:
+            auth = ["-H", f"Authorization: Bearer {BENCH_TOKEN}"] if k == "on" else []
+            out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", *auth,
+                                  f"{nodes[k].http}/v1/files{url}"], check=True, capture_output=True, text=True)
+            return int(out.stdout) / mb
+
+        def each(fn: Callable[[str], float]) -> dict[str, Callable[[], float]]:
+            return {k: (lambda k=k: fn(k)) for k in nodes}  # type: ignore[misc]
+
+        verify_cost([
+            ("warm, short-circuit (descriptors)", "MB/s", each(lambda k: read_mesh(sc[k], url) / mb)),
+            ("warm, Python client over HTTP", "MB/s", each(lambda k: read_mesh(hc[k], url) / mb)),
+            ("warm, curl over HTTP (sendfile)", "MB/s", each(curl)),
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None},
+            title="authentication and page verification", legend=SECURITY_LEGEND)
+        for c in (*sc.values(), *hc.values()):
+            c.close()
+    finally:
+        for n in nodes.values():
+            n.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -232,6 +281,8 @@ def main() -> None:
                          "on some machines /tmp is a much slower filesystem)")
     ap.add_argument("--verify-cost-only", action="store_true",
                     help="only the warm reads with page verification on vs off (no S3 server)")
+    ap.add_argument("--security-cost-only", action="store_true",
+                    help="only the warm reads with authentication and verification on vs both off")
     args = ap.parse_args()
     size = args.size_mib * MiB
     os.makedirs(args.workdir, exist_ok=True)
@@ -266,6 +317,9 @@ def main() -> None:
                 f.write(hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:])
         node_flags = ["--page-size", args.page_size, "--memory-capacity", "256MiB",
                       "--disk-capacity", f"{4 * args.size_mib}MiB", "--no-default-mount"]
+        if args.security_cost_only:
+            compare_security(work, store_dir, node_flags, size)
+            return
         if args.verify_cost_only:
             node = MeshdProcess(work / "node", [f"/local=file://{store_dir}"],
                                 [*node_flags, *verify_args(work, True)]).start()
@@ -321,6 +375,7 @@ def main() -> None:
         print(f"  hit ratio {report['hit_ratio']:.2f}, bytes by source {report['bytes_by_source']}")
         os.environ.pop("MESH_SHORT_CIRCUIT", None)
         compare_verification(work, node, store_dir, node_flags, size)
+        compare_security(work, store_dir, node_flags, size)
     finally:
         if node is not None:
             node.stop()

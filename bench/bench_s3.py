@@ -39,7 +39,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import VERIFY_NODES, verify_args, verify_cost  # noqa: E402
+from bench.benchlib import (  # noqa: E402
+    BENCH_KEY,
+    BENCH_SECRET,
+    SECURITY_LEGEND,
+    VERIFY_NODES,
+    security_args,
+    verify_args,
+    verify_cost,
+)
 from tests.meshd_proc import MeshdProcess  # noqa: E402
 
 MiB = 1 << 20
@@ -85,8 +93,11 @@ def parallel(fns: list) -> None:  # type: ignore[type-arg]
         list(pool.map(lambda f: f(), fns))
 
 
-async def small_gets(base: str, keys: list[str], conns: int) -> list[float]:
+async def small_gets(base: str, keys: list[str], conns: int, urls: dict[str, str] | None = None) -> list[float]:
+    """GET each key with ``conns`` connections; ``urls``: a (presigned) URL per key instead
+    of ``base/key``. The latencies."""
     import aiohttp
+    from yarl import URL
 
     lat: list[float] = []
     queue = list(keys)
@@ -95,7 +106,8 @@ async def small_gets(base: str, keys: list[str], conns: int) -> list[float]:
             while queue:
                 key = queue.pop()
                 t = time.perf_counter()
-                async with session.get(f"{base}/{key}") as r:
+                target = URL(urls[key], encoded=True) if urls else f"{base}/{key}"
+                async with session.get(target) as r:
                     await r.read()
                     assert r.status == 200, r.status
                 lat.append(time.perf_counter() - t)
@@ -134,12 +146,57 @@ def compare_verification(work: Path, store: Path, size: int, small_keys: list[st
             n.stop()
 
 
+def compare_security(work: Path, store: Path, size: int, small_keys: list[str]) -> None:
+    """The 1-stream GET and the small GETs on a node with authentication and verification on
+    (a tenant's S3 key: SigV4 presigned URLs, made before the clock starts, so the node's
+    check is measured, not the client's signing) and on one with both off (unsigned)."""
+    import boto3
+    from botocore.config import Config
+
+    nodes: dict[str, MeshdProcess] = {}
+    try:
+        for name in ("on", "off"):
+            nodes[name] = n = MeshdProcess(work / f"node-security-{name}", [f"/data=file://{store}"],
+                                           ["--no-default-mount", "--memory-capacity", "64MiB",
+                                            "--disk-capacity", f"{4 * size // MiB}MiB",
+                                            *security_args(work, name == "on")]).start()
+            with n.client() as c:
+                for _ in c.load("/data"):
+                    pass
+        sample = small_keys[:2000]
+        s3 = boto3.client("s3", endpoint_url=nodes["on"].endpoints["s3"], aws_access_key_id=BENCH_KEY,
+                          aws_secret_access_key=BENCH_SECRET, region_name="us-east-1",
+                          config=Config(signature_version="s3v4"))
+        signed = {k: s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": k}, ExpiresIn=3600)
+                  for k in [*sample, "big.bin"]}
+        for k, n in nodes.items():  # metadata warm
+            asyncio.run(small_gets(f"{n.endpoints['s3']}/data", list(sample), 16, signed if k == "on" else None))
+
+        def big(k: str) -> float:
+            return curl(signed["big.bin"] if k == "on" else f"{nodes[k].endpoints['s3']}/data/big.bin") / MiB
+
+        def small(k: str) -> float:
+            return len(asyncio.run(small_gets(f"{nodes[k].endpoints['s3']}/data", list(sample), 16,
+                                              signed if k == "on" else None)))
+
+        verify_cost([
+            ("gateway GET, curl, 1 stream", "MB/s", {k: (lambda k=k: big(k)) for k in nodes}),
+            (f"{len(sample)} small GETs (64 KiB), 16 conns", "req/s", {k: (lambda k=k: small(k)) for k in nodes}),
+        ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None},
+            title="authentication and page verification", legend=SECURITY_LEGEND)
+    finally:
+        for n in nodes.values():
+            n.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=10000)
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"))
     ap.add_argument("--verify-cost-only", action="store_true", help="only page verification on vs off")
+    ap.add_argument("--security-cost-only", action="store_true",
+                    help="only authentication and page verification on vs both off")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mesh-bench-s3-", dir=args.workdir))
@@ -159,6 +216,9 @@ def main() -> None:
             small_keys.append(f"small/{i:05d}.bin")
         if args.verify_cost_only:
             compare_verification(work, store, size, small_keys)
+            return
+        if args.security_cost_only:
+            compare_security(work, store, size, small_keys)
             return
         node = MeshdProcess(work / "node", [f"/data=file://{store}"],
                             ["--no-default-mount", "--memory-capacity", "2GiB",
@@ -237,6 +297,7 @@ def main() -> None:
         node.stop()
         node = None
         compare_verification(work, store, size, small_keys)
+        compare_security(work, store, size, small_keys)
     finally:
         if node is not None:
             node.stop()

@@ -50,6 +50,29 @@ VERIFY_LEGEND = ("on = the default (CRC-32C on every serve; a check covers the u
                  "off = cache.verify: false (first use and changes only)")
 
 
+BENCH_TOKEN = "mesh_bench-tenant-token-0123456789"
+BENCH_KEY, BENCH_SECRET = "AKBENCHTENANT", "bench-tenant-secret-0123456789"
+SECURITY_LEGEND = ("on = what a tenant gets by default: its token (HTTP, wire, local socket) or S3 key "
+                   "(SigV4, presigned) checked and its path rule applied on every request, pages verified "
+                   "(cache.verify, window 10 s); off = auth.enforce: false (everyone an operator, no "
+                   "credential sent) and cache.verify: false")
+
+
+def security_args(work: Path, on: bool) -> list[str]:
+    """``meshd`` flags for a node with authentication and page verification on (a tenant
+    ``bench`` reading everything, BENCH_TOKEN / BENCH_KEY), or both off."""
+    if not on:
+        (work / "security-off.yaml").write_text("auth: {enforce: false}\ncache: {verify: false}\n")
+        return ["--config", str(work / "security-off.yaml")]
+    from meshd.auth import token_hash
+
+    (work / "access.yaml").write_text(
+        f"tenants:\n  bench:\n    tokens: ['{token_hash(BENCH_TOKEN)}']\n"
+        f"    s3_keys: {{{BENCH_KEY}: {BENCH_SECRET}}}\n    rules: [{{path: /, allow: read}}]\n")
+    (work / "security-on.yaml").write_text("cache: {verify: true}\n")
+    return ["--config", str(work / "security-on.yaml"), "--access", str(work / "access.yaml")]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (from /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -58,13 +81,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def verify_cost(cases: list[tuple[str, str, dict[str, Callable[[], float]]]], pids: dict[str, int],
-                repeat: int = 7) -> None:
+                repeat: int = 7, title: str = "page verification", legend: str = VERIFY_LEGEND) -> None:
     """Each case ``(name, unit, {variant: run})``, the variants of VERIFY_NODES run alternately
     ``repeat`` times (so drift hits all alike); a run returns how many units it moved. Prints
     the median rates side by side and each over the rate with verification off, then the
     node's CPU time per unit (``pids``: each variant's node), which the machine's load
     disturbs far less than a rate."""
-    print(f"page verification, median of {repeat}, variants alternating, order rotated ({VERIFY_LEGEND}):")
+    print(f"{title}, median of {repeat}, variants alternating, order rotated ({legend}):")
     for name, unit, runs in cases:
         rates: dict[str, list[float]] = {k: [] for k in runs}
         cpu: dict[str, list[float]] = {k: [] for k in runs}
