@@ -286,7 +286,8 @@ def test_node_still_serves_and_its_log_is_bounded(node: MeshdProcess, log_start:
     print(f"fuzz: {counts} requests; statuses {statuses}")
     # the fuzz reached the handlers: successes and refusals on every front end
     for front in ("s3", "webhdfs"):
-        assert any(200 <= s < 300 for s in statuses[front]) and len(statuses[front]) >= 4, statuses
+        assert any(200 <= s < 300 for s in statuses[front]) and any(400 <= s < 500 for s in statuses[front]) \
+            and len(statuses[front]) >= 3, statuses
     assert statuses["wire"] == {200, 400}, statuses
     total = sum(counts.values())
     assert total >= 2000, counts  # the run really was a few thousand requests
