@@ -102,7 +102,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_read import S3rver  # noqa: E402
-from benchlib import VERIFY_NODES, log_findings, print_findings, verify_args  # noqa: E402
+from benchlib import (  # noqa: E402
+    BENCH_TOKEN,
+    VERIFY_NODES,
+    log_findings,
+    print_findings,
+    security_args,
+    verify_args,
+)
 
 from tests.fuse_proc import MESHFS, MeshfsProcess, force_unmount, is_mounted  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
@@ -420,6 +427,9 @@ def main() -> None:
     ap.add_argument("--verify", choices=["on", "strict", "off"], default="on",
                     help="the node's page verification (bench/benchlib.py VERIFY_NODES; run the bench "
                          "once with each to compare: meshfs checks happen when descriptors are handed out)")
+    ap.add_argument("--security", choices=["on", "off"],
+                    help="instead of --verify: on = a tenant's token presented by meshfs, its rules checked, "
+                         "pages verified; off = auth.enforce: false and cache.verify: false (benchlib.SECURITY_LEGEND)")
     ap.add_argument("--pin-server", action="store_true",
                     help="s3rver on a core of its own, everything else on the others (the server as a remote one)")
     args = ap.parse_args()
@@ -468,13 +478,19 @@ def main() -> None:
             return MeshdProcess(data_dir, [f"/s3=s3://bench,{opts},sync_interval={args.sync_interval}"],
                                 ["--no-default-mount", "--no-s3", "--no-webhdfs", "--memory-capacity", "256MiB",
                                  "--disk-capacity", f"{2 * args.size_mib + 1024}MiB",
-                                 *verify_args(work, *VERIFY_NODES[args.verify])]).start()
+                                 *(security_args(work, args.security == "on") if args.security
+                                   else verify_args(work, *VERIFY_NODES[args.verify]))]).start()
 
         b.node = start_node(work / "node")
 
         mesh_mnt, rc_mnt, pt_mnt = work / "mnt-meshfs", work / "mnt-rclone", work / "mnt-passthrough"
         mountpoints += [mesh_mnt, rc_mnt, pt_mnt]
-        meshfs = MeshfsProcess(mesh_mnt, str(work / "node"), ["--ttl", "1"], log=work / "meshfs.log")
+        token_args: list[str] = []
+        if args.security == "on":  # meshfs presents a tenant's token, as another user's mount would
+            (work / "tenant.token").write_text(BENCH_TOKEN)
+            (work / "tenant.token").chmod(0o600)
+            token_args = ["--token-file", str(work / "tenant.token")]
+        meshfs = MeshfsProcess(mesh_mnt, str(work / "node"), ["--ttl", "1", *token_args], log=work / "meshfs.log")
         b.meshfs = meshfs
 
         def meshfs_fresh() -> Path:

@@ -256,10 +256,19 @@ def compare_security(work: Path, store_dir: Path, flags: list[str], size: int) -
         def each(fn: Callable[[str], float]) -> dict[str, Callable[[], float]]:
             return {k: (lambda k=k: fn(k)) for k in nodes}  # type: ignore[misc]
 
+        offsets = [(i * 7919 * 65536) % (size - 65536) for i in range(1000)]
+
+        def small(client: MeshClient) -> float:  # 1,000 reads of 64 KiB: a request each
+            for off in offsets:
+                client.cat(url, off, 65536)
+            return float(len(offsets))
+
         verify_cost([
             ("warm, short-circuit (descriptors)", "MB/s", each(lambda k: read_mesh(sc[k], url) / mb)),
             ("warm, Python client over HTTP", "MB/s", each(lambda k: read_mesh(hc[k], url) / mb)),
             ("warm, curl over HTTP (sendfile)", "MB/s", each(curl)),
+            ("1000 small reads (64 KiB), HTTP", "req/s", each(lambda k: small(hc[k]))),
+            ("1000 small reads (64 KiB), short-circuit", "req/s", each(lambda k: small(sc[k]))),
         ], {k: n.proc.pid for k, n in nodes.items() if n.proc is not None},
             title="authentication and page verification", legend=SECURITY_LEGEND)
         for c in (*sc.values(), *hc.values()):

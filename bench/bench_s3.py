@@ -149,35 +149,40 @@ def compare_verification(work: Path, store: Path, size: int, small_keys: list[st
 def compare_security(work: Path, store: Path, size: int, small_keys: list[str]) -> None:
     """The 1-stream GET and the small GETs on a node with authentication and verification on
     (a tenant's S3 key: SigV4 presigned URLs, made before the clock starts, so the node's
-    check is measured, not the client's signing) and on one with both off (unsigned)."""
+    check is measured, not the client's signing), on nodes with each alone, and on one with
+    both off (unsigned)."""
     import boto3
     from botocore.config import Config
 
     nodes: dict[str, MeshdProcess] = {}
+    variants = {"on": (True, True), "auth": (True, False), "verify": (False, True), "off": (False, False)}
     try:
-        for name in ("on", "off"):
+        for name, (authn, verify) in variants.items():
             nodes[name] = n = MeshdProcess(work / f"node-security-{name}", [f"/data=file://{store}"],
                                            ["--no-default-mount", "--memory-capacity", "64MiB",
                                             "--disk-capacity", f"{4 * size // MiB}MiB",
-                                            *security_args(work, name == "on")]).start()
+                                            *security_args(work, authn, verify)]).start()
             with n.client() as c:
                 for _ in c.load("/data"):
                     pass
         sample = small_keys[:2000]
-        s3 = boto3.client("s3", endpoint_url=nodes["on"].endpoints["s3"], aws_access_key_id=BENCH_KEY,
-                          aws_secret_access_key=BENCH_SECRET, region_name="us-east-1",
-                          config=Config(signature_version="s3v4"))
-        signed = {k: s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": k}, ExpiresIn=3600)
-                  for k in [*sample, "big.bin"]}
+        def presign(n: MeshdProcess) -> dict[str, str]:  # the host is signed: one set per node
+            s3 = boto3.client("s3", endpoint_url=n.endpoints["s3"], aws_access_key_id=BENCH_KEY,
+                              aws_secret_access_key=BENCH_SECRET, region_name="us-east-1",
+                              config=Config(signature_version="s3v4"))
+            return {k: s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": k},
+                                                 ExpiresIn=3600) for k in [*sample, "big.bin"]}
+
+        signed = {k: presign(n) if variants[k][0] else None for k, n in nodes.items()}
         for k, n in nodes.items():  # metadata warm
-            asyncio.run(small_gets(f"{n.endpoints['s3']}/data", list(sample), 16, signed if k == "on" else None))
+            asyncio.run(small_gets(f"{n.endpoints['s3']}/data", list(sample), 16, signed[k]))
 
         def big(k: str) -> float:
-            return curl(signed["big.bin"] if k == "on" else f"{nodes[k].endpoints['s3']}/data/big.bin") / MiB
+            p = signed[k]
+            return curl(p["big.bin"] if p else f"{nodes[k].endpoints['s3']}/data/big.bin") / MiB
 
         def small(k: str) -> float:
-            return len(asyncio.run(small_gets(f"{nodes[k].endpoints['s3']}/data", list(sample), 16,
-                                              signed if k == "on" else None)))
+            return len(asyncio.run(small_gets(f"{nodes[k].endpoints['s3']}/data", list(sample), 16, signed[k])))
 
         verify_cost([
             ("gateway GET, curl, 1 stream", "MB/s", {k: (lambda k=k: big(k)) for k in nodes}),

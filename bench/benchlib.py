@@ -58,19 +58,22 @@ SECURITY_LEGEND = ("on = what a tenant gets by default: its token (HTTP, wire, l
                    "credential sent) and cache.verify: false")
 
 
-def security_args(work: Path, on: bool) -> list[str]:
-    """``meshd`` flags for a node with authentication and page verification on (a tenant
-    ``bench`` reading everything, BENCH_TOKEN / BENCH_KEY), or both off."""
-    if not on:
-        (work / "security-off.yaml").write_text("auth: {enforce: false}\ncache: {verify: false}\n")
-        return ["--config", str(work / "security-off.yaml")]
+def security_args(work: Path, on: bool, verify: bool | None = None) -> list[str]:
+    """``meshd`` flags for a node with authentication (a tenant ``bench`` reading
+    everything: BENCH_TOKEN / BENCH_KEY) and page verification on, or both off;
+    ``verify``: page verification set apart from authentication."""
     from meshd.auth import token_hash
 
+    verify = on if verify is None else verify
+    name = f"security-{'on' if on else 'off'}-verify-{'on' if verify else 'off'}.yaml"
+    (work / name).write_text(f"auth: {{enforce: {'true' if on else 'false'}}}\n"
+                             f"cache: {{verify: {'true' if verify else 'false'}}}\n")
+    if not on:
+        return ["--config", str(work / name)]
     (work / "access.yaml").write_text(
         f"tenants:\n  bench:\n    tokens: ['{token_hash(BENCH_TOKEN)}']\n"
         f"    s3_keys: {{{BENCH_KEY}: {BENCH_SECRET}}}\n    rules: [{{path: /, allow: read}}]\n")
-    (work / "security-on.yaml").write_text("cache: {verify: true}\n")
-    return ["--config", str(work / "security-on.yaml"), "--access", str(work / "access.yaml")]
+    return ["--config", str(work / name), "--access", str(work / "access.yaml")]
 
 
 def cpu_seconds(pid: int) -> float:
