@@ -41,7 +41,11 @@ from tests.fuse_proc import MeshfsProcess
 from tests.meshd_proc import MESHCTL, MeshdProcess
 from tests.netns import Regions
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# uid nobody, allowed to read (not write) every file: the checkout and its venv may sit in a
+# 0700 directory (a CI's temporary clone). It attacks through the node's ports and socket only;
+# its uid is what the node sees. (It could read credentials.json; the tests never let it.)
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+          "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
 PY = sys.executable
 
 
