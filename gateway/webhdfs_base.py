@@ -16,6 +16,7 @@ from meshd import errors as me
 from meshd.auth.http import bearer, connection_principal, principal
 from meshd.config import WebHdfsConfig
 from meshd.core import FileStatus, MeshNode
+from meshd.limits import log_rejected
 
 PREFIX = "/webhdfs/v1"
 BATCH = 1000            # LISTSTATUS_BATCH entries per answer (HDFS's dfs.ls.limit)
@@ -173,8 +174,7 @@ class WebHdfsBase:
         elif caller and caller in self.cfg.users:
             auth.set_current(auth.Principal("operator", f"webhdfs user {caller}"))
         else:
-            auth.refused.warning("webhdfs-anon", "WebHDFS %s %s from %s refused: no credential", op,
-                                 request.path[:200], request.remote)
+            log_rejected(f"WebHDFS {op} {request.path[:200]}", request.remote or "", "no credential")
             raise RemoteException("SecurityException", "java.lang.SecurityException",
                                    "Authentication required: give delegation=<token> (or Authorization: "
                                    "Bearer), or a user.name the gateway lists (webhdfs.users, a tenant's "

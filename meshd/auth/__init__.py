@@ -15,8 +15,8 @@ Principals (:class:`Principal`):
   opened a door on purpose (``s3.allow_anonymous: true``; WebHDFS simple auth
   for listed users).
 
-Every front end authenticates a request to a principal and runs the request
-``acting_as`` it; the core's facade (:class:`meshd.core.node.MeshNode`) checks
+Every front end authenticates a request to a principal and serves the request
+as it (:meth:`Access.serving`); the core's facade (:class:`meshd.core.node.MeshNode`) checks
 each operation against :class:`Access` (``read`` < ``write`` < ``admin``, the
 longest matching path rule of the tenant wins). Work the node starts itself
 (background loads, peers' page fetches it serves) runs as ``system``.
@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,15 +72,6 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("mesh_princ
 def current() -> Principal:
     """The principal the running request acts as (``system`` outside any request)."""
     return _current.get()
-
-
-@contextlib.contextmanager
-def acting_as(p: Principal) -> Iterator[None]:
-    token = _current.set(p)
-    try:
-        yield
-    finally:
-        _current.reset(token)
 
 
 def set_current(p: Principal) -> None:
@@ -220,19 +210,17 @@ class Access:
 
     def __init__(self, operator_hashes: set[str] | None = None, node_hashes: set[str] | None = None,
                  operator_keys: dict[str, str] | None = None, file: str = "",
-                 anonymous: Principal | None = None, enforce: bool = True,
+                 enforce: bool = True,
                  max_in_flight_per_tenant: int = 4096) -> None:
         self.enforce = enforce
         self.tenant_slots = InFlight(max_in_flight_per_tenant, "requests")  # per tenant, all listeners
         self._operator_hashes = set(operator_hashes or ())
         self._node_hashes = set(node_hashes or ())
         self.operator_keys = dict(operator_keys or {})  # S3 access key -> secret (operator)
-        self.anonymous = anonymous  # what unauthenticated requests act as where allowed
         self.file = file
         self.tenants: dict[str, Tenant] = {}
         self._file_operators: set[str] = set()
         self._stamp: tuple[float, int] | None = None
-        self.reloads = 0
         if file:
             self.load()
 
@@ -250,7 +238,6 @@ class Access:
             raise InvalidArgument(f"access file {self.file} is not valid YAML: {e}") from None
         self.tenants, self._file_operators = parse_access(raw, f"access file {self.file}")
         self._stamp = (st.st_mtime, st.st_size)
-        self.reloads += 1
 
     def refresh(self) -> bool:
         """Reload the access file if it changed; True when new rules are in force."""
@@ -384,26 +371,3 @@ class Access:
 
 
 OPEN = Access(enforce=False)  # a node built without credentials (unit tests of the core)
-
-
-class RateLimitedLog:
-    """At most one line per ``interval`` per key (refused requests must not flood the log)."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._dropped: dict[str, int] = {}
-
-    def warning(self, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < self.interval:
-            self._dropped[key] = self._dropped.get(key, 0) + 1
-            return
-        dropped = self._dropped.pop(key, 0)
-        self._last[key] = now
-        if len(self._last) > 4096:
-            self._last.clear()
-        log.warning(msg + (f" ({dropped} more like it not logged)" if dropped else ""), *args)
-
-
-refused = RateLimitedLog()

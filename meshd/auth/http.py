@@ -16,12 +16,13 @@ from aiohttp import web
 
 from meshd import auth
 from meshd.errors import PermissionDenied
+from meshd.limits import log_rejected
 from meshd.tls import peer_identity
 
 _by_connection: weakref.WeakKeyDictionary[Any, auth.Principal] = weakref.WeakKeyDictionary()
 
 
-def connection_principal(request: web.Request, access: auth.Access | None = None) -> auth.Principal:
+def connection_principal(request: web.Request, access: auth.Access) -> auth.Principal:
     """The principal of the connection: its verified client certificate's (mutual TLS),
     else OPERATOR for a local connection of the node's user (or root), else ANONYMOUS."""
     transport = request.transport
@@ -31,9 +32,9 @@ def connection_principal(request: web.Request, access: auth.Access | None = None
         return _by_connection[transport]
     except (KeyError, TypeError):
         pass
-    p = access.by_certificate(peer_identity(transport)) if access is not None else None
+    p = access.by_certificate(peer_identity(transport))
     if p is None:
-        p = (access or auth.Access()).local(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+        p = access.local(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
     try:
         _by_connection[transport] = p
     except TypeError:
@@ -54,8 +55,7 @@ def principal(request: web.Request, access: auth.Access, token: str | None = Non
     if token:
         p = access.by_token(token)
         if p is None:
-            auth.refused.warning("bad-token", "%s %s from %s: invalid token refused", request.method,
-                                 request.path[:200], request.remote)
+            log_rejected(f"{request.method} {request.path[:200]}", request.remote or "", "invalid token")
             raise PermissionDenied("the token presented is not valid for this node")
         return p
     return connection_principal(request, access)

@@ -133,8 +133,7 @@ class _ServerProtocol(asyncio.Protocol):
         p = self._access.by_token(str(args.get("t", "")))
         if p is None:
             self.principal = auth.Principal("anonymous", "invalid token")
-            auth.refused.warning("wire-auth", "metadata wire: a connection from %s presented an invalid token",
-                                 self.peer)
+            log_rejected("metadata wire auth", self.peer, "invalid token")
             raise PermissionDenied("the token presented is not valid for this node")
         self.principal = p
         return {"as": p.kind}

@@ -24,6 +24,7 @@ from meshd.auth import ADMIN
 from meshd.core.handle import ReadStream
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
+from meshd.limits import log_rejected
 from meshd.metadata.shard import FileStatus
 from meshd.rpc import mesh_pb2 as pb
 from meshd.rpc import mesh_pb2_grpc as pb_grpc
@@ -84,7 +85,7 @@ class Authenticate(grpc.aio.ServerInterceptor):
             p = self.access().by_token(token)
             if p is not None:
                 return p
-            auth.refused.warning("grpc-token", "gRPC call from %s: invalid token refused", context.peer())
+            log_rejected("gRPC call", context.peer(), "invalid token")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token presented is not valid for this node")
         by_cert = self.access().by_certificate(peer_identity(context))
         if by_cert is not None:
@@ -92,7 +93,7 @@ class Authenticate(grpc.aio.ServerInterceptor):
         peer = _peer(context.peer())
         if peer is not None and self.access().local(peer, (peer[0], self.port)).kind == "operator":
             return auth.OPERATOR
-        auth.refused.warning("grpc-anon", "gRPC call from %s without a credential refused", context.peer())
+        log_rejected("gRPC call", context.peer(), "no credential")
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             "this call carries no credential (metadata authorization: Bearer <token>; "
                             "meshctl --token-file, $MESH_TOKEN_FILE; see THREAT_MODEL.md)")

@@ -48,11 +48,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from meshd import auth
 from meshd.auth.http import principal
 from meshd.core import MeshNode, Segment
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
-from meshd.limits import parse_int
+from meshd.limits import log_rejected, parse_int
 from meshd.servers.streaming import send_segment, stream_response
 
 log = logging.getLogger(__name__)
@@ -192,8 +191,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             raise PermissionDenied(f"{request.path[:200]}: this request carries no credential (Authorization: "
                                    "Bearer <token>; see THREAT_MODEL.md)")
     except PermissionDenied as e:
-        auth.refused.warning("http-anon", "HTTP %s %s from %s refused: %s", request.method, request.path[:200],
-                             request.remote, e)
+        log_rejected(f"HTTP {request.method} {request.path[:200]}", request.remote or "", str(e))
         return web.json_response({"error": e.kind, "message": str(e)}, status=401,
                                  headers={"WWW-Authenticate": 'Bearer realm="mesh"'})
     try:

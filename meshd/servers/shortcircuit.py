@@ -51,7 +51,7 @@ from meshd.cache.pages import DiskPage, MemPage, PageKey
 from meshd.core.handle import Segment
 from meshd.core.node import MeshNode
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, log_internal
-from meshd.limits import loads, parse_int
+from meshd.limits import loads, log_rejected, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,7 @@ class ShortCircuitServer:
         while True:
             conn, _ = await loop.sock_accept(self._sock)
             if not is_owner(unix_peer_uid(conn)):  # the socket's directory is 0700: not expected
-                auth.refused.warning("sc-peer", "local socket: a connection of uid %s refused (not the node's "
-                                     "user)", unix_peer_uid(conn))
+                log_rejected("local socket connection", f"uid {unix_peer_uid(conn)}", "not the node's user")
                 conn.close()
                 continue
             conn.setblocking(False)
@@ -152,7 +151,6 @@ class ShortCircuitServer:
             task.add_done_callback(self._conns.discard)
 
     async def _serve(self, conn: socket.socket) -> None:
-        auth.set_current(auth.OPERATOR)  # the node's own user (checked at accept)
         loop = asyncio.get_running_loop()
         try:
             while True:
