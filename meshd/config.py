@@ -235,7 +235,10 @@ def _names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+def _check_keys(d: Any, cls: type, where: str) -> None:
+    """``d`` is a mapping of ``cls``'s keys only (``where``: the section, named in errors)."""
+    if not isinstance(d, dict):
+        raise InvalidArgument(f"{where} must be a mapping")
     unknown = set(d) - _names(cls)
     if unknown:
         raise InvalidArgument(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -299,8 +302,6 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
     cluster = _cluster_from_dict(raw.get("cluster") or {}, where)
     webhdfs = _webhdfs_from_dict(raw.get("webhdfs") or {}, where)
     auth_raw = raw.get("auth") or {}
-    if not isinstance(auth_raw, dict):
-        raise InvalidArgument(f"{where}: auth must be a mapping")
     _check_keys(auth_raw, AuthConfig, f"{where}: auth")
     auth = AuthConfig(file=str(auth_raw.get("file") or ""),
                       enforce=parse_bool(auth_raw.get("enforce", True), "auth.enforce"))
@@ -313,8 +314,6 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
 
 
 def _tls_from_dict(raw: Any, where: str) -> TlsConfig:
-    if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: tls must be a mapping")
     _check_keys(raw, TlsConfig, f"{where}: tls")
     kw = {k: os.path.expanduser(str(v)) if k != "client_auth" else str(v) for k, v in raw.items() if v is not None}
     cfg = TlsConfig(**kw)
@@ -323,8 +322,6 @@ def _tls_from_dict(raw: Any, where: str) -> TlsConfig:
 
 
 def _limits_from_dict(raw: Any, where: str) -> LimitsConfig:
-    if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: limits must be a mapping")
     _check_keys(raw, LimitsConfig, f"{where}: limits")
     kw: dict[str, Any] = {}
     for k, v in raw.items():
@@ -342,8 +339,6 @@ def _limits_from_dict(raw: Any, where: str) -> LimitsConfig:
 
 
 def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:
-    if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: webhdfs must be a mapping")
     _check_keys(raw, WebHdfsConfig, f"{where}: webhdfs")
     kw: dict[str, Any] = {}
     for k, v in raw.items():
@@ -367,8 +362,6 @@ def _webhdfs_from_dict(raw: Any, where: str) -> WebHdfsConfig:
 
 
 def _cluster_from_dict(raw: Any, where: str) -> ClusterConfig:
-    if not isinstance(raw, dict):
-        raise InvalidArgument(f"{where}: cluster must be a mapping")
     _check_keys(raw, ClusterConfig, f"{where}: cluster")
     kw: dict[str, Any] = {}
     for k, v in raw.items():
