@@ -13,6 +13,7 @@ with UNAUTHENTICATED before any handler runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -99,21 +100,28 @@ class Authenticate(grpc.aio.ServerInterceptor):
                             "meshctl --token-file, $MESH_TOKEN_FILE; see THREAT_MODEL.md)")
         raise AssertionError("unreachable")
 
+    @contextlib.asynccontextmanager
+    async def serving(self, context: Any) -> AsyncIterator[None]:
+        """The call's body runs as its principal, in one of its tenant's slots; over the
+        tenant's cap, RESOURCE_EXHAUSTED."""
+        p = await self.principal(context)
+        try:
+            with self.access().serving(p):
+                yield
+        except SlowDown as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        who = self.principal
+        serving = self.serving
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                p = await who(context)
-                try:
-                    with self.access().serving(p):
-                        return await inner_uu(request, context)
-                except SlowDown as e:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                async with serving(context):
+                    return await inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
                                                        handler.response_serializer)
@@ -121,13 +129,9 @@ class Authenticate(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: Any) -> Any:
-                p = await who(context)
-                try:
-                    with self.access().serving(p):
-                        async for item in inner_us(request, context):
-                            yield item
-                except SlowDown as e:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                async with serving(context):
+                    async for item in inner_us(request, context):
+                        yield item
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
                                                         handler.response_serializer)
@@ -135,12 +139,8 @@ class Authenticate(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iterator: Any, context: Any) -> Any:
-                p = await who(context)
-                try:
-                    with self.access().serving(p):
-                        return await inner_su(request_iterator, context)
-                except SlowDown as e:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                async with serving(context):
+                    return await inner_su(request_iterator, context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer,
                                                         handler.response_serializer)
