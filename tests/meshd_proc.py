@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from meshd.client.sdk import MeshClient
 from tests.etcdproc import end_process
@@ -106,3 +110,27 @@ def env_without_endpoint() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MESH_ENDPOINT", None)
     return env
+
+
+def hostport(url: str) -> tuple[str, int]:
+    """``host:port`` or a URL of a node's endpoint, as a socket address."""
+    u = urlsplit(url if "//" in url else "//" + url)
+    assert u.hostname is not None and u.port is not None
+    return u.hostname, u.port
+
+
+def wire_reply(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The next metadata wire frame on ``sock``, read raw: (request id, reply)."""
+    sock.settimeout(30)
+    head = b""
+    while len(head) < 8:
+        chunk = sock.recv(8 - len(head))
+        assert chunk, "the node closed the metadata wire connection"
+        head += chunk
+    size, req_id = struct.unpack("!II", head)
+    body = b""
+    while len(body) < size:
+        chunk = sock.recv(size - len(body))
+        assert chunk
+        body += chunk
+    return req_id, json.loads(body)

@@ -23,12 +23,11 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import wait_until
-from tests.meshd_proc import MeshdProcess
+from tests.meshd_proc import MeshdProcess, hostport, wire_reply
 
 LIMIT = 4  # requests in flight per client, per listener
 PIPELINE = 2  # metadata wire requests in flight per connection (below LIMIT: this cap binds first)
@@ -68,14 +67,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator[Mesh
     n.stop()
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    u = urlsplit(url if "//" in url else "//" + url)
-    assert u.hostname is not None and u.port is not None
-    return u.hostname, u.port
-
 
 def get(url: str, target: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(*_hostport(url), timeout=30)
+    conn = http.client.HTTPConnection(*hostport(url), timeout=30)
     try:
         conn.request("GET", target)
         resp = conn.getresponse()
@@ -101,23 +95,8 @@ def frame(req_id: int, body: bytes) -> bytes:
 
 def wire_call(sock: socket.socket, req_id: int, body: bytes) -> dict[str, object]:
     sock.sendall(frame(req_id, body))
-    return read_reply(sock)[1]
+    return wire_reply(sock)[1]
 
-
-def read_reply(sock: socket.socket) -> tuple[int, dict[str, object]]:
-    sock.settimeout(30)
-    head = b""
-    while len(head) < 8:
-        chunk = sock.recv(8 - len(head))
-        assert chunk, "the node closed the metadata wire connection"
-        head += chunk
-    size, req_id = struct.unpack("!II", head)
-    body = b""
-    while len(body) < size:
-        chunk = sock.recv(size - len(body))
-        assert chunk
-        body += chunk
-    return req_id, json.loads(body)
 
 
 def test_temp_files_of_crashed_writes_are_swept(node: MeshdProcess, store: Path) -> None:
@@ -138,11 +117,11 @@ def test_slow_senders_are_cut_on_every_listener(node: MeshdProcess) -> None:
     slow: dict[str, tuple[socket.socket, bytes]] = {}
     for name in ("http", "s3", "webhdfs"):
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1000
-        slow[name] = (socket.create_connection(_hostport(ep[name])), head)
+        slow[name] = (socket.create_connection(hostport(ep[name])), head)
     # a wire frame whose header and body come a byte at a time
-    slow["meta"] = (socket.create_connection(_hostport(ep["meta"])),
+    slow["meta"] = (socket.create_connection(hostport(ep["meta"])),
                     frame(1, json.dumps(["stat", {"p": "/data/hello.txt" + "/" * 500}]).encode()))
-    silent = {name: socket.create_connection(_hostport(ep[name])) for name in ("http", "s3", "webhdfs", "meta")}
+    silent = {name: socket.create_connection(hostport(ep[name])) for name in ("http", "s3", "webhdfs", "meta")}
     cut: set[str] = set()
     served = 0
     deadline = time.monotonic() + 30
@@ -192,7 +171,7 @@ def test_requests_in_flight_per_client_are_capped_and_a_stalled_body_is_cut(
     stalled = []
     for name, head in SLOW_PUTS.items():
         for _ in range(LIMIT):  # every slot of this client: bodies that stop after 10 bytes
-            s = socket.create_connection(_hostport(ep[name]))
+            s = socket.create_connection(hostport(ep[name]))
             s.sendall(head.encode() + b"0123456789")
             stalled.append(s)
     time.sleep(0.5)  # let the node start the handlers (not a timed assertion: the answers below tell)
@@ -218,11 +197,11 @@ def test_requests_in_flight_per_client_are_capped_and_a_stalled_body_is_cut(
 
 
 def test_wire_pipelining_over_the_cap_gets_slow_down_replies(node: MeshdProcess) -> None:
-    with socket.create_connection(_hostport(node.endpoints["meta"])) as s:
+    with socket.create_connection(hostport(node.endpoints["meta"])) as s:
         n = 5 * PIPELINE
         s.sendall(b"".join(frame(i, json.dumps(["stat", {"p": "/data/hello.txt"}]).encode())
                            for i in range(1, n + 1)))
-        replies = dict(read_reply(s) for _ in range(n))
+        replies = dict(wire_reply(s) for _ in range(n))
         assert sorted(replies) == list(range(1, n + 1))
         kinds = [r.get("e", "ok") for r in replies.values()]
         assert set(kinds) == {"ok", "SlowDown"} and kinds.count("ok") >= PIPELINE, kinds
@@ -253,7 +232,7 @@ def test_integers_out_of_range_are_400(node: MeshdProcess, port: str, target: st
 
 
 def test_webhdfs_replication_out_of_range(node: MeshdProcess) -> None:
-    conn = http.client.HTTPConnection(*_hostport(node.endpoints["webhdfs"]), timeout=30)
+    conn = http.client.HTTPConnection(*hostport(node.endpoints["webhdfs"]), timeout=30)
     conn.request("PUT", "/webhdfs/v1/data/hello.txt?op=SETREPLICATION&replication=40000&user.name=u")
     resp = conn.getresponse()
     body = resp.read()
@@ -273,7 +252,7 @@ def test_webhdfs_replication_out_of_range(node: MeshdProcess) -> None:
     b"[]",
 ])
 def test_bad_wire_frames_get_an_error_reply_and_the_connection_lives(node: MeshdProcess, body: bytes) -> None:
-    with socket.create_connection(_hostport(node.endpoints["meta"])) as s:
+    with socket.create_connection(hostport(node.endpoints["meta"])) as s:
         reply = wire_call(s, 7, body)
         assert reply.get("e") == "InvalidArgument", reply
         assert "Traceback" not in str(reply)
@@ -282,9 +261,9 @@ def test_bad_wire_frames_get_an_error_reply_and_the_connection_lives(node: Meshd
 
 def test_a_truncated_frame_then_close_leaves_the_node_serving(node: MeshdProcess) -> None:
     for cut in (3, 8, 20):
-        with socket.create_connection(_hostport(node.endpoints["meta"])) as s:
+        with socket.create_connection(hostport(node.endpoints["meta"])) as s:
             s.sendall(frame(1, json.dumps(["stat", {"p": "/data/hello.txt"}]).encode())[:cut])
-    with socket.create_connection(_hostport(node.endpoints["meta"])) as s:  # a frame above the cap
+    with socket.create_connection(hostport(node.endpoints["meta"])) as s:  # a frame above the cap
         s.sendall(struct.pack("!II", 1 << 30, 1))
         wait_until(lambda: closed(s), bool, 30, "a 1 GiB frame header did not close the connection")
     assert get(node.endpoints["s3"], "/data/hello.txt") == (200, b"hello\n")

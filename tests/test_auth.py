@@ -38,7 +38,7 @@ from meshd.errors import MeshError, PermissionDenied
 from meshd.rpc.wire import SyncWireClient
 from tests.conftest import wait_until
 from tests.fuse_proc import MeshfsProcess
-from tests.meshd_proc import MESHCTL, MeshdProcess
+from tests.meshd_proc import MESHCTL, MeshdProcess, wire_reply
 from tests.netns import Regions
 
 # uid nobody, allowed to read (not write) every file: the checkout and its venv may sit in a
@@ -567,9 +567,7 @@ def test_the_wire_auth_frame_is_answered_and_checked(node: tuple[MeshdProcess, P
     s = socket.create_connection((host, int(port)), timeout=10)
     raw = json.dumps(["auth", {"t": creds["token"]}]).encode()
     s.sendall(struct.pack("!II", len(raw), 7) + raw)
-    head = s.recv(8)
-    size, rid = struct.unpack("!II", head)
-    assert rid == 7 and json.loads(s.recv(size)) == {"r": {"as": "operator"}}
+    assert wire_reply(s) == (7, {"r": {"as": "operator"}})
 
 
 def test_enforcement_off_lets_everyone_in_and_says_so(meshd: Callable[..., MeshdProcess], tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 import meshd
 from meshd.errors import _KINDS
 from meshd.rpc.messages import OPS as WIRE_OPS
-from tests.meshd_proc import MeshdProcess
+from tests.meshd_proc import MeshdProcess, hostport, wire_reply
 
 CODE_DIRS = [str(Path(meshd.__file__).resolve().parent.parent).encode(), b'File "', b"Traceback"]
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
@@ -71,15 +71,10 @@ def log_start(node: MeshdProcess) -> int:
     return node.log.stat().st_size
 
 
-def _hostport(url: str) -> tuple[str, int]:
-    u = urlsplit(url if "//" in url else "//" + url)
-    assert u.hostname is not None and u.port is not None
-    return u.hostname, u.port
-
 
 def send(url: str, method: str, target: str, headers: list[tuple[str, str]], body: bytes
          ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(*_hostport(url), timeout=30)
+    conn = http.client.HTTPConnection(*hostport(url), timeout=30)
     try:
         # one Host header: two are an HTTP framing error, answered by aiohttp before any front end
         conn.putrequest(method, target, skip_accept_encoding=True,
@@ -235,32 +230,18 @@ FRAME_BODY = st.one_of(
 )
 
 
-def _read_reply(sock: socket.socket) -> tuple[int, dict[str, Any]]:
-    head = b""
-    while len(head) < 8:
-        chunk = sock.recv(8 - len(head))
-        assert chunk, "the node closed the metadata wire connection"
-        head += chunk
-    size, req_id = struct.unpack("!II", head)
-    body = b""
-    while len(body) < size:
-        chunk = sock.recv(size - len(body))
-        assert chunk
-        body += chunk
-    return req_id, json.loads(body)
-
 
 @settings(FUZZ, max_examples=300)
 @given(bodies=st.lists(FRAME_BODY, min_size=1, max_size=6), truncate=st.none() | st.integers(0, 40))
 def test_fuzz_wire(node: MeshdProcess, log_start: int, bodies: list[bytes], truncate: int | None) -> None:
-    with socket.create_connection(_hostport(node.endpoints["meta"]), timeout=30) as s:
+    with socket.create_connection(hostport(node.endpoints["meta"]), timeout=30) as s:
         frames = b"".join(struct.pack("!II", len(b), i) + b for i, b in enumerate(bodies, 1))
         if truncate is not None:  # a frame cut short, then the connection closed
             s.sendall(frames[:max(0, len(frames) - 1 - truncate)])
             counts["wire"] += len(bodies)
             return
         s.sendall(frames)
-        replies = dict(_read_reply(s) for _ in bodies)
+        replies = dict(wire_reply(s) for _ in bodies)
         counts["wire"] += len(bodies)
     assert sorted(replies) == list(range(1, len(bodies) + 1))
     for i, r in replies.items():
