@@ -116,18 +116,23 @@ async def small_gets(base: str, keys: list[str], conns: int, urls: dict[str, str
     return lat
 
 
+def loaded_node(data_dir: Path, store: Path, size: int, args: list[str]) -> MeshdProcess:
+    """A node over ``store`` with a 64 MiB memory tier (small objects come from disk too),
+    everything loaded."""
+    n = MeshdProcess(data_dir, [f"/data=file://{store}"], ["--no-default-mount", "--memory-capacity", "64MiB",
+                                                          "--disk-capacity", f"{4 * size // MiB}MiB", *args]).start()
+    with n.client() as c:
+        for _ in c.load("/data"):
+            pass
+    return n
+
+
 def compare_verification(work: Path, store: Path, size: int, small_keys: list[str]) -> None:
     """The 1-stream GET and the small GETs with page verification on, strict and off."""
     nodes: dict[str, MeshdProcess] = {}
     try:
         for name, (verify, window) in VERIFY_NODES.items():
-            nodes[name] = n = MeshdProcess(work / f"node-verify-{name}", [f"/data=file://{store}"],
-                                           ["--no-default-mount", "--memory-capacity", "64MiB",
-                                            "--disk-capacity", f"{4 * size // MiB}MiB",
-                                            *verify_args(work, verify, window)]).start()
-            with n.client() as c:
-                for _ in c.load("/data"):
-                    pass
+            nodes[name] = n = loaded_node(work / f"node-verify-{name}", store, size, verify_args(work, verify, window))
             asyncio.run(small_gets(f"{n.endpoints['s3']}/data", small_keys, 16))  # metadata warm
         sample = small_keys[:2000]
 
@@ -158,14 +163,9 @@ def compare_security(work: Path, store: Path, size: int, small_keys: list[str]) 
     variants = {"on": (True, True), "auth": (True, False), "verify": (False, True), "off": (False, False)}
     try:
         for name, (authn, verify) in variants.items():
-            nodes[name] = n = MeshdProcess(work / f"node-security-{name}", [f"/data=file://{store}"],
-                                           ["--no-default-mount", "--memory-capacity", "64MiB",
-                                            "--disk-capacity", f"{4 * size // MiB}MiB",
-                                            *security_args(work, authn, verify)]).start()
-            with n.client() as c:
-                for _ in c.load("/data"):
-                    pass
+            nodes[name] = loaded_node(work / f"node-security-{name}", store, size, security_args(work, authn, verify))
         sample = small_keys[:2000]
+
         def presign(n: MeshdProcess) -> dict[str, str]:  # the host is signed: one set per node
             s3 = boto3.client("s3", endpoint_url=n.endpoints["s3"], aws_access_key_id=BENCH_KEY,
                               aws_secret_access_key=BENCH_SECRET, region_name="us-east-1",
