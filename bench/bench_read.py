@@ -184,10 +184,26 @@ class S3rver:
         self.proc.wait()
 
 
-def read_curl(url: str) -> int:
-    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url],
+def read_curl(url: str, token: str | None = None) -> int:
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", *auth, url],
                          check=True, capture_output=True, text=True)
     return int(out.stdout)
+
+
+def warm_clients(nodes: dict[str, MeshdProcess], url: str, size: int,
+                 tokens: dict[str, str | None]) -> tuple[dict[str, MeshClient], dict[str, MeshClient]]:
+    """Per node, a client reading through the local socket and one over HTTP (presenting
+    ``tokens[node]``); ``url`` read once through each node first (cold: fills its tiers)."""
+    sc, hc = {}, {}
+    for name, n in nodes.items():
+        os.environ["MESH_SHORT_CIRCUIT"] = "1"
+        sc[name] = MeshClient(n.endpoint, token=tokens.get(name))
+        os.environ["MESH_SHORT_CIRCUIT"] = "0"
+        hc[name] = MeshClient(n.endpoint, token=tokens.get(name))
+        os.environ.pop("MESH_SHORT_CIRCUIT")
+        assert read_mesh(sc[name], url) == size
+    return sc, hc
 
 
 def compare_verification(work: Path, node: MeshdProcess, store_dir: Path, flags: list[str], size: int) -> None:
@@ -200,14 +216,7 @@ def compare_verification(work: Path, node: MeshdProcess, store_dir: Path, flags:
                 nodes[name] = MeshdProcess(work / f"node-verify-{name}", [f"/local=file://{store_dir}"],
                                            [*flags, *verify_args(work, verify, window)]).start()
         url = "/local/big.bin"
-        sc, hc = {}, {}
-        for name, n in nodes.items():
-            os.environ["MESH_SHORT_CIRCUIT"] = "1"
-            sc[name] = n.client()
-            os.environ["MESH_SHORT_CIRCUIT"] = "0"
-            hc[name] = n.client()
-            os.environ.pop("MESH_SHORT_CIRCUIT")
-            assert read_mesh(sc[name], url) == size  # cold: fills the tiers
+        sc, hc = warm_clients(nodes, url, size, {})
         mb = float(MiB)
 
         def each(fn: Callable[[str], float]) -> dict[str, Callable[[], float]]:
@@ -236,22 +245,12 @@ def compare_security(work: Path, store_dir: Path, flags: list[str], size: int) -
             nodes[name] = MeshdProcess(work / f"node-security-{name}", [f"/local=file://{store_dir}"],
                                        [*flags, *security_args(work, name == "on")]).start()
         url = "/local/big.bin"
-        sc, hc = {}, {}
-        for name, n in nodes.items():
-            token = BENCH_TOKEN if name == "on" else None
-            os.environ["MESH_SHORT_CIRCUIT"] = "1"
-            sc[name] = MeshClient(n.endpoint, token=token)
-            os.environ["MESH_SHORT_CIRCUIT"] = "0"
-            hc[name] = MeshClient(n.endpoint, token=token)
-            os.environ.pop("MESH_SHORT_CIRCUIT")
-            assert read_mesh(sc[name], url) == size  # cold: fills the tiers
+        tokens: dict[str, str | None] = {"on": BENCH_TOKEN, "off": None}
+        sc, hc = warm_clients(nodes, url, size, tokens)
         mb = float(MiB)
 
         def curl(k: str) -> float:
-            auth = ["-H", f"Authorization: Bearer {BENCH_TOKEN}"] if k == "on" else []
-            out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", *auth,
-                                  f"{nodes[k].http}/v1/files{url}"], check=True, capture_output=True, text=True)
-            return int(out.stdout) / mb
+            return read_curl(f"{nodes[k].http}/v1/files{url}", tokens[k]) / mb
 
         def each(fn: Callable[[str], float]) -> dict[str, Callable[[], float]]:
             return {k: (lambda k=k: fn(k)) for k in nodes}  # type: ignore[misc]
