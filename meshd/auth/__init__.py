@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from meshd import paths
+from meshd.auth.peer import is_owner, tcp_peer_uid
 from meshd.errors import InvalidArgument, PermissionDenied
 from meshd.limits import InFlight
 
@@ -294,8 +295,6 @@ class Access:
         is off (``auth.enforce: false``: measuring only)."""
         if not self.enforce:
             return OPERATOR
-        from meshd.auth.peer import is_owner, tcp_peer_uid
-
         return OPERATOR if is_owner(tcp_peer_uid(peer, local)) else ANONYMOUS
 
     def by_certificate(self, cn: str | None) -> Principal | None:
