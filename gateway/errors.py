@@ -71,7 +71,7 @@ def from_mesh(e: me.MeshError, key: str = "") -> S3Error:
     if isinstance(e, me.NotADirectory | me.AlreadyExists):
         return S3Error("InvalidRequest", f"{key!r} conflicts with an existing object or prefix: keys are "
                        "files in the mesh, so a key cannot be both an object and a prefix", 409)
-    if isinstance(e, me.PermissionDenied):
+    if isinstance(e, me.PermissionDenied | me.NotPermitted):
         return access_denied("Access Denied: the mount is read-only or the under-store refused access")
     if isinstance(e, me.InvalidPath):
         return S3Error("KeyTooLongError" if "longer" in str(e) else "InvalidArgument", str(e),

@@ -92,6 +92,17 @@ class PermissionDenied(MeshError):
     errno, grpc_code, http_status = _errno.EACCES, "PERMISSION_DENIED", 403
 
 
+class NotPermitted(MeshError):
+    """The operation is not permitted on this kind of file or store (EPERM): a hard link
+    on a store without them, a change of owner the store's process may not make."""
+
+    errno, grpc_code, http_status = _errno.EPERM, "PERMISSION_DENIED", 403
+
+
+class NameTooLong(InvalidPath):
+    errno = _errno.ENAMETOOLONG
+
+
 class VersionChanged(MeshError):
     """The object changed in the under-store while it was being read."""
 
@@ -124,7 +135,7 @@ _KINDS: dict[str, type[MeshError]] = {
     cls.__name__: cls
     for cls in (
         MeshError, NotFound, AlreadyExists, NotADirectory, IsADirectory, DirectoryNotEmpty,
-        InvalidPath, InvalidArgument, MountError, NotSupported, PermissionDenied,
+        InvalidPath, InvalidArgument, MountError, NotSupported, PermissionDenied, NotPermitted, NameTooLong,
         VersionChanged, UnderStoreError, NodeUnavailable, NoSpace, SlowDown,
     )
 }
@@ -139,6 +150,7 @@ _HADOOP: dict[type[MeshError], tuple[str, str, int]] = {
     DirectoryNotEmpty: ("PathIsNotEmptyDirectoryException",
                         "org.apache.hadoop.fs.PathIsNotEmptyDirectoryException", 403),
     PermissionDenied: ("AccessControlException", "org.apache.hadoop.security.AccessControlException", 403),
+    NotPermitted: ("AccessControlException", "org.apache.hadoop.security.AccessControlException", 403),
     InvalidPath: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
     InvalidArgument: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
     MountError: ("IllegalArgumentException", "java.lang.IllegalArgumentException", 400),
@@ -179,8 +191,8 @@ def from_oserror(exc: OSError, what: str) -> MeshError:
         _errno.EISDIR: IsADirectory,
         _errno.ENOTEMPTY: DirectoryNotEmpty,
         _errno.EACCES: PermissionDenied,
-        _errno.EPERM: PermissionDenied,
-        _errno.ENAMETOOLONG: InvalidPath,
+        _errno.EPERM: NotPermitted,
+        _errno.ENAMETOOLONG: NameTooLong,
         _errno.ENOSPC: NoSpace,
         _errno.EXDEV: NotSupported,
     }

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from meshd.attrs import AttrChange
 from meshd.understore import ObjectInfo, UnderStore
 
 if TYPE_CHECKING:
@@ -256,9 +257,38 @@ class InstrumentedStore(UnderStore):
         self._m.stats.understore_bytes[self.scheme] += len(data)
         return data
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-        result: ObjectInfo = await self._call("put", self.inner.put(path, chunks))
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        result: ObjectInfo = await self._call("put", self.inner.put(path, chunks, change=change,
+                                                                    exclusive=exclusive))
         return result
+
+    async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:
+        result: ObjectInfo = await self._call("setattr", self.inner.setattr(path, change))
+        return result
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> ObjectInfo:
+        result: ObjectInfo = await self._call("symlink", self.inner.symlink(path, target, change))
+        return result
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> ObjectInfo:
+        result: ObjectInfo = await self._call("mknod", self.inner.mknod(path, mode, rdev, change))
+        return result
+
+    async def link(self, src: str, dst: str) -> ObjectInfo:
+        result: ObjectInfo = await self._call("link", self.inner.link(src, dst))
+        return result
+
+    async def copy(self, src: str, dst: str, version: str | None = None) -> ObjectInfo:
+        result: ObjectInfo = await self._call("copy", self.inner.copy(src, dst, version))
+        return result
+
+    async def truncate(self, path: str, size: int, version: str | None = None) -> ObjectInfo:
+        result: ObjectInfo = await self._call("truncate", self.inner.truncate(path, size, version))
+        return result
+
+    async def check_absent(self, path: str) -> None:
+        await self.inner.check_absent(path)
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         result: ObjectInfo = await self._call("append", self.inner.append(path, chunks))
@@ -267,8 +297,8 @@ class InstrumentedStore(UnderStore):
     async def delete(self, path: str) -> None:
         await self._call("delete", self.inner.delete(path))
 
-    async def mkdir(self, path: str) -> None:
-        await self._call("mkdir", self.inner.mkdir(path))
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
+        await self._call("mkdir", self.inner.mkdir(path, change))
 
     async def rename(self, src: str, dst: str) -> None:
         await self._call("rename", self.inner.rename(src, dst))

@@ -8,7 +8,7 @@ front end calls :func:`normalize` on what a user sent before anything else.
 
 from __future__ import annotations
 
-from meshd.errors import InvalidPath
+from meshd.errors import InvalidPath, NameTooLong
 
 NAME_MAX = 255
 PATH_MAX = 4096
@@ -23,13 +23,13 @@ def normalize(path: str) -> str:
     if not path.startswith("/"):
         path = "/" + path
     if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
-        raise InvalidPath(f"path longer than {PATH_MAX} bytes")
+        raise NameTooLong(f"path longer than {PATH_MAX} bytes")
     parts = [p for p in path.split("/") if p]
     for part in parts:
         if part in (".", ".."):
             raise InvalidPath(f"path may not contain '{part}' components: {path!r}")
         if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise InvalidPath(f"path component longer than {NAME_MAX} bytes: {part[:40]!r}...")
+            raise NameTooLong(f"path component longer than {NAME_MAX} bytes: {part[:40]!r}...")
     return "/" + "/".join(parts)
 
 

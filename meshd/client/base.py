@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshd.attrs import Attrs
 from meshd.cluster.ring import HashRing
 from meshd.config import default_data_dir
 from meshd.errors import InvalidArgument, IsADirectory, NodeUnavailable, UnderStoreError
@@ -51,6 +52,7 @@ class Status:
     mtime: float
     version: str
     is_dir: bool
+    attrs: Attrs | None = None  # mode, owner, times, link target, when the store keeps them
 
 
 def pin_hint(pin: Status | None) -> dict[str, Any] | None:

@@ -15,8 +15,9 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+from meshd.attrs import AttrChange, Attrs
 from meshd.client.base import ClientState, NodeUnreachable, ReadCut, Status
 from meshd.errors import InvalidArgument, MeshError, from_kind
 
@@ -102,9 +103,17 @@ class HttpData(ClientState):
             got += k
         return bytes(buf)
 
-    def put(self, path: str, data: bytes | IO[bytes] | Iterable[bytes]) -> Status:
-        """Create or replace a whole file; ``data`` is streamed, not buffered."""
+    def put(self, path: str, data: bytes | IO[bytes] | Iterable[bytes], *, change: AttrChange | None = None,
+            exclusive: bool = False) -> Status:
+        """Create or replace a whole file; ``data`` is streamed, not buffered. ``change``:
+        the new version's mode, owner, mtime; ``exclusive``: AlreadyExists if the path is
+        taken."""
         headers: dict[str, str] = {}
+        query: dict[str, str] = {}
+        if change:
+            query["attrs"] = json.dumps(change.to_wire())
+        if exclusive:
+            query["exclusive"] = "1"
         body: Any
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
@@ -117,10 +126,10 @@ class HttpData(ClientState):
         else:
             body = iter(data)
             headers["Transfer-Encoding"] = "chunked"
-        resp = self._request("PUT", path, body=body, headers=headers)
+        resp = self._request("PUT", path, body=body, headers=headers, query="?" + urlencode(query) if query else "")
         self._raise_for(resp)
         d = json.loads(resp.read())
-        return Status(d["path"], d["size"], d["mtime"], d["version"], False)
+        return Status(d["path"], d["size"], d["mtime"], d["version"], False, Attrs.from_wire(d.get("attrs")))
 
 
 __all__ = ["HttpData"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from meshd import paths
+from meshd.attrs import AttrChange, Attrs
 from meshd.client.base import Status
 from meshd.client.connection import Connection
 from meshd.cluster.ring import HashRing
@@ -22,6 +23,10 @@ from meshd.rpc import mesh_pb2 as pb
 
 def _status(s: pb.FileStatus) -> Status:
     return Status(s.path, s.size, s.mtime, s.version, s.is_dir)
+
+
+def _wire_status(w: list[Any]) -> Status:
+    return Status(w[0], w[1], w[2], w[3], w[4], Attrs.from_wire(w[6]) if len(w) > 6 else None)
 
 
 def _normal(path: str) -> str:
@@ -67,8 +72,7 @@ class MetadataCalls(Connection):
         """The status a read of ``path`` would serve now (the metadata wire's ``open``):
         pass it as ``pin=`` to ``cat``, ``iter_read`` or ``read_chunks_into`` to read
         exactly that version (size and version), or fail with VersionChanged."""
-        w = self._open_wire(_normal(path))["s"]
-        return Status(w[0], w[1], w[2], w[3], w[4])
+        return _wire_status(self._open_wire(_normal(path))["s"])
 
     def _open_wire(self, norm: str) -> dict[str, Any]:
         """The metadata wire's ``open`` of normalized ``norm``: ``s`` its status (a list),
@@ -78,15 +82,15 @@ class MetadataCalls(Connection):
 
     def stat(self, path: str) -> Status:
         norm = _normal(path)
-        w = self._meta_call(b"s:" + norm.encode(), "stat", {"p": norm})
-        return Status(w[0], w[1], w[2], w[3], w[4])
+        return _wire_status(self._meta_call(b"s:" + norm.encode(), "stat", {"p": norm}))
 
     def ls_page(self, path: str, after: str = "", limit: int = 1000) -> tuple[list[Status], bool]:
         """One page of a directory's entries in name order, after the name ``after``."""
         norm = _normal(path)
         r = self._meta_call(b"l:" + norm.encode(), "list", {"p": norm, "a": after, "n": limit})
         base = norm.rstrip("/")
-        return [Status(f"{base}/{n}", s, m, v, d) for n, s, m, v, d in r["e"]], bool(r["more"])
+        return [Status(f"{base}/{e[0]}", e[1], e[2], e[3], e[4], Attrs.from_wire(e[5]) if len(e) > 5 else None)
+                for e in r["e"]], bool(r["more"])
 
     def iter_ls(self, path: str, page: int = 1000) -> Iterator[Status]:
         """Every entry of a directory, fetched ``page`` at a time (for huge directories)."""
@@ -99,6 +103,39 @@ class MetadataCalls(Connection):
 
     def ls(self, path: str) -> list[Status]:
         return list(self.iter_ls(path, 5000))
+
+    # ---- namespace changes beyond whole-file writes ----------------------------
+
+    def _change(self, op: str, args: dict[str, Any]) -> Status:
+        """A namespace change over the metadata wire (retried on another node only when
+        the call never reached one: every one of them is idempotent but ``link``,
+        ``symlink`` and ``mknod``, which a retry answers with AlreadyExists)."""
+        return _wire_status(self._retrying(lambda: self._meta_once(op, args)))
+
+    def setattr(self, path: str, change: AttrChange) -> Status:
+        """chmod / chown / utimes (and extra attributes) in the store's own terms."""
+        return self._change("setattr", {"p": path, "c": change.to_wire()})
+
+    def mkdir_with(self, path: str, change: AttrChange | None = None) -> Status:
+        """mkdir (and its parents) with the new directory's mode and owner; its status."""
+        return self._change("mkdir", {"p": path, "c": change.to_wire() if change else {}})
+
+    def symlink(self, path: str, target: str, change: AttrChange | None = None) -> Status:
+        return self._change("symlink", {"p": path, "t": target, "c": change.to_wire() if change else {}})
+
+    def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> Status:
+        return self._change("mknod", {"p": path, "m": mode, "r": rdev, "c": change.to_wire() if change else {}})
+
+    def link(self, src: str, dst: str) -> Status:
+        """A hard link ``dst`` to ``src`` (EPERM on stores without them)."""
+        return self._change("link", {"s": src, "d": dst})
+
+    def copy(self, src: str, dst: str) -> Status:
+        """Server-side copy of a file, with its attributes."""
+        return self._change("copy", {"s": src, "d": dst})
+
+    def truncate(self, path: str, size: int, version: str = "") -> Status:
+        return self._change("truncate", {"p": path, "n": size, "v": version})
 
     def place_state(self, datasets: list[str]) -> dict[str, Any]:
         """What the mesh knows for placing a job on ``datasets`` (meshd/core/placing.py)."""

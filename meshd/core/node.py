@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import time
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd import auth, paths
+from meshd.attrs import AttrChange
 from meshd.auth import ADMIN, READ, WRITE
 from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
 from meshd.cache.readahead import ReadAhead
@@ -38,18 +40,21 @@ from meshd.core import admin, placing
 from meshd.core.admin import LoadProgress
 from meshd.core.handle import FileHandle, Segment, pin
 from meshd.errors import (
+    AlreadyExists,
     DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
     NotFound,
     NotSupported,
     PermissionDenied,
+    VersionChanged,
 )
 from meshd.metadata.mounts import MountTable
 from meshd.metadata.shard import FileStatus, MetadataCache, page_of
 from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
+from meshd.understore import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -303,17 +308,106 @@ class MeshNode:
 
     # ---- write path ------------------------------------------------------
 
-    async def write(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+    async def write(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                    exclusive: bool = False) -> FileStatus:
+        """Create or replace a whole file. ``change``: attributes of the new version
+        (mode, owner, mtime; kept by stores that keep them); ``exclusive``:
+        AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``)."""
+        t = self._changing(path)
+        if not t.rel:
+            raise IsADirectory(f"{t.path} is a mount point")
+        info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
+        return await self._written(t, info)
+
+    async def _written(self, t: Target, info: ObjectInfo) -> FileStatus:
+        """Record the status a change returned; drop the pages of the file's older versions."""
+        status = FileStatus.of(t.path, info, time.time())
+        await self.metadata.record(status)
+        if not status.is_dir:
+            self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+        return status
+
+    def _changing(self, path: str) -> Target:
+        """The target of a change of ``path``: allowed to the principal, inside a writable mount."""
         self.access.check(WRITE, paths.normalize(path))
         t = self._target(path)
         t.mount.check_writable()
+        return t
+
+    # ---- attributes, links, special files (docs/SEMANTICS.md) -------------
+
+    async def setattr(self, path: str, change: AttrChange) -> FileStatus:
+        """chmod, chown, utimes (and WebHDFS's extra attributes) of a file or directory,
+        in the store's own terms; the new status. A mount point is its store's root."""
+        t = self._changing(path)
+        info = await t.store.setattr(t.rel, change)
+        return await self._written(t, info)
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> FileStatus:
+        if not target or "\x00" in target or len(target.encode("utf-8", "surrogatepass")) > paths.PATH_MAX:
+            raise InvalidArgument("a symlink's target must be 1 to 4096 bytes, without NUL")
+        t = self._changing(path)
         if not t.rel:
-            raise IsADirectory(f"{t.path} is a mount point")
-        info = await t.store.put(t.rel, chunks)
-        status = FileStatus.of(t.path, info, time.time())
-        await self.metadata.record(status)
-        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
-        return status
+            raise AlreadyExists(f"{t.path} is a mount point")
+        return await self._written(t, await t.store.symlink(t.rel, target, change))
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> FileStatus:
+        """A FIFO, socket or device node (``mode`` with its type bits)."""
+        if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG):
+            raise InvalidArgument(f"mknod of mode {mode:o}: not a FIFO, socket, device or regular file")
+        t = self._changing(path)
+        if not t.rel:
+            raise AlreadyExists(f"{t.path} is a mount point")
+        if stat.S_ISREG(mode):
+            info = await t.store.put(t.rel, _nothing(), change=change, exclusive=True)
+        else:
+            info = await t.store.mknod(t.rel, mode, rdev, change)
+        return await self._written(t, info)
+
+    async def link(self, src: str, dst: str) -> FileStatus:
+        """A hard link ``dst`` to the file ``src``: the file's new status (as ``dst``)."""
+        s, d = self._changing(src), self._changing(dst)
+        if s.mount.path != d.mount.path:
+            raise NotSupported(f"a hard link across mounts ({s.mount.path} -> {d.mount.path}) is not possible")
+        if not s.rel or not d.rel:
+            raise AlreadyExists("a mount point cannot be linked")
+        info = await s.store.link(s.rel, d.rel)
+        await self.metadata.invalidate(s.path)
+        return await self._written(d, replace(info, path=d.rel))
+
+    async def copy(self, src: str, dst: str) -> FileStatus:
+        """A copy of the file ``src`` at ``dst`` with its attributes: server-side within a
+        store (S3 CopyObject, a local copy on POSIX), else streamed through this node."""
+        self.access.check(READ, paths.normalize(src))
+        d = self._changing(dst)
+        s = self._target(src)
+        if not d.rel:
+            raise IsADirectory(f"{d.path} is a mount point")
+        st = await self._stat(s, fresh=True)
+        if st.is_dir:
+            raise IsADirectory(f"cannot copy a directory: {s.path}")
+        if s.mount.path == d.mount.path:
+            info = await s.store.copy(s.rel, d.rel, st.version)
+        else:
+            change = None
+            if st.attrs is not None:
+                a = st.attrs
+                change = AttrChange(a.mode & 0o7777 if a.mode is not None else None, a.uid, a.gid, a.atime, st.mtime)
+            info = await d.store.put(d.rel, s.store.get_range(s.rel, 0, st.size, st.version), change=change)
+        return await self._written(d, info)
+
+    async def truncate(self, path: str, size: int, version: str | None = None) -> FileStatus:
+        """Cut or extend (zeros) a file to ``size`` bytes: a new version (in place on
+        POSIX; a rewrite, with the unchanged bytes copied, elsewhere)."""
+        if size < 0:
+            raise InvalidArgument(f"cannot truncate to a negative size ({size})")
+        t = self._changing(path)
+        st = await self._stat(t, fresh=True)
+        if st.is_dir:
+            raise IsADirectory(f"is a directory: {t.path}")
+        if version and st.version != version:
+            raise VersionChanged(f"{t.path} changed (version {st.version}, expected {version})")
+        return await self._written(t, await t.store.truncate(t.rel, size, st.version))
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
         """Add bytes at the end of an existing file. A store that appends in place does
@@ -341,12 +435,12 @@ class MeshNode:
         self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
-    async def mkdir(self, path: str) -> None:
-        self.access.check(WRITE, paths.normalize(path))
-        t = self._target(path)
-        t.mount.check_writable()
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
+        """Create a directory and its parents; ``change``: the new directory's mode and
+        owner (stores that keep them)."""
+        t = self._changing(path)
         if t.rel:
-            await t.store.mkdir(t.rel)
+            await t.store.mkdir(t.rel, change)
         await self.metadata.invalidate(t.path)
 
     async def delete(self, path: str, recursive: bool = False) -> int:
@@ -470,3 +564,8 @@ class MeshNode:
         await self.sources.close()
         await self.cache.drain()
         await self.mounts.close()
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator of no chunks

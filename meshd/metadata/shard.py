@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd import paths
+from meshd.attrs import Attrs
 from meshd.errors import MeshError
 from meshd.metadata.kv import KV
 from meshd.metadata.mounts import Mount
@@ -43,18 +44,23 @@ class FileStatus:
     version: str
     is_dir: bool
     fetched_at: float = 0.0
+    attrs: Attrs | None = None  # mode, owner, times, link target (meshd/attrs.py); None: not kept
 
     def to_json(self) -> bytes:
+        if self.attrs is not None:
+            return json.dumps([self.size, self.mtime, self.version, self.is_dir, self.fetched_at,
+                               self.attrs.to_wire()]).encode()
         return _json_row(self.size, self.mtime, self.version, self.is_dir, self.fetched_at)
 
     @classmethod
     def from_json(cls, path: str, raw: bytes) -> FileStatus:
-        size, mtime, version, is_dir, t = json.loads(raw)
-        return cls(path, size, mtime, version, is_dir, t)
+        row = json.loads(raw)
+        size, mtime, version, is_dir, t = row[:5]
+        return cls(path, size, mtime, version, is_dir, t, Attrs.from_wire(row[5]) if len(row) > 5 else None)
 
     @classmethod
     def of(cls, path: str, info: ObjectInfo, now: float) -> FileStatus:
-        return cls(path, info.size, info.mtime, info.version, info.is_dir, now)
+        return cls(path, info.size, info.mtime, info.version, info.is_dir, now, info.attrs)
 
 
 def page_of(entries: list[FileStatus], after: str, limit: int) -> tuple[list[FileStatus], bool]:
@@ -79,6 +85,8 @@ def _json_row(size: int, mtime: float, version: str, is_dir: bool, t: float | No
 
 
 def _entry(s: FileStatus) -> bytes:
+    if s.attrs is not None:
+        return json.dumps([s.size, s.mtime, s.version, s.is_dir, s.attrs.to_wire()]).encode()
     return _json_row(s.size, s.mtime, s.version, s.is_dir)
 
 
@@ -214,8 +222,9 @@ class MetadataCache:
         for k, v in self._kv.scan(base, start):
             if limit and len(entries) == limit:
                 return entries, True
-            size, mtime, version, is_dir = json.loads(v)
-            entries.append(FileStatus(paths.join(path, k[len(base):].decode()), size, mtime, version, is_dir, t))
+            row = json.loads(v)
+            entries.append(FileStatus(paths.join(path, k[len(base):].decode()), row[0], row[1], row[2], row[3], t,
+                                      Attrs.from_wire(row[4]) if len(row) > 4 else None))
         return entries, False
 
     def record_many(self, statuses: Sequence[FileStatus], drop_listings: Sequence[str] = ()) -> None:

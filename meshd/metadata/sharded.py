@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from meshd import paths
+from meshd.attrs import Attrs
 from meshd.cluster.membership import Member
 from meshd.cluster.peers import Cluster
 from meshd.errors import NodeUnavailable
@@ -38,11 +39,14 @@ LIST_PAGE = 5000
 
 
 def status_to_wire(s: FileStatus) -> list[Any]:
+    if s.attrs is not None:
+        return [s.path, s.size, s.mtime, s.version, s.is_dir, s.fetched_at, s.attrs.to_wire()]
     return [s.path, s.size, s.mtime, s.version, s.is_dir, s.fetched_at]
 
 
 def status_from_wire(w: list[Any]) -> FileStatus:
-    return FileStatus(str(w[0]), int(w[1]), float(w[2]), str(w[3]), bool(w[4]), float(w[5]))
+    return FileStatus(str(w[0]), int(w[1]), float(w[2]), str(w[3]), bool(w[4]), float(w[5]),
+                      Attrs.from_wire(w[6]) if len(w) > 6 else None)
 
 
 class ShardedMetadata:
@@ -101,7 +105,8 @@ class ShardedMetadata:
 
         def parse(r: Any) -> tuple[list[FileStatus], bool]:
             t = float(r["t"])
-            return [FileStatus(paths.join(path, n), s, m, v, d, t) for n, s, m, v, d in r["e"]], bool(r["more"])
+            return [FileStatus(paths.join(path, e[0]), e[1], e[2], e[3], e[4], t,
+                               Attrs.from_wire(e[5]) if len(e) > 5 else None) for e in r["e"]], bool(r["more"])
 
         return await self._route(b"l:" + path.encode(), "shard.list", {"p": path, "a": after, "n": limit}, here, parse)
 

@@ -45,8 +45,12 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
 
+from meshd.attrs import AttrChange
 from meshd.understore import ObjectInfo, UnderStore
+
+T = TypeVar("T")
 
 MIN_GRAIN = 16 << 10  # 8 Mbit/s: 61 grants a second
 MAX_GRAIN = 4 << 20
@@ -541,8 +545,40 @@ class ThrottledStore(UnderStore):
 
         return paced()
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-        return await self.inner.put(path, self._paced(chunks))
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        return await self.inner.put(path, self._paced(chunks), change=change, exclusive=exclusive)
+
+    async def _meta(self, result: Awaitable[T]) -> T:
+        """A metadata change: one request's bytes on the outbound link."""
+        got = await result
+        self._out().charge(REQUEST_BYTES, "metadata")
+        return got
+
+    async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:
+        return await self._meta(self.inner.setattr(path, change))
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> ObjectInfo:
+        return await self._meta(self.inner.symlink(path, target, change))
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> ObjectInfo:
+        return await self._meta(self.inner.mknod(path, mode, rdev, change))
+
+    async def link(self, src: str, dst: str) -> ObjectInfo:
+        return await self._meta(self.inner.link(src, dst))
+
+    async def check_absent(self, path: str) -> None:
+        await self._meta(self.inner.check_absent(path))
+
+    async def copy(self, src: str, dst: str, version: str | None = None) -> ObjectInfo:
+        if type(self.inner).copy is UnderStore.copy:  # bytes through this node: paced both ways
+            return await UnderStore.copy(self, src, dst, version)
+        return await self._meta(self.inner.copy(src, dst, version))  # server-side: no bytes cross
+
+    async def truncate(self, path: str, size: int, version: str | None = None) -> ObjectInfo:
+        if type(self.inner).truncate is UnderStore.truncate:
+            return await UnderStore.truncate(self, path, size, version)
+        return await self._meta(self.inner.truncate(path, size, version))
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         return await self.inner.append(path, self._paced(chunks))
@@ -551,8 +587,8 @@ class ThrottledStore(UnderStore):
         await self.inner.delete(path)
         self._out().charge(REQUEST_BYTES, "metadata")
 
-    async def mkdir(self, path: str) -> None:
-        await self.inner.mkdir(path)
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
+        await self.inner.mkdir(path, change)
         self._out().charge(REQUEST_BYTES, "metadata")
 
     async def rename(self, src: str, dst: str) -> None:

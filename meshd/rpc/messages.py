@@ -31,6 +31,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from meshd.attrs import AttrChange
 from meshd.errors import InvalidArgument
 
 _MISSING = dataclasses.MISSING
@@ -175,6 +176,54 @@ class SetAttrsArgs(Msg):
 
 
 @dataclass(slots=True)
+class ChangeArgs(Msg):
+    """setattr and mkdir: a path and an attribute change (meshd/attrs.py ``AttrChange``)."""
+
+    path: str = wire("p")
+    change: dict[str, Any] = wire("c", {})
+
+    def attr_change(self, op: str) -> AttrChange:
+        try:
+            return AttrChange.from_wire(self.change)
+        except ValueError as e:
+            raise InvalidArgument(f"{op}: {e}") from None
+
+
+@dataclass(slots=True)
+class SymlinkArgs(Msg):
+    path: str = wire("p")
+    target: str = wire("t")
+    change: dict[str, Any] = wire("c", {})
+
+
+@dataclass(slots=True)
+class MknodArgs(Msg):
+    path: str = wire("p")
+    mode: int = wire("m")
+    rdev: int = wire("r", 0)
+    change: dict[str, Any] = wire("c", {})
+
+
+@dataclass(slots=True)
+class TwoPathArgs(Msg):
+    """link and copy: from ``s`` to ``d``."""
+
+    src: str = wire("s")
+    dst: str = wire("d")
+
+
+@dataclass(slots=True)
+class TruncateArgs(Msg):
+    path: str = wire("p")
+    size: int = wire("n")
+    version: str = wire("v", "")
+
+    def validate(self, op: str) -> None:
+        if self.size < 0:
+            raise InvalidArgument(f"{op}: cannot truncate to a negative size ({self.size})")
+
+
+@dataclass(slots=True)
 class FreeArgs(Msg):
     file_ids: list[str] = wire("ids", [])
 
@@ -243,6 +292,8 @@ OPS: dict[str, type[Msg]] = {
     "free": FreeArgs, "report": ReportArgs,
     "region.held": RegionHeldArgs, "region.cached": RegionCachedArgs, "quota.take": QuotaTakeArgs,
     "place.state": DatasetsArgs, "stage": DatasetsArgs, "mesh.state": PathArgs,
+    "setattr": ChangeArgs, "mkdir": ChangeArgs, "symlink": SymlinkArgs, "mknod": MknodArgs,
+    "link": TwoPathArgs, "copy": TwoPathArgs, "truncate": TruncateArgs,
 }
 
 

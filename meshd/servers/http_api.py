@@ -43,11 +43,13 @@ the connection; the client sees a short body and raises.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from meshd.attrs import AttrChange
 from meshd.auth.http import principal
 from meshd.core import MeshNode, Segment
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
@@ -126,11 +128,20 @@ async def _put_file(request: web.Request) -> web.Response:
             yield chunk
 
     try:
-        status = await request.app[_NODE].write("/" + request.match_info["path"], body())
+        change = None
+        if "attrs" in request.query:
+            try:
+                change = AttrChange.from_wire(json.loads(request.query["attrs"]))
+            except ValueError as e:  # JSONDecodeError too
+                raise InvalidArgument(f"attrs: {e}") from None
+        exclusive = request.query.get("exclusive", "") == "1"
+        status = await request.app[_NODE].write("/" + request.match_info["path"], body(), change=change,
+                                                exclusive=exclusive)
     except Exception as e:
         return _error(e)
     return web.json_response({"path": status.path, "size": status.size, "version": status.version,
-                              "mtime": status.mtime}, status=201)
+                              "mtime": status.mtime,
+                              "attrs": None if status.attrs is None else status.attrs.to_wire()}, status=201)
 
 
 async def _get_page(request: web.Request) -> web.StreamResponse:

@@ -57,7 +57,8 @@ from meshd.rpc.wire import Handler
 def _listing(path: str, page: tuple[list[FileStatus], bool]) -> dict[str, Any]:
     entries, more = page
     t = entries[0].fetched_at if entries else 0.0
-    return {"e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] for s in entries],
+    return {"e": [[paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir] if s.attrs is None else
+                  [paths.basename(s.path), s.size, s.mtime, s.version, s.is_dir, s.attrs.to_wire()] for s in entries],
             "t": t, "more": more}
 
 
@@ -122,6 +123,32 @@ class MetaApi:
         self.shard.drop_attrs(m.path)
         return None
 
+    # ---- namespace changes beyond whole-file writes (meshfs, mesh://, WebHDFS) ----
+
+    async def op_setattr(self, m: msg.ChangeArgs) -> Any:
+        return status_to_wire(await self.node.setattr(m.path, m.attr_change("setattr")))
+
+    async def op_mkdir(self, m: msg.ChangeArgs) -> Any:
+        await self.node.mkdir(m.path, m.attr_change("mkdir") or None)
+        return status_to_wire(await self.node.stat(m.path))
+
+    async def op_symlink(self, m: msg.SymlinkArgs) -> Any:
+        change = msg.ChangeArgs(m.path, m.change).attr_change("symlink")
+        return status_to_wire(await self.node.symlink(m.path, m.target, change or None))
+
+    async def op_mknod(self, m: msg.MknodArgs) -> Any:
+        change = msg.ChangeArgs(m.path, m.change).attr_change("mknod")
+        return status_to_wire(await self.node.mknod(m.path, m.mode, m.rdev, change or None))
+
+    async def op_link(self, m: msg.TwoPathArgs) -> Any:
+        return status_to_wire(await self.node.link(m.src, m.dst))
+
+    async def op_copy(self, m: msg.TwoPathArgs) -> Any:
+        return status_to_wire(await self.node.copy(m.src, m.dst))
+
+    async def op_truncate(self, m: msg.TruncateArgs) -> Any:
+        return status_to_wire(await self.node.truncate(m.path, m.size, m.version or None))
+
     async def op_free(self, m: msg.FreeArgs) -> Any:
         return self.node.free_ids(m.file_ids)
 
@@ -182,6 +209,8 @@ OPS: dict[str, str] = {  # wire op -> MetaApi method
     "free": "op_free",
     "report": "op_report",
     "shard.counts": "op_shard_counts",
+    "setattr": "op_setattr", "mkdir": "op_mkdir", "symlink": "op_symlink", "mknod": "op_mknod",
+    "link": "op_link", "copy": "op_copy", "truncate": "op_truncate",
 }
 
 

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from meshd.errors import MountError
+from meshd.attrs import AttrChange, Attrs
+from meshd.errors import AlreadyExists, MountError, NotPermitted, NotSupported
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ObjectInfo:
     mtime: float  # seconds since the epoch
     version: str  # "" for directories
     is_dir: bool = False
+    attrs: Attrs | None = None  # mode, owner, times, link target: None when the store keeps none
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Capabilities:
     rename: bool = False  # atomic rename of files (and directories)
     directories: bool = False  # real directories (False: prefixes / markers)
     append: bool = False  # bytes can be added at the end of a file in place
+    attrs: bool = False  # keeps mode, owner and times (``setattr``), returns them in ``attrs``
+    symlinks: bool = False  # ``symlink``: links shown as links (``attrs.target``)
+    links: bool = False  # ``link``: hard links
+    special: bool = False  # ``mknod``: FIFOs, sockets, device nodes
 
 
 def without_userinfo(url: str) -> str:
@@ -99,16 +105,79 @@ class UnderStore(abc.ABC):
         back). None: the store's own read size."""
 
     @abc.abstractmethod
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-        """Create or replace a whole file from a stream of chunks."""
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        """Create or replace a whole file from a stream of chunks. A replaced file keeps
+        its mode and owner (stores with ``capabilities.attrs``); ``change`` sets
+        attributes of the new version (ignored by stores that keep none). ``exclusive``:
+        AlreadyExists if something is at ``path`` (checked as atomically as the store can:
+        a hard link on POSIX, ``If-None-Match: *`` on S3)."""
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None:
         """Remove a file or an empty directory; missing is not an error."""
 
     @abc.abstractmethod
-    async def mkdir(self, path: str) -> None:
-        """Create a directory (and its parents); existing is not an error."""
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
+        """Create a directory (and its parents); existing is not an error. ``change``:
+        the new directory's mode, owner, times (not its parents'; ignored by stores
+        that keep none)."""
+
+    async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:
+        """Change mode, owner, times or extra attributes of a file or directory (a symlink
+        itself, not what it names); the new status. ``capabilities.attrs``."""
+        raise NotSupported(f"{self.scheme}:// under-stores keep no file attributes (mode, owner, times)")
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> ObjectInfo:
+        """Create a symbolic link at ``path`` naming ``target`` (any string; not checked);
+        AlreadyExists if something is there. ``capabilities.symlinks``."""
+        raise NotSupported(f"{self.scheme}:// under-stores keep no symbolic links")
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> ObjectInfo:
+        """Create a FIFO, socket or device node (``mode`` with its type bits);
+        AlreadyExists if something is there. ``capabilities.special``."""
+        raise NotSupported(f"{self.scheme}:// under-stores keep no special files")
+
+    async def link(self, src: str, dst: str) -> ObjectInfo:
+        """A hard link ``dst`` to the file ``src``; the file's new status (its ``nlink``).
+        Stores without hard links: NotPermitted (EPERM, as Linux answers for a file
+        system that has none)."""
+        raise NotPermitted(f"{self.scheme}:// under-stores have no hard links")
+
+    async def copy(self, src: str, dst: str, version: str | None = None) -> ObjectInfo:
+        """A copy of the file ``src`` (at ``version``, else its current one) at ``dst``,
+        with its attributes; stores override it with a server-side copy."""
+        info = await self.head(src)
+        if info.is_dir:
+            from meshd.errors import IsADirectory
+
+            raise IsADirectory(f"cannot copy a directory: {self._shown(src)}")
+        version = version or info.version
+        change = _keep(info.attrs, info.mtime)
+        return await self.put(dst, self.get_range(src, 0, info.size, version), change=change)
+
+    async def truncate(self, path: str, size: int, version: str | None = None) -> ObjectInfo:
+        """Cut or extend (with zeros) the file at ``path`` to ``size`` bytes, as a new
+        version; VersionChanged if it is no longer ``version``. Stores that can do it in
+        place override this whole rewrite."""
+        info = await self.head(path)
+        if info.is_dir:
+            from meshd.errors import IsADirectory
+
+            raise IsADirectory(f"is a directory: {self._shown(path)}")
+        keep = min(size, info.size)
+
+        async def body() -> AsyncIterator[bytes]:
+            if keep:
+                async for c in self.get_range(path, 0, keep, version or info.version):
+                    yield c
+            left = size - keep
+            while left > 0:
+                n = min(left, 1 << 20)
+                yield bytes(n)
+                left -= n
+
+        return await self.put(path, body())
 
     async def rename(self, src: str, dst: str) -> None:
         from meshd.errors import NotSupported
@@ -121,6 +190,17 @@ class UnderStore(abc.ABC):
         from meshd.errors import NotSupported
 
         raise NotSupported(f"append is not supported by {self.scheme}:// under-stores")
+
+    async def check_absent(self, path: str) -> None:
+        """AlreadyExists if something is at ``path`` (for ``exclusive`` writes of stores
+        that cannot check atomically)."""
+        from meshd.errors import NotFound
+
+        try:
+            await self.head(path)
+        except NotFound:
+            return
+        raise AlreadyExists(f"already exists: {self._shown(path)}")
 
     def limit_receive_buffer(self, nbytes: int) -> bool:
         """Give the store's connections opened from now on a fixed ``nbytes`` TCP receive
@@ -144,3 +224,11 @@ class UnderStore(abc.ABC):
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         parts = [c async for c in self.get_range(path, start, end, version)]
         return b"".join(parts)
+
+
+def _keep(attrs: Attrs | None, mtime: float) -> AttrChange | None:
+    """The change that gives a copy the mode, owner and mtime of ``attrs``."""
+    if attrs is None:
+        return None
+    mode = attrs.mode & 0o7777 if attrs.mode is not None else None
+    return AttrChange(mode, attrs.uid, attrs.gid, attrs.atime, mtime, dict(attrs.extra))

@@ -48,6 +48,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from meshd.attrs import AttrChange
 from meshd.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -317,7 +318,10 @@ class HdfsUnderStore(UnderStore):
         if now != version:
             raise VersionChanged(f"{self._shown(rel)} changed while it was read: {version} -> {now}")
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        if exclusive:
+            await self.check_absent(path)
         rel = path.strip("/")
         if not rel:
             raise IsADirectory(f"{self._shown('')} is a directory")
@@ -354,7 +358,7 @@ class HdfsUnderStore(UnderStore):
         except NotFound:
             pass
 
-    async def mkdir(self, path: str) -> None:
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         rel = path.strip("/")
         try:
             await self._call("PUT", rel, "MKDIRS")

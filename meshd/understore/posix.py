@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import unquote, urlsplit
 
+from meshd.attrs import AttrChange
 from meshd.errors import (
     IsADirectory,
     MeshError,
@@ -186,7 +187,10 @@ class PosixUnderStore(UnderStore):
             raise self._fail(e, path) from None
         return _info(path, st)
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        if exclusive:
+            await self.check_absent(path)
         b = self._beneath
         head = path.strip("/").rpartition("/")[0]
         try:
@@ -244,7 +248,7 @@ class PosixUnderStore(UnderStore):
         except OSError as e:
             raise self._fail(e, path) from None
 
-    async def mkdir(self, path: str) -> None:
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         try:
             await asyncio.to_thread(self._beneath.makedirs, path)
         except (FileExistsError, NotADirectoryError):

@@ -75,6 +75,7 @@ from botocore.exceptions import (
 )
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
+from meshd.attrs import AttrChange
 from meshd.errors import (
     DirectoryNotEmpty,
     IsADirectory,
@@ -568,7 +569,10 @@ class S3UnderStore(UnderStore):
                 raise IsADirectory(f"is a directory: {self._what(path)}") from None
             raise
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
+        if exclusive:
+            await self.check_absent(path)
         path = path.strip("/")
         if not path:
             raise IsADirectory(f"is a directory: {self._what(path)}")
@@ -644,7 +648,7 @@ class S3UnderStore(UnderStore):
         if exists and path:
             await self._call("delete_object", what, Key=self._dir_prefix(path))
 
-    async def mkdir(self, path: str) -> None:
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         path = path.strip("/")
         if not path:
             return
