@@ -100,7 +100,8 @@ async def _serve(args: argparse.Namespace) -> int:
         os.environ["MESH_TOKEN_FILE"] = args.token_file
     mountpoint = os.path.abspath(args.mountpoint)
     core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
-                  max_ttl=args.max_ttl, readahead=args.readahead)
+                  max_ttl=args.max_ttl, readahead=args.readahead, staging_dir=args.staging_dir,
+                  owners=args.owners)
     try:
         core.client()  # fail now, with a clear message, if there is no node
     except Exception as e:
@@ -247,8 +248,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=float, default=30.0,
                    help="seconds before a call the mesh does not answer fails with EIO (default 30)")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
-    m.add_argument("--uid", type=int, help="owner shown for every file (default: this process's user)")
-    m.add_argument("--gid", type=int, help="group shown for every file")
+    m.add_argument("--owners", choices=("store", "mount"),
+                   help="'store': files show the owner and group their store keeps, and new files get the "
+                        "caller's (the default when meshfs runs as root); 'mount': every file shows --uid/--gid "
+                        "(the default for a user's own mount; chown to anyone else is EPERM)")
+    m.add_argument("--uid", type=int, help="owner shown for files whose store keeps none, and for every file "
+                                           "with --owners mount (default: this process's user)")
+    m.add_argument("--gid", type=int, help="group shown likewise")
+    m.add_argument("--staging-dir", help="where files open for writing are staged until committed (default "
+                                         "/var/tmp/meshfs-staging-<uid>; needs room for the files being written)")
     m.add_argument("--readahead-kb", type=int, default=1024,
                    help="kernel read-ahead for the mount, KiB (default 1024; 0 keeps the kernel's)")
     m.add_argument("--readahead", default="sequential", choices=policy_names(),

@@ -12,7 +12,8 @@ it is split into, so the same core could serve another binding:
 - ``dirs.py``: directory handles, listings streamed and read ahead (``Directories``);
 - ``readers.py``: pinned read handles over the client core's page table and
   read-ahead policy (meshd/client/pages.py, readahead.py) (``Readers``);
-- ``writers.py``: new files streamed to the node, committed at close (``Writers``).
+- ``files.py``: files open for writing, staged on local disk and committed whole
+  at close or fsync (``Staging``).
 
 **Metadata.** File statuses, whole directory listings and "not found" answers
 are kept, and the kernel is told to keep entries and attributes as long:
@@ -26,12 +27,16 @@ every status, listing and page descriptor (``meshfs drop-cache MOUNTPOINT``,
 which sets the xattr ``user.mesh.drop_cache`` on the mount).
 
 **Reads** are pinned to the version found at open (a file replaced meanwhile
-reads as ESTALE, never as a mix); the kernel keeps a file's pages in its page
-cache across opens while the file's version is unchanged. **Writes** replace
-whole files, sequentially: writing into an existing file without ``O_TRUNC``
-(random overwrite) is ``ENOTSUP``; so is truncating to a size other than 0 or
-the current size. ``chmod``, ``chown`` and ``utimens`` are accepted and
-change nothing (the under-stores keep no owners or modes; docs/SEMANTICS.md).
+reads as ESTALE, never as a mix; so does a handle whose file this mount has
+since seen at another version); the kernel keeps a file's pages in its page
+cache across opens while the file's version is unchanged. **Writes** at any
+offset, truncates to any size, ``O_APPEND``: through a staged copy committed
+whole (``files.py``). **Attributes** (mode, owner, times, symlinks, hard
+links, special files) are the store's own, kept as the store can
+(docs/SEMANTICS.md); a store that keeps none shows the mount's defaults
+(``--uid``, ``--gid``, 0644/0755) and refuses changes with ENOTSUP... except
+chmod/chown/utimens that change nothing, which succeed (``cp -p`` into an
+object store).
 
 **Failures.** Errors become errnos through the mesh's one table
 (``MeshError.errno``, :func:`meshd.errors.errno_of`); calls time out after
@@ -45,37 +50,52 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from meshd import paths
+from meshd.attrs import AttrChange, Attrs
 from meshd.client.sdk import MeshClient, Status
+from meshd.errors import MeshError, NotSupported, errno_of
 from meshfs.dirs import Directories
+from meshfs.files import Staged, Staging
 from meshfs.inodes import ROOT, Attr, Inodes
 from meshfs.metadata import Metadata
 from meshfs.node import FSError, Node
 from meshfs.readers import Reader, Readers
-from meshfs.writers import Writer, Writers
 
 # directory entries to the binding: (entry id, status, inode, ttl for every entry or None) -> room for more
 Emit = Callable[[int, Status, int, float | None], bool]
+
+
+@dataclass
+class Open:
+    """A handle on a staged file (files.py): reads always, writes if opened for writing."""
+
+    staged: Staged
+    writable: bool
+    append: bool = False
 
 
 class MeshFS:
     def __init__(self, endpoint: str | None, ttl: float = 1.0, timeout: float = 30.0, uid: int | None = None,
                  gid: int | None = None, file_mode: int = 0o644, dir_mode: int = 0o755,
                  client_factory: Callable[[str | None, float], MeshClient] | None = None,
-                 max_ttl: float = 300.0, readahead: str = "sequential") -> None:
+                 max_ttl: float = 300.0, readahead: str = "sequential", staging_dir: str | None = None,
+                 owners: str | None = None) -> None:
         self.ttl = ttl
+        # whose files: the store's owners (root's mount), or all the mounting user's (docs/SEMANTICS.md)
+        self.owners_from_store = (owners or ("store" if os.getuid() == 0 else "mount")) == "store"
         self.timeout = timeout
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.file_mode, self.dir_mode = file_mode, dir_mode
         self.node = Node(endpoint, timeout, client_factory)
         self.inodes = Inodes()
-        self.meta = Metadata(self.node, ttl, max_ttl, {})
+        self.staging = Staging(self.node, staging_dir, send_owner=self.owners_from_store)
+        self.meta = Metadata(self.node, ttl, max_ttl, self.staging.files)
         self.dirs = Directories(self.node, self.meta)
         self.reads = Readers(self.node, readahead)
-        self.writes = Writers(self.node, self.meta)
-        self.handles: dict[int, Reader | Writer] = {}
+        self.handles: dict[int, Reader | Open] = {}
         self._next_fh = 1
         self.mounted_at = time.time()  # the time shown for directories the store dates not (S3, /)
 
@@ -90,18 +110,47 @@ class MeshFS:
     # ---- inodes and metadata ---------------------------------------------
 
     def attr(self, st: Status, ino: int) -> Attr:
-        """What the kernel is told of ``st``; it may keep it as long as this client does."""
+        """What the kernel is told of ``st``; it may keep it as long as this client does
+        (its attributes not at all when the store keeps them and this status lacks them:
+        an entry of an S3 listing; the kernel asks getattr)."""
         self.inodes.told[ino] = st.version
         mtime = st.mtime if st.mtime or not st.is_dir else self.mounted_at  # not 1970
-        return Attr(ino, st.is_dir, st.size, mtime, st.version, self.meta.attr_ttl(st.path))
+        a = Attr(ino, st.is_dir, st.size, mtime, st.version, self.meta.attr_ttl(st.path), st.attrs)
+        if st.attrs is None and self.meta.keeps_attrs(st.path):
+            a.attr_ttl = 0.0
+        return a
+
+    async def _bound(self, path: str, st: Status, lookup: bool = True) -> Attr:
+        """``st`` of ``path`` with its inode (one per hard-linked file); the kernel holds
+        one more reference if ``lookup``."""
+        ino = self.inodes.bind(path, st, self.meta.mount_root(path))
+        if lookup:
+            self.inodes.lookups[ino] = self.inodes.lookups.get(ino, 0) + 1
+        return self.attr(st, ino)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         path = self.inodes.child(parent, name)
         st = await self.meta.status(path)
-        return self.attr(st, self.inodes.remember(path))
+        return await self._bound(path, st)
 
     async def getattr(self, ino: int) -> Attr:
-        return self.attr(await self.meta.status(self.inodes.path_of(ino)), ino)
+        orphan = self.inodes.orphans.get(ino)
+        if orphan is not None:
+            return self.attr(self._orphan_status(ino, orphan), ino)
+        path = self.inodes.path_of(ino)
+        st = await self.meta.status(path)
+        if st.attrs is None and self.meta.keeps_attrs(path) and path not in self.staging.files:
+            st = await self.meta.status(path, fresh_within=0.0)  # a listing's entry: ask for the whole status
+        return self.attr(st, ino)
+
+    def _orphan_status(self, ino: int, last: Status) -> Status:
+        for h in self.handles.values():
+            if isinstance(h, Open) and h.staged.unlinked and self.inodes.by_path.get(h.staged.path) != ino:
+                if h.staged.path == last.path:
+                    return h.staged.status()
+        a = last.attrs or Attrs()
+        return Status(last.path, last.size, last.mtime, last.version, last.is_dir,
+                      Attrs(a.mode, a.uid, a.gid, a.atime, a.ctime, 0, a.ino, a.rdev, a.target, a.extra))
 
     def forget(self, ino: int, n: int) -> bool:
         """The kernel dropped ``n`` references to ``ino``; True when its path is unknown now."""
@@ -114,6 +163,12 @@ class MeshFS:
         n = self.meta.cache.clear()
         self.reads.pages.clear()
         return n, list(self.inodes.paths)
+
+    def _changed(self, path: str, st: Status | None = None) -> None:
+        """``path`` changed here: forget what was kept of it and its directory; keep ``st``."""
+        self.meta.invalidate(path)
+        if st is not None:
+            self.meta.remember_status(st, path)
 
     # ---- directories -----------------------------------------------------
 
@@ -147,14 +202,34 @@ class MeshFS:
     def releasedir(self, fh: int) -> None:
         self.dirs.release(fh)
 
-    async def mkdir(self, parent: int, name: bytes) -> Attr:
+    async def _new_owner(self, parent: str, uid: int, gid: int, mode: int) -> tuple[int, int]:
+        """The group and mode a new file or directory in ``parent`` gets: the parent's
+        group (and, for a directory, its set-group-ID bit) when the parent has it set."""
+        pst = await self.meta.status(parent)
+        if not pst.is_dir:
+            raise FSError(errno.ENOTDIR)
+        pa = pst.attrs
+        if pa is not None and pa.mode is not None and pa.mode & stat.S_ISGID and pa.gid is not None:
+            return pa.gid, mode | (stat.S_ISGID if stat.S_ISDIR(mode) else 0)
+        return gid, mode
+
+    async def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int | None = None,
+                    gid: int | None = None) -> Attr:
         path = self.inodes.child(parent, name)
         await self.meta.writable(path)
         if await self.meta.maybe_status(path) is not None:
             raise FSError(errno.EEXIST)
-        await self.node.call(lambda c: c.mkdir(path))
-        self.meta.invalidate(path)
-        return self.attr(await self.meta.status(path), self.inodes.remember(path))
+        g, m = await self._new_owner(paths.parent(path), self.uid if uid is None else uid,
+                                     self.gid if gid is None else gid, stat.S_IFDIR | (mode & 0o7777))
+        change = AttrChange(stat.S_IMODE(m), *self._owner(uid, g))
+        st = await self.node.call(lambda c: c.mkdir_with(path, change))
+        self._changed(path, st)
+        return await self._bound(path, st)
+
+    def _owner(self, uid: int | None, gid: int | None) -> tuple[int | None, int | None]:
+        """The owner a new file is given in its store: the caller's on a mount showing the
+        store's owners, else the store's default (its process's)."""
+        return (uid, gid) if self.owners_from_store else (None, None)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         path = self.inodes.child(parent, name)
@@ -163,7 +238,8 @@ class MeshFS:
         if not st.is_dir:
             raise FSError(errno.ENOTDIR)
         await self.node.call(lambda c: c.rm(path))
-        self.meta.invalidate(path)
+        self._changed(path)
+        self.inodes.unlinked(path, None)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         path = self.inodes.child(parent, name)
@@ -171,34 +247,178 @@ class MeshFS:
         st = await self.meta.status(path)
         if st.is_dir:
             raise FSError(errno.EISDIR)
-        await self.node.call(lambda c: c.rm(path))
-        self.meta.invalidate(path)
+        staged = self.staging.files.get(path)
+        if staged is None or staged.exists:
+            try:
+                await self.node.call(lambda c: c.rm(path))
+            except MeshError as e:
+                if staged is None or errno_of(e) != errno.ENOENT:
+                    raise
+        self.staging.unlinked(path)
+        self._changed(path)
         self.reads.pages.drop_file(path)
+        self.inodes.unlinked(path, st)
 
     async def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         src, dst = self.inodes.child(parent, name), self.inodes.child(new_parent, new_name)
-        if flags:
-            raise FSError(errno.EINVAL, "rename flags (RENAME_NOREPLACE, RENAME_EXCHANGE) are not supported")
+        noreplace = getattr(os, "RENAME_NOREPLACE", 1)
+        if flags & ~noreplace:
+            raise FSError(errno.EINVAL, "RENAME_EXCHANGE and RENAME_WHITEOUT are not supported")
         await self.meta.writable(src)
         await self.meta.writable(dst)
-        if src in self.writes.writing:
-            raise FSError(errno.EBUSY, f"{src} is still being written")
         st = await self.meta.status(src)
         dst_st = await self.meta.maybe_status(dst)
+        if src == dst:
+            return
         if dst_st is not None:
+            if flags & noreplace:
+                raise FSError(errno.EEXIST)
             if st.is_dir and not dst_st.is_dir:
                 raise FSError(errno.ENOTDIR)
             if not st.is_dir and dst_st.is_dir:
                 raise FSError(errno.EISDIR)
         if st.is_dir and paths.is_within(dst, src):
             raise FSError(errno.EINVAL, "cannot move a directory into itself")
+        for p, s in list(self.staging.files.items()):  # what the store must have before it moves
+            if (p == src or paths.is_within(p, src)) and (s.dirty or not s.exists):
+                got = await self.staging.commit(s)
+                if got is not None:
+                    self._changed(p, got)
         await self.node.call(lambda c: c.rename(src, dst))
+        self.staging.moved(src, dst)
         for p in (src, dst):
             self.meta.invalidate(p)
         self.meta.cache.forget_under(src)
         self.reads.pages.drop_file(src)
         self.reads.pages.drop_file(dst)
+        if dst_st is not None and not dst_st.is_dir:
+            self.inodes.unlinked(dst, dst_st)
         self.inodes.moved(src, dst)
+
+    # ---- links and special files ------------------------------------------------
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Attr:
+        path = self.inodes.child(parent, name)
+        await self.meta.writable(path)
+        try:
+            text = target.decode()
+        except UnicodeDecodeError:
+            raise FSError(errno.EINVAL, "symlink targets must be UTF-8") from None
+        if await self.meta.maybe_status(path) is not None:
+            raise FSError(errno.EEXIST)
+        g, _ = await self._new_owner(paths.parent(path), uid, gid, stat.S_IFLNK)
+        st = await self.node.call(lambda c: c.symlink(path, text, AttrChange(None, *self._owner(uid, g))))
+        self._changed(path, st)
+        return await self._bound(path, st)
+
+    async def readlink(self, ino: int) -> bytes:
+        path = self.inodes.path_of(ino)
+        st = await self.meta.status(path)
+        if st.attrs is None or st.attrs.target is None:
+            st = await self.meta.status(path, fresh_within=0.0)
+        if st.attrs is None or st.attrs.target is None:
+            raise FSError(errno.EINVAL, f"{path} is not a symlink")
+        return st.attrs.target.encode()
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Attr:
+        path = self.inodes.child(parent, name)
+        await self.meta.writable(path)
+        if await self.meta.maybe_status(path) is not None:
+            raise FSError(errno.EEXIST)
+        g, m = await self._new_owner(paths.parent(path), uid, gid, mode)
+        st = await self.node.call(lambda c: c.mknod(path, m, rdev, AttrChange(None, *self._owner(uid, g))))
+        self._changed(path, st)
+        return await self._bound(path, st)
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        src = self.inodes.path_of(ino)
+        dst = self.inodes.child(new_parent, new_name)
+        await self.meta.writable(dst)
+        if ino in self.inodes.orphans:
+            raise FSError(errno.ENOENT, "the file was unlinked")
+        if await self.meta.maybe_status(dst) is not None:
+            raise FSError(errno.EEXIST)
+        s = self.staging.files.get(src)
+        if s is not None and (s.dirty or not s.exists):
+            self._changed(src, await self.staging.commit(s))
+        st = await self.node.call(lambda c: c.link(src, dst))
+        self._changed(src)
+        self._changed(dst, st)
+        self.inodes.linked(ino, dst)
+        key = st.attrs.ino if st.attrs is not None else None
+        mount = self.meta.mount_root(dst)
+        if key is not None and mount is not None:
+            old = self.inodes.key_of.pop(ino, None)
+            if old is not None:
+                self.inodes.by_key.pop(old, None)
+            self.inodes.by_key[(mount, key)], self.inodes.key_of[ino] = ino, (mount, key)
+        if s is not None:
+            s.nlink = st.attrs.nlink or s.nlink if st.attrs is not None else s.nlink
+        self.inodes.lookups[ino] = self.inodes.lookups.get(ino, 0) + 1
+        return self.attr(st, ino)
+
+    # ---- attributes --------------------------------------------------------
+
+    async def setattr(self, ino: int, fh: int | None, *, size: int | None = None, mode: int | None = None,
+                      uid: int | None = None, gid: int | None = None, atime: float | None = None,
+                      mtime: float | None = None) -> Attr:
+        """chmod, chown, utimens and truncate: of the staged file while one is open for
+        writing, else in the store (its own terms)."""
+        h = self.handles.get(fh) if fh is not None else None
+        staged = h.staged if isinstance(h, Open) else None
+        orphan = self.inodes.orphans.get(ino)
+        path = orphan.path if orphan is not None else self.inodes.path_of(ino)
+        if staged is None and orphan is None:
+            staged = self.staging.files.get(path)
+        if staged is None and orphan is not None:
+            raise FSError(errno.ENOENT, "the file was unlinked")
+        if orphan is None:
+            await self.meta.writable(path)
+        if not self.owners_from_store and (uid is not None or gid is not None):
+            if uid not in (None, self.uid) or gid not in (None, self.gid):
+                raise FSError(errno.EPERM, "this mount shows every file as its user's (--owners mount)")
+            uid = gid = None
+        change = AttrChange(mode & 0o7777 if mode is not None else None, uid, gid, atime, mtime)
+        if staged is not None:
+            if size is not None:
+                await self.staging.truncate(staged, size)
+            if change:
+                self._stage_attrs(staged, change)
+                if staged.exists and not staged.dirty and not staged.unlinked:  # no upload to wait for
+                    st = await self._setattr(path, change)
+                    self._changed(path, st)
+            return self.attr(staged.status(), ino)
+        st = await self.meta.status(path)
+        if size is not None:
+            if st.is_dir:
+                raise FSError(errno.EISDIR)
+            if size != st.size:
+                st = await self.node.call(lambda c: c.truncate(path, size))
+                self._changed(path, st)
+                self.reads.pages.drop_file(path)
+        if change:
+            st = await self._setattr(path, change)
+            self._changed(path, st)
+        return self.attr(st, ino)
+
+    def _stage_attrs(self, s: Staged, c: AttrChange) -> None:
+        if c.mode is not None:
+            s.mode = stat.S_IFMT(s.mode) | c.mode
+        s.uid = c.uid if c.uid is not None else s.uid
+        s.gid = c.gid if c.gid is not None else s.gid
+        s.atime = c.atime if c.atime is not None else s.atime
+        s.mtime = c.mtime if c.mtime is not None else s.mtime
+        s.ctime = time.time()
+
+    async def _setattr(self, path: str, change: AttrChange) -> Status:
+        """A change of attributes in the store; on a store that keeps none, chmod, chown
+        and utimens succeed and change nothing (tools like ``cp -p`` carry on)."""
+        try:
+            return await self.node.call(lambda c: c.setattr(path, change))
+        except NotSupported:
+            if self.meta.keeps_attrs(path):
+                raise
+            return await self.meta.status(path, fresh_within=0.0)
 
     # ---- files -------------------------------------------------------------
 
@@ -207,91 +427,109 @@ class MeshFS:
         attributes the kernel holds are stale (the file changed since it was told: the
         caller has the kernel drop them, so the next read learns the new size).
 
-        An open pins the version it finds: a status older than ``ttl`` is fetched again
-        first, however long listings are kept, so a file replaced elsewhere is read new."""
+        A read-only open pins the version it finds (a status older than ``ttl`` is
+        fetched again first, however long listings are kept), unless the file is staged
+        here (open for writing in this mount): then it reads the staged bytes. An open
+        for writing stages the file (files.py)."""
+        orphan = self.inodes.orphans.get(ino)
+        if orphan is not None:
+            raise FSError(errno.ENOENT, "the file was unlinked")
         path = self.inodes.path_of(ino)
         mode = flags & os.O_ACCMODE
-        if mode != os.O_RDONLY:
+        staged = self.staging.files.get(path)
+        if mode != os.O_RDONLY or (flags & os.O_TRUNC):
             await self.meta.writable(path)
-            if flags & os.O_TRUNC:
-                return self._writer(path), False, False
-            if path in self.writes.writing:
-                raise FSError(errno.EBUSY, f"{path} is being written by another handle")
-            raise FSError(errno.ENOTSUP, "files are written whole: open with O_TRUNC (random overwrite "
-                                         "and append are not supported)")
-        if path in self.writes.writing:
-            raise FSError(errno.EBUSY, f"{path} is being written; it can be read once closed")
+            st = None if staged is not None else await self.meta.status(path, fresh_within=self.ttl)
+            if st is not None and st.is_dir:
+                raise FSError(errno.EISDIR)
+            if st is not None and st.attrs is not None and (st.attrs.is_special or st.attrs.is_symlink):
+                raise FSError(errno.ENXIO if st.attrs.is_special else errno.ELOOP)
+            s = self.staging.open(path, st, truncate=bool(flags & os.O_TRUNC), mode=0o644, uid=self.uid,
+                                  gid=self.gid)
+            fh = self._new_fh()
+            self.handles[fh] = Open(s, mode != os.O_RDONLY, bool(flags & os.O_APPEND))
+            self.meta.invalidate(path)
+            return fh, False, True
+        if staged is not None:
+            staged.handles += 1
+            fh = self._new_fh()
+            self.handles[fh] = Open(staged, False)
+            return fh, False, False
         st = await self.meta.status(path, fresh_within=self.ttl)
         if st.is_dir:
             raise FSError(errno.EISDIR)
+        if st.attrs is not None and st.attrs.is_special:
+            raise FSError(errno.ENXIO, f"{path} is a special file: the mesh serves no bytes of it")
         fh = self._new_fh()
-        self.handles[fh] = self.reads.open(path, st)
+        self.handles[fh] = self.reads.open(path, st, ino)
         keep, stale = self.inodes.opened(ino, st.version)
         return fh, keep, stale
 
-    def _writer(self, path: str) -> int:
-        w = self.writes.start(path)
-        fh = self._new_fh()
-        self.handles[fh] = w
-        return fh
-
-    async def create(self, parent: int, name: bytes, flags: int) -> tuple[int, Attr]:
+    async def create(self, parent: int, name: bytes, flags: int, mode: int = 0o644, uid: int | None = None,
+                     gid: int | None = None) -> tuple[int, Attr]:
         path = self.inodes.child(parent, name)
         await self.meta.writable(path)
-        if flags & os.O_EXCL and await self.meta.maybe_status(path) is not None:
-            raise FSError(errno.EEXIST)
-        pst = await self.meta.status(paths.parent(path))
-        if not pst.is_dir:
-            raise FSError(errno.ENOTDIR)
-        fh = self._writer(path)
-        w = self.handles[fh]
-        assert isinstance(w, Writer)
-        return fh, Attr(self.inodes.remember(path), False, 0, w.started, "")
+        existing = await self.meta.maybe_status(path)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise FSError(errno.EEXIST)
+            ino = self.inodes.remember(path)
+            fh, _, _ = await self.open(ino, flags)
+            h = self.handles[fh]
+            return fh, self.attr(h.staged.status() if isinstance(h, Open) else existing, ino)
+        u = self.uid if uid is None else uid
+        g, m = await self._new_owner(paths.parent(path), u, self.gid if gid is None else gid,
+                                     stat.S_IFREG | (mode & 0o7777))
+        s = self.staging.open(path, None, truncate=True, mode=stat.S_IMODE(m), uid=u, gid=g)
+        fh = self._new_fh()
+        self.handles[fh] = Open(s, (flags & os.O_ACCMODE) != os.O_RDONLY, bool(flags & os.O_APPEND))
+        self.meta.invalidate(path)
+        ino = self.inodes.remember(path)
+        return fh, self.attr(s.status(), ino)
 
     def read(self, fh: int, off: int, size: int) -> Awaitable[bytes]:
         """The bytes (Readers.read: the hot path, so no coroutine of its own here)."""
         h = self.handles.get(fh)
-        if not isinstance(h, Reader):
-            raise FSError(errno.EBADF, "not open for reading")
-        return self.reads.read(h, off, size)
+        if isinstance(h, Reader):
+            if self.inodes.told.get(h.ino, h.version) != h.version:  # the kernel's size is another version's
+                raise FSError(errno.ESTALE, f"{h.path} changed since it was opened")
+            return self.reads.read(h, off, size)
+        if isinstance(h, Open):
+            return self.staging.read(h.staged, off, size)
+        raise FSError(errno.EBADF, "not an open file")
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        w = self.handles.get(fh)
-        if not isinstance(w, Writer):
+        h = self.handles.get(fh)
+        if not isinstance(h, Open) or not h.writable:
             raise FSError(errno.EBADF, "not open for writing")
-        return await self.writes.write(w, off, buf)
+        if h.append:
+            off = h.staged.size
+        return await self.staging.write(h.staged, off, buf)
 
     async def flush(self, fh: int, fsync: bool = False) -> None:
-        """``close`` (flush) or ``fsync``: may commit a file being written (Writers.flush)."""
+        """``close`` (flush) after a write, or ``fsync``: commit the staged file."""
         h = self.handles.get(fh)
-        if isinstance(h, Writer):
-            await self.writes.flush(h, fsync)
+        if isinstance(h, Open) and (h.staged.written or (fsync and h.staged.dirty)):
+            st = await self.staging.commit(h.staged)
+            if st is not None:
+                self._committed(h.staged, st)
+
+    def _committed(self, s: Staged, st: Status) -> None:
+        self._changed(s.path, st)
+        self.reads.pages.drop_file(s.path)
+        ino = self.inodes.by_path.get(s.path)
+        if ino is not None:
+            self.inodes.told[ino] = st.version
+            self.inodes.versions[ino] = st.version
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
         if isinstance(h, Reader):
             h.close()
-        elif isinstance(h, Writer):
-            await self.writes.release(h)
-
-    async def truncate(self, ino: int, size: int, fh: int | None) -> None:
-        path = self.inodes.path_of(ino)
-        await self.meta.writable(path)
-        w = self.writes.writing.get(path)
-        if w is not None:
-            if size == w.offset:
-                return
-            raise FSError(errno.ENOTSUP, "a file being written can only be truncated to its current size")
-        st = await self.meta.status(path)
-        if st.is_dir:
-            raise FSError(errno.EISDIR)
-        if size == st.size:
-            return
-        if size != 0:
-            raise FSError(errno.ENOTSUP, "truncate to a size other than 0 is not supported")
-        new = await self.node.call(lambda c: c.put(path, b""))
-        self.meta.invalidate(path)
-        self.meta.remember_status(new, path)
+        elif isinstance(h, Open):
+            st = await self.staging.release(h.staged)
+            if st is not None:
+                self._committed(h.staged, st)
 
     async def statfs(self) -> tuple[int, int, int]:
         """(block size, total blocks, free blocks) of the node's cache."""
@@ -315,13 +553,20 @@ class MeshFS:
         for h in self.handles.values():
             if isinstance(h, Reader):
                 h.close()
-            else:
-                h.abort()
         self.handles.clear()
+        self.staging.close()
         self.node.close()
 
 
 def mode_of(fs: MeshFS, a: Attr) -> int:
+    """The st_mode shown: the store's when it keeps one, else the mount's defaults."""
+    if a.attrs is not None and a.attrs.target is not None:
+        return stat.S_IFLNK | 0o777
+    m = a.attrs.mode if a.attrs is not None else None
+    if m is not None and stat.S_IFMT(m):
+        return m
+    if m is not None:
+        return (stat.S_IFDIR if a.is_dir else stat.S_IFREG) | m
     return (stat.S_IFDIR | fs.dir_mode) if a.is_dir else (stat.S_IFREG | fs.file_mode)
 
 

@@ -30,7 +30,7 @@ from meshd.errors import MeshError, NotFound
 from meshfs.node import FSError, Node
 
 if TYPE_CHECKING:
-    from meshfs.writers import Writer
+    from meshfs.files import Staged
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,14 @@ LIST_PAGE = 1000
 
 
 class Metadata:
-    def __init__(self, node: Node, ttl: float, max_ttl: float, writing: dict[str, Writer]) -> None:
+    def __init__(self, node: Node, ttl: float, max_ttl: float, writing: dict[str, Staged]) -> None:
         self.node = node
         self.ttl = ttl
         self.rules = MountRules(ttl, max_ttl)
         self.max_ttl = self.rules.max_ttl
         self.cache = MetaCache()
-        self.writing = writing  # files being written through this mount (meshfs.writers)
+        self.writing = writing  # files open for writing through this mount, staged (meshfs.files)
+        self._with_attrs: set[str] = set()  # mounts whose store returned attributes: they keep them
         self._lookups_in: dict[str, int] = {}  # directory -> lookups of names not known in it
         self._unlistable: set[str] = set()  # directories too big to list for a lookup
 
@@ -66,6 +67,22 @@ class Metadata:
             raise FSError(errno.EACCES, f"{path} is not inside a mount")
         if self.rules.read_only(best):
             raise FSError(errno.EROFS, f"{best[0]} is mounted read-only")
+
+    def mount_root(self, path: str) -> str | None:
+        """The mount point ``path`` is under (None above the mount points)."""
+        m = self.rules.mount_of(path)
+        return m[0] if m is not None else None
+
+    def keeps_attrs(self, path: str) -> bool:
+        """Whether ``path``'s store keeps attributes (it returned some before): then a
+        status without them (an entry of an S3 listing) is not the whole status."""
+        return self.mount_root(path) in self._with_attrs
+
+    def _learn(self, st: Status) -> None:
+        if st.attrs is not None:
+            root = self.mount_root(st.path)
+            if root is not None and root not in self._with_attrs:
+                self._with_attrs.add(root)
 
     def ttl_of(self, path: str) -> float:
         """How long a status of ``path`` is kept here and in the kernel (MountRules.ttl_of)."""
@@ -89,6 +106,8 @@ class Metadata:
     def remember_status(self, st: Status | None, path: str, now: float | None = None) -> None:
         """Keep a status the node gave (``ttl_of`` its path), or a "not found" (``ttl``)."""
         now = time.monotonic() if now is None else now
+        if st is not None and st.attrs is not None:
+            self._learn(st)
         self.cache.put(path, st, self.ttl if st is None else self.rules.ttl_of(path), now)
 
     def keep_listing(self, path: str, listed: list[Status], now: float) -> None:
@@ -106,17 +125,15 @@ class Metadata:
 
     def merge_writing(self, path: str, got: list[Status]) -> list[Status]:
         """A listing of ``path`` with the files being written into it."""
-        names = {s.path for s in got}
-        extra = [Status(p, w.offset, w.started, "", False) for p, w in self.writing.items()
-                 if paths.parent(p) == path and p not in names]
-        return got + extra
+        staged = {p: w for p, w in self.writing.items() if paths.parent(p) == path}
+        return [s for s in got if s.path not in staged] + [w.status() for w in staged.values()]
 
     async def status(self, path: str, fresh_within: float | None = None) -> Status:
         """The status of ``path``: from this client's cache while it is kept, or fetched
         when it is older than ``fresh_within`` seconds (if given)."""
         w = self.writing.get(path)
         if w is not None:
-            return Status(path, w.offset, w.started, "", False)
+            return w.status()
         await self.refresh_mounts()
         now = time.monotonic()
         hit, st = self.cache.get(path, now, fresh_within)

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import functools
 import logging
+import stat
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -68,20 +69,33 @@ class MeshOps(pyfuse3.Operations):
             asyncio.get_running_loop().call_soon(self.after_init)
 
     def entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        """The kernel's view of ``a``: the store's mode, owner, times and links where it keeps
+        them (``a.attrs``), else the mount's defaults."""
         e = pyfuse3.EntryAttributes()
         e.st_ino = pyfuse3.InodeT(a.ino)
         e.generation = 0
         e.entry_timeout = a.ttl
-        e.attr_timeout = a.ttl
-        e.st_mode = pyfuse3.ModeT(mode_of(self.core, a))
-        e.st_nlink = 2 if a.is_dir else 1
-        e.st_uid, e.st_gid = self.core.uid, self.core.gid
-        e.st_rdev = 0
-        e.st_size = a.size
+        e.attr_timeout = a.ttl if a.attr_ttl is None else a.attr_ttl
+        mode = mode_of(self.core, a)
+        e.st_mode = pyfuse3.ModeT(mode)
+        x = a.attrs
+        size = a.size
+        if x is not None and x.target is not None:
+            size = len(x.target.encode())
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            size = 0
+        e.st_nlink = x.nlink if x is not None and x.nlink is not None else (2 if a.is_dir else 1)
+        own = self.core.owners_from_store and x is not None
+        e.st_uid = x.uid if own and x.uid is not None else self.core.uid  # type: ignore[union-attr]
+        e.st_gid = x.gid if own and x.gid is not None else self.core.gid  # type: ignore[union-attr]
+        e.st_rdev = x.rdev if x is not None and x.rdev is not None else 0
+        e.st_size = size
         e.st_blksize = BLKSIZE
-        e.st_blocks = (a.size + 511) // 512
+        e.st_blocks = (size + 511) // 512
         ns = int(a.mtime * 1e9)
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = ns
+        e.st_mtime_ns = ns
+        e.st_atime_ns = int(x.atime * 1e9) if x is not None and x.atime is not None else ns
+        e.st_ctime_ns = int(x.ctime * 1e9) if x is not None and x.ctime is not None else ns
         return e
 
     @_fuse_errors
@@ -96,10 +110,13 @@ class MeshOps(pyfuse3.Operations):
     @_fuse_errors
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: pyfuse3.FileHandleT | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if fields.update_size:
-            await self.core.truncate(inode, attr.st_size, fh)
-        # mode, owner and times: accepted, not kept (docs/SEMANTICS.md)
-        return self.entry(await self.core.getattr(inode))
+        f = fields
+        return self.entry(await self.core.setattr(
+            inode, fh, size=attr.st_size if f.update_size else None,
+            mode=stat.S_IMODE(attr.st_mode) if f.update_mode else None,
+            uid=attr.st_uid if f.update_uid else None, gid=attr.st_gid if f.update_gid else None,
+            atime=attr.st_atime_ns / 1e9 if f.update_atime else None,
+            mtime=attr.st_mtime_ns / 1e9 if f.update_mtime else None))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for ino, n in inode_list:
@@ -137,7 +154,7 @@ class MeshOps(pyfuse3.Operations):
     @_fuse_errors
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: pyfuse3.ModeT,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.entry(await self.core.mkdir(parent_inode, name))
+        return self.entry(await self.core.mkdir(parent_inode, name, mode & ~ctx.umask, ctx.uid, ctx.gid))
 
     @_fuse_errors
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
@@ -170,8 +187,27 @@ class MeshOps(pyfuse3.Operations):
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: pyfuse3.ModeT,
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, a = await self.core.create(parent_inode, name, flags)
+        fh, a = await self.core.create(parent_inode, name, flags, mode & ~ctx.umask, ctx.uid, ctx.gid)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), self.entry(a)
+
+    @_fuse_errors
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, target: pyfuse3.FileNameT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(await self.core.symlink(parent_inode, name, bytes(target), ctx.uid, ctx.gid))
+
+    @_fuse_errors
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
+        return pyfuse3.FileNameT(await self.core.readlink(inode))
+
+    @_fuse_errors
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: pyfuse3.ModeT, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(await self.core.mknod(parent_inode, name, mode & ~ctx.umask, rdev, ctx.uid, ctx.gid))
+
+    @_fuse_errors
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: pyfuse3.FileNameT,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(await self.core.link(inode, new_parent_inode, new_name))
 
     @_fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:

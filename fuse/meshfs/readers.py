@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from meshd.client.pages import Cached, PageTable
 from meshd.client.readahead import Cursor, ReadAhead, get_policy
 from meshd.client.sdk import MeshClient, Status
+from meshd.errors import NotFound
 from meshfs.node import FSError, Node
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Reader:
     stream: str
     cursor: Cursor
     held: Callable[[int], bool] = lambda i: False
+    ino: int = 0  # its inode: a read after this mount saw the file at another version is ESTALE
 
     @property
     def size(self) -> int:
@@ -59,12 +61,12 @@ class Readers:
         self.pages = PageTable()
         self._tasks: set[asyncio.Task[None]] = set()  # read-aheads in flight
 
-    def open(self, path: str, st: Status) -> Reader:
+    def open(self, path: str, st: Status, ino: int = 0) -> Reader:
         """A handle on ``path`` pinned to ``st`` (its version and size)."""
         ps = self.node.client().page_size or (4 << 20)
         has, version = self.pages.has, st.version
         return Reader(path, version, MeshClient.new_stream_id(), Cursor(ps, st.size),
-                      lambda i: has((path, version, i)))
+                      lambda i: has((path, version, i)), ino)
 
     async def read(self, h: Reader, off: int, size: int) -> bytes:
         cur = h.cursor
@@ -95,8 +97,11 @@ class Readers:
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _read_exact(self, h: Reader, pos: int, end: int) -> bytes:
-        return await self.node.call(lambda c: c.read_pinned(h.path, pos, end - pos, version=h.version,
-                                                            size=h.size, stream_id=h.stream))
+        try:
+            return await self.node.call(lambda c: c.read_pinned(h.path, pos, end - pos, version=h.version,
+                                                                size=h.size, stream_id=h.stream))
+        except NotFound:
+            raise _gone(h) from None
 
     def _read_ahead(self, h: Reader, end: int) -> None:
         """Fetch in the background the pages the policy reads ahead of a sequential read that
@@ -131,8 +136,12 @@ class Readers:
                 pass
             return
         try:
-            pieces = await self.node.call(lambda c: c.page_pieces(h.path, start, stop - start, version=h.version,
-                                                                 size=h.size, stream_id=h.stream))
+            try:
+                pieces = await self.node.call(lambda c: c.page_pieces(h.path, start, stop - start,
+                                                                     version=h.version, size=h.size,
+                                                                     stream_id=h.stream))
+            except NotFound:
+                raise _gone(h) from None
             if pieces is None:  # no local node: HTTP, exactly the range
                 data = await self._read_exact(h, pos, end)
                 cur.keep_inline(pos // ps, Cached(pos, pos + len(data), data=data))
@@ -148,6 +157,12 @@ class Readers:
         for task in self._tasks:
             task.cancel()
         self.pages.clear()
+
+
+def _gone(h: Reader) -> FSError:
+    """A pinned read of a file no longer in the store (unlinked, replaced): the version the
+    handle opened is gone, so ESTALE (docs/SEMANTICS.md), not ENOENT."""
+    return FSError(errno.ESTALE, f"{h.path}: the version opened is no longer in the store")
 
 
 __all__ = ["Reader", "Readers"]

@@ -313,7 +313,7 @@ class MeshNode:
         """Create or replace a whole file. ``change``: attributes of the new version
         (mode, owner, mtime; kept by stores that keep them); ``exclusive``:
         AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``)."""
-        t = self._changing(path)
+        t = self._changing(path, change)
         if not t.rel:
             raise IsADirectory(f"{t.path} is a mount point")
         info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
@@ -327,9 +327,17 @@ class MeshNode:
             self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
         return status
 
-    def _changing(self, path: str) -> Target:
-        """The target of a change of ``path``: allowed to the principal, inside a writable mount."""
-        self.access.check(WRITE, paths.normalize(path))
+    def _changing(self, path: str, change: AttrChange | None = None, mode: int = 0) -> Target:
+        """The target of a change of ``path``: allowed to the principal, inside a writable
+        mount. Giving a file away (an owner or group), set-user/group-ID bits and device
+        nodes need ADMIN on the path: the node's process may be root, and a tenant must
+        not make root's files through it (THREAT_MODEL.md)."""
+        norm = paths.normalize(path)
+        self.access.check(WRITE, norm)
+        bits = (change.mode or 0) if change is not None else 0
+        if ((change is not None and (change.uid is not None or change.gid is not None)) or bits & 0o6000
+                or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or mode & 0o6000):
+            self.access.check(ADMIN, norm)
         t = self._target(path)
         t.mount.check_writable()
         return t
@@ -339,14 +347,14 @@ class MeshNode:
     async def setattr(self, path: str, change: AttrChange) -> FileStatus:
         """chmod, chown, utimes (and WebHDFS's extra attributes) of a file or directory,
         in the store's own terms; the new status. A mount point is its store's root."""
-        t = self._changing(path)
+        t = self._changing(path, change)
         info = await t.store.setattr(t.rel, change)
         return await self._written(t, info)
 
     async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> FileStatus:
         if not target or "\x00" in target or len(target.encode("utf-8", "surrogatepass")) > paths.PATH_MAX:
             raise InvalidArgument("a symlink's target must be 1 to 4096 bytes, without NUL")
-        t = self._changing(path)
+        t = self._changing(path, change)
         if not t.rel:
             raise AlreadyExists(f"{t.path} is a mount point")
         return await self._written(t, await t.store.symlink(t.rel, target, change))
@@ -355,11 +363,12 @@ class MeshNode:
         """A FIFO, socket or device node (``mode`` with its type bits)."""
         if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFREG):
             raise InvalidArgument(f"mknod of mode {mode:o}: not a FIFO, socket, device or regular file")
-        t = self._changing(path)
+        t = self._changing(path, change, mode)
         if not t.rel:
             raise AlreadyExists(f"{t.path} is a mount point")
         if stat.S_ISREG(mode):
-            info = await t.store.put(t.rel, _nothing(), change=change, exclusive=True)
+            info = await t.store.put(t.rel, _nothing(), change=replace(change or AttrChange(), mode=stat.S_IMODE(mode)),
+                                     exclusive=True)
         else:
             info = await t.store.mknod(t.rel, mode, rdev, change)
         return await self._written(t, info)
@@ -438,7 +447,7 @@ class MeshNode:
     async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         """Create a directory and its parents; ``change``: the new directory's mode and
         owner (stores that keep them)."""
-        t = self._changing(path)
+        t = self._changing(path, change)
         if t.rel:
             await t.store.mkdir(t.rel, change)
         await self.metadata.invalidate(t.path)
