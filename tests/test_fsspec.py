@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -605,3 +606,76 @@ def test_append_keeps_the_bytes_it_opened(fs: MeshFileSystem, store: Path) -> No
         f.close()
     assert e.value.errno == errno.ESTALE
     assert (store / "b.txt").read_bytes() == b"someone else's"
+
+
+def test_info_shows_the_stores_attributes(fs: MeshFileSystem, store: Path) -> None:
+    """A file:// store's attributes show under LocalFileSystem's names; links and special
+    files as what they are. (Needs the file:// store that keeps attributes, issue 22.)"""
+    os.chmod(store / "b.txt", 0o640)
+    (store / "link").symlink_to("b.txt")
+    (store / "dangling").symlink_to("nothing")
+    os.mkfifo(store / "fifo")
+    local = LocalFileSystem()
+    for name in ("b.txt", "sub"):
+        got, want = fs.info(f"/data/{name}"), local.info(str(store / name))
+        for key in ("type", "mode", "uid", "gid", "ino", "nlink", "islink"):
+            assert got[key] == want[key], (name, key)
+        assert got["mtime"] == pytest.approx(want["mtime"], abs=1e-3)
+        assert got["created"] == pytest.approx(want["created"], abs=1e-3)  # ctime
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o640
+
+    ln = fs.info("/data/link")  # size and type of what it names, mode and owner of the link
+    lst = os.lstat(store / "link")
+    assert (ln["type"], ln["size"], ln["islink"], ln["destination"]) == ("file", 4, True, "b.txt")
+    assert ln["mode"] == lst.st_mode and stat.S_ISLNK(ln["mode"]) and ln["ino"] == lst.st_ino
+    assert fs.cat("/data/link") == b"bee\n"
+    dangling = fs.info("/data/dangling")
+    assert (dangling["type"], dangling["islink"], dangling["destination"]) == ("other", True, "nothing")
+    with pytest.raises(FileNotFoundError):
+        fs.cat("/data/dangling")
+    fifo = fs.info("/data/fifo")
+    assert fifo["type"] == "other" and stat.S_ISFIFO(fifo["mode"]) and not fifo["islink"]
+
+
+@pytest.mark.parametrize("ttl", [0.0, 60.0], ids=["no-metadata-cache", "metadata-cache"])
+def test_chmod_chown_touch_mkdir_mode(node: MeshdProcess, store: Path, ttl: float) -> None:
+    """(Needs the file:// store that keeps attributes, issue 22.)"""
+    fs = MeshFileSystem(node.endpoint, ttl=ttl, skip_instance_cache=True)
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o644 & ~_umask()
+    fs.chmod("/data/b.txt", 0o600)
+    assert stat.S_IMODE(os.stat(store / "b.txt").st_mode) == 0o600
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o600  # the cached status was dropped
+    fs.chmod("/data/sub", stat.S_IFDIR | 0o750)  # a whole st_mode: its permission bits
+    assert stat.S_IMODE(os.stat(store / "sub").st_mode) == 0o750
+    with pytest.raises(FileNotFoundError):
+        fs.chmod("/data/nope", 0o600)
+    fs.chown("/data/b.txt", uid=os.getuid(), gid=os.getgid())
+    assert (fs.info("/data/b.txt")["uid"], fs.info("/data/b.txt")["gid"]) == (os.getuid(), os.getgid())
+
+    # a copy keeps the mode (the node copies with the attributes)
+    fs.cp_file("/data/b.txt", "/data/b-copy.txt")
+    assert stat.S_IMODE(os.stat(store / "b-copy.txt").st_mode) == 0o600
+
+    # touch without truncate: mtime (and atime) to now, the bytes kept
+    os.utime(store / "b.txt", (1_000_000_000, 1_000_000_000))
+    fs.invalidate_cache()
+    assert fs.info("/data/b.txt")["mtime"] == 1_000_000_000
+    fs.touch("/data/b.txt", truncate=False)
+    st = os.stat(store / "b.txt")
+    assert st.st_mtime > 1_000_000_000 and st.st_atime > 1_000_000_000
+    assert fs.info("/data/b.txt")["mtime"] == pytest.approx(st.st_mtime, abs=1e-3)
+    assert (store / "b.txt").read_bytes() == b"bee\n"
+    fs.touch("/data/new-empty", truncate=False)  # missing: made, empty
+    assert (store / "new-empty").read_bytes() == b""
+    fs.touch("/data/b.txt")  # truncate (the default): empty
+    assert (store / "b.txt").read_bytes() == b"" and fs.info("/data/b.txt")["size"] == 0
+
+    fs.mkdir("/data/private/inner", mode=0o700)
+    assert stat.S_IMODE(os.stat(store / "private" / "inner").st_mode) == 0o700
+    assert stat.S_IMODE(fs.info("/data/private/inner")["mode"]) == 0o700
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
