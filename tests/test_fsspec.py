@@ -584,6 +584,12 @@ def test_exclusive_create(fs: MeshFileSystem, store: Path, tmp_path: Path) -> No
     with pytest.raises(FileExistsError):
         fs.put_file(str(local), "/data/put.bin", mode="create")
     assert (store / "put.bin").read_bytes() == payload(3 << 20, seed=5)
+    with pytest.raises(FileExistsError):
+        fs.put(str(local), "/data/put.bin", mode="create")  # through fsspec's put
+    with pytest.raises(FileExistsError):
+        fs.pipe({"/data/piped.bin": b"x"}, mode="create")
+    assert (store / "put.bin").read_bytes() == payload(3 << 20, seed=5)
+    assert (store / "piped.bin").read_bytes() == b"three"
     fs.put_file(str(local), "/data/put.bin")
     assert (store / "put.bin").read_bytes() == b"other"
 
@@ -596,6 +602,10 @@ def test_append_keeps_the_bytes_it_opened(fs: MeshFileSystem, store: Path) -> No
     with fs.open("/data/fresh.txt", "ab") as f:  # a new file
         f.write(b"x")
     assert (store / "fresh.txt").read_bytes() == b"x"
+    (store / "empty.txt").write_bytes(b"")
+    with fs.open("/data/empty.txt", "ab") as f:
+        f.write(b"y")
+    assert (store / "empty.txt").read_bytes() == b"y"
     with pytest.raises(IsADirectoryError):
         fs.open("/data/sub", "ab")
     # changed by someone else after the open: ESTALE, not their bytes lost

@@ -378,7 +378,7 @@ class MeshFile(AbstractBufferedFile):
 
     def _initiate_upload(self) -> None:
         self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
-        if self.mode == "ab" and self.pin is not None:
+        if self.mode == "ab" and self.pin is not None and self.pin.size:
             with _oserrors():
                 self.fs.client.readinto(self.path, self._spool, 0, self.pin.size, pin=self.pin)
 
