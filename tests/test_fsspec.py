@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from meshd.client.fsspec_mesh import MeshFileSystem
 from meshd.client.sdk import MeshClient
@@ -487,3 +489,203 @@ def test_no_node_tells_python_users_how_to_name_one(tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="no running node found") as e:
         fs.ls("/")
     assert "endpoint=" in str(e.value) and "$MESH_ENDPOINT" in str(e.value)
+
+
+# ---- copy, exclusive create, append, attributes (issue 22) -------------------------
+
+
+@pytest.mark.parametrize("ttl", [0.0, 60.0], ids=["no-metadata-cache", "metadata-cache"])
+def test_copy_on_the_node(node: MeshdProcess, store: Path, ttl: float) -> None:
+    fs = MeshFileSystem(node.endpoint, ttl=ttl, skip_instance_cache=True)
+    assert not fs.exists("/data/copies/a.bin")  # kept as absent with a ttl: the copy must drop it
+    fs.cp_file("/data/a.bin", "/data/copies/a.bin")
+    assert (store / "copies" / "a.bin").read_bytes() == payload()
+    assert fs.info("/data/copies/a.bin")["size"] == SIZE and fs.cat("/data/copies/a.bin") == payload()
+    # over an existing file: replaced
+    fs.copy("mesh://data/b.txt", "mesh://data/copies/a.bin")
+    assert (store / "copies" / "a.bin").read_bytes() == b"bee\n" and fs.cat("/data/copies/a.bin") == b"bee\n"
+
+    # a tree, through fsspec's own recursion (empty directories too), and to a depth
+    (store / "sub" / "empty").mkdir()
+    (store / "sub" / "deeper").mkdir()
+    (store / "sub" / "deeper" / "d.txt").write_bytes(b"dee")
+    fs.copy("/data/sub", "/data/sub2", recursive=True)
+    assert (store / "sub2" / "c.txt").read_bytes() == b"sea"
+    assert (store / "sub2" / "deeper" / "d.txt").read_bytes() == b"dee"
+    assert (store / "sub2" / "empty").is_dir()
+    assert sorted(fs.find("/data/sub2", withdirs=True)) == [
+        "/data/sub2", "/data/sub2/c.txt", "/data/sub2/deeper", "/data/sub2/deeper/d.txt", "/data/sub2/empty"]
+    # to a depth: what fsspec's LocalFileSystem makes of the same tree
+    (store / "sub" / "deeper" / "deepest").mkdir()
+    (store / "sub" / "deeper" / "deepest" / "e.txt").write_bytes(b"e")
+    local = LocalFileSystem(auto_mkdir=True)
+    local.copy(str(store / "sub"), str(store / "local3"), recursive=True, maxdepth=2)
+    fs.copy("/data/sub", "/data/sub3", recursive=True, maxdepth=2)
+    assert sorted(p.removeprefix("/data/sub3") for p in fs.find("/data/sub3", withdirs=True)) == sorted(
+        p.removeprefix(str(store / "local3")) for p in local.find(str(store / "local3"), withdirs=True))
+    assert (store / "sub3" / "deeper" / "d.txt").read_bytes() == b"dee"
+    assert not (store / "sub3" / "deeper" / "deepest").exists()
+
+    # the source is untouched, errors in Python's terms, nothing half-made
+    assert (store / "a.bin").read_bytes() == payload() and (store / "sub" / "c.txt").read_bytes() == b"sea"
+    with pytest.raises(FileNotFoundError):
+        fs.cp_file("/data/nope", "/data/copies/nope")
+    assert not (store / "copies" / "nope").exists()
+    with pytest.raises(FileNotFoundError):
+        fs.copy("/data/nope", "/data/copies/nope")
+    with pytest.raises(IsADirectoryError):
+        fs.cp_file("/data/b.txt", "/data/sub")  # a file cannot replace a directory
+    assert (store / "sub").is_dir()
+    with pytest.raises(OSError) as e:
+        fs.cp_file("/data/b.txt", "/outside.txt")
+    assert e.value.errno in (errno.EACCES, errno.ENOENT)
+    with pytest.raises(FileNotFoundError):
+        fs.copy("/data/nope", "/data/copies/nope", recursive=True)
+    assert not (store / "copies" / "nope").exists()
+
+
+def test_exclusive_create(fs: MeshFileSystem, store: Path, tmp_path: Path) -> None:
+    with fs.open("/data/new/x.bin", "xb") as f:
+        f.write(b"first")
+    assert (store / "new" / "x.bin").read_bytes() == b"first"
+    # taken: FileExistsError at open already, and the file is left as it was
+    for path in ("/data/new/x.bin", "/data/b.txt", "/data/sub"):
+        with pytest.raises(FileExistsError):
+            fs.open(path, "xb")
+    with pytest.raises(FileExistsError):
+        fs.open("/data/b.txt", "x")  # text mode too
+    assert (store / "b.txt").read_bytes() == b"bee\n"
+
+    # two creators that both opened before either committed: the second loses at close
+    f1, f2 = fs.open("/data/race.bin", "xb"), fs.open("/data/race.bin", "xb")
+    f1.write(b"winner")
+    f2.write(b"loser, never written")
+    f1.close()
+    with pytest.raises(FileExistsError):
+        f2.close()
+    assert (store / "race.bin").read_bytes() == b"winner" and fs.cat("/data/race.bin") == b"winner"
+    assert [p.name for p in store.iterdir() if p.name.startswith(".mesh-tmp")] == []
+
+    fs.pipe_file("/data/piped.bin", b"one", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.pipe_file("/data/piped.bin", b"two", mode="create")
+    assert (store / "piped.bin").read_bytes() == b"one"
+    fs.pipe_file("/data/piped.bin", b"three", mode="overwrite")
+    assert (store / "piped.bin").read_bytes() == b"three"
+    with pytest.raises(ValueError, match="mode"):
+        fs.pipe_file("/data/piped.bin", b"four", mode="append")
+    assert (store / "piped.bin").read_bytes() == b"three"
+
+    local = tmp_path / "local.bin"
+    local.write_bytes(payload(3 << 20, seed=5))
+    fs.put_file(str(local), "/data/put.bin", mode="create")
+    assert (store / "put.bin").read_bytes() == local.read_bytes()
+    local.write_bytes(b"other")
+    with pytest.raises(FileExistsError):
+        fs.put_file(str(local), "/data/put.bin", mode="create")
+    assert (store / "put.bin").read_bytes() == payload(3 << 20, seed=5)
+    with pytest.raises(FileExistsError):
+        fs.put(str(local), "/data/put.bin", mode="create")  # through fsspec's put
+    with pytest.raises(FileExistsError):
+        fs.pipe({"/data/piped.bin": b"x"}, mode="create")
+    assert (store / "put.bin").read_bytes() == payload(3 << 20, seed=5)
+    assert (store / "piped.bin").read_bytes() == b"three"
+    fs.put_file(str(local), "/data/put.bin")
+    assert (store / "put.bin").read_bytes() == b"other"
+
+
+def test_append_keeps_the_bytes_it_opened(fs: MeshFileSystem, store: Path) -> None:
+    with fs.open("/data/b.txt", "ab") as f:
+        assert f.tell() == 4
+        f.write(b"hive\n")
+    assert (store / "b.txt").read_bytes() == b"bee\nhive\n"
+    with fs.open("/data/fresh.txt", "ab") as f:  # a new file
+        f.write(b"x")
+    assert (store / "fresh.txt").read_bytes() == b"x"
+    (store / "empty.txt").write_bytes(b"")
+    with fs.open("/data/empty.txt", "ab") as f:
+        f.write(b"y")
+    assert (store / "empty.txt").read_bytes() == b"y"
+    with pytest.raises(IsADirectoryError):
+        fs.open("/data/sub", "ab")
+    # changed by someone else after the open: ESTALE, not their bytes lost
+    f = fs.open("/data/b.txt", "ab")
+    f.write(b"late")
+    replace_in_store(store, "b.txt", b"someone else's")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.ESTALE
+    assert (store / "b.txt").read_bytes() == b"someone else's"
+
+
+def test_info_shows_the_stores_attributes(fs: MeshFileSystem, store: Path) -> None:
+    """A file:// store's attributes show under LocalFileSystem's names; links and special
+    files as what they are. (Needs the file:// store that keeps attributes, issue 22.)"""
+    os.chmod(store / "b.txt", 0o640)
+    (store / "link").symlink_to("b.txt")
+    (store / "dangling").symlink_to("nothing")
+    os.mkfifo(store / "fifo")
+    local = LocalFileSystem()
+    for name in ("b.txt", "sub"):
+        got, want = fs.info(f"/data/{name}"), local.info(str(store / name))
+        for key in ("type", "mode", "uid", "gid", "ino", "nlink", "islink"):
+            assert got[key] == want[key], (name, key)
+        assert got["mtime"] == pytest.approx(want["mtime"], abs=1e-3)
+        assert got["created"] == pytest.approx(want["created"], abs=1e-3)  # ctime
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o640
+
+    ln = fs.info("/data/link")  # size and type of what it names, mode and owner of the link
+    lst = os.lstat(store / "link")
+    assert (ln["type"], ln["size"], ln["islink"], ln["destination"]) == ("file", 4, True, "b.txt")
+    assert ln["mode"] == lst.st_mode and stat.S_ISLNK(ln["mode"]) and ln["ino"] == lst.st_ino
+    assert fs.cat("/data/link") == b"bee\n"
+    dangling = fs.info("/data/dangling")
+    assert (dangling["type"], dangling["islink"], dangling["destination"]) == ("other", True, "nothing")
+    with pytest.raises(FileNotFoundError):
+        fs.cat("/data/dangling")
+    fifo = fs.info("/data/fifo")
+    assert fifo["type"] == "other" and stat.S_ISFIFO(fifo["mode"]) and not fifo["islink"]
+
+
+@pytest.mark.parametrize("ttl", [0.0, 60.0], ids=["no-metadata-cache", "metadata-cache"])
+def test_chmod_chown_touch_mkdir_mode(node: MeshdProcess, store: Path, ttl: float) -> None:
+    """(Needs the file:// store that keeps attributes, issue 22.)"""
+    fs = MeshFileSystem(node.endpoint, ttl=ttl, skip_instance_cache=True)
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o644 & ~_umask()
+    fs.chmod("/data/b.txt", 0o600)
+    assert stat.S_IMODE(os.stat(store / "b.txt").st_mode) == 0o600
+    assert stat.S_IMODE(fs.info("/data/b.txt")["mode"]) == 0o600  # the cached status was dropped
+    fs.chmod("/data/sub", stat.S_IFDIR | 0o750)  # a whole st_mode: its permission bits
+    assert stat.S_IMODE(os.stat(store / "sub").st_mode) == 0o750
+    with pytest.raises(FileNotFoundError):
+        fs.chmod("/data/nope", 0o600)
+    fs.chown("/data/b.txt", uid=os.getuid(), gid=os.getgid())
+    assert (fs.info("/data/b.txt")["uid"], fs.info("/data/b.txt")["gid"]) == (os.getuid(), os.getgid())
+
+    # a copy keeps the mode (the node copies with the attributes)
+    fs.cp_file("/data/b.txt", "/data/b-copy.txt")
+    assert stat.S_IMODE(os.stat(store / "b-copy.txt").st_mode) == 0o600
+
+    # touch without truncate: mtime (and atime) to now, the bytes kept
+    os.utime(store / "b.txt", (1_000_000_000, 1_000_000_000))
+    fs.invalidate_cache()
+    assert fs.info("/data/b.txt")["mtime"] == 1_000_000_000
+    fs.touch("/data/b.txt", truncate=False)
+    st = os.stat(store / "b.txt")
+    assert st.st_mtime > 1_000_000_000 and st.st_atime > 1_000_000_000
+    assert fs.info("/data/b.txt")["mtime"] == pytest.approx(st.st_mtime, abs=1e-3)
+    assert (store / "b.txt").read_bytes() == b"bee\n"
+    fs.touch("/data/new-empty", truncate=False)  # missing: made, empty
+    assert (store / "new-empty").read_bytes() == b""
+    fs.touch("/data/b.txt")  # truncate (the default): empty
+    assert (store / "b.txt").read_bytes() == b"" and fs.info("/data/b.txt")["size"] == 0
+
+    fs.mkdir("/data/private/inner", mode=0o700)
+    assert stat.S_IMODE(os.stat(store / "private" / "inner").st_mode) == 0o700
+    assert stat.S_IMODE(fs.info("/data/private/inner")["mode"]) == 0o700
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -25,24 +25,41 @@ changes drop them at once (``invalidate_cache`` drops them all). Opening a
 file never uses them: it pins the status the node gives then.
 
 Writes are whole-file: bytes are spooled to a temporary file and sent to the
-node on close. Errors are Python's built-in exceptions (FileNotFoundError,
-IsADirectoryError, ...).
+node on close; ``"ab"`` starts from the file's bytes as they were at open (the
+append fails with ESTALE if the file changed since). Exclusive create (``open(path,
+"xb")``, ``pipe_file``/``put_file`` with ``mode="create"``) fails with
+FileExistsError at once if the path is taken, and the write itself is exclusive at
+the node: of two racing creators one gets FileExistsError, nothing is overwritten.
+``cp_file``/``copy`` copy on the node (server-side within a store: a local copy on
+POSIX, CopyObject on S3; streamed through the node between stores). Errors are
+Python's built-in exceptions (FileNotFoundError, IsADirectoryError, ...).
+
+``info`` shows the attributes the store keeps (meshd/attrs.py) under the names
+fsspec's LocalFileSystem uses: ``mode`` (a whole st_mode), ``uid``, ``gid``,
+``mtime``, ``atime``, ``created`` (ctime), ``ino``, ``nlink``, ``islink`` and
+``destination`` (the target of a symlink); ``type`` is ``"other"`` for special
+files and for a symlink that names nothing readable in the mesh. ``chmod``,
+``chown`` and ``touch(path, truncate=False)`` (mtime and atime to now) change them.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+from meshd.attrs import AttrChange
 from meshd.client.metacache import MetaCache
 from meshd.client.readahead import Cursor, get_policy, read_bytes
 from meshd.client.sdk import MeshClient, Status
-from meshd.errors import MeshError, NotFound, to_oserror
+from meshd.errors import IsADirectory, MeshError, NotFound, to_oserror
 
 
 @contextmanager
@@ -54,8 +71,32 @@ def _oserrors() -> Iterator[None]:
 
 
 def _entry(s: Status) -> dict[str, Any]:
-    return {"name": s.path, "size": s.size, "type": "directory" if s.is_dir else "file",
-            "mtime": s.mtime, "version": s.version}
+    """fsspec's info dict of a status, with the attributes the store keeps under
+    LocalFileSystem's names."""
+    a = s.attrs
+    kind = "directory" if s.is_dir else "file"
+    e: dict[str, Any] = {"name": s.path, "size": s.size, "type": kind, "mtime": s.mtime,
+                         "version": s.version}
+    if a is None:
+        return e
+    link = a.is_symlink
+    if a.is_special or (link and not s.version and not s.is_dir):
+        e["type"] = "other"  # no bytes to read: a FIFO, a device, a link naming nothing readable
+    e["islink"] = link
+    if link and a.target is not None:
+        e["destination"] = a.target
+    for name, v in (("mode", a.mode), ("uid", a.uid), ("gid", a.gid), ("atime", a.atime),
+                    ("created", a.ctime), ("ino", a.ino), ("nlink", a.nlink)):
+        if v is not None:
+            e[name] = v
+    return e
+
+
+def _create_mode(mode: str) -> bool:
+    """``True`` for fsspec's exclusive ``mode="create"``, ``False`` for ``"overwrite"``."""
+    if mode not in ("create", "overwrite"):
+        raise ValueError(f"mode must be 'create' or 'overwrite', not {mode!r}")
+    return mode == "create"
 
 
 class MeshFileSystem(AbstractFileSystem):
@@ -157,11 +198,89 @@ class MeshFileSystem(AbstractFileSystem):
             length = -1 if end is None else max(0, end - offset)
             return self.client.cat(path, offset, length)
 
-    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        """Write ``value`` as the whole file; ``mode="create"``: FileExistsError if the path
+        is taken (checked by the node as it commits)."""
         path = self._strip_protocol(path)
-        with _oserrors():
-            self.client.put(path, value)
-        self._changed(path)
+        exclusive = _create_mode(mode)
+        try:
+            with _oserrors():
+                self.client.put(path, value, exclusive=exclusive)
+        finally:
+            self._changed(path)
+
+    def put_file(self, lpath: str, rpath: str, callback: Callback = DEFAULT_CALLBACK,
+                 mode: str = "overwrite", **kwargs: Any) -> None:
+        """Send a local file, streamed straight from it; a local directory makes one.
+        ``mode="create"``: FileExistsError if ``rpath`` is taken."""
+        rpath = self._strip_protocol(rpath)
+        exclusive = _create_mode(mode)
+        if os.path.isdir(lpath):
+            if exclusive and self.exists(rpath):
+                raise FileExistsError(errno.EEXIST, "already exists", rpath)
+            self.makedirs(rpath, exist_ok=True)
+            return
+        with open(lpath, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            callback.set_size(size)
+
+            def chunks() -> Iterator[bytes]:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+                    callback.relative_update(len(chunk))
+
+            try:
+                with _oserrors():
+                    self.client.put(rpath, chunks(), exclusive=exclusive)
+            finally:
+                self._changed(rpath)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Copy one file on the node (server-side within a store); a directory makes an
+        empty one at ``path2`` (``copy(..., recursive=True)`` then copies its files)."""
+        src, dst = self._strip_protocol(path1), self._strip_protocol(path2)
+        try:
+            with _oserrors():
+                try:
+                    self.client.copy(src, dst)
+                except IsADirectory:
+                    if not self._stat(src).is_dir:
+                        raise
+                    self.client.mkdir(dst)
+        finally:
+            self._changed(dst)
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set the permission bits (``mode & 0o7777``), in the store's own terms."""
+        self._setattr(path, AttrChange(mode=mode & 0o7777))
+
+    def chown(self, path: str, uid: int | None = None, gid: int | None = None) -> None:
+        """Set the owner and/or group (PermissionError where the node's process may not)."""
+        self._setattr(path, AttrChange(uid=uid, gid=gid))
+
+    def _setattr(self, path: str, change: AttrChange) -> None:
+        path = self._strip_protocol(path)
+        try:
+            with _oserrors():
+                self.client.setattr(path, change)
+        finally:
+            self._changed(path)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        """Create an empty file; ``truncate=False`` on an existing one sets its mtime and
+        atime to now and leaves its bytes."""
+        path = self._strip_protocol(path)
+        if not truncate:
+            now = time.time()
+            try:
+                with _oserrors():
+                    self.client.setattr(path, AttrChange(atime=now, mtime=now))
+                return
+            except FileNotFoundError:
+                pass
+            finally:
+                self._changed(path)
+        self.pipe_file(path, b"")
 
     def _rm(self, path: str) -> None:
         path = self._strip_protocol(path)
@@ -176,10 +295,15 @@ class MeshFileSystem(AbstractFileSystem):
                 self.client.rm(self._strip_protocol(p), recursive=recursive)
         self.invalidate_cache()
 
-    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+    def mkdir(self, path: str, create_parents: bool = True, mode: int | None = None, **kwargs: Any) -> None:
+        """Make a directory and its parents (an existing one is no error); ``mode``: its
+        permission bits."""
         path = self._strip_protocol(path)
         with _oserrors():
-            self.client.mkdir(path)
+            if mode is None:
+                self.client.mkdir(path)
+            else:
+                self.client.mkdir_with(path, AttrChange(mode=mode & 0o7777))
         self._changed(path)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
@@ -209,7 +333,10 @@ class MeshFileSystem(AbstractFileSystem):
 class MeshFile(AbstractBufferedFile):
     """A mesh file. Opened for reading, it is pinned to the status it had at open
     (``pin``): its ``size`` is that size, and every range is read at that version,
-    as the read-ahead policy ``readahead`` (a name; the filesystem's by default) says."""
+    as the read-ahead policy ``readahead`` (a name; the filesystem's by default) says.
+    Opened for writing, its bytes are spooled and sent as the whole file on close:
+    ``"xb"`` fails at open if the path is taken and commits exclusively; ``"ab"``
+    starts from the bytes of the version it had at open (``pin``)."""
 
     fs: MeshFileSystem
 
@@ -223,11 +350,24 @@ class MeshFile(AbstractBufferedFile):
             with _oserrors():
                 self.pin = fs.client.open(path)
             if self.pin.is_dir:
-                raise IsADirectoryError(f"is a directory: {path}")
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
             kwargs["size"] = self.pin.size
             self.details = _entry(self.pin)
             self._cursor = Cursor(fs.client.page_size or (4 << 20), self.pin.size, bytes_only=True)
+        elif mode in ("xb", "ab"):
+            try:
+                with _oserrors():
+                    st = fs.client.open(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and mode == "xb":
+                raise FileExistsError(errno.EEXIST, "already exists", path)
+            if st is not None and st.is_dir:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            self.pin = st
         super().__init__(fs, path, mode, block_size, autocommit, **kwargs)
+        if mode == "ab" and self.pin is not None:
+            self.loc = self.pin.size
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _oserrors():
@@ -238,6 +378,9 @@ class MeshFile(AbstractBufferedFile):
 
     def _initiate_upload(self) -> None:
         self._spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+        if self.mode == "ab" and self.pin is not None and self.pin.size:
+            with _oserrors():
+                self.fs.client.readinto(self.path, self._spool, 0, self.pin.size, pin=self.pin)
 
     def _upload_chunk(self, final: bool = False) -> bool:
         if self._spool is None:
@@ -251,8 +394,10 @@ class MeshFile(AbstractBufferedFile):
                 while chunk := self._spool.read(1 << 20):
                     yield chunk
 
-            with _oserrors():
-                self.fs.client.put(self.path, chunks())
-            self.fs._changed(self.path)
-            self._spool.close()
+            try:
+                with _oserrors():
+                    self.fs.client.put(self.path, chunks(), exclusive=self.mode == "xb")
+            finally:
+                self.fs._changed(self.path)
+                self._spool.close()
         return True
