@@ -624,3 +624,41 @@ def _s3_read(s3: Any) -> bytes | str:
         return body
     except ClientError as e:
         return str(e)
+
+
+def test_a_tenant_may_chmod_but_not_give_files_away_or_make_setuid_files(
+        tenant_node: tuple[MeshdProcess, Path, Path]) -> None:
+    """The node may run as root and keep owners in the real file: a tenant with write on
+    a path changes modes and times there, but an owner or group, set-user/group-ID bits
+    and device nodes need admin (THREAT_MODEL.md), on every call that carries them."""
+    import stat as st
+
+    from meshd.attrs import AttrChange
+
+    n, store, _ = tenant_node
+    _reset(store)
+    f = "/data/rw/f.txt"
+    with MeshClient(n.endpoint, token=ALPHA_TOKEN) as c:
+        c.setattr(f, AttrChange(mode=0o600, mtime=1_000_000.0))
+        assert st.S_IMODE((store / "rw" / "f.txt").stat().st_mode) == 0o600
+        assert (store / "rw" / "f.txt").stat().st_mtime == 1_000_000.0
+        refused = [
+            lambda: c.setattr(f, AttrChange(uid=0)),
+            lambda: c.setattr(f, AttrChange(gid=0)),
+            lambda: c.setattr(f, AttrChange(mode=0o4755)),
+            lambda: c.put("/data/rw/suid", b"#!/bin/sh\n", change=AttrChange(mode=0o6755)),
+            lambda: c.put("/data/rw/root-owned", b"x", change=AttrChange(uid=0)),
+            lambda: c.mkdir_with("/data/rw/d", AttrChange(mode=0o2755)),
+            lambda: c.mknod("/data/rw/dev", st.S_IFCHR | 0o666, os.makedev(1, 3)),
+            lambda: c.symlink("/data/rw/l", "f.txt", AttrChange(uid=0)),
+            lambda: c.setattr("/data/ro/f.txt", AttrChange(mode=0o777)),  # and no write at all on ro
+        ]
+        for fn in refused:
+            with pytest.raises(PermissionDenied):
+                fn()
+    assert sorted(p.name for p in (store / "rw").iterdir()) == ["f.txt"]
+    assert st.S_IMODE((store / "rw" / "f.txt").stat().st_mode) == 0o600
+    assert st.S_IMODE((store / "ro" / "f.txt").stat().st_mode) != 0o777
+    with n.client() as op:  # the operator may
+        op.setattr(f, AttrChange(mode=0o4755))
+    assert st.S_IMODE((store / "rw" / "f.txt").stat().st_mode) == 0o4755

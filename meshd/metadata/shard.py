@@ -205,7 +205,7 @@ class MetadataCache:
     def _store_listing(self, path: str, infos: list[ObjectInfo], now: float, children_here: bool) -> list[FileStatus]:
         named = sorted((((n := paths.basename(i.path)).encode(), paths.child(path, n), i) for i in infos),
                        key=lambda e: e[0])
-        out = [FileStatus(child, i.size, i.mtime, i.version, i.is_dir, now) for _, child, i in named]
+        out = [FileStatus(child, i.size, i.mtime, i.version, i.is_dir, now, i.attrs) for _, child, i in named]
         base = self._ekey(path)
         deletes = [k for k, _ in self._kv.scan(base)]
         puts = {base + name: _entry(s) for (name, _, _), s in zip(named, out, strict=True)}
