@@ -380,7 +380,7 @@ class WebHdfsBase:
         extra = a.extra if a is not None else {}
         owner, group = user, "supergroup"
         permission = "755" if directory else "644"
-        atime = 0 if directory else int(st.mtime * 1000)
+        atime = 0 if directory else round(st.mtime * 1000)
         replication = 0 if directory else 1
         kind = "DIRECTORY" if directory else "FILE"
         if a is not None:
@@ -389,7 +389,7 @@ class WebHdfsBase:
             owner = extra.get(X_OWNER) or (user_name(a.uid) if a.uid is not None else user)
             group = extra.get(X_GROUP) or (group_name(a.gid) if a.gid is not None else group)
             if a.atime is not None:
-                atime = int(a.atime * 1000)
+                atime = round(a.atime * 1000)
             if not directory and (r := extra.get(X_REPLICATION, "")).isdigit():
                 replication = int(r)
             if a.is_symlink:
@@ -403,7 +403,7 @@ class WebHdfsBase:
             "fileId": _file_id(st.version if not directory and st.version else st.path),
             "group": group,
             "length": 0 if directory else st.size,
-            "modificationTime": int(st.mtime * 1000),
+            "modificationTime": round(st.mtime * 1000),
             "owner": owner,
             "pathSuffix": suffix,
             "permission": permission,

@@ -82,9 +82,11 @@ class WriteOps(WebHdfsBase):
         self.node.check_writable(path)
         if not bool_arg(q, "datanode"):
             return self.redirect(request)
-        # the creator is the file's owner, as in HDFS (kept by stores that keep attributes)
-        change = AttrChange(mode=int(permission, 8) if q.get("permission") else None, extra={X_OWNER: user})
-        await self.node.write(path, self._body(request), change=change)
+        # the creator owns a new file, as in HDFS; a replaced one keeps its owner and mode
+        # (the under-store contract, as POSIX's O_TRUNC), unless permission= is given
+        change = AttrChange(mode=int(permission, 8) if q.get("permission") else None,
+                            extra={X_OWNER: user} if existing is None else {})
+        await self.node.write(path, self._body(request), change=change or None)
         return web.Response(status=201, headers={"Location": f"hdfs://{request.host}{quote(path)}",
                                                  "Content-Length": "0"})
 

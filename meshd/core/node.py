@@ -571,7 +571,10 @@ class MeshNode:
         """The target of a snapshot operation (a change: WRITE access, a writable mount)
         and its store's ``op`` method; NotSupported on stores without snapshots."""
         t = self._changing(path)
-        fn = getattr(t.store, op, None)
+        store: Any = t.store
+        while getattr(store, op, None) is None and getattr(store, "inner", None) is not None:
+            store = store.inner  # the wrappers (metrics, link quotas) forward the store contract only
+        fn = getattr(store, op, None)
         if fn is None:
             raise NotSupported(f"snapshots need an hdfs:// under-store: {t.mount.path} is "
                                f"{t.store.scheme}:// ({t.path})")
