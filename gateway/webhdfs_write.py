@@ -44,6 +44,7 @@ from .webhdfs_base import (
 )
 
 _SHIFT = {"user": 6, "group": 3, "other": 0}
+TIME_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 class WriteOps(WebHdfsBase):
@@ -249,8 +250,9 @@ class WriteOps(WebHdfsBase):
         return web.json_response({"boolean": True})
 
     async def op_settimes(self, request: web.Request, path: str, user: str) -> web.Response:
-        mtime = long_arg(request.query, "modificationtime", -1, minimum=-1)
-        atime = long_arg(request.query, "accesstime", -1, minimum=-1)
+        # times to the end of year 9999: what a file system and Python's datetime can hold
+        mtime = long_arg(request.query, "modificationtime", -1, minimum=-1, maximum=TIME_MAX_MS)
+        atime = long_arg(request.query, "accesstime", -1, minimum=-1, maximum=TIME_MAX_MS)
         await self.stat(path)
         change = AttrChange(atime=None if atime is None or atime < 0 else atime / 1000.0,
                             mtime=None if mtime is None or mtime < 0 else mtime / 1000.0)

@@ -200,6 +200,8 @@ def test_acls(mesh: tuple[Gateway, Path]) -> None:
     ("PUT", "/data/e.txt", "op=SETOWNER", 400, "IllegalArgumentException", "Both owner and group are empty"),
     ("PUT", "/data/e.txt", "op=SETOWNER&owner=a:b", 400, "IllegalArgumentException", "owner"),
     ("PUT", "/data/e.txt", "op=SETTIMES&modificationtime=-2", 400, "IllegalArgumentException", "modificationtime"),
+    ("PUT", "/data/e.txt", "op=SETTIMES&accesstime=9223372036854775807", 400, "IllegalArgumentException",
+     "accesstime"),
     ("PUT", "/data/e.txt", "op=SETREPLICATION&replication=0", 400, "IllegalArgumentException", "replication"),
     ("PUT", "/data/e.txt", "op=SETACL&aclspec=user:bob:rwz", 400, "IllegalArgumentException",
      "Invalid permission in <aclSpec> : user:bob:rwz"),
