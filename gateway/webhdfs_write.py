@@ -376,7 +376,7 @@ class WriteOps(WebHdfsBase):
         target = dst
         if mounts and paths.is_within(dst, max(mounts, key=len)):
             target = posixpath.relpath(dst, parent)
-        await self.node.symlink(path, target, AttrChange(extra={X_OWNER: user}))
+        await self.node.symlink(path, target)  # no owner name: Linux keeps no user xattrs on a link
         return web.Response(status=200)
 
     def _snapshot_name(self, request: web.Request, name: str, required: bool = True) -> str | None:
