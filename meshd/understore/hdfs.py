@@ -444,6 +444,9 @@ class HdfsUnderStore(UnderStore):
             pass
         # a replaced file keeps its mode and owner: the new bytes get them before they replace it
         keep = _kept(old.attrs if old is not None else None)
+        # the kept owner is best effort (a NameNode lets only its superuser chown); the caller's is not
+        owner_optional = change is None or (change.uid is None and change.gid is None
+                                            and X_OWNER not in change.extra and X_GROUP not in change.extra)
         change = _merged(keep, change)
         params: dict[str, Any] = {"overwrite": False}
         if change is not None and change.mode is not None:
@@ -455,7 +458,7 @@ class HdfsUnderStore(UnderStore):
             await self._send("PUT", location, chunks, f"CREATE {self._shown(rel)}")
             info = await self.head(tmp)  # the version of *these* bytes: a rename keeps it
             if change:
-                info = await self._apply(tmp, change, info)
+                info = await self._apply(tmp, change, info, owner_optional=owner_optional)
             await self._call("PUT", tmp, "RENAME", destination=self._abs(rel), renameoptions="OVERWRITE")
         except BaseException:
             try:
@@ -500,9 +503,10 @@ class HdfsUnderStore(UnderStore):
         rel = path.strip("/")
         return await self._apply(rel, change, await self.head(rel))
 
-    async def _apply(self, rel: str, change: AttrChange, info: ObjectInfo) -> ObjectInfo:
+    async def _apply(self, rel: str, change: AttrChange, info: ObjectInfo, *,
+                     owner_optional: bool = False) -> ObjectInfo:
         """Make ``change`` with the NameNode's setters, each only when something changes;
-        the new status."""
+        the new status. ``owner_optional``: a refused SETOWNER is let go."""
         a = info.attrs or Attrs()
         extra = dict(change.extra)
         unknown = set(extra) - {X_OWNER, X_GROUP, X_REPLICATION, X_ACL}
@@ -519,8 +523,12 @@ class HdfsUnderStore(UnderStore):
         params = {k: v for k, v in (("owner", owner), ("group", group))
                   if v and v != a.extra.get(X_OWNER if k == "owner" else X_GROUP)}
         if params:
-            await self._call("PUT", rel, "SETOWNER", **params)
-            done = True
+            try:
+                await self._call("PUT", rel, "SETOWNER", **params)
+                done = True
+            except PermissionDenied:
+                if not owner_optional:
+                    raise
         if change.atime is not None or change.mtime is not None:
             await self._call("PUT", rel, "SETTIMES",
                              modificationtime=-1 if change.mtime is None else int(change.mtime * 1000),
