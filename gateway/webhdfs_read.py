@@ -81,7 +81,9 @@ class ReadOps(WebHdfsBase):
             stack = [path]
             while stack:
                 for child in await self.node.listdir(stack.pop()):
-                    if child.is_dir:
+                    if child.attrs is not None and child.attrs.is_symlink:
+                        files += 1  # a link counts as itself, as in HDFS: never followed (no loops)
+                    elif child.is_dir:
                         dirs += 1
                         stack.append(child.path)
                     else:

@@ -270,6 +270,11 @@ def test_createsymlink(mesh: tuple[Gateway, Path]) -> None:
     assert code == 200 and os.readlink(store / "links" / "away") == "/elsewhere/x"
     st = gw.status("/data/links/away")
     assert (st["type"], st["symlink"]) == ("SYMLINK", "/elsewhere/x")
+    # a link to an ancestor: a summary counts the link, never walks through it (no loop)
+    code, _ = gw.json("PUT", "/data/links/up", "op=CREATESYMLINK&destination=/data")
+    assert code == 200 and os.readlink(store / "links" / "up") == ".."
+    summary = gw.client().content("/data/links")
+    assert (summary["fileCount"], summary["directoryCount"], summary["length"]) == (3, 1, 0)
 
 
 # --------------------------------------------------------------------------- hdfs:// round trip
