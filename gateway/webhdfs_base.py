@@ -4,8 +4,13 @@ composes it with the operations in :mod:`gateway.webhdfs_read` and :mod:`gateway
 
 from __future__ import annotations
 
+import grp
 import hashlib
+import posixpath
+import pwd
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -39,7 +44,11 @@ DELETE_OPS = {"DELETE", "DELETESNAPSHOT"}
 OPS = {"GET": GET_OPS, "PUT": PUT_OPS, "POST": POST_OPS, "DELETE": DELETE_OPS}
 OP_CLASS = {"GET": "GetOpParam", "PUT": "PutOpParam", "POST": "PostOpParam", "DELETE": "DeleteOpParam"}
 WRITES = {"CREATE", "MKDIRS", "RENAME", "SETPERMISSION", "SETOWNER", "SETREPLICATION", "SETTIMES",
-          "APPEND", "DELETE"}
+          "APPEND", "DELETE", "CREATESYMLINK", "SETACL", "MODIFYACLENTRIES", "REMOVEACLENTRIES",
+          "REMOVEDEFAULTACL", "REMOVEACL", "CREATESNAPSHOT", "RENAMESNAPSHOT", "DELETESNAPSHOT"}
+
+# The extra attributes (meshd/attrs.py) WebHDFS keeps beside mode, owner and times
+X_OWNER, X_GROUP, X_REPLICATION, X_ACL = "hdfs.owner", "hdfs.group", "hdfs.replication", "hdfs.acl"
 
 
 class RemoteException(Exception):
@@ -111,10 +120,141 @@ def bool_arg(q: Any, name: str, default: bool = False) -> bool:
 
 
 def permission_arg(q: Any, default: str) -> str:
+    """Hadoop's PermissionParam: an octal short, 0 to 1777 (the sticky bit and rwx for three)."""
     raw = q.get("permission") or default
-    if not (1 <= len(raw) <= 4 and all(c in "01234567" for c in raw)):
+    if not (1 <= len(raw) <= 4 and all(c in "01234567" for c in raw)) or int(raw, 8) > 0o1777:
         raise param_error("permission", raw, "expected an octal mode, 0 to 1777")
     return raw
+
+
+# ---- owners: HDFS speaks names, the stores keep numbers (and the names beside) ----------
+
+
+@lru_cache(maxsize=1024)
+def uid_of(name: str) -> int | None:
+    """The local uid of user ``name``, None when this machine does not know it."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def gid_of(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ValueError, OverflowError):
+        return str(uid)
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, ValueError, OverflowError):
+        return str(gid)
+
+
+# ---- ACLs: Hadoop's AclEntry, kept as aclspec text in the extra attribute hdfs.acl -------
+
+ACL_TYPES = ("user", "group", "mask", "other")
+ACL_MAX_ENTRIES = 32  # per scope, HDFS's ScopedAclEntries.MAX_ENTRIES
+_FS_ACTIONS = {"---", "--x", "-w-", "-wx", "r--", "r-x", "rw-", "rwx"}
+
+
+@dataclass(frozen=True)
+class AclEntry:
+    default: bool
+    type: str
+    name: str
+    perm: str | None  # None in a REMOVEACLENTRIES spec
+
+    @property
+    def key(self) -> tuple[bool, str, str]:
+        return self.default, self.type, self.name
+
+    @property
+    def is_base(self) -> bool:
+        """An access entry of the owner, the group or others: the permission bits."""
+        return not self.default and not self.name and self.type in ("user", "group", "other")
+
+    def __str__(self) -> str:
+        head = ("default:" if self.default else "") + f"{self.type}:{self.name}"
+        return head if self.perm is None else f"{head}:{self.perm}"
+
+
+def parse_acl_spec(spec: str, with_perms: bool = True) -> list[AclEntry]:
+    """Hadoop's AclEntry.parseAclSpec: comma-separated ``[default:]type:[name][:perm]``;
+    IllegalArgumentException with Hadoop's messages."""
+    out = []
+    for text in spec.split(","):
+        parts = text.split(":")
+        while parts and parts[-1] == "":  # Java's String.split drops trailing empty strings
+            parts.pop()
+        if not parts:
+            raise illegal(f"Invalid <aclSpec> : {text}")
+        i = 0
+        default = parts[0] == "default"
+        if default:
+            i += 1
+        if len(parts) <= i:
+            raise illegal(f"Invalid <aclSpec> : {text}")
+        kind = parts[i].lower()
+        if kind not in ACL_TYPES:
+            raise illegal(f"Invalid type of acl in <aclSpec> :{text}")
+        i += 1
+        name = ""
+        if len(parts) > i:
+            name = parts[i]
+            if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9._@$-]*", name):
+                raise illegal(f"Invalid name in <aclSpec> : {text}")
+            i += 1
+        perm = None
+        if with_perms:
+            if len(parts) <= i:
+                raise illegal(f"Invalid <aclSpec> : {text}")
+            perm = parts[i]
+            if perm not in _FS_ACTIONS:
+                raise illegal(f"Invalid permission in <aclSpec> : {text}")
+            i += 1
+        if len(parts) > i:
+            raise illegal(f"Invalid <aclSpec> : {text}")
+        if name and kind in ("mask", "other"):
+            raise acl_error(f"Invalid ACL: this entry type must not have a name: {text}")
+        out.append(AclEntry(default, kind, name, perm))
+    return out
+
+
+def acl_error(message: str) -> RemoteException:
+    """HDFS's AclException (an IOException: 403)."""
+    return RemoteException("AclException", "org.apache.hadoop.hdfs.protocol.AclException", message, 403)
+
+
+def acl_of(extra: Any) -> list[AclEntry]:
+    """The ACL entries kept in a file's extra attributes (none when unset or unreadable)."""
+    raw = extra.get(X_ACL) if extra else None
+    if not raw:
+        return []
+    try:
+        return parse_acl_spec(raw)
+    except RemoteException:
+        return []
+
+
+def perm_bits(perm: str) -> int:
+    return (4 if perm[0] == "r" else 0) | (2 if perm[1] == "w" else 0) | (1 if perm[2] == "x" else 0)
+
+
+def perm_text(bits: int) -> str:
+    return ("r" if bits & 4 else "-") + ("w" if bits & 2 else "-") + ("x" if bits & 1 else "-")
 
 
 def _file_id(path: str) -> int:
@@ -230,24 +370,60 @@ class WebHdfsBase:
     # ---- statuses ----------------------------------------------------------
 
     def file_status(self, st: FileStatus, user: str, suffix: str) -> dict[str, Any]:
+        """Hadoop's FileStatus JSON. From the attributes the store keeps (``st.attrs``):
+        permission, owner and group (the HDFS names kept beside, else the local names of
+        uid and gid), access time, replication, the ACL bit and symlinks; where it keeps
+        none (or a listing did not fetch them: S3), the defaults: the caller as owner,
+        ``supergroup``, 644/755, replication 1."""
         directory = st.is_dir
-        return {
-            "accessTime": 0 if directory else int(st.mtime * 1000),
+        a = st.attrs
+        extra = a.extra if a is not None else {}
+        owner, group = user, "supergroup"
+        permission = "755" if directory else "644"
+        atime = 0 if directory else round(st.mtime * 1000)
+        replication = 0 if directory else 1
+        kind = "DIRECTORY" if directory else "FILE"
+        if a is not None:
+            if a.mode is not None:
+                permission = format(a.mode & 0o7777, "o")
+            owner = extra.get(X_OWNER) or (user_name(a.uid) if a.uid is not None else user)
+            group = extra.get(X_GROUP) or (group_name(a.gid) if a.gid is not None else group)
+            if a.atime is not None:
+                atime = round(a.atime * 1000)
+            if not directory and (r := extra.get(X_REPLICATION, "")).isdigit():
+                replication = int(r)
+            if a.is_symlink:
+                kind = "SYMLINK"
+        out = {
+            "accessTime": atime,
             "blockSize": 0 if directory else self.cfg.block_size,
             "childrenNum": 0,
             # a file's id follows its bytes, as an HDFS inode id does: kept by a rename,
             # new with every rewrite (an HDFS mount of this gateway versions files by it)
             "fileId": _file_id(st.version if not directory and st.version else st.path),
-            "group": "supergroup",
+            "group": group,
             "length": 0 if directory else st.size,
-            "modificationTime": int(st.mtime * 1000),
-            "owner": user,
+            "modificationTime": round(st.mtime * 1000),
+            "owner": owner,
             "pathSuffix": suffix,
-            "permission": "755" if directory else "644",
-            "replication": 0 if directory else 1,
+            "permission": permission,
+            "replication": replication,
             "storagePolicy": 0,
-            "type": "DIRECTORY" if directory else "FILE",
+            "type": kind,
         }
+        if kind == "SYMLINK" and a is not None:
+            out["symlink"] = self.link_target(st.path, a.target or "")
+        if extra.get(X_ACL):
+            out["aclBit"] = True
+        return out
+
+    @staticmethod
+    def link_target(path: str, target: str) -> str:
+        """A link's target as a mesh path: a relative one (how the gateway writes links
+        within a mount) from the link's directory; an absolute one as it is."""
+        if target.startswith("/") or not target:
+            return target
+        return posixpath.normpath(posixpath.join(paths.parent(path), target))
 
     async def stat(self, path: str) -> FileStatus:
         try:

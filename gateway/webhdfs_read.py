@@ -21,6 +21,7 @@ from .webhdfs_base import (
     INT_MAX,
     RemoteException,
     WebHdfsBase,
+    acl_of,
     bool_arg,
     denied,
     long_arg,
@@ -33,6 +34,18 @@ class ReadOps(WebHdfsBase):
     async def op_getfilestatus(self, request: web.Request, path: str, user: str) -> web.Response:
         st = await self.stat(path)
         return web.json_response({"FileStatus": self.file_status(st, user, "")})
+
+    async def op_getaclstatus(self, request: web.Request, path: str, user: str) -> web.Response:
+        """The ACL kept as ``hdfs.acl`` (named entries, mask and default entries: the base
+        ones are the permission bits), with owner, group and permission as GETFILESTATUS."""
+        st = await self.stat(path)
+        fs = self.file_status(st, user, "")
+        a = st.attrs
+        mode = a.mode if a is not None and a.mode is not None else 0
+        entries = [str(e) for e in acl_of(a.extra if a is not None else {}) if not e.is_base]
+        return web.json_response({"AclStatus": {"entries": entries, "group": fs["group"], "owner": fs["owner"],
+                                                "permission": fs["permission"],
+                                                "stickyBit": bool(mode & 0o1000)}})
 
     async def _listing(self, path: str) -> list[FileStatus]:
         st = await self.stat(path)
@@ -68,7 +81,9 @@ class ReadOps(WebHdfsBase):
             stack = [path]
             while stack:
                 for child in await self.node.listdir(stack.pop()):
-                    if child.is_dir:
+                    if child.attrs is not None and child.attrs.is_symlink:
+                        files += 1  # a link counts as itself, as in HDFS: never followed (no loops)
+                    elif child.is_dir:
                         dirs += 1
                         stack.append(child.path)
                     else:

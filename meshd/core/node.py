@@ -574,6 +574,36 @@ class MeshNode:
         await self.cache.drain()
         await self.mounts.close()
 
+    # ---- snapshots (HDFS's, passed through to an hdfs:// mount's NameNode) -------
+
+    def _snapshots(self, path: str, op: str) -> tuple[Target, Any]:
+        """The target of a snapshot operation (a change: WRITE access, a writable mount)
+        and its store's ``op`` method; NotSupported on stores without snapshots."""
+        t = self._changing(path)
+        store: Any = t.store
+        while getattr(store, op, None) is None and getattr(store, "inner", None) is not None:
+            store = store.inner  # the wrappers (metrics, link quotas) forward the store contract only
+        fn = getattr(store, op, None)
+        if fn is None:
+            raise NotSupported(f"snapshots need an hdfs:// under-store: {t.mount.path} is "
+                               f"{t.store.scheme}:// ({t.path})")
+        return t, fn
+
+    async def create_snapshot(self, path: str, name: str | None = None) -> str:
+        """A snapshot of the directory ``path`` (named by the NameNode when ``name`` is
+        None); the snapshot's mesh path (``<path>/.snapshot/<name>``)."""
+        t, fn = self._snapshots(path, "create_snapshot")
+        made = str(await fn(t.rel, name))
+        return paths.join(t.mount.path, made) if made.strip("/") else t.mount.path
+
+    async def delete_snapshot(self, path: str, name: str) -> None:
+        t, fn = self._snapshots(path, "delete_snapshot")
+        await fn(t.rel, name)
+
+    async def rename_snapshot(self, path: str, old: str, new: str) -> None:
+        t, fn = self._snapshots(path, "rename_snapshot")
+        await fn(t.rel, old, new)
+
 
 async def _nothing() -> AsyncIterator[bytes]:
     return

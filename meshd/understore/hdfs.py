@@ -30,6 +30,15 @@ atomic replace over this API:
   file, and listings never show such names. A reader never sees a half
   written file and a failed put leaves the old one.
 * **Append** is WebHDFS's own two-step ``APPEND``.
+* **Attributes** are the NameNode's own: a status's ``permission``, ``owner``,
+  ``group`` (names, kept as the extra attributes ``hdfs.owner`` / ``hdfs.group``,
+  and as uid / gid when this machine knows the names), ``accessTime``,
+  ``replication`` (``hdfs.replication``) and ``symlink``; ``setattr`` is
+  ``SETPERMISSION`` / ``SETOWNER`` / ``SETTIMES`` / ``SETREPLICATION`` /
+  ``SETACL`` (``hdfs.acl``); ``symlink`` is ``CREATESYMLINK``; a write sends its
+  mode as ``permission=`` and keeps a replaced file's mode and owner.
+* **Snapshots** (``create_snapshot``, ``delete_snapshot``, ``rename_snapshot``)
+  are the NameNode's ``CREATESNAPSHOT`` / ``DELETESNAPSHOT`` / ``RENAMESNAPSHOT``.
 
 Errors come back as ``RemoteException`` JSON and are mapped by exception name
 (FileNotFoundException -> NotFound, AccessControlException ->
@@ -39,16 +48,22 @@ PermissionDenied, ...); a refused connection or a timeout is UnderStoreError.
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
+import posixpath
+import pwd
 import secrets
+import stat
+import time
 from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
-from meshd.attrs import AttrChange
+from meshd.attrs import AttrChange, Attrs, symlink_mode
 from meshd.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -71,6 +86,8 @@ from meshd.understore.base import (
     without_userinfo,
 )
 
+# the extra attributes (meshd/attrs.py) HDFS keeps beside mode and times: WebHDFS's names
+X_OWNER, X_GROUP, X_REPLICATION, X_ACL = "hdfs.owner", "hdfs.group", "hdfs.replication", "hdfs.acl"
 DEFAULT_HTTP_PORT = 9870
 VERIFY_EVERY = 4 << 20
 TMP_PREFIX = ".mesh-tmp-"
@@ -86,6 +103,7 @@ _EXCEPTIONS: dict[str, type[MeshError]] = {
     "PathIsNotEmptyDirectoryException": DirectoryNotEmpty,
     "IllegalArgumentException": InvalidArgument,
     "UnsupportedOperationException": NotSupported,
+    "AclException": InvalidArgument,
 }
 
 
@@ -102,9 +120,50 @@ def _float(options: Mapping[str, str], key: str, default: float) -> float:
     return v
 
 
+@lru_cache(maxsize=1024)
+def _uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ValueError, OverflowError):
+        return str(uid)
+
+
+@lru_cache(maxsize=1024)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, ValueError, OverflowError):
+        return str(gid)
+
+
+def _base_acl(mode: int) -> str:
+    """The base entries (``user::``, ``group::``, ``other::``) of a permission: SETACL
+    replaces the whole ACL and a NameNode requires them."""
+    def text(bits: int) -> str:
+        return ("r" if bits & 4 else "-") + ("w" if bits & 2 else "-") + ("x" if bits & 1 else "-")
+
+    return f"user::{text(mode >> 6 & 7)},group::{text(mode >> 3 & 7)},other::{text(mode & 7)}"
+
+
 class HdfsUnderStore(UnderStore):
     scheme = "hdfs"
-    capabilities = Capabilities(rename=True, directories=True, append=True)
+    capabilities = Capabilities(rename=True, directories=True, append=True, attrs=True, symlinks=True)
     OPTIONS = frozenset({"endpoint", "user", "connect_timeout", "read_timeout"})
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
@@ -230,12 +289,62 @@ class HdfsUnderStore(UnderStore):
                 raise failed[0] from None
             raise UnderStoreError(f"{what}: upload failed ({type(e).__name__})") from None
 
-    def _info(self, path: str, st: dict[str, Any]) -> ObjectInfo:
-        is_dir = st.get("type") == "DIRECTORY"
+    def _info(self, path: str, st: dict[str, Any], acl: str | None = None) -> ObjectInfo:
+        kind = st.get("type")
+        is_dir = kind == "DIRECTORY"
         mtime_ms = int(st.get("modificationTime", 0))
         size = 0 if is_dir else int(st.get("length", 0))
         version = "" if is_dir else f"{mtime_ms}-{size}-{st.get('fileId', 0)}"
-        return ObjectInfo(path, size, mtime_ms / 1000.0, version, is_dir)
+        return ObjectInfo(path, size, mtime_ms / 1000.0, version, is_dir, self._attrs(path, st, acl))
+
+    def _attrs(self, path: str, st: dict[str, Any], acl: str | None) -> Attrs:
+        """A FileStatus's attributes: its permission as a whole st_mode, the owner's and
+        group's names beside (and their local ids when this machine knows the names)."""
+        kind = st.get("type")
+        try:
+            perm = int(str(st.get("permission", "0")), 8) & 0o7777
+        except ValueError:
+            perm = 0
+        target = None
+        if kind == "SYMLINK":
+            mode = symlink_mode()
+            target = self._link_target(path, str(st.get("symlink", "")))
+        else:
+            mode = (stat.S_IFDIR if kind == "DIRECTORY" else stat.S_IFREG) | perm
+        extra: dict[str, str] = {}
+        owner, group = str(st.get("owner") or ""), str(st.get("group") or "")
+        if owner:
+            extra[X_OWNER] = owner
+        if group:
+            extra[X_GROUP] = group
+        replication = st.get("replication")
+        if kind == "FILE" and isinstance(replication, int) and replication > 0:
+            extra[X_REPLICATION] = str(replication)
+        if acl:
+            extra[X_ACL] = acl
+        atime_ms = st.get("accessTime")
+        atime = atime_ms / 1000.0 if isinstance(atime_ms, int | float) and atime_ms > 0 else None
+        return Attrs(mode=mode, uid=_uid(owner) if owner else None, gid=_gid(group) if group else None,
+                     atime=atime, target=target, extra=extra)
+
+    def _link_target(self, path: str, target: str) -> str:
+        """An HDFS link's target as the mesh sees it: relative to the link's directory when
+        it lies under the mount's root (so it names the same file through the mesh)."""
+        root = self.root or "/"
+        if target.startswith("/") and (target == root or target.startswith(root.rstrip("/") + "/")):
+            return posixpath.relpath(target, posixpath.dirname(self._abs(path)))
+        return target
+
+    async def _acl_text(self, rel: str, st: dict[str, Any]) -> str | None:
+        """The extended ACL entries of a status whose ``aclBit`` is set (one more call)."""
+        if not st.get("aclBit"):
+            return None
+        try:
+            out = await self._call("GET", rel, "GETACLSTATUS")
+        except (NotSupported, InvalidArgument):
+            return None
+        entries = [str(e) for e in (out or {}).get("AclStatus", {}).get("entries", [])]
+        return ",".join(entries) or None
 
     # ---- the contract ------------------------------------------------------
 
@@ -250,8 +359,9 @@ class HdfsUnderStore(UnderStore):
             raise MountError(f"{self.uri}: not a directory")
 
     async def head(self, path: str) -> ObjectInfo:
-        out = await self._call("GET", path, "GETFILESTATUS")
-        return self._info(path.strip("/"), out["FileStatus"])
+        rel = path.strip("/")
+        st = (await self._call("GET", path, "GETFILESTATUS"))["FileStatus"]
+        return self._info(rel, st, await self._acl_text(rel, st))
 
     async def list(self, path: str) -> list[ObjectInfo]:
         rel = path.strip("/")
@@ -325,17 +435,30 @@ class HdfsUnderStore(UnderStore):
         rel = path.strip("/")
         if not rel:
             raise IsADirectory(f"{self._shown('')} is a directory")
+        old: ObjectInfo | None = None
         try:
-            if (await self.head(rel)).is_dir:
+            old = await self.head(rel)
+            if old.is_dir:
                 raise IsADirectory(f"is a directory: {self._shown(rel)}")
         except NotFound:
             pass
+        # a replaced file keeps its mode and owner: the new bytes get them before they replace it
+        keep = _kept(old.attrs if old is not None else None)
+        # the kept owner is best effort (a NameNode lets only its superuser chown); the caller's is not
+        owner_optional = change is None or (change.uid is None and change.gid is None
+                                            and X_OWNER not in change.extra and X_GROUP not in change.extra)
+        change = _merged(keep, change)
+        params: dict[str, Any] = {"overwrite": False}
+        if change is not None and change.mode is not None:
+            params["permission"] = format(change.mode, "o")
         parent, _, name = rel.rpartition("/")
         tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(8)}-{name}".lstrip("/")
         try:
-            location = await self._located("PUT", tmp, "CREATE", overwrite=False)
+            location = await self._located("PUT", tmp, "CREATE", **params)
             await self._send("PUT", location, chunks, f"CREATE {self._shown(rel)}")
             info = await self.head(tmp)  # the version of *these* bytes: a rename keeps it
+            if change:
+                info = await self._apply(tmp, change, info, owner_optional=owner_optional)
             await self._call("PUT", tmp, "RENAME", destination=self._abs(rel), renameoptions="OVERWRITE")
         except BaseException:
             try:
@@ -343,7 +466,7 @@ class HdfsUnderStore(UnderStore):
             except Exception:  # best effort: listings hide temporary names anyway
                 pass
             raise
-        return ObjectInfo(rel, info.size, info.mtime, info.version, False)
+        return ObjectInfo(rel, info.size, info.mtime, info.version, False, info.attrs)
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
         rel = path.strip("/")
@@ -360,10 +483,112 @@ class HdfsUnderStore(UnderStore):
 
     async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         rel = path.strip("/")
+        existed = False
+        if change and rel:
+            try:
+                existed = (await self.head(rel)).is_dir  # an existing directory keeps its attributes
+            except NotFound:
+                pass
+        params = {"permission": format(change.mode, "o")} if change and change.mode is not None else {}
         try:
-            await self._call("PUT", rel, "MKDIRS")
+            await self._call("PUT", rel, "MKDIRS", **params)
         except AlreadyExists:
             raise NotADirectory(f"a file is in the way: {self._shown(rel)}") from None
+        if change and rel and not existed:
+            await self._apply(rel, change, await self.head(rel))
+
+    # ---- attributes ----------------------------------------------------------
+
+    async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:
+        rel = path.strip("/")
+        return await self._apply(rel, change, await self.head(rel))
+
+    async def _apply(self, rel: str, change: AttrChange, info: ObjectInfo, *,
+                     owner_optional: bool = False) -> ObjectInfo:
+        """Make ``change`` with the NameNode's setters, each only when something changes;
+        the new status. ``owner_optional``: a refused SETOWNER is let go."""
+        a = info.attrs or Attrs()
+        extra = dict(change.extra)
+        unknown = set(extra) - {X_OWNER, X_GROUP, X_REPLICATION, X_ACL}
+        if unknown:
+            raise NotSupported(f"{self.scheme}:// under-stores keep no extra attribute {sorted(unknown)[0]!r} "
+                               f"({self._shown(rel)})")
+        done = False
+        perm = a.mode & 0o7777 if a.mode is not None else None
+        if change.mode is not None and change.mode != perm:
+            await self._call("PUT", rel, "SETPERMISSION", permission=format(change.mode, "o"))
+            perm, done = change.mode, True
+        owner = extra.get(X_OWNER) or (_user_name(change.uid) if change.uid is not None else None)
+        group = extra.get(X_GROUP) or (_group_name(change.gid) if change.gid is not None else None)
+        params = {k: v for k, v in (("owner", owner), ("group", group))
+                  if v and v != a.extra.get(X_OWNER if k == "owner" else X_GROUP)}
+        if params:
+            try:
+                await self._call("PUT", rel, "SETOWNER", **params)
+                done = True
+            except PermissionDenied:
+                if not owner_optional:
+                    raise
+        if change.atime is not None or change.mtime is not None:
+            await self._call("PUT", rel, "SETTIMES",
+                             modificationtime=-1 if change.mtime is None else int(change.mtime * 1000),
+                             accesstime=-1 if change.atime is None else int(change.atime * 1000))
+            done = True
+        replication = extra.get(X_REPLICATION)
+        if replication and not info.is_dir and replication != a.extra.get(X_REPLICATION):
+            await self._call("PUT", rel, "SETREPLICATION", replication=replication)
+            done = True
+        if X_ACL in extra:
+            acl = extra[X_ACL]
+            if acl:
+                base = _base_acl(perm if perm is not None else (0o755 if info.is_dir else 0o644))
+                await self._call("PUT", rel, "SETACL", aclspec=f"{base},{acl}")
+            elif a.extra.get(X_ACL):
+                await self._call("PUT", rel, "REMOVEACL")
+            done = True
+        return await self.head(rel) if done else info
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> ObjectInfo:
+        """CREATESYMLINK (a NameNode allows it only with ``test.SymlinkTest.enabled``; else
+        NotSupported). A relative target is resolved from the link's directory: WebHDFS
+        takes absolute ones only. The status is built here: a NameNode's GETFILESTATUS
+        follows links."""
+        rel = path.strip("/")
+        dst = target if target.startswith("/") else posixpath.normpath(
+            posixpath.join(posixpath.dirname(self._abs(rel)), target))
+        await self._call("PUT", rel, "CREATESYMLINK", destination=dst, createParent=False)
+        shown = self._link_target(rel, dst)
+        extra = {k: v for k, v in (change.extra if change else {}).items() if v and k in (X_OWNER, X_GROUP)}
+        if extra:
+            try:
+                await self._call("PUT", rel, "SETOWNER", **{("owner" if k == X_OWNER else "group"): v
+                                                            for k, v in extra.items()})
+            except MeshError:
+                pass  # a link's owner is its creator's where the NameNode will not change it
+        return ObjectInfo(rel, len(shown.encode()), time.time(), "", False,
+                          Attrs(mode=symlink_mode(), target=shown, extra=extra))
+
+    # ---- snapshots: the NameNode's own ----------------------------------------
+
+    async def create_snapshot(self, path: str, name: str | None = None) -> str:
+        """A snapshot of the snapshottable directory ``path``; the snapshot's path relative
+        to the mount's root (``<path>/.snapshot/<name>``)."""
+        rel = path.strip("/")
+        out = await self._call("PUT", rel, "CREATESNAPSHOT", **({"snapshotname": name} if name else {}))
+        made = str((out or {}).get("Path", ""))
+        root = self.root or "/"
+        if made == root:
+            return ""
+        if made.startswith(root.rstrip("/") + "/"):
+            return made[len(root.rstrip("/")) + 1:]
+        name = name or made.rpartition("/")[2]
+        return f"{rel}/.snapshot/{name}".lstrip("/")
+
+    async def delete_snapshot(self, path: str, name: str) -> None:
+        await self._call("DELETE", path.strip("/"), "DELETESNAPSHOT", snapshotname=name)
+
+    async def rename_snapshot(self, path: str, old: str, new: str) -> None:
+        await self._call("PUT", path.strip("/"), "RENAMESNAPSHOT", oldsnapshotname=old, snapshotname=new)
 
     async def rename(self, src: str, dst: str) -> None:
         s, d = src.strip("/"), dst.strip("/")
@@ -374,3 +599,22 @@ class HdfsUnderStore(UnderStore):
         out = await self._call("PUT", s, "RENAME", destination=self._abs(d), renameoptions="OVERWRITE")
         if isinstance(out, dict) and out.get("boolean") is False:
             raise UnderStoreError(f"RENAME {self._shown(s)} -> {self._shown(d)} refused by the NameNode")
+
+
+def _kept(a: Attrs | None) -> AttrChange | None:
+    """What a rewrite keeps of the file it replaces: its permission and owner."""
+    if a is None:
+        return None
+    return AttrChange(mode=a.mode & 0o7777 if a.mode is not None else None,
+                      extra={k: v for k, v in a.extra.items() if k in (X_OWNER, X_GROUP)})
+
+
+def _merged(keep: AttrChange | None, change: AttrChange | None) -> AttrChange | None:
+    """``change`` over ``keep``: what the caller sets wins."""
+    if keep is None:
+        return change
+    if change is None:
+        return keep
+    return AttrChange(mode=change.mode if change.mode is not None else keep.mode,
+                      uid=change.uid, gid=change.gid, atime=change.atime, mtime=change.mtime,
+                      extra={**keep.extra, **change.extra})
