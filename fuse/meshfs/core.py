@@ -59,7 +59,7 @@ from meshd.errors import MeshError, NotSupported, errno_of
 from meshfs.dirs import Directories
 from meshfs.files import Staged, Staging
 from meshfs.inodes import ROOT, Attr, Inodes
-from meshfs.metadata import Metadata
+from meshfs.metadata import Metadata, lstat_view
 from meshfs.node import FSError, Node
 from meshfs.readers import Reader, Readers
 
@@ -113,6 +113,7 @@ class MeshFS:
         """What the kernel is told of ``st``; it may keep it as long as this client does
         (its attributes not at all when the store keeps them and this status lacks them:
         an entry of an S3 listing; the kernel asks getattr)."""
+        st = lstat_view(st)
         self.inodes.told[ino] = st.version
         mtime = st.mtime if st.mtime or not st.is_dir else self.mounted_at  # not 1970
         a = Attr(ino, st.is_dir, st.size, mtime, st.version, self.meta.attr_ttl(st.path), st.attrs)
@@ -165,8 +166,14 @@ class MeshFS:
         return n, list(self.inodes.paths)
 
     def _changed(self, path: str, st: Status | None = None) -> None:
-        """``path`` changed here: forget what was kept of it and its directory; keep ``st``."""
+        """``path`` changed here: forget what was kept of it and its directory (and of every
+        other name of a hard-linked file: its attributes are theirs); keep ``st``."""
         self.meta.invalidate(path)
+        ino = self.inodes.by_path.get(path)
+        if ino is not None and ino in self.inodes.key_of:
+            for other in self.inodes.names_of(ino):
+                if other != path:
+                    self.meta.invalidate(other)
         if st is not None:
             self.meta.remember_status(st, path)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from meshd import paths
 from meshd.client.metacache import MAX_LISTED
 from meshd.client.sdk import MeshClient, Status
-from meshfs.metadata import LIST_PAGE, Metadata
+from meshfs.metadata import LIST_PAGE, Metadata, lstat_view
 from meshfs.node import Node
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class Directories:
         path = d.path
         now = time.monotonic()
         got, more = await self.node.call(lambda c: c.ls_page(path, after, LIST_PAGE))
+        got = [lstat_view(s) for s in got]
         if not after and path in self.meta.writing_dirs():
             got = sorted(self.meta.merge_writing(path, got), key=lambda s: s.path.rsplit("/", 1)[-1].encode())
             d.seen = None  # not the node's listing: not for the cache

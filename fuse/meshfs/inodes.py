@@ -103,6 +103,10 @@ class Inodes:
         self.paths.setdefault(ino, path)
         return ino
 
+    def names_of(self, ino: int) -> list[str]:
+        """Every name of ``ino`` this mount knows (a hard-linked file has several)."""
+        return [p for p, i in self.by_path.items() if i == ino]
+
     def linked(self, ino: int, path: str) -> None:
         """``path`` is a new name of ``ino`` (link)."""
         self.by_path[path] = ino

@@ -38,6 +38,15 @@ LIST_AFTER = 4  # lookups in one directory before it is listed whole (mounts tha
 LIST_PAGE = 1000
 
 
+def lstat_view(st: Status) -> Status:
+    """``st`` as meshfs shows it: a symlink is a link, whatever it names (the node's
+    status of a link beneath its store describes the target, for data readers)."""
+    a = st.attrs
+    if a is None or a.target is None or not st.is_dir:
+        return st
+    return Status(st.path, len(a.target.encode()), st.mtime, st.version, False, a)
+
+
 class Metadata:
     def __init__(self, node: Node, ttl: float, max_ttl: float, writing: dict[str, Staged]) -> None:
         self.node = node
@@ -108,13 +117,14 @@ class Metadata:
         now = time.monotonic() if now is None else now
         if st is not None and st.attrs is not None:
             self._learn(st)
+            st = lstat_view(st)
         self.cache.put(path, st, self.ttl if st is None else self.rules.ttl_of(path), now)
 
     def keep_listing(self, path: str, listed: list[Status], now: float) -> None:
         """Keep a whole listing of ``path`` (not while a file is being written into it: the
         listing would miss it)."""
         if path not in self.writing_dirs():
-            self.cache.keep_listing(path, listed, self.rules.ttl_of(path), now)
+            self.cache.keep_listing(path, [lstat_view(s) for s in listed], self.rules.ttl_of(path), now)
 
     def invalidate(self, path: str) -> None:
         """``path`` changed here: forget its status, its parent's, and both listings."""
@@ -144,7 +154,7 @@ class Metadata:
         if fresh_within is None and await self._listed_parent(path, now):
             return await self.status(path)
         try:
-            st = await self.node.call(lambda c: c.stat(path))
+            st = lstat_view(await self.node.call(lambda c: c.stat(path)))
         except NotFound:
             self.remember_status(None, path)
             raise FSError(errno.ENOENT) from None
