@@ -254,14 +254,13 @@ class MeshFS:
         st = await self.meta.status(path)
         if st.is_dir:
             raise FSError(errno.EISDIR)
-        staged = self.staging.files.get(path)
+        staged = await self.staging.unlink(path)  # detached, after a commit in flight
         if staged is None or staged.exists:
             try:
                 await self.node.call(lambda c: c.rm(path))
             except MeshError as e:
                 if staged is None or errno_of(e) != errno.ENOENT:
                     raise
-        self.staging.unlinked(path)
         self._changed(path)
         self.reads.pages.drop_file(path)
         self.inodes.unlinked(path, st)
@@ -390,10 +389,9 @@ class MeshFS:
             if size is not None:
                 await self.staging.truncate(staged, size)
             if change:
-                self._stage_attrs(staged, change)
-                if staged.exists and not staged.dirty and not staged.unlinked:  # no upload to wait for
-                    st = await self._setattr(path, change)
-                    self._changed(path, st)
+                got = await self.staging.set_attrs(staged, change, lambda: self._setattr(path, change))
+                if got is not None:
+                    self._changed(path, got)
             return self.attr(staged.status(), ino)
         st = await self.meta.status(path)
         if size is not None:
@@ -407,15 +405,6 @@ class MeshFS:
             st = await self._setattr(path, change)
             self._changed(path, st)
         return self.attr(st, ino)
-
-    def _stage_attrs(self, s: Staged, c: AttrChange) -> None:
-        if c.mode is not None:
-            s.mode = stat.S_IFMT(s.mode) | c.mode
-        s.uid = c.uid if c.uid is not None else s.uid
-        s.gid = c.gid if c.gid is not None else s.gid
-        s.atime = c.atime if c.atime is not None else s.atime
-        s.mtime = c.mtime if c.mtime is not None else s.mtime
-        s.ctime = time.time()
 
     async def _setattr(self, path: str, change: AttrChange) -> Status:
         """A change of attributes in the store; on a store that keeps none, chmod, chown

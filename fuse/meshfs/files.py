@@ -34,7 +34,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from meshd.attrs import AttrChange, Attrs
@@ -230,13 +230,41 @@ class Staging:
         if s.handles > 0:
             return None
         try:
-            if s.dirty and not s.unlinked:
-                return await self.commit(s)
-            return None
+            st = None
+            while s.dirty and not s.unlinked:  # again if attributes changed during the upload
+                st = await self.commit(s)
+            return st
         finally:
             if self.files.get(s.path) is s:
                 del self.files[s.path]
             os.close(s.fd)
+
+    async def set_attrs(self, s: Staged, c: AttrChange,
+                        apply: Callable[[], Awaitable[Status]]) -> Status | None:
+        """chmod/chown/utimens of a staged file: in the store at once (``apply``) when the
+        store has its bytes already, else carried by the next commit. Never during a
+        commit: its upload took the attributes when it began."""
+        async with s.lock:
+            if c.mode is not None:
+                s.mode = stat.S_IFMT(s.mode) | c.mode
+            s.uid = c.uid if c.uid is not None else s.uid
+            s.gid = c.gid if c.gid is not None else s.gid
+            s.atime = c.atime if c.atime is not None else s.atime
+            s.mtime = c.mtime if c.mtime is not None else s.mtime
+            s.ctime = time.time()
+            if s.exists and not s.dirty and not s.unlinked:
+                return await apply()
+            s.dirty = True
+            return None
+
+    async def unlink(self, path: str) -> Staged | None:
+        """``path`` is being unlinked: its staged file (if any) is detached, after any
+        commit in flight (which the caller's delete then removes)."""
+        s = self.files.get(path)
+        if s is None:
+            return None
+        async with s.lock:
+            return self.unlinked(path)
 
     def unlinked(self, path: str) -> Staged | None:
         """``path`` was unlinked: its staged file (if any) lives on for its handles only."""
