@@ -158,6 +158,21 @@ async def test_replacing_put_keeps_mode_and_owner(store: S3UnderStore, raw: Any,
     assert head.mtime == 1234.5
 
 
+async def test_failed_replacing_put_leaves_the_old_object(store: S3UnderStore) -> None:
+    await store.put("f", chunks(b"old"), change=AttrChange(mode=0o600, uid=7, gid=8))
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"x" * MiB
+        raise ConnectionResetError("client went away")
+
+    for _ in range(2):  # failing before and after the HEAD the write makes for the old mode
+        with pytest.raises(ConnectionResetError):
+            await store.put("f", broken())
+        await asyncio.sleep(0.2)
+    head = await store.head("f")
+    assert head.size == 3 and head.attrs is not None and head.attrs.mode == 0o100600
+
+
 async def test_exclusive_put(store: S3UnderStore) -> None:
     await store.put("e", chunks(b"first"), exclusive=True)
     with pytest.raises(AlreadyExists):

@@ -99,9 +99,9 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import boto3
@@ -166,6 +166,7 @@ CREDENTIALS_HINT = ("give the mount the options access_key=...,secret_key=... "
                     "(anonymous=true for a public bucket)")
 
 Parts = list[dict[str, Any]]  # (inside the class, ``list`` is the method)
+AttrsBox = list[Attrs]  # the attributes a write gives its object, once known
 
 
 def error_code(exc: ClientError) -> tuple[str, int]:
@@ -772,32 +773,58 @@ class S3UnderStore(UnderStore):
         if not path:
             raise IsADirectory(f"is a directory: {self._what(path)}")
         now = time.time()
-        old: Attrs | None = None
-        if not exclusive and (change is None or None in (change.mode, change.uid, change.gid)):
-            # a replaced file keeps its mode and owner: one HEAD (meshfs sends all three: none)
-            try:
-                resp = await self._call("head_object", self._what(path), Key=self._key(path))
-            except NotFound:
-                pass
-            else:
-                old = attrs_from_metadata(resp.get("Metadata") or {})
-        attrs = _new_attrs(change, old, now, stat.S_IFREG)
         mtime = change.mtime if change is not None and change.mtime is not None else now
-        return await self._put(path, chunks, attrs, mtime, exclusive=exclusive)
+        if exclusive or (change is not None and None not in (change.mode, change.uid, change.gid)):
+            return await self._put(path, chunks, _new_attrs(change, None, now, stat.S_IFREG), mtime,
+                                   exclusive=exclusive)
+        # A replaced file keeps its mode and owner: one HEAD (meshfs sends all three: none),
+        # while the body comes in.
+        return await self._put(path, chunks, asyncio.ensure_future(self._replacing(path, change, now)), mtime)
 
-    async def _put(self, path: str, chunks: AsyncIterator[bytes], attrs: Attrs, mtime: float, *,
-                   exclusive: bool = False, strict: bool = False, content: Mapping[str, Any] | None = None,
-                   ) -> ObjectInfo:
-        """Write the object ``path`` with user metadata for ``attrs`` and ``mtime``.
-        ``exclusive``: AlreadyExists if the key exists (``If-None-Match: *``, with a
-        HEAD first where the endpoint is not known to honour it; ``strict``: always,
-        which also finds a directory there)."""
+    async def _replacing(self, path: str, change: AttrChange | None, now: float) -> Attrs:
+        """The attributes of a new object replacing the one at ``path`` (if any)."""
+        try:
+            resp = await self._call("head_object", self._what(path), Key=self._key(path))
+        except NotFound:
+            return _new_attrs(change, None, now, stat.S_IFREG)
+        return _new_attrs(change, attrs_from_metadata(resp.get("Metadata") or {}), now, stat.S_IFREG)
+
+    async def _put(self, path: str, chunks: AsyncIterator[bytes], attrs: Attrs | asyncio.Future[Attrs],
+                   mtime: float, *, exclusive: bool = False, strict: bool = False,
+                   content: Mapping[str, Any] | None = None) -> ObjectInfo:
+        """Write the object ``path`` with user metadata for ``attrs`` (or what the future
+        gives, awaited only before the first write to S3) and ``mtime``. ``exclusive``:
+        AlreadyExists if the key exists (``If-None-Match: *``, with a HEAD first where the
+        endpoint is not known to honour it; ``strict``: always, which also finds a
+        directory there)."""
+        pending = attrs if isinstance(attrs, asyncio.Future) else None
+        final: AttrsBox = [] if pending is not None else [cast(Attrs, attrs)]
+        args: dict[str, Any] = {}
+
+        async def metadata() -> dict[str, Any]:
+            if not args:
+                if pending is not None:
+                    final.append(await pending)
+                args.update(Metadata=metadata_of(final[0], mtime), **(content or {}))
+            return args
+
+        try:
+            if pending is None:
+                await metadata()  # a bad extra attribute name fails before anything is sent
+            if exclusive and (strict or self._conditional is not True):
+                await self.check_absent(path)
+            return await self._upload(path, chunks, metadata, final, mtime, exclusive and self._conditional is not False)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            elif pending is not None and not pending.cancelled():
+                pending.exception()  # retrieved: a failed HEAD of a write that failed first is no news
+
+    async def _upload(self, path: str, chunks: AsyncIterator[bytes],
+                      metadata: Callable[[], Awaitable[dict[str, Any]]], final: AttrsBox, mtime: float,
+                      absent: bool) -> ObjectInfo:
+        """The write of :meth:`_put`: one PutObject, or a multipart upload above 8 MiB."""
         key, what = self._key(path), self._what(path)
-        meta = metadata_of(attrs, mtime)
-        args: dict[str, Any] = {"Metadata": meta, **(content or {})}
-        if exclusive and (strict or self._conditional is not True):
-            await self.check_absent(path)
-        absent = exclusive and self._conditional is not False
         buf = bytearray()
         upload_id: str | None = None
         parts: Parts = []
@@ -807,13 +834,13 @@ class S3UnderStore(UnderStore):
                 buf += chunk
                 while len(buf) > PART:
                     if upload_id is None:
-                        resp = await self._call("create_multipart_upload", what, Key=key, **args)
+                        resp = await self._call("create_multipart_upload", what, Key=key, **await metadata())
                         upload_id = str(resp["UploadId"])
                     await self._upload_part(key, what, upload_id, parts, bytes(buf[:PART]))
                     written += PART
                     del buf[:PART]
             if upload_id is None:
-                resp = await self._write(path, absent, "put_object", Key=key, Body=bytes(buf), **args)
+                resp = await self._write(path, absent, "put_object", Key=key, Body=bytes(buf), **await metadata())
                 size = len(buf)
             else:
                 if buf or not parts:
@@ -832,7 +859,7 @@ class S3UnderStore(UnderStore):
         etag = str(resp.get("ETag", "")).strip('"')
         if not etag:
             return await self.head(path)
-        return ObjectInfo(path, size, mtime, etag, False, attrs)
+        return ObjectInfo(path, size, mtime, etag, False, final[0])
 
     async def _write(self, path: str, absent: bool, op: str, **kwargs: Any) -> Any:
         """A PutObject or CompleteMultipartUpload; ``absent``: only if the key does not exist
