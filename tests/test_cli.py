@@ -481,8 +481,17 @@ def test_mv_on_file_mount(node: MeshdProcess, store: Path) -> None:
     failed(node.ctl("mv", "/data/nope", "/data/nope2"), "NotFound")
 
 
-def test_mv_on_s3_not_supported(make_backend: Callable[..., Backend]) -> None:
+def test_mv_on_s3(make_backend: Callable[..., Backend]) -> None:
+    """s3:// renames by copy + delete (the default, mount option rename=copy)."""
     b = make_backend("s3")
+    b.put("f.bin", b"content")
+    ok(b.node.ctl("mv", b.mesh("f.bin"), b.mesh("g.bin")))
+    assert b.get("g.bin") == b"content"
+    assert not b.exists("f.bin")
+
+
+def test_mv_on_s3_refused(make_backend: Callable[..., Backend]) -> None:
+    b = make_backend("s3", {"rename": "refuse"})
     b.put("f.bin", b"content")
     line = failed(b.node.ctl("mv", b.mesh("f.bin"), b.mesh("g.bin")), "NotSupported")
     assert "rename" in line

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd import paths
@@ -127,6 +127,12 @@ class MetadataCache:
         return b"l:" + path.encode()
 
     @staticmethod
+    def _hkey(path: str) -> bytes:
+        """``h:<dir>``: some child of ``dir`` has a status with attributes stored (then a
+        listing, which has none, reads its children's statuses to keep them)."""
+        return b"h:" + path.encode()
+
+    @staticmethod
     def _ekey(path: str) -> bytes:
         return b"e:" + path.encode() + b"\x00"
 
@@ -150,7 +156,10 @@ class MetadataCache:
         unchanged = not fresh and previous is not None and (
             previous.version, previous.size, previous.is_dir) == (status.version, status.size, status.is_dir)
         if not (unchanged and mount.sync_interval == 0):  # with 0, fetched_at never matters
-            self._put({self._skey(path): status.to_json()}, [])
+            puts = {self._skey(path): status.to_json()}
+            if status.attrs is not None:
+                puts[self._hkey(paths.parent(path))] = b""
+            self._put(puts, [])
         return status, previous
 
     def _listing_fresh(self, path: str, mount: Mount, now: float) -> float | None:
@@ -206,6 +215,8 @@ class MetadataCache:
         named = sorted((((n := paths.basename(i.path)).encode(), paths.child(path, n), i) for i in infos),
                        key=lambda e: e[0])
         out = [FileStatus(child, i.size, i.mtime, i.version, i.is_dir, now, i.attrs) for _, child, i in named]
+        if children_here:
+            out = self._keep_attrs(out, path)
         base = self._ekey(path)
         deletes = [k for k, _ in self._kv.scan(base)]
         puts = {base + name: _entry(s) for (name, _, _), s in zip(named, out, strict=True)}
@@ -227,9 +238,44 @@ class MetadataCache:
                                       Attrs.from_wire(row[4]) if len(row) > 4 else None))
         return entries, False
 
+    def _keep_attrs(self, statuses: list[FileStatus], parent: str | None = None) -> list[FileStatus]:
+        """``statuses``, where one without attributes (a listing's: S3 ListObjects has none)
+        takes the attributes and mtime of the status stored for its path if that one is of
+        the same version: a listing must not erase what a HEAD learnt. One read per such
+        status, and none in a directory (``parent``; None: each status's own) none of whose
+        children had attributes stored (``h:<dir>``); only a stored row that has attributes
+        (it ends ``]]``) is parsed."""
+        get, out = self._kv.get, statuses
+        marked: dict[str, bool] = {}
+        if parent is not None:
+            marked[parent] = get(self._hkey(parent)) is not None
+            if not marked[parent]:
+                return statuses
+        for n, s in enumerate(statuses):
+            if s.attrs is not None:
+                continue
+            up = paths.parent(s.path) if parent is None else parent
+            if up not in marked:
+                marked[up] = get(self._hkey(up)) is not None
+            if not marked[up]:
+                continue
+            raw = get(b"s:" + s.path.encode())
+            if raw is None or raw[-2:] != b"]]":
+                continue
+            old = FileStatus.from_json(s.path, raw)
+            if old.attrs is not None and (old.version, old.size, old.is_dir) == (s.version, s.size, s.is_dir):
+                if out is statuses:
+                    out = list(statuses)
+                out[n] = replace(s, mtime=old.mtime, attrs=old.attrs)
+        return out
+
     def record_many(self, statuses: Sequence[FileStatus], drop_listings: Sequence[str] = ()) -> None:
-        """Store statuses (sent by a listing's owner, or learnt by a write)."""
-        self._put({self._skey(s.path): s.to_json() for s in statuses}, [self._lkey(d) for d in drop_listings])
+        """Store statuses (sent by a listing's owner, or learnt by a write); one without
+        attributes keeps those stored for the same version (:meth:`_keep_attrs`)."""
+        statuses = self._keep_attrs(list(statuses))
+        puts = {self._skey(s.path): s.to_json() for s in statuses}
+        puts.update({self._hkey(paths.parent(s.path)): b"" for s in statuses if s.attrs is not None})
+        self._put(puts, [self._lkey(d) for d in drop_listings])
 
     def drop(self, statuses: Sequence[str] = (), listings: Sequence[str] = ()) -> None:
         self._put({}, [self._skey(p) for p in statuses] + [self._lkey(p) for p in listings])
@@ -290,7 +336,7 @@ class MetadataCache:
     def forget_subtree(self, path: str) -> int:
         """Drop every cached entry at or below ``path``; returns how many."""
         doomed = [self._lkey(paths.parent(path))]
-        for prefix in (b"s:", b"l:", b"e:"):
+        for prefix in (b"s:", b"l:", b"e:", b"h:"):
             exact = prefix + path.encode()
             if path == "/" and prefix != b"e:":
                 pass  # "s:/" is also the prefix of everything below: counted there

@@ -33,8 +33,50 @@ Design
   one ``PutObject``; a longer one becomes a multipart upload of 8 MiB parts,
   aborted on any failure (including cancellation). Either way the object is
   replaced atomically: readers see the old or the new bytes, never a mix.
-* **No rename**: S3 has no atomic rename; copy + delete would expose a state
-  where both or neither exist, so ``rename`` raises NotSupported.
+* **Attributes are object user metadata**, in the names s3fs-fuse and rclone use,
+  so a file written by one shows right in the others: ``x-amz-meta-mode`` (the
+  whole ``st_mode``, type bits too, in decimal as s3fs writes it, e.g. ``33188``;
+  rclone's octal form with a leading ``0``, ``0100644``, is read too; a mode with
+  permission bits only gets the type of the object), ``-uid``, ``-gid``, ``-rdev``
+  (decimal), ``-mtime``, ``-atime``, ``-ctime`` (seconds since the epoch, written
+  ``sec.nanoseconds``; integers, decimals and RFC 3339 are read). Extra attributes
+  are ``x-amz-meta-mesh-<name>``: lower-case ASCII names only (S3 metadata names
+  are case-insensitive; others: InvalidArgument), values percent-encoded as UTF-8
+  (RFC 3986: bytes outside printable ASCII and ``%`` itself), since S3 metadata is
+  ASCII. ``head`` returns them for every object and directory marker (``None``
+  fields where absent; a prefix without a marker: mode None); ``mtime`` is
+  ``x-amz-meta-mtime`` when present, else LastModified. ``list`` (ListObjectsV2
+  carries no metadata) gives ``attrs=None``: not fetched. A new object gets the
+  change's mode, owner and mtime and ctime now; one replacing an object keeps its
+  mode, owner, atime and extra attributes, which costs a HEAD first unless the
+  change carries mode, uid and gid (meshfs always sends them; then the old extra
+  attributes are not carried over). ``setattr`` is a CopyObject onto itself with
+  the merged metadata (MetadataDirective REPLACE, pinned to the ETag, content
+  headers and other tools' metadata kept; UploadPartCopy above 5 GiB); the ETag
+  (the version) of a single-part object stays the same, as its bytes do. A
+  directory's attributes are its marker ``dir/``'s (created by ``setattr`` if
+  missing, mode 755); the root of a whole-bucket mount has no marker: NotSupported.
+* **Symlinks and special files as s3fs writes them**: a symlink is an object whose
+  body is the target and whose mode is ``S_IFLNK|0777`` (``head`` reads at most
+  4 KiB of the body into ``attrs.target``); ``mknod`` is an empty object with the
+  FIFO/socket/device mode (and ``rdev``). No hard links (``link``: EPERM).
+* **Exclusive creates** (``put(exclusive=True)``, ``symlink``, ``mknod``) are
+  conditional writes, ``If-None-Match: *`` on PutObject or
+  CompleteMultipartUpload (412: AlreadyExists). AWS honours it; another endpoint
+  is not trusted to until it has refused one write with 412: until then a HEAD
+  checks first, and an endpoint answering NotImplemented gets the HEAD only (not
+  atomic). ``symlink`` and ``mknod`` always HEAD too (which also finds a directory).
+* **copy and truncate stay inside S3**: ``copy`` is CopyObject (metadata copied,
+  pinned to the version), UploadPartCopy above 5 GiB; ``truncate`` keeps the first
+  bytes by UploadPartCopy (zeros uploaded for an extension) when at least 5 MiB are
+  kept (S3's smallest part), else rewrites the object through the node.
+* **Rename is copy + delete, not atomic** (mount option ``rename``: ``copy``, the
+  default, or ``refuse``: NotSupported, as before). S3 has no rename: like s3fs,
+  rclone and goofys, a file is copied server-side (with its metadata) and then
+  deleted; a directory's every object (markers too) is copied under the new prefix
+  and the old objects deleted only once every copy succeeded. Readers can see both
+  names meanwhile; a crash in the middle leaves both copies (or the new one whole and
+  part of the old), never neither: rename again, or delete the old name.
 * **Errors** are translated in one place, :func:`translate_error`. Messages
   name the bucket, key and endpoint, never credentials.
 
@@ -43,7 +85,7 @@ Mount options (all strings): ``endpoint`` (URL; AWS when absent), ``region``
 (default: boto's credential chain), ``addressing_style`` (``path``,
 ``virtual`` or ``auto``; default ``path`` with an ``endpoint``, else
 ``auto``), ``anonymous`` (``true``: unsigned requests) and
-``max_connections`` (default 32). Unknown options are refused, so that a
+``max_connections`` (default 32), ``rename`` (``copy`` or ``refuse``). Unknown options are refused, so that a
 misspelt ``secret_key`` cannot silently fall back to other credentials.
 """
 
@@ -52,13 +94,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import socket
+import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, cast
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 from botocore import UNSIGNED
@@ -75,9 +119,11 @@ from botocore.exceptions import (
 )
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
-from meshd.attrs import AttrChange
+from meshd.attrs import AttrChange, Attrs, symlink_mode
 from meshd.errors import (
+    AlreadyExists,
     DirectoryNotEmpty,
+    InvalidArgument,
     IsADirectory,
     MeshError,
     MountError,
@@ -105,7 +151,7 @@ PART = 8 << 20  # put: single-request limit and multipart part size
 OPTIONS = frozenset({
     "endpoint", "region", "access_key", "secret_key", "session_token",
     "addressing_style", "anonymous", "max_connections", "connect_timeout", "read_timeout",
-    "max_attempts",
+    "max_attempts", "rename",
 })
 
 _NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
@@ -120,6 +166,7 @@ CREDENTIALS_HINT = ("give the mount the options access_key=...,secret_key=... "
                     "(anonymous=true for a public bucket)")
 
 Parts = list[dict[str, Any]]  # (inside the class, ``list`` is the method)
+AttrsBox = list[Attrs]  # the attributes a write gives its object, once known
 
 
 def error_code(exc: ClientError) -> tuple[str, int]:
@@ -217,6 +264,121 @@ def _etag(value: Any) -> str:
 
 def _mtime(value: Any) -> float:
     return float(value.timestamp()) if value is not None else 0.0
+
+
+# ---------------------------------------------------------------------- attributes as user metadata
+# The names s3fs-fuse and rclone use (boto's ``Metadata`` dict: lower-case, without "x-amz-meta-").
+META_KEYS = ("mode", "uid", "gid", "mtime", "atime", "ctime", "rdev")
+EXTRA_PREFIX = "mesh-"
+# S3 sends metadata as HTTP headers: printable ASCII. Extra values are percent-encoded
+# (UTF-8, RFC 3986), every byte outside printable ASCII and "%" itself, so any string
+# round-trips and an ASCII value without "%" is stored as is.
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+COPY_LIMIT = 5 << 30  # the largest object one CopyObject may copy
+COPY_PART = 512 << 20  # UploadPartCopy part size above it
+MIN_PART = 5 << 20  # S3's smallest part but the last
+SYMLINK_MAX = 4096  # bytes of a symlink object's body read as its target
+
+
+def _time_text(t: float) -> str:
+    """Seconds since the epoch as s3fs writes them: ``sec.nanoseconds``."""
+    ns = round(t * 1_000_000_000)
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+def _parse_time(v: str | None) -> float | None:
+    if not v:
+        return None
+    try:
+        t = float(v)
+    except ValueError:
+        try:  # RFC 3339, as some tools write it
+            d = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (d if d.tzinfo else d.replace(tzinfo=datetime.UTC)).timestamp()
+    return t if math.isfinite(t) else None
+
+
+def _parse_int(v: str | None, *, octal_if_zero: bool = False) -> int | None:
+    if not v:
+        return None
+    v = v.strip()
+    try:
+        if octal_if_zero and len(v) > 1 and v.startswith("0"):
+            return int(v, 8)  # rclone: "0100644"
+        n = int(v)  # s3fs: "33188"
+    except ValueError:
+        return None
+    return n if n >= 0 else None
+
+
+def attrs_from_metadata(meta: Mapping[str, str], *, is_dir: bool = False) -> Attrs:
+    """The attributes object user metadata carries (s3fs-fuse's and rclone's names);
+    ``None`` fields where a name is absent or unreadable."""
+    meta = {k.lower(): v for k, v in meta.items()}
+    mode = _parse_int(meta.get("mode"), octal_if_zero=True)
+    if mode is not None and stat.S_IFMT(mode) == 0:  # permission bits only: s3fs adds the type
+        mode |= stat.S_IFDIR if is_dir else stat.S_IFREG
+    extra = {k[len(EXTRA_PREFIX):]: unquote(v) for k, v in meta.items() if k.startswith(EXTRA_PREFIX)}
+    return Attrs(mode, _parse_int(meta.get("uid")), _parse_int(meta.get("gid")), _parse_time(meta.get("atime")),
+                 _parse_time(meta.get("ctime")), rdev=_parse_int(meta.get("rdev")), extra=extra)
+
+
+def metadata_of(attrs: Attrs, mtime: float | None, keep: Mapping[str, str] | None = None) -> dict[str, str]:
+    """User metadata carrying ``attrs`` and ``mtime``, plus the names of ``keep`` this
+    module does not manage (another tool's). InvalidArgument for an extra name S3
+    would not keep as given (metadata names are case-insensitive)."""
+    out = {k: v for k, v in (keep or {}).items()
+           if k.lower() not in META_KEYS and not k.lower().startswith(EXTRA_PREFIX)}
+    for name, value in (("mode", attrs.mode), ("uid", attrs.uid), ("gid", attrs.gid), ("rdev", attrs.rdev)):
+        if value is not None:
+            out[name] = str(value)
+    for name, t in (("mtime", mtime), ("atime", attrs.atime), ("ctime", attrs.ctime)):
+        if t is not None:
+            out[name] = _time_text(t)
+    for k, v in attrs.extra.items():
+        if not k.isascii() or k != k.lower():
+            raise InvalidArgument(f"extra attribute name {k!r}: s3:// stores keep lower-case ASCII names only "
+                                  "(S3 metadata names are case-insensitive)")
+        out[EXTRA_PREFIX + k] = quote(v, safe=_SAFE)
+    return out
+
+
+def _is_not_implemented(exc: ClientError) -> bool:
+    code, status = error_code(exc)
+    return code == "NotImplemented" or status == 501
+
+
+def _new_attrs(change: AttrChange | None, old: Attrs | None, now: float, kind: int, *,
+               keep_type: bool = False) -> Attrs:
+    """The attributes of a new object of type ``kind`` (``keep_type``: the old one's, if
+    it has one) replacing one with ``old`` (its permission bits, owner, atime and extra
+    attributes kept), with ``change`` made and ctime ``now``."""
+    old = old or Attrs()
+    kind = stat.S_IFMT(old.mode) if keep_type and old.mode is not None and stat.S_IFMT(old.mode) else kind
+    mode = kind | stat.S_IMODE(old.mode) if old.mode is not None else None
+    a = Attrs(mode, old.uid, old.gid, old.atime, now, rdev=old.rdev if keep_type else None,
+              target=old.target if keep_type else None, extra=dict(old.extra))
+    if change is not None:
+        a = change.applied(a, now)
+    if a.mode is None and kind == stat.S_IFDIR:
+        a = replace(a, mode=stat.S_IFDIR | 0o755)
+    elif a.mode is not None and stat.S_IFMT(a.mode) == 0:
+        a = replace(a, mode=kind | a.mode)
+    return a
+
+
+_CONTENT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl")
+
+
+def _content_headers(head: Mapping[str, Any]) -> dict[str, Any]:
+    """The content headers of a HeadObject answer, for a copy that replaces the metadata."""
+    return {k: head[k] for k in _CONTENT_HEADERS if head.get(k)}
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _truthy(value: str) -> bool:
@@ -319,7 +481,7 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 
 class S3UnderStore(UnderStore):
     scheme = "s3"
-    capabilities = Capabilities(rename=False, directories=False)
+    capabilities = Capabilities(rename=False, directories=False, attrs=True, symlinks=True, special=True, links=False)
     OPTIONS = OPTIONS
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
@@ -334,6 +496,15 @@ class S3UnderStore(UnderStore):
         self._client_lock = threading.Lock()
         self._closed = False
         self._rcvbuf = 0  # SO_RCVBUF of new connections (0: the kernel's, growing)
+        self.rename_mode = self.options.get("rename") or "copy"
+        if self.rename_mode not in ("copy", "refuse"):
+            raise MountError(f"s3 mount option rename must be copy or refuse, got {self.rename_mode!r}")
+        self.capabilities = Capabilities(rename=self.rename_mode == "copy", directories=False, attrs=True,
+                                         symlinks=True, special=True, links=False)
+        # Whether the endpoint honours If-None-Match: * on writes: AWS does (since 2024);
+        # another endpoint is unknown (None) until it refuses a write with 412 (True) or
+        # answers NotImplemented (False). Unknown or False: exclusive writes HEAD first.
+        self._conditional: bool | None = None if self.endpoint else True
 
     # ------------------------------------------------------------------ plumbing
 
@@ -401,15 +572,15 @@ class S3UnderStore(UnderStore):
         """``path`` as messages name it: its mesh path once mounted (never bucket or key)."""
         return self._shown(path.strip("/"))
 
-    async def _dir_state(self, path: str) -> tuple[bool, bool, float]:
-        """``(exists, has_children, marker mtime)`` of ``path`` as a directory."""
+    async def _dir_state(self, path: str) -> tuple[bool, bool, float, bool]:
+        """``(exists, has_children, marker mtime, has a marker)`` of ``path`` as a directory."""
         prefix = self._dir_prefix(path)
         resp = await self._call("list_objects_v2", self._what(path), Prefix=prefix, MaxKeys=2)
         contents = resp.get("Contents", [])
         marker = [c for c in contents if c["Key"] == prefix]
         children = [c for c in contents if c["Key"] != prefix]
         mtime = _mtime(marker[0].get("LastModified")) if marker else 0.0
-        return bool(contents), bool(children), mtime
+        return bool(contents), bool(children), mtime, bool(marker)
 
     # ------------------------------------------------------------------ operations
 
@@ -438,18 +609,45 @@ class S3UnderStore(UnderStore):
     async def head(self, path: str) -> ObjectInfo:
         path = path.strip("/")
         if not path:
-            return ObjectInfo("", 0, 0.0, "", is_dir=True)
+            return await self._head_marker("", 0.0)
         try:
             resp = await self._call("head_object", self._what(path), Key=self._key(path))
         except NotFound:
-            exists, _, mtime = await self._dir_state(path)
-            if exists:
-                return ObjectInfo(path, 0, mtime, "", is_dir=True)
-            raise
-        return ObjectInfo(
-            path, int(resp.get("ContentLength", 0)), _mtime(resp.get("LastModified")),
-            _etag(resp.get("ETag")),
-        )
+            exists, _, mtime, marker = await self._dir_state(path)
+            if not exists:
+                raise
+            if not marker:
+                return ObjectInfo(path, 0, mtime, "", is_dir=True, attrs=Attrs())
+            return await self._head_marker(path, mtime)
+        return await self._info(path, resp)
+
+    async def _info(self, path: str, resp: Mapping[str, Any]) -> ObjectInfo:
+        """The status a HeadObject answer gives (a symlink's target read from its body)."""
+        meta = resp.get("Metadata") or {}
+        attrs = attrs_from_metadata(meta)
+        size, etag = int(resp.get("ContentLength", 0)), _etag(resp.get("ETag"))
+        if attrs.mode is not None and stat.S_ISLNK(attrs.mode):
+            body = await self.read_all(path, 0, min(size, SYMLINK_MAX), etag) if size else b""
+            attrs = replace(attrs, target=body.decode("utf-8", "replace"))
+        mtime = _parse_time(meta.get("mtime"))
+        return ObjectInfo(path, size, _mtime(resp.get("LastModified")) if mtime is None else mtime, etag,
+                          attrs=attrs)
+
+    async def _head_marker(self, path: str, mtime: float) -> ObjectInfo:
+        """A directory's status, with the attributes its marker ``dir/`` carries (none
+        when it has no marker: mode None). The bucket's root has none."""
+        attrs = Attrs()
+        key = self._dir_prefix(path)
+        if key:
+            try:
+                resp = await self._call("head_object", self._what(path), Key=key)
+            except NotFound:  # no marker (a prefix), or removed meanwhile
+                pass
+            else:
+                meta = resp.get("Metadata") or {}
+                attrs = attrs_from_metadata(meta, is_dir=True)
+                mtime = _parse_time(meta.get("mtime")) or _mtime(resp.get("LastModified"))
+        return ObjectInfo(path, 0, mtime, "", is_dir=True, attrs=attrs)
 
     async def list(self, path: str) -> list[ObjectInfo]:
         path = path.strip("/")
@@ -530,7 +728,7 @@ class S3UnderStore(UnderStore):
                 return
             err = translate_error(e, what)
             if isinstance(err, NotFound) and code != "NoSuchBucket":
-                exists, _, _ = await self._dir_state(path)
+                exists, _, _, _ = await self._dir_state(path)
                 if exists:
                     raise IsADirectory(f"is a directory: {what}") from None
             raise err from e
@@ -564,18 +762,68 @@ class S3UnderStore(UnderStore):
         try:
             await self._call("head_object", self._what(path), Key=self._key(path), **if_match)
         except NotFound:
-            exists, _, _ = await self._dir_state(path)
+            exists, _, _, _ = await self._dir_state(path)
             if exists:
                 raise IsADirectory(f"is a directory: {self._what(path)}") from None
             raise
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:
-        if exclusive:
-            await self.check_absent(path)
         path = path.strip("/")
         if not path:
             raise IsADirectory(f"is a directory: {self._what(path)}")
+        now = time.time()
+        mtime = change.mtime if change is not None and change.mtime is not None else now
+        if exclusive or (change is not None and None not in (change.mode, change.uid, change.gid)):
+            return await self._put(path, chunks, _new_attrs(change, None, now, stat.S_IFREG), mtime,
+                                   exclusive=exclusive)
+        # A replaced file keeps its mode and owner: one HEAD (meshfs sends all three: none),
+        # while the body comes in.
+        return await self._put(path, chunks, asyncio.ensure_future(self._replacing(path, change, now)), mtime)
+
+    async def _replacing(self, path: str, change: AttrChange | None, now: float) -> Attrs:
+        """The attributes of a new object replacing the one at ``path`` (if any)."""
+        try:
+            resp = await self._call("head_object", self._what(path), Key=self._key(path))
+        except NotFound:
+            return _new_attrs(change, None, now, stat.S_IFREG)
+        return _new_attrs(change, attrs_from_metadata(resp.get("Metadata") or {}), now, stat.S_IFREG)
+
+    async def _put(self, path: str, chunks: AsyncIterator[bytes], attrs: Attrs | asyncio.Future[Attrs],
+                   mtime: float, *, exclusive: bool = False, strict: bool = False,
+                   content: Mapping[str, Any] | None = None) -> ObjectInfo:
+        """Write the object ``path`` with user metadata for ``attrs`` (or what the future
+        gives, awaited only before the first write to S3) and ``mtime``. ``exclusive``:
+        AlreadyExists if the key exists (``If-None-Match: *``, with a HEAD first where the
+        endpoint is not known to honour it; ``strict``: always, which also finds a
+        directory there)."""
+        pending = attrs if isinstance(attrs, asyncio.Future) else None
+        final: AttrsBox = [] if pending is not None else [cast(Attrs, attrs)]
+        args: dict[str, Any] = {}
+
+        async def metadata() -> dict[str, Any]:
+            if not args:
+                if pending is not None:
+                    final.append(await pending)
+                args.update(Metadata=metadata_of(final[0], mtime), **(content or {}))
+            return args
+
+        try:
+            if pending is None:
+                await metadata()  # a bad extra attribute name fails before anything is sent
+            if exclusive and (strict or self._conditional is not True):
+                await self.check_absent(path)
+            return await self._upload(path, chunks, metadata, final, mtime, exclusive and self._conditional is not False)
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+            elif pending is not None and not pending.cancelled():
+                pending.exception()  # retrieved: a failed HEAD of a write that failed first is no news
+
+    async def _upload(self, path: str, chunks: AsyncIterator[bytes],
+                      metadata: Callable[[], Awaitable[dict[str, Any]]], final: AttrsBox, mtime: float,
+                      absent: bool) -> ObjectInfo:
+        """The write of :meth:`_put`: one PutObject, or a multipart upload above 8 MiB."""
         key, what = self._key(path), self._what(path)
         buf = bytearray()
         upload_id: str | None = None
@@ -586,23 +834,21 @@ class S3UnderStore(UnderStore):
                 buf += chunk
                 while len(buf) > PART:
                     if upload_id is None:
-                        resp = await self._call("create_multipart_upload", what, Key=key)
+                        resp = await self._call("create_multipart_upload", what, Key=key, **await metadata())
                         upload_id = str(resp["UploadId"])
                     await self._upload_part(key, what, upload_id, parts, bytes(buf[:PART]))
                     written += PART
                     del buf[:PART]
             if upload_id is None:
-                resp = await self._call("put_object", what, Key=key, Body=bytes(buf))
+                resp = await self._write(path, absent, "put_object", Key=key, Body=bytes(buf), **await metadata())
                 size = len(buf)
             else:
                 if buf or not parts:
                     await self._upload_part(key, what, upload_id, parts, bytes(buf))
                 size = written + len(buf)
                 buf = bytearray()
-                resp = await self._call(
-                    "complete_multipart_upload", what, Key=key, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
+                resp = await self._write(path, absent, "complete_multipart_upload", Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})
                 upload_id = None
         except BaseException:
             if upload_id is not None:
@@ -613,7 +859,31 @@ class S3UnderStore(UnderStore):
         etag = str(resp.get("ETag", "")).strip('"')
         if not etag:
             return await self.head(path)
-        return ObjectInfo(path, size, time.time(), etag, False)
+        return ObjectInfo(path, size, mtime, etag, False, final[0])
+
+    async def _write(self, path: str, absent: bool, op: str, **kwargs: Any) -> Any:
+        """A PutObject or CompleteMultipartUpload; ``absent``: only if the key does not exist
+        (``If-None-Match: *``; AlreadyExists if it does)."""
+        what = self._what(path)
+        if not absent:
+            return await self._call(op, what, **kwargs)
+        try:
+            return await self._raw(op, IfNoneMatch="*", **kwargs)
+        except ClientError as e:
+            code, status = error_code(e)
+            if code in _PRECONDITION or status == 412 or code == "ConditionalRequestConflict":
+                self._conditional = True
+                raise AlreadyExists(f"already exists: {what}") from None
+            if not _is_not_implemented(e):
+                raise translate_error(e, what) from e
+            log.info("%s: the S3 endpoint does not do conditional writes (If-None-Match); exclusive "
+                     "creates check first instead (not atomic)", self._shown(""))
+            checked, self._conditional = self._conditional is not True, False
+            if not checked:
+                await self.check_absent(path)
+            return await self._call(op, what, **kwargs)
+        except BotoCoreError as e:
+            raise translate_error(e, what) from e
 
     async def _upload_part(
         self, key: str, what: str, upload_id: str, parts: Parts, data: bytes
@@ -642,7 +912,7 @@ class S3UnderStore(UnderStore):
             else:
                 await self._call("delete_object", what, Key=self._key(path))
                 return
-        exists, has_children, _ = await self._dir_state(path)
+        exists, has_children, _, _ = await self._dir_state(path)
         if has_children:
             raise DirectoryNotEmpty(f"directory not empty: {what}")
         if exists and path:
@@ -659,14 +929,278 @@ class S3UnderStore(UnderStore):
             pass
         else:
             raise NotADirectory(f"a file is in the way: {what}")
-        await self._call("put_object", what, Key=self._dir_prefix(path), Body=b"")
+        marker = self._dir_prefix(path)
+        if self._conditional is not True:  # an existing marker keeps its attributes
+            try:
+                await self._call("head_object", what, Key=marker)
+            except NotFound:
+                pass
+            else:
+                return
+        now = time.time()
+        attrs = _new_attrs(change, None, now, stat.S_IFDIR)
+        mtime = change.mtime if change is not None and change.mtime is not None else now
+        try:
+            await self._write(path, self._conditional is True, "put_object", Key=marker, Body=b"",
+                              Metadata=metadata_of(attrs, mtime))
+        except AlreadyExists:
+            pass
+
+    async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:
+        path = path.strip("/")
+        what = self._what(path)
+        if not path and not self.prefix:
+            raise NotSupported(f"{what}: the root of an s3:// mount of a whole bucket cannot hold attributes "
+                               "(mount a prefix, s3://bucket/prefix, to keep them in its marker)")
+        for _ in range(3):  # a write racing between the HEAD and the copy: again
+            try:
+                resp = await self._call("head_object", what, Key=self._key(path)) if path else None
+            except NotFound:
+                resp = None
+            if resp is None:
+                return await self._setattr_dir(path, change)
+            meta = resp.get("Metadata") or {}
+            now = time.time()
+            attrs = _new_attrs(change, attrs_from_metadata(meta), now, stat.S_IFREG, keep_type=True)
+            mtime = change.mtime if change.mtime is not None else _parse_time(meta.get("mtime"))
+            if mtime is None:
+                mtime = _mtime(resp.get("LastModified"))  # the copy gets a new LastModified: keep the old
+            new_meta = metadata_of(attrs, mtime, keep=meta)
+            try:
+                await self._copy(what, self._key(path), self._key(path), resp, new_meta)
+            except VersionChanged:
+                continue
+            return await self.head(path)
+        raise VersionChanged(f"{what} kept changing in the under-store while setting its attributes")
+
+    async def _setattr_dir(self, path: str, change: AttrChange) -> ObjectInfo:
+        """setattr of a directory: its marker ``dir/`` (created if missing) carries them."""
+        what, marker = self._what(path), self._dir_prefix(path)
+        exists, _, marker_mtime, has_marker = await self._dir_state(path)
+        if not exists and path:
+            raise NotFound(f"no such file or directory: {what}")
+        meta: dict[str, str] = {}
+        mtime: float | None = marker_mtime or None
+        if has_marker:
+            try:
+                resp = await self._call("head_object", what, Key=marker)
+            except NotFound:
+                pass
+            else:
+                meta = resp.get("Metadata") or {}
+                mtime = _parse_time(meta.get("mtime")) or _mtime(resp.get("LastModified"))
+        now = time.time()
+        attrs = _new_attrs(change, attrs_from_metadata(meta, is_dir=True), now, stat.S_IFDIR, keep_type=True)
+        if change.mtime is not None:
+            mtime = change.mtime
+        await self._call("put_object", what, Key=marker, Body=b"",
+                         Metadata=metadata_of(attrs, mtime if mtime is not None else now, keep=meta))
+        return await self.head(path)
+
+    async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> ObjectInfo:
+        path = path.strip("/")
+        if not path:
+            raise AlreadyExists(f"already exists: {self._what(path)}")
+        now = time.time()
+        attrs = replace(_new_attrs(change, None, now, stat.S_IFLNK), mode=symlink_mode(), target=target)
+        mtime = change.mtime if change is not None and change.mtime is not None else now
+        return await self._put(path, _one(target.encode()), attrs, mtime, exclusive=True, strict=True)
+
+    async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> ObjectInfo:
+        path = path.strip("/")
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK, stat.S_IFREG):
+            raise InvalidArgument(f"mknod makes FIFOs, sockets, device nodes and regular files, "
+                                  f"not mode {mode:o}: {self._what(path)}")
+        if not path:
+            raise AlreadyExists(f"already exists: {self._what(path)}")
+        now = time.time()
+        attrs = _new_attrs(change, Attrs(mode), now, kind, keep_type=True)
+        attrs = replace(attrs, rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else None)
+        mtime = change.mtime if change is not None and change.mtime is not None else now
+        return await self._put(path, _one(b""), attrs, mtime, exclusive=True, strict=True)
+
+    async def _head_file(self, path: str, version: str | None) -> dict[str, Any]:
+        """HeadObject of a file: IsADirectory / NotFound / VersionChanged (not ``version``)."""
+        what = self._what(path)
+        try:
+            resp: dict[str, Any] = await self._call("head_object", what, Key=self._key(path)) if path else {}
+        except NotFound:
+            resp = {}
+        if not resp:
+            exists, _, _, _ = await self._dir_state(path)
+            if exists or not path:
+                raise IsADirectory(f"is a directory: {what}")
+            raise NotFound(f"no such file: {what}")
+        if version and _etag(resp.get("ETag")) != version:
+            raise VersionChanged(f"{what} changed in the under-store")
+        return resp
+
+    async def copy(self, src: str, dst: str, version: str | None = None) -> ObjectInfo:
+        src, dst = src.strip("/"), dst.strip("/")
+        if not dst:
+            raise IsADirectory(f"is a directory: {self._what(dst)}")
+        resp = await self._head_file(src, version)
+        etag = await self._copy(self._what(src), self._key(src), self._key(dst), resp, None)
+        return replace(await self._info(src, resp), path=dst, version=etag)
+
+    async def _copy(self, what: str, src_key: str, dst_key: str, head: Mapping[str, Any],
+                    metadata: dict[str, str] | None) -> str:
+        """Server-side copy of the object ``src_key`` (as ``head`` describes it, pinned to
+        its ETag) to ``dst_key``, with ``metadata`` (None: the source's), content headers
+        kept; the new ETag. Above 5 GiB (CopyObject's limit): a multipart UploadPartCopy."""
+        size, etag = int(head.get("ContentLength", 0)), _etag(head.get("ETag"))
+        source = {"Bucket": self.bucket, "Key": src_key}
+        if size <= COPY_LIMIT:
+            args: dict[str, Any] = {"MetadataDirective": "COPY"}
+            if metadata is not None:
+                args = {"MetadataDirective": "REPLACE", "Metadata": metadata, **_content_headers(head)}
+            resp = await self._call("copy_object", what, Key=dst_key, CopySource=source,
+                                    CopySourceIfMatch=f'"{etag}"', **args)
+            return _etag(resp.get("CopyObjectResult", {}).get("ETag"))
+        meta = metadata if metadata is not None else dict(head.get("Metadata") or {})
+        return await self._compose(what, dst_key, src_key, etag, size, 0, meta, _content_headers(head))
+
+    async def _compose(self, what: str, dst_key: str, src_key: str, etag: str, keep: int, zeros: int,
+                       meta: dict[str, str], content: Mapping[str, Any]) -> str:
+        """A multipart upload at ``dst_key``: bytes [0, keep) of ``src_key`` (at ``etag``)
+        copied server-side, then ``zeros`` zero bytes; the new ETag. Every part but the
+        last must be at least 5 MiB: ``keep`` is 0 or at least that."""
+        part = max(COPY_PART, -(-keep // 9000))
+        ranges = [[s, min(s + part, keep)] for s in range(0, keep, part)]
+        if zeros and len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < MIN_PART:
+            ranges[-2][1] = ranges.pop()[1]
+        zpart = max(PART, -(-zeros // 1000))
+        zsizes = [zpart] * (zeros // zpart) + ([zeros % zpart] if zeros % zpart else [])
+        resp = await self._call("create_multipart_upload", what, Key=dst_key, Metadata=meta, **content)
+        upload_id = str(resp["UploadId"])
+        source = {"Bucket": self.bucket, "Key": src_key}
+        gate = asyncio.Semaphore(8)
+
+        async def copy_part(number: int, start: int, end: int) -> dict[str, Any]:
+            async with gate:
+                r = await self._call("upload_part_copy", what, Key=dst_key, UploadId=upload_id, PartNumber=number,
+                                     CopySource=source, CopySourceRange=f"bytes={start}-{end - 1}",
+                                     CopySourceIfMatch=f'"{etag}"')
+            return {"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]}
+
+        try:
+            parts: Parts = list(await asyncio.gather(*(copy_part(i + 1, s, e) for i, (s, e) in enumerate(ranges))))
+            zero = b""
+            for n in zsizes:
+                if len(zero) != n:
+                    zero = bytes(n)
+                await self._upload_part(dst_key, what, upload_id, parts, zero)
+            resp = await self._call("complete_multipart_upload", what, Key=dst_key, UploadId=upload_id,
+                                    MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._abort(dst_key, upload_id)
+            raise
+        return _etag(resp.get("ETag"))
+
+    async def truncate(self, path: str, size: int, version: str | None = None) -> ObjectInfo:
+        path = path.strip("/")
+        what = self._what(path)
+        if size < 0:
+            raise InvalidArgument(f"cannot truncate {what} to a negative size ({size})")
+        resp = await self._head_file(path, version)
+        etag, old_size = _etag(resp.get("ETag")), int(resp.get("ContentLength", 0))
+        now = time.time()
+        attrs = replace(attrs_from_metadata(resp.get("Metadata") or {}), ctime=now, target=None)
+        content = _content_headers(resp)
+        keep = min(size, old_size)
+        if keep >= MIN_PART:  # server-side: the kept bytes never leave S3
+            new = await self._compose(what, self._key(path), self._key(path), etag, keep, size - keep,
+                                      metadata_of(attrs, now), content)
+            return ObjectInfo(path, size, now, new, False, attrs)
+
+        async def body() -> AsyncIterator[bytes]:
+            if keep:
+                async for c in self.get_range(path, 0, keep, etag):
+                    yield c
+            left = size - keep
+            while left > 0:
+                n = min(left, PART)
+                yield bytes(n)
+                left -= n
+
+        return await self._put(path, body(), attrs, now, content=content)
 
     async def rename(self, src: str, dst: str) -> None:
-        raise NotSupported(
-            "rename is not supported by s3:// under-stores: S3 has no atomic rename "
-            f"(copy + delete would expose a half-done state); cannot rename {self._shown(src)} "
-            f"to {self._shown(dst)}"
-        )
+        src, dst = src.strip("/"), dst.strip("/")
+        if self.rename_mode != "copy":
+            raise NotSupported(
+                "rename is not supported by s3:// under-stores: S3 has no atomic rename "
+                f"(copy + delete would expose a half-done state); cannot rename {self._shown(src)} "
+                f"to {self._shown(dst)} (the mount option rename=copy allows it)"
+            )
+        what = self._what(src)
+        if not src or not dst:
+            raise InvalidArgument(f"cannot rename the mount's root: {what} -> {self._what(dst)}")
+        if src == dst:
+            await self.head(src)
+            return
+        try:
+            resp = await self._call("head_object", what, Key=self._key(src))
+        except NotFound:
+            resp = None
+        if resp is not None:  # a file: copy (with its metadata), then delete
+            exists, _, _, _ = await self._dir_state(dst)
+            if exists:
+                raise IsADirectory(f"cannot rename a file onto a directory: {self._what(dst)}")
+            await self._copy(what, self._key(src), self._key(dst), resp, None)
+            await self._call("delete_object", what, Key=self._key(src))
+            return
+        await self._rename_dir(src, dst)
+
+    async def _rename_dir(self, src: str, dst: str) -> None:
+        """Every object under ``src/`` (its marker too) copied under ``dst/``; the sources
+        deleted only once every copy succeeded."""
+        what = self._what(src)
+        if dst.startswith(src + "/"):
+            raise InvalidArgument(f"cannot move a directory into itself: {what} -> {self._what(dst)}")
+        prefix = self._dir_prefix(src)
+        objects: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = await self._call("list_objects_v2", what, **kwargs)
+            objects.extend(resp.get("Contents", []))
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                break
+        if not objects:
+            raise NotFound(f"no such file or directory: {what}")
+        try:
+            await self._call("head_object", self._what(dst), Key=self._key(dst))
+        except NotFound:
+            pass
+        else:
+            raise NotADirectory(f"cannot rename a directory onto a file: {self._what(dst)}")
+        _, has_children, _, _ = await self._dir_state(dst)
+        if has_children:
+            raise DirectoryNotEmpty(f"directory not empty: {self._what(dst)}")
+        dst_prefix = self._dir_prefix(dst)
+        gate = asyncio.Semaphore(16)
+
+        async def one(obj: Mapping[str, Any]) -> None:
+            key = str(obj["Key"])
+            head: Mapping[str, Any] = {"ContentLength": obj.get("Size", 0), "ETag": obj.get("ETag")}
+            async with gate:
+                if int(obj.get("Size", 0)) > COPY_LIMIT:  # the multipart copy needs the metadata
+                    head = await self._call("head_object", what, Key=key, IfMatch=str(obj.get("ETag")))
+                await self._copy(what, key, dst_prefix + key[len(prefix):], head, None)
+
+        await asyncio.gather(*(one(o) for o in objects))
+        keys = [str(o["Key"]) for o in objects]
+        for i in range(0, len(keys), 1000):
+            resp = await self._call("delete_objects", what, Delete={
+                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            if resp.get("Errors"):
+                raise UnderStoreError(f"{what}: renamed to {self._what(dst)}, but S3 kept "
+                                      f"{len(resp['Errors'])} of the old objects (remove them by hand)")
 
     async def close(self) -> None:
         with self._client_lock:
