@@ -2,8 +2,8 @@
 
 A mesh path is absolute, ``/``-separated, UTF-8, with no empty, ``.`` or
 ``..`` components, no NUL byte, components of at most 255 bytes and at most
-4096 bytes in all (the POSIX limits FUSE clients will hold us to). Every
-front end calls :func:`normalize` on what a user sent before anything else.
+5,120 bytes in all (Linux's 4,096 below a mount point of up to 1,024: a
+meshfs client holds us to the former under its mount points). Every front end calls :func:`normalize` on what a user sent before anything else.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 from meshd.errors import InvalidPath, NameTooLong
 
 NAME_MAX = 255
-PATH_MAX = 4096
+PATH_MAX = 5120  # Linux's 4096 bytes below a mount point of up to 1024 (meshfs shows mounts in a tree)
+LINK_MAX = 4095  # a symlink's target, as Linux holds it
 
 
 def normalize(path: str) -> str:

@@ -352,8 +352,8 @@ class MeshNode:
         return await self._written(t, info)
 
     async def symlink(self, path: str, target: str, change: AttrChange | None = None) -> FileStatus:
-        if not target or "\x00" in target or len(target.encode("utf-8", "surrogatepass")) > paths.PATH_MAX:
-            raise InvalidArgument("a symlink's target must be 1 to 4096 bytes, without NUL")
+        if not target or "\x00" in target or len(target.encode("utf-8", "surrogatepass")) > paths.LINK_MAX:
+            raise InvalidArgument(f"a symlink's target must be 1 to {paths.LINK_MAX} bytes, without NUL")
         t = self._changing(path, change)
         if not t.rel:
             raise AlreadyExists(f"{t.path} is a mount point")
