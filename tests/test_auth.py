@@ -643,20 +643,23 @@ def test_a_tenant_may_chmod_but_not_give_files_away_or_make_setuid_files(
         assert st.S_IMODE((store / "rw" / "f.txt").stat().st_mode) == 0o600
         assert (store / "rw" / "f.txt").stat().st_mtime == 1_000_000.0
         refused = [
-            lambda: c.setattr(f, AttrChange(uid=0)),
-            lambda: c.setattr(f, AttrChange(gid=0)),
+            lambda: c.setattr(f, AttrChange(uid=12345)),
+            lambda: c.setattr(f, AttrChange(gid=12345)),
             lambda: c.setattr(f, AttrChange(mode=0o4755)),
             lambda: c.put("/data/rw/suid", b"#!/bin/sh\n", change=AttrChange(mode=0o6755)),
-            lambda: c.put("/data/rw/root-owned", b"x", change=AttrChange(uid=0)),
+            lambda: c.put("/data/rw/given", b"x", change=AttrChange(uid=12345)),
             lambda: c.mkdir_with("/data/rw/d", AttrChange(mode=0o2755)),
             lambda: c.mknod("/data/rw/dev", st.S_IFCHR | 0o666, os.makedev(1, 3)),
-            lambda: c.symlink("/data/rw/l", "f.txt", AttrChange(uid=0)),
+            lambda: c.symlink("/data/rw/l", "f.txt", AttrChange(uid=12345)),
             lambda: c.setattr("/data/ro/f.txt", AttrChange(mode=0o777)),  # and no write at all on ro
         ]
         for fn in refused:
             with pytest.raises(PermissionDenied):
                 fn()
-    assert sorted(p.name for p in (store / "rw").iterdir()) == ["f.txt"]
+    assert sorted(p.name for p in (store / "rw").iterdir()) == ["f.txt"]  # nothing made by a refused call
+    with MeshClient(n.endpoint, token=ALPHA_TOKEN) as c:  # the node's own owner is no gift: a file has it anyway
+        c.put("/data/rw/mine", b"x", change=AttrChange(uid=os.geteuid(), gid=os.getegid(), mode=0o640))
+    assert (store / "rw" / "mine").stat().st_uid == os.geteuid()
     assert st.S_IMODE((store / "rw" / "f.txt").stat().st_mode) == 0o600
     assert st.S_IMODE((store / "ro" / "f.txt").stat().st_mode) != 0o777
     with n.client() as op:  # the operator may

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import stat
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -329,14 +330,15 @@ class MeshNode:
 
     def _changing(self, path: str, change: AttrChange | None = None, mode: int = 0) -> Target:
         """The target of a change of ``path``: allowed to the principal, inside a writable
-        mount. Giving a file away (an owner or group), set-user/group-ID bits and device
-        nodes need ADMIN on the path: the node's process may be root, and a tenant must
-        not make root's files through it (THREAT_MODEL.md)."""
+        mount. Giving a file away (an owner or group other than the node process's own,
+        which a file gets anyway), set-user/group-ID bits and device nodes need ADMIN on
+        the path: the node's process may be root, and a tenant must not make root's files
+        or other users' through it (THREAT_MODEL.md)."""
         norm = paths.normalize(path)
         self.access.check(WRITE, norm)
         bits = (change.mode or 0) if change is not None else 0
-        if ((change is not None and (change.uid is not None or change.gid is not None)) or bits & 0o6000
-                or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or mode & 0o6000):
+        given = change is not None and (change.uid not in (None, os.geteuid()) or change.gid not in (None, os.getegid()))
+        if given or bits & 0o6000 or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or mode & 0o6000:
             self.access.check(ADMIN, norm)
         t = self._target(path)
         t.mount.check_writable()
