@@ -175,6 +175,8 @@ class PosixUnderStore(UnderStore):
         if isinstance(e, NotRegular):
             return NotSupported(f"{self._shown(path)}: not a regular file (a FIFO, socket or device node): "
                                 "the file:// store reads and writes only regular files' bytes")
+        if e.errno == errno.ELOOP:  # a link naming itself, or a chain longer than Linux follows
+            return NotFound(f"{self._shown(path)}: a symlink loop (too many levels of symbolic links)")
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return NotSupported(f"{self._shown(path)}: the file system under the file:// store refuses this "
                                 f"({e.strerror})")
@@ -320,7 +322,8 @@ class PosixUnderStore(UnderStore):
         parent, name = await self._run(path, lambda: self._parent_made(path))
         tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            # (read-write: a hard-linked target gets its bytes copied from it, in place)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=parent)
             with os.fdopen(fd, "wb") as f:
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
