@@ -2,8 +2,23 @@
 
 Blocking calls run in the default thread pool. Writes go to a temporary file
 in the target directory and are renamed into place, so a reader never sees a
-half-written file and a failed put leaves the old file intact. The version of
-a file is ``"{mtime_ns}-{size}"``.
+half-written file and a failed put leaves the old file intact (a file with
+several hard links is the exception: its new bytes are copied into it in place,
+so that every name keeps seeing one file). The version of a file is
+``"{mtime_ns}-{size}-{inode}"``.
+
+Attributes live in the real file (docs/SEMANTICS.md): statuses come from
+``lstat`` (``ObjectInfo.attrs``: the whole ``st_mode``, owner, times, links,
+inode, device number, a symlink's target); ``Attrs.extra`` is kept as user
+xattrs ``user.mesh.x.<name>`` (empty where the file system refuses xattrs).
+A symlink that resolves beneath the root describes what it names in size,
+version, is_dir and mtime (readers follow it), its ``attrs`` the link; a
+dangling, looping or escaping one is a status of its own (version ``""``).
+FIFOs, sockets and device nodes have a status but are never opened: reading,
+appending, copying or truncating them is NotSupported (a FIFO would block; a
+device node would be the machine's device). Every path is confined beneath the
+root (``beneath.py``); calls that take no descriptor (xattrs, chmod) reach the
+very file held open through ``/proc/self/fd``.
 """
 
 from __future__ import annotations
@@ -82,7 +97,7 @@ def _info(path: str, st: os.stat_result, attrs: Attrs | None = None) -> ObjectIn
     """``st`` describes the data (what a link names), ``attrs`` the name itself."""
     is_dir = stat_mod.S_ISDIR(st.st_mode)
     size = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
-    return ObjectInfo(path, size, st.st_mtime_ns / 1e9, "" if is_dir else _version(st), is_dir, attrs)
+    return ObjectInfo(path, size, st.st_mtime, "" if is_dir else _version(st), is_dir, attrs)
 
 
 def _extra(fd: int) -> dict[str, str]:
