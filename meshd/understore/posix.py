@@ -413,11 +413,18 @@ class PosixUnderStore(UnderStore):
         finally:
             os.close(pfd)
         try:
+            before = os.fstat(wfd)
             size = os.fstat(src).st_size
             _copy_bytes(src, wfd, size)
             os.ftruncate(wfd, size)
             self._apply_fd(wfd, change)
             st = os.fstat(wfd)
+            if _version(st) == _version(before):
+                # Same inode, same size, same mtime (within one tick of the kernel's clock,
+                # or an mtime given that equals the old one): move mtime 1 ns on, so that the
+                # new bytes are a new version and no page of the old ones is served for them.
+                os.utime(wfd, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+                st = os.fstat(wfd)
             return _info(path, st, _attrs(st, None, _extra(wfd)))
         finally:
             os.close(wfd)
