@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.attrs import AttrChange
 from meshd.errors import NotFound, PermissionDenied
 from meshd.understore.posix import PosixUnderStore
 from tests.meshd_proc import MESHCTL, MeshdProcess
@@ -64,8 +66,12 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def test_every_operation_stays_beneath_the_root(store: tuple[PosixUnderStore, Path]) -> None:
     s, outside = store
     for path in ["etc/secret.txt", "up/secret.txt", "chain1", "sub/deep/secret.txt"]:
-        with pytest.raises(PermissionDenied, match="outside the store"):
-            await s.head(path)
+        if path == "chain1":  # the link itself has a status (docs/SEMANTICS.md); what it names does not
+            info = await s.head(path)
+            assert info.attrs is not None and info.attrs.target == "chain2" and info.version == ""
+        else:
+            with pytest.raises(PermissionDenied, match="outside the store"):
+                await s.head(path)
         with pytest.raises(PermissionDenied):
             b"".join([c async for c in s.get_range(path, 0, 100)])
         with pytest.raises(PermissionDenied):
@@ -89,13 +95,59 @@ async def test_every_operation_stays_beneath_the_root(store: tuple[PosixUnderSto
     assert not os.path.lexists(Path(s.root) / "stolen")
 
 
+async def test_attribute_link_and_node_operations_stay_beneath_the_root(
+        store: tuple[PosixUnderStore, Path]) -> None:
+    s, outside = store
+    before = {p: os.lstat(p) for p in (outside, outside / "secret.txt", outside / "dir")}
+    change = AttrChange(mode=0o777, uid=4321, gid=4321, atime=1.0, mtime=1.0, extra={"k": "v"})
+    for path in ["etc/secret.txt", "up/secret.txt", "sub/deep/secret.txt", "etc/dir", "up/dir"]:
+        with pytest.raises(PermissionDenied):
+            await s.setattr(path, change)
+    for path in ["etc/planted", "up/planted", "sub/deep/planted"]:
+        with pytest.raises(PermissionDenied):
+            await s.symlink(path, "/")
+        with pytest.raises(PermissionDenied):
+            await s.mknod(path, stat.S_IFIFO | 0o666)
+        with pytest.raises(PermissionDenied):
+            await s.link("sub/real.txt", path)  # a hard link planted outside
+        with pytest.raises(PermissionDenied):
+            await s.copy("sub/real.txt", path)
+        with pytest.raises(PermissionDenied):
+            await s.mkdir(path, AttrChange(mode=0o777))
+    for path in ["etc/secret.txt", "up/secret.txt", "sub/deep/secret.txt"]:
+        with pytest.raises(PermissionDenied):
+            await s.link(path, "stolen")  # a name inside for a file outside
+    for path in ["etc/secret.txt", "up/secret.txt", "chain1", "sub/deep/secret.txt"]:
+        with pytest.raises(PermissionDenied):
+            await s.copy(path, "stolen")
+        with pytest.raises(PermissionDenied):
+            await s.truncate(path, 0)
+    for path in ["chain1", "up", "etc"]:  # the link itself: changed, never what it names
+        info = await s.setattr(path, AttrChange(mode=0o600, uid=4321, atime=1.0, mtime=1.0))
+        assert info.attrs is not None and info.attrs.target is not None and info.version == ""
+    await s.link("chain1", "hard")  # a hard link to the link itself, still leading out
+    with pytest.raises(PermissionDenied):
+        b"".join([c async for c in s.get_range("hard", 0, 100)])
+    assert (outside / "secret.txt").read_bytes() == SECRET
+    assert sorted(os.listdir(outside)) == ["dir", "secret.txt"]
+    for p, st in before.items():
+        now = os.lstat(p)
+        assert (now.st_mode, now.st_uid, now.st_gid, now.st_mtime_ns, now.st_nlink, now.st_size) == (
+            st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink, st.st_size), p
+        assert not [n for n in os.listxattr(p, follow_symlinks=False) if n.startswith("user.mesh")]
+    assert not os.path.lexists(Path(s.root) / "stolen")
+
+
 async def test_a_symlink_that_stays_inside_is_followed(store: tuple[PosixUnderStore, Path]) -> None:
     s, _ = store
     assert (await s.head("inside")).size == 6
     assert b"".join([c async for c in s.get_range("inside", 0, 100)]) == b"inside"
     names = [i.path for i in await s.list("")]
     assert "inside" in names and "sub" in names
-    assert not {"etc", "up", "chain1", "chain2"} & set(names)  # links leading out are not listed
+    for info in await s.list(""):  # links leading out are listed as the links they are, nothing of outside
+        if info.path in ("etc", "up", "chain1", "chain2"):
+            assert info.attrs is not None and info.attrs.target is not None
+            assert info.version == "" and not info.is_dir and info.size == len(info.attrs.target)
 
 
 async def test_deleting_a_link_removes_the_link_not_what_it_names(store: tuple[PosixUnderStore, Path]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from typing import Any
 
 SYS_OPENAT2 = 437  # the same number on every Linux architecture
@@ -32,6 +33,23 @@ RESOLVE_BENEATH = 0x08
 
 class Escapes(OSError):
     """A path that resolves outside the root."""
+
+
+class NotRegular(OSError):
+    """A FIFO, socket or device node where a regular file's bytes were asked for."""
+
+
+def reopen(fd: int, flags: int) -> int:
+    """A new descriptor, opened with ``flags``, of the very file an ``O_PATH`` descriptor
+    holds (through its ``/proc/self/fd`` link: no path is resolved again, so nothing can be
+    swapped in between). Without ``/proc``: ENOENT."""
+    return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+
+
+def proc_path(fd: int) -> str:
+    """The path of the file held by ``fd`` (any kind, ``O_PATH`` too), for the calls that
+    take no descriptor of it (xattrs of an ``O_PATH`` descriptor, chmod)."""
+    return f"/proc/self/fd/{fd}"
 
 
 class _OpenHow(ctypes.Structure):
@@ -124,6 +142,13 @@ class Beneath:
             raise Escapes(errno.EXDEV, "not a name beneath the store", path)
         return self.open(head, os.O_PATH | os.O_DIRECTORY), name
 
+    def at(self, path: str) -> tuple[int, str]:
+        """Like :meth:`parent`, and for the root (``""``) its own descriptor and ``"."``:
+        the ``*at`` calls then act on the root directory itself."""
+        if not path.strip("/"):
+            return self.open("", os.O_PATH | os.O_DIRECTORY), "."
+        return self.parent(path)
+
     def stat(self, path: str) -> os.stat_result:
         """The status of what ``path`` names (symlinks followed while beneath)."""
         fd = self.open(path, os.O_PATH)
@@ -146,6 +171,22 @@ class Beneath:
             done = f"{done}/{part}" if done else part
         if done:  # a file (or a symlink leading out) in the way is an error, not a directory
             os.close(self.open(done, os.O_PATH | os.O_DIRECTORY))
+
+    def open_regular(self, path: str, flags: int) -> tuple[int, os.stat_result]:
+        """``path`` (symlinks followed while beneath) opened with ``flags`` only if it is a
+        regular file, with its status; IsADirectoryError for a directory, :class:`NotRegular`
+        for a FIFO, socket or device, which is never opened for reading or writing (a FIFO
+        would block; a device node could be any device of the machine)."""
+        pfd = self.open(path, os.O_PATH)
+        try:
+            st = os.fstat(pfd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegular(errno.EINVAL, "not a regular file", path)
+            return reopen(pfd, flags), st
+        finally:
+            os.close(pfd)
 
     def close(self) -> None:
         if self._fd >= 0:
