@@ -195,6 +195,7 @@ def from_oserror(exc: OSError, what: str) -> MeshError:
         _errno.ENAMETOOLONG: NameTooLong,
         _errno.ENOSPC: NoSpace,
         _errno.EXDEV: NotSupported,
+        _errno.EFBIG: InvalidArgument,  # a size past the file system's largest file
     }
     cls = by_errno.get(exc.errno or 0, UnderStoreError)
     return cls(f"{what}: {exc.strerror or type(exc).__name__}")  # str(exc) names the host file

@@ -418,6 +418,9 @@ class MeshNode:
             raise IsADirectory(f"is a directory: {t.path}")
         if version and st.version != version:
             raise VersionChanged(f"{t.path} changed (version {st.version}, expected {version})")
+        top = t.store.capabilities.max_size
+        if top and size > top:
+            raise InvalidArgument(f"cannot truncate {t.path} to {size} bytes: its store holds files of at most {top}")
         return await self._written(t, await t.store.truncate(t.rel, size, st.version))
 
     async def append(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:

@@ -46,6 +46,7 @@ class Capabilities:
     symlinks: bool = False  # ``symlink``: links shown as links (``attrs.target``)
     links: bool = False  # ``link``: hard links
     special: bool = False  # ``mknod``: FIFOs, sockets, device nodes
+    max_size: int = 0  # the largest file the store holds (0: the file system says, with EFBIG)
 
 
 def without_userinfo(url: str) -> str:

@@ -481,7 +481,8 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 
 class S3UnderStore(UnderStore):
     scheme = "s3"
-    capabilities = Capabilities(rename=False, directories=False, attrs=True, symlinks=True, special=True, links=False)
+    capabilities = Capabilities(rename=False, directories=False, attrs=True, symlinks=True, special=True, links=False,
+                                max_size=5 << 40)
     OPTIONS = OPTIONS
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
@@ -500,7 +501,7 @@ class S3UnderStore(UnderStore):
         if self.rename_mode not in ("copy", "refuse"):
             raise MountError(f"s3 mount option rename must be copy or refuse, got {self.rename_mode!r}")
         self.capabilities = Capabilities(rename=self.rename_mode == "copy", directories=False, attrs=True,
-                                         symlinks=True, special=True, links=False)
+                                         symlinks=True, special=True, links=False, max_size=5 << 40)
         # Whether the endpoint honours If-None-Match: * on writes: AWS does (since 2024);
         # another endpoint is unknown (None) until it refuses a write with 412 (True) or
         # answers NotImplemented (False). Unknown or False: exclusive writes HEAD first.
