@@ -495,3 +495,37 @@ async def test_truncate_in_place(store: PosixUnderStore) -> None:
         await store.truncate("missing", 0)
     with pytest.raises(InvalidArgument):
         await store.truncate("f", -1)
+
+
+async def test_paths_longer_than_a_system_call_takes_work_and_stay_beneath(store: PosixUnderStore,
+                                                                            tmp_path: Path) -> None:
+    """A mesh path may be longer than PATH_MAX below the store root (pjdfstest's PATH_MAX-1
+    paths under a meshfs mount point): opened a stretch at a time, still beneath the root."""
+    s = store
+    parts = ["d" * 250 + str(i) for i in range(20)]  # about 5,000 bytes
+    rel = "/".join(parts)
+    await s.mkdir(rel)
+    info = await s.put(rel + "/f", chunks(b"deep"))
+    assert info.size == 4
+    assert await s.read_all(rel + "/f", 0, 4) == b"deep"
+    assert (await s.head(rel + "/f")).attrs is not None
+    (tmp_path / "outside").write_bytes(b"secret")
+    os.symlink("../" * 21 + "outside", _long_join(s.root, rel, "up"))  # climbs to tmp_path/outside
+    with pytest.raises((PermissionDenied, NotFound)):
+        await s.read_all(rel + "/up", 0, 6)
+    await s.delete(rel + "/f")
+
+
+def _long_join(root: str, rel: str, name: str) -> str:
+    """A place for a symlink under a path too long to name in one call: made through a
+    descriptor of its directory, given back as the /proc path of that descriptor."""
+    fd = os.open(root, os.O_PATH)
+    for p in rel.split("/"):
+        nxt = os.open(p, os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    _KEEP.append(fd)
+    return f"/proc/self/fd/{fd}/{name}"
+
+
+_KEEP: list[int] = []

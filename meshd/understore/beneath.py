@@ -29,6 +29,7 @@ from typing import Any
 SYS_OPENAT2 = 437  # the same number on every Linux architecture
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
+_LONG = 4000  # paths from this long on are opened in stretches (PATH_MAX is 4,096 with its NUL)
 
 
 class Escapes(OSError):
@@ -124,15 +125,44 @@ class Beneath:
             self._fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         return self._fd
 
-    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
-        """``path`` (relative, "" for the root) opened with ``flags``; Escapes if it leaves."""
+    def _open1(self, dirfd: int, path: str, flags: int, mode: int) -> int:
         try:
-            return self._open(self.fd(), path or ".", flags, mode)
+            return self._open(dirfd, path, flags, mode)
         except OSError as e:
             if e.errno == errno.ENOSYS and self._open is _openat2:  # a kernel before 5.6
                 self._open = _nofollow
-                return self._open(self.fd(), path or ".", flags, mode)
+                return self._open(dirfd, path, flags, mode)
             raise
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        """``path`` (relative, "" for the root) opened with ``flags``; Escapes if it leaves.
+
+        A path longer than a system call takes (PATH_MAX, 4,096 bytes: a mesh path may be
+        longer, a store root below a mount point) is opened a stretch of directories at a
+        time, each beneath the one before: stricter than beneath the root (a link in a
+        later stretch may not climb back into an earlier one), never looser."""
+        path = path or "."
+        if len(os.fsencode(path)) < _LONG:
+            return self._open1(self.fd(), path, flags, mode)
+        parts = path.split("/")
+        dirfd, held = self.fd(), []
+        try:
+            while len(os.fsencode("/".join(parts))) >= _LONG:
+                take, n = 0, 0
+                for p in parts[:-1]:
+                    n += len(os.fsencode(p)) + 1
+                    if n >= _LONG:
+                        break
+                    take += 1
+                if not take:
+                    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+                dirfd = self._open1(dirfd, "/".join(parts[:take]), os.O_PATH | os.O_DIRECTORY, 0)
+                held.append(dirfd)
+                parts = parts[take:]
+            return self._open1(dirfd, "/".join(parts), flags, mode)
+        finally:
+            for fd in held:
+                os.close(fd)
 
     def parent(self, path: str) -> tuple[int, str]:
         """The descriptor of ``path``'s directory (O_PATH) and its last name: for the
