@@ -503,9 +503,9 @@ class MeshFS:
         return await self.staging.write(h.staged, off, buf)
 
     async def flush(self, fh: int, fsync: bool = False) -> None:
-        """``close`` (flush) after a write, or ``fsync``: commit the staged file."""
+        """``close`` (flush) or ``fsync``: commit what the staged file has not committed."""
         h = self.handles.get(fh)
-        if isinstance(h, Open) and (h.staged.written or (fsync and h.staged.dirty)):
+        if isinstance(h, Open) and (h.writable or fsync) and h.staged.dirty and not h.staged.unlinked:
             st = await self.staging.commit(h.staged)
             if st is not None:
                 self._committed(h.staged, st)

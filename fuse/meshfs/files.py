@@ -64,7 +64,6 @@ class Staged:
     exists: bool  # the store has a version of this path (this one, or the base)
     nlink: int = 1
     handles: int = 0
-    written: bool = False  # bytes written since the last commit: a close commits
     dirty: bool = False  # anything not committed (bytes, size, a new file)
     unlinked: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -171,7 +170,7 @@ class Staging:
         n = os.pwrite(s.fd, buf, off)
         s.size = max(s.size, off + n)
         s.mtime = s.ctime = time.time()
-        s.written = s.dirty = True
+        s.dirty = True
         return n
 
     async def truncate(self, s: Staged, size: int) -> None:
@@ -197,7 +196,7 @@ class Staging:
         async with s.lock:
             if s.unlinked:
                 return None
-            s.written = s.dirty = False
+            s.dirty = False
             size, fd, path, change = s.size, s.fd, s.path, s.change(self.send_owner)
 
             def chunks() -> Iterator[bytes]:
@@ -229,15 +228,19 @@ class Staging:
         s.handles -= 1
         if s.handles > 0:
             return None
+        st = None
         try:
-            st = None
-            while s.dirty and not s.unlinked:  # again if attributes changed during the upload
+            # again if attributes changed during the upload; not if the file was opened again
+            # meanwhile (its handles use the staged file, and their last close commits)
+            while s.dirty and not s.unlinked and s.handles == 0:
                 st = await self.commit(s)
-            return st
         finally:
-            if self.files.get(s.path) is s:
-                del self.files[s.path]
-            os.close(s.fd)
+            if s.handles == 0:
+                if self.files.get(s.path) is s:
+                    del self.files[s.path]
+                os.close(s.fd)
+                s.fd = -1
+        return st
 
     async def set_attrs(self, s: Staged, c: AttrChange,
                         apply: Callable[[], Awaitable[Status]]) -> Status | None:
