@@ -160,6 +160,21 @@ def test_empty_file_then_cat_never_ebusy(fs: Mnt, make: str) -> None:
     assert sorted(os.listdir(d)) == sorted([f"f{i}" for i in range(50)] + ["same"])
 
 
+def test_write_right_after_an_empty_create(fs: Mnt) -> None:
+    """An empty file's commit at its last close (asynchronous in the kernel) must not race a
+    new open of the same file: every write lands, no EBADF or EIO."""
+    d, _ = fs.fresh()
+    for i in range(50):
+        p = d / f"a{i % 5}"
+        p.write_bytes(b"")
+        fd = os.open(p, os.O_RDWR)
+        try:
+            os.pwrite(fd, bytes([i]), 0)
+        finally:
+            os.close(fd)
+        assert p.read_bytes() == bytes([i]), f"round {i}"
+
+
 # ---------------------------------------------------------------------- 3: unlink of a file being written
 
 @pytest.mark.parametrize("existing", [False, True])
@@ -182,6 +197,25 @@ def test_unlink_while_writing(fs: Mnt, existing: bool) -> None:
 
 
 # ---------------------------------------------------------------------- 4: unlink of a file open for reading
+
+def test_reader_while_a_rewrite_is_open(fs: Mnt) -> None:
+    """Between the writer's O_TRUNC open and its close too: the reader's version, or ESTALE."""
+    d, _ = fs.fresh()
+    old = os.urandom(300_000)
+    (d / "f").write_bytes(old)
+    fd = os.open(d / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == old[:100]
+        w = os.open(d / "f", os.O_WRONLY | os.O_TRUNC)
+        try:
+            assert read_all(fd, len(old)) in (old, "ESTALE"), "after the writer's O_TRUNC open"
+            os.write(w, b"x" * 1000)
+            assert read_all(fd, len(old)) in (old, "ESTALE"), "after the writer's write"
+        finally:
+            os.close(w)
+    finally:
+        os.close(fd)
+
 
 def test_reader_of_small_file_rewritten_empty(fs: Mnt) -> None:
     """The smallest case the model test (tests/test_fuse_model.py) found: a 1-byte file
