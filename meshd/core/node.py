@@ -466,7 +466,7 @@ class MeshNode:
             raise PermissionDenied(f"{t.path} is a mount point: unmount it instead")
         status = await self._stat(t, fresh=True)
         removed = 0
-        if status.is_dir:
+        if status.is_dir and not (status.attrs is not None and status.attrs.target is not None):  # a link: itself
             children = await t.store.list(t.rel)
             if children and not recursive:
                 raise DirectoryNotEmpty(f"directory not empty: {t.path}")
