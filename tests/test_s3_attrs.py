@@ -9,6 +9,7 @@ from __future__ import annotations
 # The S3 fixtures are imported and then used as test parameters.
 # ruff: noqa: F811
 import asyncio
+import errno
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -422,3 +423,17 @@ def test_listing_keeps_attributes_a_head_learnt() -> None:
     cache.record_many([FileStatus("/m/d/a", 3, 60.0, "v1", False, 3.0)])
     again = cache.cached_status("/m/d/a")
     assert again is not None and again.attrs == attrs
+
+
+async def test_a_key_past_s3s_limit_is_enametoolong(store: S3UnderStore) -> None:
+    """S3 keys are at most 1,024 bytes: a longer mesh path below an s3:// mount is
+    ENAMETOOLONG before any request (pjdfstest's PATH_MAX paths; docs/SEMANTICS.md)."""
+    from meshd.errors import NameTooLong
+
+    deep = "/".join(["d" * 200] * 6)  # 1,205 bytes
+    with pytest.raises(NameTooLong) as e:
+        await store.put(deep, chunks(b"x"))
+    assert e.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(NameTooLong):
+        await store.head(deep)
+    await store.put("/".join(["d" * 200] * 5), chunks(b"fits"))  # 1,004 bytes: fine

@@ -127,6 +127,7 @@ from meshd.errors import (
     IsADirectory,
     MeshError,
     MountError,
+    NameTooLong,
     NotADirectory,
     NotFound,
     NotSupported,
@@ -479,6 +480,9 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
     return _ClientSettings(endpoint, region, client_args, session_args)
 
 
+KEY_MAX = 1024  # bytes of an S3 object key (UTF-8)
+
+
 class S3UnderStore(UnderStore):
     scheme = "s3"
     capabilities = Capabilities(rename=False, directories=False, attrs=True, symlinks=True, special=True, links=False,
@@ -560,9 +564,10 @@ class S3UnderStore(UnderStore):
 
     def _key(self, path: str) -> str:
         path = path.strip("/")
-        if self.prefix:
-            return f"{self.prefix}/{path}" if path else self.prefix
-        return path
+        key = (f"{self.prefix}/{path}" if path else self.prefix) if self.prefix else path
+        if len(key.encode()) > KEY_MAX - 1:  # one byte to spare for a directory marker's "/"
+            raise NameTooLong(f"{self._shown(path)}: S3 keys are at most {KEY_MAX} bytes")
+        return key
 
     def _dir_prefix(self, path: str) -> str:
         """Key prefix of the children of ``path`` ("" for the root of an unprefixed mount)."""
