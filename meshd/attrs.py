@@ -44,6 +44,7 @@ class Attrs:
     rdev: int | None = None  # device number of a character or block special file
     target: str | None = None  # the target of a symlink
     extra: Mapping[str, str] = field(default_factory=dict)
+    mtime: float | None = None  # the entry's own mtime where the status's describes another (a followed link)
 
     @property
     def is_symlink(self) -> bool:
@@ -56,8 +57,11 @@ class Attrs:
         return m is not None and (stat.S_ISFIFO(m) or stat.S_ISCHR(m) or stat.S_ISBLK(m) or stat.S_ISSOCK(m))
 
     def to_wire(self) -> list[Any]:
-        return [self.mode, self.uid, self.gid, self.atime, self.ctime, self.nlink, self.ino, self.rdev,
-                self.target, dict(self.extra) if self.extra else None]
+        w = [self.mode, self.uid, self.gid, self.atime, self.ctime, self.nlink, self.ino, self.rdev,
+             self.target, dict(self.extra) if self.extra else None]
+        if self.mtime is not None:
+            w.append(self.mtime)
+        return w
 
     @classmethod
     def from_wire(cls, w: Any) -> Attrs | None:
@@ -67,11 +71,11 @@ class Attrs:
             return None
         if not isinstance(w, list):
             raise ValueError("attributes must be a list")
-        w = list(w) + [None] * (10 - len(w))
-        mode, uid, gid, atime, ctime, nlink, ino, rdev, target, extra = w[:10]
+        w = list(w) + [None] * (11 - len(w))
+        mode, uid, gid, atime, ctime, nlink, ino, rdev, target, extra, mtime = w[:11]
         return cls(_int(mode), _int(uid), _int(gid), _num(atime), _num(ctime), _int(nlink), _int(ino), _int(rdev),
                    None if target is None else str(target),
-                   {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {})
+                   {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}, _num(mtime))
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,12 @@ def lstat_view(st: Status) -> Status:
     """``st`` as meshfs shows it: a symlink is a link, whatever it names (the node's
     status of a link beneath its store describes the target, for data readers)."""
     a = st.attrs
-    if a is None or a.target is None or not st.is_dir:
+    if a is None or a.target is None:
         return st
-    return Status(st.path, len(a.target.encode()), st.mtime, st.version, False, a)
+    size, mtime = len(a.target.encode()), a.mtime if a.mtime is not None else st.mtime
+    if not st.is_dir and st.size == size and st.mtime == mtime:
+        return st
+    return Status(st.path, size, mtime, st.version, False, a)
 
 
 class Metadata:

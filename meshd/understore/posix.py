@@ -31,6 +31,7 @@ import secrets
 import stat as stat_mod
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -227,7 +228,7 @@ class PosixUnderStore(UnderStore):
             st = os.fstat(fd)
             if stat_mod.S_ISLNK(st.st_mode):
                 target = os.readlink("", dir_fd=fd)  # readlinkat of the O_PATH link itself
-                attrs = _attrs(st, target)
+                attrs = replace(_attrs(st, target), mtime=st.st_mtime_ns / 1e9)  # the link's own times
                 try:
                     data = self._beneath.stat(rel)  # followed only while it stays beneath the root
                 except OSError:  # dangling, a loop, or leading out: the link itself
