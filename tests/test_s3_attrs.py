@@ -150,13 +150,13 @@ async def test_extra_names_must_be_lower_case(store: S3UnderStore) -> None:
 
 async def test_replacing_put_keeps_mode_and_owner(store: S3UnderStore, raw: Any, s3_bucket: S3Bucket) -> None:
     await store.put("f", chunks(b"one"), change=AttrChange(mode=0o600, uid=7, gid=8, extra={"k": "v"}))
-    info = await store.put("f", chunks(b"two!"))  # no change: the old file's mode and owner
-    assert info.attrs is not None and (info.attrs.mode, info.attrs.uid, info.attrs.gid) == (0o100600, 7, 8)
-    assert meta_of(raw, s3_bucket, "f")["mode"] == str(0o100600)
     await store.put("f", chunks(b"3"), change=AttrChange(mtime=1234.5))  # partial change: the rest kept
     head = await store.head("f")
     assert head.attrs is not None and (head.attrs.mode, head.attrs.uid, head.attrs.extra) == (0o100600, 7, {"k": "v"})
     assert head.mtime == 1234.5
+    info = await store.put("f", chunks(b"two!"))  # no change (an S3 PUT): S3's rule, a new object
+    assert info.attrs is not None and (info.attrs.mode, info.attrs.uid, info.attrs.gid) == (None, None, None)
+    assert "mode" not in meta_of(raw, s3_bucket, "f")
 
 
 async def test_failed_replacing_put_leaves_the_old_object(store: S3UnderStore) -> None:

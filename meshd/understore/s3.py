@@ -780,11 +780,13 @@ class S3UnderStore(UnderStore):
             raise IsADirectory(f"is a directory: {self._what(path)}")
         now = time.time()
         mtime = change.mtime if change is not None and change.mtime is not None else now
-        if exclusive or (change is not None and None not in (change.mode, change.uid, change.gid)):
+        if exclusive or change is None or None not in (change.mode, change.uid, change.gid):
+            # S3's own rule for a write without attributes (the S3 gateway's PUT, WebHDFS CREATE):
+            # a new object, its metadata replaced; no HEAD on the write path
             return await self._put(path, chunks, _new_attrs(change, None, now, stat.S_IFREG), mtime,
                                    exclusive=exclusive)
-        # A replaced file keeps its mode and owner: one HEAD (meshfs sends all three: none),
-        # while the body comes in.
+        # A partial change (meshfs --owners mount sends no owner): the replaced file keeps the
+        # rest, from one HEAD while the body comes in.
         return await self._put(path, chunks, asyncio.ensure_future(self._replacing(path, change, now)), mtime)
 
     async def _replacing(self, path: str, change: AttrChange | None, now: float) -> Attrs:
