@@ -117,7 +117,7 @@ class MeshFS:
         self.inodes.told[ino] = st.version
         mtime = st.mtime if st.mtime or not st.is_dir else self.mounted_at  # not 1970
         a = Attr(ino, st.is_dir, st.size, mtime, st.version, self.meta.attr_ttl(st.path), st.attrs)
-        if st.attrs is None and self.meta.keeps_attrs(st.path):
+        if self.meta.ask_attrs(st):
             a.attr_ttl = 0.0
         return a
 
@@ -140,7 +140,7 @@ class MeshFS:
             return self.attr(self._orphan_status(ino, orphan), ino)
         path = self.inodes.path_of(ino)
         st = await self.meta.status(path)
-        if st.attrs is None and self.meta.keeps_attrs(path) and path not in self.staging.files:
+        if self.meta.ask_attrs(st) and path not in self.staging.files:
             st = await self.meta.status(path, fresh_within=0.0)  # a listing's entry: ask for the whole status
         return self.attr(st, ino)
 

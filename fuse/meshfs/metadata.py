@@ -85,6 +85,15 @@ class Metadata:
         m = self.rules.mount_of(path)
         return m[0] if m is not None else None
 
+    def ask_attrs(self, st: Status) -> bool:
+        """Whether a status without attributes (an entry of an S3 listing) is to be completed
+        by asking for the file's own status: on a mount whose statuses live ``ttl`` (the
+        default), yes, as any stat after ``ttl`` would; on one that keeps them longer (its
+        ``sync_interval``), no: it shows the mount's defaults until the file's own status is
+        fetched (a lookup, an open), as it shows other things it learned that long ago."""
+        return st.attrs is None and not st.is_dir and self.rules.ttl_of(st.path) <= self.ttl \
+            and self.keeps_attrs(st.path)
+
     def keeps_attrs(self, path: str) -> bool:
         """Whether ``path``'s store keeps attributes (it returned some before): then a
         status without them (an entry of an S3 listing) is not the whole status."""
