@@ -8,12 +8,14 @@ offset, truncates to any size, and reads through any handle of the mount while
 it is staged, go to it; its mode, owner and times change with it.
 
 **Commit.** The staged bytes become a new version of the file in one upload
-(the node's whole-file write, with the file's mode, owner and mtime): at a
-close (``flush``) after a write, at ``fsync``, and at the last close
-(``release``) if anything is still not committed (a file created or truncated
-and closed without a write: a shell's ``: > f`` or ``echo x > f``, whose first
-close comes before its write). A failed upload leaves the previous version
-in the store and is reported by that ``close`` or ``fsync``.
+(the node's whole-file write, with the file's mode, owner and mtime): at
+every close of a writable handle (``flush``) and every ``fsync`` that finds
+anything not committed (bytes written, a new or truncated file: ``touch f``
+is in the store when close returns, and ``echo x > f`` commits an empty file
+at the shell's first close, then ``x``, as a local file system shows them),
+and at the last close (``release``) if attribute changes came after. A
+failed upload leaves the previous version in the store and is reported by
+that ``close`` or ``fsync``.
 
 **An existing file's bytes** are copied into the staged file at the first
 read or write that needs them, pinned to the version opened (a file changed
@@ -63,6 +65,7 @@ class Staged:
     base: Status | None  # the version the staged bytes come from, until they are copied (None: none)
     exists: bool  # the store has a version of this path (this one, or the base)
     nlink: int = 1
+    version: str = ""  # the store's version the staged bytes are ("" once changed here)
     handles: int = 0
     dirty: bool = False  # anything not committed (bytes, size, a new file)
     unlinked: bool = False
@@ -70,7 +73,7 @@ class Staged:
 
     def status(self) -> Status:
         """What stat shows of the file while it is staged."""
-        return Status(self.path, self.size, self.mtime, "", False,
+        return Status(self.path, self.size, self.mtime, "" if self.dirty else self.version, False,
                       Attrs(self.mode, self.uid, self.gid, self.atime, self.ctime,
                             0 if self.unlinked else self.nlink))
 
@@ -119,6 +122,7 @@ class Staging:
                        st.mtime if st else now, (a.ctime if a and a.ctime is not None else st.mtime) if st else now,
                        base, st is not None, (a.nlink or 1) if a else 1)
             s.dirty = st is None or (truncate and st.size > 0)
+            s.version = st.version if st is not None else ""
             if truncate and st is not None and st.size:
                 s.mtime = s.ctime = now
             self.files[path] = s
@@ -217,6 +221,7 @@ class Staging:
                     raise FSError(errno_of(e), str(e)) from None
                 raise
             s.exists = True
+            s.version = st.version
             if st.attrs is not None:
                 a = st.attrs
                 s.ctime = a.ctime if a.ctime is not None else s.ctime
