@@ -253,6 +253,11 @@ def pjdfstest_summary(results: dict[str, FileResult]) -> str:
     return f"pjdfstest: {bad} of {total} subtests failed; {nfiles} of {len(results)} files failed"
 
 
+def _short(line: str, width: int = 300) -> str:
+    """A TAP line with its middle elided (the long-name tests print 4 KB paths)."""
+    return line if len(line) <= width else f"{line[:width // 2]} ... {line[-width // 2:]}"
+
+
 def pjdfstest_report(results: dict[str, FileResult]) -> list[str]:
     """Per failed file: its name, then its failing TAP lines and harness complaints."""
     lines = []
@@ -261,7 +266,7 @@ def pjdfstest_report(results: dict[str, FileResult]) -> list[str]:
             continue
         plan = f"{r.ok + r.failed} of {r.planned} planned" if r.planned is not None else "no plan"
         lines.append(f"failed: {r.name} ({r.failed} failed, {plan})")
-        lines += [f"    {x}" for x in r.failures + r.problems]
+        lines += [f"    {_short(x)}" for x in r.failures + r.problems]
     return lines
 
 
