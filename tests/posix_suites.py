@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         missing = f"posix suites: fsx not run: {e}"
         print(missing, file=sys.stderr)
     groups = a.groups.split(",") if a.groups else None
+    unknown = sorted(set(groups or []) - set(pjdfstest_groups(pjd) if pjd else groups or []))
+    if unknown:
+        print(f"posix suites: unknown pjdfstest groups {', '.join(unknown)}; choose from "
+              f"{', '.join(pjdfstest_groups(pjd))}", file=sys.stderr)
+        return 2
     logs = Path(tempfile.mkdtemp(prefix=f"posix-{a.kind}-logs-"))
     failed = False
     with tempfile.TemporaryDirectory(prefix=f"posix-{a.kind}-", dir="/var/tmp") as tmp:

@@ -9,14 +9,18 @@ The whole suite and fsx: ``./dev posix`` (see tests/posix_suites.py). Runs alone
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.posix_suites import (
+    ROOT,
     FileResult,
     build_pjdfstest,
     meshfs_mount,
+    parse_tap,
     pjdfstest_report,
     pjdfstest_summary,
     run_pjdfstest,
@@ -73,3 +77,31 @@ def test_pjdfstest_slice_over_a_file_store(pjdfstest: Path, tmp_path: Path) -> N
 
 def test_pjdfstest_slice_over_an_s3_store(pjdfstest: Path, tmp_path: Path) -> None:
     run_slice("s3", S3_GROUPS, pjdfstest, tmp_path, S3_CANNOT)
+
+
+def test_tap_is_counted_per_file_as_the_suite_script_does() -> None:
+    tap = """/b/tests/chmod/00.t ..
+1..4
+ok 1
+not ok 2 - tried 'chmod x 0644', expected 0, got EIO
+not ok 3 # TODO not on Linux
+ok 4
+Failed 1/4 subtests
+/b/tests/open/01.t ..
+1..3
+ok 1
+Bail out!  a helper died
+"""
+    r = parse_tap(tap)
+    assert sorted(r) == ["chmod/00.t", "open/01.t"]
+    assert (r["chmod/00.t"].ok, r["chmod/00.t"].failed, r["chmod/00.t"].planned) == (3, 1, 4)
+    assert r["chmod/00.t"].failures == ["not ok 2 - tried 'chmod x 0644', expected 0, got EIO"]
+    assert not r["open/01.t"].passed and r["open/01.t"].problems == ["Bail out!  a helper died"]
+    assert pjdfstest_summary(r) == "pjdfstest: 1 of 5 subtests failed; 2 of 2 files failed"
+
+
+def test_dev_posix_refuses_an_unknown_store_before_setting_up(tmp_path: Path) -> None:
+    r = subprocess.run([str(ROOT / "dev"), "posix", "nfs"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MESH_VENV": str(tmp_path / "no-venv")})
+    assert r.returncode == 2 and r.stderr.strip() == "unknown store nfs; choose one of file, s3, both"
+    assert not (tmp_path / "no-venv").exists()
