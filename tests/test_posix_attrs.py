@@ -529,3 +529,15 @@ def _long_join(root: str, rel: str, name: str) -> str:
 
 
 _KEEP: list[int] = []
+
+
+async def test_rewriting_a_file_leaves_its_directorys_times(store: PosixUnderStore) -> None:
+    """A rewrite (temp file, rename) changes the directory no more than an in-place write:
+    its mtime stays; creating a name does change it."""
+    await store.mkdir("d")
+    await store.put("d/f", chunks(b"one"))
+    os.utime(at(store, "d"), ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    await store.put("d/f", chunks(b"two"))
+    assert os.stat(at(store, "d")).st_mtime_ns == 1_000_000_000_000_000_000
+    await store.put("d/g", chunks(b"new"))
+    assert os.stat(at(store, "d")).st_mtime_ns > 1_000_000_000_000_000_000

@@ -337,6 +337,17 @@ class PosixUnderStore(UnderStore):
             await self.check_absent(path)
         parent, name = await self._run(path, lambda: self._parent_made(path))
         tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        # Rewriting a file changes its directory no more than an in-place write would: the
+        # temp name's coming and going must not show in the directory's times (make, rsync
+        # and POSIX see a directory change only when a name does). Its times are put back
+        # unless this write created the name. (A name made by someone else in the same
+        # moment loses its own mtime bump: a second's window at most, never a lost name.)
+        dir_before = os.stat(".", dir_fd=parent)
+        try:
+            existed = stat_mod.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+        except OSError:
+            existed = False
+        created = False
         try:
             # (read-write: a hard-linked target gets its bytes copied from it, in place)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=parent)
@@ -346,11 +357,15 @@ class PosixUnderStore(UnderStore):
                 f.flush()
                 info = await asyncio.to_thread(self._publish, parent, name, tmp, f.fileno(),
                                                change or AttrChange(), exclusive, path)
+                created = not existed
         except OSError as e:
             raise self._fail(e, path) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=parent)
+            if not created:
+                with contextlib.suppress(OSError):
+                    os.utime(".", ns=(dir_before.st_atime_ns, dir_before.st_mtime_ns), dir_fd=parent)
             os.close(parent)
         return info
 
