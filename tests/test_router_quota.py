@@ -37,6 +37,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshd.attrs import AttrChange
 from meshd.cluster.membership import Member
 from meshd.cluster.ring import HashRing
 from meshd.errors import MeshError, NotFound, UnderStoreError
@@ -755,7 +756,8 @@ class MemoryStore(UnderStore):
             yield piece
             await asyncio.sleep(0)
 
-    async def put(self, path: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
+                  exclusive: bool = False) -> ObjectInfo:
         parts = []
         async for c in chunks:
             self.received.append(len(c))
@@ -767,7 +769,7 @@ class MemoryStore(UnderStore):
         self.ops.append(("delete", path))
         self.objects.pop(path, None)
 
-    async def mkdir(self, path: str) -> None:
+    async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         self.ops.append(("mkdir", path))
 
 
