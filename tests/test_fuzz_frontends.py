@@ -219,6 +219,7 @@ def _encode(doc: Any) -> bytes:
 
 
 FRAME_BODY = st.one_of(
+    st.just(_encode(["info", {}])),  # a well-formed frame among the others: answered, in order
     st.builds(lambda op, args: _encode([op, args]), st.sampled_from(sorted(WIRE_OPS)) | TEXT,
               st.dictionaries(ARG_KEYS, JSON, max_size=4)),
     st.builds(_encode, JSON),
