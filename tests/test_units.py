@@ -18,7 +18,7 @@ from meshd.metadata.mounts import MountTable, validate
 from meshd.secrets import SecretsKey
 
 
-@pytest.mark.parametrize("bad", ["", "/a/../b", "/a/./b", "/a\x00b", "/" + "x" * 256, "/a/" + "b/" * 2100])
+@pytest.mark.parametrize("bad", ["", "/a/../b", "/a/./b", "/a\x00b", "/" + "x" * 256, "/a/" + "b/" * 2600])
 def test_bad_paths_are_refused(bad: str) -> None:
     with pytest.raises(InvalidPath):
         paths.normalize(bad)
