@@ -4,13 +4,10 @@ composes it with the operations in :mod:`gateway.webhdfs_read` and :mod:`gateway
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import posixpath
-import pwd
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -18,6 +15,7 @@ from aiohttp import web
 
 from meshd import auth, paths
 from meshd import errors as me
+from meshd.attrs import group_name, user_name
 from meshd.auth.http import bearer, connection_principal, principal
 from meshd.config import WebHdfsConfig
 from meshd.core import FileStatus, MeshNode
@@ -127,40 +125,7 @@ def permission_arg(q: Any, default: str) -> str:
     return raw
 
 
-# ---- owners: HDFS speaks names, the stores keep numbers (and the names beside) ----------
 
-
-@lru_cache(maxsize=1024)
-def uid_of(name: str) -> int | None:
-    """The local uid of user ``name``, None when this machine does not know it."""
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except (KeyError, ValueError):
-        return None
-
-
-@lru_cache(maxsize=1024)
-def gid_of(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except (KeyError, ValueError):
-        return None
-
-
-@lru_cache(maxsize=1024)
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ValueError, OverflowError):
-        return str(uid)
-
-
-@lru_cache(maxsize=1024)
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except (KeyError, ValueError, OverflowError):
-        return str(gid)
 
 
 # ---- ACLs: Hadoop's AclEntry, kept as aclspec text in the extra attribute hdfs.acl -------

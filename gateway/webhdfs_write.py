@@ -13,7 +13,7 @@ from aiohttp import web
 
 from meshd import errors as me
 from meshd import paths
-from meshd.attrs import EXTRA_VALUE_MAX, AttrChange
+from meshd.attrs import EXTRA_VALUE_MAX, AttrChange, gid_of, uid_of
 from meshd.core import FileStatus
 
 from .webhdfs_base import (
@@ -32,14 +32,12 @@ from .webhdfs_base import (
     acl_of,
     bool_arg,
     denied,
-    gid_of,
     illegal,
     long_arg,
     param_error,
     parse_acl_spec,
     perm_bits,
     permission_arg,
-    uid_of,
     unsupported,
 )
 

@@ -20,9 +20,12 @@ strings under short names.
 
 from __future__ import annotations
 
+import grp
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 # Linux's own limits, which the mesh's paths follow (paths.NAME_MAX is the same)
@@ -162,8 +165,46 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
+# ---- owners: HDFS speaks names, the stores keep numbers (WebHDFS and hdfs:// stores) -------
+
+
+@lru_cache(maxsize=1024)
+def uid_of(name: str) -> int | None:
+    """The local uid of user ``name``, None when this machine does not know it."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def gid_of(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    """The local name of ``uid``, else the number itself."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ValueError, OverflowError):
+        return str(uid)
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, ValueError, OverflowError):
+        return str(gid)
+
+
 def symlink_mode() -> int:
     return stat.S_IFLNK | 0o777
 
 
-__all__ = ["EXTRA_MAX", "EXTRA_VALUE_MAX", "AttrChange", "Attrs", "symlink_mode"]
+__all__ = ["EXTRA_MAX", "EXTRA_VALUE_MAX", "AttrChange", "Attrs", "gid_of", "group_name", "symlink_mode", "uid_of",
+           "user_name"]

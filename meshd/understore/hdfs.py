@@ -48,22 +48,19 @@ PermissionDenied, ...); a refused connection or a timeout is UnderStoreError.
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
 import posixpath
-import pwd
 import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
-from meshd.attrs import AttrChange, Attrs, symlink_mode
+from meshd.attrs import AttrChange, Attrs, gid_of, group_name, symlink_mode, uid_of, user_name
 from meshd.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -120,36 +117,8 @@ def _float(options: Mapping[str, str], key: str, default: float) -> float:
     return v
 
 
-@lru_cache(maxsize=1024)
-def _uid(name: str) -> int | None:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except (KeyError, ValueError):
-        return None
 
 
-@lru_cache(maxsize=1024)
-def _gid(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except (KeyError, ValueError):
-        return None
-
-
-@lru_cache(maxsize=1024)
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, ValueError, OverflowError):
-        return str(uid)
-
-
-@lru_cache(maxsize=1024)
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except (KeyError, ValueError, OverflowError):
-        return str(gid)
 
 
 def _base_acl(mode: int) -> str:
@@ -324,7 +293,7 @@ class HdfsUnderStore(UnderStore):
             extra[X_ACL] = acl
         atime_ms = st.get("accessTime")
         atime = atime_ms / 1000.0 if isinstance(atime_ms, int | float) and atime_ms > 0 else None
-        return Attrs(mode=mode, uid=_uid(owner) if owner else None, gid=_gid(group) if group else None,
+        return Attrs(mode=mode, uid=uid_of(owner) if owner else None, gid=gid_of(group) if group else None,
                      atime=atime, target=target, extra=extra)
 
     def _link_target(self, path: str, target: str) -> str:
@@ -518,8 +487,8 @@ class HdfsUnderStore(UnderStore):
         if change.mode is not None and change.mode != perm:
             await self._call("PUT", rel, "SETPERMISSION", permission=format(change.mode, "o"))
             perm, done = change.mode, True
-        owner = extra.get(X_OWNER) or (_user_name(change.uid) if change.uid is not None else None)
-        group = extra.get(X_GROUP) or (_group_name(change.gid) if change.gid is not None else None)
+        owner = extra.get(X_OWNER) or (user_name(change.uid) if change.uid is not None else None)
+        group = extra.get(X_GROUP) or (group_name(change.gid) if change.gid is not None else None)
         params = {k: v for k, v in (("owner", owner), ("group", group))
                   if v and v != a.extra.get(X_OWNER if k == "owner" else X_GROUP)}
         if params:
