@@ -53,6 +53,8 @@ from meshd.region.quota import Quotas, ThrottledStore
 from meshd.secrets import KEY_FILE, SecretsKey
 from meshd.tls import node_client_context
 from meshd.understore import UnderStore
+from meshd.writeback import EtcdRegistry, Journal, Registry, Writeback
+from meshd.writeback.overlay import PendingStore
 from topology.model import format_size
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,13 @@ class Mode:
     federation: Federation | None = None
     default_mount = False  # with no mount configured, mount a local directory at /local
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None,
+                    writeback: Writeback) -> MountTable:
         raise NotImplementedError
+
+    def registry(self) -> Registry:
+        """Where pending write-back writes are known: this node alone."""
+        return Registry()
 
     async def start(self, mounts: MountTable) -> None:
         """Read what the node shares with others and follow it."""
@@ -107,8 +114,10 @@ class Embedded(Mode):
     def __init__(self, me: Member) -> None:
         self.membership = StaticMembership(me)
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
-        return MountTable(kv, wrap=lambda store, _mount: understore.wrap(store), key=key)
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None,
+                    writeback: Writeback) -> MountTable:
+        return MountTable(kv, wrap=lambda store, mount: PendingStore(understore.wrap(store), mount, writeback),
+                          key=key)
 
 
 class Clustered(Mode):
@@ -121,6 +130,7 @@ class Clustered(Mode):
     def __init__(self, etcd: Etcd, config: NodeConfig, me: Member, token: str = "") -> None:
         cc = config.cluster
         self.etcd = etcd
+        self.cluster_name = cc.name
         self.membership = EtcdMembership(etcd, me, cc.lease_ttl)
         self.cluster = Cluster(self.membership, peer_timeout=cc.peer_timeout, token=token,
                                ssl_context=node_client_context(config.tls) if config.tls.enabled else None)
@@ -128,14 +138,20 @@ class Clustered(Mode):
         self.shared = EtcdMounts(etcd, cc.name)
         self.topology = EtcdFederation(etcd, cc.name, self.federation)
 
-    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None) -> MountTable:
+    def registry(self) -> Registry:
+        """Pending write-back writes of every node of every region, in etcd."""
+        return EtcdRegistry(self.etcd, self.cluster_name)
+
+    def mount_table(self, kv: KV, understore: UnderstoreMetrics, key: SecretsKey | None,
+                    writeback: Writeback) -> MountTable:
         fed = self.federation
 
         def wrap(store: UnderStore, mount: Mount) -> UnderStore:
-            """Every byte to or from another region takes its links' quota tokens."""
+            """Every byte to or from another region takes its links' quota tokens; pending
+            write-back writes show as if in the store (meshd.writeback.overlay)."""
             throttled = ThrottledStore(store, lambda: fed.crossing(fed.home_of(mount)),
                                        lambda: fed.outbound(fed.home_of(mount)))
-            return understore.wrap(throttled)
+            return PendingStore(understore.wrap(throttled), mount, writeback)
 
         return MountTable(kv, wrap=wrap, shared=self.shared, endpoints=fed, key=key)
 
@@ -196,6 +212,8 @@ class NodeParts:
             await self.mounts.add(m.path, m.uri, m.options, replace=True)
         if not self.mounts.entries() and self.config.default_mount and self.mode.default_mount:
             await self._mount_welcome()
+        if self.node.writeback is not None:
+            await self.node.writeback.start()  # uploads the journal left resume
 
     async def sweep_tmp(self) -> int:
         """Remove the temporary files crashed writes left in the mounts' stores (older
@@ -297,9 +315,12 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: 
     access = access_of(config, node_token)
     mode: Mode = Clustered(etcd, config, me, node_token) if etcd is not None else Embedded(me)
     understore = UnderstoreMetrics(stats)
-    node = MeshNode(mode.mount_table(kv, understore, key), MetadataCache(kv), cache, stats,
+    w = config.writeback
+    writeback = Writeback(Journal(kv, w.dir or os.path.join(data_dir, "writeback")), mode.registry(), w,
+                          node_id=me.node_id, region=me.region, http=me.http)
+    node = MeshNode(mode.mount_table(kv, understore, key, writeback), MetadataCache(kv), cache, stats,
                     ReadAhead(c.page_size, max_pages=c.readahead_pages), c.load_parallelism,
-                    cluster=mode.cluster, federation=mode.federation)
+                    cluster=mode.cluster, federation=mode.federation, writeback=writeback)
     node.access = access
     metrics = Metrics(understore, cache, node.metadata, mode.cluster, mode.federation)
     return NodeParts(config, me, mode, kv, stats, cache, node.mounts, node, metrics)

@@ -210,6 +210,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class WritebackConfig:
+    """Write-back (docs/SEMANTICS.md): writes acknowledged once on this node's disk."""
+
+    dir: str = ""  # spool directory ("": DATA_DIR/writeback); on a disk with room for the budget
+    budget: int = 8 << 30  # bytes acknowledged but not yet uploaded, at most: writers wait beyond
+    parallel: int = 4  # files uploaded at once
+    parts: int = 4  # parts of one S3 multipart upload in flight
+    retain: float = 30.0  # seconds an uploaded spool file still serves readers pinned to it
+    retry_max: float = 60.0  # the longest wait between two attempts of a failing upload
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: str = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
@@ -224,6 +236,7 @@ class NodeConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    writeback: WritebackConfig = field(default_factory=WritebackConfig)
 
     def with_overrides(self, **kw: Any) -> NodeConfig:
         cache_kw = {k: v for k, v in kw.items() if k in _names(CacheConfig) and v is not None}
@@ -307,10 +320,32 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> NodeConfig:
                       enforce=parse_bool(auth_raw.get("enforce", True), "auth.enforce"))
     tls = _tls_from_dict(raw.get("tls") or {}, where)
     limits = _limits_from_dict(raw.get("limits") or {}, where)
+    writeback = _writeback_from_dict(raw.get("writeback") or {}, where)
     node_kw = {k: v for k, v in raw.items()
-               if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls", "limits")}
+               if k not in ("cache", "mounts", "s3", "cluster", "webhdfs", "auth", "tls", "limits", "writeback")}
     return NodeConfig(cache=CacheConfig(**cache_kw), mounts=tuple(mounts), s3=S3Config(**s3_kw),
-                      webhdfs=webhdfs, cluster=cluster, auth=auth, tls=tls, limits=limits, **node_kw)
+                      webhdfs=webhdfs, cluster=cluster, auth=auth, tls=tls, limits=limits, writeback=writeback,
+                      **node_kw)
+
+
+def _writeback_from_dict(raw: Any, where: str) -> WritebackConfig:
+    _check_keys(raw, WritebackConfig, f"{where}: writeback")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k == "dir":
+            kw[k] = os.path.expanduser(str(v))
+            continue
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            kw[k] = parse_size(v, f"writeback.{k}") if k == "budget" else (int(v) if k in ("parallel", "parts")
+                                                                            else float(v))
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{where}: writeback.{k} must be a number, got {v!r}") from None
+        low = 1 if k != "retain" else 0
+        if not low <= kw[k] <= (1 << 60):
+            raise InvalidArgument(f"{where}: writeback.{k} must be at least {low}, got {v!r}")
+    return WritebackConfig(**kw)
 
 
 def _tls_from_dict(raw: Any, where: str) -> TlsConfig:

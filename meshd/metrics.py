@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from meshd.attrs import AttrChange
 from meshd.understore import ObjectInfo, UnderStore
+from meshd.understore.base import Pace
 
 if TYPE_CHECKING:
     from meshd.cache.pages import PageCache
@@ -256,6 +257,16 @@ class InstrumentedStore(UnderStore):
         data: bytes = await self._call("get", self.inner.read_all(path, start, end, version))
         self._m.stats.understore_bytes[self.scheme] += len(data)
         return data
+
+    async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
+                       token: str = "", started: Callable[[str], Awaitable[None]] | None = None,
+                       parallel: int = 1, pace: Pace | None = None) -> ObjectInfo:
+        result: ObjectInfo = await self._call("put", self.inner.put_file(
+            path, src, size, change=change, token=token, started=started, parallel=parallel, pace=pace))
+        return result
+
+    async def abort_put(self, path: str, token: str) -> None:
+        await self.inner.abort_put(path, token)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:

@@ -15,8 +15,14 @@ end authenticated the request as (:mod:`meshd.auth`; ``self.access``): the same
 rules on every front end. A node built without credentials (``auth.OPEN``)
 allows everything.
 
-Write path (simple, for now): writes go through to the under-store, then
-the file's status is recorded and its old cached pages dropped.
+Write path: a write goes through to the under-store (``write_mode: through``, the
+default), or, in write-back mode (the mount's ``write_mode: back``, or the request's
+own choice), is acknowledged once durable on this node and uploaded in the background
+(:mod:`meshd.writeback`; readers everywhere see it at once). Either way the file's
+status is recorded and its old cached pages dropped. A change of a path whose
+write-back upload is still pending either replaces it (write, delete: the pending
+write is never uploaded over the change), moves it (rename), or waits for the upload
+first (attributes, truncate, append, copy, link).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd import auth, paths
-from meshd.attrs import AttrChange
+from meshd.attrs import AttrChange, Attrs
 from meshd.auth import ADMIN, READ, WRITE
 from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
 from meshd.cache.readahead import ReadAhead
@@ -48,6 +54,7 @@ from meshd.errors import (
     NotFound,
     NotSupported,
     PermissionDenied,
+    UnderStoreError,
     VersionChanged,
 )
 from meshd.metadata.mounts import MountTable
@@ -56,8 +63,12 @@ from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import ObjectInfo
+from meshd.writeback import Entry, Writeback
+from meshd.writeback.overlay import PendingStore
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,8 @@ class MeshNode:
 
     def __init__(self, mounts: MountTable, metadata: MetadataCache, cache: PageCache,
                  stats: Stats, readahead: ReadAhead | None = None, load_parallelism: int = 8,
-                 cluster: Cluster | None = None, federation: Federation | None = None) -> None:
+                 cluster: Cluster | None = None, federation: Federation | None = None,
+                 writeback: Writeback | None = None) -> None:
         self.mounts = mounts
         self.federation = federation
         self.shard = metadata  # this node's own RocksDB shard
@@ -88,6 +100,15 @@ class MeshNode:
         self.sources = PageSources(cache, stats, cluster, federation)
         self.load_parallelism = load_parallelism
         self.access: auth.Access = auth.OPEN  # set by the composition root
+        self.writeback = writeback
+        if writeback is not None:
+            writeback.store_of = self._upload_store
+            writeback.landed = self._landed
+            if cluster is not None:
+                writeback.peer_session = cluster.session
+            if federation is not None:
+                writeback.crossing = federation.crossing
+            writeback.find_node = self._find_node
 
     # ---- namespace -------------------------------------------------------
 
@@ -310,15 +331,124 @@ class MeshNode:
     # ---- write path ------------------------------------------------------
 
     async def write(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                    exclusive: bool = False) -> FileStatus:
+                    exclusive: bool = False, writeback: bool | None = None, size_hint: int = -1) -> FileStatus:
         """Create or replace a whole file. ``change``: attributes of the new version
         (mode, owner, mtime; kept by stores that keep them); ``exclusive``:
-        AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``)."""
+        AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``);
+        ``writeback``: acknowledge once on this node's disk (True) or once in the store
+        (False); None: the mount's ``write_mode``. ``size_hint``: the length, if known."""
         t = self._changing(path, change)
         if not t.rel:
             raise IsADirectory(f"{t.path} is a mount point")
+        if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
+            return await self._write_back(t, chunks, change, exclusive, size_hint)
+        await self._replacing(t.path)
         info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
         return await self._written(t, info)
+
+    async def _write_back(self, t: Target, chunks: AsyncIterator[bytes], change: AttrChange | None,
+                          exclusive: bool, size_hint: int) -> FileStatus:
+        """Acknowledged once the bytes are durable here and the write is published as
+        pending (:mod:`meshd.writeback`); uploaded in the background."""
+        assert self.writeback is not None
+        if exclusive:
+            await t.store.check_absent(t.rel)
+        attrs = None
+        if t.store.capabilities.attrs:
+            c = change or AttrChange()
+            mode = c.mode if c.mode is not None else 0o666 & ~_UMASK
+            attrs = Attrs(stat.S_IFREG | mode, c.uid if c.uid is not None else os.geteuid(),
+                          c.gid if c.gid is not None else os.getegid(), c.atime,
+                          extra={k: v for k, v in c.extra.items() if v is not None})
+        e = await self.writeback.accept(t.path, t.mount.path, t.rel, chunks, change, attrs, size_hint)
+        return await self._pending_status(t, e)
+
+    async def _pending_status(self, t: Target, e: Entry) -> FileStatus:
+        status = FileStatus(t.path, e.size, e.mtime, e.version, False, time.time(),
+                            Attrs.from_wire(e.attrs) if e.attrs else None)
+        await self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(e.version))
+        return status
+
+    async def _replacing(self, path: str, recursive: bool = False) -> None:
+        """``path`` (and, ``recursive``, what is below) is about to be replaced or removed:
+        a pending write-back write of it must never be uploaded over the change."""
+        wb = self.writeback
+        if wb is None:
+            return
+        doomed = wb.registry.under(path) if recursive else [e for e in (wb.pending(path),) if e is not None]
+        doomed += [e for e in wb.entries.values() if e.path == path or (recursive and paths.is_within(e.path, path))]
+        for p in {e.path for e in doomed}:
+            await wb.supersede(p)
+
+    async def _settled(self, path: str, recursive: bool = False) -> None:
+        """Wait until the pending write-back uploads of ``path`` (and below) are in the
+        store: for changes the store must make to the file itself."""
+        wb = self.writeback
+        if wb is not None and (wb.registry.under(path) if recursive else wb.pending(path) is not None):
+            await wb.flush(path, wait=True)
+
+    def _upload_store(self, mount_path: str) -> tuple[Any, Any] | None:
+        """The mount of a write-back entry and the store its upload goes to (under the
+        pending overlay: link quotas and metrics included)."""
+        mount = self.mounts.get(mount_path)
+        if mount is None:
+            return None
+        store: Any = self.mounts.store(mount)
+        return mount, store.inner if isinstance(store, PendingStore) else store
+
+    async def _landed(self, e: Entry, info: ObjectInfo) -> None:
+        """A write-back upload is in the store: the path's status becomes the store's
+        version (same bytes), with the S3 attributes the gateway kept for it."""
+        t = self._target(e.path)
+        status = FileStatus.of(t.path, info, time.time())
+        kept = await self.metadata.attrs(t.path, e.version)
+        if kept is not None:
+            await self.metadata.set_attrs(t.path, status.version, {k: v for k, v in kept.items() if k not in ("v", "t")})
+        await self.metadata.record(status)
+        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+
+    def _find_node(self, node_id: str) -> tuple[str, str] | None:
+        """The HTTP address and region of a node of the mesh, by id."""
+        if self.cluster is not None and node_id in self.cluster.members:
+            m = self.cluster.members[node_id]
+            return m.http, m.region
+        if self.federation is not None:
+            for region, ms in self.federation.peers.items():
+                if node_id in ms:
+                    return ms[node_id].http, region
+        return None
+
+    async def writeback_status(self) -> dict[str, Any]:
+        """This node's write-back: pending files and bytes, oldest age, rates, errors."""
+        self.access.check(ADMIN, "/")
+        if self.writeback is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.writeback.status()}
+
+    async def writeback_flush(self, path: str, wait: bool = True, deadline: float | None = None) -> int:
+        """Upload the pending writes at or below ``path`` first; ``wait``: until they are all
+        in their stores (any node's). How many were pending."""
+        self.access.check(WRITE, paths.normalize(path))
+        if self.writeback is None:
+            return 0
+        try:
+            return await self.writeback.flush(paths.normalize(path), wait, deadline)
+        except TimeoutError:
+            raise UnderStoreError(f"writes under {paths.normalize(path)} are still being uploaded after "
+                                   f"{deadline:g} s") from None
+
+    def read_spool(self, entry_id: str, start: int, end: int) -> tuple[int, AsyncIterator[bytes]]:
+        """A peer reads a pending version this node holds (write-back): the bytes
+        [start, end) clipped to its size, and that size. VersionChanged once it is gone."""
+        self.access.check(ADMIN, "/")  # nodes (the cluster token) and operators only, never a tenant
+        size = self.writeback.spool_size(entry_id) if self.writeback is not None else None
+        if size is None or self.writeback is None:
+            raise VersionChanged(f"write-back version {entry_id} is no longer held here")
+        if not 0 <= start <= end:
+            raise InvalidArgument(f"bad range: start={start} end={end}")
+        end = min(end, size)
+        return end - min(start, end), self.writeback.read_local(entry_id, start, end)
 
     async def _written(self, t: Target, info: ObjectInfo) -> FileStatus:
         """Record the status a change returned; drop the pages of the file's older versions."""
@@ -350,6 +480,7 @@ class MeshNode:
         """chmod, chown, utimes (and WebHDFS's extra attributes) of a file or directory,
         in the store's own terms; the new status. A mount point is its store's root."""
         t = self._changing(path, change)
+        await self._settled(t.path)
         info = await t.store.setattr(t.rel, change)
         return await self._written(t, info)
 
@@ -359,6 +490,8 @@ class MeshNode:
         t = self._changing(path, change)
         if not t.rel:
             raise AlreadyExists(f"{t.path} is a mount point")
+        if self.writeback is not None and self.writeback.pending(t.path) is not None:
+            raise AlreadyExists(f"already exists: {t.path}")
         return await self._written(t, await t.store.symlink(t.rel, target, change))
 
     async def mknod(self, path: str, mode: int, rdev: int = 0, change: AttrChange | None = None) -> FileStatus:
@@ -382,6 +515,7 @@ class MeshNode:
             raise NotSupported(f"a hard link across mounts ({s.mount.path} -> {d.mount.path}) is not possible")
         if not s.rel or not d.rel:
             raise AlreadyExists("a mount point cannot be linked")
+        await self._settled(s.path)
         info = await s.store.link(s.rel, d.rel)
         await self.metadata.invalidate(s.path)
         return await self._written(d, replace(info, path=d.rel))
@@ -394,6 +528,8 @@ class MeshNode:
         s = self._target(src)
         if not d.rel:
             raise IsADirectory(f"{d.path} is a mount point")
+        await self._settled(s.path)
+        await self._replacing(d.path)
         st = await self._stat(s, fresh=True)
         if st.is_dir:
             raise IsADirectory(f"cannot copy a directory: {s.path}")
@@ -413,6 +549,7 @@ class MeshNode:
         if size < 0:
             raise InvalidArgument(f"cannot truncate to a negative size ({size})")
         t = self._changing(path)
+        await self._settled(t.path)
         st = await self._stat(t, fresh=True)
         if st.is_dir:
             raise IsADirectory(f"is a directory: {t.path}")
@@ -423,7 +560,7 @@ class MeshNode:
             raise InvalidArgument(f"cannot truncate {t.path} to {size} bytes: its store holds files of at most {top}")
         return await self._written(t, await t.store.truncate(t.rel, size, st.version))
 
-    async def append(self, path: str, chunks: AsyncIterator[bytes]) -> FileStatus:
+    async def append(self, path: str, chunks: AsyncIterator[bytes], *, writeback: bool | None = None) -> FileStatus:
         """Add bytes at the end of an existing file. A store that appends in place does
         (``capabilities.append``: POSIX, HDFS); any other (S3) gets the whole file again:
         its old bytes streamed back from the under-store, then the new ones (a full
@@ -434,6 +571,27 @@ class MeshNode:
         old = await self._stat(t, fresh=True)
         if old.is_dir:
             raise IsADirectory(f"is a directory: {t.path}")
+        if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
+            # write-back: the whole new version is spooled here (the old bytes read through
+            # the cache, at the version just pinned), then uploaded like any write
+            handle = await self.open(t.path, status=old)
+
+            async def whole() -> AsyncIterator[bytes]:
+                stream = await handle.read(0, old.size)
+                async for seg in stream.segments:
+                    try:
+                        yield seg.bytes()
+                    finally:
+                        seg.close()
+                async for c in chunks:
+                    yield c
+
+            keep = None
+            if old.attrs is not None:
+                a = old.attrs
+                keep = AttrChange(a.mode & 0o7777 if a.mode is not None else None, a.uid, a.gid)
+            return await self._write_back(t, whole(), keep, False, -1)
+        await self._settled(t.path)
         if t.store.capabilities.append:
             info = await t.store.append(t.rel, chunks)
         else:
@@ -465,6 +623,7 @@ class MeshNode:
         if not t.rel:
             raise PermissionDenied(f"{t.path} is a mount point: unmount it instead")
         status = await self._stat(t, fresh=True)
+        await self._replacing(t.path, recursive=status.is_dir)
         removed = 0
         if status.is_dir and not (status.attrs is not None and status.attrs.target is not None):  # a link: itself
             children = await t.store.list(t.rel)
@@ -507,6 +666,20 @@ class MeshNode:
         if not s.store.capabilities.rename:
             raise NotSupported(f"rename is not supported by {s.store.scheme}:// under-stores "
                                f"(mount {s.mount.path}); copy and delete instead")
+        wb = self.writeback
+        if wb is not None and wb.local(s.path) is not None:
+            # a file still being uploaded from here: its upload goes to the new name (the
+            # checkpoint pattern, save to a temp name then rename, never waits for the store)
+            await self._replacing(d.path, recursive=True)
+            e = await wb.retarget(s.path, d.path, d.mount.path, d.rel)
+            if e is not None:
+                self.cache.drop_file(file_id(s.mount.identity, s.rel))
+                await self.metadata.forget_subtree(s.path)
+                await self.metadata.forget_subtree(d.path)
+                await self._pending_status(d, e)
+                return
+        await self._settled(s.path, recursive=True)
+        await self._replacing(d.path, recursive=True)
         await s.store.rename(s.rel, d.rel)
         self.cache.drop_file(file_id(s.mount.identity, s.rel))
         await self.metadata.forget_subtree(s.path)
@@ -574,6 +747,8 @@ class MeshNode:
         self.sources.spawn(coro)
 
     async def close(self) -> None:
+        if self.writeback is not None:
+            await self.writeback.close()
         await self.metadata.close()
         await self.sources.close()
         await self.cache.drain()

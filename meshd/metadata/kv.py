@@ -37,8 +37,10 @@ class KV(abc.ABC):
         """Pairs whose key starts with ``prefix``, in key order, from ``start`` (inclusive) on."""
 
     @abc.abstractmethod
-    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
-        """Apply deletes then puts atomically."""
+    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes], sync: bool = False) -> None:
+        """Apply deletes then puts atomically; ``sync``: on disk (fsynced) before returning
+        (the write-back journal's commit point; a process crash never loses an unsynced
+        batch either, a machine crash may)."""
 
     def purge(self, prefix: bytes) -> None:  # noqa: B027 - optional hook
         """Drop from the files on disk the old versions of the keys under ``prefix``
@@ -78,7 +80,7 @@ class MemoryKV(KV):
         for k in keys:
             yield k, self._data[k]
 
-    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes], sync: bool = False) -> None:
         for k in deletes:
             self.delete(k)
         for k, v in puts.items():
@@ -211,15 +213,23 @@ class RocksKV(KV):
         except Exception as e:  # a full disk: the next purge (next start) tries again
             log.warning("metadata store: cannot compact %r: %s", prefix, str(e)[:200])
 
-    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
-        from rocksdict import WriteBatch
+    def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes], sync: bool = False) -> None:
+        from rocksdict import WriteBatch, WriteOptions
 
-        wb = WriteBatch(raw_mode=True)
-        for k in deletes:
-            wb.delete(k)
-        for k, v in puts.items():
-            wb.put(k, v)
-        self._guard(lambda db: db.write(wb))
+        def write(db: Any) -> None:
+            wb = WriteBatch(raw_mode=True)  # rebuilt per attempt: a write consumes it
+            for k in deletes:
+                wb.delete(k)
+            for k, v in puts.items():
+                wb.put(k, v)
+            if sync:
+                opts = WriteOptions()
+                opts.sync = True
+                db.write(wb, opts)
+            else:
+                db.write(wb)
+
+        self._guard(write)
 
     def close(self) -> None:
         if self._db is None:

@@ -51,7 +51,7 @@ from meshd.secrets import SecretsKey
 from meshd.understore import UnderStore, open_understore, options_of
 from meshd.understore.base import check_options
 
-MESH_OPTIONS = {"sync_interval", "nocache", "read_only", "store", "home_region"}
+MESH_OPTIONS = {"sync_interval", "nocache", "read_only", "store", "home_region", "write_mode"}
 SECRET_OPTIONS = secrets.SECRET_OPTIONS
 log = logging.getLogger("meshd.mounts")
 _TRUE = {"1", "true", "yes", "on"}
@@ -88,6 +88,15 @@ class Mount:
     @property
     def nocache(self) -> bool:
         return _bool("nocache", self.options.get("nocache", "false"))
+
+    @property
+    def write_back(self) -> bool:
+        """``write_mode: back``: writes are acknowledged once on the node's disk and uploaded
+        in the background (docs/SEMANTICS.md); ``through`` (the default): once in the store."""
+        raw = self.options.get("write_mode", "through").strip().lower()
+        if raw not in ("back", "through"):
+            raise MountError(f"option write_mode must be 'back' or 'through', got {raw!r}")
+        return raw == "back"
 
     @property
     def read_only(self) -> bool:
@@ -139,7 +148,7 @@ def validate(path: str, uri: str, options: Mapping[str, str]) -> Mount:
     check_options(parts.scheme, options, MESH_OPTIONS | known | secrets.reference_options(known))
     secrets.check_references(options)
     mount = Mount(path, uri.rstrip("/") if parts.path not in ("", "/") else uri, dict(options))
-    _ = mount.sync_interval, mount.nocache, mount.read_only  # validate values
+    _ = mount.sync_interval, mount.nocache, mount.read_only, mount.write_back  # validate values
     return mount
 
 
@@ -246,6 +255,10 @@ class MountTable:
 
     def entries(self) -> list[Mount]:
         return [self._mounts[p] for p in sorted(self._mounts)]
+
+    def get(self, path: str) -> Mount | None:
+        """The mount at exactly ``path``."""
+        return self._mounts.get(path)
 
     def _overlap(self, path: str) -> Mount | None:
         for other in self._mounts.values():

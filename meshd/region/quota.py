@@ -49,6 +49,7 @@ from typing import TypeVar
 
 from meshd.attrs import AttrChange
 from meshd.understore import ObjectInfo, UnderStore
+from meshd.understore.base import Pace
 
 T = TypeVar("T")
 
@@ -548,6 +549,30 @@ class ThrottledStore(UnderStore):
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:
         return await self.inner.put(path, self._paced(chunks), change=change, exclusive=exclusive)
+
+    async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
+                       token: str = "", started: Callable[[str], Awaitable[None]] | None = None,
+                       parallel: int = 1, pace: Pace | None = None) -> ObjectInfo:
+        """A write-back upload: each part (or piece) after its tokens on the outbound link."""
+        crossing = self._out()
+        if crossing:
+            async def paced(n: int) -> None:
+                left = n
+                while left > 0:
+                    g = min(left, crossing.grain)
+                    await crossing.take(g, "write")
+                    left -= g
+                if pace is not None:
+                    await pace(n)
+
+            pace_with: Pace | None = paced
+        else:
+            pace_with = pace
+        return await self.inner.put_file(path, src, size, change=change, token=token, started=started,
+                                         parallel=parallel, pace=pace_with)
+
+    async def abort_put(self, path: str, token: str) -> None:
+        await self.inner.abort_put(path, token)
 
     async def _meta(self, result: Awaitable[T]) -> T:
         """A metadata change: one request's bytes on the outbound link."""

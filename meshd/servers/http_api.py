@@ -55,6 +55,7 @@ from meshd.core import MeshNode, Segment
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
 from meshd.limits import log_rejected, parse_int
 from meshd.servers.streaming import send_segment, stream_response
+from meshd.writeback import parse_mode
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -135,13 +136,33 @@ async def _put_file(request: web.Request) -> web.Response:
             except ValueError as e:  # JSONDecodeError too
                 raise InvalidArgument(f"attrs: {e}") from None
         exclusive = request.query.get("exclusive", "") == "1"
+        mode = parse_mode(request.query.get("writeback"))
         status = await request.app[_NODE].write("/" + request.match_info["path"], body(), change=change,
-                                                exclusive=exclusive)
+                                                exclusive=exclusive, writeback=mode,
+                                                size_hint=request.content_length or -1)
     except Exception as e:
         return _error(e)
     return web.json_response({"path": status.path, "size": status.size, "version": status.version,
                               "mtime": status.mtime,
                               "attrs": None if status.attrs is None else status.attrs.to_wire()}, status=201)
+
+
+async def _get_spool(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/writeback/<id>?start=&end=``: bytes of a write-back version still on this
+    node's disk, for a peer serving a reader (nodes and operators only)."""
+    try:
+        start = _int_arg(request, "start", 0, low=0)
+        end = _int_arg(request, "end", 0, low=0)
+        length, pieces = request.app[_NODE].read_spool(request.match_info["id"], start, end)
+    except Exception as e:
+        return _error(e)
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = length
+    await resp.prepare(request)
+    async for piece in pieces:
+        await resp.write(piece)
+    await resp.write_eof()
+    return resp
 
 
 async def _get_page(request: web.Request) -> web.StreamResponse:
@@ -220,6 +241,7 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
     app.router.add_get("/v1/files/{path:.*}", _get_file)
     app.router.add_put("/v1/files/{path:.*}", _put_file)
     app.router.add_get("/v1/pages/{path:.*}", _get_page)
+    app.router.add_get("/v1/writeback/{id}", _get_spool)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import difflib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -217,6 +217,21 @@ class UnderStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""
 
+    async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
+                       token: str = "", started: Callable[[str], Awaitable[None]] | None = None,
+                       parallel: int = 1, pace: Pace | None = None) -> ObjectInfo:
+        """Upload the local file ``src`` (``size`` bytes) as ``path``: what write-back
+        uploads. ``token`` names this upload's temporary artefacts where the store picks
+        the name (a temp file), and ``started(token)`` is awaited with the store's own
+        name for them (an S3 upload id) before any byte is sent: after a crash,
+        ``abort_put(path, token)`` clears them. ``parallel``: requests in flight (S3
+        parts); ``pace(n)``: awaited before ``n`` bytes are sent (a link's quota). This
+        default streams the file through :meth:`put`."""
+        return await self.put(path, file_chunks(src, size, pace=pace), change=change)
+
+    async def abort_put(self, path: str, token: str) -> None:  # noqa: B027 - optional hook
+        """Remove what an interrupted :meth:`put_file` left (its ``token``); best effort."""
+
     async def sweep_tmp(self, max_age: float) -> int:
         """Remove temporary files of writes that crashed (older than ``max_age`` seconds);
         how many were removed. Stores whose writes leave none have nothing to do."""
@@ -233,3 +248,27 @@ def _keep(attrs: Attrs | None, mtime: float) -> AttrChange | None:
         return None
     mode = attrs.mode & 0o7777 if attrs.mode is not None else None
     return AttrChange(mode, attrs.uid, attrs.gid, attrs.atime, mtime, dict(attrs.extra))
+
+
+Pace = Callable[[int], Awaitable[None]]
+
+
+async def file_chunks(src: str, size: int, piece: int = 8 << 20, pace: Pace | None = None) -> AsyncIterator[bytes]:
+    """The first ``size`` bytes of the local file ``src``, read in a thread a piece at a
+    time (each after ``pace(len)``, when given)."""
+    import asyncio
+    import os
+
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pos = 0
+        while pos < size:
+            data = await asyncio.to_thread(os.pread, fd, min(piece, size - pos), pos)
+            if not data:
+                raise OSError(f"{src} is shorter than {size} bytes")
+            pos += len(data)
+            if pace is not None:
+                await pace(len(data))
+            yield data
+    finally:
+        os.close(fd)

@@ -30,7 +30,7 @@ import os
 import secrets
 import stat as stat_mod
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -50,7 +50,7 @@ from meshd.errors import (
     VersionChanged,
     from_oserror,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, UnderStore
+from meshd.understore.base import Capabilities, ObjectInfo, Pace, UnderStore, file_chunks
 from meshd.understore.beneath import Beneath, Escapes, NotRegular, proc_path, reopen
 
 CHUNK = 1 << 20
@@ -331,12 +331,39 @@ class PosixUnderStore(UnderStore):
             raise NotADirectory(f"a file is in the way: {self._shown(head)}") from None
         return self._beneath.parent(path)
 
+    async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
+                       token: str = "", started: Callable[[str], Awaitable[None]] | None = None,
+                       parallel: int = 1, pace: Pace | None = None) -> ObjectInfo:
+        """A write-back upload: its temp file is named after ``token``, so ``abort_put``
+        finds what a crash left."""
+        return await self._put(path, file_chunks(src, size, pace=pace), change=change, exclusive=False,
+                               tmp=f"{TMP_PREFIX}wb-{token}" if token else None)
+
+    async def abort_put(self, path: str, token: str) -> None:
+        def rm() -> None:
+            parent, _ = self._beneath.parent(path)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{TMP_PREFIX}wb-{token}", dir_fd=parent)
+            finally:
+                os.close(parent)
+
+        with contextlib.suppress(OSError, MeshError):
+            await self._run(path, rm)
+
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:
+        return await self._put(path, chunks, change=change, exclusive=exclusive)
+
+    async def _put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None,
+                   exclusive: bool, tmp: str | None = None) -> ObjectInfo:
         if exclusive:  # fails early; the hard link below is what makes it atomic
             await self.check_absent(path)
         parent, name = await self._run(path, lambda: self._parent_made(path))
-        tmp = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent)  # an earlier attempt's
+        tmp = tmp or f"{TMP_PREFIX}{secrets.token_hex(8)}"
         # Rewriting a file changes its directory no more than an in-place write would: the
         # temp name's coming and going must not show in the directory's times (make, rsync
         # and POSIX see a directory change only when a name does). Its times are put back

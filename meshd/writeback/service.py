@@ -1,0 +1,768 @@
+"""Write-back: a write acknowledged once durable on this node, uploaded in the background.
+
+:class:`Writeback` is the node's part that owns it:
+
+- **accept** streams a new version into a spool file under a bounded budget
+  (writers wait, never fail, while the bytes not yet uploaded fill it), fsyncs
+  it, commits its journal record (:mod:`meshd.writeback.journal`) and publishes
+  it in the mesh-wide *pending registry* (:class:`Registry`; etcd in cluster
+  mode), all before the write is acknowledged;
+- **visibility**: every node's under-stores are wrapped in
+  :class:`~meshd.writeback.overlay.PendingStore`, which answers ``head`` and
+  ``list`` with the pending version and serves its bytes from the writing node
+  (:meth:`read`): a reader anywhere sees the new file as soon as it is
+  acknowledged, through the same metadata and page paths as any file;
+- **upload**: workers upload entries oldest first (``put_file``: S3 multipart
+  with parallel parts), retrying with backoff for as long as it takes, under
+  the link quotas (the mount's store is the quota'd one); then the node's hook
+  switches the status to the store's version, the registry entry goes, and the
+  spool file is kept ``retain`` seconds for readers still pinned to it;
+- **crash**: on restart every journal record is uploaded again, after the
+  store's leftovers of the interrupted attempt (a multipart upload, a temp
+  file) are cleared (``abort_put``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from meshd import paths
+from meshd.attrs import AttrChange, Attrs
+from meshd.config import WritebackConfig
+from meshd.errors import (
+    InvalidArgument,
+    MeshError,
+    NodeUnavailable,
+    NoSpace,
+    NotFound,
+    VersionChanged,
+)
+from meshd.understore import ObjectInfo, UnderStore
+from meshd.writeback.journal import Entry, Journal, is_pending_version, new_id, writer_of
+
+log = logging.getLogger(__name__)
+
+SPOOL_WRITE = 4 << 20  # bytes gathered before one write to the spool file
+READ_PIECE = 1 << 20
+
+
+class Budget:
+    """Bytes acknowledged but not yet in their store, bounded: a writer that would go
+    over waits (first come, first served) until uploads free room; one write alone may
+    always go (a piece larger than the budget waits for an empty budget, then goes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self.waited_seconds = 0.0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, f in self._waiters if not f.done())
+
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.limit
+
+    async def take(self, n: int) -> None:
+        if not self._waiters and self._fits(n):
+            self.used += n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        t0 = time.monotonic()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give(n)  # granted in the same instant: hand it on
+            raise
+        finally:
+            self.waited_seconds += time.monotonic() - t0
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+        while self._waiters:
+            want, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(want):
+                break
+            self._waiters.popleft()
+            self.used += want
+            fut.set_result(None)
+
+
+class Registry:
+    """What is pending mesh-wide: mesh path -> the latest acknowledged entry not yet in its
+    store. Embedded mode: this node's entries only. :class:`EtcdRegistry` shares it."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, Entry] = {}
+        self.by_version: dict[str, Entry] = {}
+        self._children: dict[str, set[str]] = defaultdict(set)
+        self._dirs: dict[str, int] = defaultdict(int)  # every ancestor directory of a pending path: how many
+
+    def _add(self, e: Entry) -> None:
+        old = self.by_path.get(e.path)
+        if old is not None and old.version != e.version:
+            if old.created > e.created:
+                return  # a newer acknowledged write of the path is already known
+            self.by_version.pop(old.version, None)
+        if old is None or old.path != e.path:
+            for d in _ancestors(e.path):
+                self._dirs[d] += 1
+        self.by_path[e.path] = e
+        self.by_version[e.version] = e
+        self._children[paths.parent(e.path)].add(e.path)
+
+    def _remove(self, path: str, version: str | None = None) -> None:
+        old = self.by_path.get(path)
+        if old is None or (version is not None and old.version != version):
+            if version is not None:
+                self.by_version.pop(version, None)
+            return
+        del self.by_path[path]
+        self.by_version.pop(old.version, None)
+        for d in _ancestors(path):
+            self._dirs[d] -= 1
+            if self._dirs[d] <= 0:
+                del self._dirs[d]
+        kids = self._children.get(paths.parent(path))
+        if kids is not None:
+            kids.discard(path)
+            if not kids:
+                del self._children[paths.parent(path)]
+
+    def get(self, path: str) -> Entry | None:
+        return self.by_path.get(path)
+
+    def children(self, directory: str) -> list[Entry]:
+        return [self.by_path[p] for p in self._children.get(directory, ()) if p in self.by_path]
+
+    def has_dir(self, path: str) -> bool:
+        """Some pending path lies below ``path`` (a directory the upload will make)."""
+        return path in self._dirs
+
+    def subdirs(self, directory: str) -> list[str]:
+        """Names of the directories directly in ``directory`` that hold pending paths."""
+        if not self._dirs or (directory != "/" and directory not in self._dirs):
+            return []
+        return [paths.basename(d) for d in self._dirs if d != directory and paths.parent(d) == directory]
+
+    def under(self, path: str) -> list[Entry]:
+        return [e for p, e in self.by_path.items() if paths.is_within(p, path)]
+
+    async def publish(self, e: Entry) -> None:
+        self._add(e)
+
+    async def unpublish(self, e: Entry) -> None:
+        self._remove(e.path, e.version)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class EtcdRegistry(Registry):
+    """The pending registry in etcd (``/mesh/<cluster>/writeback/<mesh path>``), mirrored
+    on every node of every region by a watch (and a full re-read every 10 s). A write is
+    acknowledged after its key is put; other nodes see it once the watch delivers
+    (milliseconds; docs/SEMANTICS.md)."""
+
+    RESYNC = 10.0
+
+    def __init__(self, etcd: Any, cluster: str) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.prefix = f"/mesh/{cluster}/writeback"
+        self._tasks: list[asyncio.Task[None]] = []
+        self.unpublished: dict[str, Entry] = {}  # put failed (etcd away): retried
+
+    def _key(self, path: str) -> bytes:
+        return (self.prefix + path).encode()
+
+    async def publish(self, e: Entry) -> None:
+        self._add(e)
+        try:
+            await self.etcd.call(self.etcd.client.put(self._key(e.path), e.to_json()))
+            self.unpublished.pop(e.path, None)
+        except Exception as err:  # durable here anyway: other nodes learn of it once etcd answers
+            self.unpublished[e.path] = e
+            log.warning("write-back: cannot publish %s in etcd (%s); other nodes see it once etcd answers",
+                        e.path, type(err).__name__)
+
+    async def unpublish(self, e: Entry) -> None:
+        self._remove(e.path, e.version)
+        self.unpublished.pop(e.path, None)
+        c = self.etcd.client
+        tx = c.transactions
+        key = self._key(e.path)
+        try:  # only our own entry: a newer write of the path may have replaced it
+            await self.etcd.call(c.transaction(compare=[tx.value(key) == e.to_json()],
+                                               success=[tx.delete(key)], failure=[]))
+            resp = await self.etcd.call(c.get(key))
+            if resp is not None and Entry.from_json(resp.value).version == e.version:
+                await self.etcd.call(c.delete(key))  # its record changed (state) but it is ours
+        except Exception as err:
+            log.warning("write-back: cannot remove %s from the pending registry (%s); retried at the next resync",
+                        e.path, type(err).__name__)
+
+    async def load(self) -> int:
+        resp = await self.etcd.call(self.etcd.client.get_prefix((self.prefix + "/").encode()))
+        seen: dict[str, Entry] = {}
+        for kv in resp:
+            try:
+                e = Entry.from_json(kv.value)
+            except (ValueError, TypeError, KeyError):
+                continue
+            seen[e.path] = e
+        for e in self.unpublished.values():
+            seen.setdefault(e.path, e)
+        for path in [p for p in self.by_path if p not in seen]:
+            self._remove(path)
+        for e in seen.values():
+            self._add(e)
+        return int(resp.header.revision)
+
+    async def start(self) -> None:
+        try:
+            revision = await self.load()
+        except Exception as e:
+            log.warning("write-back: cannot read the pending registry from etcd (%s); retrying", type(e).__name__)
+            revision = 0
+        self._tasks = [asyncio.ensure_future(self._watch(revision + 1)), asyncio.ensure_future(self._resync())]
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.RESYNC)
+            for e in list(self.unpublished.values()):
+                await self.publish(e)
+            with contextlib.suppress(Exception):
+                await self.load()
+
+    async def _watch(self, revision: int) -> None:
+        import aetcd
+
+        key = (self.prefix + "/").encode()
+        while True:
+            try:
+                watch = await self.etcd.call(self.etcd.client.watch_prefix(key, start_revision=revision or None))
+                try:
+                    async for event in watch:
+                        revision = max(revision, int(event.kv.mod_revision) + 1)
+                        path = event.kv.key.decode()[len(self.prefix):]
+                        if event.kind == aetcd.EventKind.DELETE:
+                            self._remove(path)
+                        else:
+                            with contextlib.suppress(ValueError, TypeError, KeyError):
+                                self._add(Entry.from_json(event.kv.value))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await self.etcd.call(watch.cancel())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    revision = await self.load() + 1
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+Landed = Callable[[Entry, ObjectInfo], Awaitable[None]]
+StoreOf = Callable[[str], "tuple[Any, UnderStore] | None"]  # mount path -> (mount, the store under the overlay)
+
+
+class Writeback:
+    """The node's write-back: journal, budget, pending registry, uploads (module doc)."""
+
+    def __init__(self, journal: Journal, registry: Registry, config: WritebackConfig, *, node_id: str,
+                 region: str = "", http: str = "") -> None:
+        self.journal = journal
+        self.registry = registry
+        self.config = config
+        self.node_id, self.region, self.http = node_id, region, http
+        self.budget = Budget(config.budget)
+        self.entries: dict[str, Entry] = {}  # this node's, by id
+        self.store_of: StoreOf = lambda _m: None  # set by the node: the store an entry goes to
+        self.landed: Landed | None = None  # set by the node: switch the status to the store's version
+        self.peer_session: Callable[[], Any] | None = None  # cluster mode: an aiohttp session to peers
+        self.crossing: Callable[[str], Any] | None = None  # federation: the link quota from a region
+        self.find_node: Callable[[str], tuple[str, str] | None] = lambda _n: None  # node id -> (http, region)
+        self._queue: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._uploading: dict[str, asyncio.Task[None]] = {}
+        self._retired: dict[str, tuple[float, int]] = {}  # entry id -> (until, size): spool kept for readers
+        self._workers: list[asyncio.Task[None]] = []
+        self._started = False
+        self._done = asyncio.Condition()
+        # counters (metrics, meshctl writeback status)
+        self.uploaded_files = 0
+        self.uploaded_bytes = 0
+        self.retries = 0
+        self.superseded = 0
+        self.rate: dict[str, _Rate] = defaultdict(_Rate)  # per mount: bytes/s of recent uploads
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the journal (uploads resume, leftovers of interrupted ones cleared),
+        join the registry, start the upload workers. Once; the first write-back write
+        starts it if the node did not."""
+        if self._started:
+            return
+        self._started = True
+        for e in self.journal.recover():
+            self.entries[e.id] = e
+            self.budget.used += e.size
+            self._queue.append(e.id)
+        if self.entries:
+            log.info("write-back: %d acknowledged write(s), %d bytes, to upload (from the journal)",
+                     len(self.entries), sum(e.size for e in self.entries.values()))
+        await self.registry.start()
+        for e in sorted(self.entries.values(), key=lambda e: e.id):
+            await self.registry.publish(e)
+        self._workers = [asyncio.ensure_future(self._worker()) for _ in range(max(1, self.config.parallel))]
+        self._wake.set()
+
+    async def close(self) -> None:
+        for t in self._workers:
+            t.cancel()
+        for t in list(self._uploading.values()):
+            t.cancel()
+        await asyncio.gather(*self._workers, *self._uploading.values(), return_exceptions=True)
+        self._workers = []
+        await self.registry.stop()
+        self.journal.close()
+
+    # ---- accepting a write -------------------------------------------------------
+
+    async def accept(self, path: str, mount: str, rel: str, chunks: AsyncIterator[bytes],
+                     change: AttrChange | None, attrs: Attrs | None, size_hint: int = -1) -> Entry:
+        """Spool ``chunks`` as the new version of ``path``; durable and published on return."""
+        await self.start()
+        eid = new_id()
+        part = self.journal.part(eid)
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise self._disk_error(e, path) from None
+        size = taken = 0
+        try:
+            try:
+                if size_hint > 0:
+                    with contextlib.suppress(OSError):
+                        os.posix_fallocate(fd, 0, size_hint)  # ENOSPC now, not half-way
+                buf = bytearray()
+                async for chunk in chunks:
+                    buf += chunk
+                    if len(buf) >= SPOOL_WRITE:
+                        await self.budget.take(len(buf))
+                        taken += len(buf)
+                        data, buf = bytes(buf), bytearray()
+                        await loop.run_in_executor(None, _write_all, fd, data)
+                        size += len(data)
+                if buf:
+                    await self.budget.take(len(buf))
+                    taken += len(buf)
+                    await loop.run_in_executor(None, _write_all, fd, bytes(buf))
+                    size += len(buf)
+                if size_hint > size:
+                    os.ftruncate(fd, size)
+                await loop.run_in_executor(None, os.fsync, fd)
+            finally:
+                os.close(fd)
+            await loop.run_in_executor(None, self.journal.seal, eid)
+            mtime = change.mtime if change is not None and change.mtime is not None else time.time()
+            wire = change.to_wire() if change is not None else {}
+            wire["t"] = mtime  # the store's copy gets the mtime readers saw meanwhile
+            shown = None
+            if attrs is not None:
+                shown = Attrs(attrs.mode, attrs.uid, attrs.gid, attrs.atime if attrs.atime is not None else mtime,
+                              mtime, 1, None, None, None, dict(attrs.extra)).to_wire()
+            entry = Entry(eid, path, mount, rel, size, mtime, self.node_id, self.region, self.http, time.time(),
+                          change=wire, attrs=shown)
+            self.journal.commit(entry)
+        except BaseException as e:
+            self.budget.give(taken)
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            with contextlib.suppress(OSError):
+                os.unlink(self.journal.spool(eid))
+            if isinstance(e, OSError):
+                raise self._disk_error(e, path) from None
+            raise
+        self.budget.give(taken - size)
+        self.entries[eid] = entry
+        for old in [o for o in self.entries.values() if o.path == path and o.id != eid]:
+            await self._drop(old, "superseded by a newer write")
+        await self.registry.publish(entry)
+        self._queue.append(eid)
+        self._wake.set()
+        return entry
+
+    def _disk_error(self, e: OSError, path: str) -> MeshError:
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpace(f"no space left on this node's write-back disk ({self.journal.dir}) for {path}")
+        return MeshError(f"write-back spool of {path}: {e.strerror or e}")
+
+    # ---- what is pending --------------------------------------------------------
+
+    def pending(self, path: str) -> Entry | None:
+        """The pending (acknowledged, not yet uploaded) version of ``path``, mesh-wide."""
+        return self.registry.get(path)
+
+    def pending_children(self, directory: str) -> list[Entry]:
+        return self.registry.children(directory)
+
+    def local(self, path: str) -> Entry | None:
+        for e in self.entries.values():
+            if e.path == path:
+                return e
+        return None
+
+    # ---- reads of pending versions --------------------------------------------------
+
+    async def read(self, version: str, start: int, end: int, chunk: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the pending version ``version``: from this node's spool,
+        else from the writing node. VersionChanged when the writer no longer has it (it
+        was uploaded, and retired; the reader re-pins to the store's version)."""
+        node, eid = writer_of(version)
+        if node == self.node_id:
+            async for piece in self.read_local(eid, start, end, chunk):
+                yield piece
+            return
+        async for piece in self._read_remote(version, node, eid, start, end):
+            yield piece
+
+    def spool_size(self, eid: str) -> int | None:
+        e = self.entries.get(eid)
+        if e is not None:
+            return e.size
+        r = self._retired.get(eid)
+        return r[1] if r is not None else None
+
+    async def read_local(self, eid: str, start: int, end: int, chunk: int | None = None) -> AsyncIterator[bytes]:
+        size = self.spool_size(eid)
+        if size is None:
+            raise VersionChanged(f"write-back version {eid} is no longer held here (uploaded)")
+        try:
+            fd = os.open(self.journal.spool(eid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise VersionChanged(f"write-back version {eid} is no longer held here (uploaded)") from None
+        loop = asyncio.get_running_loop()
+        try:
+            pos, end = start, min(end, size)
+            step = chunk or READ_PIECE
+            while pos < end:
+                data = await loop.run_in_executor(None, os.pread, fd, min(step, end - pos), pos)
+                if not data:
+                    raise VersionChanged(f"write-back version {eid} shrank under a reader")
+                pos += len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    async def _read_remote(self, version: str, node: str, eid: str, start: int, end: int) -> AsyncIterator[bytes]:
+        e = self.registry.by_version.get(version)
+        where = (e.http, e.region) if e is not None else self.find_node(node)
+        if where is None or not where[0] or self.peer_session is None:
+            raise VersionChanged(f"the node holding write-back version {version} is not known here")
+        http, region = where
+        url = f"{http}/v1/writeback/{eid}?start={start}&end={end}"
+        crossing = self.crossing(region) if self.crossing is not None and region != self.region else None
+        import aiohttp
+
+        from meshd.errors import from_kind
+
+        session = self.peer_session()
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=15)) as r:
+                if r.status >= 300:
+                    try:
+                        err = await r.json(content_type=None)
+                        raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
+                    except (ValueError, aiohttp.ContentTypeError):
+                        raise NodeUnavailable(f"node {node}: HTTP {r.status}") from None
+                async for piece in r.content.iter_chunked(READ_PIECE):
+                    if crossing:
+                        await crossing.take(len(piece), "fill")
+                    yield piece
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise NodeUnavailable(f"node {node} holding {version} at {http}: {type(err).__name__} {err}") from None
+
+    # ---- changes of pending paths ------------------------------------------------
+
+    async def supersede(self, path: str, why: str = "replaced") -> None:
+        """``path`` was replaced or removed by another change: its pending write (any
+        node's) must not be uploaded over it."""
+        for e in [e for e in self.entries.values() if e.path == path]:
+            await self._drop(e, why)
+        other = self.registry.get(path)
+        if other is not None:
+            await self.registry.unpublish(other)
+
+    async def retarget(self, src: str, dst: str, mount: str, rel: str) -> Entry | None:
+        """A rename of a file this node holds pending: the upload goes to the new name.
+        None when ``src`` is not pending here."""
+        e = self.local(src)
+        if e is None:
+            return None
+        task = self._uploading.pop(e.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.registry.unpublish(e)
+        for old in [o for o in self.entries.values() if o.path == dst and o.id != e.id]:
+            await self._drop(old, "renamed over")
+        e.path, e.mount, e.rel, e.created = dst, mount, rel, time.time()
+        self.journal.update(e)
+        await self.registry.publish(e)
+        if e.id not in self._queue:
+            self._queue.append(e.id)
+        self._wake.set()
+        return e
+
+    async def _drop(self, e: Entry, why: str) -> None:
+        task = self._uploading.pop(e.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.entries.pop(e.id, None) is None:
+            return
+        self.superseded += 1
+        log.info("write-back: %s (entry %s) not uploaded: %s", e.path, e.id, why)
+        await self.registry.unpublish(e)
+        self.journal.forget(e)
+        self._retire(e)
+        self.budget.give(e.size)
+        async with self._done:
+            self._done.notify_all()
+
+    def _retire(self, e: Entry) -> None:
+        """Keep the spool file ``retain`` seconds for readers pinned to its version."""
+        self._retired[e.id] = (time.monotonic() + self.config.retain, e.size)
+        asyncio.get_running_loop().call_later(self.config.retain, self._unretire, e.id)
+
+    def _unretire(self, eid: str) -> None:
+        if self._retired.pop(eid, None) is not None:
+            self.journal.remove_spool(eid)
+
+    # ---- flush and status -------------------------------------------------------
+
+    async def flush(self, path: str, wait: bool = True, deadline: float | None = None) -> int:
+        """Upload what is pending at or below ``path`` first; ``wait``: until every such
+        write (of any node: the registry) is in its store. Returns how many were pending."""
+        mine = [e for e in self.entries.values() if paths.is_within(e.path, path)]
+        for e in sorted(mine, key=lambda e: e.id, reverse=True):
+            with contextlib.suppress(ValueError):
+                self._queue.remove(e.id)
+            if e.id not in self._uploading:
+                self._queue.appendleft(e.id)
+        self._wake.set()
+        n = len({e.path for e in mine} | {e.path for e in self.registry.under(path)})
+        if not wait:
+            return n
+
+        def clear() -> bool:
+            return not any(paths.is_within(e.path, path) for e in self.entries.values()) and \
+                not self.registry.under(path)
+
+        async def until_clear() -> None:
+            while not clear():
+                async with self._done:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._done.wait(), 0.2)
+
+        await asyncio.wait_for(until_clear(), deadline)
+        return n
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        mine = list(self.entries.values())
+        by_mount: dict[str, dict[str, Any]] = {}
+        for e in mine:
+            m = by_mount.setdefault(e.mount, {"files": 0, "bytes": 0, "oldest_seconds": 0.0})
+            m["files"] += 1
+            m["bytes"] += e.size
+            m["oldest_seconds"] = max(m["oldest_seconds"], now - e.created)
+        for mount, r in self.rate.items():
+            by_mount.setdefault(mount, {"files": 0, "bytes": 0, "oldest_seconds": 0.0})["upload_rate"] = r.value()
+        failing = [{"path": e.path, "attempts": e.attempts, "error": e.error} for e in mine if e.error]
+        return {
+            "node": self.node_id,
+            "pending_files": len(mine),
+            "pending_bytes": sum(e.size for e in mine),
+            "oldest_seconds": max((now - e.created for e in mine), default=0.0),
+            "uploading": len(self._uploading),
+            "budget_bytes": self.budget.limit,
+            "budget_used": self.budget.used,
+            "writers_waiting": self.budget.waiting,
+            "budget_wait_seconds": round(self.budget.waited_seconds, 3),
+            "uploaded_files": self.uploaded_files,
+            "uploaded_bytes": self.uploaded_bytes,
+            "retries": self.retries,
+            "superseded": self.superseded,
+            "mesh_pending_files": len(self.registry.by_path),
+            "mesh_pending_bytes": sum(e.size for e in self.registry.by_path.values()),
+            "mounts": by_mount,
+            "failing": failing[:20],
+            "files": [{"path": e.path, "bytes": e.size, "age_seconds": round(now - e.created, 3), "state": e.state,
+                       "attempts": e.attempts} for e in sorted(mine, key=lambda e: e.id)[:100]],
+        }
+
+    # ---- uploads -------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            eid = self._queue.popleft()
+            e = self.entries.get(eid)
+            if e is None or eid in self._uploading:
+                continue
+            task = asyncio.ensure_future(self._upload(e))
+            self._uploading[eid] = task
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # the worker itself is cancelled (close)
+                    raise
+            except Exception:
+                log.exception("write-back: upload of %s failed unexpectedly", e.path)
+            finally:
+                if self._uploading.get(eid) is task:
+                    del self._uploading[eid]
+
+    async def _upload(self, e: Entry) -> None:
+        found = self.store_of(e.mount)
+        newer = self.registry.get(e.path)
+        if newer is not None and newer.version != e.version and newer.created > e.created:
+            await self._drop(e, f"a newer write of the path was acknowledged by node {newer.node}")
+            return
+        if found is None:
+            self._failed(e, NotFound(f"mount {e.mount} is gone"))
+            return
+        _, store = found
+        try:
+            if e.token:
+                await store.abort_put(e.rel, e.token)  # the interrupted attempt's leftovers
+                e.token = ""
+            e.state, e.attempts = "uploading", e.attempts + 1
+            self.journal.update(e)
+
+            async def started(token: str) -> None:
+                e.token = token
+                self.journal.update(e)
+
+            t0 = time.monotonic()
+            change = AttrChange.from_wire({k: v for k, v in (e.change or {}).items() if k != "t"})
+            mtime = (e.change or {}).get("t", e.mtime)
+            change = AttrChange(change.mode, change.uid, change.gid, change.atime, mtime, change.extra)
+            info = await store.put_file(e.rel, self.journal.spool(e.id), e.size, change=change, token=e.id,
+                                        started=started, parallel=self.config.parts)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self._failed(e, err)
+            return
+        self.rate[e.mount].add(e.size, time.monotonic() - t0)
+        if self.entries.get(e.id) is not e:
+            return  # dropped while uploading
+        if self.landed is not None:
+            try:
+                await self.landed(e, info)
+            except Exception as err:  # the store has it; the status catches up at the next stat
+                log.warning("write-back: %s is in its store, but recording its status failed: %s", e.path, err)
+        self.entries.pop(e.id, None)
+        await self.registry.unpublish(e)
+        self.journal.forget(e)
+        self._retire(e)
+        self.budget.give(e.size)
+        self.uploaded_files += 1
+        self.uploaded_bytes += e.size
+        async with self._done:
+            self._done.notify_all()
+
+    def _failed(self, e: Entry, err: BaseException) -> None:
+        """Try again later (backoff up to ``retry_max``); never give up: the bytes are
+        acknowledged. Errors show in ``meshctl writeback status`` and the metrics."""
+        self.retries += 1
+        e.state, e.error = "pending", f"{type(err).__name__}: {str(err)[:300]}"
+        with contextlib.suppress(MeshError):
+            self.journal.update(e)
+        delay = min(self.config.retry_max, 0.5 * 2 ** min(e.attempts, 10))
+        log.warning("write-back: upload of %s failed (attempt %d, again in %.1f s): %s", e.path, e.attempts,
+                    delay, e.error)
+
+        def again() -> None:
+            if e.id in self.entries and e.id not in self._queue:
+                self._queue.append(e.id)
+                self._wake.set()
+
+        asyncio.get_running_loop().call_later(delay, again)
+
+
+def _ancestors(path: str) -> list[str]:
+    out = []
+    d = paths.parent(path)
+    while d and d != "/":
+        out.append(d)
+        d = paths.parent(d)
+    return out
+
+
+class _Rate:
+    """Bytes per second of recent uploads (an exponentially weighted mean)."""
+
+    def __init__(self) -> None:
+        self._bps = 0.0
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0:
+            bps = nbytes / seconds
+            self._bps = bps if self._bps == 0 else 0.7 * self._bps + 0.3 * bps
+
+    def value(self) -> float:
+        return round(self._bps, 1)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def parse_mode(value: str | None) -> bool | None:
+    """A front end's write mode (``back`` / ``through``; true / false): None if not given."""
+    if value is None or value == "":
+        return None
+    v = value.strip().lower()
+    if v in ("back", "writeback", "write-back", "1", "true", "yes", "on"):
+        return True
+    if v in ("through", "writethrough", "write-through", "0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"write mode must be 'back' or 'through', got {value!r}")
+
+
+__all__ = ["Budget", "Entry", "EtcdRegistry", "Journal", "Registry", "Writeback", "WritebackConfig",
+           "is_pending_version", "parse_mode"]
