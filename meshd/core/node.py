@@ -32,7 +32,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,7 +63,8 @@ from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import ObjectInfo
-from meshd.writeback import Entry, Writeback
+from meshd.writeback import Entry, Writeback, is_pending_version
+from meshd.writeback.journal import writer_of
 from meshd.writeback.overlay import PendingStore
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class MeshNode:
             if federation is not None:
                 writeback.crossing = federation.crossing
             writeback.find_node = self._find_node
+            metadata.on_record = self._noted
 
     # ---- namespace -------------------------------------------------------
 
@@ -407,6 +409,29 @@ class MeshNode:
             await self.metadata.set_attrs(t.path, status.version, {k: v for k, v in kept.items() if k not in ("v", "t")})
         await self.metadata.record(status)
         self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+
+    def _noted(self, statuses: Sequence[FileStatus]) -> None:
+        """Statuses recorded in this node's shard (it owns their paths): a pending write-back
+        version becomes known to this node's overlay at once, so the next stat here (which
+        asks the store, per the mount's sync interval) keeps it; a newer write ends one."""
+        wb = self.writeback
+        if wb is None:
+            return
+        for s in statuses:
+            if not is_pending_version(s.version):
+                if s.path in wb.registry.by_path:
+                    wb.registry.noted_replaced(s.path, s.version)
+                continue
+            if s.version in wb.registry.by_version:
+                continue
+            found = self.mounts.resolve(s.path)
+            if found is None:
+                continue
+            node, eid = writer_of(s.version)
+            http, region = self._find_node(node) or ("", "")
+            wb.registry.note(Entry(eid, s.path, found[0].path, found[1], s.size, s.mtime, node, region, http,
+                                   s.fetched_at or time.time(),
+                                   attrs=s.attrs.to_wire() if s.attrs is not None else None))
 
     def _find_node(self, node_id: str) -> tuple[str, str] | None:
         """The HTTP address and region of a node of the mesh, by id."""

@@ -107,6 +107,9 @@ class MetadataCache:
         self.write_errors = 0
         self._last_error_log = 0.0
         self._loading: dict[str, asyncio.Future[list[FileStatus]]] = {}
+        # told of every status recorded here (a write's, from any node): the node notes
+        # pending write-back versions at once, before the registry's watch would
+        self.on_record: Callable[[Sequence[FileStatus]], None] | None = None
 
     def _put(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         try:
@@ -273,6 +276,8 @@ class MetadataCache:
         """Store statuses (sent by a listing's owner, or learnt by a write); one without
         attributes keeps those stored for the same version (:meth:`_keep_attrs`)."""
         statuses = self._keep_attrs(list(statuses))
+        if self.on_record is not None:
+            self.on_record(statuses)
         puts = {self._skey(s.path): s.to_json() for s in statuses}
         puts.update({self._hkey(paths.parent(s.path)): b"" for s in statuses if s.attrs is not None})
         self._put(puts, [self._lkey(d) for d in drop_listings])
@@ -282,6 +287,8 @@ class MetadataCache:
 
     def record(self, status: FileStatus) -> None:
         """Remember a status learnt from a write; the parent listing is now stale."""
+        if self.on_record is not None:
+            self.on_record([status])
         self._put({self._skey(status.path): status.to_json()}, [self._lkey(paths.parent(status.path))])
 
     def invalidate(self, path: str) -> None:

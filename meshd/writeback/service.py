@@ -110,6 +110,7 @@ class Registry:
         self.by_version: dict[str, Entry] = {}
         self._children: dict[str, set[str]] = defaultdict(set)
         self._dirs: dict[str, int] = defaultdict(int)  # every ancestor directory of a pending path: how many
+        self._noted: set[str] = set()  # versions known from a recorded status only
 
     def _add(self, e: Entry) -> None:
         old = self.by_path.get(e.path)
@@ -117,6 +118,7 @@ class Registry:
             if old.created > e.created:
                 return  # a newer acknowledged write of the path is already known
             self.by_version.pop(old.version, None)
+        self._noted.discard(e.version)
         if old is None or old.path != e.path:
             for d in _ancestors(e.path):
                 self._dirs[d] += 1
@@ -144,6 +146,21 @@ class Registry:
 
     def get(self, path: str) -> Entry | None:
         return self.by_path.get(path)
+
+    def note(self, e: Entry) -> None:
+        """A pending version learnt from its status (recorded here by the writer, as the
+        path's status owner), ahead of the registry's own news of it."""
+        if e.version not in self.by_version:
+            self._add(e)
+            self._noted.add(e.version)
+
+    def noted_replaced(self, path: str, version: str) -> None:
+        """A write recorded a newer status of ``path``: a pending version known only from
+        its status (not from the registry) is over."""
+        e = self.by_path.get(path)
+        if e is not None and e.version in self._noted and e.version != version:
+            self._noted.discard(e.version)
+            self._remove(path, e.version)
 
     def children(self, directory: str) -> list[Entry]:
         return [self.by_path[p] for p in self._children.get(directory, ()) if p in self.by_path]
