@@ -344,6 +344,8 @@ class MeshNode:
             raise IsADirectory(f"{t.path} is a mount point")
         if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
             return await self._write_back(t, chunks, change, exclusive, size_hint)
+        if exclusive and self.writeback is not None and self.writeback.pending(t.path) is not None:
+            raise AlreadyExists(f"already exists: {t.path}")
         await self._replacing(t.path)
         info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
         return await self._written(t, info)
