@@ -322,7 +322,7 @@ def build(config: NodeConfig, me: Member, etcd: Etcd | None = None, node_token: 
                     ReadAhead(c.page_size, max_pages=c.readahead_pages), c.load_parallelism,
                     cluster=mode.cluster, federation=mode.federation, writeback=writeback)
     node.access = access
-    metrics = Metrics(understore, cache, node.metadata, mode.cluster, mode.federation)
+    metrics = Metrics(understore, cache, node.metadata, mode.cluster, mode.federation, writeback)
     return NodeParts(config, me, mode, kv, stats, cache, node.mounts, node, metrics)
 
 

@@ -80,8 +80,9 @@ class UnderstoreMetrics:
 
 class _NodeCollector(Collector):
     def __init__(self, stats: Stats, cache: PageCache, metadata: MetadataCounts,
-                 cluster: Cluster | None, federation: Federation | None) -> None:
+                 cluster: Cluster | None, federation: Federation | None, writeback: Any = None) -> None:
         self._stats, self._cache, self._metadata = stats, cache, metadata
+        self._writeback = writeback  # meshd.writeback.Writeback
         self._cluster = cluster  # cluster mode: members, ring, peers
         self._federation = federation  # cluster mode: links, routes
 
@@ -129,10 +130,53 @@ class _NodeCollector(Collector):
         for scheme, n in sorted(s.understore_bytes.items()):
             ub.add_metric([scheme], n)
         yield ub
+        if self._writeback is not None:
+            yield from self._writeback_metrics(self._writeback)
         if self._cluster is not None:
             yield from self._members(self._cluster)
         if self._federation is not None:
             yield from self._links(self._federation)
+
+    def _writeback_metrics(self, wb: Any) -> Iterator[Any]:
+        """Write-back (docs/SEMANTICS.md): what this node has acknowledged and not yet uploaded."""
+        now = time.time()
+        entries = list(wb.entries.values())
+        files = GaugeMetricFamily("mesh_writeback_pending_files", "Acknowledged write-back files not yet in "
+                                  "their store, by mount", labels=["mount"])
+        pending = GaugeMetricFamily("mesh_writeback_pending_bytes", "Acknowledged write-back bytes not yet in "
+                                    "their store, by mount", labels=["mount"])
+        lag = GaugeMetricFamily("mesh_writeback_oldest_seconds", "Age of the oldest acknowledged write not yet in "
+                                "its store (the upload lag), by mount", labels=["mount"])
+        rate = GaugeMetricFamily("mesh_writeback_upload_bytes_per_second", "Recent upload rate, by mount",
+                                 labels=["mount"])
+        mounts: dict[str, list[Any]] = {}
+        for e in entries:
+            mounts.setdefault(e.mount, []).append(e)
+        for mount in sorted(set(mounts) | set(wb.rate)):
+            es = mounts.get(mount, [])
+            files.add_metric([mount], len(es))
+            pending.add_metric([mount], sum(e.size for e in es))
+            lag.add_metric([mount], max((now - e.created for e in es), default=0.0))
+            rate.add_metric([mount], wb.rate[mount].value() if mount in wb.rate else 0.0)
+        yield from (files, pending, lag, rate)
+        yield GaugeMetricFamily("mesh_writeback_budget_bytes", "The write-back budget (bytes acknowledged and "
+                                "not yet uploaded, at most)", value=wb.budget.limit)
+        yield GaugeMetricFamily("mesh_writeback_budget_used_bytes", "Bytes of the write-back budget in use",
+                                value=wb.budget.used)
+        yield GaugeMetricFamily("mesh_writeback_writers_waiting", "Writers waiting for room in the budget",
+                                value=wb.budget.waiting)
+        yield CounterMetricFamily("mesh_writeback_budget_wait_seconds", "Seconds writers waited for room in the "
+                                  "budget", value=wb.budget.waited_seconds)
+        yield CounterMetricFamily("mesh_writeback_uploaded_files", "Write-back files uploaded to their store",
+                                  value=wb.uploaded_files)
+        yield CounterMetricFamily("mesh_writeback_uploaded_bytes", "Write-back bytes uploaded to their store",
+                                  value=wb.uploaded_bytes)
+        yield CounterMetricFamily("mesh_writeback_retries", "Write-back uploads that failed and were retried",
+                                  value=wb.retries)
+        yield CounterMetricFamily("mesh_writeback_superseded", "Write-back files never uploaded: replaced, "
+                                  "removed or renamed over before their upload", value=wb.superseded)
+        yield GaugeMetricFamily("mesh_writeback_failing_files", "Pending files whose last upload attempt failed",
+                                value=sum(1 for e in entries if e.error))
 
     def _members(self, c: Cluster) -> Iterator[Any]:
         md = self._metadata
@@ -190,9 +234,10 @@ class Metrics:
     under-store latency histogram. Built once the node's parts exist, from all of them."""
 
     def __init__(self, understore: UnderstoreMetrics, cache: PageCache, metadata: MetadataCounts,
-                 cluster: Cluster | None = None, federation: Federation | None = None) -> None:
+                 cluster: Cluster | None = None, federation: Federation | None = None,
+                 writeback: Any = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(understore.stats, cache, metadata, cluster, federation))
+        self.registry.register(_NodeCollector(understore.stats, cache, metadata, cluster, federation, writeback))
         self.registry.register(understore.seconds)
 
     def render(self) -> bytes:

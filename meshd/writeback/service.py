@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -383,8 +384,12 @@ class Writeback:
         try:
             try:
                 if size_hint > 0:
-                    with contextlib.suppress(OSError):
+                    try:
                         os.posix_fallocate(fd, 0, size_hint)  # ENOSPC now, not half-way
+                    except OSError as e:
+                        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                            raise
+                        # a file system without fallocate: find out while writing
                 buf = bytearray()
                 async for chunk in chunks:
                     buf += chunk
@@ -434,8 +439,6 @@ class Writeback:
         return entry
 
     def _disk_error(self, e: OSError, path: str) -> MeshError:
-        import errno
-
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return NoSpace(f"no space left on this node's write-back disk ({self.journal.dir}) for {path}")
         return MeshError(f"write-back spool of {path}: {e.strerror or e}")
