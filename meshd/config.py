@@ -219,6 +219,8 @@ class WritebackConfig:
     parts: int = 4  # parts of one S3 multipart upload in flight
     retain: float = 30.0  # seconds an uploaded spool file still serves readers pinned to it
     retry_max: float = 60.0  # the longest wait between two attempts of a failing upload
+    replicas: int = 1  # copies of an acknowledged write before the ack: this node's + (replicas - 1) peers'
+    takeover_after: float = 60.0  # seconds a writer may be gone before a replica holder uploads in its stead
 
 
 @dataclass(frozen=True)
@@ -338,8 +340,8 @@ def _writeback_from_dict(raw: Any, where: str) -> WritebackConfig:
         try:
             if isinstance(v, bool):
                 raise ValueError
-            kw[k] = parse_size(v, f"writeback.{k}") if k == "budget" else (int(v) if k in ("parallel", "parts")
-                                                                            else float(v))
+            kw[k] = parse_size(v, f"writeback.{k}") if k == "budget" else (
+                int(v) if k in ("parallel", "parts", "replicas") else float(v))
         except (TypeError, ValueError):
             raise InvalidArgument(f"{where}: writeback.{k} must be a number, got {v!r}") from None
         low = 1 if k != "retain" else 0

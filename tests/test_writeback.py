@@ -329,3 +329,21 @@ def test_config_and_mount_option() -> None:
     assert not validate("/m", "file:///tmp", {}).write_back
     with pytest.raises(MountError, match="write_mode"):
         validate("/m", "file:///tmp", {"write_mode": "later"})
+
+
+async def test_replicas_that_cannot_be_placed_refuse_the_write(tmp_path: Path) -> None:
+    box = NodeBox(tmp_path / "node")
+    box.config = dataclasses.replace(box.config, writeback=dataclasses.replace(box.config.writeback, replicas=2))
+    node = box.open()
+    store = await file_mount(box, tmp_path)
+    try:
+        from meshd.errors import NodeUnavailable
+
+        with pytest.raises(NodeUnavailable, match="replicas"):  # a node alone holds no second copy
+            await node.write("/m/x", chunks(b"data"))
+        assert os.listdir(tmp_path / "node" / "writeback") == []
+        assert (await node.writeback_status())["budget_used"] == 0
+        await node.write("/m/x", chunks(b"data"), writeback=False)  # write-through still works
+        assert (store / "x").read_bytes() == b"data"
+    finally:
+        await box.close()

@@ -106,7 +106,12 @@ class MeshNode:
             writeback.store_of = self._upload_store
             writeback.landed = self._landed
             if cluster is not None:
-                writeback.peer_session = cluster.session
+                c = cluster
+                writeback.peer_session = c.session
+                writeback.peers = lambda path: [(m.node_id, m.http) for m in c.chain(b"w:" + path.encode(),
+                                                                                      len(c.members))
+                                                if not c.is_me(m)]
+                writeback.alive = lambda: set(c.members)
             if federation is not None:
                 writeback.crossing = federation.crossing
             writeback.find_node = self._find_node
@@ -366,6 +371,19 @@ class MeshNode:
                           extra={k: v for k, v in c.extra.items() if v is not None})
         e = await self.writeback.accept(t.path, t.mount.path, t.rel, chunks, change, attrs, size_hint)
         return await self._pending_status(t, e)
+
+    async def hold_replica(self, writer: str, entry: str, chunks: AsyncIterator[bytes]) -> None:
+        """Keep a copy of a write another node of the region acknowledged in write-back
+        mode (``writeback.replicas``) until it is uploaded; nodes only."""
+        self.access.check(ADMIN, "/")
+        if self.writeback is None:
+            raise NotSupported("this node does no write-back")
+        await self.writeback.hold_replica(writer, entry, chunks)
+
+    def drop_replica(self, writer: str, entry_id: str) -> None:
+        self.access.check(ADMIN, "/")
+        if self.writeback is not None:
+            self.writeback.drop_replica(writer, entry_id)
 
     async def _pending_status(self, t: Target, e: Entry) -> FileStatus:
         status = FileStatus(t.path, e.size, e.mtime, e.version, False, time.time(),

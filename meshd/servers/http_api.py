@@ -165,6 +165,32 @@ async def _get_spool(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _put_replica(request: web.Request) -> web.Response:
+    """``PUT /v1/writeback/<id>?writer=<node>`` (header ``X-Mesh-Entry``): keep a replica
+    of a peer's write-back write (nodes only)."""
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    try:
+        entry = request.headers.get("X-Mesh-Entry", "")
+        writer = request.query.get("writer", "")
+        if not entry or not writer:
+            raise InvalidArgument("a replica needs ?writer= and an X-Mesh-Entry header")
+        await request.app[_NODE].hold_replica(writer, entry, body())
+    except Exception as e:
+        return _error(e)
+    return web.json_response({"held": request.match_info["id"]}, status=201)
+
+
+async def _delete_replica(request: web.Request) -> web.Response:
+    try:
+        request.app[_NODE].drop_replica(request.query.get("writer", ""), request.match_info["id"])
+    except Exception as e:
+        return _error(e)
+    return web.json_response({"dropped": request.match_info["id"]})
+
+
 async def _get_page(request: web.Request) -> web.StreamResponse:
     node = request.app[_NODE]
     try:
@@ -242,6 +268,8 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
     app.router.add_put("/v1/files/{path:.*}", _put_file)
     app.router.add_get("/v1/pages/{path:.*}", _get_page)
     app.router.add_get("/v1/writeback/{id}", _get_spool)
+    app.router.add_put("/v1/writeback/{id}", _put_replica)
+    app.router.add_delete("/v1/writeback/{id}", _delete_replica)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app

@@ -130,6 +130,8 @@ class Journal:
         entries = self.entries()
         known = {e.id for e in entries}
         for name in os.listdir(self.dir):
+            if name.startswith("r-") and not name.endswith(".part"):
+                continue  # another node's write this node keeps a replica of (service.REPLICA)
             stem = name.removesuffix(".part")
             if name.endswith(".part") or stem not in known:
                 with contextlib.suppress(FileNotFoundError):

@@ -29,10 +29,12 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from meshd import paths
 from meshd.attrs import AttrChange, Attrs
@@ -46,12 +48,15 @@ from meshd.errors import (
     VersionChanged,
 )
 from meshd.understore import ObjectInfo, UnderStore
+from meshd.understore.base import file_chunks
 from meshd.writeback.journal import Entry, Journal, is_pending_version, new_id, writer_of
 
 log = logging.getLogger(__name__)
 
 SPOOL_WRITE = 4 << 20  # bytes gathered before one write to the spool file
 READ_PIECE = 1 << 20
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")  # a node id, as it names a replica's file
+REPLICA = b"r:"  # r:<writer>:<id> -> the entry of a write this node keeps a copy of
 
 
 class Budget:
@@ -321,6 +326,12 @@ class Writeback:
         self.peer_session: Callable[[], Any] | None = None  # cluster mode: an aiohttp session to peers
         self.crossing: Callable[[str], Any] | None = None  # federation: the link quota from a region
         self.find_node: Callable[[str], tuple[str, str] | None] = lambda _n: None  # node id -> (http, region)
+        self.peers: Callable[[str], list[tuple[str, str]]] = lambda _p: []  # (node id, http): replica holders
+        self.alive: Callable[[], set[str]] = lambda: set()  # ids of the region's live members
+        self.replicas_held: dict[tuple[str, str], tuple[Entry, float]] = {}  # (writer, id) -> (entry, since)
+        self._replica_http: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.adopted = 0
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self._uploading: dict[str, asyncio.Task[None]] = {}
@@ -355,14 +366,16 @@ class Writeback:
         for e in sorted(self.entries.values(), key=lambda e: e.id):
             await self.registry.publish(e)
         self._workers = [asyncio.ensure_future(self._worker()) for _ in range(max(1, self.config.parallel))]
+        self._recover_replicas()
+        self._workers.append(asyncio.ensure_future(self._watch_replicas()))
         self._wake.set()
 
     async def close(self) -> None:
         for t in self._workers:
             t.cancel()
-        for t in list(self._uploading.values()):
+        for t in [*self._uploading.values(), *self._background]:
             t.cancel()
-        await asyncio.gather(*self._workers, *self._uploading.values(), return_exceptions=True)
+        await asyncio.gather(*self._workers, *self._uploading.values(), *self._background, return_exceptions=True)
         self._workers = []
         await self.registry.stop()
         self.journal.close()
@@ -419,6 +432,8 @@ class Writeback:
                               mtime, 1, None, None, None, dict(attrs.extra)).to_wire()
             entry = Entry(eid, path, mount, rel, size, mtime, self.node_id, self.region, self.http, time.time(),
                           change=wire, attrs=shown)
+            if self.config.replicas > 1:
+                entry.replicas = await self._replicate(entry)
             self.journal.commit(entry)
         except BaseException as e:
             self.budget.give(taken)
@@ -437,6 +452,157 @@ class Writeback:
         self._queue.append(eid)
         self._wake.set()
         return entry
+
+    # ---- replicas (writeback.replicas > 1): the bytes on other nodes before the ack ----
+
+    async def _replicate(self, e: Entry) -> list[str]:
+        """Copy the sealed spool of ``e`` to ``replicas - 1`` other live nodes of the region
+        (the ring's successors of the path first), each fsynced and journalled there;
+        their ids. NodeUnavailable if the region has too few nodes that take it."""
+        want = self.config.replicas - 1
+        placed: list[tuple[str, str]] = []
+        import aiohttp
+
+        from meshd.errors import from_kind
+
+        for node_id, http in self.peers(e.path):
+            if len(placed) == want:
+                break
+            url = f"{http}/v1/writeback/{e.id}?writer={quote(self.node_id, safe='')}"
+            # the holder learns the holders before it: on a takeover the first live one uploads
+            announced = Entry(**{**e.__dict__, "replicas": [n for n, _ in placed] + [node_id]})
+            try:
+                assert self.peer_session is not None
+                async with self.peer_session().put(
+                        url, data=file_chunks(self.journal.spool(e.id), e.size),
+                        headers={"X-Mesh-Entry": announced.to_json().decode(), "Content-Length": str(e.size)},
+                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=30)) as r:
+                    if r.status >= 300:
+                        err = await r.json(content_type=None)
+                        raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
+                placed.append((node_id, http))
+            except Exception as err:
+                log.warning("write-back: node %s did not take a replica of %s: %s", node_id, e.path, err)
+        if len(placed) < want:
+            for _, http in placed:
+                await self._unreplicate(http, e.id)
+            raise NodeUnavailable(f"write-back of {e.path} needs {want} other live node(s) of the region for its "
+                                  f"replicas (writeback.replicas = {self.config.replicas}); {len(placed)} took one")
+        self._replica_http.update(placed)
+        return [n for n, _ in placed]
+
+    async def _unreplicate(self, http: str, eid: str) -> None:
+        if self.peer_session is None:
+            return
+        with contextlib.suppress(Exception):
+            async with self.peer_session().delete(
+                    f"{http}/v1/writeback/{eid}?writer={quote(self.node_id, safe='')}") as r:
+                await r.read()
+
+    def _drop_replicas(self, e: Entry) -> None:
+        for node_id in e.replicas:
+            http = self._replica_http.get(node_id) or (self.find_node(node_id) or ("", ""))[0]
+            if http:
+                t = asyncio.ensure_future(self._unreplicate(http, e.id))
+                self._background.add(t)
+                t.add_done_callback(self._background.discard)
+
+    async def hold_replica(self, writer: str, raw_entry: str, chunks: AsyncIterator[bytes]) -> None:
+        """Keep a copy of another node's acknowledged write (fsynced, journalled as
+        ``r:<writer>:<id>``) until its upload lands, or adopt it if the writer is lost."""
+        try:
+            e = Entry.from_json(raw_entry)
+        except (ValueError, TypeError) as err:
+            raise InvalidArgument(f"bad write-back entry: {err}") from None
+        if e.node != writer or not _SAFE.fullmatch(writer) or not e.id.isalnum():
+            raise InvalidArgument("bad write-back entry: writer or id")
+        name = f"r-{writer}-{e.id}"
+        part = self.journal.part(name)
+        loop = asyncio.get_running_loop()
+        size = 0
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                async for chunk in chunks:
+                    await loop.run_in_executor(None, _write_all, fd, chunk)
+                    size += len(chunk)
+                await loop.run_in_executor(None, os.fsync, fd)
+            finally:
+                os.close(fd)
+            if size != e.size:
+                raise InvalidArgument(f"replica of {e.path}: {size} bytes sent, {e.size} announced")
+            await loop.run_in_executor(None, self.journal.seal, name)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            if isinstance(err, OSError):
+                raise self._disk_error(err, e.path) from None
+            raise
+        self.journal.kv.write_batch({REPLICA + f"{writer}:{e.id}".encode(): e.to_json()}, [], sync=True)
+        self.replicas_held[(writer, e.id)] = (e, time.monotonic())
+
+    def drop_replica(self, writer: str, eid: str) -> None:
+        if not _SAFE.fullmatch(writer) or not eid.isalnum():
+            raise InvalidArgument(f"bad replica name: writer={writer[:100]!r} id={eid[:100]!r}")
+        self.replicas_held.pop((writer, eid), None)
+        self.journal.kv.write_batch({}, [REPLICA + f"{writer}:{eid}".encode()], sync=True)
+        self.journal.remove_spool(f"r-{writer}-{eid}")
+
+    async def _watch_replicas(self) -> None:
+        """Adopt the replicas of a writer gone from the region for ``takeover_after``
+        seconds whose writes are still pending (the first live holder in the entry's
+        order takes it); forget replicas whose writes are no longer pending."""
+        absent: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(min(5.0, max(0.5, self.config.takeover_after / 4)))
+            now = time.monotonic()
+            alive = self.alive()
+            for writer in {w for w, _ in self.replicas_held}:
+                if writer in alive:
+                    absent.pop(writer, None)
+                else:
+                    absent.setdefault(writer, now)
+            for (writer, eid), (e, since) in list(self.replicas_held.items()):
+                pending = self.registry.by_version.get(e.version)
+                if pending is None:
+                    if now - since > max(60.0, self.config.retain):
+                        self.drop_replica(writer, eid)  # landed (its drop notice was lost) or replaced
+                    continue
+                gone = absent.get(writer)
+                if gone is None or now - gone < self.config.takeover_after:
+                    continue
+                first = next((n for n in e.replicas if n == self.node_id or n in alive), None)
+                if first == self.node_id:
+                    await self._adopt(writer, e)
+
+    async def _adopt(self, writer: str, old: Entry) -> None:
+        """Take over the upload of a lost writer's acknowledged write from our replica."""
+        eid = new_id()
+        os.rename(self.journal.spool(f"r-{writer}-{old.id}"), self.journal.spool(eid))
+        e = Entry(eid, old.path, old.mount, old.rel, old.size, old.mtime, self.node_id, self.region, self.http,
+                  old.created + 1e-6, change=old.change, attrs=old.attrs)
+        self.journal.kv.write_batch({b"w:" + eid.encode(): e.to_json()}, [REPLICA + f"{writer}:{old.id}".encode()],
+                                    sync=True)
+        self.replicas_held.pop((writer, old.id), None)
+        self.entries[eid] = e
+        self.budget.used += e.size
+        self.adopted += 1
+        log.warning("write-back: node %s is gone; this node took over the upload of %s (%d bytes) from its replica",
+                    writer, e.path, e.size)
+        await self.registry.publish(e)
+        self._queue.append(eid)
+        self._wake.set()
+
+    def _recover_replicas(self) -> None:
+        for k, v in self.journal.kv.scan(REPLICA):
+            try:
+                e = Entry.from_json(v)
+            except (ValueError, TypeError):
+                continue
+            if os.path.exists(self.journal.spool(f"r-{e.node}-{e.id}")):
+                self.replicas_held[(e.node, e.id)] = (e, time.monotonic())
+            else:
+                self.journal.kv.write_batch({}, [k], sync=True)
 
     def _disk_error(self, e: OSError, path: str) -> MeshError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -572,6 +738,7 @@ class Writeback:
         await self.registry.unpublish(e)
         self.journal.forget(e)
         self._retire(e)
+        self._drop_replicas(e)
         self.budget.give(e.size)
         async with self._done:
             self._done.notify_all()
@@ -640,6 +807,9 @@ class Writeback:
             "uploaded_bytes": self.uploaded_bytes,
             "retries": self.retries,
             "superseded": self.superseded,
+            "replicas": self.config.replicas,
+            "replicas_held": len(self.replicas_held),
+            "adopted": self.adopted,
             "mesh_pending_files": len(self.registry.by_path),
             "mesh_pending_bytes": sum(e.size for e in self.registry.by_path.values()),
             "mounts": by_mount,
@@ -716,6 +886,7 @@ class Writeback:
         await self.registry.unpublish(e)
         self.journal.forget(e)
         self._retire(e)
+        self._drop_replicas(e)
         self.budget.give(e.size)
         self.uploaded_files += 1
         self.uploaded_bytes += e.size
