@@ -14,6 +14,7 @@ from meshd.metadata.mounts import Mount
 from meshd.metadata.shard import MetadataCache
 from meshd.region.quota import ThrottledStore
 from meshd.secrets import SecretsKey
+from meshd.writeback.overlay import PendingStore
 from topology.model import parse
 
 PS = 64 << 10
@@ -72,7 +73,8 @@ async def test_cluster_mode_is_wired_at_construction(tmp_path: Path) -> None:
         mount = Mount("/data", "file:///data")
         await parts.mounts.sync_shared([mount])
         store = parts.mounts.store(mount)
-        assert isinstance(store.inner, ThrottledStore)  # type: ignore[attr-defined]
+        # pending write-back writes over metrics over quotas over the store
+        assert isinstance(store, PendingStore) and isinstance(store.inner.inner, ThrottledStore)  # type: ignore[attr-defined]
         assert parts.mounts.options_for(mount) == {"endpoint": "http://one:9000"}
         fed.set_topology(parse(topology("http://two:9000"), "t.yaml"))
         assert parts.mounts.store(mount) is not store
