@@ -347,3 +347,25 @@ async def test_replicas_that_cannot_be_placed_refuse_the_write(tmp_path: Path) -
         assert (store / "x").read_bytes() == b"data"
     finally:
         await box.close()
+
+
+async def test_a_newer_acknowledged_write_by_another_node_is_not_overwritten(box: NodeBox, tmp_path: Path) -> None:
+    store = await file_mount(box, tmp_path)
+    node = box.node
+    assert node is not None and node.writeback is not None
+    wb = node.writeback
+    real = wb.store_of
+    wb.store_of = lambda _m: None  # the first attempt fails: the upload waits for its retry
+    await node.write("/m/shared", chunks(b"older"))
+    (mine,) = wb.entries.values()
+    # meanwhile another node acknowledged a newer write of the same path
+    await wb.registry.publish(Entry("1" * 24, "/m/shared", "/m", "shared", 5, 0.0, "other-node", "r", "",
+                                    mine.created + 1))
+    wb.store_of = real
+    for _ in range(100):
+        if not wb.entries:
+            break
+        await asyncio.sleep(0.05)
+    assert not wb.entries and wb.superseded == 1  # dropped at its retry, never uploaded
+    assert not (store / "shared").exists()
+    assert wb.journal.entries() == []

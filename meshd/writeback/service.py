@@ -728,7 +728,7 @@ class Writeback:
 
     async def _drop(self, e: Entry, why: str) -> None:
         task = self._uploading.pop(e.id, None)
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if self.entries.pop(e.id, None) is None:
