@@ -310,8 +310,8 @@ class InstrumentedStore(UnderStore):
             path, src, size, change=change, token=token, started=started, parallel=parallel, pace=pace))
         return result
 
-    async def abort_put(self, path: str, token: str) -> None:
-        await self.inner.abort_put(path, token)
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
+        await self.inner.abort_put(path, token, name=name, since=since)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:

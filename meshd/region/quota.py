@@ -571,8 +571,8 @@ class ThrottledStore(UnderStore):
         return await self.inner.put_file(path, src, size, change=change, token=token, started=started,
                                          parallel=parallel, pace=pace_with)
 
-    async def abort_put(self, path: str, token: str) -> None:
-        await self.inner.abort_put(path, token)
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
+        await self.inner.abort_put(path, token, name=name, since=since)
 
     async def _meta(self, result: Awaitable[T]) -> T:
         """A metadata change: one request's bytes on the outbound link."""

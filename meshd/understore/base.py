@@ -224,13 +224,18 @@ class UnderStore(abc.ABC):
         uploads. ``token`` names this upload's temporary artefacts where the store picks
         the name (a temp file), and ``started(token)`` is awaited with the store's own
         name for them (an S3 upload id) before any byte is sent: after a crash,
-        ``abort_put(path, token)`` clears them. ``parallel``: requests in flight (S3
+        :meth:`abort_put` clears them. ``parallel``: requests in flight (S3
         parts); ``pace(n)``: awaited before ``n`` bytes are sent (a link's quota). This
         default streams the file through :meth:`put`."""
         return await self.put(path, file_chunks(src, size, pace=pace), change=change)
 
-    async def abort_put(self, path: str, token: str) -> None:  # noqa: B027 - optional hook
-        """Remove what an interrupted :meth:`put_file` left (its ``token``); best effort."""
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:  # noqa: B027
+        """Remove what an interrupted :meth:`put_file` left: the artefact ``started`` named
+        (``token``), the temp file named after its ``token`` argument (``name``), and,
+        ``since`` a time, any upload of ``path`` begun from then on whose name was never
+        learnt (a crash between the store's answer and ``started``). Raises if the store
+        cannot be asked (the caller keeps what it knows and tries again); a store that
+        leaves nothing behind has nothing to do."""
 
     async def sweep_tmp(self, max_age: float) -> int:
         """Remove temporary files of writes that crashed (older than ``max_age`` seconds);

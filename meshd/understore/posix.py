@@ -339,17 +339,25 @@ class PosixUnderStore(UnderStore):
         return await self._put(path, file_chunks(src, size, pace=pace), change=change, exclusive=False,
                                tmp=f"{TMP_PREFIX}wb-{token}" if token else None)
 
-    async def abort_put(self, path: str, token: str) -> None:
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
+        if not name:
+            return
+
         def rm() -> None:
-            parent, _ = self._beneath.parent(path)
+            try:
+                parent, _ = self._beneath.parent(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # no directory: no temp file in it
             try:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{TMP_PREFIX}wb-{token}", dir_fd=parent)
+                    os.unlink(f"{TMP_PREFIX}wb-{name}", dir_fd=parent)
             finally:
                 os.close(parent)
 
-        with contextlib.suppress(OSError, MeshError):
+        try:
             await self._run(path, rm)
+        except NotFound:
+            pass
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
                   exclusive: bool = False) -> ObjectInfo:

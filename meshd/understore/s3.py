@@ -853,9 +853,29 @@ class S3UnderStore(UnderStore):
             return await self.head(path)
         return ObjectInfo(path, size, mtime, etag, False, attrs)
 
-    async def abort_put(self, path: str, token: str) -> None:
-        if token and not token.startswith("tmp:"):
-            await self._abort(self._key(path), token)
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
+        """Abort the multipart upload ``token`` and, ``since`` a time, every upload of the key
+        begun from a minute before it (one whose id a crash kept from the journal; another
+        writer's upload of the same key in that minute is aborted too, and fails: the
+        later write wins anyway). An upload already gone is fine; a store that cannot be
+        asked raises."""
+        key, what = self._key(path), self._what(path)
+        ids = {token} if token else set()
+        if since:
+            resp = await self._call("list_multipart_uploads", what, Prefix=key)
+            for u in resp.get("Uploads", []):
+                started = u.get("Initiated")
+                if u.get("Key") == key and (started is None or started.timestamp() >= since - 60):
+                    ids.add(str(u["UploadId"]))
+        for upload_id in ids:
+            try:
+                await self._raw("abort_multipart_upload", Key=key, UploadId=upload_id)
+            except ClientError as e:
+                code, status = error_code(e)
+                if code != "NoSuchUpload" and status != 404:
+                    raise translate_error(e, what) from e
+            except BotoCoreError as e:
+                raise translate_error(e, what) from e
 
     async def _replacing(self, path: str, change: AttrChange | None, now: float) -> Attrs:
         """The attributes of a new object replacing the one at ``path`` (if any)."""

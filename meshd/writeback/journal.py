@@ -55,6 +55,7 @@ class Entry:
     attrs: list[Any] | None = None  # Attrs wire: what the status shows meanwhile
     state: str = "pending"  # pending | uploading
     token: str = ""  # the store's temporary artefact of an upload in flight (S3 upload id)
+    attempt_at: float = 0.0  # when the last upload attempt began (0: none yet): its leftovers are found by it
     attempts: int = 0
     error: str = ""
     replicas: list[str] = field(default_factory=list)  # other nodes holding a copy of the bytes

@@ -117,8 +117,8 @@ class PendingStore(UnderStore):
         return await self.inner.put_file(path, src, size, change=change, token=token, started=started,
                                          parallel=parallel, pace=pace)
 
-    async def abort_put(self, path: str, token: str) -> None:
-        await self.inner.abort_put(path, token)
+    async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
+        await self.inner.abort_put(path, token, name=name, since=since)
 
     async def delete(self, path: str) -> None:
         await self.inner.delete(path)

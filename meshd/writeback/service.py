@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SPOOL_WRITE = 4 << 20  # bytes gathered before one write to the spool file
 READ_PIECE = 1 << 20
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")  # a node id, as it names a replica's file
+LEFTOVER = b"wx:"  # wx:<id> -> a dropped entry whose upload's leftovers are still to remove from its store
 REPLICA = b"r:"  # r:<writer>:<id> -> the entry of a write this node keeps a copy of
 
 
@@ -367,6 +368,9 @@ class Writeback:
             await self.registry.publish(e)
         self._workers = [asyncio.ensure_future(self._worker()) for _ in range(max(1, self.config.parallel))]
         self._recover_replicas()
+        for _, raw in self.journal.kv.scan(LEFTOVER):
+            with contextlib.suppress(ValueError, TypeError):
+                self._spawn(self._clear_leftovers(Entry.from_json(raw)))
         self._workers.append(asyncio.ensure_future(self._watch_replicas()))
         self._wake.set()
 
@@ -503,9 +507,7 @@ class Writeback:
         for node_id in e.replicas:
             http = self._replica_http.get(node_id) or (self.find_node(node_id) or ("", ""))[0]
             if http:
-                t = asyncio.ensure_future(self._unreplicate(http, e.id))
-                self._background.add(t)
-                t.add_done_callback(self._background.discard)
+                self._spawn(self._unreplicate(http, e.id))
 
     async def hold_replica(self, writer: str, raw_entry: str, chunks: AsyncIterator[bytes]) -> None:
         """Keep a copy of another node's acknowledged write (fsynced, journalled as
@@ -580,7 +582,8 @@ class Writeback:
         eid = new_id()
         os.rename(self.journal.spool(f"r-{writer}-{old.id}"), self.journal.spool(eid))
         e = Entry(eid, old.path, old.mount, old.rel, old.size, old.mtime, self.node_id, self.region, self.http,
-                  old.created + 1e-6, change=old.change, attrs=old.attrs)
+                  old.created + 1e-6, change=old.change, attrs=old.attrs,
+                  attempt_at=old.created)  # the lost writer's attempts may have left uploads behind
         self.journal.kv.write_batch({b"w:" + eid.encode(): e.to_json()}, [REPLICA + f"{writer}:{old.id}".encode()],
                                     sync=True)
         self.replicas_held.pop((writer, old.id), None)
@@ -736,12 +739,39 @@ class Writeback:
         self.superseded += 1
         log.info("write-back: %s (entry %s) not uploaded: %s", e.path, e.id, why)
         await self.registry.unpublish(e)
+        if e.token or e.attempt_at:  # its upload may have left something in the store
+            self.journal.kv.write_batch({LEFTOVER + e.id.encode(): e.to_json()}, [], sync=True)
+            self._spawn(self._clear_leftovers(e))
         self.journal.forget(e)
         self._retire(e)
         self._drop_replicas(e)
         self.budget.give(e.size)
         async with self._done:
             self._done.notify_all()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _clear_leftovers(self, e: Entry) -> None:
+        """What a dropped entry's upload attempts left in the store (an incomplete multipart
+        upload, a temp file), removed however long the store takes to answer; the job is
+        journalled (``wx:<id>``), so a restart takes it up again."""
+        delay = 0.5
+        while True:
+            found = self.store_of(e.mount)
+            try:
+                if found is not None:
+                    await found[1].abort_put(e.rel, e.token, name=e.id, since=e.attempt_at)
+                self.journal.kv.write_batch({}, [LEFTOVER + e.id.encode()], sync=True)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("write-back: cannot yet remove what the upload of %s left in its store: %s", e.path, err)
+            await asyncio.sleep(delay)
+            delay = min(self.config.retry_max, delay * 2)
 
     def _retire(self, e: Entry) -> None:
         """Keep the spool file ``retain`` seconds for readers pinned to its version."""
@@ -853,11 +883,11 @@ class Writeback:
             return
         _, store = found
         try:
-            if e.token:
-                await store.abort_put(e.rel, e.token)  # the interrupted attempt's leftovers
-                e.token = ""
-            e.state, e.attempts = "uploading", e.attempts + 1
-            self.journal.update(e)
+            if e.token or e.attempt_at:  # an earlier attempt (this run, or before a crash) left something?
+                await store.abort_put(e.rel, e.token, name=e.id, since=e.attempt_at)
+                e.token = ""  # only once the store said it is gone
+            e.state, e.attempts, e.attempt_at = "uploading", e.attempts + 1, time.time()
+            self.journal.update(e)  # before the store is asked: a crash from here on is found by attempt_at
 
             async def started(token: str) -> None:
                 e.token = token
