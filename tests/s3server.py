@@ -34,7 +34,9 @@ Every write request (PutObject, CreateMultipartUpload, UploadPart,
 CompleteMultipartUpload, AbortMultipartUpload) waits ``S`` seconds before moto
 handles it and ``S2`` seconds after (the store has done it, the client does not
 know yet); with ``fail`` every S3 request is answered ``503 ServiceUnavailable``
-(a store outage; moto keeps its objects, as a real store would).
+(a store outage; moto keeps its objects, as a real store would). ``{"hold": true}``
+makes every write request wait (before moto sees it) until ``{"hold": false}``:
+an upload that is deterministically still in flight.
 ``in_flight`` (in the counters) counts the write requests being handled, by kind:
 ``put``, ``create``, ``part``, ``complete``, ``abort``.
 
@@ -101,6 +103,8 @@ class CountingMiddleware:
         self.write_delay = 0.0  # seconds before a write request is handled
         self.write_delay_after = 0.0  # seconds after it was handled, before the answer goes
         self.fail = False  # a store outage: every S3 request gets 503
+        self.released = threading.Event()  # cleared: write requests wait (hold)
+        self.released.set()
         self.in_flight: Counter[str] = Counter()  # write requests being handled, by kind
         self.reset()
 
@@ -168,6 +172,7 @@ class CountingMiddleware:
         with self.lock:
             self.in_flight[kind] += 1
         try:
+            self.released.wait(600)
             if self.write_delay:
                 time.sleep(self.write_delay)
             out = list(self.app(environ, start_response))
@@ -198,6 +203,8 @@ class CountingMiddleware:
             self.write_delay = float(conf.get("write_delay", self.write_delay))
             self.write_delay_after = float(conf.get("write_delay_after", self.write_delay_after))
             self.fail = bool(conf.get("fail", self.fail))
+            if "hold" in conf:
+                (self.released.clear if conf["hold"] else self.released.set)()
             start_response("204 No Content", [])
             return []
         if self.fail and not path.startswith("/moto-api"):
@@ -406,6 +413,10 @@ class S3Server:
     def outage(self, on: bool) -> None:
         """``on``: every S3 request is answered 503 ServiceUnavailable until ``outage(False)``."""
         self._request("POST", COUNTERS_PATH + "/config", json.dumps({"fail": on}).encode())
+
+    def hold_writes(self, on: bool) -> None:
+        """``on``: every write request waits, unanswered, until ``hold_writes(False)``."""
+        self._request("POST", COUNTERS_PATH + "/config", json.dumps({"hold": on}).encode())
 
     def in_flight(self) -> dict[str, int]:
         """Write requests being handled right now, by kind (``put``, ``part``, ``complete``...)."""
