@@ -111,7 +111,8 @@ class Node:
 
     def add_mount(self) -> None:
         assert self.proc is not None
-        opts = {**self.store.options(), "write_mode": "back"}
+        # two attempts per request (not 4): the outage tests wait less for each failure
+        opts = {**self.store.options(), "write_mode": "back", "max_attempts": "2"}
         self.proc.ctl("mount", "add", f"/{MOUNT}", f"s3://{self.bucket}",
                       *[a for k, v in opts.items() for a in ("-o", f"{k}={v}")], check=True)
 
@@ -433,3 +434,71 @@ def test_store_outage_fills_the_budget_then_writers_wait(tmp_path: Path, etcd: E
         store.outage(False)
         node.kill()
 
+
+
+def test_kill_during_upload_then_the_store_is_down_at_restart(tmp_path: Path, etcd: EtcdProcess,
+                                                                store: S3Server) -> None:
+    """The journal replays while the store answers 503: the interrupted multipart upload
+    cannot be aborted then, and must still be cleared once the store is back."""
+    bucket = f"wb-replay-{uuid.uuid4().hex[:12]}"
+    store.client().create_bucket(Bucket=bucket)
+    node = Node(tmp_path, etcd, store, bucket)
+    data = random.Random(SEED).randbytes(20 * MiB + 3)  # three parts
+    try:
+        node.start()
+        node.add_mount()
+        store.slow_writes(1.0, 0)
+        node.gateway().put_object(Bucket=MOUNT, Key="big/ckpt", Body=data)  # acknowledged
+        assert wait_kill_point(store, "part", random.Random(1), timeout=60)
+        node.kill()  # its upload id is in the journal (UploadPart is under way)
+        store.slow_writes(0, 0)
+        assert store.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+        store.outage(True)
+        node.start()
+        wait_until(lambda: node.proc is not None and "upload of /ckpt/big/ckpt failed" in node.proc.log.read_text(), bool, 60,
+                   "the node never tried the store")
+        store.outage(False)
+        wait_until(lambda: store_objects(store, bucket).get("big/ckpt"), lambda d: d == sha(data), 120,
+                   "the write did not land after the outage")
+        wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
+        uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
+    finally:
+        store.slow_writes(0, 0)
+        store.outage(False)
+        node.kill()
+
+
+def test_a_failed_upload_replaced_by_a_newer_write_leaves_nothing(tmp_path: Path, etcd: EtcdProcess,
+                                                                  store: S3Server) -> None:
+    """An upload fails half-way (the store goes away during its parts, so even its abort
+    fails); a newer write of the same file replaces it before the retry: once the store is
+    back the newer bytes are there, and the first attempt's multipart upload is gone."""
+    bucket = f"wb-replace-{uuid.uuid4().hex[:12]}"
+    store.client().create_bucket(Bucket=bucket)
+    node = Node(tmp_path, etcd, store, bucket)
+    rng = random.Random(SEED)
+    first, second = rng.randbytes(20 * MiB + 3), rng.randbytes(9 * MiB + 1)
+    try:
+        node.start()
+        node.add_mount()
+        store.slow_writes(1.0, 0)
+        gw = node.gateway()
+        gw.put_object(Bucket=MOUNT, Key="big/ckpt", Body=first)  # acknowledged
+        assert wait_kill_point(store, "part", random.Random(1), timeout=60)
+        store.outage(True)  # the parts under way still go in; the completion and the abort fail
+        wait_until(lambda: node.proc is not None and "upload of /ckpt/big/ckpt failed" in node.proc.log.read_text(),
+                   bool, 60, "the upload never failed")
+        gw.put_object(Bucket=MOUNT, Key="big/ckpt", Body=second)  # acknowledged: replaces the first
+        store.slow_writes(0, 0)
+        store.outage(False)
+        wait_until(lambda: store_objects(store, bucket).get("big/ckpt"), lambda d: d == sha(second), 120,
+                   "the newer write did not land")
+        wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
+        assert sha(gw.get_object(Bucket=MOUNT, Key="big/ckpt")["Body"].read()) == sha(second)
+        uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
+    finally:
+        store.slow_writes(0, 0)
+        store.outage(False)
+        node.kill()
