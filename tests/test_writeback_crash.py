@@ -26,7 +26,6 @@ and seed (``./dev soak-writeback`` runs many rounds).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -214,21 +213,24 @@ class Writers:
         rng = self.rngs[fe]
         write = {"s3": self._s3, "cp": self._cp, "fuse": self._fuse}[fe]
         seq = 0
-        with contextlib.suppress(Exception):
+        try:
             ctx = write(None, b"")  # set up (a client), outside the ledger
-            while not self.stop.is_set():
-                # a quarter of the writes replace one of a few files again and again
-                name = f"hot-{rng.randrange(3)}" if rng.random() < HOT else f"r{self.round}-{seq}"
-                seq += 1
-                key = f"{fe}/{name}"
-                data = rng.randbytes(pick_size(rng, large=fe != "cp"))
-                rec = self.ledger.attempt(key, sha(data))
-                try:
-                    write(ctx, data, key)
-                except Exception as e:
-                    self.errors.append(f"{key}: {type(e).__name__}: {e}"[:300])
-                    return
-                rec[1] = True  # acknowledged
+        except Exception as e:
+            self.errors.append(f"{fe}: setting up: {type(e).__name__}: {e}")
+            return
+        while not self.stop.is_set():
+            # a quarter of the writes replace one of a few files again and again
+            name = f"hot-{rng.randrange(3)}" if rng.random() < HOT else f"r{self.round}-{seq}"
+            seq += 1
+            key = f"{fe}/{name}"
+            data = rng.randbytes(pick_size(rng, large=fe != "cp"))
+            rec = self.ledger.attempt(key, sha(data))
+            try:
+                write(ctx, data, key)
+            except Exception as e:
+                self.errors.append(f"{key}: {type(e).__name__}: {e}"[:300])
+                return
+            rec[1] = True  # acknowledged
 
     def _s3(self, ctx: Any, data: bytes, key: str = "") -> Any:
         if ctx is None:
@@ -372,8 +374,13 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path, etcd: EtcdProcess, s
         node.stop()
         if node.journal_records():
             problems.append(f"journal records left: {node.journal_records()}")
+        by_fe = {fe: sum(r[1] for k, recs in ledger.writes.items() if k.startswith(fe + "/") for r in recs)
+                  for fe in ("s3", "cp", "fuse")}
+        if not all(by_fe.values()):
+            problems.append(f"a front end never had a write acknowledged: {by_fe}")
         print(f"write-back crash test: {ROUNDS} rounds, seed {SEED}, kill points {reached}, "
-              f"{ledger.acked()} acknowledged writes of {sum(map(len, ledger.writes.values()))}")
+              f"{ledger.acked()} acknowledged writes of {sum(map(len, ledger.writes.values()))} "
+              f"(acknowledged by front end: {by_fe})")
         assert not problems, "\n".join(problems)
     finally:
         store.slow_writes(0, 0)
