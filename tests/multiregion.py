@@ -53,6 +53,18 @@ s3.put_object(Bucket=bucket, Key=key, Body=data)
 """
 
 
+_DIGEST = r"""
+import hashlib, sys, boto3
+url, bucket, key = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test",
+                  region_name="us-east-1")
+try:
+    print(hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest())
+except s3.exceptions.NoSuchKey:
+    print("absent")
+"""
+
+
 def content(seed: int, size: int) -> bytes:
     """The bytes ``put`` uploads (the same draws, 16 MiB at a time)."""
     rng, step = random.Random(seed), 16 << 20
@@ -238,6 +250,19 @@ class MultiRegion:
         body = json.dumps({"delay": delay, "rate": rate})
         self.net.run("region-a", ["curl", "-sf", "-X", "POST", "-d", body, f"{self.s3_url}/_mesh_counters/config"],
                      timeout=30)
+
+    def store_config(self, **conf: Any) -> None:
+        """Change the S3 server's behaviour (tests/s3server.py: ``write_delay``, ``hold``,
+        ``fail``...)."""
+        self.net.run("region-a", ["curl", "-sf", "-X", "POST", "-d", json.dumps(conf),
+                                  f"{self.s3_url}/_mesh_counters/config"], timeout=30)
+
+    def store_digest(self, key: str) -> str | None:
+        """SHA-256 of ``key`` in the S3 server's bucket, read directly with boto3 (None: no
+        such object)."""
+        r = self.net.run("region-a", [sys.executable, "-c", _DIGEST, self.s3_url, BUCKET, key], timeout=60)
+        out = r.stdout.strip()
+        return None if out == "absent" else out
 
     def read(self, region: str, paths: list[str], readers: int, timeout: float = 600,
              direct: bool = False, read_timeout: float = 60, one_client: bool = False) -> dict[str, Any]:

@@ -28,6 +28,18 @@ every GET object request wait ``S`` seconds before its first byte (a real
 store's first-byte latency) and caps the object bytes all GETs together
 send at ``B`` bytes a second (0: no cap). Also ``--delay``/``--rate`` flags.
 
+Slow and failing writes, for tests of uploads in flight (write-back): the same
+endpoint takes ``{"write_delay": S, "write_delay_after": S2, "fail": true}``.
+Every write request (PutObject, CreateMultipartUpload, UploadPart,
+CompleteMultipartUpload, AbortMultipartUpload) waits ``S`` seconds before moto
+handles it and ``S2`` seconds after (the store has done it, the client does not
+know yet); with ``fail`` every S3 request is answered ``503 ServiceUnavailable``
+(a store outage; moto keeps its objects, as a real store would). ``{"hold": true}``
+makes every write request wait (before moto sees it) until ``{"hold": false}``:
+an upload that is deterministically still in flight.
+``in_flight`` (in the counters) counts the write requests being handled, by kind:
+``put``, ``create``, ``part``, ``complete``, ``abort``.
+
 Credentials. moto accepts any key unless IAM authentication is switched on,
 which it does with ``INITIAL_NO_AUTH_ACTION_COUNT`` (the first N actions run
 unauthenticated, every later one is checked against moto's IAM). That works in
@@ -88,6 +100,12 @@ class CountingMiddleware:
         self.rate = rate
         self._pace_lock = threading.Lock()
         self._next_free = 0.0  # the store's send pacing: when the next byte may go
+        self.write_delay = 0.0  # seconds before a write request is handled
+        self.write_delay_after = 0.0  # seconds after it was handled, before the answer goes
+        self.fail = False  # a store outage: every S3 request gets 503
+        self.released = threading.Event()  # cleared: write requests wait (hold)
+        self.released.set()
+        self.in_flight: Counter[str] = Counter()  # write requests being handled, by kind
         self.reset()
 
     def reset(self) -> None:
@@ -110,6 +128,7 @@ class CountingMiddleware:
                 "requests_by_method": dict(self.by_method),
                 "requests": self.requests,
                 "unsigned_requests": self.unsigned,
+                "in_flight": {k: v for k, v in self.in_flight.items() if v},
             }
 
     @staticmethod
@@ -128,6 +147,42 @@ class CountingMiddleware:
             return None
         return f"{bucket}/{key}"
 
+    @staticmethod
+    def write_kind(environ: dict[str, Any]) -> str | None:
+        """What write request this is (``put``, ``create``, ``part``, ``complete``, ``abort``), or None."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        host = environ.get("HTTP_HOST", "").rsplit(":", 1)[0]
+        if host.endswith(".localhost"):  # virtual-hosted style: bucket.localhost
+            path = "/" + host[: -len(".localhost")] + path
+        bucket, _, key = path.lstrip("/").partition("/")
+        if path.startswith(("/moto-api", COUNTERS_PATH)) or not bucket or not key:
+            return None  # not an object (a bucket, moto's own API)
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if method == "PUT":
+            return "part" if "uploadId" in query else (None if _OBJECT_SUBRESOURCES.intersection(query) else "put")
+        if method == "POST":
+            return "create" if "uploads" in query else "complete" if "uploadId" in query else None
+        if method == "DELETE" and "uploadId" in query:
+            return "abort"
+        return None
+
+    def _write(self, kind: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """A write request, delayed as configured, counted in ``in_flight`` while handled."""
+        with self.lock:
+            self.in_flight[kind] += 1
+        try:
+            self.released.wait(600)
+            if self.write_delay:
+                time.sleep(self.write_delay)
+            out = list(self.app(environ, start_response))
+            if self.write_delay_after:
+                time.sleep(self.write_delay_after)
+            return out
+        finally:
+            with self.lock:
+                self.in_flight[kind] -= 1
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
@@ -145,8 +200,26 @@ class CountingMiddleware:
             conf = json.loads(environ["wsgi.input"].read(size) or b"{}")
             self.delay = float(conf.get("delay", self.delay))
             self.rate = float(conf.get("rate", self.rate))
+            self.write_delay = float(conf.get("write_delay", self.write_delay))
+            self.write_delay_after = float(conf.get("write_delay_after", self.write_delay_after))
+            self.fail = bool(conf.get("fail", self.fail))
+            if "hold" in conf:
+                (self.released.clear if conf["hold"] else self.released.set)()
             start_response("204 No Content", [])
             return []
+        if self.fail and not path.startswith("/moto-api"):
+            with contextlib.suppress(Exception):  # drain the request: the connection stays usable
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                while size > 0:
+                    got = environ["wsgi.input"].read(min(size, 1 << 20))
+                    if not got:
+                        break
+                    size -= len(got)
+            body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+                    b"<Message>Service is unable to handle request.</Message></Error>")
+            start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
+                                                       ("Content-Length", str(len(body)))])
+            return [body]
 
         key = self.object_key(environ)
         with self.lock:
@@ -160,6 +233,9 @@ class CountingMiddleware:
                 self.head_requests[key] += 1
             if key is not None and method == "GET":
                 self.get_requests[key] += 1
+        kind = self.write_kind(environ)
+        if kind is not None:
+            return self._write(kind, environ, start_response)
         if key is None or method != "GET":
             return self.app(environ, start_response)
         if self.delay:
@@ -327,6 +403,24 @@ class S3Server:
         """Every GET object waits ``delay`` s before its first byte; object bytes go out at
         ``rate`` B/s at most, all GETs together (0, 0: back to full speed)."""
         self._request("POST", COUNTERS_PATH + "/config", json.dumps({"delay": delay, "rate": rate}).encode())
+
+    def slow_writes(self, delay: float = 0.0, after: float = 0.0) -> None:
+        """Every write request (PUT, multipart create/part/complete/abort) waits ``delay`` s
+        before it is handled and ``after`` s after (0, 0: back to full speed)."""
+        self._request("POST", COUNTERS_PATH + "/config",
+                      json.dumps({"write_delay": delay, "write_delay_after": after}).encode())
+
+    def outage(self, on: bool) -> None:
+        """``on``: every S3 request is answered 503 ServiceUnavailable until ``outage(False)``."""
+        self._request("POST", COUNTERS_PATH + "/config", json.dumps({"fail": on}).encode())
+
+    def hold_writes(self, on: bool) -> None:
+        """``on``: every write request waits, unanswered, until ``hold_writes(False)``."""
+        self._request("POST", COUNTERS_PATH + "/config", json.dumps({"hold": on}).encode())
+
+    def in_flight(self) -> dict[str, int]:
+        """Write requests being handled right now, by kind (``put``, ``part``, ``complete``...)."""
+        return dict(self.counters().get("in_flight", {}))
 
     def get_requests(self, bucket: str, key: str) -> int:
         return int(self.counters()["get_requests"].get(f"{bucket}/{key}", 0))
