@@ -854,19 +854,17 @@ class S3UnderStore(UnderStore):
         return ObjectInfo(path, size, mtime, etag, False, attrs)
 
     async def abort_put(self, path: str, token: str = "", *, name: str = "", since: float = 0.0) -> None:
-        """Abort the multipart upload ``token`` and, ``since`` a time, every upload of the key
-        begun from a minute before it (one whose id a crash kept from the journal; another
-        writer's upload of the same key in that minute is aborted too, and fails: the
-        later write wins anyway). An upload already gone is fine; a store that cannot be
-        asked raises."""
+        """Abort the multipart upload ``token`` and, when an attempt began at ``since`` (its
+        id may never have reached the journal), every incomplete upload of exactly this
+        key. Not only those begun after ``since``: stores do not all report the time
+        (moto answers a fixed date). Another writer's upload of the same key is aborted
+        too and fails; its writer retries, and the later write wins anyway. An upload
+        already gone is fine; a store that cannot be asked raises."""
         key, what = self._key(path), self._what(path)
         ids = {token} if token else set()
         if since:
             resp = await self._call("list_multipart_uploads", what, Prefix=key)
-            for u in resp.get("Uploads", []):
-                started = u.get("Initiated")
-                if u.get("Key") == key and (started is None or started.timestamp() >= since - 60):
-                    ids.add(str(u["UploadId"]))
+            ids.update(str(u["UploadId"]) for u in resp.get("Uploads", []) if u.get("Key") == key)
         for upload_id in ids:
             try:
                 await self._raw("abort_multipart_upload", Key=key, UploadId=upload_id)
