@@ -233,6 +233,9 @@ class MeshNode:
         """Record attributes of ``path`` at ``version`` (JSON-serialisable values)."""
         self.access.check(WRITE, paths.normalize(path))
         await self.metadata.set_attrs(path, version, attrs)
+        landed = self.writeback.switched.get(version) if self.writeback is not None else None
+        if landed is not None:  # a write-back upload already landed: they belong to its new version too
+            await self.metadata.set_attrs(path, landed, attrs)
 
     async def drop_object_attrs(self, path: str) -> None:
         self.access.check(WRITE, paths.normalize(path))

@@ -49,7 +49,7 @@ from meshd.errors import (
 )
 from meshd.understore import ObjectInfo, UnderStore
 from meshd.understore.base import file_chunks
-from meshd.writeback.journal import Entry, Journal, is_pending_version, new_id, writer_of
+from meshd.writeback.journal import VERSION_PREFIX, Entry, Journal, is_pending_version, new_id, writer_of
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,7 @@ class Writeback:
         self._replica_http: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.adopted = 0
+        self.switched: dict[str, str] = {}  # pending version -> the store's, while its spool is retained
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self._uploading: dict[str, asyncio.Task[None]] = {}
@@ -779,6 +780,7 @@ class Writeback:
         asyncio.get_running_loop().call_later(self.config.retain, self._unretire, e.id)
 
     def _unretire(self, eid: str) -> None:
+        self.switched.pop(f"{VERSION_PREFIX}{self.node_id}:{eid}", None)
         if self._retired.pop(eid, None) is not None:
             self.journal.remove_spool(eid)
 
@@ -907,6 +909,7 @@ class Writeback:
         self.rate[e.mount].add(e.size, time.monotonic() - t0)
         if self.entries.get(e.id) is not e:
             return  # dropped while uploading
+        self.switched[e.version] = info.version
         if self.landed is not None:
             try:
                 await self.landed(e, info)
