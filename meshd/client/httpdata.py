@@ -104,16 +104,20 @@ class HttpData(ClientState):
         return bytes(buf)
 
     def put(self, path: str, data: bytes | IO[bytes] | Iterable[bytes], *, change: AttrChange | None = None,
-            exclusive: bool = False) -> Status:
+            exclusive: bool = False, writeback: bool | None = None) -> Status:
         """Create or replace a whole file; ``data`` is streamed, not buffered. ``change``:
         the new version's mode, owner, mtime; ``exclusive``: AlreadyExists if the path is
-        taken."""
+        taken; ``writeback``: True returns once the bytes are durable on the node (uploaded
+        to the under-store in the background), False once they are in the under-store,
+        None as the mount's ``write_mode`` says."""
         headers: dict[str, str] = {}
         query: dict[str, str] = {}
         if change:
             query["attrs"] = json.dumps(change.to_wire())
         if exclusive:
             query["exclusive"] = "1"
+        if writeback is not None:
+            query["writeback"] = "back" if writeback else "through"
         body: Any
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
