@@ -261,6 +261,12 @@ def cmd_writeback(c: MeshClient, a: argparse.Namespace) -> None:
             rate = v.get("upload_rate")
             print(f"  {m:<{width}} {v['files']:>7} {_size(v['bytes']):>11} {_age(v['oldest_seconds']):>10} "
                   f"{(_size(rate) + '/s') if rate is not None else '-':>14}")
+    files = s.get("files") or []
+    if files:
+        print(f"  oldest pending files (of {s['pending_files']}; --json lists up to 100):")
+        for f in sorted(files, key=lambda f: -f["age_seconds"])[:10]:
+            print(f"    {f['path']}  {_size(f['bytes'])}, {_age(f['age_seconds'])}, {f['state']}"
+                  + (f", attempt {f['attempts']}" if f["attempts"] else ""))
     for f in s.get("failing") or []:
         print(f"  FAILING {f['path']}: {f['attempts']} attempts, last error: {f['error']}")
 
