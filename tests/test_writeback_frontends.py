@@ -318,9 +318,13 @@ def test_meshfs_write_mode_back(env: Env) -> None:
         path = mnt / "ckpt" / "m.bin"
         f = open(path, "wb")  # created, not committed: the store is asked nothing at close but the commit
         f.write(body)
+        g = open(mnt / "ckpt" / "synced.bin", "wb")
+        g.write(b"fsynced")
         with env.paused():
             answered(f.close, "close on meshfs --write-mode back", env)
-            assert "/ckpt/m.bin" in env.pending()
+            answered(lambda: os.fsync(g.fileno()), "fsync on meshfs --write-mode back", env)
+            assert {"/ckpt/m.bin", "/ckpt/synced.bin"} <= env.pending()
+            answered(g.close, "close after fsync", env)
             before = answered(lambda: os.stat(path), "stat", env)
             assert answered(path.read_bytes, "read on the same mount", env) == body
             assert answered(lambda: env.s3.get_object(Bucket="ckpt", Key="m.bin")["Body"].read(),
@@ -328,8 +332,8 @@ def test_meshfs_write_mode_back(env: Env) -> None:
             held = open(path, "rb")
             assert held.read(1000) == body[:1000]
         try:
-            env.flush("/ckpt/m.bin")
-            assert env.in_store("t/m.bin") == body
+            env.flush("/ckpt")
+            assert env.in_store("t/m.bin") == body and env.in_store("t/synced.bin") == b"fsynced"
             with MeshClient(env.node.endpoint) as c:
                 assert not c.stat("/ckpt/m.bin").version.startswith("wb:")
             after = os.stat(path)
