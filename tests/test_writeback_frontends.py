@@ -35,6 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from meshd.client.sdk import MeshClient
+from meshd.errors import InvalidArgument
 from tests import s3server
 from tests.fuse_proc import MeshfsProcess, force_unmount
 from tests.meshd_proc import MeshdProcess
@@ -404,3 +405,15 @@ def test_no_space_on_the_spool_disk_is_each_protocols_error(full_spool: MeshdPro
         assert sorted(s.path for s in c.ls("/w")) == ["/w/warm"]
         c.put("/w/small.bin", b"fits")
         assert c.cat("/w/small.bin") == b"fits"
+
+
+def test_put_with_a_size_sends_exactly_that_many_bytes(env: Env) -> None:
+    """``size`` (meshfs passes the staged file's) is sent as Content-Length: the node can
+    reserve the spool room at once. Data that disagrees is refused and nothing is written."""
+    with MeshClient(env.node.endpoint) as c:
+        for chunks in ([b"ab"], [b"abcd"]):
+            with pytest.raises(InvalidArgument, match="size given"):
+                c.put("/ckptb/sized.bin", iter(chunks), size=3, writeback=True)
+        c.put("/ckptb/sized.bin", iter([b"a", b"bc"]), size=3, writeback=True)  # same thread, same client
+        assert c.cat("/ckptb/sized.bin") == b"abc"
+        assert c.stat("/ckptb/sized.bin").size == 3

@@ -221,7 +221,7 @@ class Staging:
             try:
                 st = await asyncio.get_running_loop().run_in_executor(
                     self.node.pool, lambda: self.node.with_client(
-                        lambda c: c.put(path, chunks(), change=change, writeback=self.writeback)))
+                        lambda c: c.put(path, chunks(), change=change, writeback=self.writeback, size=size)))
             except BaseException as e:
                 s.dirty = True
                 if isinstance(e, MeshError):
