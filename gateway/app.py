@@ -396,10 +396,11 @@ class Gateway:
     # ---- multipart ---------------------------------------------------------
 
     async def create_upload(self, request: web.Request, bucket: str, key: str) -> web.Response:
+        mode = objects.write_mode(request)
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
-                                       request.headers.get("Content-Type", ""))
+                                       request.headers.get("Content-Type", ""), writeback=mode)
         return _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
 
@@ -449,9 +450,10 @@ class Gateway:
             if num is None or etag is None or not num.strip().isdigit():
                 raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
             parts.append((objects.digits(num.strip()), etag.strip()))
-        stream, etag, _size = await self.uploads.complete(upload, parts)
+        stream, etag, size = await self.uploads.complete(upload, parts)
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
-                                   upload.metadata, etag=etag, limit=1 << 62)
+                                   upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
+                                   size_hint=size)
         await self.uploads.finish(upload)
         return _xml(xmlio.element("CompleteMultipartUploadResult", [
             xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),

@@ -113,6 +113,7 @@ class Upload:
     initiated: float
     metadata: dict[str, str] = field(hash=False)
     content_type: str
+    writeback: bool | None = None  # x-mesh-write-mode at CreateMultipartUpload; None: the mount's
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ def _load_upload(d: Path) -> Upload | None:
         return Upload(upload_id=d.name, bucket=str(j["bucket"]), key=str(j["key"]),
                       initiated=float(j["initiated"]),
                       metadata={str(k): str(v) for k, v in j["metadata"].items()},
-                      content_type=str(j["content_type"]))
+                      content_type=str(j["content_type"]),
+                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -344,17 +346,17 @@ class MultipartStore:
     # ---- uploads ---------------------------------------------------------
 
     async def create(self, bucket: str, key: str, metadata: dict[str, str],
-                     content_type: str) -> Upload:
+                     content_type: str, writeback: bool | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
             raise invalid_argument("Object key must not be empty")
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
-                        content_type=content_type)
+                        content_type=content_type, writeback=writeback)
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
-               "content_type": content_type}
+               "content_type": content_type, "writeback": writeback}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"

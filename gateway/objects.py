@@ -28,11 +28,12 @@ from meshd import errors as me
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import xmlio
+from . import writemode, xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
 MAX_PUT = 5 << 30  # S3's single-PUT limit
+WRITE_MODE = "x-mesh-write-mode"  # our extension: back | through (docs/S3_COMPAT.md)
 _S3_ETAG = re.compile(r"[0-9a-f]{32}(-\d+)?")
 OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -79,6 +80,17 @@ def user_metadata(request: web.Request) -> dict[str, str]:
     if sum(len(k) + len(v) for k, v in meta.items()) > 2048:
         raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size", 400)
     return meta
+
+
+def write_mode(request: web.Request) -> bool | None:
+    """The request's ``x-mesh-write-mode`` (``back``: acknowledged once on the node's
+    disk; ``through``: once in the under-store); None: the mount's ``write_mode``."""
+    raw = request.headers.get(WRITE_MODE)
+    try:
+        return writemode.parse(raw)
+    except ValueError:
+        raise invalid_argument(f"{WRITE_MODE} must be 'back' or 'through'", ArgumentName=WRITE_MODE,
+                               ArgumentValue=raw or "") from None
 
 
 def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
@@ -273,8 +285,10 @@ class _Digest:
 async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncIterator[bytes],
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
-                       limit: int = MAX_PUT) -> tuple[FileStatus, str]:
-    """Stream a whole object into the mesh; returns its status and S3 ETag."""
+                       limit: int = MAX_PUT, writeback: bool | None = None,
+                       size_hint: int = -1) -> tuple[FileStatus, str]:
+    """Stream a whole object into the mesh; returns its status and S3 ETag.
+    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     try:
@@ -284,7 +298,7 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
             await node.mkdir(path)
             st = await node.stat(path)
             return st, digest.etag
-        st = await node.write(path, digest.wrap(chunks))
+        st = await node.write(path, digest.wrap(chunks), writeback=writeback, size_hint=size_hint)
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
@@ -301,9 +315,11 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
     if length is not None and length.isdigit() and digits(length) > MAX_PUT:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
+    mode = write_mode(request)
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
-                                 request.headers.get("Content-Type"), user_metadata(request))
+                                 request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
+                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
     return web.Response(status=200, headers={"ETag": etag})
 
 
@@ -370,15 +386,17 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     if (sb, sk) == (bucket, key) and directive == "COPY":
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
+    mode = write_mode(request)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
-    _, a, chunks = await read_source(request, node, sb, sk)
+    sst, a, chunks = await read_source(request, node, sb, sk)
     if directive == "COPY":
         ct, meta = a.content_type, a.metadata
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
     try:
-        nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta)
+        nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
+                                       size_hint=sst.size)
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [

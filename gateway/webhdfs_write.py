@@ -6,7 +6,7 @@ extra attribute ``hdfs.acl``), CREATESYMLINK, snapshots (hdfs:// mounts) and DEL
 from __future__ import annotations
 
 import posixpath
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from meshd import paths
 from meshd.attrs import EXTRA_VALUE_MAX, AttrChange, gid_of, uid_of
 from meshd.core import FileStatus
 
+from . import writemode
 from .webhdfs_base import (
     ACL_MAX_ENTRIES,
     INT_MAX,
@@ -45,6 +46,16 @@ _SHIFT = {"user": 6, "group": 3, "other": 0}
 TIME_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
+def writemode_arg(q: Mapping[str, str]) -> bool | None:
+    """``writemode=back|through`` (our extension, docs/WEBHDFS_COMPAT.md): acknowledge
+    CREATE/APPEND once on the node's disk, or once in the under-store; absent: the mount's."""
+    raw = q.get("writemode")
+    try:
+        return writemode.parse(raw)
+    except ValueError:
+        raise illegal(f'Invalid value for webhdfs parameter "writemode": back or through: "{raw}"') from None
+
+
 class WriteOps(WebHdfsBase):
     """``op_<name>`` for each PUT, POST and DELETE operation the gateway serves."""
 
@@ -62,6 +73,7 @@ class WriteOps(WebHdfsBase):
         long_arg(q, "blocksize", None, minimum=1)
         long_arg(q, "replication", None, minimum=1, maximum=SHORT_MAX)
         long_arg(q, "buffersize", None, minimum=1, maximum=INT_MAX)
+        mode = writemode_arg(q)
         if path == "/":
             raise RemoteException("FileAlreadyExistsException", "org.apache.hadoop.fs.FileAlreadyExistsException",
                                   "/ already exists as a directory", 403)
@@ -85,12 +97,14 @@ class WriteOps(WebHdfsBase):
         # (the under-store contract, as POSIX's O_TRUNC), unless permission= is given
         change = AttrChange(mode=int(permission, 8) if q.get("permission") else None,
                             extra={X_OWNER: user} if existing is None else {})
-        await self.node.write(path, self._body(request), change=change or None)
+        await self.node.write(path, self._body(request), change=change or None, writeback=mode,
+                              size_hint=request.content_length if request.content_length is not None else -1)
         return web.Response(status=201, headers={"Location": f"hdfs://{request.host}{quote(path)}",
                                                  "Content-Length": "0"})
 
     async def op_append(self, request: web.Request, path: str, user: str) -> web.Response:
         long_arg(request.query, "buffersize", None, minimum=1, maximum=INT_MAX)
+        mode = writemode_arg(request.query)
         st = await self.stat(path)
         if st.is_dir:
             raise me.NotFound(f"Path is not a file: {path}")
@@ -98,7 +112,7 @@ class WriteOps(WebHdfsBase):
             self.node.check_writable(path)
         if not bool_arg(request.query, "datanode"):
             return self.redirect(request)
-        await self.node.append(path, self._body(request))
+        await self.node.append(path, self._body(request), writeback=mode)
         return web.Response(status=200)
 
     async def op_mkdirs(self, request: web.Request, path: str, user: str) -> web.Response:

@@ -745,6 +745,9 @@ def test_empty_mount_table_says_so(meshd: Callable[..., MeshdProcess]) -> None:
     (["cp", "-h"], "Copy one file into the mesh"),
     (["mount", "add", "-h"], "a mount option (repeatable)"),
     (["free", "-h"], "drop cached pages under PATH"),
+    (["cp", "-h"], "--write-back"),
+    (["writeback", "flush", "-h"], "exit 1 if --timeout passes first"),
+    (["writeback", "status", "-h"], "upload rate per mount"),
 ])
 def test_subcommand_help_describes_it(args: list[str], text: str) -> None:
     out = ok(_run_ctl(args, env_without_endpoint()))

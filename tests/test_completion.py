@@ -37,6 +37,9 @@ def complete(source: str, prog: str, line: str, tmp_cwd: str) -> list[str]:
     ("meshctl mount add --no", ["--no-check"]),
     ("meshctl ls --l", ["--long"]),
     ("meshctl topology s", ["show"]),
+    ("meshctl writeback ", ["flush", "status"]),
+    ("meshctl writeback flush /x --w", ["--wait"]),
+    ("meshctl cp a mesh:/b --write-", ["--write-back", "--write-through"]),
     ("meshctl place job.yaml --st", ["--stage", "--state"]),
     ("meshctl cat /x --off", ["--offset"]),
     ("meshctl ls notes", ["notes.txt"]),  # a path: file names

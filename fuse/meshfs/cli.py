@@ -92,6 +92,7 @@ def _enable_asyncio() -> None:
 async def _serve(args: argparse.Namespace) -> int:
     import pyfuse3
 
+    from meshd.client.base import write_mode
     from meshfs.core import MeshFS
     from meshfs.ops import MeshOps
 
@@ -101,7 +102,7 @@ async def _serve(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     core = MeshFS(args.endpoint, ttl=args.ttl, timeout=args.timeout, uid=args.uid, gid=args.gid,
                   max_ttl=args.max_ttl, readahead=args.readahead, staging_dir=args.staging_dir,
-                  owners=args.owners)
+                  owners=args.owners, writeback=write_mode(args.write_mode))
     try:
         core.client()  # fail now, with a clear message, if there is no node
     except Exception as e:
@@ -263,6 +264,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="meshfs's own read-ahead policy (meshd/client/readahead.py): 'sequential' "
                         "(default) fetches page descriptors ahead of sequential readers, 'none' "
                         "fetches exactly what each read asks for")
+    m.add_argument("--write-mode", choices=("back", "through"),
+                   help="'back': close and fsync return once the node has the bytes on its disk (uploaded "
+                        "to the under-store in the background); 'through': once they are in the under-store "
+                        "(default: each mount's own write_mode)")
     m.add_argument("--debug", action="store_true", help="log every FUSE request")
     u = sub.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint")

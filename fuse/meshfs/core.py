@@ -81,7 +81,7 @@ class MeshFS:
                  gid: int | None = None, file_mode: int = 0o644, dir_mode: int = 0o755,
                  client_factory: Callable[[str | None, float], MeshClient] | None = None,
                  max_ttl: float = 300.0, readahead: str = "sequential", staging_dir: str | None = None,
-                 owners: str | None = None) -> None:
+                 owners: str | None = None, writeback: bool | None = None) -> None:
         self.ttl = ttl
         # whose files: the store's owners (root's mount), or all the mounting user's (docs/SEMANTICS.md)
         self.owners_from_store = (owners or ("store" if os.getuid() == 0 else "mount")) == "store"
@@ -91,7 +91,7 @@ class MeshFS:
         self.file_mode, self.dir_mode = file_mode, dir_mode
         self.node = Node(endpoint, timeout, client_factory)
         self.inodes = Inodes()
-        self.staging = Staging(self.node, staging_dir, send_owner=self.owners_from_store)
+        self.staging = Staging(self.node, staging_dir, send_owner=self.owners_from_store, writeback=writeback)
         self.meta = Metadata(self.node, ttl, max_ttl, self.staging.files)
         self.dirs = Directories(self.node, self.meta)
         self.reads = Readers(self.node, readahead)

@@ -15,7 +15,11 @@ is in the store when close returns, and ``echo x > f`` commits an empty file
 at the shell's first close, then ``x``, as a local file system shows them),
 and at the last close (``release``) if attribute changes came after. A
 failed upload leaves the previous version in the store and is reported by
-that ``close`` or ``fsync``.
+that ``close`` or ``fsync``. With ``--write-mode back`` (or a mount whose
+``write_mode`` is ``back``) the node acknowledges the commit once the bytes are
+durable on its disk and uploads them in the background: ``close`` and ``fsync``
+return then (docs/SEMANTICS.md, "Write-back"); ``--write-mode through`` waits for
+the under-store whatever the mount says.
 
 **An existing file's bytes** are copied into the staged file at the first
 read or write that needs them, pinned to the version opened (a file changed
@@ -86,9 +90,11 @@ class Staged:
 class Staging:
     """Every staged file of the mount, by path (the metadata layer shows them)."""
 
-    def __init__(self, node: Node, directory: str | None = None, send_owner: bool = True) -> None:
+    def __init__(self, node: Node, directory: str | None = None, send_owner: bool = True,
+                 writeback: bool | None = None) -> None:
         self.node = node
         self.send_owner = send_owner
+        self.writeback = writeback  # every commit's write mode (--write-mode); None: the mount's
         self.dir = directory or os.path.join("/var/tmp", f"meshfs-staging-{os.getuid()}")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         st = os.lstat(self.dir)
@@ -214,7 +220,8 @@ class Staging:
 
             try:
                 st = await asyncio.get_running_loop().run_in_executor(
-                    self.node.pool, lambda: self.node.with_client(lambda c: c.put(path, chunks(), change=change)))
+                    self.node.pool, lambda: self.node.with_client(
+                        lambda c: c.put(path, chunks(), change=change, writeback=self.writeback, size=size)))
             except BaseException as e:
                 s.dirty = True
                 if isinstance(e, MeshError):

@@ -108,6 +108,8 @@ def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
     src, dst = _mesh_path(a.src), _mesh_path(a.dst)
     if src is None and dst is None:
         raise InvalidArgument("cp: one side must be a mesh path (mesh:/PATH)")
+    if a.writeback is not None and dst is None:
+        raise InvalidArgument("cp: --write-back/--write-through apply to copies into the mesh (cp ... mesh:/PATH)")
     if dst is not None:
         if src is None:
             if a.src != "-" and os.path.isdir(a.src):
@@ -115,7 +117,7 @@ def cmd_cp(c: MeshClient, a: argparse.Namespace) -> None:
             data: Any = _read_local(a.src) if a.src == "-" else open(a.src, "rb")
         else:
             data = c.iter_read(src)
-        st = c.put(dst, data)
+        st = c.put(dst, data, writeback=a.writeback)
         print(f"{a.src} -> mesh:{st.path} ({_size(st.size)})", file=sys.stderr)
         return
     assert src is not None
@@ -221,6 +223,64 @@ def cmd_report(c: MeshClient, a: argparse.Namespace) -> None:
         for m in cl["members"]:
             print(_member_line(m))
         _print_links(r, cl)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cmd_writeback(c: MeshClient, a: argparse.Namespace) -> None:
+    if a.writeback_cmd == "flush":
+        cmd_writeback_flush(c, a)
+        return
+    s = c.writeback_status()
+    if a.json:
+        print(json.dumps(s, indent=2))
+        return
+    if not s.get("enabled"):
+        print(f"node {c.node_id}: write-back is not enabled")
+        return
+    print(f"node {s['node']} at {c.endpoint}: {plural(s['pending_files'], 'file')} "
+          f"({_size(s['pending_bytes'])}) pending upload, oldest {_age(s['oldest_seconds'])}, "
+          f"{s['uploading']} uploading now")
+    print(f"  budget {_size(s['budget_used'])} / {_size(s['budget_bytes'])} used; writers waiting "
+          f"{s['writers_waiting']} (waited {s['budget_wait_seconds']:.1f} s in all)")
+    print(f"  uploaded {plural(s['uploaded_files'], 'file')} ({_size(s['uploaded_bytes'])}); "
+          f"retries {s['retries']}; superseded before upload {s['superseded']}")
+    print(f"  pending in the whole mesh: {plural(s['mesh_pending_files'], 'file')} "
+          f"({_size(s['mesh_pending_bytes'])})")
+    mounts = s.get("mounts") or {}
+    if mounts:
+        width = max([len(m) for m in mounts] + [5])
+        print(f"  {'MOUNT':<{width}} {'FILES':>7} {'BYTES':>11} {'OLDEST':>10} {'UPLOAD RATE':>14}")
+        for m, v in sorted(mounts.items()):
+            rate = v.get("upload_rate")
+            print(f"  {m:<{width}} {v['files']:>7} {_size(v['bytes']):>11} {_age(v['oldest_seconds']):>10} "
+                  f"{(_size(rate) + '/s') if rate is not None else '-':>14}")
+    files = s.get("files") or []
+    if files:
+        print(f"  oldest pending files (of {s['pending_files']}; --json lists up to 100):")
+        for f in sorted(files, key=lambda f: -f["age_seconds"])[:10]:
+            print(f"    {f['path']}  {_size(f['bytes'])}, {_age(f['age_seconds'])}, {f['state']}"
+                  + (f", attempt {f['attempts']}" if f["attempts"] else ""))
+    for f in s.get("failing") or []:
+        print(f"  FAILING {f['path']}: {f['attempts']} attempts, last error: {f['error']}")
+
+
+def cmd_writeback_flush(c: MeshClient, a: argparse.Namespace) -> None:
+    if a.timeout is not None and not a.wait:
+        raise InvalidArgument("writeback flush: --timeout needs --wait")
+    if a.timeout is not None and not a.timeout > 0:
+        raise InvalidArgument(f"writeback flush: --timeout must be a positive number of seconds, not {a.timeout}")
+    n = c.writeback_flush(a.path, wait=a.wait, timeout=a.timeout)
+    if a.wait:
+        print(f"{plural(n, 'pending write')} under {a.path}: all in the under-store now")
+    else:
+        print(f"{plural(n, 'pending write')} under {a.path}: uploading first (--wait to wait for them)")
 
 
 def _member_line(m: dict[str, Any]) -> str:
@@ -332,6 +392,12 @@ def _add_file_commands(sub: argparse._SubParsersAction) -> None:
                              "LOCAL; LOCAL may be a directory). - is stdin or stdout.")
     s.add_argument("src", help="a local file, -, or mesh:/PATH")
     s.add_argument("dst", help="mesh:/PATH, a local file or directory, or -")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--write-back", dest="writeback", action="store_const", const=True, default=None,
+                      help="return once the bytes are durable on the node (uploaded to the under-store "
+                           "in the background)")
+    mode.add_argument("--write-through", dest="writeback", action="store_const", const=False,
+                      help="return once the bytes are in the under-store (default: the mount's write_mode)")
     s.set_defaults(fn=cmd_cp)
     s = _command(sub, "rm", "delete a file or directory (in the under-store too)")
     s.add_argument("path", help=PATH_HELP)
@@ -361,6 +427,23 @@ def _add_cache_commands(sub: argparse._SubParsersAction) -> None:
     s = _command(sub, "report", "cache capacity, use, hit ratio, bytes by source")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(fn=cmd_report)
+
+
+def _add_writeback_command(sub: argparse._SubParsersAction) -> None:
+    """``meshctl writeback status|flush``."""
+    w = _command(sub, "writeback", "write-back writes not yet in the under-store: status, flush")
+    wsub = w.add_subparsers(dest="writeback_cmd", required=True)
+    s = _command(wsub, "status", "this node's pending files and bytes, oldest age, upload rate per mount, "
+                                 "retries, failing uploads")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s = _command(wsub, "flush", "upload the pending writes under PATH first",
+                 description="Upload the write-back writes pending at or below PATH before any other; "
+                             "with --wait, return once they are all in the under-store (exit 1 if "
+                             "--timeout passes first).")
+    s.add_argument("path", help=PATH_HELP)
+    s.add_argument("--wait", action="store_true", help="wait until every pending write under PATH is uploaded")
+    s.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up after S seconds (exit 1)")
+    w.set_defaults(fn=cmd_writeback)
 
 
 def _add_topology_command(sub: argparse._SubParsersAction) -> None:
@@ -394,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_mount_command(sub)
     _add_file_commands(sub)
     _add_cache_commands(sub)
+    _add_writeback_command(sub)
 
     from meshd.cli import place as cli_place
 

@@ -22,6 +22,19 @@ from meshd.rpc.wire import SyncWireClient
 CHUNK = 1 << 20
 
 
+def write_mode(value: str | bool | None) -> bool | None:
+    """A write mode as a caller gives it (``"back"``, ``"through"``, a bool, or None for
+    the mount's ``write_mode``), as :meth:`MeshClient.put`'s ``writeback`` takes it."""
+    if value is None or isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("back", "through"):
+        return v == "back"
+    if v == "":
+        return None
+    raise InvalidArgument(f"write mode must be 'back' or 'through', not {value!r}")
+
+
 class NodeUnreachable(NodeUnavailable):
     """No node answers at the endpoint."""
 
@@ -117,5 +130,5 @@ class ClientState:
     _ssl: Any  # its ssl.SSLContext (HTTPS, metadata wire), else None
 
 
-__all__ = ["CHUNK", "ClientState", "NodeUnreachable", "Piece", "ReadCut", "Status", "find_endpoint",
-           "pin_hint"]
+__all__ = ["CHUNK", "ClientState", "NodeUnreachable", "Piece", "ReadCut", "Status", "find_endpoint", "pin_hint",
+           "write_mode"]

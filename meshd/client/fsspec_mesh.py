@@ -30,6 +30,11 @@ append fails with ESTALE if the file changed since). Exclusive create (``open(pa
 "xb")``, ``pipe_file``/``put_file`` with ``mode="create"``) fails with
 FileExistsError at once if the path is taken, and the write itself is exclusive at
 the node: of two racing creators one gets FileExistsError, nothing is overwritten.
+Write mode: ``write_mode="back"`` (a storage option, or per write:
+``open(path, "wb", write_mode="back")``, ``pipe_file``/``put_file`` too) makes the
+close return once the bytes are durable on the node, uploaded to the under-store in
+the background (docs/SEMANTICS.md, "Write-back"); ``"through"`` once they are in the
+under-store; unset, the mount's ``write_mode`` decides.
 ``cp_file``/``copy`` copy on the node (server-side within a store: a local copy on
 POSIX, CopyObject on S3; streamed through the node between stores). Errors are
 Python's built-in exceptions (FileNotFoundError, IsADirectoryError, ...).
@@ -56,6 +61,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from meshd.attrs import AttrChange
+from meshd.client.base import write_mode
 from meshd.client.metacache import MetaCache
 from meshd.client.readahead import Cursor, get_policy, read_bytes
 from meshd.client.sdk import MeshClient, Status
@@ -99,14 +105,24 @@ def _create_mode(mode: str) -> bool:
     return mode == "create"
 
 
+def _mode(value: str | bool | None) -> bool | None:
+    try:
+        return write_mode(value)
+    except MeshError as e:
+        raise ValueError(str(e)) from None
+
+
 class MeshFileSystem(AbstractFileSystem):
     protocol = "mesh"
     root_marker = "/"
 
     def __init__(self, endpoint: str | None = None, readahead: str = "none", ttl: float = 0.0,
-                 **kwargs: Any) -> None:
+                 write_mode: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.endpoint = endpoint
+        # "back" | "through": every write's mode (per open: open(path, "wb", write_mode=...));
+        # None: the mount's write_mode
+        self.write_mode = _mode(write_mode)
         self.readahead = readahead
         get_policy(readahead)  # a bad name fails here, not at the first read
         self.ttl = ttl
@@ -198,14 +214,21 @@ class MeshFileSystem(AbstractFileSystem):
             length = -1 if end is None else max(0, end - offset)
             return self.client.cat(path, offset, length)
 
+    def _writeback(self, kwargs: dict[str, Any]) -> bool | None:
+        """A call's ``write_mode`` (``"back"`` / ``"through"``), else the filesystem's."""
+        given = _mode(kwargs.get("write_mode"))
+        return self.write_mode if given is None else given
+
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write ``value`` as the whole file; ``mode="create"``: FileExistsError if the path
-        is taken (checked by the node as it commits)."""
+        is taken (checked by the node as it commits). ``write_mode``: ``"back"`` or
+        ``"through"`` for this write."""
         path = self._strip_protocol(path)
         exclusive = _create_mode(mode)
+        wb = self._writeback(kwargs)
         try:
             with _oserrors():
-                self.client.put(path, value, exclusive=exclusive)
+                self.client.put(path, value, exclusive=exclusive, writeback=wb)
         finally:
             self._changed(path)
 
@@ -215,6 +238,7 @@ class MeshFileSystem(AbstractFileSystem):
         ``mode="create"``: FileExistsError if ``rpath`` is taken."""
         rpath = self._strip_protocol(rpath)
         exclusive = _create_mode(mode)
+        wb = self._writeback(kwargs)
         if os.path.isdir(lpath):
             if exclusive and self.exists(rpath):
                 raise FileExistsError(errno.EEXIST, "already exists", rpath)
@@ -231,7 +255,7 @@ class MeshFileSystem(AbstractFileSystem):
 
             try:
                 with _oserrors():
-                    self.client.put(rpath, chunks(), exclusive=exclusive)
+                    self.client.put(rpath, chunks(), exclusive=exclusive, writeback=wb)
             finally:
                 self._changed(rpath)
 
@@ -341,8 +365,10 @@ class MeshFile(AbstractBufferedFile):
     fs: MeshFileSystem
 
     def __init__(self, fs: MeshFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
-                 autocommit: bool = True, readahead: str | None = None, **kwargs: Any) -> None:
+                 autocommit: bool = True, readahead: str | None = None, write_mode: str | None = None,
+                 **kwargs: Any) -> None:
         self._spool: Any = None
+        self._writeback = fs._writeback({"write_mode": write_mode})
         self._stream_id = MeshClient.new_stream_id()
         self._policy = get_policy(readahead or fs.readahead)
         self.pin: Status | None = None
@@ -396,7 +422,8 @@ class MeshFile(AbstractBufferedFile):
 
             try:
                 with _oserrors():
-                    self.fs.client.put(self.path, chunks(), exclusive=self.mode == "xb")
+                    self.fs.client.put(self.path, chunks(), exclusive=self.mode == "xb",
+                                       writeback=self._writeback)
             finally:
                 self.fs._changed(self.path)
                 self._spool.close()

@@ -50,6 +50,10 @@ class HttpData(ClientState):
                 # a kept-alive connection may have been closed by the node: retry once on a new one
                 if attempt or (body is not None and not isinstance(body, bytes | bytearray)):
                     raise NodeUnreachable(f"node HTTP endpoint {self._http_host}:{self._http_port}: {e}") from None
+            except BaseException:  # e.g. the body's iterator failed: the request is cut half-way
+                conn.close()
+                self._local.conn = None
+                raise
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -104,16 +108,21 @@ class HttpData(ClientState):
         return bytes(buf)
 
     def put(self, path: str, data: bytes | IO[bytes] | Iterable[bytes], *, change: AttrChange | None = None,
-            exclusive: bool = False) -> Status:
+            exclusive: bool = False, writeback: bool | None = None, size: int | None = None) -> Status:
         """Create or replace a whole file; ``data`` is streamed, not buffered. ``change``:
         the new version's mode, owner, mtime; ``exclusive``: AlreadyExists if the path is
-        taken."""
+        taken; ``writeback``: True returns once the bytes are durable on the node (uploaded
+        to the under-store in the background), False once they are in the under-store,
+        None as the mount's ``write_mode`` says. ``size``: the length of an iterable
+        ``data``, when known (sent as Content-Length: the node reserves the room at once)."""
         headers: dict[str, str] = {}
         query: dict[str, str] = {}
         if change:
             query["attrs"] = json.dumps(change.to_wire())
         if exclusive:
             query["exclusive"] = "1"
+        if writeback is not None:
+            query["writeback"] = "back" if writeback else "through"
         body: Any
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
@@ -125,11 +134,27 @@ class HttpData(ClientState):
                 headers["Transfer-Encoding"] = "chunked"
         else:
             body = iter(data)
-            headers["Transfer-Encoding"] = "chunked"
+            if size is not None and size >= 0:
+                headers["Content-Length"] = str(size)
+                body = _exactly(body, size, path)
+            else:
+                headers["Transfer-Encoding"] = "chunked"
         resp = self._request("PUT", path, body=body, headers=headers, query="?" + urlencode(query) if query else "")
         self._raise_for(resp)
         d = json.loads(resp.read())
         return Status(d["path"], d["size"], d["mtime"], d["version"], False, Attrs.from_wire(d.get("attrs")))
+
+
+def _exactly(chunks: Iterator[bytes], size: int, path: str) -> Iterator[bytes]:
+    """``chunks``, which must add up to ``size`` bytes (the Content-Length sent)."""
+    sent = 0
+    for c in chunks:
+        sent += len(c)
+        if sent > size:
+            raise InvalidArgument(f"put {path}: more bytes than the size given ({size})")
+        yield c
+    if sent != size:
+        raise InvalidArgument(f"put {path}: {sent} bytes, not the size given ({size})")
 
 
 __all__ = ["HttpData"]

@@ -117,6 +117,19 @@ class MeshClient(Routing, ShortCircuit, HttpData):
     def free(self, path: str) -> int:
         return int(self._call("Free", pb.PathRequest(path=path)).bytes_freed)
 
+    def writeback_status(self) -> dict[str, Any]:
+        """The node's write-back: pending files and bytes, oldest age, upload rate per
+        mount, retries, failing uploads (``writeback.status`` on the metadata wire)."""
+        return dict(self._retrying(lambda: self._meta_once("writeback.status", {})))
+
+    def writeback_flush(self, path: str, wait: bool = True, timeout: float | None = None) -> int:
+        """Upload the write-back writes pending at or below ``path`` first; ``wait``: return
+        once all are in their under-stores (UnderStoreError after ``timeout`` seconds).
+        How many were pending."""
+        limit = (timeout + 30 if timeout else 10 * 365 * 86400) if wait else None
+        req = pb.WritebackFlushRequest(path=path, wait=wait, timeout=timeout or 0)
+        return int(self._call("WritebackFlush", req, timeout=limit).pending)
+
     def report(self) -> dict[str, Any]:
         """The node's report with its region's members (``report`` on the metadata wire),
         checked against the one Report type (meshd/rpc/messages.py)."""

@@ -172,3 +172,19 @@ class FreeResponse(_message.Message):
     BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
     bytes_freed: int
     def __init__(self, bytes_freed: _Optional[int] = ...) -> None: ...
+
+class WritebackFlushRequest(_message.Message):
+    __slots__ = ("path", "wait", "timeout")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    wait: bool
+    timeout: float
+    def __init__(self, path: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class WritebackFlushResponse(_message.Message):
+    __slots__ = ("pending",)
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    def __init__(self, pending: _Optional[int] = ...) -> None: ...

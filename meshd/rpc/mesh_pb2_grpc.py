@@ -94,6 +94,11 @@ class MeshStub:
                 request_serializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
                 response_deserializer=meshd_dot_rpc_dot_mesh__pb2.FreeResponse.FromString,
                 _registered_method=True)
+        self.WritebackFlush = channel.unary_unary(
+                '/mesh.v1.Mesh/WritebackFlush',
+                request_serializer=meshd_dot_rpc_dot_mesh__pb2.WritebackFlushRequest.SerializeToString,
+                response_deserializer=meshd_dot_rpc_dot_mesh__pb2.WritebackFlushResponse.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -174,6 +179,14 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WritebackFlush(self, request, context):
+        """Upload the write-back writes pending at or below a path first; with wait, return
+        once they are all in their under-stores (UnderStoreError after timeout seconds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +249,11 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.Free,
                     request_deserializer=meshd_dot_rpc_dot_mesh__pb2.PathRequest.FromString,
                     response_serializer=meshd_dot_rpc_dot_mesh__pb2.FreeResponse.SerializeToString,
+            ),
+            'WritebackFlush': grpc.unary_unary_rpc_method_handler(
+                    servicer.WritebackFlush,
+                    request_deserializer=meshd_dot_rpc_dot_mesh__pb2.WritebackFlushRequest.FromString,
+                    response_serializer=meshd_dot_rpc_dot_mesh__pb2.WritebackFlushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +580,33 @@ class Mesh:
             '/mesh.v1.Mesh/Free',
             meshd_dot_rpc_dot_mesh__pb2.PathRequest.SerializeToString,
             meshd_dot_rpc_dot_mesh__pb2.FreeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WritebackFlush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.Mesh/WritebackFlush',
+            meshd_dot_rpc_dot_mesh__pb2.WritebackFlushRequest.SerializeToString,
+            meshd_dot_rpc_dot_mesh__pb2.WritebackFlushResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -289,7 +289,7 @@ OPS: dict[str, type[Msg]] = {
     "shard.put": StatusBatch, "shard.drop": DropArgs, "shard.forget": PathArgs,
     "shard.attrs": AttrsArgs, "shard.set_attrs": SetAttrsArgs, "shard.drop_attrs": PathArgs,
     "shard.held": ShardHeldArgs, "shard.counts": Empty,
-    "free": FreeArgs, "report": ReportArgs,
+    "free": FreeArgs, "report": ReportArgs, "writeback.status": Empty,
     "region.held": RegionHeldArgs, "region.cached": RegionCachedArgs, "quota.take": QuotaTakeArgs,
     "place.state": DatasetsArgs, "stage": DatasetsArgs, "mesh.state": PathArgs,
     "setattr": ChangeArgs, "mkdir": ChangeArgs, "symlink": SymlinkArgs, "mknod": MknodArgs,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -259,4 +260,14 @@ class MeshService(pb_grpc.MeshServicer):
 
     async def Free(self, request: pb.PathRequest, context: Any) -> pb.FreeResponse:
         return pb.FreeResponse(bytes_freed=await _guard(context, lambda: self.node.free(request.path)))
+
+    async def WritebackFlush(self, request: pb.WritebackFlushRequest, context: Any) -> pb.WritebackFlushResponse:
+        """``meshctl writeback flush``: the node's ``writeback_flush`` (UnderStoreError when
+        the writes are still being uploaded after ``timeout`` seconds)."""
+        def flush() -> Awaitable[int]:
+            if not math.isfinite(request.timeout) or request.timeout < 0:
+                raise InvalidArgument(f"bad flush timeout {request.timeout!r}: seconds, 0 for no limit")
+            return self.node.writeback_flush(request.path, request.wait, request.timeout or None)
+
+        return pb.WritebackFlushResponse(pending=await _guard(context, flush))
 

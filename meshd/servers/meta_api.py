@@ -21,7 +21,8 @@ Shard operations (``shard.*``; sent by a node that does not own the key, or
 by a client that computed the owner itself) are served from *this* node's
 shard whatever its ring says, so two nodes with momentarily different member
 lists never bounce a call between them. ``free`` and ``report`` are this
-node's own.
+node's own, as is ``writeback.status`` (``meshctl writeback status``: this node's
+pending write-back writes, uploads and errors).
 
 Between regions: ``region.held`` {p, v: version, z: size} asks a node of
 another region which pages of a file *its region* holds (it asks each page's
@@ -156,6 +157,10 @@ class MetaApi:
         report = await self.node.full_report() if m.members else self.node.report()
         return msg.Report.from_wire(report).to_wire()  # checked against the schema here
 
+    async def op_writeback_status(self, m: msg.Empty) -> Any:
+        """This node's write-back (``meshctl writeback status``); operators only (the facade checks)."""
+        return await self.node.writeback_status()
+
     async def op_region_held(self, m: msg.RegionHeldArgs) -> Any:
         return await self.node.held_in_region(m.path, m.version, m.size)
 
@@ -208,6 +213,7 @@ OPS: dict[str, str] = {  # wire op -> MetaApi method
     "shard.drop_attrs": "op_drop_attrs",
     "free": "op_free",
     "report": "op_report",
+    "writeback.status": "op_writeback_status",
     "shard.counts": "op_shard_counts",
     "setattr": "op_setattr", "mkdir": "op_mkdir", "symlink": "op_symlink", "mknod": "op_mknod",
     "link": "op_link", "copy": "op_copy", "truncate": "op_truncate",
