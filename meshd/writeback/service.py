@@ -49,7 +49,14 @@ from meshd.errors import (
 )
 from meshd.understore import ObjectInfo, UnderStore
 from meshd.understore.base import file_chunks
-from meshd.writeback.journal import VERSION_PREFIX, Entry, Journal, is_pending_version, new_id, writer_of
+from meshd.writeback.journal import (
+    VERSION_PREFIX,
+    Entry,
+    Journal,
+    is_pending_version,
+    new_id,
+    writer_of,
+)
 
 log = logging.getLogger(__name__)
 
