@@ -465,6 +465,10 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
 async def require_bucket(node: MeshNode, bucket: str) -> None:
     try:
         st = await node.stat("/" + bucket)
+    except (me.UnderStoreError, me.NodeUnavailable):
+        if any(m.path == "/" + bucket for m in node.mount_points()):
+            return  # a mount point whose store does not answer now: the bucket is there (writes may go back)
+        raise no_such_bucket(bucket) from None
     except me.MeshError:
         raise no_such_bucket(bucket) from None
     if not st.is_dir:
