@@ -342,6 +342,25 @@ def test_meshfs_write_mode_back(env: Env) -> None:
             assert held.read() == body[1000:]  # the fd held across the switch reads the same bytes
         finally:
             held.close()
+        # the commits handed the staged files over the local socket (no copy through it) ...
+        status = json.loads(env.node.ctl("writeback", "status", "--json", check=True).stdout)
+        assert status["handed_over"] >= 2
+        staging = Path("/var/tmp") / f"meshfs-staging-{os.getuid()}"
+        if os.stat(staging).st_dev == os.stat(env.node.data_dir).st_dev:
+            assert status["linked"] >= 2  # ... and the node kept them as its spool: written once
+        # ... so a write after a commit goes to a copy: the committed version stays as it was
+        cow = mnt / "ckpt" / "cow.bin"
+        with open(cow, "wb") as h, MeshClient(env.node.endpoint) as c:
+            h.write(b"first")
+            h.flush()
+            os.fsync(h.fileno())
+            v1 = c.stat("/ckpt/cow.bin").version
+            h.seek(0)
+            h.write(b"XX")
+            h.flush()
+            assert c.read_pinned("/ckpt/cow.bin", 0, 5, version=v1, size=5) == b"first"
+        env.flush("/ckpt")
+        assert env.in_store("t/cow.bin") == b"XXrst"
     finally:
         fs.stop()
         force_unmount(mnt)

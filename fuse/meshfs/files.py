@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from meshd.attrs import AttrChange, Attrs
-from meshd.client.sdk import Status
+from meshd.client.sdk import MeshClient, Status
 from meshd.errors import MeshError, errno_of
 from meshfs.node import FSError, Node
 
@@ -73,6 +73,7 @@ class Staged:
     handles: int = 0
     dirty: bool = False  # anything not committed (bytes, size, a new file)
     unlinked: bool = False
+    handed: bool = False  # the file was handed to the node at a commit: write to a copy from now on
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def status(self) -> Status:
@@ -174,9 +175,29 @@ class Staging:
             await self._fill(s)
         return os.pread(s.fd, min(size, s.size - off), off)
 
+    def _own(self, s: Staged) -> None:
+        """Before writing to a staged file whose file was handed to the node at a commit:
+        continue in a copy (the node may keep that file as its write-back spool)."""
+        if not s.handed:
+            return
+        fd = self._tempfile()
+        try:
+            pos = 0
+            while pos < s.size:
+                n = os.copy_file_range(s.fd, fd, s.size - pos, pos, pos)
+                if n == 0:
+                    break
+                pos += n
+        except OSError:
+            os.close(fd)
+            raise
+        os.close(s.fd)
+        s.fd, s.handed = fd, False
+
     async def write(self, s: Staged, off: int, buf: bytes) -> int:
         if s.base is not None:
             await self._fill(s)
+        self._own(s)
         n = os.pwrite(s.fd, buf, off)
         s.size = max(s.size, off + n)
         s.mtime = s.ctime = time.time()
@@ -191,6 +212,7 @@ class Staging:
     def _truncate(self, s: Staged, size: int) -> None:
         if size == 0:
             s.base = None
+        self._own(s)
         os.ftruncate(s.fd, size)
         s.size = size
         s.mtime = s.ctime = time.time()
@@ -218,10 +240,18 @@ class Staging:
                     yield data
                     pos += len(data)
 
+            def put(c: MeshClient) -> Status:
+                # a node on this machine takes the staged file itself (no copy through a socket;
+                # in write-back mode it may become the node's spool: never written again here)
+                st = c.put_file(path, fd, size, change=change, writeback=self.writeback)
+                if st is not None:
+                    s.handed = True
+                    return st
+                return c.put(path, chunks(), change=change, writeback=self.writeback, size=size)
+
             try:
                 st = await asyncio.get_running_loop().run_in_executor(
-                    self.node.pool, lambda: self.node.with_client(
-                        lambda c: c.put(path, chunks(), change=change, writeback=self.writeback, size=size)))
+                    self.node.pool, lambda: self.node.with_client(put))
             except BaseException as e:
                 s.dirty = True
                 if isinstance(e, MeshError):

@@ -15,6 +15,7 @@ abandoned mid-read is out of step and is dropped. A client that cannot connect
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import socket
@@ -22,7 +23,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from meshd.client.base import ClientState, Piece, ReadCut
+from meshd.attrs import AttrChange, Attrs
+from meshd.client.base import ClientState, Piece, ReadCut, Status
 from meshd.errors import UnderStoreError, from_kind
 
 _SC_MAX = (128 << 10) + 64
@@ -37,6 +39,36 @@ def _close_passed(anc: list[tuple[int, int, bytes]]) -> None:
 
 
 class ShortCircuit(ClientState):
+    def put_file(self, path: str, fd: int, size: int, *, change: AttrChange | None = None,
+                 exclusive: bool = False, writeback: bool | None = None) -> Status | None:
+        """Hand the open file ``fd`` (its first ``size`` bytes) to the node on this machine as
+        ``path``'s new version: no bytes through a socket; in write-back mode an O_TMPFILE
+        on the node's spool file system becomes the spool itself, so the caller must never
+        write to ``fd`` again. None when the node is not local (use :meth:`put`)."""
+        sock = self._sc()
+        if sock is None:
+            return None
+        req = {"op": "put", "path": path, "size": size, "exclusive": exclusive,
+               **({"change": change.to_wire()} if change else {}),
+               **({} if writeback is None else {"writeback": writeback}),
+               **({"t": self.token} if self.token else {})}
+        try:
+            sock.sendmsg([json.dumps(req).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            msg, anc, _, _ = sock.recvmsg(_SC_MAX, socket.CMSG_SPACE(4))
+        except OSError:
+            self._local.sc = None  # out of step: a new connection next time
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        _close_passed(anc)
+        if msg[:1] == b"X":
+            err = json.loads(msg[1:])
+            raise from_kind(err.get("error", "MeshError"), err.get("message", ""))
+        if msg[:1] != b"S":
+            raise UnderStoreError("unexpected answer to a short-circuit put")
+        d = json.loads(msg[1:])
+        return Status(d["path"], d["size"], d["mtime"], d["version"], False, Attrs.from_wire(d.get("attrs")))
+
     def _sc(self) -> socket.socket | None:
         """This thread's connection to the node's local socket, or None (use HTTP)."""
         if not (self._short_circuit and self._local_sock):

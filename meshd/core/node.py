@@ -28,6 +28,7 @@ first (attributes, truncate, append, copy, link).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -63,6 +64,7 @@ from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import ObjectInfo
+from meshd.understore.base import file_chunks
 from meshd.writeback import Entry, Writeback, is_pending_version
 from meshd.writeback.journal import writer_of
 from meshd.writeback.overlay import PendingStore
@@ -358,8 +360,24 @@ class MeshNode:
         info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
         return await self._written(t, info)
 
-    async def _write_back(self, t: Target, chunks: AsyncIterator[bytes], change: AttrChange | None,
-                          exclusive: bool, size_hint: int) -> FileStatus:
+    async def write_file(self, path: str, src: int, size: int, *, change: AttrChange | None = None,
+                         exclusive: bool = False, writeback: bool | None = None) -> FileStatus:
+        """:meth:`write` of the first ``size`` bytes of the open file ``src``, handed over by a
+        writer on this machine (meshfs, over the local socket). In write-back mode the file
+        itself becomes the spool when it can (an O_TMPFILE on the spool's file system: no
+        copy); the writer must not write to it again."""
+        t = self._changing(path, change)
+        if not t.rel:
+            raise IsADirectory(f"{t.path} is a mount point")
+        if size < 0:
+            raise InvalidArgument(f"bad size {size}")
+        if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
+            return await self._write_back(t, None, change, exclusive, size, src=src)
+        return await self.write(path, file_chunks(f"/proc/self/fd/{src}", size), change=change,
+                                exclusive=exclusive, writeback=False, size_hint=size)
+
+    async def _write_back(self, t: Target, chunks: AsyncIterator[bytes] | None, change: AttrChange | None,
+                          exclusive: bool, size_hint: int, src: int | None = None) -> FileStatus:
         """Acknowledged once the bytes are durable here and the write is published as
         pending (:mod:`meshd.writeback`); uploaded in the background."""
         assert self.writeback is not None
@@ -372,7 +390,7 @@ class MeshNode:
             attrs = Attrs(stat.S_IFREG | mode, c.uid if c.uid is not None else os.geteuid(),
                           c.gid if c.gid is not None else os.getegid(), c.atime,
                           extra={k: v for k, v in c.extra.items() if v is not None})
-        e = await self.writeback.accept(t.path, t.mount.path, t.rel, chunks, change, attrs, size_hint)
+        e = await self.writeback.accept(t.path, t.mount.path, t.rel, chunks, change, attrs, size_hint, src=src)
         return await self._pending_status(t, e)
 
     async def hold_replica(self, writer: str, entry: str, chunks: AsyncIterator[bytes]) -> None:
@@ -721,6 +739,10 @@ class MeshNode:
             await self._replacing(d.path, recursive=True)
             e = await wb.retarget(s.path, d.path, d.mount.path, d.rel)
             if e is not None:
+                # the old name goes from the store too: an older object there, or what an
+                # upload under the old name (now cancelled, and finished) left
+                with contextlib.suppress(NotFound):
+                    await s.store.delete(s.rel)
                 self.cache.drop_file(file_id(s.mount.identity, s.rel))
                 await self.metadata.forget_subtree(s.path)
                 await self.metadata.forget_subtree(d.path)

@@ -21,10 +21,13 @@ import abc
 import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from meshd.attrs import AttrChange, Attrs
 from meshd.errors import AlreadyExists, MountError, NotPermitted, NotSupported
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -277,3 +280,19 @@ async def file_chunks(src: str, size: int, piece: int = 8 << 20, pace: Pace | No
             yield data
     finally:
         os.close(fd)
+
+
+async def finished(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread. A cancellation waits until ``fn`` has returned, then
+    propagates: a change a store is making (a PUT on the wire, a rename) is never still
+    under way once its caller has moved on (a cancelled write-back upload must not land
+    after the write that replaced it)."""
+    import asyncio
+    import functools
+
+    fut = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise

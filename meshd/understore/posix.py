@@ -50,7 +50,7 @@ from meshd.errors import (
     VersionChanged,
     from_oserror,
 )
-from meshd.understore.base import Capabilities, ObjectInfo, Pace, UnderStore, file_chunks
+from meshd.understore.base import Capabilities, ObjectInfo, Pace, UnderStore, file_chunks, finished
 from meshd.understore.beneath import Beneath, Escapes, NotRegular, proc_path, reopen
 
 CHUNK = 1 << 20
@@ -390,8 +390,8 @@ class PosixUnderStore(UnderStore):
                 async for chunk in chunks:
                     await asyncio.to_thread(f.write, chunk)
                 f.flush()
-                info = await asyncio.to_thread(self._publish, parent, name, tmp, f.fileno(),
-                                               change or AttrChange(), exclusive, path)
+                info = await finished(self._publish, parent, name, tmp, f.fileno(),
+                                      change or AttrChange(), exclusive, path)
                 created = not existed
         except OSError as e:
             raise self._fail(e, path) from None

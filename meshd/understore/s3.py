@@ -142,6 +142,7 @@ from meshd.understore.base import (
     Pace,
     UnderStore,
     check_options,
+    finished,
     without_userinfo,
 )
 from meshd.understore.s3_listing import ListingParserFactory
@@ -150,6 +151,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # body read size of get_range
 PART = 8 << 20  # put: single-request limit and multipart part size
+_CHANGES = frozenset({"put_object", "complete_multipart_upload", "copy_object", "delete_object", "delete_objects"})
 
 OPTIONS = frozenset({
     "endpoint", "region", "access_key", "secret_key", "session_token",
@@ -554,7 +556,10 @@ class S3UnderStore(UnderStore):
         return getattr(self._get_client(), op)(Bucket=self.bucket, **kwargs)
 
     async def _raw(self, op: str, **kwargs: Any) -> Any:
-        """Call a client operation in a thread; boto exceptions pass through."""
+        """Call a client operation in a thread; boto exceptions pass through. A change of
+        the bucket that is cancelled ends first (:func:`~meshd.understore.base.finished`)."""
+        if op in _CHANGES:
+            return await finished(self._invoke, op, kwargs)
         return await asyncio.to_thread(self._invoke, op, kwargs)
 
     async def _call(self, op: str, what: str, **kwargs: Any) -> Any:

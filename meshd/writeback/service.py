@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
+import stat
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -340,7 +342,10 @@ class Writeback:
         self._replica_http: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.adopted = 0
-        self.switched: dict[str, str] = {}  # pending version -> the store's, while its spool is retained
+        self.handed_over = 0  # files handed over by a local writer (meshfs) ...
+        self.linked = 0  # ... of which linked into the spool without a copy
+        self.switched: dict[str, str] = {}
+        self._tails: dict[str, asyncio.Task[None]] = {}  # path -> a cancelled upload still finishing  # pending version -> the store's, while its spool is retained
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self._uploading: dict[str, asyncio.Task[None]] = {}
@@ -394,21 +399,42 @@ class Writeback:
 
     # ---- accepting a write -------------------------------------------------------
 
-    async def accept(self, path: str, mount: str, rel: str, chunks: AsyncIterator[bytes],
-                     change: AttrChange | None, attrs: Attrs | None, size_hint: int = -1) -> Entry:
-        """Spool ``chunks`` as the new version of ``path``; durable and published on return."""
+    async def accept(self, path: str, mount: str, rel: str, chunks: AsyncIterator[bytes] | None,
+                     change: AttrChange | None, attrs: Attrs | None, size_hint: int = -1,
+                     src: int | None = None) -> Entry:
+        """Spool ``chunks`` as the new version of ``path``; durable and published on return.
+        ``src`` instead of chunks: a local writer's file (meshfs's staged file, passed over
+        the local socket), ``size_hint`` bytes, taken as it is (:meth:`_take_file`)."""
         await self.start()
         eid = new_id()
         part = self.journal.part(eid)
         loop = asyncio.get_running_loop()
+        if src is not None:
+            await self.budget.take(size_hint)
+            try:
+                linked = await loop.run_in_executor(None, self._take_file, src, part, size_hint)
+            except BaseException as e:
+                self.budget.give(size_hint)
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+                if isinstance(e, OSError):
+                    raise self._disk_error(e, path) from None
+                raise
+            self.handed_over += 1
+            self.linked += linked
+            chunks, taken_already = _nothing(), size_hint
+        else:
+            taken_already = 0
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if src is not None else os.O_EXCL), 0o600)
         except OSError as e:
+            self.budget.give(taken_already)
             raise self._disk_error(e, path) from None
-        size = taken = 0
+        size, taken = (size_hint, taken_already) if src is not None else (0, 0)
+        assert chunks is not None
         try:
             try:
-                if size_hint > 0:
+                if size_hint > 0 and src is None:
                     try:
                         os.posix_fallocate(fd, 0, size_hint)  # ENOSPC now, not half-way
                     except OSError as e:
@@ -429,7 +455,7 @@ class Writeback:
                     taken += len(buf)
                     await loop.run_in_executor(None, _write_all, fd, bytes(buf))
                     size += len(buf)
-                if size_hint > size:
+                if size_hint > size and src is None:
                     os.ftruncate(fd, size)
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:
@@ -615,6 +641,35 @@ class Writeback:
             else:
                 self.journal.kv.write_batch({}, [k], sync=True)
 
+    @staticmethod
+    def _take_file(src: int, part: str, size: int) -> bool:
+        """Make ``part`` hold the ``size`` bytes of the open file ``src``: the same file,
+        linked into the spool (no copy: an O_TMPFILE on the spool's file system, which the
+        writer promises never to write again), else an in-kernel copy. True if linked."""
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument("the file handed over is not a regular file")
+        if st.st_size == size and st.st_nlink == 0:
+            d = os.open(os.path.dirname(part), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:  # (a dir fd makes Python call linkat(AT_SYMLINK_FOLLOW), not link(), which would not follow)
+                os.link(f"/proc/self/fd/{src}", os.path.basename(part), dst_dir_fd=d, follow_symlinks=True)
+                return True
+            except OSError:
+                pass  # another file system, or not an O_TMPFILE: copy
+            finally:
+                os.close(d)
+        out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            pos = 0
+            while pos < size:
+                n = os.copy_file_range(src, out, min(size - pos, 1 << 30), pos, pos)
+                if n == 0:
+                    raise InvalidArgument(f"the file handed over has {pos} bytes, not {size}")
+                pos += n
+        finally:
+            os.close(out)
+        return False
+
     def _disk_error(self, e: OSError, path: str) -> MeshError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return NoSpace(f"no space left on this node's write-back disk ({self.journal.dir}) for {path}")
@@ -708,13 +763,25 @@ class Writeback:
     # ---- changes of pending paths ------------------------------------------------
 
     async def supersede(self, path: str, why: str = "replaced") -> None:
-        """``path`` was replaced or removed by another change: its pending write (any
-        node's) must not be uploaded over it."""
+        """``path`` is about to be replaced or removed in the store by another change: its
+        pending write (any node's) must not be uploaded over it, and an upload of it
+        already on the wire ends before this returns."""
         for e in [e for e in self.entries.values() if e.path == path]:
             await self._drop(e, why)
         other = self.registry.get(path)
         if other is not None:
             await self.registry.unpublish(other)
+        await self.settled(path)
+
+    def _tail_done(self, path: str, task: asyncio.Task[None]) -> None:
+        if self._tails.get(path) is task:
+            del self._tails[path]
+
+    async def settled(self, path: str) -> None:
+        """Wait for a cancelled upload of ``path`` whose last request is still on the wire."""
+        tail = self._tails.get(path)
+        if tail is not None:
+            await asyncio.gather(tail, return_exceptions=True)
 
     async def retarget(self, src: str, dst: str, mount: str, rel: str) -> Entry | None:
         """A rename of a file this node holds pending: the upload goes to the new name.
@@ -725,8 +792,12 @@ class Writeback:
         task = self._uploading.pop(e.id, None)
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(task, return_exceptions=True)  # its request on the wire ends first
         await self.registry.unpublish(e)
+        if e.token or e.attempt_at:  # an attempt under the old name may have left an upload there
+            self.journal.kv.write_batch({LEFTOVER + e.id.encode(): e.to_json()}, [], sync=True)
+            self._spawn(self._clear_leftovers(Entry.from_json(e.to_json())))
+            e.token, e.attempt_at = "", 0.0
         for old in [o for o in self.entries.values() if o.path == dst and o.id != e.id]:
             await self._drop(old, "renamed over")
         e.path, e.mount, e.rel, e.created = dst, mount, rel, time.time()
@@ -740,8 +811,12 @@ class Writeback:
     async def _drop(self, e: Entry, why: str) -> None:
         task = self._uploading.pop(e.id, None)
         if task is not None and task is not asyncio.current_task():
+            # its request on the wire ends first (a PUT may still land): the next upload of the
+            # path, and a change through to the store (``settled``), wait for that; the
+            # writer whose write replaced it does not
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            self._tails[e.path] = task
+            task.add_done_callback(functools.partial(self._tail_done, e.path))
         if self.entries.pop(e.id, None) is None:
             return
         self.superseded += 1
@@ -849,6 +924,8 @@ class Writeback:
             "replicas": self.config.replicas,
             "replicas_held": len(self.replicas_held),
             "adopted": self.adopted,
+            "handed_over": self.handed_over,
+            "linked": self.linked,
             "mesh_pending_files": len(self.registry.by_path),
             "mesh_pending_bytes": sum(e.size for e in self.registry.by_path.values()),
             "mounts": by_mount,
@@ -882,6 +959,7 @@ class Writeback:
                     del self._uploading[eid]
 
     async def _upload(self, e: Entry) -> None:
+        await self.settled(e.path)  # a replaced version's upload must not land after this one
         found = self.store_of(e.mount)
         newer = self.registry.get(e.path)
         if newer is not None and newer.version != e.version and newer.created > e.created:
@@ -974,6 +1052,11 @@ class _Rate:
 
     def value(self) -> float:
         return round(self._bps, 1)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 def _write_all(fd: int, data: bytes) -> None:
