@@ -67,7 +67,8 @@ from tests.meshd_proc import MeshdProcess  # noqa: E402
 MiB = 1 << 20
 KEY = "ckpt/model.bin"
 GW_KEY, GW_SECRET = "AKBENCHWRITEBACK", "bench-writeback-secret-0123"
-ROWS = ("local", "direct", "fs-through", "fs-back", "gw-through", "gw-back")
+ROWS = ("local", "direct", "fs-through", "fs-back", "gw-through", "gw-back", "sdk-back", "sdk-through")
+DEFAULT_ROWS = ROWS[:-1]
 
 
 class WbLink(ShapedLink):
@@ -121,6 +122,8 @@ class Row:
     ack: float = 0.0  # first write until the writer is told the bytes are safe
     landed: float | None = None  # ack until the store holds everything (write-back rows)
     cpu: float = 0.0  # node CPU seconds during the row (ack and upload)
+    fs_cpu: float = 0.0  # meshfs's
+    store_cpu: float = 0.0  # the S3 server's
     rss: int = 0  # node peak RSS during the row, bytes
     notes: list[str] = field(default_factory=list)
 
@@ -145,6 +148,15 @@ def upload_row(name: str, client: Any, bucket: str, blocks: Blocks) -> Row:
     r = Row(name)
     t0 = time.perf_counter()
     client.upload_fileobj(io.BufferedReader(BlockReader(blocks), MiB), bucket, KEY)
+    r.ack = r.write = time.perf_counter() - t0
+    return r
+
+
+def sdk_row(name: str, client: Any, path: str, blocks: Blocks) -> Row:
+    """The Python client's ``put`` (HTTP, chunked) of the blocks: meshfs's commit without FUSE."""
+    r = Row(name)
+    t0 = time.perf_counter()
+    client.put(path, (bytes(b) for b in blocks))
     r.ack = r.write = time.perf_counter() - t0
     return r
 
@@ -184,10 +196,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="8GiB", help="the checkpoint's size (8GiB, 2GiB, 512MiB ...)")
     ap.add_argument("--link-mbit", type=int, default=1600, help="the shaped link's rate, both ways")
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"which rows, comma-separated, of {','.join(ROWS)}")
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                    help=f"which rows, comma-separated, of {','.join(ROWS)} (default all but sdk-through)")
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
                     help="local disk, the node's data dir (spool), meshfs staging and the S3 server's files")
     ap.add_argument("--parallel", type=int, default=4, help="writeback.parallel / writeback.parts of the node")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the work directory's logs (the data goes anyway)")
     args = ap.parse_args()
     size = parse_size(args.size, "--size")
     if size % MiB:
@@ -211,6 +225,7 @@ def main() -> int:
         try:
             server = S3rver(work / "s3", netns=WbLink.NS, address=WbLink.NS_IP)
             store: Any = server.client()
+            spid = server.proc.pid  # ip netns exec execs s3rver: the same process
             for b in ("direct", "through", "back"):
                 store.create_bucket(Bucket=b)
             opts = ",".join(f"{k}={v}" for k, v in server.options().items())
@@ -240,6 +255,8 @@ def main() -> int:
             def run(name: str, bucket: str | None, back: bool, fn: Callable[..., Row], *fn_args: Any) -> None:
                 rss_reset(pid)
                 c0 = cpu_seconds(pid)
+                f0 = cpu_seconds(fs.pid) if fs is not None else 0.0
+                s0 = cpu_seconds(spid)
                 t = time.perf_counter()
                 r = fn(name, *fn_args)
                 if bucket is not None:
@@ -249,12 +266,14 @@ def main() -> int:
                         got = store.head_object(Bucket=bucket, Key=KEY)["ContentLength"]
                         assert got == size, (name, got, size)
                 r.cpu, r.rss = cpu_seconds(pid) - c0, rss_peak(pid)
+                r.fs_cpu = cpu_seconds(fs.pid) - f0 if fs is not None else 0.0
+                r.store_cpu = cpu_seconds(spid) - s0
                 results[name] = r
                 mbps = size / MiB / r.ack
                 more = f", fsync {r.fsync:.2f} s, close {r.close:.2f} s" if r.fsync or r.close else ""
                 land = f"; store holds everything {r.landed:.1f} s after the ack" if r.landed is not None else ""
                 print(f"  {name:<12} {mbps:8.1f} MB/s  ack {r.ack:7.2f} s (writes {r.write:.2f} s{more}){land}; "
-                      f"node CPU {r.cpu:.1f} s, peak RSS {r.rss / MiB:.0f} MiB  [{time.perf_counter() - t:.0f} s]",
+                      f"CPU s node {r.cpu:.1f} meshfs {r.fs_cpu:.1f} S3 server {r.store_cpu:.1f}; node peak RSS {r.rss / MiB:.0f} MiB  [{time.perf_counter() - t:.0f} s]",
                       flush=True)
 
             def clean(bucket: str | None, path: Path | None = None) -> None:
@@ -284,6 +303,12 @@ def main() -> int:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     run(name, mode, mode == "back", file_row, target, blocks)
                     clean(None, target)  # the mesh deletes it in the store
+                elif name.startswith("sdk-"):
+                    mode = name[4:]
+                    with node.client() as sdk:
+                        run(name, mode, mode == "back", sdk_row, sdk, f"/{mode}/{KEY}", blocks)
+                        sdk.rm(f"/{mode}/{KEY}")
+                    clean(None)
                 else:
                     mode = name[3:]
                     run(name, mode, mode == "back", upload_row, gw, mode, blocks)
@@ -299,7 +324,12 @@ def main() -> int:
                 server.stop()
     report(results, size, link_bps, args.link_mbit)
     print_findings(log_findings(work, "*.log"), 20)
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep_logs:
+        for d in ("s3", "node", "local", "staging", "mnt"):
+            shutil.rmtree(work / d, ignore_errors=True)
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
@@ -308,8 +338,8 @@ def report(results: dict[str, Row], size: int, link_bps: float, mbit: int) -> No
     cap = size / link_bps
     print(f"\nsummary: {size / 2**30:.2f} GiB checkpoint, 1 MiB writes, one thread; link {mbit} Mbit/s "
           f"(size / link = {cap:.1f} s)")
-    print(f"  {'row':<12} {'MB/s':>8} {'ack s':>8} {'in store s':>11} {'store/link':>11} {'node CPU s':>11} "
-          f"{'node RSS':>9}")
+    print(f"  {'row':<12} {'MB/s':>8} {'ack s':>8} {'in store s':>11} {'store/link':>11} "
+          f"{'CPU s: node':>11} {'meshfs':>7} {'S3 srv':>7} {'node RSS':>9}")
     for r in results.values():
         land = total = ""
         if r.landed is not None:
@@ -319,27 +349,27 @@ def report(results: dict[str, Row], size: int, link_bps: float, mbit: int) -> No
             land = f"{r.ack:11.1f}"
             total = f"{r.ack / cap:11.2f}"
         print(f"  {r.name:<12} {mb / r.ack:8.1f} {r.ack:8.2f} {land:>11} {total:>11} {r.cpu:11.1f} "
-              f"{r.rss / MiB:7.0f}Mi")
+              f"{r.fs_cpu:7.1f} {r.store_cpu:7.1f} {r.rss / MiB:7.0f}Mi")
     print("  (in store s: from the first write until the S3 server holds the whole object; "
           "store/link: that over size / link rate)")
     local = results.get("local")
     print("ratios (goals of issue 23, reported, not asserted):")
-    for front in ("fs", "gw"):
+    for front in ("fs", "gw", "sdk"):
         back, thru = results.get(f"{front}-back"), results.get(f"{front}-through")
         if back is None:
             continue
         if local is not None:
-            print(f"  {front}-back / local disk       {local.ack / back.ack:6.2f}   (goal >= 0.8)")
+            print(f"  {front + '-back / local disk':<30}{local.ack / back.ack:6.2f}   (goal >= 0.8)")
         if thru is not None:
-            print(f"  {front}-back / {front}-through       {thru.ack / back.ack:6.2f}   (goal >= 5)")
+            print(f"  {front + '-back / ' + front + '-through':<30}{thru.ack / back.ack:6.2f}   (goal >= 5)")
         if back.landed is not None:
-            print(f"  {front}-back upload / link      {back.landed / cap:6.2f}   "
+            print(f"  {front + '-back upload / link':<30}{back.landed / cap:6.2f}   "
                   f"(ack until in store over size / link rate; goal <= 1.1)")
-            print(f"  {front}-back in store / link    {(back.ack + back.landed) / cap:6.2f}   "
+            print(f"  {front + '-back in store / link':<30}{(back.ack + back.landed) / cap:6.2f}   "
                   "(first write until in store over size / link rate)")
     direct = results.get("direct")
     if direct is not None:
-        print(f"  direct S3 / link              {direct.ack / cap:6.2f}   (time over size / link rate)")
+        print(f"  {'direct S3 / link':<30}{direct.ack / cap:6.2f}   (time over size / link rate)")
 
 
 if __name__ == "__main__":
