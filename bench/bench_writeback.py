@@ -72,10 +72,12 @@ DEFAULT_ROWS = ROWS[:-1]
 
 
 class WbLink(ShapedLink):
-    """bench_read's shaped link under names of its own (both can run on one machine)."""
+    """bench_read's shaped link under names of its own (``n``: several runs on one machine)."""
 
-    NS, HOST_IF, NS_IF = "meshbench-wb", "mbwb-host", "mbwb-s3"
-    HOST_IP, NS_IP = "10.213.1.1", "10.213.1.2"
+    def __init__(self, mbit: int, n: int = 0) -> None:
+        super().__init__(mbit)
+        self.NS, self.HOST_IF, self.NS_IF = f"meshbench-wb{n}", f"mbwb{n}-host", f"mbwb{n}-s3"
+        self.HOST_IP, self.NS_IP = f"10.213.{1 + n}.1", f"10.213.{1 + n}.2"
 
 
 class Blocks:
@@ -145,10 +147,26 @@ def file_row(name: str, path: Path, blocks: Blocks) -> Row:
 
 
 def upload_row(name: str, client: Any, bucket: str, blocks: Blocks) -> Row:
+    """boto3's upload_fileobj (multipart); ``write``: the parts, ``close``: CompleteMultipartUpload."""
     r = Row(name)
-    t0 = time.perf_counter()
-    client.upload_fileobj(io.BufferedReader(BlockReader(blocks), MiB), bucket, KEY)
-    r.ack = r.write = time.perf_counter() - t0
+    marks: dict[str, float] = {}
+
+    def mark(event_name: str, **_: Any) -> None:
+        marks[event_name.split(".")[0]] = time.perf_counter()
+
+    client.meta.events.register("before-call.s3.CompleteMultipartUpload", mark)
+    client.meta.events.register("after-call.s3.CompleteMultipartUpload", mark)
+    try:
+        t0 = time.perf_counter()
+        client.upload_fileobj(io.BufferedReader(BlockReader(blocks), MiB), bucket, KEY)
+        r.ack = time.perf_counter() - t0
+    finally:
+        client.meta.events.unregister("before-call.s3.CompleteMultipartUpload", mark)
+        client.meta.events.unregister("after-call.s3.CompleteMultipartUpload", mark)
+    if "before-call" in marks and "after-call" in marks:
+        r.write, r.close = marks["before-call"] - t0, marks["after-call"] - marks["before-call"]
+    else:
+        r.write = r.ack
     return r
 
 
@@ -201,6 +219,8 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(ROOT / "bench/.work"),
                     help="local disk, the node's data dir (spool), meshfs staging and the S3 server's files")
     ap.add_argument("--parallel", type=int, default=4, help="writeback.parallel / writeback.parts of the node")
+    ap.add_argument("--link-id", type=int, default=0, choices=range(0, 200), metavar="0..199",
+                    help="names of the network namespace and veth pair (two runs at once need two)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory's logs (the data goes anyway)")
     args = ap.parse_args()
     size = parse_size(args.size, "--size")
@@ -221,9 +241,9 @@ def main() -> int:
         print(f"warning: {free / 2**30:.1f} GiB free, a write-back row may need {3 * size / 2**30:.1f} GiB", flush=True)
     results: dict[str, Row] = {}
     node = fs = server = None
-    with WbLink(args.link_mbit):
+    with WbLink(args.link_mbit, args.link_id) as link:
         try:
-            server = S3rver(work / "s3", netns=WbLink.NS, address=WbLink.NS_IP)
+            server = S3rver(work / "s3", netns=link.NS, address=link.NS_IP)
             store: Any = server.client()
             spid = server.proc.pid  # ip netns exec execs s3rver: the same process
             for b in ("direct", "through", "back"):
@@ -270,7 +290,8 @@ def main() -> int:
                 r.store_cpu = cpu_seconds(spid) - s0
                 results[name] = r
                 mbps = size / MiB / r.ack
-                more = f", fsync {r.fsync:.2f} s, close {r.close:.2f} s" if r.fsync or r.close else ""
+                more = f", fsync {r.fsync:.2f} s" if r.fsync else ""
+                more += f", close/complete {r.close:.2f} s" if r.fsync or r.close else ""
                 land = f"; store holds everything {r.landed:.1f} s after the ack" if r.landed is not None else ""
                 print(f"  {name:<12} {mbps:8.1f} MB/s  ack {r.ack:7.2f} s (writes {r.write:.2f} s{more}){land}; "
                       f"CPU s node {r.cpu:.1f} meshfs {r.fs_cpu:.1f} S3 server {r.store_cpu:.1f}; node peak RSS {r.rss / MiB:.0f} MiB  [{time.perf_counter() - t:.0f} s]",
