@@ -60,6 +60,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "fuse")]
 
 from bench.bench_read import S3rver, ShapedLink  # noqa: E402
 from bench.benchlib import cpu_seconds, log_findings, print_findings  # noqa: E402
+from meshd.client.sdk import MeshClient  # noqa: E402
 from meshd.config import parse_size  # noqa: E402
 from tests.fuse_proc import MeshfsProcess  # noqa: E402
 from tests.meshd_proc import MeshdProcess  # noqa: E402
@@ -221,6 +222,9 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=4, help="writeback.parallel / writeback.parts of the node")
     ap.add_argument("--link-id", type=int, default=0, choices=range(0, 200), metavar="0..199",
                     help="names of the network namespace and veth pair (two runs at once need two)")
+    ap.add_argument("--timeout", type=float, default=1800.0,
+                    help="meshfs --timeout and the Python client's: a write-through commit waits for the store "
+                         "to complete the whole upload (meshfs's default, 30 s, fails an 8 GiB one with EIO)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the work directory's logs (the data goes anyway)")
     args = ap.parse_args()
     size = parse_size(args.size, "--size")
@@ -240,11 +244,24 @@ def main() -> int:
     if free < 3.2 * size:
         print(f"warning: {free / 2**30:.1f} GiB free, a write-back row may need {3 * size / 2**30:.1f} GiB", flush=True)
     results: dict[str, Row] = {}
+    failed: list[str] = []
     node = fs = server = None
     with WbLink(args.link_mbit, args.link_id) as link:
         try:
             server = S3rver(work / "s3", netns=link.NS, address=link.NS_IP)
-            store: Any = server.client()
+            import boto3
+            from botocore.config import Config
+
+            slow = Config(s3={"addressing_style": "path"}, read_timeout=3600, retries={"max_attempts": 1})
+
+            def s3client(endpoint: str, key: str, secret: str) -> Any:
+                # an 8 GiB CompleteMultipartUpload takes minutes (s3rver concatenates the parts; the
+                # gateway streams them into the node): boto3's default 60 s read timeout and retries
+                # would measure retries
+                return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                                    aws_secret_access_key=secret, config=slow)
+
+            store: Any = s3client(server.endpoint, "S3RVER", "S3RVER")
             spid = server.proc.pid  # ip netns exec execs s3rver: the same process
             for b in ("direct", "through", "back"):
                 store.create_bucket(Bucket=b)
@@ -262,15 +279,9 @@ def main() -> int:
             pid = node.proc.pid
             if any(r.startswith("fs-") for r in rows):
                 (work / "staging").mkdir(mode=0o700)
-                fs = MeshfsProcess(work / "mnt", node.endpoint, ["--staging-dir", str(work / "staging")]).start()
-            gw = None
-            if any(r.startswith("gw-") for r in rows):
-                import boto3
-                from botocore.config import Config
-
-                gw = boto3.client("s3", endpoint_url=node.endpoints["s3"], region_name="us-east-1",
-                                  aws_access_key_id=GW_KEY, aws_secret_access_key=GW_SECRET,
-                                  config=Config(s3={"addressing_style": "path"}))
+                fs = MeshfsProcess(work / "mnt", node.endpoint, ["--staging-dir", str(work / "staging"),
+                                                                  "--timeout", str(args.timeout)]).start()
+            gw = s3client(node.endpoints["s3"], GW_KEY, GW_SECRET)
 
             def run(name: str, bucket: str | None, back: bool, fn: Callable[..., Row], *fn_args: Any) -> None:
                 rss_reset(pid)
@@ -310,32 +321,41 @@ def main() -> int:
 
             print("rows (MB/s = size / time until the ack):", flush=True)
             for name in rows:
-                if name == "local":
-                    (work / "local").mkdir(exist_ok=True)
-                    run(name, None, False, file_row, work / "local/ckpt.bin", blocks)
-                    clean(None, work / "local/ckpt.bin")
-                elif name == "direct":
-                    run(name, "direct", False, upload_row, store, "direct", blocks)
-                    clean("direct")
-                elif name.startswith("fs-"):
-                    assert fs is not None
-                    mode = name[3:]
-                    target = fs.mountpoint / mode / KEY
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    run(name, mode, mode == "back", file_row, target, blocks)
-                    clean(None, target)  # the mesh deletes it in the store
-                elif name.startswith("sdk-"):
-                    mode = name[4:]
-                    with node.client() as sdk:
-                        run(name, mode, mode == "back", sdk_row, sdk, f"/{mode}/{KEY}", blocks)
-                        sdk.rm(f"/{mode}/{KEY}")
-                    clean(None)
-                else:
-                    mode = name[3:]
-                    run(name, mode, mode == "back", upload_row, gw, mode, blocks)
-                    assert gw is not None
-                    gw.delete_object(Bucket=mode, Key=KEY)
-                    clean(None)
+                free = shutil.disk_usage(work).free
+                if free < 3 * size + (4 << 30):  # a full disk would break everything else on the machine
+                    print(f"  {name:<12} skipped: {free / 2**30:.1f} GiB free, the row needs up to "
+                          f"{3 * size / 2**30:.0f} GiB (+4 GiB spare)", flush=True)
+                    continue
+                try:
+                    if name == "local":
+                        (work / "local").mkdir(exist_ok=True)
+                        run(name, None, False, file_row, work / "local/ckpt.bin", blocks)
+                        clean(None, work / "local/ckpt.bin")
+                    elif name == "direct":
+                        run(name, "direct", False, upload_row, store, "direct", blocks)
+                        clean("direct")
+                    elif name.startswith("fs-"):
+                        assert fs is not None
+                        mode = name[3:]
+                        target = fs.mountpoint / mode / KEY
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        run(name, mode, mode == "back", file_row, target, blocks)
+                        clean(None, target)  # the mesh deletes it in the store
+                    elif name.startswith("sdk-"):
+                        mode = name[4:]
+                        with MeshClient(node.endpoint, timeout=args.timeout) as sdk:
+                            run(name, mode, mode == "back", sdk_row, sdk, f"/{mode}/{KEY}", blocks)
+                            sdk.rm(f"/{mode}/{KEY}")
+                        clean(None)
+                    else:
+                        mode = name[3:]
+                        run(name, mode, mode == "back", upload_row, gw, mode, blocks)
+                        assert gw is not None
+                        gw.delete_object(Bucket=mode, Key=KEY)
+                        clean(None)
+                except Exception as e:  # the other rows still run; the row says why it has no figure
+                    print(f"  {name:<12} FAILED: {type(e).__name__}: {e}", flush=True)
+                    failed.append(name)
         finally:
             if fs is not None:
                 fs.stop()
@@ -344,8 +364,10 @@ def main() -> int:
             if server is not None:
                 server.stop()
     report(results, size, link_bps, args.link_mbit)
+    if failed:
+        print(f"failed rows: {', '.join(failed)} (the node and meshfs logs say more: --keep-logs)")
     print_findings(log_findings(work, "*.log"), 20)
-    if args.keep_logs:
+    if args.keep_logs or failed:
         for d in ("s3", "node", "local", "staging", "mnt"):
             shutil.rmtree(work / d, ignore_errors=True)
         print(f"logs kept in {work}")
