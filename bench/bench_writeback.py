@@ -23,6 +23,13 @@ index) from one Python thread:
 * S3 gw through /  boto3 ``upload_fileobj`` of the stream to the node's S3
   S3 gw back       gateway (multipart, same transfer settings as direct S3),
                    into buckets on the two mounts.
+* sdk-back         the Python client's ``put`` (HTTP, chunked) into the
+                   write-back mount: meshfs's commit without FUSE, i.e. the
+                   write-back core's ack alone (``sdk-through``: on request).
+
+meshfs and the Python client get ``--timeout`` (default 1800 s) and boto3 a
+long read timeout without retries: a write-through commit of 8 GiB is answered
+only once the store has completed it, minutes later.
 
 For the write-back rows, also the time until the store holds everything:
 from the ack until ``head_object`` on the S3 server (directly, not through
