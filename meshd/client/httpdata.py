@@ -33,6 +33,11 @@ class HttpData(ClientState):
             self._local.conn = conn
         return conn
 
+    # A write's answer comes once the node has it (write-back) or the store has it
+    # (write-through: an 8 GiB checkpoint over a shaped link takes minutes after its last
+    # byte is sent): the wait for it is not bounded by the client's socket timeout.
+    WRITE_ANSWER_TIMEOUT = 6 * 3600.0
+
     def _request(self, method: str, path: str, query: str = "", body: Any = None,
                  headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         url = "/v1/files" + quote(path if path.startswith("/") else "/" + path, safe="/") + query
@@ -43,7 +48,13 @@ class HttpData(ClientState):
                     headers = {**(headers or {}), "Authorization": f"Bearer {self.token}"}
                 conn.request(method, url, body=body, headers=headers or {},
                              encode_chunked=(headers or {}).get("Transfer-Encoding") == "chunked")
-                return conn.getresponse()
+                if method == "PUT" and conn.sock is not None:
+                    conn.sock.settimeout(max(self.timeout, self.WRITE_ANSWER_TIMEOUT))
+                try:
+                    return conn.getresponse()
+                finally:
+                    if method == "PUT" and conn.sock is not None:
+                        conn.sock.settimeout(self.timeout)
             except (ConnectionError, http.client.HTTPException, OSError) as e:
                 conn.close()
                 self._local.conn = None

@@ -431,6 +431,7 @@ class Writeback:
             self.budget.give(taken_already)
             raise self._disk_error(e, path) from None
         size, taken = (size_hint, taken_already) if src is not None else (0, 0)
+        writing: asyncio.Future[None] | None = None
         assert chunks is not None
         try:
             try:
@@ -441,24 +442,37 @@ class Writeback:
                         if e.errno in (errno.ENOSPC, errno.EDQUOT):
                             raise
                         # a file system without fallocate: find out while writing
-                buf = bytearray()
+                # batches of SPOOL_WRITE bytes, each written (writev: no joining copy) in a
+                # thread while the next one is received
+                batch: list[bytes] = []
+                n = 0
                 async for chunk in chunks:
-                    buf += chunk
-                    if len(buf) >= SPOOL_WRITE:
-                        await self.budget.take(len(buf))
-                        taken += len(buf)
-                        data, buf = bytes(buf), bytearray()
-                        await loop.run_in_executor(None, _write_all, fd, data)
-                        size += len(data)
-                if buf:
-                    await self.budget.take(len(buf))
-                    taken += len(buf)
-                    await loop.run_in_executor(None, _write_all, fd, bytes(buf))
-                    size += len(buf)
+                    batch.append(chunk)
+                    n += len(chunk)
+                    if n >= SPOOL_WRITE or len(batch) >= 512:
+                        await self.budget.take(n)
+                        taken += n
+                        if writing is not None:
+                            await writing
+                        writing = loop.run_in_executor(None, _writev_all, fd, batch)
+                        size += n
+                        batch, n = [], 0
+                if batch:
+                    await self.budget.take(n)
+                    taken += n
+                    if writing is not None:
+                        await writing
+                    writing = loop.run_in_executor(None, _writev_all, fd, batch)
+                    size += n
+                if writing is not None:
+                    await writing
+                    writing = None
                 if size_hint > size and src is None:
                     os.ftruncate(fd, size)
                 await loop.run_in_executor(None, os.fsync, fd)
             finally:
+                if writing is not None:  # never close the file under a write in flight
+                    await asyncio.wait([writing])
                 os.close(fd)
             await loop.run_in_executor(None, self.journal.seal, eid)
             mtime = change.mtime if change is not None and change.mtime is not None else time.time()
@@ -1057,6 +1071,18 @@ class _Rate:
 async def _nothing() -> AsyncIterator[bytes]:
     return
     yield b""
+
+
+def _writev_all(fd: int, chunks: list[bytes]) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        n = os.writev(fd, views)
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
