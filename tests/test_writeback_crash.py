@@ -20,7 +20,7 @@ a meshfs FUSE mount.
   write-back budget is full; the next one waits (it neither fails nor completes)
   until the store is back; then everything lands byte-exact.
 
-``MESH_WB_ROUNDS`` (default 10) and ``MESH_WB_SEED`` change the crash test's rounds
+``MESH_WB_ROUNDS`` (default 6: each kill point once) and ``MESH_WB_SEED`` change the crash test's rounds
 and seed (``./dev soak-writeback`` runs many rounds).
 """
 
@@ -54,7 +54,7 @@ MiB = 1 << 20
 AK, SK = "AK", "SK"
 MOUNT = "ckpt"  # the mesh path /ckpt, the gateway's bucket "ckpt"
 CLUSTER = "wb"
-ROUNDS = int(os.environ.get("MESH_WB_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("MESH_WB_ROUNDS", "6"))
 SEED = int(os.environ.get("MESH_WB_SEED", "23"))
 KILL_POINTS = os.environ.get("MESH_WB_POINTS", "write put create part complete replay").split()
 HOT = float(os.environ.get("MESH_WB_HOT", "0.25"))
