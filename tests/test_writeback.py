@@ -369,3 +369,36 @@ async def test_a_newer_acknowledged_write_by_another_node_is_not_overwritten(box
     assert not wb.entries and wb.superseded == 1  # dropped at its retry, never uploaded
     assert not (store / "shared").exists()
     assert wb.journal.entries() == []
+
+
+async def test_a_reader_pinned_to_the_pending_version_reads_it_across_the_switch(box: NodeBox, tmp_path: Path) -> None:
+    await file_mount(box, tmp_path)
+    node = box.node
+    assert node is not None and node.writeback is not None
+    wb = node.writeback
+    data = rnd(2 << 20, 3)
+    st = await node.write("/m/f", chunks(data))
+    handle = await node.open("/m/f")  # pinned to the pending version
+    landing = asyncio.Event()
+    real = wb.registry.unpublish
+
+    async def slow(e: Entry) -> None:  # the upload has landed; its entry is being unpublished
+        landing.set()
+        await asyncio.sleep(0.3)
+        await real(e)
+
+    wb.registry.unpublish = slow  # type: ignore[method-assign]
+
+    async def read_all() -> bytes:
+        stream = await handle.read(0, -1)
+        out = []
+        async for seg in stream.segments:
+            out.append(seg.bytes())
+            seg.close()
+        return b"".join(out)
+
+    await asyncio.wait_for(landing.wait(), 30)  # (landing dropped the pending version's cached pages)
+    assert await read_all() == data  # in the middle of the switch
+    await node.writeback_flush("/m", True, 30)
+    assert (await node.stat("/m/f")).version != st.version
+    assert await read_all() == data  # after it, from the retained spool

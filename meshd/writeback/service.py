@@ -831,8 +831,10 @@ class Writeback:
             task.cancel()
             self._tails[e.path] = task
             task.add_done_callback(functools.partial(self._tail_done, e.path))
-        if self.entries.pop(e.id, None) is None:
+        if e.id not in self.entries:
             return
+        self._retire(e)  # before it leaves ``entries``: a reader pinned to it is never cut mid-read
+        del self.entries[e.id]
         self.superseded += 1
         log.info("write-back: %s (entry %s) not uploaded: %s", e.path, e.id, why)
         await self.registry.unpublish(e)
@@ -840,7 +842,6 @@ class Writeback:
             self.journal.kv.write_batch({LEFTOVER + e.id.encode(): e.to_json()}, [], sync=True)
             self._spawn(self._clear_leftovers(e))
         self.journal.forget(e)
-        self._retire(e)
         self._drop_replicas(e)
         self.budget.give(e.size)
         async with self._done:
@@ -1014,10 +1015,10 @@ class Writeback:
                 await self.landed(e, info)
             except Exception as err:  # the store has it; the status catches up at the next stat
                 log.warning("write-back: %s is in its store, but recording its status failed: %s", e.path, err)
+        self._retire(e)  # before it leaves ``entries``: a reader pinned to it is never cut mid-read
         self.entries.pop(e.id, None)
         await self.registry.unpublish(e)
         self.journal.forget(e)
-        self._retire(e)
         self._drop_replicas(e)
         self.budget.give(e.size)
         self.uploaded_files += 1
