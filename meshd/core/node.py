@@ -67,7 +67,7 @@ from meshd.understore import ObjectInfo
 from meshd.understore.base import file_chunks
 from meshd.writeback import Entry, Writeback, is_pending_version
 from meshd.writeback.journal import writer_of
-from meshd.writeback.overlay import PendingStore
+from meshd.writeback.overlay import PendingStore, info_of
 
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0)
@@ -407,11 +407,7 @@ class MeshNode:
             self.writeback.drop_replica(writer, entry_id)
 
     async def _pending_status(self, t: Target, e: Entry) -> FileStatus:
-        status = FileStatus(t.path, e.size, e.mtime, e.version, False, time.time(),
-                            Attrs.from_wire(e.attrs) if e.attrs else None)
-        await self.metadata.record(status)
-        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(e.version))
-        return status
+        return await self._written(t, info_of(e, t.rel))
 
     async def _replacing(self, path: str, recursive: bool = False) -> None:
         """``path`` (and, ``recursive``, what is below) is about to be replaced or removed:
@@ -444,12 +440,10 @@ class MeshNode:
         """A write-back upload is in the store: the path's status becomes the store's
         version (same bytes), with the S3 attributes the gateway kept for it."""
         t = self._target(e.path)
-        status = FileStatus.of(t.path, info, time.time())
         kept = await self.metadata.attrs(t.path, e.version)
         if kept is not None:
-            await self.metadata.set_attrs(t.path, status.version, {k: v for k, v in kept.items() if k not in ("v", "t")})
-        await self.metadata.record(status)
-        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
+            await self.metadata.set_attrs(t.path, info.version, {k: v for k, v in kept.items() if k not in ("v", "t")})
+        await self._written(t, info)
 
     def _noted(self, statuses: Sequence[FileStatus]) -> None:
         """Statuses recorded in this node's shard (it owns their paths): a pending write-back
@@ -668,10 +662,7 @@ class MeshNode:
                     yield c
 
             info = await t.store.put(t.rel, joined())
-        status = FileStatus.of(t.path, info, time.time())
-        await self.metadata.record(status)
-        self.cache.drop_file(file_id(t.mount.identity, t.rel), keep_version=version_id(status.version))
-        return status
+        return await self._written(t, info)
 
     async def mkdir(self, path: str, change: AttrChange | None = None) -> None:
         """Create a directory and its parents; ``change``: the new directory's mode and
