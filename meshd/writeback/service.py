@@ -35,6 +35,7 @@ import stat
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -446,24 +447,24 @@ class Writeback:
                 # thread while the next one is received
                 batch: list[bytes] = []
                 n = 0
-                async for chunk in chunks:
-                    batch.append(chunk)
-                    n += len(chunk)
-                    if n >= SPOOL_WRITE or len(batch) >= 512:
-                        await self.budget.take(n)
-                        taken += n
-                        if writing is not None:
-                            await writing
-                        writing = loop.run_in_executor(None, _writev_all, fd, batch)
-                        size += n
-                        batch, n = [], 0
-                if batch:
+
+                async def spill() -> None:
+                    nonlocal writing, taken, size, batch, n
                     await self.budget.take(n)
                     taken += n
                     if writing is not None:
                         await writing
                     writing = loop.run_in_executor(None, _writev_all, fd, batch)
                     size += n
+                    batch, n = [], 0
+
+                async for chunk in chunks:
+                    batch.append(chunk)
+                    n += len(chunk)
+                    if n >= SPOOL_WRITE or len(batch) >= 512:
+                        await spill()
+                if batch:
+                    await spill()
                 if writing is not None:
                     await writing
                     writing = None
@@ -476,8 +477,8 @@ class Writeback:
                 os.close(fd)
             await loop.run_in_executor(None, self.journal.seal, eid)
             mtime = change.mtime if change is not None and change.mtime is not None else time.time()
-            wire = change.to_wire() if change is not None else {}
-            wire["t"] = mtime  # the store's copy gets the mtime readers saw meanwhile
+            # the store's copy gets the mtime readers saw meanwhile
+            wire = replace(change or AttrChange(), mtime=mtime).to_wire()
             shown = None
             if attrs is not None:
                 shown = Attrs(attrs.mode, attrs.uid, attrs.gid, attrs.atime if attrs.atime is not None else mtime,
@@ -996,9 +997,9 @@ class Writeback:
                 self.journal.update(e)
 
             t0 = time.monotonic()
-            change = AttrChange.from_wire({k: v for k, v in (e.change or {}).items() if k != "t"})
-            mtime = (e.change or {}).get("t", e.mtime)
-            change = AttrChange(change.mode, change.uid, change.gid, change.atime, mtime, change.extra)
+            change = AttrChange.from_wire(e.change)
+            if change.mtime is None:
+                change = replace(change, mtime=e.mtime)
             info = await store.put_file(e.rel, self.journal.spool(e.id), e.size, change=change, token=e.id,
                                         started=started, parallel=self.config.parts)
         except asyncio.CancelledError:
