@@ -400,6 +400,29 @@ async def cluster_token(etcd: Etcd, cluster: str, proposed: str) -> str:
     return token
 
 
+async def follow_prefix(etcd: Etcd, prefix: bytes, revision: int, on_event: Callable[[Any], Awaitable[None]],
+                        reload: Callable[[], Awaitable[int]]) -> None:
+    """Hand every change under ``prefix`` from ``revision`` on to ``on_event``, forever: a
+    watch that fails (etcd restarted, away) is opened again after a second, from the
+    revision ``reload`` (a full re-read) returns."""
+    while True:
+        try:
+            watch = await etcd.call(etcd.client.watch_prefix(prefix, start_revision=revision or None))
+            try:
+                async for event in watch:
+                    revision = max(revision, int(event.kv.mod_revision) + 1)
+                    await on_event(event)
+            finally:
+                with contextlib.suppress(Exception):
+                    await etcd.call(watch.cancel())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                revision = await reload() + 1
+
+
 class EtcdMounts:
     """The cluster's mount table in etcd. Changes go to etcd (``put``, ``delete``); from
     ``start(apply)`` on, a watch hands every version of the table to ``apply`` (a node's
@@ -454,23 +477,10 @@ class EtcdMounts:
                 await self.load()
 
     async def _watch(self, revision: int) -> None:
-        while True:
-            try:
-                watch = await self.etcd.call(self.etcd.client.watch_prefix((self.prefix + "/").encode(),
-                                                                            start_revision=revision))
-                try:
-                    async for event in watch:
-                        revision = max(revision, int(event.kv.mod_revision) + 1)
-                        await self.load()
-                finally:
-                    with contextlib.suppress(Exception):
-                        await self.etcd.call(watch.cancel())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    revision = await self.load() + 1
+        async def changed(_event: Any) -> None:
+            await self.load()
+
+        await follow_prefix(self.etcd, (self.prefix + "/").encode(), revision, changed, self.load)
 
     async def stop(self) -> None:
         for t in self._tasks:

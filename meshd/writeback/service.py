@@ -41,6 +41,7 @@ from urllib.parse import quote
 
 from meshd import paths
 from meshd.attrs import AttrChange, Attrs
+from meshd.cluster.membership import follow_prefix
 from meshd.config import WritebackConfig
 from meshd.errors import (
     InvalidArgument,
@@ -288,28 +289,15 @@ class EtcdRegistry(Registry):
     async def _watch(self, revision: int) -> None:
         import aetcd
 
-        key = (self.prefix + "/").encode()
-        while True:
-            try:
-                watch = await self.etcd.call(self.etcd.client.watch_prefix(key, start_revision=revision or None))
-                try:
-                    async for event in watch:
-                        revision = max(revision, int(event.kv.mod_revision) + 1)
-                        path = event.kv.key.decode()[len(self.prefix):]
-                        if event.kind == aetcd.EventKind.DELETE:
-                            self._remove(path)
-                        else:
-                            with contextlib.suppress(ValueError, TypeError, KeyError):
-                                self._add(Entry.from_json(event.kv.value))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await self.etcd.call(watch.cancel())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    revision = await self.load() + 1
+        async def changed(event: Any) -> None:
+            path = event.kv.key.decode()[len(self.prefix):]
+            if event.kind == aetcd.EventKind.DELETE:
+                self._remove(path)
+            else:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    self._add(Entry.from_json(event.kv.value))
+
+        await follow_prefix(self.etcd, (self.prefix + "/").encode(), revision, changed, self.load)
 
     async def stop(self) -> None:
         for t in self._tasks:
