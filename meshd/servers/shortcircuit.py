@@ -72,12 +72,7 @@ async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, *parts: by
             sock.sendmsg(parts, anc)
             return
         except BlockingIOError:
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), _wake, fut)
-            try:
-                await fut
-            finally:
-                loop.remove_writer(sock.fileno())
+            await _ready(loop, sock, write=True)
 
 
 async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -86,12 +81,7 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[b
         try:
             msg, anc, flags, _ = sock.recvmsg(REQUEST_MAX, socket.CMSG_SPACE(4 * 4))
         except BlockingIOError:
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), _wake, fut)
-            try:
-                await fut
-            finally:
-                loop.remove_reader(sock.fileno())
+            await _ready(loop, sock, write=False)
             continue
         fds = [fd for lvl, typ, data in anc if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS
                for fd in array.array("i", data[:len(data) - len(data) % 4])]
@@ -100,6 +90,17 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[b
                 os.close(fd)
             return b"{}", []  # answered as a malformed request
         return msg, fds
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
+    """Until ``sock`` can be written to (``write``) or read from."""
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    (loop.add_writer if write else loop.add_reader)(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
