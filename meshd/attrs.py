@@ -21,6 +21,7 @@ strings under short names.
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import stat
 from collections.abc import Mapping
@@ -31,6 +32,15 @@ from typing import Any
 # Linux's own limits, which the mesh's paths follow (paths.NAME_MAX is the same)
 EXTRA_MAX = 16  # extra attributes per file
 EXTRA_VALUE_MAX = 1024  # bytes of one extra attribute's value
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+CREATE_MODE = 0o666 & ~_umask()  # the mode a plain create gives a file (the process's umask at start)
 
 
 @dataclass(frozen=True, slots=True)

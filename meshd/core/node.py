@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meshd import auth, paths
-from meshd.attrs import AttrChange, Attrs
+from meshd.attrs import CREATE_MODE, AttrChange, Attrs
 from meshd.auth import ADMIN, READ, WRITE
 from meshd.cache.pages import MemPage, Page, PageCache, file_id, version_id
 from meshd.cache.readahead import ReadAhead
@@ -70,8 +70,6 @@ from meshd.writeback.journal import writer_of
 from meshd.writeback.overlay import PendingStore, info_of
 
 log = logging.getLogger(__name__)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -386,7 +384,7 @@ class MeshNode:
         attrs = None
         if t.store.capabilities.attrs:
             c = change or AttrChange()
-            mode = c.mode if c.mode is not None else 0o666 & ~_UMASK
+            mode = c.mode if c.mode is not None else CREATE_MODE
             attrs = Attrs(stat.S_IFREG | mode, c.uid if c.uid is not None else os.geteuid(),
                           c.gid if c.gid is not None else os.getegid(), c.atime,
                           extra={k: v for k, v in c.extra.items() if v is not None})

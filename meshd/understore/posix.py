@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from meshd.attrs import AttrChange, Attrs
+from meshd.attrs import CREATE_MODE, AttrChange, Attrs
 from meshd.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -83,8 +83,6 @@ def _version(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 XATTR_PREFIX = "user.mesh.x."  # Attrs.extra ``name`` is kept as the user xattr ``user.mesh.x.name``
 
@@ -426,7 +424,7 @@ class PosixUnderStore(UnderStore):
             return self._rewrite_in_place(parent, name, fd, change, path)
         kept: dict[str, bytes] = {}
         uid = gid = -1
-        mode = 0o666 & ~_UMASK  # what a plain create gives
+        mode = CREATE_MODE  # what a plain create gives
         if replacing and old is not None:  # the replaced file's owner, mode and user xattrs
             uid, gid, mode = old.st_uid, old.st_gid, old.st_mode & 0o7777
             with contextlib.suppress(OSError):
