@@ -57,29 +57,38 @@ async def file_mount(box: NodeBox, tmp_path: Path, mode: str = "back") -> Path:
     return store
 
 
+class Held:
+    """A store whose uploads wait for ``gate`` (a slow store)."""
+
+    def __init__(self, inner: Any, gate: asyncio.Event) -> None:
+        self.inner, self.gate = inner, gate
+
+    async def put_file(self, *a: Any, **kw: Any) -> Any:
+        await self.gate.wait()
+        return await self.inner.put_file(*a, **kw)
+
+    async def abort_put(self, *a: Any, **kw: Any) -> None:
+        await self.inner.abort_put(*a, **kw)
+
+
+def hold_uploads(node: Any) -> asyncio.Event:
+    """Make ``node``'s write-back uploads wait until the returned event is set."""
+    gate = asyncio.Event()
+    real = node.writeback.store_of
+
+    def held(mount: str) -> Any:
+        found = real(mount)
+        return None if found is None else (found[0], Held(found[1], gate))
+
+    node.writeback.store_of = held
+    return gate
+
+
 async def test_acknowledged_before_upload_visible_at_once_then_in_the_store(box: NodeBox, tmp_path: Path) -> None:
     store = await file_mount(box, tmp_path)
     node = box.node
     assert node is not None
-    gate = asyncio.Event()
-    real = node.writeback.store_of  # type: ignore[union-attr]
-
-    class Held:  # the store is slow: the upload waits for the gate
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        async def put_file(self, *a: Any, **kw: Any) -> Any:
-            await gate.wait()
-            return await self.inner.put_file(*a, **kw)
-
-        async def abort_put(self, *a: Any) -> None:
-            await self.inner.abort_put(*a)
-
-    def held(mount: str) -> Any:
-        found = real(mount)
-        return None if found is None else (found[0], Held(found[1]))
-
-    node.writeback.store_of = held  # type: ignore[union-attr]
+    gate = hold_uploads(node)
     data = rnd(3 << 20)
     st = await node.write("/m/run/ckpt.bin", chunks(data))
     assert is_pending_version(st.version) and st.size == len(data)
@@ -238,21 +247,7 @@ async def test_a_full_budget_makes_writers_wait_not_fail(tmp_path: Path) -> None
                                                                                  budget=6 << 20))
     node = box.open()
     store = await file_mount(box, tmp_path)
-    gate = asyncio.Event()
-    real = node.writeback.store_of  # type: ignore[union-attr]
-
-    class Held:
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        async def put_file(self, *a: Any, **kw: Any) -> Any:
-            await gate.wait()
-            return await self.inner.put_file(*a, **kw)
-
-        async def abort_put(self, *a: Any) -> None:
-            pass
-
-    node.writeback.store_of = lambda m: (lambda f: None if f is None else (f[0], Held(f[1])))(real(m))  # type: ignore[union-attr]
+    gate = hold_uploads(node)
     await node.write("/m/a", chunks(rnd(5 << 20, 1)))  # 5 of 6 MiB
     third = asyncio.ensure_future(node.write("/m/b", chunks(rnd(5 << 20, 2))))
     for _ in range(50):

@@ -467,13 +467,18 @@ def test_kill_during_upload_then_the_store_is_down_at_restart(tmp_path: Path, et
         store.outage(False)
         wait_until(lambda: store_objects(store, bucket).get("big/ckpt"), lambda d: d == sha(data), 120,
                    "the write did not land after the outage")
-        wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
-        uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-        assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
+        nothing_left(node, store, bucket)
     finally:
         store.slow_writes(0, 0)
         store.outage(False)
         node.kill()
+
+
+def nothing_left(node: Node, store: S3Server, bucket: str) -> None:
+    """The spool empties, and no incomplete multipart upload is left in the store."""
+    wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
+    uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
 
 
 def test_a_failed_upload_replaced_by_a_newer_write_leaves_nothing(tmp_path: Path, etcd: EtcdProcess,
@@ -501,10 +506,8 @@ def test_a_failed_upload_replaced_by_a_newer_write_leaves_nothing(tmp_path: Path
         store.outage(False)
         wait_until(lambda: store_objects(store, bucket).get("big/ckpt"), lambda d: d == sha(second), 120,
                    "the newer write did not land")
-        wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
+        nothing_left(node, store, bucket)
         assert sha(gw.get_object(Bucket=MOUNT, Key="big/ckpt")["Body"].read()) == sha(second)
-        uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-        assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
     finally:
         store.slow_writes(0, 0)
         store.outage(False)
