@@ -25,10 +25,11 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from meshd import errors as me
+from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import writemode, xmlio
+from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
@@ -87,8 +88,8 @@ def write_mode(request: web.Request) -> bool | None:
     disk; ``through``: once in the under-store); None: the mount's ``write_mode``."""
     raw = request.headers.get(WRITE_MODE)
     try:
-        return writemode.parse(raw)
-    except ValueError:
+        return parse_write_mode(raw)
+    except me.InvalidArgument:
         raise invalid_argument(f"{WRITE_MODE} must be 'back' or 'through'", ArgumentName=WRITE_MODE,
                                ArgumentValue=raw or "") from None
 

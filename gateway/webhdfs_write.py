@@ -14,9 +14,9 @@ from aiohttp import web
 from meshd import errors as me
 from meshd import paths
 from meshd.attrs import EXTRA_VALUE_MAX, AttrChange, gid_of, uid_of
+from meshd.config import parse_write_mode
 from meshd.core import FileStatus
 
-from . import writemode
 from .webhdfs_base import (
     ACL_MAX_ENTRIES,
     INT_MAX,
@@ -51,8 +51,8 @@ def writemode_arg(q: Mapping[str, str]) -> bool | None:
     CREATE/APPEND once on the node's disk, or once in the under-store; absent: the mount's."""
     raw = q.get("writemode")
     try:
-        return writemode.parse(raw)
-    except ValueError:
+        return parse_write_mode(raw)
+    except me.InvalidArgument:
         raise illegal(f'Invalid value for webhdfs parameter "writemode": back or through: "{raw}"') from None
 
 

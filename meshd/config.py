@@ -59,6 +59,28 @@ def parse_bool(value: Any, name: str) -> bool:
     raise InvalidArgument(f"{name}: expected true or false, got {value!r}")
 
 
+WRITE_MODES = {"back": True, "through": False}
+# what the node's own HTTP API (PUT /v1/files?writeback=) has taken besides
+_WRITE_MODE_ALIASES = {**{k: True for k in ("writeback", "write-back", "1", "true", "yes", "on")},
+                       **{k: False for k in ("writethrough", "write-through", "0", "false", "no", "off")}}
+
+
+def parse_write_mode(value: str | None, *, aliases: bool = False) -> bool | None:
+    """The write mode a request asks for (the mesh's extension of each protocol: S3's
+    ``x-mesh-write-mode`` header, WebHDFS's ``writemode``, meshfs's ``--write-mode``,
+    ``mesh://``'s ``write_mode``): ``back`` (True: acknowledged once durable on the node,
+    uploaded in the background) or ``through`` (False: once in the under-store); None when
+    not given (the mount's ``write_mode``). ``aliases``: also the node API's spellings
+    (1/true/on, 0/false/off). InvalidArgument for anything else."""
+    if value is None or value == "":
+        return None
+    v = value.strip().lower()
+    found = WRITE_MODES.get(v, _WRITE_MODE_ALIASES.get(v) if aliases else None)
+    if found is None:
+        raise InvalidArgument(f"write mode must be 'back' or 'through', not {value!r}")
+    return found
+
+
 def default_data_dir() -> str:
     return os.environ.get("MESH_DATA_DIR") or os.path.join(
         os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "mesh")

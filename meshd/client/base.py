@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from meshd.attrs import Attrs
 from meshd.cluster.ring import HashRing
-from meshd.config import default_data_dir
+from meshd.config import default_data_dir, parse_write_mode
 from meshd.errors import InvalidArgument, IsADirectory, NodeUnavailable, UnderStoreError
 from meshd.rpc.wire import SyncWireClient
 
@@ -27,12 +27,7 @@ def write_mode(value: str | bool | None) -> bool | None:
     the mount's ``write_mode``), as :meth:`MeshClient.put`'s ``writeback`` takes it."""
     if value is None or isinstance(value, bool):
         return value
-    v = str(value).strip().lower()
-    if v in ("back", "through"):
-        return v == "back"
-    if v == "":
-        return None
-    raise InvalidArgument(f"write mode must be 'back' or 'through', not {value!r}")
+    return parse_write_mode(str(value))
 
 
 class NodeUnreachable(NodeUnavailable):

@@ -51,11 +51,11 @@ from aiohttp import web
 
 from meshd.attrs import AttrChange
 from meshd.auth.http import principal
+from meshd.config import parse_write_mode
 from meshd.core import MeshNode, Segment
 from meshd.errors import InvalidArgument, MeshError, PermissionDenied, SlowDown, log_internal
 from meshd.limits import log_rejected, parse_int
 from meshd.servers.streaming import send_segment, stream_response
-from meshd.writeback import parse_mode
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,7 +136,7 @@ async def _put_file(request: web.Request) -> web.Response:
             except ValueError as e:  # JSONDecodeError too
                 raise InvalidArgument(f"attrs: {e}") from None
         exclusive = request.query.get("exclusive", "") == "1"
-        mode = parse_mode(request.query.get("writeback"))
+        mode = parse_write_mode(request.query.get("writeback"), aliases=True)
         status = await request.app[_NODE].write("/" + request.match_info["path"], body(), change=change,
                                                 exclusive=exclusive, writeback=mode,
                                                 size_hint=request.content_length or -1)

@@ -1082,17 +1082,5 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def parse_mode(value: str | None) -> bool | None:
-    """A front end's write mode (``back`` / ``through``; true / false): None if not given."""
-    if value is None or value == "":
-        return None
-    v = value.strip().lower()
-    if v in ("back", "writeback", "write-back", "1", "true", "yes", "on"):
-        return True
-    if v in ("through", "writethrough", "write-through", "0", "false", "no", "off"):
-        return False
-    raise InvalidArgument(f"write mode must be 'back' or 'through', got {value!r}")
-
-
 __all__ = ["Budget", "Entry", "EtcdRegistry", "Journal", "Registry", "Writeback", "WritebackConfig",
-           "is_pending_version", "parse_mode"]
+           "is_pending_version"]
