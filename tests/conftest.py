@@ -59,13 +59,15 @@ def cluster_args(etcd: EtcdProcess, name: str = "test", region: str = "r1", ttl:
 
 
 def wait_until(probe: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str,
-               interval: float = 0.2) -> T:
+               interval: float = 0.2, fail: bool = True) -> T:
     """Probe until ``done(probe())``; returns that value. On timeout the test fails
-    with ``what`` and the last value probed."""
+    with ``what`` and the last value probed (``fail=False``: that value is returned)."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if done(value):
+            return value
+        if not fail and time.monotonic() >= deadline:
             return value
         assert time.monotonic() < deadline, f"{what}: {value!r}"[-3000:]
         time.sleep(interval)

@@ -364,7 +364,9 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path, etcd: EtcdProcess, s
         problems = []  # all of them, not only the first
         if not set(objs) <= set(ledger.writes):
             problems.append(f"objects never written: {sorted(set(objs) - set(ledger.writes))}")
-        uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        # leftovers of dropped attempts are removed in the background: soon, not at once
+        uploads = wait_until(lambda: store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []),
+                             lambda u: not u, 60, "", fail=False)
         if uploads:
             problems.append(f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}")
         check_visible(node, ledger)  # the same bytes through the mesh once in the store
@@ -477,7 +479,9 @@ def test_kill_during_upload_then_the_store_is_down_at_restart(tmp_path: Path, et
 def nothing_left(node: Node, store: S3Server, bucket: str) -> None:
     """The spool empties, and no incomplete multipart upload is left in the store."""
     wait_until(lambda: list(node.spool.iterdir()), lambda left: not left, 60, "spool files left")
-    uploads = store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    # a dropped attempt's leftovers are removed in the background: soon, not at once
+    uploads = wait_until(lambda: store.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []),
+                         lambda u: not u, 60, "", fail=False)
     assert not uploads, f"multipart uploads left in the store: {[(u['Key'], u['UploadId']) for u in uploads]}"
 
 

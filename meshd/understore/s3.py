@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import math
 import os
@@ -151,7 +152,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # body read size of get_range
 PART = 8 << 20  # put: single-request limit and multipart part size
-_CHANGES = frozenset({"put_object", "complete_multipart_upload", "copy_object", "delete_object", "delete_objects"})
+# Calls that change the bucket: a cancelled one is waited for (``finished``), so nothing
+# the caller gave up on is still under way once it has moved on (an abort that ran before
+# a part landed would leave that part, and its upload, behind on some stores).
+_CHANGES = frozenset({"put_object", "complete_multipart_upload", "copy_object", "delete_object", "delete_objects",
+                      "upload_part", "upload_part_copy"})
 
 OPTIONS = frozenset({
     "endpoint", "region", "access_key", "secret_key", "session_token",
@@ -816,8 +821,7 @@ class S3UnderStore(UnderStore):
             attrs = await self._replacing(path, change, now)
         part = max(PART, -(-size // 9_000 // (1 << 20)) << 20)
         count = -(-size // part)
-        resp = await self._call("create_multipart_upload", what, Key=key, Metadata=metadata_of(attrs, mtime))
-        upload_id = str(resp["UploadId"])
+        upload_id = await self._begin(key, what, Metadata=metadata_of(attrs, mtime))
         etags: dict[int, str] = {}
         try:
             if started is not None:
@@ -933,8 +937,7 @@ class S3UnderStore(UnderStore):
                 buf += chunk
                 while len(buf) > PART:
                     if upload_id is None:
-                        resp = await self._call("create_multipart_upload", what, Key=key, **await metadata())
-                        upload_id = str(resp["UploadId"])
+                        upload_id = await self._begin(key, what, **await metadata())
                     await self._upload_part(key, what, upload_id, parts, bytes(buf[:PART]))
                     written += PART
                     del buf[:PART]
@@ -992,6 +995,23 @@ class S3UnderStore(UnderStore):
             "upload_part", what, Key=key, UploadId=upload_id, PartNumber=number, Body=data
         )
         parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    async def _begin(self, key: str, what: str, **kwargs: Any) -> str:
+        """CreateMultipartUpload; its upload id. A caller cancelled while the request is on
+        the wire waits for it and aborts the upload it created: otherwise that upload
+        would stay in the store with nobody knowing its id."""
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._invoke, "create_multipart_upload", {"Key": key, **kwargs}))
+        try:
+            resp = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            if not fut.cancelled() and fut.exception() is None:
+                await self._abort(key, str(fut.result()["UploadId"]))
+            raise
+        except (ClientError, BotoCoreError) as e:
+            raise translate_error(e, what) from e
+        return str(resp["UploadId"])
 
     async def _abort(self, key: str, upload_id: str) -> None:
         """Best effort: a failed abort leaves an upload for the bucket's lifecycle rules."""
@@ -1171,8 +1191,7 @@ class S3UnderStore(UnderStore):
             ranges[-2][1] = ranges.pop()[1]
         zpart = max(PART, -(-zeros // 1000))
         zsizes = [zpart] * (zeros // zpart) + ([zeros % zpart] if zeros % zpart else [])
-        resp = await self._call("create_multipart_upload", what, Key=dst_key, Metadata=meta, **content)
-        upload_id = str(resp["UploadId"])
+        upload_id = await self._begin(dst_key, what, Metadata=meta, **content)
         source = {"Bucket": self.bucket, "Key": src_key}
         gate = asyncio.Semaphore(8)
 

@@ -333,8 +333,9 @@ class Writeback:
         self.adopted = 0
         self.handed_over = 0  # files handed over by a local writer (meshfs) ...
         self.linked = 0  # ... of which linked into the spool without a copy
-        self.switched: dict[str, str] = {}
-        self._tails: dict[str, asyncio.Task[None]] = {}  # path -> a cancelled upload still finishing  # pending version -> the store's, while its spool is retained
+        self.switched: dict[str, str] = {}  # pending version -> the store's, while its spool is retained
+        self._tails: dict[str, asyncio.Task[None]] = {}  # path -> a cancelled upload still finishing
+        self._store_back = asyncio.Event()  # set (and replaced) each time an upload succeeds
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
         self._uploading: dict[str, asyncio.Task[None]] = {}
@@ -829,7 +830,7 @@ class Writeback:
         await self.registry.unpublish(e)
         if e.token or e.attempt_at:  # its upload may have left something in the store
             self.journal.kv.write_batch({LEFTOVER + e.id.encode(): e.to_json()}, [], sync=True)
-            self._spawn(self._clear_leftovers(e))
+            self._spawn(self._clear_leftovers(e, after=task))
         self.journal.forget(e)
         self._drop_replicas(e)
         self.budget.give(e.size)
@@ -841,10 +842,15 @@ class Writeback:
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
-    async def _clear_leftovers(self, e: Entry) -> None:
+    async def _clear_leftovers(self, e: Entry, after: asyncio.Future[Any] | None = None) -> None:
         """What a dropped entry's upload attempts left in the store (an incomplete multipart
         upload, a temp file), removed however long the store takes to answer; the job is
-        journalled (``wx:<id>``), so a restart takes it up again."""
+        journalled (``wx:<id>``), so a restart takes it up again. ``after``: the cancelled
+        upload, whose requests on the wire end first (an upload it is still creating would
+        otherwise appear after this looked). A failed try is repeated with backoff, and at
+        once when an upload succeeds (the store is back)."""
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
         delay = 0.5
         while True:
             found = self.store_of(e.mount)
@@ -857,7 +863,8 @@ class Writeback:
                 raise
             except Exception as err:
                 log.warning("write-back: cannot yet remove what the upload of %s left in its store: %s", e.path, err)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._store_back.wait(), delay)
             delay = min(self.config.retry_max, delay * 2)
 
     def _retire(self, e: Entry) -> None:
@@ -996,6 +1003,8 @@ class Writeback:
             self._failed(e, err)
             return
         self.rate[e.mount].add(e.size, time.monotonic() - t0)
+        self._store_back.set()  # leftover jobs waiting out a failure try again now
+        self._store_back = asyncio.Event()
         if self.entries.get(e.id) is not e:
             return  # dropped while uploading
         self.switched[e.version] = info.version
