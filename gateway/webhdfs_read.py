@@ -156,7 +156,7 @@ class ReadOps(WebHdfsBase):
         if not bool_arg(q, "datanode"):
             return self.redirect(request)
         # the stream's own length: the version it is pinned to may be newer than st's
-        # when the file changed before the first byte (the handle re-pins once then)
+        # when the file changed before the first byte (the handle re-pins then)
         handle = await self.node.open(path, status=st)
         stream = await handle.read(offset, -1 if length is None else length)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})

@@ -516,3 +516,40 @@ def test_a_failed_upload_replaced_by_a_newer_write_leaves_nothing(tmp_path: Path
         store.slow_writes(0, 0)
         store.outage(False)
         node.kill()
+
+
+def test_a_registry_entry_the_writers_journal_no_longer_holds_is_removed_at_restart(
+        tmp_path: Path, etcd: EtcdProcess, store: S3Server) -> None:
+    """A crash can leave this node's entry in the pending registry (its removal from etcd
+    failed, or had not happened) after the journal let go of it: readers would be sent to
+    a version nobody holds and fail. At restart the node removes its own such entries."""
+    from meshd.writeback.journal import Entry
+
+    bucket = f"wb-ghost-{uuid.uuid4().hex[:12]}"
+    store.client().create_bucket(Bucket=bucket)
+    node = Node(tmp_path, etcd, store, bucket)
+    try:
+        proc = node.start()
+        node.add_mount()
+        node_id = proc.endpoints["node_id"]
+        gw = node.gateway()
+        gw.put_object(Bucket=MOUNT, Key="real", Body=b"acknowledged")
+        node.stop()
+        ghost = Entry("ghost0001", f"/{MOUNT}/ghost", f"/{MOUNT}", "ghost", 5, time.time(), node_id, "default",
+                      proc.http, time.time())
+        other = Entry("other0001", f"/{MOUNT}/other", f"/{MOUNT}", "other", 5, time.time(), "another-node",
+                      "default", "http://127.0.0.1:9", time.time())
+        for e in (ghost, other):
+            etcd.ctl("put", f"/mesh/{CLUSTER}/writeback{e.path}", e.to_json().decode())
+        node.start()
+        gw = node.gateway()
+        wait_until(lambda: etcd.ctl("get", f"/mesh/{CLUSTER}/writeback/{MOUNT}/ghost"), lambda out: not out.strip(),
+                   30, "the node's stale registry entry is still in etcd")
+        keys = {o["Key"] for o in gw.list_objects_v2(Bucket=MOUNT).get("Contents", [])}
+        assert "ghost" not in keys and "real" in keys
+        assert gw.get_object(Bucket=MOUNT, Key="real")["Body"].read() == b"acknowledged"
+        # another node's entry is that node's business (it may be alive elsewhere)
+        assert etcd.ctl("get", f"/mesh/{CLUSTER}/writeback/{MOUNT}/other").strip()
+    finally:
+        node.kill()
+        etcd.ctl("del", "--prefix", f"/mesh/{CLUSTER}/writeback/{MOUNT}/")

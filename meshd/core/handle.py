@@ -11,7 +11,9 @@ has changed, the read fails with :class:`~meshd.errors.VersionChanged`.
 One exception, and only before any byte is delivered: a handle opened from
 the node's own (possibly cached) status that finds the object changed when
 fetching the first page of its first read stats again and re-pins to the new
-version. A handle opened with a version the caller names (``version=``: a
+version; a few times (``REPINS``) while each stat finds yet another version (a
+file rewritten in a burst, a write-back version switching to the store's), never
+to a version that has already failed. A handle opened with a version the caller names (``version=``: a
 client that reads one file from several nodes or in several requests) never
 re-pins.
 
@@ -37,6 +39,8 @@ from meshd.cache.readahead import ReadAhead
 from meshd.cache.sources import Got, PageSources, Pinned, Source, Target, close_unused
 from meshd.errors import InvalidArgument, IsADirectory, VersionChanged
 from meshd.metadata.shard import FileStatus
+
+REPINS = 3  # versions a handle may try before its first byte (the first pin included)
 
 
 @dataclass
@@ -85,6 +89,7 @@ class FileHandle:
         self._file = file
         self._restat = restat  # None: the caller named the version; never re-pinned
         self._delivered = False
+        self._failed: set[str] = set()  # versions found changed before the first byte
 
     @property
     def status(self) -> FileStatus:
@@ -121,11 +126,17 @@ class FileHandle:
             return ReadStream(f.status, start, end - start, self._segments(f, start, end, extra, first))
 
     async def _repin(self) -> None:
-        """The object changed before this handle delivered a byte: pin the new version."""
+        """The object changed before this handle delivered a byte: pin the new version.
+        VersionChanged when a stat finds no version not yet tried, or after ``REPINS``."""
         assert self._restat is not None
         t = self._file.target
+        self._failed.add(self._file.status.version)
         status = await self._restat(t)
-        self._file, self._restat = pin(t, status), None  # once: a second change fails the read
+        if status.version in self._failed:
+            raise VersionChanged(f"{t.path} changed while it was being opened")
+        self._file = pin(t, status)
+        if len(self._failed) + 1 >= REPINS:
+            self._restat = None  # the last try: a further change fails the read
 
     async def _segments(self, f: Pinned, start: int, end: int, extra: int,
                         first: Got | None) -> AsyncIterator[Segment]:

@@ -271,7 +271,8 @@ class MeshNode:
         exactly that version or fails with VersionChanged. Otherwise the node's status
         is pinned: ``status``, one the caller has just got from :meth:`stat` (no second
         lookup), else a lookup per the mount's ``sync_interval`` (``local``: this node's
-        shard). Such a handle re-pins once if the object changed before its first byte."""
+        shard). Such a handle re-pins (a few times, :data:`~meshd.core.handle.REPINS`) if the
+        object changed before its first byte."""
         self.access.check(READ, paths.normalize(path))
         t = self.resolve(path)
         if t is None:

@@ -223,6 +223,8 @@ class EtcdRegistry(Registry):
         self.prefix = f"/mesh/{cluster}/writeback"
         self._tasks: list[asyncio.Task[None]] = []
         self.unpublished: dict[str, Entry] = {}  # put failed (etcd away): retried
+        self.unremoved: dict[str, Entry] = {}  # delete failed (etcd away): retried, or readers would
+        # be sent to a version its writer no longer holds
 
     def _key(self, path: str) -> bytes:
         return (self.prefix + path).encode()
@@ -240,6 +242,7 @@ class EtcdRegistry(Registry):
     async def unpublish(self, e: Entry) -> None:
         self._remove(e.path, e.version)
         self.unpublished.pop(e.path, None)
+        self.unremoved.pop(e.path, None)
         c = self.etcd.client
         tx = c.transactions
         key = self._key(e.path)
@@ -250,6 +253,7 @@ class EtcdRegistry(Registry):
             if resp is not None and Entry.from_json(resp.value).version == e.version:
                 await self.etcd.call(c.delete(key))  # its record changed (state) but it is ours
         except Exception as err:
+            self.unremoved.setdefault(e.path, e)
             log.warning("write-back: cannot remove %s from the pending registry (%s); retried at the next resync",
                         e.path, type(err).__name__)
 
@@ -264,6 +268,9 @@ class EtcdRegistry(Registry):
             seen[e.path] = e
         for e in self.unpublished.values():
             seen.setdefault(e.path, e)
+        for e in self.unremoved.values():
+            if seen.get(e.path) is not None and seen[e.path].version == e.version:
+                del seen[e.path]  # gone here; etcd is told at the next resync
         for path in [p for p in self.by_path if p not in seen]:
             self._remove(path)
         for e in seen.values():
@@ -283,6 +290,8 @@ class EtcdRegistry(Registry):
             await asyncio.sleep(self.RESYNC)
             for e in list(self.unpublished.values()):
                 await self.publish(e)
+            for e in list(self.unremoved.values()):
+                await self.unpublish(e)
             with contextlib.suppress(Exception):
                 await self.load()
 
@@ -369,6 +378,12 @@ class Writeback:
         await self.registry.start()
         for e in sorted(self.entries.values(), key=lambda e: e.id):
             await self.registry.publish(e)
+        # This node's entries the registry still has but its journal does not: uploaded or
+        # dropped before a crash, whose removal from etcd did not happen. Readers sent there
+        # would find nothing (every write this node acknowledged is in its journal).
+        for e in [e for e in self.registry.by_path.values() if e.node == self.node_id and e.id not in self.entries]:
+            log.info("write-back: %s (entry %s) is no longer pending here; removed from the registry", e.path, e.id)
+            await self.registry.unpublish(e)
         self._workers = [asyncio.ensure_future(self._worker()) for _ in range(max(1, self.config.parallel))]
         self._recover_replicas()
         for _, raw in self.journal.kv.scan(LEFTOVER):
