@@ -401,13 +401,15 @@ async def cluster_token(etcd: Etcd, cluster: str, proposed: str) -> str:
 
 
 async def follow_prefix(etcd: Etcd, prefix: bytes, revision: int, on_event: Callable[[Any], Awaitable[None]],
-                        reload: Callable[[], Awaitable[int]]) -> None:
+                        reload: Callable[[], Awaitable[int]], prev_kv: bool = False) -> None:
     """Hand every change under ``prefix`` from ``revision`` on to ``on_event``, forever: a
     watch that fails (etcd restarted, away) is opened again after a second, from the
-    revision ``reload`` (a full re-read) returns."""
+    revision ``reload`` (a full re-read) returns. ``prev_kv``: events carry the value
+    the key had before (what a delete removed)."""
     while True:
         try:
-            watch = await etcd.call(etcd.client.watch_prefix(prefix, start_revision=revision or None))
+            watch = await etcd.call(etcd.client.watch_prefix(prefix, start_revision=revision or None,
+                                                             prev_kv=prev_kv))
             try:
                 async for event in watch:
                     revision = max(revision, int(event.kv.mod_revision) + 1)

@@ -497,6 +497,16 @@ class MeshNode:
             raise UnderStoreError(f"writes under {paths.normalize(path)} are still being uploaded after "
                                    f"{deadline:g} s") from None
 
+    async def writeback_drop(self, entry_id: str, path: str) -> bool:
+        """A peer is about to replace ``path``, pending here as write-back entry ``entry_id``:
+        it is never uploaded; returns once an upload of it on the wire has ended. Whether it
+        was held here."""
+        self.access.check(ADMIN, "/")  # nodes (the cluster token) and operators only
+        if self.writeback is None:
+            return False
+        return await self.writeback.drop_pending(entry_id, paths.normalize(path),
+                                                 "replaced by a change made through another node")
+
     def read_spool(self, entry_id: str, start: int, end: int) -> tuple[int, AsyncIterator[bytes]]:
         """A peer reads a pending version this node holds (write-back): the bytes
         [start, end) clipped to its size, and that size. VersionChanged once it is gone."""

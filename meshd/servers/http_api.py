@@ -191,6 +191,19 @@ async def _delete_replica(request: web.Request) -> web.Response:
     return web.json_response({"dropped": request.match_info["id"]})
 
 
+async def _drop_pending(request: web.Request) -> web.Response:
+    """``POST /v1/writeback/<id>/drop?path=``: a peer is about to replace ``path``; this
+    node's pending write of it is dropped, its upload's last request ended (nodes only)."""
+    try:
+        path = request.query.get("path", "")
+        if not path:
+            raise InvalidArgument("drop needs ?path=")
+        held = await request.app[_NODE].writeback_drop(request.match_info["id"], path)
+    except Exception as e:
+        return _error(e)
+    return web.json_response({"dropped": held})
+
+
 async def _get_page(request: web.Request) -> web.StreamResponse:
     node = request.app[_NODE]
     try:
@@ -270,6 +283,7 @@ def make_app(node: MeshNode, render_metrics: Callable[[], bytes], use_sendfile: 
     app.router.add_get("/v1/writeback/{id}", _get_spool)
     app.router.add_put("/v1/writeback/{id}", _put_replica)
     app.router.add_delete("/v1/writeback/{id}", _delete_replica)
+    app.router.add_post("/v1/writeback/{id}/drop", _drop_pending)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app

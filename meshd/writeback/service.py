@@ -129,6 +129,7 @@ class Registry:
         self._children: dict[str, set[str]] = defaultdict(set)
         self._dirs: dict[str, int] = defaultdict(int)  # every ancestor directory of a pending path: how many
         self._noted: set[str] = set()  # versions known from a recorded status only
+        self.removed: Callable[[Entry], None] | None = None  # an entry another node removed (etcd)
 
     def _add(self, e: Entry) -> None:
         old = self.by_path.get(e.path)
@@ -225,6 +226,7 @@ class EtcdRegistry(Registry):
         self.unpublished: dict[str, Entry] = {}  # put failed (etcd away): retried
         self.unremoved: dict[str, Entry] = {}  # delete failed (etcd away): retried, or readers would
         # be sent to a version its writer no longer holds
+        self._removing: set[str] = set()  # versions this node removes itself (their delete events are no news)
 
     def _key(self, path: str) -> bytes:
         return (self.prefix + path).encode()
@@ -243,6 +245,8 @@ class EtcdRegistry(Registry):
         self._remove(e.path, e.version)
         self.unpublished.pop(e.path, None)
         self.unremoved.pop(e.path, None)
+        self._removing.add(e.version)
+        asyncio.get_running_loop().call_later(60.0, self._removing.discard, e.version)
         c = self.etcd.client
         tx = c.transactions
         key = self._key(e.path)
@@ -301,12 +305,18 @@ class EtcdRegistry(Registry):
         async def changed(event: Any) -> None:
             path = event.kv.key.decode()[len(self.prefix):]
             if event.kind == aetcd.EventKind.DELETE:
-                self._remove(path)
+                gone: Entry | None = None
+                if event.prev_kv is not None:
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        gone = Entry.from_json(event.prev_kv.value)
+                self._remove(path, gone.version if gone is not None else None)
+                if gone is not None and gone.version not in self._removing and self.removed is not None:
+                    self.removed(gone)  # another node removed it: a change it made replaces it
             else:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     self._add(Entry.from_json(event.kv.value))
 
-        await follow_prefix(self.etcd, (self.prefix + "/").encode(), revision, changed, self.load)
+        await follow_prefix(self.etcd, (self.prefix + "/").encode(), revision, changed, self.load, prev_kv=True)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -325,6 +335,7 @@ class Writeback:
                  region: str = "", http: str = "") -> None:
         self.journal = journal
         self.registry = registry
+        registry.removed = self._removed_elsewhere
         self.config = config
         self.node_id, self.region, self.http = node_id, region, http
         self.budget = Budget(config.budget)
@@ -784,13 +795,52 @@ class Writeback:
     async def supersede(self, path: str, why: str = "replaced") -> None:
         """``path`` is about to be replaced or removed in the store by another change: its
         pending write (any node's) must not be uploaded over it, and an upload of it
-        already on the wire ends before this returns."""
+        already on the wire ends before this returns: another node's, by asking it (if it
+        cannot be reached, it drops the write when it sees the registry entry go)."""
         for e in [e for e in self.entries.values() if e.path == path]:
             await self._drop(e, why)
         other = self.registry.get(path)
         if other is not None:
+            if other.node != self.node_id:
+                await self._drop_at_writer(other)
             await self.registry.unpublish(other)
         await self.settled(path)
+
+    async def _drop_at_writer(self, e: Entry) -> None:
+        """Ask the node that holds the pending write ``e`` to drop it (and wait for its
+        upload's last request): a change made here then lands after anything of it."""
+        http = e.http or (self.find_node(e.node) or ("", ""))[0]
+        if not http or self.peer_session is None:
+            return
+        import aiohttp
+
+        try:
+            async with self.peer_session().post(f"{http}/v1/writeback/{e.id}/drop", params={"path": e.path},
+                                                timeout=aiohttp.ClientTimeout(total=120, sock_connect=3)) as r:
+                await r.read()
+                if r.status >= 300:
+                    raise MeshError(f"HTTP {r.status}")
+        except Exception as err:
+            log.warning("write-back: cannot ask node %s to drop its pending write of %s (%s); it drops it when "
+                        "it sees the registry entry go", e.node, e.path, err)
+
+    async def drop_pending(self, eid: str, path: str, why: str) -> bool:
+        """Drop this node's pending write ``eid`` of ``path`` (another node is about to
+        replace it); returns once an upload of the path on the wire has ended. False if
+        it was not held (any more)."""
+        e = self.entries.get(eid)
+        held = e is not None and e.path == path
+        if e is not None and held:
+            await self._drop(e, why)
+        await self.settled(path)
+        return held
+
+    def _removed_elsewhere(self, gone: Entry) -> None:
+        """The registry lost an entry of ours that another node removed (its change of the
+        path replaces ours): drop it here too, so it is never uploaded over that change."""
+        e = self.entries.get(gone.id)
+        if e is not None and e.version == gone.version and e.path == gone.path:
+            self._spawn(self._drop(e, "replaced by a change made through another node"))
 
     def _tail_done(self, path: str, task: asyncio.Task[None]) -> None:
         if self._tails.get(path) is task:
