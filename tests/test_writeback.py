@@ -397,3 +397,31 @@ async def test_a_reader_pinned_to_the_pending_version_reads_it_across_the_switch
     await node.writeback_flush("/m", True, 30)
     assert (await node.stat("/m/f")).version != st.version
     assert await read_all() == data  # after it, from the retained spool
+
+
+async def test_a_reader_pinned_to_the_pending_version_goes_on_at_the_store_version_once_the_spool_is_gone(
+        box: NodeBox, tmp_path: Path) -> None:
+    """``retain: 0``: the spool goes the moment the upload lands. A handle pinned to the
+    pending version then reads the same bytes at the store's version, not VersionChanged."""
+    await file_mount(box, tmp_path)
+    node = box.node
+    assert node is not None and node.writeback is not None
+    wb = node.writeback
+    wb.config = dataclasses.replace(wb.config, retain=0)
+    data = rnd(3 << 20, 4)
+    st = await node.write("/m/f", chunks(data))
+    handle = await node.open("/m/f")
+    assert handle.status.version == st.version and is_pending_version(st.version)
+    stream = await handle.read(0, -1)  # its first bytes come from the spool ...
+    segments = stream.segments.__aiter__()
+    first = await segments.__anext__()
+    out = [first.bytes()]
+    first.close()
+    await node.writeback_flush("/m", True, 30)  # ... then the upload lands
+    await asyncio.sleep(0.1)  # the retirement (call_later(0)) has run
+    assert not [p for p in (box.root / "writeback").iterdir() if p.is_file()], "the spool was kept"
+    assert st.version in wb.switched
+    async for seg in segments:
+        out.append(seg.bytes())
+        seg.close()
+    assert b"".join(out) == data  # the rest at the store's version: the same bytes, not cut

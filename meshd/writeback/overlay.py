@@ -16,7 +16,7 @@ from typing import Any
 
 from meshd import paths
 from meshd.attrs import AttrChange, Attrs
-from meshd.errors import AlreadyExists, NotFound
+from meshd.errors import AlreadyExists, NotFound, VersionChanged
 from meshd.understore import ObjectInfo, UnderStore
 from meshd.understore.base import Pace
 from meshd.writeback.journal import Entry, is_pending_version
@@ -86,16 +86,27 @@ class PendingStore(UnderStore):
 
     async def get_range(self, path: str, start: int, end: int, version: str | None = None, *,
                         chunk: int | None = None) -> AsyncIterator[bytes]:
+        """At a pending version: the spool's bytes; once the spool is gone (uploaded), the
+        rest at the store version it switched to, when this node made the switch (the same
+        bytes, version-checked by the store): a reader is not cut by the upload landing."""
+        pos = start
         if version is not None and is_pending_version(version):
-            async for piece in self.wb.read(version, start, end, chunk):
-                yield piece
-            return
-        async for piece in self.inner.get_range(path, start, end, version, chunk=chunk):
+            try:
+                async for piece in self.wb.read(version, start, end, chunk):
+                    pos += len(piece)
+                    yield piece
+                return
+            except VersionChanged:
+                landed = self.wb.switched.get(version)
+                if landed is None:
+                    raise
+                version = landed
+        async for piece in self.inner.get_range(path, pos, end, version, chunk=chunk):
             yield piece
 
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         if version is not None and is_pending_version(version):
-            return b"".join([p async for p in self.wb.read(version, start, end)])
+            return b"".join([p async for p in self.get_range(path, start, end, version)])
         return await self.inner.read_all(path, start, end, version)
 
     async def check_absent(self, path: str) -> None:

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 SPOOL_WRITE = 4 << 20  # bytes gathered before one write to the spool file
 READ_PIECE = 1 << 20
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")  # a node id, as it names a replica's file
+SWITCH_MEMORY = 600.0  # seconds a pending version's store version is remembered after its spool went
 LEFTOVER = b"wx:"  # wx:<id> -> a dropped entry whose upload's leftovers are still to remove from its store
 REPLICA = b"r:"  # r:<writer>:<id> -> the entry of a write this node keeps a copy of
 
@@ -938,7 +939,10 @@ class Writeback:
         asyncio.get_running_loop().call_later(self.config.retain, self._unretire, e.id)
 
     def _unretire(self, eid: str) -> None:
-        self.switched.pop(f"{VERSION_PREFIX}{self.node_id}:{eid}", None)
+        version = f"{VERSION_PREFIX}{self.node_id}:{eid}"
+        # a reader still pinned to the pending version goes on at the store's (same bytes) a
+        # while longer: the switch is remembered past the spool (a few bytes per upload)
+        asyncio.get_running_loop().call_later(SWITCH_MEMORY, self.switched.pop, version, None)
         if self._retired.pop(eid, None) is not None:
             self.journal.remove_spool(eid)
 
