@@ -215,6 +215,20 @@ def test_copy_object_destination_conditions(s3: Any, bucket: str) -> None:
     assert s3.get_object(Bucket=bucket, Key=dst)["Body"].read() == b"source"
 
 
+def test_if_match_of_a_write_back_version_through_the_store(env: Env, s3: Any) -> None:
+    """A write-through If-Match of a key whose write-back write may still be pending: the
+    ETag the client holds names that write, which is uploaded first and compared as the
+    version it landed as."""
+    key = fresh()
+    for n in range(3):
+        etag = s3.put_object(Bucket="back", Key=key, Body=b"pending %d" % n)["ETag"]
+        r = raw(env.url, "PUT", f"/back/{key}", {"If-Match": etag, "x-mesh-write-mode": "through"}, b"through")
+        assert r.status == 200, r.body
+        assert (env.root.parent / "back" / key).read_bytes() == b"through"  # in the store when answered
+        r = raw(env.url, "PUT", f"/back/{key}", {"If-Match": etag, "x-mesh-write-mode": "through"}, b"late")
+        assert (r.status, r.code()) == (412, "PreconditionFailed")
+
+
 # ----------------------------------------------------------------------------- races
 
 
