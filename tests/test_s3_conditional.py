@@ -34,7 +34,9 @@ from botocore.exceptions import ClientError
 import meshd.understore.posix as posix_store
 from meshd.errors import NotFound, VersionChanged
 from meshd.understore.posix import PosixUnderStore
+from meshd.understore.s3 import S3UnderStore
 from tests import s3server
+from tests.conftest_s3 import S3Bucket
 from tests.etcdproc import EtcdProcess
 from tests.meshd_proc import MeshdProcess
 from tests.s3server import S3Server
@@ -342,6 +344,32 @@ def test_posix_compare_and_swap_is_one_step_across_stores(tmp_path: Path,
     assert (tmp_path / "f").read_bytes() == b"writer %d" % won.index(True)
     with pytest.raises(NotFound):
         asyncio.run(stores[0].put("absent", body(b"x"), if_version=base_version_of(tmp_path / "f")))
+
+
+async def test_s3_store_sends_if_match(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The S3 under-store's compare-and-swap is the store's own If-Match, not only its HEAD
+    first: with the HEAD taken away, the store (moto) still refuses a stale version (412:
+    VersionChanged) and a missing object (404: NotFound)."""
+    store = S3UnderStore(s3_bucket.uri("cas"), s3_bucket.options)
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    async def unchecked(path: str, version: str) -> None:
+        return None
+
+    try:
+        first = (await store.put("f", one(b"v1"))).version
+        second = (await store.put("f", one(b"v2"), if_version=first)).version
+        monkeypatch.setattr(store, "check_version", unchecked)
+        with pytest.raises(VersionChanged):
+            await store.put("f", one(b"v3"), if_version=first)
+        with pytest.raises(NotFound):
+            await store.put("absent", one(b"x"), if_version=second)
+        assert await store.read_all("f", 0, 100) == b"v2"
+        assert (await store.put("f", one(b"v3"), if_version=second)).version != second
+    finally:
+        await store.close()
 
 
 def base_version_of(path: Path) -> str:
