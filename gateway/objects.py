@@ -8,6 +8,12 @@ under-store's ETag when it is one (S3), otherwise a stable hash of their
 version (mtime+size), quoted like an ETag: not an MD5, as for S3's own
 encrypted objects, so clients must not verify ETags as MD5s (none of the
 tested clients does).
+
+Conditional writes (``If-None-Match: *``, ``If-Match`` on PutObject, CopyObject and,
+through :func:`write_object`, CompleteMultipartUpload) are the node's exclusive and
+``if_version`` writes: the condition is decided by the node at the moment of the write
+(atomically where the store allows, docs/SEMANTICS.md), never checked here and then
+written. An If-Match ETag is mapped to the version it describes first.
 """
 
 from __future__ import annotations

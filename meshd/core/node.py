@@ -351,7 +351,7 @@ class MeshNode:
         version (a compare-and-swap, S3's ``If-Match``): VersionChanged if it is at
         another, NotFound if there is none. Conditional writes of one path take turns on
         this node; the store makes them atomic across nodes where it can
-        (docs/SEMANTICS.md, "Conditional writes"). ``writeback``: acknowledge once on this
+        (docs/SEMANTICS.md, "Writes"). ``writeback``: acknowledge once on this
         node's disk (True) or once in the store (False); None: the mount's
         ``write_mode``. ``size_hint``: the length, if known."""
         t = self._changing(path, change)
