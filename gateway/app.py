@@ -224,8 +224,6 @@ class Gateway:
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 return await self.upload_part(request, auth, bucket, key)
-            if "If-None-Match" in request.headers or "If-Match" in request.headers:
-                raise not_implemented("conditional writes (If-Match / If-None-Match on PUT)")
             if "x-amz-copy-source" in request.headers:
                 return await objects.copy_object(request, node, bucket, key)
             return await objects.put_object(request, node, bucket, key, self.body(request, auth))
@@ -239,8 +237,6 @@ class Gateway:
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)
             if "uploadId" in q:
-                if "If-None-Match" in request.headers or "If-Match" in request.headers:
-                    raise not_implemented("conditional writes (If-Match / If-None-Match on PUT)")
                 return await self.complete_upload(request, auth, bucket, key)
             raise not_implemented("this POST operation")
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
@@ -442,7 +438,8 @@ class Gateway:
             xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag)]))
 
     async def complete_upload(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
-        upload = await self.uploads.get(bucket, key, request.query["uploadId"])
+        cond = objects.write_condition(request)  # checked when the object is written: a failed one
+        upload = await self.uploads.get(bucket, key, request.query["uploadId"])  # leaves the upload
         root = xmlio.parse(await self.small_body(request, auth), "CompleteMultipartUpload")
         parts = []
         for p in xmlio.children(root, "Part"):
@@ -453,7 +450,7 @@ class Gateway:
         stream, etag, size = await self.uploads.complete(upload, parts)
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size)
+                                   size_hint=size, cond=cond)
         await self.uploads.finish(upload)
         return _xml(xmlio.element("CompleteMultipartUploadResult", [
             xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),

@@ -8,6 +8,12 @@ under-store's ETag when it is one (S3), otherwise a stable hash of their
 version (mtime+size), quoted like an ETag: not an MD5, as for S3's own
 encrypted objects, so clients must not verify ETags as MD5s (none of the
 tested clients does).
+
+Conditional writes (``If-None-Match: *``, ``If-Match`` on PutObject, CopyObject and,
+through :func:`write_object`, CompleteMultipartUpload) are the node's exclusive and
+``if_version`` writes: the condition is decided by the node at the moment of the write
+(atomically where the store allows, docs/SEMANTICS.md), never checked here and then
+written. An If-Match ETag is mapped to the version it describes first.
 """
 
 from __future__ import annotations
@@ -283,23 +289,80 @@ class _Digest:
         return '"' + self.md5.hexdigest() + '"'
 
 
+@dataclass(frozen=True)
+class WriteCondition:
+    """The precondition of a conditional write (PutObject, CompleteMultipartUpload,
+    CopyObject's destination): ``If-None-Match: *`` (``absent``) or ``If-Match: etag``."""
+
+    absent: bool = False
+    etag: str | None = None  # without quotes (minio-py sends none); "*": any object
+
+
+def write_condition(request: web.Request) -> WriteCondition | None:
+    """The request's write condition, None for an unconditional write. S3 takes only
+    ``*`` in If-None-Match on writes, and one of the two headers at a time."""
+    inm, im = request.headers.get("If-None-Match"), request.headers.get("If-Match")
+    if inm is None and im is None:
+        return None
+    if inm is not None and im is not None:
+        raise S3Error("InvalidRequest", "If-Match and If-None-Match cannot both be given on a write", 400)
+    if inm is not None:
+        if inm.strip() != "*":
+            raise S3Error("NotImplemented", "A header you provided implies functionality that is not "
+                          "implemented: If-None-Match on a write takes only '*'", 501, Header="If-None-Match")
+        return WriteCondition(absent=True)
+    tags = _etags(im or "")
+    if len(tags) != 1:
+        raise invalid_argument("If-Match on a write takes one ETag", ArgumentName="If-Match",
+                               ArgumentValue=im or "")
+    return WriteCondition(etag=tags[0].strip('"'))
+
+
+def precondition_failed(condition: str) -> S3Error:
+    return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                   412, Condition=condition)
+
+
+async def expected_version(node: MeshNode, bucket: str, key: str, cond: WriteCondition) -> str:
+    """The version an ``If-Match`` write may replace: the object's current one, if its ETag
+    is the one given (412 if not; NoSuchKey if there is no object). The node then writes
+    only while the object is still at that version: the check is the node's, at the
+    moment of the write, not this one (which fails early, before the body is read)."""
+    st = await stat_object(node, bucket, key)
+    a = await attrs_of(node, st)
+    if cond.etag != "*" and a.etag.strip('"') != cond.etag:
+        raise precondition_failed("If-Match")
+    return st.version
+
+
 async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncIterator[bytes],
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
-                       size_hint: int = -1) -> tuple[FileStatus, str]:
+                       size_hint: int = -1, cond: WriteCondition | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
-    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length."""
+    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
+    ``cond``: write only if it holds (412 PreconditionFailed, atomically: the node's
+    exclusive and ``if_version`` writes)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
+    exclusive = cond is not None and cond.absent
+    if_version = await expected_version(node, bucket, key, cond) if cond is not None and cond.etag else None
     try:
         if key.endswith("/"):  # a "folder" marker
             async for _ in digest.wrap(chunks):
                 raise invalid_argument("a key ending in '/' names a directory: its body must be empty")
+            if exclusive and await _exists(node, path):
+                raise precondition_failed("If-None-Match")
             await node.mkdir(path)
             st = await node.stat(path)
             return st, digest.etag
-        st = await node.write(path, digest.wrap(chunks), writeback=writeback, size_hint=size_hint)
+        st = await node.write(path, digest.wrap(chunks), exclusive=exclusive, if_version=if_version,
+                              writeback=writeback, size_hint=size_hint)
+    except me.AlreadyExists as e:
+        raise (precondition_failed("If-None-Match") if exclusive else from_mesh(e, key)) from None
+    except me.VersionChanged as e:
+        raise (precondition_failed("If-Match") if if_version is not None else from_mesh(e, key)) from None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
@@ -309,8 +372,17 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     return st, tag
 
 
+async def _exists(node: MeshNode, path: str) -> bool:
+    try:
+        await node.stat(path)
+    except me.NotFound:
+        return False
+    return True
+
+
 async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str,
                      body: AsyncIterator[bytes]) -> web.Response:
+    cond = write_condition(request)
     length = request.headers.get("x-amz-decoded-content-length") or request.headers.get("Content-Length")
     if length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
@@ -320,7 +392,8 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
+                                 size_hint=digits(length) if length is not None and length.isdigit() else -1,
+                                 cond=cond)
     return web.Response(status=200, headers={"ETag": etag})
 
 
@@ -388,6 +461,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
+    cond = write_condition(request)  # of the destination (the source's are x-amz-copy-source-if-*)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
@@ -397,7 +471,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
     try:
         nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size)
+                                       size_hint=sst.size, cond=cond)
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [

@@ -314,9 +314,9 @@ class InstrumentedStore(UnderStore):
         await self.inner.abort_put(path, token, name=name, since=since)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         result: ObjectInfo = await self._call("put", self.inner.put(path, chunks, change=change,
-                                                                    exclusive=exclusive))
+                                                                    exclusive=exclusive, if_version=if_version))
         return result
 
     async def setattr(self, path: str, change: AttrChange) -> ObjectInfo:

@@ -757,7 +757,7 @@ class MemoryStore(UnderStore):
             await asyncio.sleep(0)
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         parts = []
         async for c in chunks:
             self.received.append(len(c))

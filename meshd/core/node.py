@@ -101,6 +101,7 @@ class MeshNode:
         self.sources = PageSources(cache, stats, cluster, federation)
         self.load_parallelism = load_parallelism
         self.access: auth.Access = auth.OPEN  # set by the composition root
+        self._turns: dict[str, list[Any]] = {}  # path -> [lock, users]: conditional writes take turns
         self.writeback = writeback
         if writeback is not None:
             writeback.store_of = self._upload_store
@@ -342,22 +343,68 @@ class MeshNode:
     # ---- write path ------------------------------------------------------
 
     async def write(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                    exclusive: bool = False, writeback: bool | None = None, size_hint: int = -1) -> FileStatus:
+                    exclusive: bool = False, if_version: str | None = None, writeback: bool | None = None,
+                    size_hint: int = -1) -> FileStatus:
         """Create or replace a whole file. ``change``: attributes of the new version
         (mode, owner, mtime; kept by stores that keep them); ``exclusive``:
-        AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``);
-        ``writeback``: acknowledge once on this node's disk (True) or once in the store
-        (False); None: the mount's ``write_mode``. ``size_hint``: the length, if known."""
+        AlreadyExists if something is at ``path`` (O_EXCL, ``open(..., "xb")``, S3's
+        ``If-None-Match: *``); ``if_version``: replace the file only while it is at that
+        version (a compare-and-swap, S3's ``If-Match``): VersionChanged if it is at
+        another, NotFound if there is none. Conditional writes of one path take turns on
+        this node; the store makes them atomic across nodes where it can
+        (docs/SEMANTICS.md, "Writes"). ``writeback``: acknowledge once on this
+        node's disk (True) or once in the store (False); None: the mount's
+        ``write_mode``. ``size_hint``: the length, if known."""
         t = self._changing(path, change)
         if not t.rel:
             raise IsADirectory(f"{t.path} is a mount point")
-        if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
-            return await self._write_back(t, chunks, change, exclusive, size_hint)
-        if exclusive and self.writeback is not None and self.writeback.pending(t.path) is not None:
-            raise AlreadyExists(f"already exists: {t.path}")
-        await self._replacing(t.path)
-        info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive)
-        return await self._written(t, info)
+        if exclusive and if_version is not None:
+            raise InvalidArgument("a write is either exclusive (a create) or conditional on a version, not both")
+        back = self.writeback is not None and (t.mount.write_back if writeback is None else writeback)
+        if not exclusive and if_version is None:
+            if back:
+                return await self._write_back(t, chunks, change, False, size_hint)
+            await self._replacing(t.path)
+            return await self._written(t, await t.store.put(t.rel, chunks, change=change))
+        async with self._taking_turns(t.path):
+            if back:
+                return await self._write_back(t, chunks, change, exclusive, size_hint, if_version=if_version)
+            if exclusive and self.writeback is not None and self.writeback.pending(t.path) is not None:
+                raise AlreadyExists(f"already exists: {t.path}")
+            if if_version is not None:
+                if_version = await self._store_version(t, if_version)
+            await self._replacing(t.path)
+            info = await t.store.put(t.rel, chunks, change=change, exclusive=exclusive, if_version=if_version)
+            return await self._written(t, info)
+
+    @contextlib.asynccontextmanager
+    async def _taking_turns(self, path: str) -> AsyncIterator[None]:
+        """One conditional write of ``path`` at a time on this node: its check and its
+        write are one step for this node's writers, whatever the store can do."""
+        turn = self._turns.setdefault(path, [asyncio.Lock(), 0])
+        turn[1] += 1
+        try:
+            async with turn[0]:
+                yield
+        finally:
+            turn[1] -= 1
+            if not turn[1]:
+                del self._turns[path]
+
+    async def _store_version(self, t: Target, version: str) -> str:
+        """``version`` of ``t`` as its store knows it: a write-back write still pending is
+        uploaded first, and its version becomes the store's; VersionChanged if another
+        write is pending."""
+        wb = self.writeback
+        if wb is None:
+            return version
+        e = wb.pending(t.path)
+        if e is not None and e.version != version:
+            raise VersionChanged(f"{t.path} is no longer at version {version}")
+        if e is None and not is_pending_version(version):
+            return version
+        await self._settled(t.path)
+        return wb.switched.get(version, version)
 
     async def write_file(self, path: str, src: int, size: int, *, change: AttrChange | None = None,
                          exclusive: bool = False, writeback: bool | None = None) -> FileStatus:
@@ -371,17 +418,26 @@ class MeshNode:
         if size < 0:
             raise InvalidArgument(f"bad size {size}")
         if self.writeback is not None and (t.mount.write_back if writeback is None else writeback):
-            return await self._write_back(t, None, change, exclusive, size, src=src)
+            if not exclusive:
+                return await self._write_back(t, None, change, False, size, src=src)
+            async with self._taking_turns(t.path):
+                return await self._write_back(t, None, change, True, size, src=src)
         return await self.write(path, file_chunks(f"/proc/self/fd/{src}", size), change=change,
                                 exclusive=exclusive, writeback=False, size_hint=size)
 
     async def _write_back(self, t: Target, chunks: AsyncIterator[bytes] | None, change: AttrChange | None,
-                          exclusive: bool, size_hint: int, src: int | None = None) -> FileStatus:
+                          exclusive: bool, size_hint: int, src: int | None = None,
+                          if_version: str | None = None) -> FileStatus:
         """Acknowledged once the bytes are durable here and the write is published as
-        pending (:mod:`meshd.writeback`); uploaded in the background."""
+        pending (:mod:`meshd.writeback`); uploaded in the background. ``exclusive`` and
+        ``if_version`` are checked against what the path shows now (a pending version
+        too), then the write is accepted: one step for the writers of this node (the
+        caller takes turns), not for another node's."""
         assert self.writeback is not None
         if exclusive:
             await t.store.check_absent(t.rel)
+        if if_version is not None:
+            await t.store.check_version(t.rel, if_version)
         attrs = None
         if t.store.capabilities.attrs:
             c = change or AttrChange()

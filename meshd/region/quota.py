@@ -547,8 +547,9 @@ class ThrottledStore(UnderStore):
         return paced()
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
-        return await self.inner.put(path, self._paced(chunks), change=change, exclusive=exclusive)
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
+        return await self.inner.put(path, self._paced(chunks), change=change, exclusive=exclusive,
+                                    if_version=if_version)
 
     async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
                        token: str = "", started: Callable[[str], Awaitable[None]] | None = None,

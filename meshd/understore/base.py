@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from meshd.attrs import AttrChange, Attrs
-from meshd.errors import AlreadyExists, MountError, NotPermitted, NotSupported
+from meshd.errors import AlreadyExists, MountError, NotPermitted, NotSupported, VersionChanged
 
 T = TypeVar("T")
 
@@ -110,12 +110,15 @@ class UnderStore(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         """Create or replace a whole file from a stream of chunks. A replaced file keeps
         its mode and owner (stores with ``capabilities.attrs``); ``change`` sets
         attributes of the new version (ignored by stores that keep none). ``exclusive``:
         AlreadyExists if something is at ``path`` (checked as atomically as the store can:
-        a hard link on POSIX, ``If-None-Match: *`` on S3)."""
+        a hard link on POSIX, ``If-None-Match: *`` on S3). ``if_version``: replace only
+        the file at that version (a compare-and-swap): VersionChanged if another is
+        there, NotFound if none is (checked as atomically as the store can: under a lock
+        of the directory on POSIX, ``If-Match`` on S3; :func:`check_version` otherwise)."""
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None:
@@ -205,6 +208,14 @@ class UnderStore(abc.ABC):
         except NotFound:
             return
         raise AlreadyExists(f"already exists: {self._shown(path)}")
+
+    async def check_version(self, path: str, version: str) -> None:
+        """VersionChanged unless the file at ``path`` is at ``version``; NotFound if there is
+        none (for ``if_version`` writes of stores that cannot check atomically, and to fail
+        early, before a body is received)."""
+        now = await self.head(path)
+        if now.is_dir or now.version != version:
+            raise VersionChanged(f"{self._shown(path)} is no longer at version {version}")
 
     def limit_receive_buffer(self, nbytes: int) -> bool:
         """Give the store's connections opened from now on a fixed ``nbytes`` TCP receive

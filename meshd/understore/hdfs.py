@@ -398,9 +398,11 @@ class HdfsUnderStore(UnderStore):
             raise VersionChanged(f"{self._shown(rel)} changed while it was read: {version} -> {now}")
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         if exclusive:
             await self.check_absent(path)
+        if if_version is not None:  # checked, not atomically: WebHDFS has no conditional create
+            await self.check_version(path, if_version)
         rel = path.strip("/")
         if not rel:
             raise IsADirectory(f"{self._shown('')} is a directory")

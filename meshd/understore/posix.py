@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import stat as stat_mod
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -161,6 +162,31 @@ def _copy_bytes(src: int, dst: int, size: int) -> None:
         while done < len(chunk):
             done += os.pwrite(dst, memoryview(chunk)[done:], pos + done)
         pos += len(chunk)
+
+
+@contextlib.contextmanager
+def _dir_locked(parent: int) -> Iterator[None]:
+    """An exclusive ``flock`` of the directory ``parent`` (an ``O_PATH`` descriptor) while
+    a write publishes a file in it: every put of this store's writers (threads of this
+    process, other processes, other machines where the file system passes ``flock`` on, as
+    NFS does as a lock of the whole file) checks and renames one after the other. Held for
+    a stat and a rename only (a hard-linked file's in-place copy apart). A file system that
+    refuses the lock (NFS, where an exclusive lock needs a descriptor open for writing,
+    which a directory cannot be) is written without it: if_version writes there are
+    checked but not serialised (docs/SEMANTICS.md)."""
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor of the open file releases the lock
 
 
 def _ns(t: float) -> int:
@@ -358,13 +384,15 @@ class PosixUnderStore(UnderStore):
             pass
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
-        return await self._put(path, chunks, change=change, exclusive=exclusive)
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
+        return await self._put(path, chunks, change=change, exclusive=exclusive, if_version=if_version)
 
     async def _put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None,
-                   exclusive: bool, tmp: str | None = None) -> ObjectInfo:
+                   exclusive: bool, tmp: str | None = None, if_version: str | None = None) -> ObjectInfo:
         if exclusive:  # fails early; the hard link below is what makes it atomic
             await self.check_absent(path)
+        if if_version is not None:  # fails early; the check under the directory's lock decides
+            await self.check_version(path, if_version)
         parent, name = await self._run(path, lambda: self._parent_made(path))
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -389,7 +417,7 @@ class PosixUnderStore(UnderStore):
                     await asyncio.to_thread(f.write, chunk)
                 f.flush()
                 info = await finished(self._publish, parent, name, tmp, f.fileno(),
-                                      change or AttrChange(), exclusive, path)
+                                      change or AttrChange(), exclusive, path, if_version)
                 created = not existed
         except OSError as e:
             raise self._fail(e, path) from None
@@ -403,15 +431,28 @@ class PosixUnderStore(UnderStore):
         return info
 
     def _publish(self, parent: int, name: str, tmp: str, fd: int, change: AttrChange, exclusive: bool,
-                 path: str) -> ObjectInfo:
+                 path: str, if_version: str | None = None) -> ObjectInfo:
         """Give the complete temp file ``tmp`` (open as ``fd``) its attributes and put it at
-        ``name``: the new version appears with its mode, owner and times at once."""
+        ``name``: the new version appears with its mode, owner and times at once. Done
+        under an exclusive ``flock`` of the directory (:func:`_dir_locked`), so that an
+        ``if_version`` check and the rename that follows it are one step for every writer
+        of the store, in this process or another (two nodes over one file system)."""
+        with _dir_locked(parent):
+            return self._publish_locked(parent, name, tmp, fd, change, exclusive, path, if_version)
+
+    def _publish_locked(self, parent: int, name: str, tmp: str, fd: int, change: AttrChange, exclusive: bool,
+                        path: str, if_version: str | None) -> ObjectInfo:
         try:
             old = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             old = None
         if exclusive and old is not None:
             raise AlreadyExists(f"already exists: {self._shown(path)}")
+        if if_version is not None:
+            if old is None:
+                raise NotFound(f"no such file: {self._shown(path)}")
+            if not stat_mod.S_ISREG(old.st_mode) or _version(old) != if_version:
+                raise VersionChanged(f"{self._shown(path)} is no longer at version {if_version}")
         if old is not None and stat_mod.S_ISDIR(old.st_mode):
             raise IsADirectory(f"is a directory: {self._shown(path)}")
         replacing = old is not None and stat_mod.S_ISREG(old.st_mode) and not exclusive

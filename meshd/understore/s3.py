@@ -66,6 +66,9 @@ Design
   is not trusted to until it has refused one write with 412: until then a HEAD
   checks first, and an endpoint answering NotImplemented gets the HEAD only (not
   atomic). ``symlink`` and ``mknod`` always HEAD too (which also finds a directory).
+  Compare-and-swap writes (``put(if_version=etag)``) send ``If-Match`` the same way
+  (412: VersionChanged, 404: NotFound), after a HEAD on any endpoint but AWS's (moto
+  ignores If-Match on CompleteMultipartUpload; the HEAD at least checks, not atomically).
 * **copy and truncate stay inside S3**: ``copy`` is CopyObject (metadata copied,
   pinned to the version), UploadPartCopy above 5 GiB; ``truncate`` keeps the first
   bytes by UploadPartCopy (zeros uploaded for an extension) when at least 5 MiB are
@@ -786,17 +789,17 @@ class S3UnderStore(UnderStore):
             raise
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         path = path.strip("/")
         if not path:
             raise IsADirectory(f"is a directory: {self._what(path)}")
         now = time.time()
         mtime = change.mtime if change is not None and change.mtime is not None else now
-        if exclusive or change is None or None not in (change.mode, change.uid, change.gid):
+        if exclusive or if_version is not None or change is None or None not in (change.mode, change.uid, change.gid):
             # S3's own rule for a write without attributes (the S3 gateway's PUT, WebHDFS CREATE):
             # a new object, its metadata replaced; no HEAD on the write path
             return await self._put(path, chunks, _new_attrs(change, None, now, stat.S_IFREG), mtime,
-                                   exclusive=exclusive)
+                                   exclusive=exclusive, if_version=if_version)
         # A partial change (meshfs --owners mount sends no owner): the replaced file keeps the
         # rest, from one HEAD while the body comes in.
         return await self._put(path, chunks, asyncio.ensure_future(self._replacing(path, change, now)), mtime)
@@ -894,12 +897,14 @@ class S3UnderStore(UnderStore):
 
     async def _put(self, path: str, chunks: AsyncIterator[bytes], attrs: Attrs | asyncio.Future[Attrs],
                    mtime: float, *, exclusive: bool = False, strict: bool = False,
-                   content: Mapping[str, Any] | None = None) -> ObjectInfo:
+                   content: Mapping[str, Any] | None = None, if_version: str | None = None) -> ObjectInfo:
         """Write the object ``path`` with user metadata for ``attrs`` (or what the future
         gives, awaited only before the first write to S3) and ``mtime``. ``exclusive``:
         AlreadyExists if the key exists (``If-None-Match: *``, with a HEAD first where the
         endpoint is not known to honour it; ``strict``: always, which also finds a
-        directory there)."""
+        directory there). ``if_version``: VersionChanged unless the object's ETag is that
+        (``If-Match``; NotFound if there is none), with a HEAD first on any endpoint but
+        AWS's: one may ignore If-Match on CompleteMultipartUpload (moto does)."""
         pending = attrs if isinstance(attrs, asyncio.Future) else None
         final: AttrsBox = [] if pending is not None else [cast(Attrs, attrs)]
         args: dict[str, Any] = {}
@@ -916,7 +921,11 @@ class S3UnderStore(UnderStore):
                 await metadata()  # a bad extra attribute name fails before anything is sent
             if exclusive and (strict or self._conditional is not True):
                 await self.check_absent(path)
-            return await self._upload(path, chunks, metadata, final, mtime, exclusive and self._conditional is not False)
+            if if_version is not None and (self.endpoint or self._conditional is not True):
+                await self.check_version(path, if_version)
+            return await self._upload(path, chunks, metadata, final, mtime,
+                                      exclusive and self._conditional is not False,
+                                      if_version if self._conditional is not False else None)
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -925,7 +934,7 @@ class S3UnderStore(UnderStore):
 
     async def _upload(self, path: str, chunks: AsyncIterator[bytes],
                       metadata: Callable[[], Awaitable[dict[str, Any]]], final: AttrsBox, mtime: float,
-                      absent: bool) -> ObjectInfo:
+                      absent: bool, match: str | None = None) -> ObjectInfo:
         """The write of :meth:`_put`: one PutObject, or a multipart upload above 8 MiB."""
         key, what = self._key(path), self._what(path)
         buf = bytearray()
@@ -942,15 +951,16 @@ class S3UnderStore(UnderStore):
                     written += PART
                     del buf[:PART]
             if upload_id is None:
-                resp = await self._write(path, absent, "put_object", Key=key, Body=bytes(buf), **await metadata())
+                resp = await self._write(path, absent, match, "put_object", Key=key, Body=bytes(buf),
+                                         **await metadata())
                 size = len(buf)
             else:
                 if buf or not parts:
                     await self._upload_part(key, what, upload_id, parts, bytes(buf))
                 size = written + len(buf)
                 buf = bytearray()
-                resp = await self._write(path, absent, "complete_multipart_upload", Key=key, UploadId=upload_id,
-                                         MultipartUpload={"Parts": parts})
+                resp = await self._write(path, absent, match, "complete_multipart_upload", Key=key,
+                                         UploadId=upload_id, MultipartUpload={"Parts": parts})
                 upload_id = None
         except BaseException:
             if upload_id is not None:
@@ -963,26 +973,35 @@ class S3UnderStore(UnderStore):
             return await self.head(path)
         return ObjectInfo(path, size, mtime, etag, False, final[0])
 
-    async def _write(self, path: str, absent: bool, op: str, **kwargs: Any) -> Any:
+    async def _write(self, path: str, absent: bool, match: str | None, op: str, **kwargs: Any) -> Any:
         """A PutObject or CompleteMultipartUpload; ``absent``: only if the key does not exist
-        (``If-None-Match: *``; AlreadyExists if it does)."""
+        (``If-None-Match: *``; AlreadyExists if it does); ``match``: only if its ETag is
+        that (``If-Match``; VersionChanged if not, NotFound if there is no object). S3's
+        409 ConditionalRequestConflict (a conditional write of the key under way) is the
+        same failure: the other write is the one that counts."""
         what = self._what(path)
-        if not absent:
+        if not absent and match is None:
             return await self._call(op, what, **kwargs)
+        cond = {"IfNoneMatch": "*"} if absent else {"IfMatch": f'"{match}"'}
         try:
-            return await self._raw(op, IfNoneMatch="*", **kwargs)
+            return await self._raw(op, **cond, **kwargs)
         except ClientError as e:
             code, status = error_code(e)
             if code in _PRECONDITION or status == 412 or code == "ConditionalRequestConflict":
                 self._conditional = True
-                raise AlreadyExists(f"already exists: {what}") from None
+                if absent:
+                    raise AlreadyExists(f"already exists: {what}") from None
+                raise VersionChanged(f"{what} is no longer at version {match}") from None
             if not _is_not_implemented(e):
                 raise translate_error(e, what) from e
-            log.info("%s: the S3 endpoint does not do conditional writes (If-None-Match); exclusive "
-                     "creates check first instead (not atomic)", self._shown(""))
+            log.info("%s: the S3 endpoint does not do conditional writes (If-None-Match, If-Match); "
+                     "they are checked first instead (not atomic)", self._shown(""))
             checked, self._conditional = self._conditional is not True, False
             if not checked:
-                await self.check_absent(path)
+                if absent:
+                    await self.check_absent(path)
+                elif match is not None:
+                    await self.check_version(path, match)
             return await self._call(op, what, **kwargs)
         except BotoCoreError as e:
             raise translate_error(e, what) from e
@@ -1060,7 +1079,7 @@ class S3UnderStore(UnderStore):
         attrs = _new_attrs(change, None, now, stat.S_IFDIR)
         mtime = change.mtime if change is not None and change.mtime is not None else now
         try:
-            await self._write(path, self._conditional is True, "put_object", Key=marker, Body=b"",
+            await self._write(path, self._conditional is True, None, "put_object", Key=marker, Body=b"",
                               Metadata=metadata_of(attrs, mtime))
         except AlreadyExists:
             pass

@@ -117,10 +117,10 @@ class PendingStore(UnderStore):
     # ---- everything else is the store's -------------------------------------------
 
     async def put(self, path: str, chunks: AsyncIterator[bytes], *, change: AttrChange | None = None,
-                  exclusive: bool = False) -> ObjectInfo:
+                  exclusive: bool = False, if_version: str | None = None) -> ObjectInfo:
         if exclusive and self.wb.pending(self._mesh(path)) is not None:
             raise AlreadyExists(f"already exists: {self._shown(path)}")
-        return await self.inner.put(path, chunks, change=change, exclusive=exclusive)
+        return await self.inner.put(path, chunks, change=change, exclusive=exclusive, if_version=if_version)
 
     async def put_file(self, path: str, src: str, size: int, *, change: AttrChange | None = None,
                        token: str = "", started: Callable[[str], Awaitable[None]] | None = None,
