@@ -31,7 +31,7 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import REFUSE
 
-from . import listing, objects, xmlio
+from . import buckets, listing, objects, xmlio
 from .errors import (
     S3Error,
     access_denied,
@@ -212,7 +212,7 @@ class Gateway:
             raise not_implemented(f"the ?{sorted(sub)[0]} sub-resource")
         if not bucket:
             if m == "GET":
-                return await self.list_buckets()
+                return await self.list_buckets(request)
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
         if not key:
             return await self.bucket_op(request, auth, bucket)
@@ -247,15 +247,21 @@ class Gateway:
 
     # ---- buckets -----------------------------------------------------------
 
-    async def list_buckets(self) -> web.Response:
-        entries = [e for e in await self.node.listdir("/") if e.is_dir]
+    async def list_buckets(self, request: web.Request) -> web.Response:
+        q = request.query
+        entries = {e.path.strip("/"): e for e in await self.node.listdir("/") if e.is_dir}
+        page = buckets.page_of_buckets(list(entries), q.get("max-buckets"), q.get("prefix", ""),
+                                       q.get("continuation-token"))
         start = time.time()
-        buckets = [xmlio.element("Bucket", [xmlio.leaf("Name", e.path.strip("/")),
-                                            xmlio.leaf("CreationDate", xmlio.iso8601(e.mtime or start))])
-                   for e in entries]
+        items = [xmlio.element("Bucket", [xmlio.leaf("Name", name),
+                                          xmlio.leaf("CreationDate", xmlio.iso8601(entries[name].mtime or start))])
+                 for name in page.names]
+        tail = [] if page.next_token is None else [xmlio.leaf("ContinuationToken", page.next_token)]
+        if "prefix" in q:
+            tail.append(xmlio.leaf("Prefix", q["prefix"]))
         doc = xmlio.element("ListAllMyBucketsResult", [
             xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)]),
-            xmlio.element("Buckets", buckets)])
+            xmlio.element("Buckets", items), *tail])
         return _xml(doc)
 
     def _root_mount_writable(self) -> bool:
@@ -287,9 +293,7 @@ class Gateway:
         return await self.list_objects(request, bucket, v2=q.get("list-type") == "2")
 
     async def create_bucket(self, bucket: str) -> web.Response:
-        if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in "-." for c in bucket) \
-                or not bucket[0].isalnum() or bucket != bucket.lower():
-            raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, BucketName=bucket)
+        buckets.check_bucket_name(bucket)
         try:
             st = await self.node.stat("/" + bucket)
             if st.is_dir:
