@@ -533,7 +533,9 @@ def _untoken(token: str) -> str:
 
 def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Application:
     gw = Gateway(node, cfg, uploads)
-    app = web.Application(client_max_size=0)
+    # auto_decompress off: a PUT with Content-Encoding: gzip stores the bytes as sent (S3 keeps
+    # the header as the object's), and its x-amz-content-sha256 is of those bytes
+    app = web.Application(client_max_size=0, handler_args={"auto_decompress": False})
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await gw.handle(request)
