@@ -29,7 +29,7 @@ from meshd import errors as me
 from meshd.auth.http import connection_principal
 from meshd.config import S3Config
 from meshd.core import MeshNode
-from meshd.servers.guard import REFUSE
+from meshd.servers.guard import BAD_REQUEST, REFUSE
 
 from . import buckets, listing, objects, xmlio
 from .errors import (
@@ -531,6 +531,20 @@ def _untoken(token: str) -> str:
                                ArgumentName="continuation-token") from None
 
 
+def bad_request(status: int, reason: str) -> web.Response:
+    """S3's answer to a request head aiohttp's parser refused (meshd.servers.guard):
+    a bad Content-Length (``-1``, not a number) is InvalidArgument, anything else
+    InvalidRequest; in S3's XML, never aiohttp's text."""
+    request_id = secrets.token_hex(8)
+    if "content-length" in reason.lower():
+        e = invalid_argument("The Content-Length header must be a non-negative decimal integer",
+                             ArgumentName="Content-Length")
+    else:
+        e = S3Error("InvalidRequest", f"The request could not be parsed: {reason[:200]}", status)
+    return web.Response(status=e.status, body=e.to_xml("", request_id), content_type="application/xml",
+                        headers={"x-amz-request-id": request_id, "Server": "datamesh"})
+
+
 def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Application:
     gw = Gateway(node, cfg, uploads)
     # auto_decompress off: a PUT with Content-Encoding: gzip stores the bytes as sent (S3 keeps
@@ -560,6 +574,7 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     app.router.add_route("*", "/{tail:[\\s\\S]*}", handler_fn, expect_handler=expect)
     app.on_response_prepare.append(stamp)
     app[REFUSE] = refuse
+    app[BAD_REQUEST] = bad_request
     return app
 
 
