@@ -431,11 +431,14 @@ class Gateway:
         st = await objects.stat_object(self.node, sb, sk)
         if raw_range:
             m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
-            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)) or objects.digits(m.group(2)) >= st.size:
+            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)):
                 raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last "
                                        "where first and last are the zero-based offsets of the first and last "
-                                       "bytes to copy, within the source object",
+                                       "bytes to copy",
                                        ArgumentName="x-amz-copy-source-range")
+            if objects.digits(m.group(2)) >= st.size:  # past the source's end: AWS's 416
+                raise S3Error("InvalidRange", "The requested range is not satisfiable", 416,
+                              RangeRequested=raw_range.strip()[:100], ActualObjectSize=str(st.size))
             rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
         try:
