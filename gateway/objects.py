@@ -119,7 +119,13 @@ async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
 # ---- conditionals and ranges ------------------------------------------------
 
 def _etags(value: str) -> list[str]:
-    return [t.strip().removeprefix("W/") for t in value.split(",") if t.strip()]
+    """The ETags of an If-Match / If-None-Match list, bare: clients send them quoted
+    (RFC 7232), weak (W/) or, like minio-py, without quotes; all name the same ETag."""
+    return [bare_etag(t.strip().removeprefix("W/")) for t in value.split(",") if t.strip()]
+
+
+def bare_etag(etag: str) -> str:
+    return etag.strip().strip('"')
 
 
 def _http_time(value: str) -> float | None:
@@ -140,6 +146,7 @@ def check_conditions(headers: Any, etag: str, mtime: float, prefix: str = "") ->
 
     mtime = float(int(mtime))  # HTTP dates have second resolution
     im, ius, inm, ims = h("If-Match"), h("If-Unmodified-Since"), h("If-None-Match"), h("If-Modified-Since")
+    etag = bare_etag(etag)
     if im is not None:
         if "*" not in _etags(im) and etag not in _etags(im):
             return 412
