@@ -234,7 +234,7 @@ class Gateway:
                 upload = await self.uploads.get(bucket, key, q["uploadId"])
                 await self.uploads.abort(upload)
                 return web.Response(status=204)
-            return await objects.delete_object(node, bucket, key)
+            return await objects.delete_object(request, node, bucket, key)
         if m == "POST":
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)

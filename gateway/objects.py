@@ -412,17 +412,23 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     return web.Response(body=body, content_type="application/xml")
 
 
-async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
-    """S3 delete: idempotent; a folder marker removes an empty directory."""
+async def delete_key(node: MeshNode, bucket: str, key: str, if_match: str | None = None) -> None:
+    """S3 delete: idempotent; a folder marker removes an empty directory. With ``if_match``
+    (an If-Match header, or a DeleteObjects ETag) only an object whose ETag matches goes
+    (``PreconditionFailed`` otherwise) and a missing one is ``NoSuchKey``, as on AWS."""
     path = mesh_path(bucket, key)
     try:
         st = await node.stat(path)
     except me.NotFound:
-        return
+        st = None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    if st.is_dir and not key.endswith("/"):
-        return  # a prefix, not an object
+    if st is None or st.is_dir != key.endswith("/"):  # no such object ("k" names a prefix, "k/" a file)
+        if if_match is not None:
+            raise no_such_key(key)
+        return
+    if if_match is not None:
+        await _check_delete_condition(node, st, if_match)
     try:
         await node.delete(path)
     except me.DirectoryNotEmpty:
@@ -434,9 +440,16 @@ async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
     await node.drop_object_attrs(path)
 
 
-async def delete_object(node: MeshNode, bucket: str, key: str) -> web.Response:
+async def _check_delete_condition(node: MeshNode, st: FileStatus, if_match: str) -> None:
+    tags = _etags(if_match)
+    if "*" not in tags and bare_etag((await attrs_of(node, st)).etag) not in tags:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                      412, Condition="If-Match")
+
+
+async def delete_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
     await require_bucket(node, bucket)
-    await delete_key(node, bucket, key)
+    await delete_key(node, bucket, key, request.headers.get("If-Match"))
     return web.Response(status=204)
 
 
@@ -460,7 +473,7 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
         if key is None:
             raise S3Error("MalformedXML", "every Object needs a Key", 400)
         try:
-            await delete_key(node, bucket, key)
+            await delete_key(node, bucket, key, xmlio.child_text(o, "ETag"))
             if not quiet:
                 results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key)]))
         except S3Error as e:
