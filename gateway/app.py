@@ -32,6 +32,7 @@ from meshd.core import MeshNode
 from meshd.servers.guard import BAD_REQUEST, REFUSE
 
 from . import buckets, listing, objects, xmlio
+from . import headers as hdrs
 from .errors import (
     S3Error,
     access_denied,
@@ -404,7 +405,8 @@ class Gateway:
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
-                                       request.headers.get("Content-Type", ""), writeback=mode)
+                                       request.headers.get("Content-Type", ""), writeback=mode,
+                                       headers=hdrs.content_headers(request.headers))
         return _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
 

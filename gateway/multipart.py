@@ -114,6 +114,7 @@ class Upload:
     metadata: dict[str, str] = field(hash=False)
     content_type: str
     writeback: bool | None = None  # x-mesh-write-mode at CreateMultipartUpload; None: the mount's
+    headers: dict[str, str] = field(default_factory=dict, hash=False)  # content headers (gateway/headers.py)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def _load_upload(d: Path) -> Upload | None:
                       initiated=float(j["initiated"]),
                       metadata={str(k): str(v) for k, v in j["metadata"].items()},
                       content_type=str(j["content_type"]),
-                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None)
+                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None,
+                      headers={str(k): str(v) for k, v in (j.get("headers") or {}).items()})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -346,17 +348,18 @@ class MultipartStore:
     # ---- uploads ---------------------------------------------------------
 
     async def create(self, bucket: str, key: str, metadata: dict[str, str],
-                     content_type: str, writeback: bool | None = None) -> Upload:
+                     content_type: str, writeback: bool | None = None,
+                     headers: dict[str, str] | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
             raise invalid_argument("Object key must not be empty")
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
-                        content_type=content_type, writeback=writeback)
+                        content_type=content_type, writeback=writeback, headers=dict(headers or {}))
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
-               "content_type": content_type, "writeback": writeback}
+               "content_type": content_type, "writeback": writeback, "headers": upload.headers}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"

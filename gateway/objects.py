@@ -18,7 +18,7 @@ import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,6 +29,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
+from . import headers as hdrs
 from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
@@ -51,6 +52,8 @@ class ObjectAttrs:
     etag: str
     content_type: str
     metadata: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)  # content headers (gateway/headers.py)
+    parts: tuple[int, ...] = ()  # a multipart object's part sizes, in order
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -69,16 +72,17 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     a = await node.object_attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
-        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
+        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}),
+                           dict(a.get("hdrs") or {}), tuple(a.get("parts") or ()))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
-    meta = {k[len("x-amz-meta-"):].lower(): v for k, v in request.headers.items()
+    meta = {k[len("x-amz-meta-"):].lower(): hdrs.request_text(v) for k, v in request.headers.items()
             if k.lower().startswith("x-amz-meta-")}
-    if sum(len(k) + len(v) for k, v in meta.items()) > 2048:
+    if sum(len(k) + len(v.encode()) for k, v in meta.items()) > 2048:
         raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size", 400)
     return meta
 
@@ -98,7 +102,9 @@ def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
     h = {"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime), "Content-Type": a.content_type,
          "Accept-Ranges": "bytes"}
     for k, v in a.metadata.items():
-        h["x-amz-meta-" + k] = v
+        h["x-amz-meta-" + k] = hdrs.response_text(v)
+    for k, v in a.headers.items():
+        h[k] = hdrs.response_text(v)
     return h
 
 
@@ -111,7 +117,7 @@ async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
         raise no_such_key(key) from None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    if st.is_dir or key.endswith("/"):
+    if st.is_dir != key.endswith("/"):  # "k/" is a folder marker: a directory; "k" a file
         raise no_such_key(key)
     return st
 
@@ -237,7 +243,7 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         if rng is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.size}"
-        if head:
+        if head or st.is_dir:  # a folder marker's body is empty
             hresp = web.StreamResponse(status=status, headers=headers)
             hresp.content_length = end - start
             await hresp.prepare(request)  # aiohttp sends no body for HEAD
@@ -294,9 +300,10 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
-                       size_hint: int = -1) -> tuple[FileStatus, str]:
+                       size_hint: int = -1, extra: dict[str, Any] | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
-    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length."""
+    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
+    ``extra``: more attributes to keep with it (content headers ``hdrs``, part sizes ``parts``)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     try:
@@ -305,14 +312,14 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                 raise invalid_argument("a key ending in '/' names a directory: its body must be empty")
             await node.mkdir(path)
             st = await node.stat(path)
-            return st, digest.etag
-        st = await node.write(path, digest.wrap(chunks), writeback=writeback, size_hint=size_hint)
+        else:
+            st = await node.write(path, digest.wrap(chunks), writeback=writeback, size_hint=size_hint)
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
     await node.set_object_attrs(st.path, st.version, {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata})
+        "meta": metadata, **(extra or {})})
     return st, tag
 
 
@@ -327,7 +334,8 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
+                                 size_hint=digits(length) if length is not None and length.isdigit() else -1,
+                                 extra={"hdrs": hdrs.content_headers(request.headers)})
     return web.Response(status=200, headers={"ETag": etag})
 
 
@@ -399,12 +407,13 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
     if directive == "COPY":
-        ct, meta = a.content_type, a.metadata
+        ct, meta, kept = a.content_type, a.metadata, a.headers
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
+        kept = hdrs.content_headers(request.headers)
     try:
         nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size)
+                                       size_hint=sst.size, extra={"hdrs": kept})
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
