@@ -451,22 +451,28 @@ class Gateway:
             xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag)]))
 
     async def complete_upload(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
-        upload = await self.uploads.get(bucket, key, request.query["uploadId"])
-        root = xmlio.parse(await self.small_body(request, auth), "CompleteMultipartUpload")
-        parts = []
-        for p in xmlio.children(root, "Part"):
-            num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
-            if num is None or etag is None or not num.strip().isdigit():
-                raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
-            parts.append((objects.digits(num.strip()), etag.strip()))
+        upload_id = request.query["uploadId"]
+        try:
+            upload = await self.uploads.get(bucket, key, upload_id)
+        except S3Error as e:  # completed already? A retry with the same parts gets the same answer
+            if e.code != "NoSuchUpload":
+                raise
+            try:
+                done = await self.uploads.completed(bucket, key, upload_id,
+                                                    _complete_parts(await self.small_body(request, auth)))
+            except S3Error:
+                raise e from None
+            if done is None:
+                raise
+            return _completed_xml(bucket, key, done)
+        parts = _complete_parts(await self.small_body(request, auth))
         stream, etag, size = await self.uploads.complete(upload, parts)
+        sizes = await self.uploads.part_sizes(upload, [n for n, _ in parts])
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size)
-        await self.uploads.finish(upload)
-        return _xml(xmlio.element("CompleteMultipartUploadResult", [
-            xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
-            xmlio.leaf("ETag", etag)]))
+                                   size_hint=size, extra={"hdrs": upload.headers, "parts": list(sizes)})
+        await self.uploads.finish(upload, parts, etag)
+        return _completed_xml(bucket, key, etag)
 
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])
@@ -497,6 +503,24 @@ class Gateway:
         if truncated and ups:
             head += [xmlio.leaf("NextKeyMarker", ups[-1].key), xmlio.leaf("NextUploadIdMarker", ups[-1].upload_id)]
         return _xml(xmlio.element("ListMultipartUploadsResult", head + items))
+
+
+def _complete_parts(body: bytes) -> list[tuple[int, str]]:
+    """The (part number, ETag) list of a CompleteMultipartUpload body."""
+    root = xmlio.parse(body, "CompleteMultipartUpload")
+    parts = []
+    for p in xmlio.children(root, "Part"):
+        num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
+        if num is None or etag is None or not num.strip().isdigit():
+            raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
+        parts.append((objects.digits(num.strip()), etag.strip()))
+    return parts
+
+
+def _completed_xml(bucket: str, key: str, etag: str) -> web.Response:
+    return _xml(xmlio.element("CompleteMultipartUploadResult", [
+        xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
+        xmlio.leaf("ETag", etag)]))
 
 
 def _key_encoder(request: web.Request) -> tuple[str | None, Callable[[str], str]]:

@@ -227,11 +227,6 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         if cond == 412:
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
                           412, Condition="If-Match" if "If-Match" in request.headers else "If-Unmodified-Since")
-        part = request.query.get("partNumber")
-        if part is not None and part != "1":
-            raise invalid_argument("partNumber is only supported as 1 for objects read through the mesh")
-        rng = parse_range(request.headers.get("Range"), st.size)
-        start, end = rng if rng is not None else (0, st.size)
         headers = object_headers(st, a)
         for q, hname in OVERRIDES.items():
             if q in request.query:
@@ -239,10 +234,7 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
                 if any(ord(c) < 32 or ord(c) == 127 for c in value):
                     raise invalid_argument(f"{q} may not contain control characters", ArgumentName=q)
                 headers[hname] = value
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.size}"
+        start, end, status = requested_range(request, st, a, headers)
         if head or st.is_dir:  # a folder marker's body is empty
             hresp = web.StreamResponse(status=status, headers=headers)
             hresp.content_length = end - start
@@ -263,6 +255,45 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         await stream_response(request, sresp, node, stream)
         return sresp
     raise S3Error("PreconditionFailed", "The object kept changing while it was being read", 412)
+
+
+def requested_range(request: web.Request, st: FileStatus, a: ObjectAttrs,
+                    headers: dict[str, str]) -> tuple[int, int, int]:
+    """(start, end, status) of a GET: the whole object (200), or its Range or its part
+    ``partNumber`` (206, with Content-Range). A multipart object's parts are those it was
+    completed with (x-amz-mp-parts-count says how many); any other object is one part."""
+    raw = request.query.get("partNumber")
+    if raw is None:
+        rng = parse_range(request.headers.get("Range"), st.size)
+    else:
+        if "Range" in request.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter",
+                          400)
+        rng = part_range(a.parts or (st.size,), part_number(raw))
+        if a.parts:
+            headers["x-amz-mp-parts-count"] = str(len(a.parts))
+        if rng == (0, 0):
+            rng = None  # an empty object has no byte range to name
+    if rng is None:
+        return 0, st.size, 200
+    headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{st.size}"
+    return rng[0], rng[1], 206
+
+
+def part_number(raw: str) -> int:
+    if not re.fullmatch(r"[0-9]+", raw) or not 1 <= digits(raw) <= 10000:
+        raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive",
+                               ArgumentName="partNumber", ArgumentValue=raw[:64])
+    return digits(raw)
+
+
+def part_range(sizes: tuple[int, ...], number: int) -> tuple[int, int]:
+    """(start, end exclusive) of part ``number`` of an object of parts of ``sizes``."""
+    if number > len(sizes):
+        raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416,
+                      PartNumberRequested=str(number), ActualPartCount=str(len(sizes)))
+    start = sum(sizes[:number - 1])
+    return start, start + sizes[number - 1]
 
 
 class _Digest:
