@@ -272,8 +272,8 @@ def requested_range(request: web.Request, st: FileStatus, a: ObjectAttrs,
         rng = part_range(a.parts or (st.size,), part_number(raw))
         if a.parts:
             headers["x-amz-mp-parts-count"] = str(len(a.parts))
-        if rng == (0, 0):
-            rng = None  # an empty object has no byte range to name
+        if rng[0] == rng[1]:
+            return rng[0], rng[1], 200  # an empty part (or object) has no byte range to name
     if rng is None:
         return 0, st.size, 200
     headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{st.size}"

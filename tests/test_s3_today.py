@@ -455,6 +455,9 @@ def test_part_numbers_of_get_and_head(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as e:
         s3.head_object(Bucket=bucket, Key="plain", PartNumber=2)
     assert err(e)[1] == 416
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")  # no byte range to name: all of it, 200
+    g = s3.get_object(Bucket=bucket, Key="empty", PartNumber=1)
+    assert (g["ResponseMetadata"]["HTTPStatusCode"], g["Body"].read(), "ContentRange" in g) == (200, b"", False)
 
 
 def test_duplicate_part_numbers_are_invalid_part_order(s3: Any, bucket: str) -> None:
