@@ -656,14 +656,15 @@ class MultipartStore:
 
         def load() -> dict[str, Any] | None:
             try:
-                found: dict[str, Any] = json.loads((self.root / _COMPLETED / f"{upload_id}.json").read_text())
-                return found
+                found = json.loads((self.root / _COMPLETED / f"{upload_id}.json").read_text())
+                return found if isinstance(found, dict) else None
             except (OSError, ValueError):
                 return None
 
         r = await asyncio.to_thread(load)
+        t = r.get("t") if r is not None else None
         if (r is None or r.get("bucket") != bucket or r.get("key") != key
-                or float(r.get("t", 0)) < self.clock() - COMPLETED_FOR
+                or not isinstance(t, int | float) or t < self.clock() - COMPLETED_FOR
                 or r.get("parts") != [[n, _bare(e)] for n, e in parts]):
             return None
         return str(r.get("etag", ""))
