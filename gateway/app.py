@@ -29,9 +29,10 @@ from meshd import errors as me
 from meshd.auth.http import connection_principal
 from meshd.config import S3Config
 from meshd.core import MeshNode
-from meshd.servers.guard import REFUSE
+from meshd.servers.guard import BAD_REQUEST, REFUSE
 
-from . import listing, objects, xmlio
+from . import buckets, listing, objects, xmlio
+from . import headers as hdrs
 from .errors import (
     S3Error,
     access_denied,
@@ -212,7 +213,7 @@ class Gateway:
             raise not_implemented(f"the ?{sorted(sub)[0]} sub-resource")
         if not bucket:
             if m == "GET":
-                return await self.list_buckets()
+                return await self.list_buckets(request)
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
         if not key:
             return await self.bucket_op(request, auth, bucket)
@@ -232,7 +233,7 @@ class Gateway:
                 upload = await self.uploads.get(bucket, key, q["uploadId"])
                 await self.uploads.abort(upload)
                 return web.Response(status=204)
-            return await objects.delete_object(node, bucket, key)
+            return await objects.delete_object(request, node, bucket, key)
         if m == "POST":
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)
@@ -243,15 +244,21 @@ class Gateway:
 
     # ---- buckets -----------------------------------------------------------
 
-    async def list_buckets(self) -> web.Response:
-        entries = [e for e in await self.node.listdir("/") if e.is_dir]
+    async def list_buckets(self, request: web.Request) -> web.Response:
+        q = request.query
+        entries = {e.path.strip("/"): e for e in await self.node.listdir("/") if e.is_dir}
+        page = buckets.page_of_buckets(list(entries), q.get("max-buckets"), q.get("prefix", ""),
+                                       q.get("continuation-token"))
         start = time.time()
-        buckets = [xmlio.element("Bucket", [xmlio.leaf("Name", e.path.strip("/")),
-                                            xmlio.leaf("CreationDate", xmlio.iso8601(e.mtime or start))])
-                   for e in entries]
+        items = [xmlio.element("Bucket", [xmlio.leaf("Name", name),
+                                          xmlio.leaf("CreationDate", xmlio.iso8601(entries[name].mtime or start))])
+                 for name in page.names]
+        tail = [] if page.next_token is None else [xmlio.leaf("ContinuationToken", page.next_token)]
+        if "prefix" in q:
+            tail.append(xmlio.leaf("Prefix", q["prefix"]))
         doc = xmlio.element("ListAllMyBucketsResult", [
             xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)]),
-            xmlio.element("Buckets", buckets)])
+            xmlio.element("Buckets", items), *tail])
         return _xml(doc)
 
     def _root_mount_writable(self) -> bool:
@@ -283,9 +290,7 @@ class Gateway:
         return await self.list_objects(request, bucket, v2=q.get("list-type") == "2")
 
     async def create_bucket(self, bucket: str) -> web.Response:
-        if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in "-." for c in bucket) \
-                or not bucket[0].isalnum() or bucket != bucket.lower():
-            raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, BucketName=bucket)
+        buckets.check_bucket_name(bucket)
         try:
             st = await self.node.stat("/" + bucket)
             if st.is_dir:
@@ -396,7 +401,8 @@ class Gateway:
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
-                                       request.headers.get("Content-Type", ""), writeback=mode)
+                                       request.headers.get("Content-Type", ""), writeback=mode,
+                                       headers=hdrs.content_headers(request.headers))
         return _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
 
@@ -423,11 +429,14 @@ class Gateway:
         st = await objects.stat_object(self.node, sb, sk)
         if raw_range:
             m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
-            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)) or objects.digits(m.group(2)) >= st.size:
+            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)):
                 raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last "
                                        "where first and last are the zero-based offsets of the first and last "
-                                       "bytes to copy, within the source object",
+                                       "bytes to copy",
                                        ArgumentName="x-amz-copy-source-range")
+            if objects.digits(m.group(2)) >= st.size:  # past the source's end: AWS's 416
+                raise S3Error("InvalidRange", "The requested range is not satisfiable", 416,
+                              RangeRequested=raw_range.strip()[:100], ActualObjectSize=str(st.size))
             rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
         try:
@@ -439,22 +448,28 @@ class Gateway:
 
     async def complete_upload(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
         cond = objects.write_condition(request)  # checked when the object is written: a failed one
-        upload = await self.uploads.get(bucket, key, request.query["uploadId"])  # leaves the upload
-        root = xmlio.parse(await self.small_body(request, auth), "CompleteMultipartUpload")
-        parts = []
-        for p in xmlio.children(root, "Part"):
-            num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
-            if num is None or etag is None or not num.strip().isdigit():
-                raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
-            parts.append((objects.digits(num.strip()), etag.strip()))
+        upload_id = request.query["uploadId"]  # leaves the upload
+        try:
+            upload = await self.uploads.get(bucket, key, upload_id)
+        except S3Error as e:  # completed already? A retry with the same parts gets the same answer
+            if e.code != "NoSuchUpload":
+                raise
+            try:
+                done = await self.uploads.completed(bucket, key, upload_id,
+                                                    _complete_parts(await self.small_body(request, auth)))
+            except S3Error:
+                raise e from None
+            if done is None:
+                raise
+            return _completed_xml(bucket, key, done)
+        parts = _complete_parts(await self.small_body(request, auth))
         stream, etag, size = await self.uploads.complete(upload, parts)
+        sizes = await self.uploads.part_sizes(upload, [n for n, _ in parts])
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size, cond=cond)
-        await self.uploads.finish(upload)
-        return _xml(xmlio.element("CompleteMultipartUploadResult", [
-            xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
-            xmlio.leaf("ETag", etag)]))
+                                   size_hint=size, cond=cond, extra={"hdrs": upload.headers, "parts": list(sizes)})
+        await self.uploads.finish(upload, parts, etag)
+        return _completed_xml(bucket, key, etag)
 
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])
@@ -485,6 +500,24 @@ class Gateway:
         if truncated and ups:
             head += [xmlio.leaf("NextKeyMarker", ups[-1].key), xmlio.leaf("NextUploadIdMarker", ups[-1].upload_id)]
         return _xml(xmlio.element("ListMultipartUploadsResult", head + items))
+
+
+def _complete_parts(body: bytes) -> list[tuple[int, str]]:
+    """The (part number, ETag) list of a CompleteMultipartUpload body."""
+    root = xmlio.parse(body, "CompleteMultipartUpload")
+    parts = []
+    for p in xmlio.children(root, "Part"):
+        num, etag = xmlio.child_text(p, "PartNumber"), xmlio.child_text(p, "ETag")
+        if num is None or etag is None or not num.strip().isdigit():
+            raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
+        parts.append((objects.digits(num.strip()), etag.strip()))
+    return parts
+
+
+def _completed_xml(bucket: str, key: str, etag: str) -> web.Response:
+    return _xml(xmlio.element("CompleteMultipartUploadResult", [
+        xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
+        xmlio.leaf("ETag", etag)]))
 
 
 def _key_encoder(request: web.Request) -> tuple[str | None, Callable[[str], str]]:
@@ -524,9 +557,25 @@ def _untoken(token: str) -> str:
                                ArgumentName="continuation-token") from None
 
 
+def bad_request(status: int, reason: str) -> web.Response:
+    """S3's answer to a request head aiohttp's parser refused (meshd.servers.guard):
+    a bad Content-Length (``-1``, not a number) is InvalidArgument, anything else
+    InvalidRequest; in S3's XML, never aiohttp's text."""
+    request_id = secrets.token_hex(8)
+    if "content-length" in reason.lower():
+        e = invalid_argument("The Content-Length header must be a non-negative decimal integer",
+                             ArgumentName="Content-Length")
+    else:
+        e = S3Error("InvalidRequest", f"The request could not be parsed: {reason[:200]}", status)
+    return web.Response(status=e.status, body=e.to_xml("", request_id), content_type="application/xml",
+                        headers={"x-amz-request-id": request_id, "Server": "datamesh"})
+
+
 def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Application:
     gw = Gateway(node, cfg, uploads)
-    app = web.Application(client_max_size=0)
+    # auto_decompress off: a PUT with Content-Encoding: gzip stores the bytes as sent (S3 keeps
+    # the header as the object's), and its x-amz-content-sha256 is of those bytes
+    app = web.Application(client_max_size=0, handler_args={"auto_decompress": False})
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await gw.handle(request)
@@ -551,6 +600,7 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     app.router.add_route("*", "/{tail:[\\s\\S]*}", handler_fn, expect_handler=expect)
     app.on_response_prepare.append(stamp)
     app[REFUSE] = refuse
+    app[BAD_REQUEST] = bad_request
     return app
 
 

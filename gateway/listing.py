@@ -6,6 +6,11 @@ walker sorts each directory's children by the key fragment they contribute:
 ``name`` for a file, ``name + "/"`` for a directory, and recurses depth
 first: the concatenation is globally sorted.
 
+A prefix that no key can start with lists nothing: keys are paths, so none
+has an empty segment (a leading '/', or '//'), a '.' or '..' segment, or a NUL
+(``objects.mesh_path`` refuses them); without this check such a prefix would
+name a directory after all ('/' would list the bucket's root).
+
 Pruning: only the directory named by the prefix (up to its last '/') is
 listed first; subdirectories that cannot hold a key matching the prefix or
 lying after the marker are skipped without being listed. With delimiter '/'
@@ -41,9 +46,17 @@ def _keybytes(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")
 
 
+def can_match(prefix: str) -> bool:
+    """Whether some key could start with ``prefix``: its complete segments (all but the
+    last, which a key may extend) are neither empty nor '.' or '..', and it has no NUL."""
+    return "\x00" not in prefix and not any(s in ("", ".", "..") for s in prefix.split("/")[:-1])
+
+
 async def walk(node: MeshNode, bucket: str, prefix: str, after: str,
                delimiter: str) -> AsyncIterator[Entry | str]:
     """Keys (as Entry) and, with delimiter '/', common prefixes (as str) in key order."""
+    if not can_match(prefix):
+        return
     base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
     async for item in _walk_dir(node, bucket, base, prefix, after, delimiter == "/"):
         yield item

@@ -11,12 +11,14 @@ Layout::
     root/
       <upload_id>/                  one directory per upload in progress
         upload.json                 {"version", "upload_id", "bucket", "key",
-                                     "initiated", "metadata", "content_type"}
+                                     "initiated", "metadata", "content_type",
+                                     "writeback", "headers"}
         part-00001                  a part: 32-byte header, then the part's bytes
         part-00002
         .part-00003.<rand>.tmp      a part being received (never listed)
       .new-<upload_id>-<rand>/      an upload being created (never listed)
       .trash-<upload_id>-<rand>/    an upload being deleted (never listed)
+      completed/<upload_id>.json    a completed upload's result, kept COMPLETED_FOR seconds
 
 ``upload_id`` is ``secrets.token_urlsafe(24)`` (32 characters of
 ``[A-Za-z0-9_-]``); an id from a client that does not have that shape is an
@@ -56,6 +58,12 @@ S3's rules, as enforced here:
 * listings return at most 1000 entries per page; uploads are ordered by key,
   then initiation time.
 
+A completed upload leaves a record of its result (bucket, key, parts, ETag) for
+``COMPLETED_FOR`` seconds (an hour), so that a client retrying a
+CompleteMultipartUpload whose answer it lost gets the same answer again, as
+from AWS (which keeps no upload ID for long after completion, and documents
+no duration); after that, or for another part list, the upload is unknown.
+
 Completion is two steps so that the upload stays retryable until the object is
 safely written: :meth:`MultipartStore.complete` validates and returns a stream
 of the object's bytes (read from the part files in 1 MiB chunks), the caller
@@ -94,6 +102,7 @@ MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
 MAX_PART_NUMBER = 10_000
 MAX_LIST = 1000  # S3 caps max-parts and max-uploads at 1000
+COMPLETED_FOR = 3600.0  # seconds a completed upload's result is kept for a retried Complete
 
 _MAGIC = b"S3MPART1"
 _HEADER = struct.Struct(">8s16sQ")  # magic, md5 digest, data size
@@ -102,6 +111,7 @@ HEADER_SIZE = _HEADER.size  # 32
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _PART_RE = re.compile(r"part-(\d{5})")
 _UPLOAD_JSON = "upload.json"
+_COMPLETED = "completed"  # not an upload id (too short for _ID_RE)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -114,6 +124,7 @@ class Upload:
     metadata: dict[str, str] = field(hash=False)
     content_type: str
     writeback: bool | None = None  # x-mesh-write-mode at CreateMultipartUpload; None: the mount's
+    headers: dict[str, str] = field(default_factory=dict, hash=False)  # content headers (gateway/headers.py)
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,8 @@ def _load_upload(d: Path) -> Upload | None:
                       initiated=float(j["initiated"]),
                       metadata={str(k): str(v) for k, v in j["metadata"].items()},
                       content_type=str(j["content_type"]),
-                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None)
+                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None,
+                      headers={str(k): str(v) for k, v in (j.get("headers") or {}).items()})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -337,6 +349,7 @@ class MultipartStore:
         self.fsync = fsync
         self.clock = clock
         self.root.mkdir(parents=True, exist_ok=True)
+        self._swept = 0.0  # when old records of completed uploads were last removed
 
     def _dir(self, upload_id: str) -> Path:
         if not isinstance(upload_id, str) or not _ID_RE.fullmatch(upload_id):
@@ -346,17 +359,18 @@ class MultipartStore:
     # ---- uploads ---------------------------------------------------------
 
     async def create(self, bucket: str, key: str, metadata: dict[str, str],
-                     content_type: str, writeback: bool | None = None) -> Upload:
+                     content_type: str, writeback: bool | None = None,
+                     headers: dict[str, str] | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
             raise invalid_argument("Object key must not be empty")
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
-                        content_type=content_type, writeback=writeback)
+                        content_type=content_type, writeback=writeback, headers=dict(headers or {}))
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
-               "content_type": content_type, "writeback": writeback}
+               "content_type": content_type, "writeback": writeback, "headers": upload.headers}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"
@@ -609,9 +623,61 @@ class MultipartStore:
         _rmtree(trash)
         return True
 
-    async def finish(self, upload: Upload) -> None:
-        """Forget a completed upload: delete its directory. Idempotent."""
+    async def finish(self, upload: Upload, parts: list[tuple[int, str]] | None = None,
+                     etag: str = "") -> None:
+        """Forget a completed upload: delete its directory. Idempotent. With the ``parts``
+        it was completed with and its ``etag``, keep a record of the result first
+        (:meth:`completed`)."""
+        if parts is not None:
+            record = {"bucket": upload.bucket, "key": upload.key, "etag": etag,
+                      "parts": [[n, _bare(e)] for n, e in parts], "t": self.clock()}
+            try:
+                await asyncio.to_thread(self._record, upload.upload_id, record)
+            except OSError as e:  # the object is written: only a retried Complete would miss it
+                log.warning("multipart: could not record completed upload %s: %s", upload.upload_id, e)
         await asyncio.to_thread(self._remove, self._dir(upload.upload_id))
+
+    def _record(self, upload_id: str, record: dict[str, Any]) -> None:
+        done = self.root / _COMPLETED
+        done.mkdir(exist_ok=True)
+        tmp = done / f".{upload_id}.{secrets.token_hex(4)}.tmp"
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, done / f"{upload_id}.json")
+        now = self.clock()
+        if now - self._swept > 60:  # at most once a minute: a directory scan
+            self._swept = now
+            _sweep_completed(done, time.time() - COMPLETED_FOR)  # file times: the real clock
+
+    async def completed(self, bucket: str, key: str, upload_id: str,
+                        parts: list[tuple[int, str]]) -> str | None:
+        """The ETag of ``upload_id`` if it was completed, within ``COMPLETED_FOR`` seconds,
+        as ``bucket``/``key`` with these ``parts``; None otherwise."""
+        self._dir(upload_id)  # an id of the right shape, or NoSuchUpload
+
+        def load() -> dict[str, Any] | None:
+            try:
+                found = json.loads((self.root / _COMPLETED / f"{upload_id}.json").read_text())
+                return found if isinstance(found, dict) else None
+            except (OSError, ValueError):
+                return None
+
+        r = await asyncio.to_thread(load)
+        t = r.get("t") if r is not None else None
+        if (r is None or r.get("bucket") != bucket or r.get("key") != key
+                or not isinstance(t, int | float) or t < self.clock() - COMPLETED_FOR
+                or r.get("parts") != [[n, _bare(e)] for n, e in parts]):
+            return None
+        return str(r.get("etag", ""))
+
+    async def part_sizes(self, upload: Upload, numbers: list[int]) -> tuple[int, ...]:
+        """The sizes of parts ``numbers`` (as :meth:`complete` found them; call it after)."""
+        d = self._dir(upload.upload_id)
+
+        def load() -> tuple[int, ...]:
+            found = [_load_part(d / _part_name(n), n) for n in numbers]
+            return tuple(pf.part.size if pf is not None else 0 for pf in found)
+
+        return await asyncio.to_thread(load)
 
     async def abort(self, upload: Upload) -> None:
         """Abort an upload: delete it and its parts (idempotent; the handler answers 204)."""
@@ -637,7 +703,9 @@ class MultipartStore:
                     mtime = entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
                     continue
-                if entry.name.startswith(".trash-"):
+                if entry.name == _COMPLETED:
+                    _sweep_completed(path, time.time() - COMPLETED_FOR)
+                elif entry.name.startswith(".trash-"):
                     _rmtree(path)
                 elif entry.name.startswith(".new-"):
                     if mtime < older_than:
@@ -659,6 +727,17 @@ def _part_number(name: str) -> int:
     m = _PART_RE.fullmatch(name)
     n = int(m.group(1)) if m else 0
     return n if n <= MAX_PART_NUMBER else 0
+
+
+def _sweep_completed(d: Path, older_than: float) -> None:
+    """Remove records of completed uploads (and leftover temporaries) older than ``older_than``."""
+    for name in os.listdir(d):
+        p = d / name
+        try:
+            if p.stat().st_mtime < older_than:
+                p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _sweep_tmp(d: Path, older_than: float) -> None:

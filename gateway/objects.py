@@ -24,7 +24,7 @@ import hashlib
 import mimetypes
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,6 +35,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
+from . import headers as hdrs
 from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
@@ -57,6 +58,8 @@ class ObjectAttrs:
     etag: str
     content_type: str
     metadata: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)  # content headers (gateway/headers.py)
+    parts: tuple[int, ...] = ()  # a multipart object's part sizes, in order
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -75,16 +78,17 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     a = await node.object_attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
-        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
+        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}),
+                           dict(a.get("hdrs") or {}), tuple(a.get("parts") or ()))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
-    meta = {k[len("x-amz-meta-"):].lower(): v for k, v in request.headers.items()
+    meta = {k[len("x-amz-meta-"):].lower(): hdrs.request_text(v) for k, v in request.headers.items()
             if k.lower().startswith("x-amz-meta-")}
-    if sum(len(k) + len(v) for k, v in meta.items()) > 2048:
+    if sum(len(k) + len(v.encode()) for k, v in meta.items()) > 2048:
         raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size", 400)
     return meta
 
@@ -104,7 +108,9 @@ def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
     h = {"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime), "Content-Type": a.content_type,
          "Accept-Ranges": "bytes"}
     for k, v in a.metadata.items():
-        h["x-amz-meta-" + k] = v
+        h["x-amz-meta-" + k] = hdrs.response_text(v)
+    for k, v in a.headers.items():
+        h[k] = hdrs.response_text(v)
     return h
 
 
@@ -117,7 +123,7 @@ async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
         raise no_such_key(key) from None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    if st.is_dir or key.endswith("/"):
+    if st.is_dir != key.endswith("/"):  # "k/" is a folder marker: a directory; "k" a file
         raise no_such_key(key)
     return st
 
@@ -125,7 +131,13 @@ async def stat_object(node: MeshNode, bucket: str, key: str) -> FileStatus:
 # ---- conditionals and ranges ------------------------------------------------
 
 def _etags(value: str) -> list[str]:
-    return [t.strip().removeprefix("W/") for t in value.split(",") if t.strip()]
+    """The ETags of an If-Match / If-None-Match list, bare: clients send them quoted
+    (RFC 7232), weak (W/) or, like minio-py, without quotes; all name the same ETag."""
+    return [bare_etag(t.strip().removeprefix("W/")) for t in value.split(",") if t.strip()]
+
+
+def bare_etag(etag: str) -> str:
+    return etag.strip().strip('"')
 
 
 def _http_time(value: str) -> float | None:
@@ -146,6 +158,7 @@ def check_conditions(headers: Any, etag: str, mtime: float, prefix: str = "") ->
 
     mtime = float(int(mtime))  # HTTP dates have second resolution
     im, ius, inm, ims = h("If-Match"), h("If-Unmodified-Since"), h("If-None-Match"), h("If-Modified-Since")
+    etag = bare_etag(etag)
     if im is not None:
         if "*" not in _etags(im) and etag not in _etags(im):
             return 412
@@ -220,11 +233,6 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         if cond == 412:
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
                           412, Condition="If-Match" if "If-Match" in request.headers else "If-Unmodified-Since")
-        part = request.query.get("partNumber")
-        if part is not None and part != "1":
-            raise invalid_argument("partNumber is only supported as 1 for objects read through the mesh")
-        rng = parse_range(request.headers.get("Range"), st.size)
-        start, end = rng if rng is not None else (0, st.size)
         headers = object_headers(st, a)
         for q, hname in OVERRIDES.items():
             if q in request.query:
@@ -232,11 +240,8 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
                 if any(ord(c) < 32 or ord(c) == 127 for c in value):
                     raise invalid_argument(f"{q} may not contain control characters", ArgumentName=q)
                 headers[hname] = value
-        status = 200
-        if rng is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.size}"
-        if head:
+        start, end, status = requested_range(request, st, a, headers)
+        if head or st.is_dir:  # a folder marker's body is empty
             hresp = web.StreamResponse(status=status, headers=headers)
             hresp.content_length = end - start
             await hresp.prepare(request)  # aiohttp sends no body for HEAD
@@ -256,6 +261,45 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         await stream_response(request, sresp, node, stream)
         return sresp
     raise S3Error("PreconditionFailed", "The object kept changing while it was being read", 412)
+
+
+def requested_range(request: web.Request, st: FileStatus, a: ObjectAttrs,
+                    headers: dict[str, str]) -> tuple[int, int, int]:
+    """(start, end, status) of a GET: the whole object (200), or its Range or its part
+    ``partNumber`` (206, with Content-Range). A multipart object's parts are those it was
+    completed with (x-amz-mp-parts-count says how many); any other object is one part."""
+    raw = request.query.get("partNumber")
+    if raw is None:
+        rng = parse_range(request.headers.get("Range"), st.size)
+    else:
+        if "Range" in request.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter",
+                          400)
+        rng = part_range(a.parts or (st.size,), part_number(raw))
+        if a.parts:
+            headers["x-amz-mp-parts-count"] = str(len(a.parts))
+        if rng[0] == rng[1]:
+            return rng[0], rng[1], 200  # an empty part (or object) has no byte range to name
+    if rng is None:
+        return 0, st.size, 200
+    headers["Content-Range"] = f"bytes {rng[0]}-{rng[1] - 1}/{st.size}"
+    return rng[0], rng[1], 206
+
+
+def part_number(raw: str) -> int:
+    if not re.fullmatch(r"[0-9]+", raw) or not 1 <= digits(raw) <= 10000:
+        raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive",
+                               ArgumentName="partNumber", ArgumentValue=raw[:64])
+    return digits(raw)
+
+
+def part_range(sizes: tuple[int, ...], number: int) -> tuple[int, int]:
+    """(start, end exclusive) of part ``number`` of an object of parts of ``sizes``."""
+    if number > len(sizes):
+        raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416,
+                      PartNumberRequested=str(number), ActualPartCount=str(len(sizes)))
+    start = sum(sizes[:number - 1])
+    return start, start + sizes[number - 1]
 
 
 class _Digest:
@@ -339,11 +383,13 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
-                       size_hint: int = -1, cond: WriteCondition | None = None) -> tuple[FileStatus, str]:
+                       size_hint: int = -1, cond: WriteCondition | None = None,
+                       extra: dict[str, Any] | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
     ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
     ``cond``: write only if it holds (412 PreconditionFailed, atomically: the node's
-    exclusive and ``if_version`` writes)."""
+    exclusive and ``if_version`` writes); ``extra``: more attributes to keep with it
+    (content headers ``hdrs``, part sizes ``parts``)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     exclusive = cond is not None and cond.absent
@@ -356,9 +402,9 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                 raise precondition_failed("If-None-Match")
             await node.mkdir(path)
             st = await node.stat(path)
-            return st, digest.etag
-        st = await node.write(path, digest.wrap(chunks), exclusive=exclusive, if_version=if_version,
-                              writeback=writeback, size_hint=size_hint)
+        else:
+            st = await node.write(path, digest.wrap(chunks), exclusive=exclusive, if_version=if_version,
+                                  writeback=writeback, size_hint=size_hint)
     except me.AlreadyExists as e:
         raise (precondition_failed("If-None-Match") if exclusive else from_mesh(e, key)) from None
     except me.VersionChanged as e:
@@ -368,7 +414,7 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     tag = etag or digest.etag
     await node.set_object_attrs(st.path, st.version, {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata})
+        "meta": metadata, **(extra or {})})
     return st, tag
 
 
@@ -393,7 +439,7 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
                                  size_hint=digits(length) if length is not None and length.isdigit() else -1,
-                                 cond=cond)
+                                 cond=cond, extra={"hdrs": hdrs.content_headers(request.headers)})
     return web.Response(status=200, headers={"ETag": etag})
 
 
@@ -466,12 +512,13 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
     if directive == "COPY":
-        ct, meta = a.content_type, a.metadata
+        ct, meta, kept = a.content_type, a.metadata, a.headers
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
+        kept = hdrs.content_headers(request.headers)
     try:
         nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size, cond=cond)
+                                       size_hint=sst.size, cond=cond, extra={"hdrs": kept})
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
@@ -479,17 +526,23 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     return web.Response(body=body, content_type="application/xml")
 
 
-async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
-    """S3 delete: idempotent; a folder marker removes an empty directory."""
+async def delete_key(node: MeshNode, bucket: str, key: str, if_match: str | None = None) -> None:
+    """S3 delete: idempotent; a folder marker removes an empty directory. With ``if_match``
+    (an If-Match header, or a DeleteObjects ETag) only an object whose ETag matches goes
+    (``PreconditionFailed`` otherwise) and a missing one is ``NoSuchKey``, as on AWS."""
     path = mesh_path(bucket, key)
     try:
         st = await node.stat(path)
     except me.NotFound:
-        return
+        st = None
     except me.MeshError as e:
         raise from_mesh(e, key) from None
-    if st.is_dir and not key.endswith("/"):
-        return  # a prefix, not an object
+    if st is None or st.is_dir != key.endswith("/"):  # no such object ("k" names a prefix, "k/" a file)
+        if if_match is not None:
+            raise no_such_key(key)
+        return
+    if if_match is not None:
+        await _check_delete_condition(node, st, if_match)
     try:
         await node.delete(path)
     except me.DirectoryNotEmpty:
@@ -501,9 +554,16 @@ async def delete_key(node: MeshNode, bucket: str, key: str) -> None:
     await node.drop_object_attrs(path)
 
 
-async def delete_object(node: MeshNode, bucket: str, key: str) -> web.Response:
+async def _check_delete_condition(node: MeshNode, st: FileStatus, if_match: str) -> None:
+    tags = _etags(if_match)
+    if "*" not in tags and bare_etag((await attrs_of(node, st)).etag) not in tags:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                      412, Condition="If-Match")
+
+
+async def delete_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
     await require_bucket(node, bucket)
-    await delete_key(node, bucket, key)
+    await delete_key(node, bucket, key, request.headers.get("If-Match"))
     return web.Response(status=204)
 
 
@@ -527,7 +587,7 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
         if key is None:
             raise S3Error("MalformedXML", "every Object needs a Key", 400)
         try:
-            await delete_key(node, bucket, key)
+            await delete_key(node, bucket, key, xmlio.child_text(o, "ETag"))
             if not quiet:
                 results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key)]))
         except S3Error as e:

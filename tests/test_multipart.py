@@ -429,3 +429,25 @@ async def test_cleanup(tmp_path: Path) -> None:
     assert await ms.cleanup(older_than=3000.0) == 0
     assert await ms.cleanup(older_than=6000.0) == 1
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_completed_upload_is_remembered_for_an_hour(tmp_path: Path) -> None:
+    from gateway.multipart import COMPLETED_FOR
+
+    clock = Clock()
+    ms = store(tmp_path, clock=clock)
+    u = await ms.create("bkt", "k", {}, "")
+    p = await ms.put_part(u, 1, feed(b"data"))
+    parts = [(1, p.etag)]
+    _, etag, _ = await ms.complete(u, parts)
+    assert await ms.part_sizes(u, [1]) == (4,)
+    await ms.finish(u, parts, etag)
+    assert (await error_of(ms.get("bkt", "k", u.upload_id))).code == "NoSuchUpload"
+    assert await ms.completed("bkt", "k", u.upload_id, [(1, p.etag.strip('"'))]) == etag  # quotes optional
+    assert await ms.completed("bkt", "other", u.upload_id, parts) is None
+    assert await ms.completed("bkt", "k", u.upload_id, [(1, '"' + "0" * 32 + '"')]) is None
+    clock.t += COMPLETED_FOR
+    assert await ms.completed("bkt", "k", u.upload_id, parts) is None
+    aborted = await ms.create("bkt", "k", {}, "")
+    await ms.abort(aborted)  # an aborted upload leaves no record
+    assert await ms.completed("bkt", "k", aborted.upload_id, []) is None

@@ -935,17 +935,19 @@ def test_multipart_abort(gw: Gateway, s3: Any, bucket: str) -> None:
 
 
 def test_upload_part_copy_range_must_lie_in_the_source(gw: Gateway, s3: Any, bucket: str) -> None:
-    """x-amz-copy-source-range is bytes=first-last inside the source (S3: InvalidArgument)."""
+    """x-amz-copy-source-range is bytes=first-last (S3: InvalidArgument) inside the source
+    (past its end: S3's InvalidRange, 416)."""
     s3.put_object(Bucket=bucket, Key="src", Body=payload(1000))
     uid = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
     ok = s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=1,
                              CopySource=f"{bucket}/src", CopySourceRange="bytes=10-19")
     assert ok["CopyPartResult"]["ETag"] == md5_etag(payload(1000)[10:20])
-    for rng in ("bytes=0-1000", "bytes=500-5000", "bytes=10-"):
+    for rng, want in (("bytes=0-1000", ("InvalidRange", 416)), ("bytes=500-5000", ("InvalidRange", 416)),
+                      ("bytes=10-", ("InvalidArgument", 400)), ("bytes=20-10", ("InvalidArgument", 400))):
         with pytest.raises(ClientError) as e:
             s3.upload_part_copy(Bucket=bucket, Key="dst", UploadId=uid, PartNumber=2,
                                 CopySource=f"{bucket}/src", CopySourceRange=rng)
-        assert err(e) == ("InvalidArgument", 400), rng
+        assert err(e) == want, rng
     assert [p["PartNumber"] for p in s3.list_parts(Bucket=bucket, Key="dst", UploadId=uid)["Parts"]] == [1]
     s3.abort_multipart_upload(Bucket=bucket, Key="dst", UploadId=uid)
 

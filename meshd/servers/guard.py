@@ -21,6 +21,12 @@ The middleware also caps requests in flight per client (``limits.max_in_flight_p
 keyed by the remote address: :class:`meshd.limits.InFlight`); over it the request is
 answered by the app's own refusal (``app[REFUSE]``: S3 ``SlowDown``, WebHDFS
 ``RetriableException``), by default HTTP 503 with a JSON body.
+
+A request head aiohttp's parser refuses (``Content-Length: -1``, a malformed
+header line) never reaches the app: aiohttp answers 400 in plain text and logs
+a traceback. An app that sets ``app[BAD_REQUEST]`` answers it in its own words
+instead (S3's XML error), and the refusal is one line of
+:func:`meshd.limits.log_rejected` (a bad client, not a fault of the node).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from meshd.config import LimitsConfig
@@ -40,6 +47,8 @@ from meshd.limits import InFlight, log_rejected
 
 Refuse = Callable[[web.Request, SlowDown], web.StreamResponse]
 REFUSE = web.AppKey[Refuse]("guard_refuse")
+BadRequest = Callable[[int, str], web.Response]  # (status, aiohttp's reason) -> the app's answer
+BAD_REQUEST = web.AppKey[BadRequest]("guard_bad_request")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -178,6 +187,29 @@ class Guard:
         app.middlewares.insert(0, self.middleware)
 
 
+class _Answering(RequestHandler):
+    """aiohttp's protocol for one connection, whose answer to a request head its parser
+    refused is the app's ``BAD_REQUEST``, logged as one rejected-request line."""
+
+    __slots__ = ("_answer", "_where")
+
+    def __init__(self, server: web.Server, answer: BadRequest, where: str) -> None:
+        # aiohttp builds its protocol as server() does; its kwargs are the runner's settings
+        super().__init__(server, loop=server._loop, **server._kwargs)
+        self._answer = answer
+        self._where = where
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (message or exc.message or "malformed request").strip().splitlines()[0]
+        log_rejected(f"{self._where} request", request.remote or "", f"{status}: {reason}")
+        resp = self._answer(status, reason)
+        resp.force_close()
+        return resp
+
+
 class GuardedSite(web.SockSite):
     """``web.SockSite`` whose connections are watched by ``guard``."""
 
@@ -190,8 +222,14 @@ class GuardedSite(web.SockSite):
         server = self._runner.server
         assert server is not None
         guard = self._guard
+        runner = self._runner
+        answer = runner.app.get(BAD_REQUEST) if isinstance(runner, web.AppRunner) else None
+
+        def protocol() -> asyncio.Protocol:
+            return guard.protocol(server() if answer is None else _Answering(server, answer, guard.name))
+
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: guard.protocol(server()), sock=self._sock, ssl=self._ssl_context, backlog=self._backlog)
+            protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog)
 
     async def stop(self) -> None:
         self._guard.stop()
