@@ -299,7 +299,8 @@ def _signed_raw(url: str, method: str, host: str, target: str, body: bytes = b""
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=30)
     try:
-        headers = dict(req.headers.items())
+        # botocore may have put a "host" header in already (newer releases): exactly one goes out
+        headers = {k: v for k, v in req.headers.items() if k.lower() != "host"}
         headers["Host"] = host
         conn.request(method, target, body=body or None, headers=headers)
         r = conn.getresponse()
@@ -328,7 +329,7 @@ def _via_loopback(port: int) -> Callable[..., Any]:
         u = urlsplit(request.url)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
-            headers = {k: v for k, v in request.headers.items()}
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
             headers["Host"] = u.netloc
             body = request.body
             if hasattr(body, "read"):
