@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import importlib.util
 import io
 import random
 import re
@@ -99,7 +101,14 @@ def from_url(method: str, url: str, headers: Any, body: bytes = b"") -> Req:
 
 @contextmanager
 def frozen(when: datetime = FIXED) -> Iterator[None]:
-    with mock.patch("botocore.auth.get_current_datetime", return_value=when):
+    """botocore's clock stopped at ``when``: its own signers' and, when awscrt is installed
+    (botocore then signs with the CRT's), those too."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch("botocore.auth.get_current_datetime", return_value=when))
+        if importlib.util.find_spec("awscrt") is not None:
+            aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+            stack.enter_context(mock.patch("botocore.crt.auth.get_current_datetime",
+                                           side_effect=lambda remove_tzinfo=True: when if remove_tzinfo else aware))
         yield
 
 
