@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import mimetypes
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -29,7 +29,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import xmlio
+from . import checksums, xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
@@ -51,6 +51,7 @@ class ObjectAttrs:
     etag: str
     content_type: str
     metadata: dict[str, str]
+    checksum: dict[str, str] | None = None  # checksums.stored(): alg, value, type
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -69,7 +70,8 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     a = await node.object_attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
-        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
+        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}),
+                           checksums.from_attrs(a))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
@@ -230,6 +232,9 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
         if rng is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{st.size}"
+        if a.checksum is not None and (start, end) == (0, st.size) and \
+                request.headers.get(checksums.MODE_HEADER, "").upper() == "ENABLED":
+            headers.update(checksums.response_headers(a.checksum))  # whole object only, as S3
         if head:
             hresp = web.StreamResponse(status=status, headers=headers)
             hresp.content_length = end - start
@@ -287,9 +292,13 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
-                       size_hint: int = -1) -> tuple[FileStatus, str]:
+                       size_hint: int = -1,
+                       more_attrs: Callable[[], dict[str, Any]] | None = None
+                       ) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
-    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length."""
+    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
+    ``more_attrs``: called once the data is written, more object attributes to keep
+    (its checksum, computed as the data streamed)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     try:
@@ -303,14 +312,39 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
-    await node.set_object_attrs(st.path, st.version, {
+    attrs: dict[str, Any] = {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata})
+        "meta": metadata}
+    if more_attrs is not None:
+        attrs.update(more_attrs())
+    await node.set_object_attrs(st.path, st.version, attrs)
     return st, tag
 
 
+def checksum_attrs(cks: checksums.RequestChecksum) -> Callable[[], dict[str, Any]]:
+    """``more_attrs`` of :func:`write_object` for a body checked by ``cks``."""
+    def attrs() -> dict[str, Any]:
+        entry = cks.stored()
+        return {"cksum": entry} if entry is not None else {}
+    return attrs
+
+
+def checksum_elements(entry: dict[str, str] | None) -> list[Any]:
+    """``<ChecksumType>`` and ``<ChecksumCRC32>`` (etc.) of a result document."""
+    if entry is None:
+        return []
+    return [xmlio.leaf("Checksum" + entry["alg"], entry["value"]), xmlio.leaf("ChecksumType", entry["type"])]
+
+
+def checksum_headers(cks: checksums.RequestChecksum) -> dict[str, str]:
+    """The checksum headers of a PutObject / UploadPart response (as S3 sends them)."""
+    entry = cks.stored()
+    return checksums.response_headers(entry) if entry is not None else {}
+
+
 async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str,
-                     body: AsyncIterator[bytes]) -> web.Response:
+                     body: AsyncIterator[bytes],
+                     checksum: checksums.RequestChecksum | None = None) -> web.Response:
     length = request.headers.get("x-amz-decoded-content-length") or request.headers.get("Content-Length")
     if length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
@@ -320,8 +354,12 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
-    return web.Response(status=200, headers={"ETag": etag})
+                                 size_hint=digits(length) if length is not None and length.isdigit() else -1,
+                                 more_attrs=checksum_attrs(checksum) if checksum is not None else None)
+    headers = {"ETag": etag}
+    if checksum is not None:
+        headers.update(checksum_headers(checksum))
+    return web.Response(status=200, headers=headers)
 
 
 def parse_copy_source(value: str) -> tuple[str, str]:
@@ -388,6 +426,8 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
+    raw_alg = request.headers.get("x-amz-checksum-algorithm")
+    alg = checksums.parse_algorithm(raw_alg, "x-amz-checksum-algorithm") if raw_alg is not None else None
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
@@ -395,13 +435,16 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         ct, meta = a.content_type, a.metadata
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
+    # S3 computes the copy's checksum: the algorithm asked for, else the source's, else its default
+    cks = checksums.RequestChecksum(alg or (a.checksum["alg"] if a.checksum else checksums.DEFAULT))
     try:
-        nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size)
+        nst, etag = await write_object(node, bucket, key, cks.wrap(chunks), None, ct, meta, writeback=mode,
+                                       size_hint=sst.size, more_attrs=checksum_attrs(cks))
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
-        xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
+        xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag),
+        *checksum_elements(cks.stored())]))
     return web.Response(body=body, content_type="application/xml")
 
 
