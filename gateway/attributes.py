@@ -62,7 +62,7 @@ def _parts(recorded: Any, marker: int, max_parts: int, alg: str | None) -> Any:
         if isinstance(value, str) and alg is not None:
             kids.append(xmlio.leaf("Checksum" + alg, value))
         items.append(xmlio.element("Part", kids))
-    head = [xmlio.leaf("TotalPartsCount", len(recorded)), xmlio.leaf("PartNumberMarker", marker),
+    head = [xmlio.leaf("PartsCount", len(recorded)), xmlio.leaf("PartNumberMarker", marker),
             xmlio.leaf("MaxParts", max_parts), xmlio.leaf("IsTruncated", truncated)]
     if truncated and page:
         head.append(xmlio.leaf("NextPartNumberMarker", page[-1][0]))
