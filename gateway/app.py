@@ -343,7 +343,7 @@ class Gateway:
         for ent, a in zip(page.entries, attrs, strict=True):
             kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
                     xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
-                    xmlio.leaf("StorageClass", "STANDARD")]
+                    xmlio.leaf("StorageClass", "STANDARD"), *_listed_checksum(a)]
             if not v2 or q.get("fetch-owner") == "true":
                 kids.append(owner)
             contents.append(xmlio.element("Contents", kids))
@@ -382,7 +382,8 @@ class Gateway:
             items.append(xmlio.element("Version", [
                 xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
-                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner]))
+                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner,
+                *_listed_checksum(a)]))
         head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix)),
                 xmlio.leaf("KeyMarker", e(q.get("key-marker", ""))),
                 xmlio.leaf("VersionIdMarker", q.get("version-id-marker", "")), xmlio.leaf("MaxKeys", max_keys)]
@@ -544,6 +545,13 @@ def _upload_xml(u: Upload) -> Any:
     return xmlio.element("Upload", [xmlio.leaf("Key", u.key), xmlio.leaf("UploadId", u.upload_id),
                                     xmlio.leaf("Initiated", xmlio.iso8601(u.initiated)),
                                     xmlio.leaf("StorageClass", "STANDARD"), *_upload_checksum(u)])
+
+
+def _listed_checksum(a: objects.ObjectAttrs) -> list[Any]:
+    """``<ChecksumAlgorithm>`` and ``<ChecksumType>`` of a listed object that has a checksum."""
+    if a.checksum is None:
+        return []
+    return [xmlio.leaf("ChecksumAlgorithm", a.checksum["alg"]), xmlio.leaf("ChecksumType", a.checksum["type"])]
 
 
 def _upload_checksum(u: Upload) -> list[Any]:

@@ -55,6 +55,11 @@ S3's rules, as enforced here:
   (quotes ignored, ``InvalidPart``), and every part but the last at least
   ``min_part_size`` (5 MiB, ``EntityTooSmall``);
 * the object's ETag is ``"<md5 of the concatenated binary part MD5s>-<parts>"``;
+* checksums (:mod:`gateway.checksums`): an upload created with
+  ``x-amz-checksum-algorithm`` takes parts with a checksum of that algorithm only
+  (``InvalidRequest`` otherwise, checked by the gateway), and its Complete must name
+  every part's checksum (``InvalidRequest`` if missing, ``InvalidPart`` if different);
+  :func:`object_checksum` makes the object's (COMPOSITE or FULL_OBJECT);
 * an upload is known only under its bucket and key (``NoSuchUpload``
   otherwise, also once it is completed or aborted);
 * listings return at most 1000 entries per page; uploads are ordered by key,
@@ -576,11 +581,13 @@ class MultipartStore:
 
     async def complete(self, upload: Upload, parts: list[tuple[int, str]]
                        ) -> tuple[AsyncIterator[bytes], str, int]:
+        """:meth:`complete_parts` as (object bytes, object ETag, object size)."""
         done = await self.complete_parts(upload, parts)
         return done.stream, done.etag, done.size
 
     async def complete_parts(self, upload: Upload, parts: list[tuple[int, str]]) -> Completion:
-        """Validate the client's part list; return (object bytes, object ETag, object size).
+        """Validate the client's part list; return the object's bytes, ETag and size, and
+        its parts (with their checksums: :func:`object_checksum`).
 
         The stream reads the named parts in order, 1 MiB at a time. Each part
         is checked again when the stream opens it: a part replaced or an upload

@@ -118,6 +118,8 @@ def test_put_and_get_every_algorithm(s3: Any, bucket: str, alg: str) -> None:
     got = s3.get_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
     assert got[f"Checksum{alg}"] == b64(alg, data)
     assert got["Body"].read() == data  # boto3 verified the checksum while reading
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"][0]
+    assert (listed["ChecksumAlgorithm"], listed["ChecksumType"]) == ([alg], "FULL_OBJECT")
     # a value the client computed itself (header form, no algorithm header)
     s3.put_object(Bucket=bucket, Key="k2", Body=b"123456789", **{f"Checksum{alg}": b64(alg, b"123456789")})
     assert s3.head_object(Bucket=bucket, Key="k2", ChecksumMode="ENABLED")[f"Checksum{alg}"] == \
