@@ -64,6 +64,9 @@ MODE_HEADER = "x-amz-checksum-mode"
 TYPE_HEADER = "x-amz-checksum-type"
 _PREFIX = "x-amz-checksum-"
 _BY_HEADER = {_PREFIX + a.lower(): a for a in ALGORITHMS}
+# Algorithms of the latest S3 API this gateway does not compute: refused, never left unchecked
+NEWER = frozenset({"SHA512", "MD5", "XXHASH64", "XXHASH3", "XXHASH128"})
+_NEWER_HEADERS = {_PREFIX + a.lower(): a for a in NEWER}
 _TYPE_ALGORITHMS = {FULL_OBJECT: CRCS, COMPOSITE: frozenset({"CRC32", "CRC32C", "SHA1", "SHA256"})}
 
 
@@ -145,9 +148,16 @@ def bad_digest(algorithm: str, lower: bool = False) -> S3Error:
                    "checksum.", 400)
 
 
+def unsupported(algorithm: str) -> S3Error:
+    return S3Error("NotImplemented", f"The {algorithm} checksum algorithm is not supported by "
+                   "this gateway: use CRC32, CRC32C, CRC64NVME, SHA1 or SHA256.", 501)
+
+
 def parse_algorithm(value: str, name: str) -> str:
     """An algorithm header's value (any case) as one of :data:`ALGORITHMS`."""
     alg = value.strip().upper()
+    if alg in NEWER:
+        raise unsupported(alg)
     if alg not in _FACTORIES:
         raise S3Error("InvalidRequest", f"Value for {name} header is invalid.", 400)
     return alg
@@ -222,8 +232,13 @@ class RequestChecksum:
             alg = algorithm_of(name)
             if alg is not None:
                 values.append((alg, name.lower(), value))
-        trailers = [a for a in (algorithm_of(t.strip()) for t in declared_trailer.split(","))
-                    if a is not None]
+            elif name.lower() in _NEWER_HEADERS:
+                raise unsupported(_NEWER_HEADERS[name.lower()])
+        declared = [t.strip().lower() for t in declared_trailer.split(",")]
+        for t in declared:
+            if t in _NEWER_HEADERS:
+                raise unsupported(_NEWER_HEADERS[t])
+        trailers = [a for a in map(algorithm_of, declared) if a is not None]
         if len(values) + len(trailers) > 1:
             raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. "
                           "Multiple checksum Types are not allowed.", 400)

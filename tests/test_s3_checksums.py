@@ -172,6 +172,9 @@ def test_malformed_and_conflicting_checksum_headers(gw: Gateway, s3: Any, bucket
     ]:
         r = raw(gw.url, "PUT", f"/{bucket}/k", headers, body=b"x")
         assert (r.status, r.code(), r.xml().findtext("Message")) == (400, "InvalidRequest", message)
+    for headers in ({"x-amz-sdk-checksum-algorithm": "SHA512"}, {"x-amz-checksum-xxhash64": "AAAAAAAAAAA="}):
+        r = raw(gw.url, "PUT", f"/{bucket}/k", headers, body=b"x")  # newer algorithms: never unchecked
+        assert (r.status, r.code()) == (501, "NotImplemented")
     assert absent(s3, bucket, "k")
 
 
