@@ -145,8 +145,12 @@ class Gateway:
             decoded = request.headers.get("x-amz-decoded-content-length", "")
             length = int(decoded) if re.fullmatch(r"[0-9]{1,19}", decoded) else None
             raw = decode_aws_chunked(raw, auth, decoded_length=length, verified=cks.received)
-        elif len(ph) == 64:
-            raw = check_sha256(raw, ph)
+        else:
+            if cks.trailer:
+                raise S3Error("InvalidRequest", "x-amz-trailer is only allowed with an aws-chunked "
+                              "body (x-amz-content-sha256: STREAMING-...)", 400)
+            if len(ph) == 64:
+                raw = check_sha256(raw, ph)
         return cks.wrap(raw)
 
     async def small_body(self, request: web.Request, auth: AuthResult,
