@@ -31,7 +31,7 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import BAD_REQUEST, REFUSE
 
-from . import buckets, listing, objects, xmlio
+from . import attributes, buckets, checksums, listing, objects, xmlio
 from . import headers as hdrs
 from .errors import (
     S3Error,
@@ -40,9 +40,9 @@ from .errors import (
     invalid_argument,
     not_implemented,
 )
-from .multipart import MultipartStore, Upload
+from .multipart import MultipartStore, Part, Upload, object_checksum
 from .sigv2 import is_sigv2_query, verify_presigned_v2
-from .sigv4 import AuthResult, check_checksum, check_sha256, decode_aws_chunked, verify_request
+from .sigv4 import AuthResult, check_sha256, decode_aws_chunked, verify_request
 
 log = logging.getLogger(__name__)
 OWNER_ID = "mesh"
@@ -50,7 +50,7 @@ UNSUPPORTED = {
     "acl", "policy", "cors", "lifecycle", "tagging", "website", "replication", "encryption",
     "notification", "logging", "object-lock", "retention", "legal-hold", "torrent", "restore",
     "select", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
-    "ownershipControls", "publicAccessBlock", "requestPayment", "attributes", "policyStatus",
+    "ownershipControls", "publicAccessBlock", "requestPayment", "policyStatus",
 }
 READ_CHUNK = 1 << 20
 
@@ -132,28 +132,32 @@ class Gateway:
         return verify_request(request.method, raw_path, raw_query, request.headers, self.keys,
                               allow_anonymous=self.anonymous_ok(request))
 
-    def body(self, request: web.Request, auth: AuthResult) -> AsyncIterator[bytes]:
+    def body(self, request: web.Request, auth: AuthResult,
+             cks: checksums.RequestChecksum | None = None) -> AsyncIterator[bytes]:
         """The request body as the object's bytes: aws-chunked decoded, and checked
-        (payload SHA-256, x-amz-checksum-* header) as it streams; a mismatch raises
-        at the end, before the under-store write commits."""
+        (payload SHA-256, x-amz-checksum-* header or trailer) as it streams; a mismatch
+        raises at the end, before the under-store write commits. ``cks``: the request's
+        checksum (read from its headers if not given), computed as the body streams."""
+        if cks is None:
+            cks = checksums.RequestChecksum.of_request(request.headers, auth.trailer)
         raw: AsyncIterator[bytes] = request.content.iter_chunked(READ_CHUNK)
         ph = auth.payload_hash
         if ph.startswith("STREAMING-"):
             decoded = request.headers.get("x-amz-decoded-content-length", "")
             length = int(decoded) if re.fullmatch(r"[0-9]{1,19}", decoded) else None
-            raw = decode_aws_chunked(raw, auth, decoded_length=length)
-        elif len(ph) == 64:
-            raw = check_sha256(raw, ph)
-        for name, value in request.headers.items():
-            lname = name.lower()
-            if lname.startswith("x-amz-checksum-") and lname not in ("x-amz-checksum-type",
-                                                                     "x-amz-checksum-algorithm"):
-                raw = check_checksum(raw, lname, value)
-        return raw
+            raw = decode_aws_chunked(raw, auth, decoded_length=length, verified=cks.received)
+        else:
+            if cks.trailer:
+                raise S3Error("InvalidRequest", "x-amz-trailer is only allowed with an aws-chunked "
+                              "body (x-amz-content-sha256: STREAMING-...)", 400)
+            if len(ph) == 64:
+                raw = check_sha256(raw, ph)
+        return cks.wrap(raw)
 
-    async def small_body(self, request: web.Request, auth: AuthResult) -> bytes:
+    async def small_body(self, request: web.Request, auth: AuthResult,
+                         cks: checksums.RequestChecksum | None = None) -> bytes:
         out = bytearray()
-        async for c in self.body(request, auth):
+        async for c in self.body(request, auth, cks):
             out += c
             if len(out) > xmlio.MAX_BODY:
                 raise S3Error("MalformedXML", "The XML body is too large", 400)
@@ -221,13 +225,16 @@ class Gateway:
         if m in ("GET", "HEAD"):
             if "uploadId" in q:
                 return await self.list_parts(request, bucket, key)
+            if "attributes" in q and m == "GET":
+                return await attributes.get_object_attributes(request, node, bucket, key)
             return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 return await self.upload_part(request, auth, bucket, key)
             if "x-amz-copy-source" in request.headers:
                 return await objects.copy_object(request, node, bucket, key)
-            return await objects.put_object(request, node, bucket, key, self.body(request, auth))
+            cks = checksums.RequestChecksum.of_request(request.headers, auth.trailer, checksums.DEFAULT)
+            return await objects.put_object(request, node, bucket, key, self.body(request, auth, cks), cks)
         if m == "DELETE":
             if "uploadId" in q:
                 upload = await self.uploads.get(bucket, key, q["uploadId"])
@@ -341,7 +348,7 @@ class Gateway:
         for ent, a in zip(page.entries, attrs, strict=True):
             kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
                     xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
-                    xmlio.leaf("StorageClass", "STANDARD")]
+                    xmlio.leaf("StorageClass", "STANDARD"), *_listed_checksum(a)]
             if not v2 or q.get("fetch-owner") == "true":
                 kids.append(owner)
             contents.append(xmlio.element("Contents", kids))
@@ -380,7 +387,8 @@ class Gateway:
             items.append(xmlio.element("Version", [
                 xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
-                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner]))
+                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner,
+                *_listed_checksum(a)]))
         head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix)),
                 xmlio.leaf("KeyMarker", e(q.get("key-marker", ""))),
                 xmlio.leaf("VersionIdMarker", q.get("version-id-marker", "")), xmlio.leaf("MaxKeys", max_keys)]
@@ -398,13 +406,21 @@ class Gateway:
 
     async def create_upload(self, request: web.Request, bucket: str, key: str) -> web.Response:
         mode = objects.write_mode(request)
+        raw_alg = request.headers.get("x-amz-checksum-algorithm")
+        alg = checksums.parse_algorithm(raw_alg, "x-amz-checksum-algorithm") if raw_alg is not None else None
+        ctype = checksums.upload_checksum_type(alg, request.headers.get(checksums.TYPE_HEADER))
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
                                        request.headers.get("Content-Type", ""), writeback=mode,
-                                       headers=hdrs.content_headers(request.headers))
-        return _xml(xmlio.element("InitiateMultipartUploadResult", [
+                                       headers=hdrs.content_headers(request.headers),
+                                       checksum_algorithm=alg, checksum_type=ctype)
+        resp = _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
+        if alg is not None and ctype is not None:
+            resp.headers["x-amz-checksum-algorithm"] = alg
+            resp.headers[checksums.TYPE_HEADER] = ctype
+        return resp
 
     def _part_number(self, request: web.Request) -> int:
         raw = request.query.get("partNumber", "")
@@ -420,9 +436,18 @@ class Gateway:
         number = self._part_number(request)
         source = request.headers.get("x-amz-copy-source")
         if source is None:
+            cks = checksums.RequestChecksum.of_request(request.headers, auth.trailer)
+            if upload.checksum_algorithm is not None and cks.algorithm != upload.checksum_algorithm:
+                raise S3Error("InvalidRequest", "Checksum Type mismatch occurred, expected checksum Type: "
+                              f"{upload.checksum_algorithm.lower()}, actual checksum Type: "
+                              f"{(cks.algorithm or 'null').lower()}", 400)
             digest = objects._Digest(request.headers.get("Content-MD5"), objects.MAX_PUT)
-            part = await self.uploads.put_part(upload, number, digest.wrap(self.body(request, auth)))
-            return web.Response(status=200, headers={"ETag": part.etag})
+            part = await self.uploads.put_part(upload, number, digest.wrap(self.body(request, auth, cks)),
+                                               checksum=cks)
+            headers = {"ETag": part.etag}
+            if part.checksum_algorithm is not None and part.checksum is not None:
+                headers[checksums.header_name(part.checksum_algorithm)] = part.checksum
+            return web.Response(status=200, headers=headers)
         sb, sk = objects.parse_copy_source(source)
         rng = None
         raw_range = request.headers.get("x-amz-copy-source-range")
@@ -439,37 +464,56 @@ class Gateway:
                               RangeRequested=raw_range.strip()[:100], ActualObjectSize=str(st.size))
             rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
         _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
+        cks = checksums.RequestChecksum(upload.checksum_algorithm)  # S3 computes the upload's checksum
         try:
-            part = await self.uploads.put_part(upload, number, chunks)
+            part = await self.uploads.put_part(upload, number, cks.wrap(chunks), checksum=cks)
         finally:
             await chunks.aclose()
         return _xml(xmlio.element("CopyPartResult", [
-            xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag)]))
+            xmlio.leaf("LastModified", xmlio.iso8601(part.last_modified)), xmlio.leaf("ETag", part.etag),
+            *_part_checksum(part)]))
 
     async def complete_upload(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.Response:
         cond = objects.write_condition(request)  # checked when the object is written: a failed one
         upload_id = request.query["uploadId"]  # leaves the upload
+        # x-amz-checksum-* headers of a Complete are the whole object's checksum, not its body's
+        body = await self.small_body(request, auth, checksums.RequestChecksum())
         try:
             upload = await self.uploads.get(bucket, key, upload_id)
         except S3Error as e:  # completed already? A retry with the same parts gets the same answer
             if e.code != "NoSuchUpload":
                 raise
             try:
-                done = await self.uploads.completed(bucket, key, upload_id,
-                                                    _complete_parts(await self.small_body(request, auth)))
+                done_before = await self.uploads.completed(bucket, key, upload_id, _complete_parts(body))
             except S3Error:
                 raise e from None
-            if done is None:
+            if done_before is None:
                 raise
-            return _completed_xml(bucket, key, done)
-        parts = _complete_parts(await self.small_body(request, auth))
-        stream, etag, size = await self.uploads.complete(upload, parts)
-        sizes = await self.uploads.part_sizes(upload, [n for n, _ in parts])
+            return _completed_xml(bucket, key, done_before)
+        root = xmlio.parse(body, "CompleteMultipartUpload")
+        parts = _complete_parts(body)
+        given: list[dict[str, str]] = []
+        for p in xmlio.children(root, "Part"):
+            given.append({a: v.strip() for a in checksums.ALGORITHMS
+                          if (v := xmlio.child_text(p, "Checksum" + a)) is not None})
+        done = await self.uploads.complete_parts(upload, parts)
+        entry, check = object_checksum(upload, done.parts, given, request.headers)
+        stream = check.wrap(done.stream) if check is not None else done.stream
+        part_list = [[p.size, p.checksum if upload.checksum_algorithm is not None else None]
+                     for p in done.parts]
+
+        def more_attrs() -> dict[str, Any]:
+            nonlocal entry
+            if entry is None and check is not None:
+                entry = check.stored()
+            return {"cksum": entry} if entry is not None else {}
+
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
-                                   upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size, cond=cond, extra={"hdrs": upload.headers, "parts": list(sizes)})
-        await self.uploads.finish(upload, parts, etag)
-        return _completed_xml(bucket, key, etag)
+                                   upload.metadata, etag=done.etag, limit=1 << 62, writeback=upload.writeback,
+                                   size_hint=done.size, cond=cond,
+                                   extra={"hdrs": upload.headers, "parts": part_list}, more_attrs=more_attrs)
+        await self.uploads.finish(upload, parts, done.etag)
+        return _completed_xml(bucket, key, done.etag, objects.checksum_elements(entry))
 
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])
@@ -479,12 +523,14 @@ class Gateway:
         parts, truncated = await self.uploads.list_parts(upload, marker, max_parts)
         items = [xmlio.element("Part", [xmlio.leaf("PartNumber", p.number),
                                         xmlio.leaf("LastModified", xmlio.iso8601(p.last_modified)),
-                                        xmlio.leaf("ETag", p.etag), xmlio.leaf("Size", p.size)]) for p in parts]
+                                        xmlio.leaf("ETag", p.etag), xmlio.leaf("Size", p.size),
+                                        *_part_checksum(p)]) for p in parts]
         head = [xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", upload.upload_id),
                 xmlio.leaf("PartNumberMarker", marker), xmlio.leaf("MaxParts", max_parts),
                 xmlio.leaf("IsTruncated", truncated), xmlio.leaf("StorageClass", "STANDARD")]
         if truncated and parts:
             head.append(xmlio.leaf("NextPartNumberMarker", parts[-1].number))
+        head += _upload_checksum(upload)
         return _xml(xmlio.element("ListPartsResult", head + items))
 
     async def list_uploads(self, request: web.Request, bucket: str) -> web.Response:
@@ -514,10 +560,10 @@ def _complete_parts(body: bytes) -> list[tuple[int, str]]:
     return parts
 
 
-def _completed_xml(bucket: str, key: str, etag: str) -> web.Response:
+def _completed_xml(bucket: str, key: str, etag: str, more: list[Any] | None = None) -> web.Response:
     return _xml(xmlio.element("CompleteMultipartUploadResult", [
         xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
-        xmlio.leaf("ETag", etag)]))
+        xmlio.leaf("ETag", etag), *(more or [])]))
 
 
 def _key_encoder(request: web.Request) -> tuple[str | None, Callable[[str], str]]:
@@ -533,7 +579,28 @@ def _key_encoder(request: web.Request) -> tuple[str | None, Callable[[str], str]
 def _upload_xml(u: Upload) -> Any:
     return xmlio.element("Upload", [xmlio.leaf("Key", u.key), xmlio.leaf("UploadId", u.upload_id),
                                     xmlio.leaf("Initiated", xmlio.iso8601(u.initiated)),
-                                    xmlio.leaf("StorageClass", "STANDARD")])
+                                    xmlio.leaf("StorageClass", "STANDARD"), *_upload_checksum(u)])
+
+
+def _listed_checksum(a: objects.ObjectAttrs) -> list[Any]:
+    """``<ChecksumAlgorithm>`` and ``<ChecksumType>`` of a listed object that has a checksum."""
+    if a.checksum is None:
+        return []
+    return [xmlio.leaf("ChecksumAlgorithm", a.checksum["alg"]), xmlio.leaf("ChecksumType", a.checksum["type"])]
+
+
+def _upload_checksum(u: Upload) -> list[Any]:
+    """``<ChecksumAlgorithm>`` and ``<ChecksumType>`` of an upload created with an algorithm."""
+    if u.checksum_algorithm is None or u.checksum_type is None:
+        return []
+    return [xmlio.leaf("ChecksumAlgorithm", u.checksum_algorithm), xmlio.leaf("ChecksumType", u.checksum_type)]
+
+
+def _part_checksum(p: Part) -> list[Any]:
+    """``<ChecksumCRC32>`` (etc.) of a part that has a checksum."""
+    if p.checksum_algorithm is None or p.checksum is None:
+        return []
+    return [xmlio.leaf("Checksum" + p.checksum_algorithm, p.checksum)]
 
 
 def _xml(root: Any) -> web.Response:

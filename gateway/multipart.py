@@ -12,8 +12,9 @@ Layout::
       <upload_id>/                  one directory per upload in progress
         upload.json                 {"version", "upload_id", "bucket", "key",
                                      "initiated", "metadata", "content_type",
-                                     "writeback", "headers"}
-        part-00001                  a part: 32-byte header, then the part's bytes
+                                     "writeback", "headers",
+                                     "checksum_algorithm", "checksum_type"}
+        part-00001                  a part: 72-byte header, then the part's bytes
         part-00002
         .part-00003.<rand>.tmp      a part being received (never listed)
       .new-<upload_id>-<rand>/      an upload being created (never listed)
@@ -24,9 +25,12 @@ Layout::
 ``[A-Za-z0-9_-]``); an id from a client that does not have that shape is an
 unknown upload, so it can never name a path outside ``root``.
 
-A part file carries its own ETag: the header is ``b"S3MPART1"``, the 16-byte
-MD5 digest of the data and the data's size (8 bytes, big-endian), followed by
-the data. One file holding both is what makes replacement consistent: a part
+A part file carries its own ETag and checksum: the header is ``b"S3MPART2"``,
+the 16-byte MD5 digest of the data, the data's size (8 bytes, big-endian), the
+part's checksum algorithm (1 byte: 0 none, else 1 + its index in
+:data:`gateway.checksums.ALGORITHMS`), its digest (32 bytes, zero-padded) and 7
+bytes of padding, followed by the data. (A ``b"S3MPART1"`` file, the 32-byte
+header without checksum of earlier versions, is still read.) One file holding both is what makes replacement consistent: a part
 is received into a temporary file, its header written once the MD5 is known,
 and the file renamed over ``part-NNNNN`` in one ``os.replace``. Two uploads of
 the same part number race only at that rename: the last one wins, whole, and
@@ -53,6 +57,11 @@ S3's rules, as enforced here:
   (quotes ignored, ``InvalidPart``), and every part but the last at least
   ``min_part_size`` (5 MiB, ``EntityTooSmall``);
 * the object's ETag is ``"<md5 of the concatenated binary part MD5s>-<parts>"``;
+* checksums (:mod:`gateway.checksums`): an upload created with
+  ``x-amz-checksum-algorithm`` takes parts with a checksum of that algorithm only
+  (``InvalidRequest`` otherwise, checked by the gateway), and its Complete must name
+  every part's checksum (``InvalidRequest`` if missing, ``InvalidPart`` if different);
+  :func:`object_checksum` makes the object's (COMPOSITE or FULL_OBJECT);
 * an upload is known only under its bucket and key (``NoSuchUpload``
   otherwise, also once it is completed or aborted);
 * listings return at most 1000 entries per page; uploads are ordered by key,
@@ -86,13 +95,14 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from meshd import errors as me
 
+from . import checksums
 from .errors import S3Error, from_mesh, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -104,9 +114,11 @@ MAX_PART_NUMBER = 10_000
 MAX_LIST = 1000  # S3 caps max-parts and max-uploads at 1000
 COMPLETED_FOR = 3600.0  # seconds a completed upload's result is kept for a retried Complete
 
-_MAGIC = b"S3MPART1"
-_HEADER = struct.Struct(">8s16sQ")  # magic, md5 digest, data size
-HEADER_SIZE = _HEADER.size  # 32
+_MAGIC_V1 = b"S3MPART1"
+_HEADER_V1 = struct.Struct(">8s16sQ")  # magic, md5 digest, data size
+_MAGIC = b"S3MPART2"
+_HEADER = struct.Struct(">8s16sQB32s7x")  # ... and checksum algorithm, checksum digest
+HEADER_SIZE = _HEADER.size  # 72
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _PART_RE = re.compile(r"part-(\d{5})")
@@ -125,6 +137,8 @@ class Upload:
     content_type: str
     writeback: bool | None = None  # x-mesh-write-mode at CreateMultipartUpload; None: the mount's
     headers: dict[str, str] = field(default_factory=dict, hash=False)  # content headers (gateway/headers.py)
+    checksum_algorithm: str | None = None  # x-amz-checksum-algorithm (checksums.ALGORITHMS)
+    checksum_type: str | None = None  # FULL_OBJECT | COMPOSITE (with an algorithm only)
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,8 @@ class Part:
     etag: str  # '"<md5hex>"'
     size: int
     last_modified: float
+    checksum_algorithm: str | None = None  # the part's checksum (checksums.ALGORITHMS)
+    checksum: str | None = None  # its base64 value
 
 
 def multipart_etag(md5_digests: list[bytes]) -> str:
@@ -179,6 +195,17 @@ def _no_space(e: OSError) -> S3Error:
     return from_mesh(me.NoSpace(f"multipart store: {e.strerror or e}"))
 
 
+@dataclass
+class Completion:
+    """What :meth:`MultipartStore.complete_parts` found: the object's bytes (a stream),
+    ETag and size, and the parts it is made of."""
+
+    stream: AsyncIterator[bytes]
+    etag: str
+    size: int
+    parts: list[Part]
+
+
 # ---- blocking helpers (run in worker threads) ------------------------------
 
 
@@ -190,11 +217,18 @@ class _PartFile:
 
 def _read_header(f: BinaryIO, path: Path, number: int) -> _PartFile | None:
     st = os.fstat(f.fileno())
-    head = f.read(HEADER_SIZE)
-    if len(head) == HEADER_SIZE:
-        magic, digest, size = _HEADER.unpack(head)
-        if magic == _MAGIC and st.st_size == HEADER_SIZE + size:
+    head = f.read(_HEADER_V1.size)
+    if len(head) == _HEADER_V1.size:
+        magic, digest, size = _HEADER_V1.unpack(head)
+        if magic == _MAGIC_V1 and st.st_size == _HEADER_V1.size + size:
             return _PartFile(Part(number, _etag(digest), size, st.st_mtime), digest)
+        if magic == _MAGIC:
+            head += f.read(HEADER_SIZE - len(head))
+        if magic == _MAGIC and len(head) == HEADER_SIZE and st.st_size == HEADER_SIZE + size:
+            _, _, _, code, cdigest = _HEADER.unpack(head)
+            alg = checksums.ALGORITHMS[code - 1] if 1 <= code <= len(checksums.ALGORITHMS) else None
+            value = checksums.encode(cdigest[:checksums.SIZES[alg]]) if alg is not None else None
+            return _PartFile(Part(number, _etag(digest), size, st.st_mtime, alg, value), digest)
     log.warning("multipart: ignoring malformed part file %s", path)
     return None
 
@@ -216,12 +250,19 @@ def _load_upload(d: Path) -> Upload | None:
                       metadata={str(k): str(v) for k, v in j["metadata"].items()},
                       content_type=str(j["content_type"]),
                       writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None,
-                      headers={str(k): str(v) for k, v in (j.get("headers") or {}).items()})
+                      headers={str(k): str(v) for k, v in (j.get("headers") or {}).items()},
+                      checksum_algorithm=_known(j.get("checksum_algorithm"), checksums.ALGORITHMS),
+                      checksum_type=_known(j.get("checksum_type"),
+                                           (checksums.FULL_OBJECT, checksums.COMPOSITE)))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("multipart: ignoring unreadable upload %s: %s", d, e)
         return None
+
+
+def _known(value: Any, allowed: tuple[str, ...]) -> str | None:
+    return value if isinstance(value, str) and value in allowed else None
 
 
 def _fsync_dir(d: Path) -> None:
@@ -271,12 +312,15 @@ class _PartWriter:
                 self.md5.update(c)
                 self.file.write(c)
 
-    def seal(self, size: int) -> tuple[bytes, float]:
+    def seal(self, size: int, checksum: tuple[str, bytes] | None = None) -> tuple[bytes, float]:
         with self.lock:
             assert self.file is not None
             digest = self.md5.digest()
+            code, cdigest = 0, b""
+            if checksum is not None:
+                code, cdigest = checksums.ALGORITHMS.index(checksum[0]) + 1, checksum[1]
             self.file.seek(0)
-            self.file.write(_HEADER.pack(_MAGIC, digest, size))
+            self.file.write(_HEADER.pack(_MAGIC, digest, size, code, cdigest))
             self.file.flush()
             if self.fsync:
                 os.fsync(self.file.fileno())
@@ -360,17 +404,21 @@ class MultipartStore:
 
     async def create(self, bucket: str, key: str, metadata: dict[str, str],
                      content_type: str, writeback: bool | None = None,
-                     headers: dict[str, str] | None = None) -> Upload:
+                     headers: dict[str, str] | None = None,
+                     checksum_algorithm: str | None = None,
+                     checksum_type: str | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
             raise invalid_argument("Object key must not be empty")
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
-                        content_type=content_type, writeback=writeback, headers=dict(headers or {}))
+                        content_type=content_type, writeback=writeback, headers=dict(headers or {}),
+                        checksum_algorithm=checksum_algorithm, checksum_type=checksum_type)
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
-               "content_type": content_type, "writeback": writeback, "headers": upload.headers}
+               "content_type": content_type, "writeback": writeback, "headers": upload.headers,
+               "checksum_algorithm": checksum_algorithm, "checksum_type": checksum_type}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"
@@ -450,14 +498,16 @@ class MultipartStore:
 
     async def put_part(self, upload: Upload, number: int, chunks: AsyncIterator[bytes], *,
                        expected_md5: bytes | None = None,
-                       expected_size: int | None = None) -> Part:
+                       expected_size: int | None = None,
+                       checksum: checksums.RequestChecksum | None = None) -> Part:
         """Receive part ``number`` from ``chunks``, replacing any earlier part of that number.
 
         The part becomes visible only once all of it is on disk: if ``chunks``
         raises (or the coroutine is cancelled), nothing is left behind and an
         earlier part of the same number stays. ``expected_md5`` (Content-MD5)
         and ``expected_size`` (Content-Length), when given, are checked before
-        the part is committed (``BadDigest``, ``IncompleteBody``).
+        the part is committed (``BadDigest``, ``IncompleteBody``). ``checksum``: the
+        checksum ``chunks`` were checked with (its value is kept with the part).
         """
         _check_part_number(number)
         d = self._dir(upload.upload_id)
@@ -471,12 +521,17 @@ class MultipartStore:
         try:
             size = await self._receive_part(w, chunks)
             _check_part_body(w, size, expected_md5, expected_size)
-            digest, mtime = await asyncio.to_thread(w.seal, size)
+            ck = None
+            if checksum is not None and checksum.algorithm is not None and checksum.digest is not None:
+                ck = (checksum.algorithm, checksum.digest)
+            digest, mtime = await asyncio.to_thread(w.seal, size, ck)
         except BaseException as exc:
             await _discard_part(w)
             if isinstance(exc, OSError):
                 _raise_part_os_error(exc, upload.upload_id)  # e.g. aborted meanwhile
             raise
+        if ck is not None:
+            return Part(number, _etag(digest), size, mtime, ck[0], checksums.encode(ck[1]))
         return Part(number, _etag(digest), size, mtime)
 
     async def _receive_part(self, w: _PartWriter, chunks: AsyncIterator[bytes]) -> int:
@@ -540,7 +595,13 @@ class MultipartStore:
 
     async def complete(self, upload: Upload, parts: list[tuple[int, str]]
                        ) -> tuple[AsyncIterator[bytes], str, int]:
-        """Validate the client's part list; return (object bytes, object ETag, object size).
+        """:meth:`complete_parts` as (object bytes, object ETag, object size)."""
+        done = await self.complete_parts(upload, parts)
+        return done.stream, done.etag, done.size
+
+    async def complete_parts(self, upload: Upload, parts: list[tuple[int, str]]) -> Completion:
+        """Validate the client's part list; return the object's bytes, ETag and size, and
+        its parts (with their checksums: :func:`object_checksum`).
 
         The stream reads the named parts in order, 1 MiB at a time. Each part
         is checked again when the stream opens it: a part replaced or an upload
@@ -579,7 +640,8 @@ class MultipartStore:
                               PartNumber=str(pf.part.number), ETag=pf.part.etag)
         etag = multipart_etag([pf.digest for pf in plan])
         total = sum(pf.part.size for pf in plan)
-        return self._stream(upload.upload_id, d, plan), etag, total
+        return Completion(self._stream(upload.upload_id, d, plan), etag, total,
+                          [pf.part for pf in plan])
 
     async def _stream(self, upload_id: str, d: Path,
                       plan: list[_PartFile]) -> AsyncIterator[bytes]:
@@ -753,3 +815,75 @@ def _sweep_tmp(d: Path, older_than: float) -> None:
                     p.unlink()
             except FileNotFoundError:
                 pass
+
+
+# ---- checksums of a completed upload ----------------------------------------
+
+
+def _part_checksum_error(algorithm: str, value: str) -> S3Error:
+    return invalid_argument("Invalid Base64 or multiple checksums present in request",
+                            ArgumentName="Checksum", ArgumentValue=f"{algorithm}:{value[:64]};")
+
+
+def _composite_value(algorithm: str, raw: str, name: str) -> tuple[bytes, int | None]:
+    """The digest and part count of a COMPOSITE checksum header (``<base64>[-<parts>]``)."""
+    b64, dash, count = raw.strip().partition("-")
+    if dash and not (count.isdigit() and len(count) <= 5):
+        raise checksums.invalid_value(name)
+    return checksums.decode(algorithm, b64, name), int(count) if dash else None
+
+
+def object_checksum(upload: Upload, parts: list[Part], given: list[dict[str, str]],
+                    headers: Mapping[str, str]
+                    ) -> tuple[dict[str, str] | None, checksums.RequestChecksum | None]:
+    """The checksum of the object a CompleteMultipartUpload makes, as S3 computes it.
+
+    ``given``: the ``<ChecksumCRC32>`` (etc.) of each ``<Part>`` of the request, checked
+    against the parts' own (``InvalidPart`` if they differ; an upload created with an
+    algorithm needs them for every part); ``headers``: the request's, whose
+    ``x-amz-checksum-<alg>`` is the client's checksum of the whole object.
+
+    Returns ``(entry, None)`` for a COMPOSITE checksum (the checksum of the part
+    checksums, known now: a header that disagrees is ``BadDigest``), or ``(None,
+    check)`` for a FULL_OBJECT one: ``check`` computes it (and compares it with the
+    header's) while the object streams. An upload created without an algorithm gets
+    S3's default, a full-object CRC64NVME (or the header's algorithm, if it names one).
+    """
+    alg = upload.checksum_algorithm
+    for part, g in zip(parts, given, strict=True):
+        for a, v in g.items():
+            try:
+                digest = checksums.decode(a, v)
+            except S3Error:
+                raise _part_checksum_error(a, v) from None
+            if len(g) > 1:
+                raise _part_checksum_error(a, v)
+            if part.checksum_algorithm == a and part.checksum is not None and \
+                    checksums.decode(a, part.checksum) != digest:
+                raise _invalid_part(upload.upload_id, part.number, part.etag)
+        if alg is not None and (alg not in g or part.checksum_algorithm != alg):
+            if alg in g:  # a part stored without the upload's checksum: cannot be verified
+                raise _invalid_part(upload.upload_id, part.number, part.etag)
+            raise S3Error("InvalidRequest", f"The upload was created using a {alg.lower()} "
+                          "checksum. The complete request must include the checksum for each "
+                          f"part. It was missing for part {part.number} in the request.", 400)
+    sent = [(h, name, value) for name, value in headers.items()
+            if (h := checksums.algorithm_of(name)) is not None]
+    if len(sent) > 1:
+        raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. "
+                      "Multiple checksum Types are not allowed.", 400)
+    if sent and alg is not None and sent[0][0] != alg:
+        raise checksums.invalid_value(sent[0][1].lower())
+    if alg is not None and upload.checksum_type == checksums.COMPOSITE:
+        digests = [checksums.decode(alg, p.checksum or "") for p in parts]
+        value = checksums.composite(alg, digests)
+        if sent:
+            expected, count = _composite_value(alg, sent[0][2], sent[0][1].lower())
+            if count not in (None, len(parts)) or \
+                    checksums.encode(expected) != value.rsplit("-", 1)[0]:
+                raise checksums.bad_digest(alg, lower=True)
+        return checksums.stored(alg, value, checksums.COMPOSITE), None
+    if sent:
+        h, name, value = sent[0]
+        return None, checksums.RequestChecksum(h, checksums.decode(h, value, name.lower()))
+    return None, checksums.RequestChecksum(alg or checksums.DEFAULT)

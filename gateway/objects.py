@@ -23,7 +23,7 @@ import binascii
 import hashlib
 import mimetypes
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -35,8 +35,8 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
+from . import checksums, xmlio
 from . import headers as hdrs
-from . import xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
@@ -60,6 +60,7 @@ class ObjectAttrs:
     metadata: dict[str, str]
     headers: dict[str, str] = field(default_factory=dict)  # content headers (gateway/headers.py)
     parts: tuple[int, ...] = ()  # a multipart object's part sizes, in order
+    checksum: dict[str, str] | None = None  # checksums.stored(): alg, value, type
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -79,7 +80,7 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
         return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}),
-                           dict(a.get("hdrs") or {}), tuple(a.get("parts") or ()))
+                           dict(a.get("hdrs") or {}), part_sizes(a.get("parts")), checksums.from_attrs(a))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
@@ -241,6 +242,9 @@ async def get_object(request: web.Request, node: MeshNode, bucket: str, key: str
                     raise invalid_argument(f"{q} may not contain control characters", ArgumentName=q)
                 headers[hname] = value
         start, end, status = requested_range(request, st, a, headers)
+        if a.checksum is not None and (start, end) == (0, st.size) and \
+                request.headers.get(checksums.MODE_HEADER, "").upper() == "ENABLED":
+            headers.update(checksums.response_headers(a.checksum))  # whole object only, as S3
         if head or st.is_dir:  # a folder marker's body is empty
             hresp = web.StreamResponse(status=status, headers=headers)
             hresp.content_length = end - start
@@ -291,6 +295,20 @@ def part_number(raw: str) -> int:
         raise invalid_argument("Part number must be an integer between 1 and 10000, inclusive",
                                ArgumentName="partNumber", ArgumentValue=raw[:64])
     return digits(raw)
+
+
+def part_sizes(recorded: Any) -> tuple[int, ...]:
+    """The part sizes of a multipart object from its ``parts`` attribute: ``[size,
+    checksum]`` per part (a bare size in records of older nodes)."""
+    if not isinstance(recorded, list):
+        return ()
+    out = []
+    for p in recorded:
+        size = p[0] if isinstance(p, list) and p else p
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return ()
+        out.append(size)
+    return tuple(out)
 
 
 def part_range(sizes: tuple[int, ...], number: int) -> tuple[int, int]:
@@ -384,12 +402,14 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
                        size_hint: int = -1, cond: WriteCondition | None = None,
-                       extra: dict[str, Any] | None = None) -> tuple[FileStatus, str]:
+                       extra: dict[str, Any] | None = None,
+                       more_attrs: Callable[[], dict[str, Any]] | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
     ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
     ``cond``: write only if it holds (412 PreconditionFailed, atomically: the node's
     exclusive and ``if_version`` writes); ``extra``: more attributes to keep with it
-    (content headers ``hdrs``, part sizes ``parts``)."""
+    (content headers ``hdrs``, parts ``parts``); ``more_attrs``: called once the data is
+    written, more attributes still (its checksum, computed as the data streamed)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     exclusive = cond is not None and cond.absent
@@ -412,9 +432,12 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
-    await node.set_object_attrs(st.path, st.version, {
+    attrs: dict[str, Any] = {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata, **(extra or {})})
+        "meta": metadata, **(extra or {})}
+    if more_attrs is not None:
+        attrs.update(more_attrs())
+    await node.set_object_attrs(st.path, st.version, attrs)
     return st, tag
 
 
@@ -426,8 +449,30 @@ async def _exists(node: MeshNode, path: str) -> bool:
     return True
 
 
+def checksum_attrs(cks: checksums.RequestChecksum) -> Callable[[], dict[str, Any]]:
+    """``more_attrs`` of :func:`write_object` for a body checked by ``cks``."""
+    def attrs() -> dict[str, Any]:
+        entry = cks.stored()
+        return {"cksum": entry} if entry is not None else {}
+    return attrs
+
+
+def checksum_elements(entry: dict[str, str] | None) -> list[Any]:
+    """``<ChecksumType>`` and ``<ChecksumCRC32>`` (etc.) of a result document."""
+    if entry is None:
+        return []
+    return [xmlio.leaf("Checksum" + entry["alg"], entry["value"]), xmlio.leaf("ChecksumType", entry["type"])]
+
+
+def checksum_headers(cks: checksums.RequestChecksum) -> dict[str, str]:
+    """The checksum headers of a PutObject / UploadPart response (as S3 sends them)."""
+    entry = cks.stored()
+    return checksums.response_headers(entry) if entry is not None else {}
+
+
 async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str,
-                     body: AsyncIterator[bytes]) -> web.Response:
+                     body: AsyncIterator[bytes],
+                     checksum: checksums.RequestChecksum | None = None) -> web.Response:
     cond = write_condition(request)
     length = request.headers.get("x-amz-decoded-content-length") or request.headers.get("Content-Length")
     if length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
@@ -439,8 +484,12 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
                                  size_hint=digits(length) if length is not None and length.isdigit() else -1,
-                                 cond=cond, extra={"hdrs": hdrs.content_headers(request.headers)})
-    return web.Response(status=200, headers={"ETag": etag})
+                                 cond=cond, extra={"hdrs": hdrs.content_headers(request.headers)},
+                                 more_attrs=checksum_attrs(checksum) if checksum is not None else None)
+    headers = {"ETag": etag}
+    if checksum is not None:
+        headers.update(checksum_headers(checksum))
+    return web.Response(status=200, headers=headers)
 
 
 def parse_copy_source(value: str) -> tuple[str, str]:
@@ -508,6 +557,8 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
     cond = write_condition(request)  # of the destination (the source's are x-amz-copy-source-if-*)
+    raw_alg = request.headers.get("x-amz-checksum-algorithm")
+    alg = checksums.parse_algorithm(raw_alg, "x-amz-checksum-algorithm") if raw_alg is not None else None
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
@@ -516,13 +567,17 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
         kept = hdrs.content_headers(request.headers)
+    # S3 computes the copy's checksum: the algorithm asked for, else the source's, else its default
+    cks = checksums.RequestChecksum(alg or (a.checksum["alg"] if a.checksum else checksums.DEFAULT))
     try:
-        nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size, cond=cond, extra={"hdrs": kept})
+        nst, etag = await write_object(node, bucket, key, cks.wrap(chunks), None, ct, meta, writeback=mode,
+                                       size_hint=sst.size, cond=cond, extra={"hdrs": kept},
+                                       more_attrs=checksum_attrs(cks))
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
-        xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
+        xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag),
+        *checksum_elements(cks.stored())]))
     return web.Response(body=body, content_type="application/xml")
 
 

@@ -73,14 +73,14 @@ lines))``. botocore (1.43 and 1.44) never signs chunks or trailers (it only send
 ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``, over https), so both are checked against the
 AWS documentation's published vectors in the tests.
 
-Trailing checksums ``x-amz-checksum-crc32``, ``-sha1`` and ``-sha256`` (base64 of the
-big-endian CRC-32 / digest) are verified over the decoded data (``BadDigest``). They
-must be declared in ``X-Amz-Trailer`` (carried in :attr:`AuthResult.trailer`), which
-tells the decoder which checksum to compute while streaming; a declared trailer that
-does not arrive is an error. ``x-amz-checksum-crc32c`` and ``-crc64nvme`` (and any
-other algorithm) are accepted *unverified*: the standard library has no CRC-32C or
-CRC-64/NVME, a pure-Python one runs at a few MB/s, and no dependency is added for it;
-their base64 form and length are still checked.
+Trailing checksums ``x-amz-checksum-crc32``, ``-crc32c``, ``-crc64nvme``, ``-sha1`` and
+``-sha256`` (base64 of the big-endian CRC / digest; :mod:`gateway.checksums`) are verified
+over the decoded data (``BadDigest``). They must be declared in ``X-Amz-Trailer``
+(carried in :attr:`AuthResult.trailer`), which tells the decoder which checksum to compute
+while streaming; a declared trailer that does not arrive is an error. A checksum value
+that is not base64 of the algorithm's size is ``InvalidRequest`` ("Value for
+x-amz-checksum-crc32 header is invalid.", as S3 answers); other ``x-amz-checksum-*``
+trailers (no such algorithm) are only checked to be base64.
 
 Streaming semantics: the decoders yield data as it arrives and raise when a check
 fails. A chunk's signature is checked when the chunk's last byte has arrived, and the
@@ -102,14 +102,13 @@ import functools
 import hashlib
 import hmac
 import re
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Protocol
 from urllib.parse import quote, unquote_to_bytes
 
+from gateway import checksums
 from gateway.errors import S3Error, access_denied, invalid_argument
 
 __all__ = [
@@ -643,48 +642,24 @@ def _signed_result(method: str, raw_path: str, params: Iterable[_Param],
 # --------------------------------------------------------------------------- bodies
 
 
-class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self._crc = 0
-
-    def update(self, data: bytes, /) -> None:
-        self._crc = zlib.crc32(data, self._crc)
-
-    def digest(self) -> bytes:
-        return self._crc.to_bytes(4, "big")
-
-
-_VERIFIABLE: dict[str, Callable[[], _Hasher]] = {
-    "x-amz-checksum-crc32": _Crc32,
-    "x-amz-checksum-sha1": hashlib.sha1,
-    "x-amz-checksum-sha256": hashlib.sha256,
-}
-_CHECKSUM_SIZES = {"x-amz-checksum-crc32": 4, "x-amz-checksum-crc32c": 4,
-                   "x-amz-checksum-crc64nvme": 8, "x-amz-checksum-sha1": 20,
-                   "x-amz-checksum-sha256": 32}
+_VERIFIABLE: dict[str, str] = {checksums.header_name(a): a for a in checksums.ALGORITHMS}
 
 
 def _b64_digest(name: str, value: bytes) -> bytes:
+    alg = _VERIFIABLE.get(name)
+    if alg is not None:
+        return checksums.decode(alg, value, name)
     try:
         digest = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         digest = b""
-    size = _CHECKSUM_SIZES.get(name)
-    if not digest or (size is not None and len(digest) != size):
-        raise invalid_argument(f"Value for {name} header is invalid.", ArgumentName=name)
+    if not digest:
+        raise checksums.invalid_value(name)
     return digest
 
 
 def _bad_digest(name: str) -> S3Error:
-    algorithm = name.removeprefix("x-amz-checksum-").upper()
-    return S3Error("BadDigest", f"The {algorithm} you specified did not match the calculated "
-                   "checksum.", 400)
+    return checksums.bad_digest(name.removeprefix("x-amz-checksum-").upper())
 
 
 async def check_sha256(chunks: AsyncIterator[bytes], expected_hex: str) -> AsyncIterator[bytes]:
@@ -711,12 +686,13 @@ async def check_checksum(chunks: AsyncIterator[bytes], name: str,
                          expected_b64: str) -> AsyncIterator[bytes]:
     """Like :func:`check_sha256` for an ``x-amz-checksum-*`` *header* (botocore sends
     ``x-amz-checksum-crc32`` with every PutObject/UploadPart over plain http): BadDigest
-    (400) at the end on mismatch. CRC-32C, CRC-64/NVME and unknown algorithms are passed
-    through unverified (see the module docstring)."""
+    (400) at the end on mismatch. Unknown algorithms are passed through unverified.
+    (The gateway itself uses :class:`gateway.checksums.RequestChecksum`, which also
+    keeps the value.)"""
     name = name.lower()
     expected = _b64_digest(name, _b(expected_b64.strip()))
-    make = _VERIFIABLE.get(name)
-    hasher = make() if make is not None else None
+    alg = _VERIFIABLE.get(name)
+    hasher = checksums.new_hasher(alg) if alg is not None else None
     async for chunk in chunks:
         if hasher is not None:
             hasher.update(chunk)
@@ -759,7 +735,9 @@ class _ChunkedDecoder:
         self.prev = auth.seed_signature.lower()
         self.decoded_length = decoded_length
         self.declared = [n for n in (t.strip() for t in auth.trailer.split(",")) if n]
-        self.hashers = {n: _VERIFIABLE[n]() for n in self.declared if n in _VERIFIABLE}
+        self.hashers = {n: checksums.new_hasher(_VERIFIABLE[n]) for n in self.declared
+                        if n in _VERIFIABLE}
+        self.verified: dict[str, bytes] = {}
         self.state = _HEADER
         self.line = bytearray()
         self.remaining = 0
@@ -924,10 +902,12 @@ class _ChunkedDecoder:
                     raise _framing(f"trailer {name} was not declared in X-Amz-Trailer")
                 if not hmac.compare_digest(hasher.digest(), expected):
                     raise _bad_digest(name)
+                self.verified[name] = expected
 
 
 async def decode_aws_chunked(body: AsyncIterator[bytes], auth: AuthResult, *,
-                             decoded_length: int | None = None) -> AsyncIterator[bytes]:
+                             decoded_length: int | None = None,
+                             verified: dict[str, bytes] | None = None) -> AsyncIterator[bytes]:
     """Decode an aws-chunked body, verifying chunk and trailer signatures (signed
     ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]``), declared trailing checksums and,
     if given, ``decoded_length`` (``x-amz-decoded-content-length``).
@@ -935,7 +915,8 @@ async def decode_aws_chunked(body: AsyncIterator[bytes], auth: AuthResult, *,
     Yields the data as it arrives (each input byte is copied at most once); raises
     :class:`S3Error` (SignatureDoesNotMatch 403, BadDigest / IncompleteBody /
     InvalidRequest 400) as soon as a check fails, at the latest after the last data has
-    been yielded and before the iterator finishes.
+    been yielded and before the iterator finishes. ``verified``, if given, receives the
+    trailing checksums that were verified (trailer name -> digest) before it finishes.
     """
     decoder = _ChunkedDecoder(auth, decoded_length)
     async for data in body:
@@ -944,3 +925,5 @@ async def decode_aws_chunked(body: AsyncIterator[bytes], auth: AuthResult, *,
         for piece in decoder.feed(data if isinstance(data, bytes) else bytes(data)):
             yield piece
     decoder.finish()
+    if verified is not None:
+        verified.update(decoder.verified)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 SERVER_AND_FUSE = ["aiohttp", "rocksdict", "boto3", "botocore", "aetcd", "prometheus_client", "pyfuse3",
-                   "defusedxml", "crc32c", "cryptography"]
+                   "defusedxml", "crc32c", "cryptography", "awscrt"]
 BLOCK = f"import sys\nfor m in {SERVER_AND_FUSE!r}: sys.modules[m] = None\n"
 
 

@@ -1278,13 +1278,15 @@ def test_aws_chunked_unsigned_trailer_from_boto3(gw: Gateway, bucket: str, algor
     # multipart parts too
     uid = c.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm=algorithm)["UploadId"]
     p1, p2 = payload(5 * MiB, 14), payload(1000, 15)
-    e1 = c.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=p1,
-                       ChecksumAlgorithm=algorithm)["ETag"]
-    e2 = c.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=2, Body=p2,
-                       ChecksumAlgorithm=algorithm)["ETag"]
+    r1 = c.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=p1,
+                       ChecksumAlgorithm=algorithm)
+    r2 = c.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=2, Body=p2,
+                       ChecksumAlgorithm=algorithm)
+    e1, e2 = r1["ETag"], r2["ETag"]
     assert (e1, e2) == (md5_etag(p1), md5_etag(p2))
+    cs = "Checksum" + algorithm  # an upload created with an algorithm needs each part's (as S3)
     c.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
-        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+        "Parts": [{"PartNumber": 1, "ETag": e1, cs: r1[cs]}, {"PartNumber": 2, "ETag": e2, cs: r2[cs]}]})
     assert (gw.root / bucket / "mp").read_bytes() == p1 + p2
     c.close()
 

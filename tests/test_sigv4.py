@@ -28,6 +28,7 @@ from unittest import mock
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import boto3
+import crc32c
 import pytest
 import yarl
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
@@ -663,11 +664,18 @@ async def test_check_checksum_header_from_botocore() -> None:
         assert await collect(check_checksum(aiter_of(b"q", 1), name, b64(digest))) == b"q"
         with pytest.raises(S3Error):
             await collect(check_checksum(aiter_of(b"Q", 1), name, b64(digest)))
-    # CRC-32C cannot be computed with the standard library: checked for form only.
-    assert await collect(check_checksum(aiter_of(b"q", 1), "x-amz-checksum-crc32c",
-                                        "AAAAAA==")) == b"q"
-    with pytest.raises(S3Error):
+    # CRC-32C and CRC-64/NVME too (awscrt); "123456789" is the CRC catalogue's check input
+    for name, good in (("x-amz-checksum-crc32c", "4waSgw=="),
+                       ("x-amz-checksum-crc64nvme", "rosUhgp5mIg=")):
+        assert await collect(check_checksum(aiter_of(b"123456789", 4), name, good)) == \
+            b"123456789"
+        with pytest.raises(S3Error) as info:
+            await collect(check_checksum(aiter_of(b"123456780", 4), name, good))
+        assert (info.value.code, info.value.status) == ("BadDigest", 400)
+    with pytest.raises(S3Error) as info:
         await collect(check_checksum(aiter_of(b"q", 1), "x-amz-checksum-crc32c", "not b64"))
+    assert (info.value.code, info.value.message) == (
+        "InvalidRequest", "Value for x-amz-checksum-crc32c header is invalid.")
 
 
 # --------------------------------------------------------------------------- aws-chunked
@@ -845,9 +853,14 @@ def test_unverifiable_and_unusual_trailers() -> None:
     data = b"hello"
     base = b"5\r\nhello\r\n0\r\n"
     auth = AuthResult(AK, STREAMING_UNSIGNED_TRAILER, trailer="x-amz-checksum-crc32c")
-    assert decode(base + b"x-amz-checksum-crc32c:AAAAAA==\r\n\r\n", auth) == data
+    good = base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big"))
+    assert decode(base + b"x-amz-checksum-crc32c:" + good + b"\r\n\r\n", auth) == data
+    assert error(lambda: decode(base + b"x-amz-checksum-crc32c:AAAAAA==\r\n\r\n", auth)).code == \
+        "BadDigest"
     assert error(lambda: decode(base + b"x-amz-checksum-crc32c:AAA\r\n\r\n", auth)).code == \
-        "InvalidArgument"
+        "InvalidRequest"
+    odd = AuthResult(AK, STREAMING_UNSIGNED_TRAILER, trailer="x-amz-checksum-md7")
+    assert decode(base + b"x-amz-checksum-md7:AAAAAA==\r\n\r\n", odd) == data  # no such algorithm
     plain = AuthResult(AK, STREAMING_UNSIGNED_TRAILER)
     assert decode(base + b"\r\n", plain) == data
     assert decode(base, plain) == data  # final empty line missing: tolerated
