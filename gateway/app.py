@@ -31,7 +31,7 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import REFUSE
 
-from . import listing, objects, xmlio
+from . import acl, cors, listing, objects, storageclass, tagging, xmlio
 from .errors import (
     S3Error,
     access_denied,
@@ -46,10 +46,10 @@ from .sigv4 import AuthResult, check_checksum, check_sha256, decode_aws_chunked,
 log = logging.getLogger(__name__)
 OWNER_ID = "mesh"
 UNSUPPORTED = {
-    "acl", "policy", "cors", "lifecycle", "tagging", "website", "replication", "encryption",
+    "lifecycle", "website", "replication", "encryption",
     "notification", "logging", "object-lock", "retention", "legal-hold", "torrent", "restore",
     "select", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
-    "ownershipControls", "publicAccessBlock", "requestPayment", "attributes", "policyStatus",
+    "requestPayment", "attributes",
 }
 READ_CHUNK = 1 << 20
 
@@ -166,6 +166,10 @@ class Gateway:
         bucket = key = ""
         try:
             bucket, key = self.address(request)
+            request["bucket"] = bucket  # for the CORS headers (stamp)
+            if request.method == "OPTIONS":  # a CORS preflight: browsers send no credential
+                with self.node.access.serving(mauth.ANONYMOUS):
+                    return await cors.preflight(request, self.node, bucket)
             auth = self.authenticate(request, bucket)
             with self.node.access.serving(self.principal(request, auth)):
                 resp = await self.dispatch(request, auth, bucket, key)
@@ -214,6 +218,15 @@ class Gateway:
             if m == "GET":
                 return await self.list_buckets()
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+        async def body() -> bytes:
+            return await self.small_body(request, auth)
+
+        if "tagging" in q:
+            return await tagging.handle(request, self.node, bucket, key, body)
+        if not key and "cors" in q:
+            return await cors.handle(request, self.node, bucket, body)
+        if "acl" in q or (not key and acl.SUBRESOURCES.intersection(q)):
+            return await acl.handle(request, self.node, self.cfg, bucket, key, body)
         if not key:
             return await self.bucket_op(request, auth, bucket)
         node = self.node
@@ -313,6 +326,10 @@ class Gateway:
         except me.DirectoryNotEmpty:
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409,
                           BucketName=bucket) from None
+        try:  # its configuration (CORS, tags) goes with it, as on S3
+            await self.node.drop_object_attrs("/" + bucket)
+        except me.MeshError as e:
+            log.warning("bucket %s deleted, its configuration not: %s", bucket, e)
         return web.Response(status=204)
 
     # ---- listings ----------------------------------------------------------
@@ -340,7 +357,7 @@ class Gateway:
         for ent, a in zip(page.entries, attrs, strict=True):
             kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
                     xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
-                    xmlio.leaf("StorageClass", "STANDARD")]
+                    xmlio.leaf("StorageClass", storageclass.of(a.stored))]
             if not v2 or q.get("fetch-owner") == "true":
                 kids.append(owner)
             contents.append(xmlio.element("Contents", kids))
@@ -379,7 +396,7 @@ class Gateway:
             items.append(xmlio.element("Version", [
                 xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
-                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner]))
+                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", storageclass.of(a.stored)), owner]))
         head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix)),
                 xmlio.leaf("KeyMarker", e(q.get("key-marker", ""))),
                 xmlio.leaf("VersionIdMarker", q.get("version-id-marker", "")), xmlio.leaf("MaxKeys", max_keys)]
@@ -399,8 +416,9 @@ class Gateway:
         mode = objects.write_mode(request)
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
+        extra = objects.request_attrs(request.headers)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
-                                       request.headers.get("Content-Type", ""), writeback=mode)
+                                       request.headers.get("Content-Type", ""), writeback=mode, attrs=extra)
         return _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
 
@@ -453,7 +471,7 @@ class Gateway:
         stream, etag, size = await self.uploads.complete(upload, parts)
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size)
+                                   size_hint=size, extra=upload.attrs)
         await self.uploads.finish(upload)
         return _xml(xmlio.element("CompleteMultipartUploadResult", [
             xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
@@ -543,6 +561,8 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
         response.headers.setdefault("Server", "datamesh")
+        if "Origin" in request.headers and request.method != "OPTIONS" and request.get("bucket"):
+            response.headers.update(await cors.actual_headers(gw.node, request, request["bucket"]))
 
     def refuse(request: web.Request, e: me.SlowDown) -> web.StreamResponse:
         """Over the client's requests in flight (meshd.servers.guard): S3's SlowDown."""

@@ -11,7 +11,8 @@ Layout::
     root/
       <upload_id>/                  one directory per upload in progress
         upload.json                 {"version", "upload_id", "bucket", "key",
-                                     "initiated", "metadata", "content_type"}
+                                     "initiated", "metadata", "content_type",
+                                     "writeback", "attrs"}
         part-00001                  a part: 32-byte header, then the part's bytes
         part-00002
         .part-00003.<rand>.tmp      a part being received (never listed)
@@ -114,6 +115,8 @@ class Upload:
     metadata: dict[str, str] = field(hash=False)
     content_type: str
     writeback: bool | None = None  # x-mesh-write-mode at CreateMultipartUpload; None: the mount's
+    # further object attributes the request set (tags, storage class), recorded at Complete
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,8 @@ def _load_upload(d: Path) -> Upload | None:
                       initiated=float(j["initiated"]),
                       metadata={str(k): str(v) for k, v in j["metadata"].items()},
                       content_type=str(j["content_type"]),
-                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None)
+                      writeback=j.get("writeback") if isinstance(j.get("writeback"), bool) else None,
+                      attrs=dict(j["attrs"]) if isinstance(j.get("attrs"), dict) else {})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -346,17 +350,18 @@ class MultipartStore:
     # ---- uploads ---------------------------------------------------------
 
     async def create(self, bucket: str, key: str, metadata: dict[str, str],
-                     content_type: str, writeback: bool | None = None) -> Upload:
+                     content_type: str, writeback: bool | None = None,
+                     attrs: dict[str, Any] | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
             raise invalid_argument("Object key must not be empty")
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
-                        content_type=content_type, writeback=writeback)
+                        content_type=content_type, writeback=writeback, attrs=dict(attrs or {}))
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
-               "content_type": content_type, "writeback": writeback}
+               "content_type": content_type, "writeback": writeback, "attrs": upload.attrs}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"

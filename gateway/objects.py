@@ -17,8 +17,8 @@ import binascii
 import hashlib
 import mimetypes
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,7 +29,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import xmlio
+from . import storageclass, tagging, xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
@@ -51,6 +51,7 @@ class ObjectAttrs:
     etag: str
     content_type: str
     metadata: dict[str, str]
+    stored: dict[str, Any] = field(default_factory=dict)  # all the core keeps: tags, storage class, ...
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -69,10 +70,25 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     a = await node.object_attrs(st.path, st.version)
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
-        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
+        return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}), dict(a))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
+
+
+async def stored_attrs(node: MeshNode, st: FileStatus) -> dict[str, Any]:
+    """The attributes the core keeps for ``st``'s version, to change some and set them back:
+    those recorded, else those an object written by other means is served with."""
+    a = await attrs_of(node, st)
+    out = {k: v for k, v in a.stored.items() if k not in ("v", "t")}
+    return out or {"etag": a.etag, "ct": a.content_type, "meta": a.metadata}
+
+
+def request_attrs(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What a write request sets besides ETag, type and metadata: tags (``x-amz-tagging``)
+    and storage class."""
+    tags = tagging.from_header(headers)
+    return ({"tags": tags} if tags else {}) | storageclass.from_headers(headers)
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
@@ -99,6 +115,8 @@ def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
          "Accept-Ranges": "bytes"}
     for k, v in a.metadata.items():
         h["x-amz-meta-" + k] = v
+    h.update(tagging.count_header(a.stored))
+    h.update(storageclass.header(a.stored))
     return h
 
 
@@ -287,9 +305,10 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        content_md5: str | None, content_type: str | None,
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
-                       size_hint: int = -1) -> tuple[FileStatus, str]:
+                       size_hint: int = -1, extra: Mapping[str, Any] | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
-    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length."""
+    ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
+    ``extra``: further attributes to record (:func:`request_attrs`)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     try:
@@ -305,7 +324,7 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     tag = etag or digest.etag
     await node.set_object_attrs(st.path, st.version, {
         "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata})
+        "meta": metadata, **(extra or {})})
     return st, tag
 
 
@@ -317,10 +336,12 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     if length is not None and length.isdigit() and digits(length) > MAX_PUT:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     mode = write_mode(request)
+    extra = request_attrs(request.headers)
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
+                                 size_hint=digits(length) if length is not None and length.isdigit() else -1,
+                                 extra=extra)
     return web.Response(status=200, headers={"ETag": etag})
 
 
@@ -384,7 +405,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise invalid_argument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    if (sb, sk) == (bucket, key) and directive == "COPY":
+    if (sb, sk) == (bucket, key) and directive == "COPY" and storageclass.HEADER not in request.headers:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
@@ -396,8 +417,10 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     else:
         ct, meta = request.headers.get("Content-Type") or a.content_type, user_metadata(request)
     try:
+        tags = tagging.for_copy(request.headers, a.stored)
+        extra = ({"tags": tags} if tags else {}) | storageclass.from_headers(request.headers)
         nst, etag = await write_object(node, bucket, key, chunks, None, ct, meta, writeback=mode,
-                                       size_hint=sst.size)
+                                       size_hint=sst.size, extra=extra)
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
