@@ -31,7 +31,7 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import REFUSE
 
-from . import acl, cors, listing, objects, storageclass, tagging, xmlio
+from . import acl, cors, listing, objects, post, storageclass, tagging, xmlio
 from .errors import (
     S3Error,
     access_denied,
@@ -170,6 +170,10 @@ class Gateway:
             if request.method == "OPTIONS":  # a CORS preflight: browsers send no credential
                 with self.node.access.serving(mauth.ANONYMOUS):
                     return await cors.preflight(request, self.node, bucket)
+            if post.is_form_upload(request, bucket, key):  # signed by its form, not its headers
+                return await post.upload(request, self.node, bucket, self.keys,
+                                         lambda ak: self.principal(request, AuthResult(ak, "UNSIGNED-PAYLOAD")),
+                                         self.anonymous_ok(request))
             auth = self.authenticate(request, bucket)
             with self.node.access.serving(self.principal(request, auth)):
                 resp = await self.dispatch(request, auth, bucket, key)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -430,8 +429,121 @@ def test_storage_class_labels(s3: Any, bucket: str) -> None:
     assert "cold" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
 
 
-def _unused() -> None:
-    hashlib.md5()
-    time.time()
-    requests.Session()
-    ET.Element("x")
+# --------------------------------------------------------------------------- browser POST uploads
+
+
+def post_form(post: dict[str, Any], data: bytes, filename: str = "photo.png",
+              extra: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+    """The form a browser sends: the presigned fields, then the file (last)."""
+    fields = dict(post["fields"]) | dict(extra or {})
+    return requests.post(post["url"], data=fields, files={"file": (filename, data, "application/octet-stream")},
+                         timeout=60, allow_redirects=False, **kw)
+
+
+def test_browser_post_upload_sigv4(node: Node, s3: Any, bucket: str) -> None:
+    data = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(100_000))  # 3.2 MB
+    post = s3.generate_presigned_post(
+        Bucket=bucket, Key="uploads/${filename}",
+        Fields={"Content-Type": "image/png", "x-amz-meta-who": "browser", "success_action_status": "201",
+                "x-amz-storage-class": "STANDARD_IA"},
+        Conditions=[{"Content-Type": "image/png"}, {"x-amz-meta-who": "browser"}, {"success_action_status": "201"},
+                    {"x-amz-storage-class": "STANDARD_IA"}, ["content-length-range", 1, 8 << 20]],
+        ExpiresIn=600)
+    assert "x-amz-signature" in post["fields"]
+    r = post_form(post, data)
+    assert r.status_code == 201, r.text
+    doc = ET.fromstring(r.content)
+    assert doc.tag == NS + "PostResponse"
+    assert doc.findtext(NS + "Key") == "uploads/photo.png" and doc.findtext(NS + "Bucket") == bucket
+    etag = '"' + hashlib.md5(data).hexdigest() + '"'
+    assert doc.findtext(NS + "ETag") == etag and r.headers["ETag"] == etag
+    assert (node.root / bucket / "uploads" / "photo.png").read_bytes() == data
+    h = s3.head_object(Bucket=bucket, Key="uploads/photo.png")
+    assert (h["ETag"], h["ContentType"], h["Metadata"], h["StorageClass"]) == \
+        (etag, "image/png", {"who": "browser"}, "STANDARD_IA")
+    # the default answer: 204, no body
+    plain = s3.generate_presigned_post(Bucket=bucket, Key="plain.txt", ExpiresIn=600)
+    r = post_form(plain, b"hello")
+    assert r.status_code == 204 and r.content == b""
+    assert s3.get_object(Bucket=bucket, Key="plain.txt")["Body"].read() == b"hello"
+    # success_action_redirect: 303 to the page, with bucket, key and etag
+    red = s3.generate_presigned_post(Bucket=bucket, Key="r.txt", Fields={"success_action_redirect":
+                                                                        "https://app.example.com/done?x=1"},
+                                     Conditions=[{"success_action_redirect": "https://app.example.com/done?x=1"}])
+    r = post_form(red, b"redirected")
+    assert r.status_code == 303
+    loc = urlsplit(r.headers["Location"])
+    assert (loc.netloc, loc.path) == ("app.example.com", "/done")
+    assert dict(p.split("=", 1) for p in loc.query.split("&")) == \
+        {"x": "1", "bucket": bucket, "key": "r.txt", "etag": requests.utils.quote(md5q(b"redirected"), safe="")}
+
+
+def md5q(data: bytes) -> str:
+    return '"' + hashlib.md5(data).hexdigest() + '"'
+
+
+def test_browser_post_sigv2(s3: Any, node: Node, bucket: str) -> None:
+    v2 = s3client(node.url, signature_version="s3")
+    try:
+        post = v2.generate_presigned_post(Bucket=bucket, Key="v2.bin", ExpiresIn=600)
+    finally:
+        v2.close()
+    assert "signature" in post["fields"] and "AWSAccessKeyId" in post["fields"]
+    assert post_form(post, b"signed the old way").status_code == 204
+    assert s3.get_object(Bucket=bucket, Key="v2.bin")["Body"].read() == b"signed the old way"
+    post["fields"]["signature"] = "AAAA" + post["fields"]["signature"][4:]
+    r = post_form(post, b"forged")
+    assert (r.status_code, code_of(r)) == (403, "SignatureDoesNotMatch")
+
+
+def code_of(r: requests.Response) -> str | None:
+    return ET.fromstring(r.content).findtext("Code")
+
+
+def test_browser_post_policy_is_enforced(node: Node, s3: Any, bucket: str) -> None:
+    post = s3.generate_presigned_post(Bucket=bucket, Key="in/${filename}",
+                                      Conditions=[["content-length-range", 2, 10]], ExpiresIn=600)
+    cases: list[tuple[dict[str, str], bytes, tuple[int, str]]] = [
+        ({"key": "elsewhere/x"}, b"12345", (403, "AccessDenied")),  # starts-with $key fails
+        ({}, b"x" * 11, (400, "EntityTooLarge")),
+        ({}, b"x", (400, "EntityTooSmall")),
+        ({"x-amz-meta-sneaky": "1"}, b"12345", (403, "AccessDenied")),  # a field no condition covers
+        ({"x-amz-signature": "0" * 64}, b"12345", (403, "SignatureDoesNotMatch")),
+    ]
+    for extra, data, expected in cases:
+        r = post_form(post, data, filename="f.txt", extra=extra)
+        assert (r.status_code, code_of(r)) == expected, (extra, r.text)
+    assert not (node.root / bucket / "in" / "f.txt").exists() and not (node.root / bucket / "elsewhere").exists()
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+    r = post_form(post, b"fits", filename="f.txt", extra={"x-ignore-note": "ignored by rule"})
+    assert r.status_code == 204
+    assert (node.root / bucket / "in" / "f.txt").read_bytes() == b"fits"
+    # an expired policy; a form without any signature; a form without a key
+    old = s3.generate_presigned_post(Bucket=bucket, Key="late", ExpiresIn=-60)
+    r = post_form(old, b"late")
+    assert (r.status_code, code_of(r)) == (403, "AccessDenied") and "expired" in r.text
+    r = requests.post(f"{node.url}/{bucket}", data={"key": "anon"}, files={"file": ("a", b"anon")}, timeout=30)
+    assert (r.status_code, code_of(r)) == (403, "AccessDenied")
+    fields = {k: v for k, v in post["fields"].items() if k != "key"}
+    r = requests.post(post["url"], data=fields, files={"file": ("a", b"nokey")}, timeout=30)
+    assert (r.status_code, code_of(r)) == (400, "InvalidArgument")
+    r = requests.post(f"{node.url}/{bucket}", data=b"--x\r\nbroken", timeout=30,
+                      headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and code_of(r) in ("MalformedPOSTRequest", "InvalidArgument")
+    for name in ("late", "anon"):
+        with pytest.raises(ClientError):
+            s3.head_object(Bucket=bucket, Key=name)
+
+
+def test_browser_post_runs_as_the_keys_tenant(node: Node) -> None:
+    t = s3client(node.url, TENANT_KEY, TENANT_SECRET)
+    try:
+        ok = t.generate_presigned_post(Bucket="shared", Key="rw/posted", ExpiresIn=600)
+        assert post_form(ok, b"tenant data").status_code == 204
+        assert (node.root / "shared" / "rw" / "posted").read_bytes() == b"tenant data"
+        no = t.generate_presigned_post(Bucket="shared", Key="ro/posted", ExpiresIn=600)
+        r = post_form(no, b"not here")
+        assert (r.status_code, code_of(r)) == (403, "AccessDenied")
+        assert not (node.root / "shared" / "ro" / "posted").exists()
+    finally:
+        t.close()
