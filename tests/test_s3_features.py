@@ -212,6 +212,21 @@ def test_minio_sets_and_reads_tags(node: Node, s3: Any, bucket: str) -> None:
     assert not mc.get_object_tags(bucket, "m.bin")
 
 
+def test_s3fs_tags(node: Node, s3: Any, bucket: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=AK, secret=SK, client_kwargs={"endpoint_url": node.url, "region_name": "us-east-1"},
+                           skip_instance_cache=True)
+    with fs.open(f"{bucket}/fs.txt", "wb") as f:
+        f.write(b"via s3fs")
+    fs.put_tags(f"{bucket}/fs.txt", {"a": "1"})
+    fs.put_tags(f"{bucket}/fs.txt", {"b": "2"}, mode="m")  # merge: read, then write both
+    assert fs.get_tags(f"{bucket}/fs.txt") == {"a": "1", "b": "2"}
+    fs.put_tags(f"{bucket}/fs.txt", {"c": "3"})  # overwrite
+    assert tags_of(s3.get_object_tagging(Bucket=bucket, Key="fs.txt")) == {"c": "3"}
+    assert fs.cat(f"{bucket}/fs.txt") == b"via s3fs"
+
+
 def test_bucket_tagging(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as e:
         s3.get_bucket_tagging(Bucket=bucket)
@@ -345,6 +360,30 @@ def test_acls_reflect_the_callers_rules(node: Node, s3: Any, bucket: str) -> Non
         with pytest.raises(ClientError) as e:
             t.put_object_acl(Bucket="shared", Key="ro/f", ACL="private")  # but needs write
         assert err(e) == ("AccessDenied", 403)
+    finally:
+        t.close()
+
+
+def test_tenant_rules_decide_tags_and_bucket_configuration(node: Node) -> None:
+    """Tags need write on the object's path; bucket configuration needs write on the bucket."""
+    (node.root / "shared" / "rw" / "t").write_bytes(b"rw")
+    (node.root / "shared" / "ro" / "t").write_bytes(b"ro")
+    t = s3client(node.url, TENANT_KEY, TENANT_SECRET)
+    try:
+        t.put_object_tagging(Bucket="shared", Key="rw/t", Tagging=tagset({"by": "team"}))
+        assert tags_of(t.get_object_tagging(Bucket="shared", Key="rw/t")) == {"by": "team"}
+        assert t.get_object_tagging(Bucket="shared", Key="ro/t")["TagSet"] == []  # read is enough to read
+        calls = [lambda: t.put_object_tagging(Bucket="shared", Key="ro/t", Tagging=tagset({"by": "team"})),
+                 lambda: t.delete_object_tagging(Bucket="shared", Key="ro/t"),
+                 lambda: t.put_bucket_cors(Bucket="shared", CORSConfiguration=CORS),
+                 lambda: t.put_bucket_tagging(Bucket="shared", Tagging=tagset({"a": "b"}))]
+        for call in calls:
+            with pytest.raises(ClientError) as e:
+                call()
+            assert err(e) == ("AccessDenied", 403)
+        with pytest.raises(ClientError) as e:
+            t.get_bucket_cors(Bucket="shared")
+        assert err(e) == ("NoSuchCORSConfiguration", 404)
     finally:
         t.close()
 
