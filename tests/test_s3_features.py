@@ -586,3 +586,35 @@ def test_browser_post_runs_as_the_keys_tenant(node: Node) -> None:
         assert not (node.root / "shared" / "ro" / "posted").exists()
     finally:
         t.close()
+
+
+# --------------------------------------------------------------------------- a region's cluster
+
+
+def test_bucket_configuration_and_tags_are_the_regions(cluster: Any, etcd: Any, tmp_path: Path) -> None:
+    """CORS rules set through one node answer preflights on every node; tags likewise: they
+    live in the region's metadata shards, not in one gateway."""
+    store = tmp_path / "store"
+    store.mkdir()
+    nodes = cluster(3, etcd, ["--page-size", "1MiB", "--s3-access-key", AK, "--s3-secret-key", SK], s3=True)
+    nodes[0].ctl("mount", "add", "/bkt", f"file://{store}", check=True)
+    clients = [s3client(n.endpoints["s3"]) for n in nodes]
+    try:
+        clients[0].put_bucket_cors(Bucket="bkt", CORSConfiguration=CORS)
+        clients[1].put_object(Bucket="bkt", Key="k", Body=b"v", Tagging="who=node1")
+        clients[2].put_bucket_tagging(Bucket="bkt", Tagging=tagset({"region": "r1"}))
+        for n, c in zip(nodes, clients, strict=True):
+            r = unsigned(n.endpoints["s3"], "OPTIONS", "/bkt/k",
+                         {"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET"})
+            assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+            assert c.get_bucket_cors(Bucket="bkt")["CORSRules"] == CORS["CORSRules"]
+            assert tags_of(c.get_object_tagging(Bucket="bkt", Key="k")) == {"who": "node1"}
+            assert tags_of(c.get_bucket_tagging(Bucket="bkt")) == {"region": "r1"}
+        clients[2].delete_bucket_cors(Bucket="bkt")
+        for n in nodes:
+            r = unsigned(n.endpoints["s3"], "OPTIONS", "/bkt/k",
+                         {"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET"})
+            assert (r.status, r.code()) == (403, "AccessForbidden")
+    finally:
+        for c in clients:
+            c.close()
