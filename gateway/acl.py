@@ -12,10 +12,12 @@ documents are answered as views of those rules and cannot change them:
   gets READ / WRITE as the anonymous principal's level allows. A caller that
   sees nothing at the path gets AccessDenied.
 - **PutBucketAcl / PutObjectAcl**: like an S3 bucket whose ObjectOwnership is
-  ``BucketOwnerEnforced`` (ACLs disabled): the canned ACL ``private`` (and
-  ``bucket-owner-full-control``), or a body granting only the owner
-  FULL_CONTROL, are accepted and change nothing; anything else is
-  ``400 AccessControlListNotSupported`` naming the access file.
+  ``BucketOwnerEnforced`` (ACLs disabled, S3's default for new buckets): the
+  canned ACL ``private`` (and ``bucket-owner-full-control``), or a body granting
+  only the owner FULL_CONTROL, are accepted and change nothing; anything else is
+  ``400 AccessControlListNotSupported`` naming the access file. The same holds
+  for the ``x-amz-acl`` / ``x-amz-grant-*`` headers of a write (and a POST
+  form's ``acl`` field): ``public-read`` is refused, never silently ignored.
 - **GetBucketOwnershipControls**: ``BucketOwnerEnforced``.
 - **GetBucketPolicy**: ``NoSuchBucketPolicy`` (there is no policy document:
   rules of other tenants are not shown to a tenant). **PutBucketPolicy**:
@@ -28,7 +30,7 @@ documents are answered as views of those rules and cannot change them:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -107,6 +109,16 @@ def policy_document(node: MeshNode, cfg: S3Config, path: str) -> bytes:
 
 def _not_supported() -> S3Error:
     return S3Error("AccessControlListNotSupported", "The bucket does not allow ACLs: " + _SEE_ACCESS, 400)
+
+
+def check_write_acl(headers: Mapping[str, str]) -> None:
+    """A write's ``x-amz-acl`` / ``x-amz-grant-*`` (PutObject, CopyObject, CreateMultipartUpload,
+    a POST form's ``acl``): as on an S3 bucket with ACLs disabled, only ``private`` and
+    ``bucket-owner-full-control`` (which change nothing) pass."""
+    canned = headers.get("x-amz-acl")
+    if (canned is not None and canned not in CANNED_OK) or any(h.lower().startswith("x-amz-grant-")
+                                                                for h in headers):
+        raise _not_supported()
 
 
 def check_put_acl(request: web.Request, body: bytes) -> None:

@@ -29,7 +29,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import storageclass, tagging, xmlio
+from . import acl, storageclass, tagging, xmlio
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
 MAX_KEY_BYTES = 1024
@@ -86,7 +86,8 @@ async def stored_attrs(node: MeshNode, st: FileStatus) -> dict[str, Any]:
 
 def request_attrs(headers: Mapping[str, str]) -> dict[str, Any]:
     """What a write request sets besides ETag, type and metadata: tags (``x-amz-tagging``)
-    and storage class."""
+    and storage class; its ACL headers must change nothing."""
+    acl.check_write_acl(headers)
     tags = tagging.from_header(headers)
     return ({"tags": tags} if tags else {}) | storageclass.from_headers(headers)
 
@@ -409,6 +410,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
+    acl.check_write_acl(request.headers)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)

@@ -50,7 +50,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from meshd import auth as mauth
 from meshd.core import MeshNode
 
-from . import objects, storageclass, tagging, xmlio
+from . import acl, objects, storageclass, tagging, xmlio
 from .errors import S3Error, access_denied, invalid_argument
 from .sigv4 import ALGORITHM, signing_key
 
@@ -265,6 +265,7 @@ async def upload(request: web.Request, node: MeshNode, bucket: str, keys: Mappin
     meta = {raw_names[n][len("x-amz-meta-"):].lower(): v for n, v in form.items() if n.startswith("x-amz-meta-")}
     if sum(len(k) + len(v) for k, v in meta.items()) > 2048:
         raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size", 400)
+    acl.check_write_acl({"x-amz-acl": form["acl"]} if "acl" in form else {})
     extra: dict[str, Any] = storageclass.from_headers({storageclass.HEADER: form[storageclass.HEADER]}
                                                       if storageclass.HEADER in form else {})
     if "tagging" in form:

@@ -409,6 +409,30 @@ def test_acl_changes_are_refused_unless_they_change_nothing(s3: Any, bucket: str
         [{"ObjectOwnership": "BucketOwnerEnforced"}]
 
 
+
+def test_acl_headers_of_writes_are_refused_unless_private(node: Node, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="priv", Body=b"1", ACL="private")
+    s3.put_object(Bucket=bucket, Key="bofc", Body=b"1", ACL="bucket-owner-full-control")
+    writes = [lambda: s3.put_object(Bucket=bucket, Key="pub", Body=b"1", ACL="public-read"),
+              lambda: s3.put_object(Bucket=bucket, Key="pub", Body=b"1", GrantRead="uri=" + ALL_USERS),
+              lambda: s3.copy_object(Bucket=bucket, Key="pub", CopySource={"Bucket": bucket, "Key": "priv"},
+                                     ACL="public-read"),
+              lambda: s3.create_multipart_upload(Bucket=bucket, Key="pub", ACL="authenticated-read")]
+    for call in writes:
+        with pytest.raises(ClientError) as e:
+            call()
+        assert err(e) == ("AccessControlListNotSupported", 400)
+    assert not (node.root / bucket / "pub").exists()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    post = s3.generate_presigned_post(Bucket=bucket, Key="pub", Fields={"acl": "public-read"},
+                                      Conditions=[{"acl": "public-read"}])
+    r = post_form(post, b"1")
+    assert (r.status_code, code_of(r)) == (400, "AccessControlListNotSupported")
+    post = s3.generate_presigned_post(Bucket=bucket, Key="posted-private", Fields={"acl": "private"},
+                                      Conditions=[{"acl": "private"}])
+    assert post_form(post, b"1").status_code == 204
+
+
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
 
