@@ -179,6 +179,8 @@ def test_tagging_limits_are_s3s(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as e:  # nothing was written
         s3.head_object(Bucket=bucket, Key="k2")
     assert err(e)[1] == 404
+    r = raw(s3.meta.endpoint_url, "PUT", f"/{bucket}/k2", {"x-amz-tagging": "a=%ff"}, body=b"1")
+    assert (r.status, r.code()) == (400, "InvalidArgument")  # not UTF-8 once decoded
     with pytest.raises(ClientError) as e:
         s3.copy_object(Bucket=bucket, Key="k3", CopySource={"Bucket": bucket, "Key": "k"},
                        TaggingDirective="MERGE")  # type: ignore[arg-type]
