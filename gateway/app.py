@@ -31,7 +31,19 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import BAD_REQUEST, REFUSE
 
-from . import attributes, buckets, checksums, listing, objects, xmlio
+from . import (
+    acl,
+    attributes,
+    buckets,
+    checksums,
+    cors,
+    listing,
+    objects,
+    post,
+    storageclass,
+    tagging,
+    xmlio,
+)
 from . import headers as hdrs
 from .errors import (
     S3Error,
@@ -47,10 +59,10 @@ from .sigv4 import AuthResult, check_sha256, decode_aws_chunked, verify_request
 log = logging.getLogger(__name__)
 OWNER_ID = "mesh"
 UNSUPPORTED = {
-    "acl", "policy", "cors", "lifecycle", "tagging", "website", "replication", "encryption",
+    "lifecycle", "website", "replication", "encryption",
     "notification", "logging", "object-lock", "retention", "legal-hold", "torrent", "restore",
     "select", "accelerate", "analytics", "inventory", "metrics", "intelligent-tiering",
-    "ownershipControls", "publicAccessBlock", "requestPayment", "policyStatus",
+    "requestPayment",
 }
 READ_CHUNK = 1 << 20
 
@@ -171,6 +183,14 @@ class Gateway:
         bucket = key = ""
         try:
             bucket, key = self.address(request)
+            request["bucket"] = bucket  # for the CORS headers (stamp)
+            if request.method == "OPTIONS":  # a CORS preflight: browsers send no credential
+                with self.node.access.serving(mauth.ANONYMOUS):
+                    return await cors.preflight(request, self.node, bucket)
+            if post.is_form_upload(request, bucket, key):  # signed by its form, not its headers
+                return await post.upload(request, self.node, bucket, self.keys,
+                                         lambda ak: self.principal(request, AuthResult(ak, "UNSIGNED-PAYLOAD")),
+                                         self.anonymous_ok(request))
             auth = self.authenticate(request, bucket)
             with self.node.access.serving(self.principal(request, auth)):
                 resp = await self.dispatch(request, auth, bucket, key)
@@ -219,6 +239,15 @@ class Gateway:
             if m == "GET":
                 return await self.list_buckets(request)
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+        async def body() -> bytes:
+            return await self.small_body(request, auth)
+
+        if "tagging" in q:
+            return await tagging.handle(request, self.node, bucket, key, body)
+        if not key and "cors" in q:
+            return await cors.handle(request, self.node, bucket, body)
+        if "acl" in q or (not key and acl.SUBRESOURCES.intersection(q)):
+            return await acl.handle(request, self.node, self.cfg, bucket, key, body)
         if not key:
             return await self.bucket_op(request, auth, bucket)
         node = self.node
@@ -321,6 +350,10 @@ class Gateway:
         except me.DirectoryNotEmpty:
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409,
                           BucketName=bucket) from None
+        try:  # its configuration (CORS, tags) goes with it, as on S3
+            await self.node.drop_object_attrs("/" + bucket)
+        except me.MeshError as e:
+            log.warning("bucket %s deleted, its configuration not: %s", bucket, e)
         return web.Response(status=204)
 
     # ---- listings ----------------------------------------------------------
@@ -348,7 +381,7 @@ class Gateway:
         for ent, a in zip(page.entries, attrs, strict=True):
             kids = [xmlio.leaf("Key", e(ent.key)), xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)),
                     xmlio.leaf("ETag", a.etag), xmlio.leaf("Size", ent.status.size),
-                    xmlio.leaf("StorageClass", "STANDARD"), *_listed_checksum(a)]
+                    xmlio.leaf("StorageClass", storageclass.of(a.stored)), *_listed_checksum(a)]
             if not v2 or q.get("fetch-owner") == "true":
                 kids.append(owner)
             contents.append(xmlio.element("Contents", kids))
@@ -387,7 +420,7 @@ class Gateway:
             items.append(xmlio.element("Version", [
                 xmlio.leaf("Key", e(ent.key)), xmlio.leaf("VersionId", "null"), xmlio.leaf("IsLatest", True),
                 xmlio.leaf("LastModified", xmlio.iso8601(ent.status.mtime)), xmlio.leaf("ETag", a.etag),
-                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", "STANDARD"), owner,
+                xmlio.leaf("Size", ent.status.size), xmlio.leaf("StorageClass", storageclass.of(a.stored)), owner,
                 *_listed_checksum(a)]))
         head = [xmlio.leaf("Name", bucket), xmlio.leaf("Prefix", e(prefix)),
                 xmlio.leaf("KeyMarker", e(q.get("key-marker", ""))),
@@ -411,10 +444,11 @@ class Gateway:
         ctype = checksums.upload_checksum_type(alg, request.headers.get(checksums.TYPE_HEADER))
         await objects.require_bucket(self.node, bucket)
         objects.mesh_path(bucket, key)
+        extra = objects.request_attrs(request.headers)
         up = await self.uploads.create(bucket, key, objects.user_metadata(request),
                                        request.headers.get("Content-Type", ""), writeback=mode,
                                        headers=hdrs.content_headers(request.headers),
-                                       checksum_algorithm=alg, checksum_type=ctype)
+                                       checksum_algorithm=alg, checksum_type=ctype, attrs=extra)
         resp = _xml(xmlio.element("InitiateMultipartUploadResult", [
             xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key), xmlio.leaf("UploadId", up.upload_id)]))
         if alg is not None and ctype is not None:
@@ -511,7 +545,8 @@ class Gateway:
         await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=done.etag, limit=1 << 62, writeback=upload.writeback,
                                    size_hint=done.size, cond=cond,
-                                   extra={"hdrs": upload.headers, "parts": part_list}, more_attrs=more_attrs)
+                                   extra={**upload.attrs, "hdrs": upload.headers, "parts": part_list},
+                                   more_attrs=more_attrs)
         await self.uploads.finish(upload, parts, done.etag)
         return _completed_xml(bucket, key, done.etag, objects.checksum_elements(entry))
 
@@ -656,6 +691,8 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
         response.headers.setdefault("Server", "datamesh")
+        if "Origin" in request.headers and request.method != "OPTIONS" and request.get("bucket"):
+            response.headers.update(await cors.actual_headers(gw.node, request, request["bucket"]))
 
     def refuse(request: web.Request, e: me.SlowDown) -> web.StreamResponse:
         """Over the client's requests in flight (meshd.servers.guard): S3's SlowDown."""

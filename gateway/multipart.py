@@ -12,7 +12,7 @@ Layout::
       <upload_id>/                  one directory per upload in progress
         upload.json                 {"version", "upload_id", "bucket", "key",
                                      "initiated", "metadata", "content_type",
-                                     "writeback", "headers",
+                                     "writeback", "headers", "attrs",
                                      "checksum_algorithm", "checksum_type"}
         part-00001                  a part: 72-byte header, then the part's bytes
         part-00002
@@ -139,6 +139,8 @@ class Upload:
     headers: dict[str, str] = field(default_factory=dict, hash=False)  # content headers (gateway/headers.py)
     checksum_algorithm: str | None = None  # x-amz-checksum-algorithm (checksums.ALGORITHMS)
     checksum_type: str | None = None  # FULL_OBJECT | COMPOSITE (with an algorithm only)
+    # further object attributes the request set (tags, storage class), recorded at Complete
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,8 @@ def _load_upload(d: Path) -> Upload | None:
                       headers={str(k): str(v) for k, v in (j.get("headers") or {}).items()},
                       checksum_algorithm=_known(j.get("checksum_algorithm"), checksums.ALGORITHMS),
                       checksum_type=_known(j.get("checksum_type"),
-                                           (checksums.FULL_OBJECT, checksums.COMPOSITE)))
+                                           (checksums.FULL_OBJECT, checksums.COMPOSITE)),
+                      attrs=dict(j["attrs"]) if isinstance(j.get("attrs"), dict) else {})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -406,7 +409,8 @@ class MultipartStore:
                      content_type: str, writeback: bool | None = None,
                      headers: dict[str, str] | None = None,
                      checksum_algorithm: str | None = None,
-                     checksum_type: str | None = None) -> Upload:
+                     checksum_type: str | None = None,
+                     attrs: dict[str, Any] | None = None) -> Upload:
         if not bucket:
             raise invalid_argument("Bucket name must not be empty")
         if not key:
@@ -414,11 +418,13 @@ class MultipartStore:
         upload = Upload(upload_id=secrets.token_urlsafe(24), bucket=bucket, key=key,
                         initiated=self.clock(), metadata=dict(metadata),
                         content_type=content_type, writeback=writeback, headers=dict(headers or {}),
-                        checksum_algorithm=checksum_algorithm, checksum_type=checksum_type)
+                        checksum_algorithm=checksum_algorithm, checksum_type=checksum_type,
+                        attrs=dict(attrs or {}))
         doc = {"version": 1, "upload_id": upload.upload_id, "bucket": bucket, "key": key,
                "initiated": upload.initiated, "metadata": upload.metadata,
                "content_type": content_type, "writeback": writeback, "headers": upload.headers,
-               "checksum_algorithm": checksum_algorithm, "checksum_type": checksum_type}
+               "checksum_algorithm": checksum_algorithm, "checksum_type": checksum_type,
+               "attrs": upload.attrs}
 
         def make() -> None:
             new = self.root / f".new-{upload.upload_id}-{secrets.token_hex(4)}"

@@ -23,7 +23,7 @@ import binascii
 import hashlib
 import mimetypes
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -35,7 +35,7 @@ from meshd.config import parse_write_mode
 from meshd.core import FileStatus, MeshNode
 from meshd.servers.streaming import stream_response
 
-from . import checksums, xmlio
+from . import acl, checksums, storageclass, tagging, xmlio
 from . import headers as hdrs
 from .errors import S3Error, from_mesh, invalid_argument, no_such_bucket, no_such_key
 
@@ -61,6 +61,7 @@ class ObjectAttrs:
     headers: dict[str, str] = field(default_factory=dict)  # content headers (gateway/headers.py)
     parts: tuple[int, ...] = ()  # a multipart object's part sizes, in order
     checksum: dict[str, str] | None = None  # checksums.stored(): alg, value, type
+    stored: dict[str, Any] = field(default_factory=dict)  # all the core keeps: tags, storage class, ...
 
 
 def mesh_path(bucket: str, key: str) -> str:
@@ -80,10 +81,26 @@ async def attrs_of(node: MeshNode, st: FileStatus) -> ObjectAttrs:
     guessed = mimetypes.guess_type(st.path)[0] or "application/octet-stream"
     if a is not None:
         return ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}),
-                           dict(a.get("hdrs") or {}), part_sizes(a.get("parts")), checksums.from_attrs(a))
+                           dict(a.get("hdrs") or {}), part_sizes(a.get("parts")), checksums.from_attrs(a), dict(a))
     v = st.version.strip('"')
     etag = f'"{v}"' if _S3_ETAG.fullmatch(v) else '"' + hashlib.md5(v.encode()).hexdigest() + '"'
     return ObjectAttrs(etag, guessed, {})
+
+
+async def stored_attrs(node: MeshNode, st: FileStatus) -> dict[str, Any]:
+    """The attributes the core keeps for ``st``'s version, to change some and set them back:
+    those recorded, else those an object written by other means is served with."""
+    a = await attrs_of(node, st)
+    out = {k: v for k, v in a.stored.items() if k not in ("v", "t")}
+    return out or {"etag": a.etag, "ct": a.content_type, "meta": a.metadata}
+
+
+def request_attrs(headers: Mapping[str, str]) -> dict[str, Any]:
+    """What a write request sets besides ETag, type and metadata: tags (``x-amz-tagging``)
+    and storage class; its ACL headers must change nothing."""
+    acl.check_write_acl(headers)
+    tags = tagging.from_header(headers)
+    return ({"tags": tags} if tags else {}) | storageclass.from_headers(headers)
 
 
 def user_metadata(request: web.Request) -> dict[str, str]:
@@ -112,6 +129,8 @@ def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
         h["x-amz-meta-" + k] = hdrs.response_text(v)
     for k, v in a.headers.items():
         h[k] = hdrs.response_text(v)
+    h.update(tagging.count_header(a.stored))
+    h.update(storageclass.header(a.stored))
     return h
 
 
@@ -402,14 +421,15 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
                        metadata: dict[str, str], etag: str | None = None,
                        limit: int = MAX_PUT, writeback: bool | None = None,
                        size_hint: int = -1, cond: WriteCondition | None = None,
-                       extra: dict[str, Any] | None = None,
+                       extra: Mapping[str, Any] | None = None,
                        more_attrs: Callable[[], dict[str, Any]] | None = None) -> tuple[FileStatus, str]:
     """Stream a whole object into the mesh; returns its status and S3 ETag.
     ``writeback``: the request's write mode (None: the mount's); ``size_hint``: its length;
     ``cond``: write only if it holds (412 PreconditionFailed, atomically: the node's
     exclusive and ``if_version`` writes); ``extra``: more attributes to keep with it
-    (content headers ``hdrs``, parts ``parts``); ``more_attrs``: called once the data is
-    written, more attributes still (its checksum, computed as the data streamed)."""
+    (content headers ``hdrs``, parts ``parts``, tags, storage class: :func:`request_attrs`);
+    ``more_attrs``: called once the data is written, more attributes still (its checksum,
+    computed as the data streamed)."""
     path = mesh_path(bucket, key)
     digest = _Digest(content_md5, limit)
     exclusive = cond is not None and cond.absent
@@ -480,11 +500,12 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     if length is not None and length.isdigit() and digits(length) > MAX_PUT:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     mode = write_mode(request)
+    extra = request_attrs(request.headers)
     await require_bucket(node, bucket)
     _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
                                  size_hint=digits(length) if length is not None and length.isdigit() else -1,
-                                 cond=cond, extra={"hdrs": hdrs.content_headers(request.headers)},
+                                 cond=cond, extra={**extra, "hdrs": hdrs.content_headers(request.headers)},
                                  more_attrs=checksum_attrs(checksum) if checksum is not None else None)
     headers = {"ETag": etag}
     if checksum is not None:
@@ -552,13 +573,14 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise invalid_argument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    if (sb, sk) == (bucket, key) and directive == "COPY":
+    if (sb, sk) == (bucket, key) and directive == "COPY" and storageclass.HEADER not in request.headers:
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
     cond = write_condition(request)  # of the destination (the source's are x-amz-copy-source-if-*)
     raw_alg = request.headers.get("x-amz-checksum-algorithm")
     alg = checksums.parse_algorithm(raw_alg, "x-amz-checksum-algorithm") if raw_alg is not None else None
+    acl.check_write_acl(request.headers)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
     sst, a, chunks = await read_source(request, node, sb, sk)
@@ -570,9 +592,10 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     # S3 computes the copy's checksum: the algorithm asked for, else the source's, else its default
     cks = checksums.RequestChecksum(alg or (a.checksum["alg"] if a.checksum else checksums.DEFAULT))
     try:
+        tags = tagging.for_copy(request.headers, a.stored)
+        extra = ({"tags": tags} if tags else {}) | storageclass.from_headers(request.headers) | {"hdrs": kept}
         nst, etag = await write_object(node, bucket, key, cks.wrap(chunks), None, ct, meta, writeback=mode,
-                                       size_hint=sst.size, cond=cond, extra={"hdrs": kept},
-                                       more_attrs=checksum_attrs(cks))
+                                       size_hint=sst.size, cond=cond, extra=extra, more_attrs=checksum_attrs(cks))
     finally:
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [

@@ -242,6 +242,38 @@ class MeshNode:
         self.access.check(WRITE, paths.normalize(path))
         await self.metadata.drop_attrs(path)
 
+    # ---- bucket configuration (S3: CORS rules, bucket tags) ---------------
+    # Kept as the attributes of the bucket's path under the fixed version key
+    # BUCKET_CONFIG, in the metadata store: the region's shards, so every node of
+    # the region serves the same configuration. One entry per name; setting one
+    # keeps the others.
+
+    BUCKET_CONFIG = "bucket-config"
+    PUBLIC_BUCKET_CONFIG = frozenset({"cors"})  # evaluated for unsigned CORS preflights, as S3 does
+
+    async def bucket_config(self, path: str, name: str) -> Any:
+        """The configuration ``name`` of the directory ``path`` (an S3 bucket), None if unset.
+        Needs READ there, except for PUBLIC_BUCKET_CONFIG (a browser's preflight carries
+        no credential; the rules show in the answers anyway)."""
+        norm = paths.normalize(path)
+        if name not in self.PUBLIC_BUCKET_CONFIG:
+            self.access.check(READ, norm)
+        found = await self.metadata.attrs(norm, self.BUCKET_CONFIG)
+        return (found or {}).get(name)
+
+    async def set_bucket_config(self, path: str, name: str, value: Any) -> None:
+        """Set (None: remove) the configuration ``name`` of the directory ``path``: WRITE there."""
+        norm = paths.normalize(path)
+        self.access.check(WRITE, norm)
+        found = dict(await self.metadata.attrs(norm, self.BUCKET_CONFIG) or {})
+        found.pop("v", None)
+        found.pop("t", None)
+        if value is None:
+            found.pop(name, None)
+        else:
+            found[name] = value
+        await self.metadata.set_attrs(norm, self.BUCKET_CONFIG, found)
+
     # ---- this node's shard (calls forwarded by peers that do not own the key) ----
 
     async def local_stat(self, path: str, fresh: bool = False) -> FileStatus:
