@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshd import paths
@@ -45,6 +45,9 @@ class FileStatus:
     is_dir: bool
     fetched_at: float = 0.0
     attrs: Attrs | None = None  # mode, owner, times, link target (meshd/attrs.py); None: not kept
+    # the store's id of the kept version a write made (S3 x-amz-version-id): on a write's
+    # answer only, never recorded
+    version_id: str | None = field(default=None, compare=False)
 
     def to_json(self) -> bytes:
         if self.attrs is not None:
@@ -60,7 +63,7 @@ class FileStatus:
 
     @classmethod
     def of(cls, path: str, info: ObjectInfo, now: float) -> FileStatus:
-        return cls(path, info.size, info.mtime, info.version, info.is_dir, now, info.attrs)
+        return cls(path, info.size, info.mtime, info.version, info.is_dir, now, info.attrs, info.version_id)
 
 
 def page_of(entries: list[FileStatus], after: str, limit: int) -> tuple[list[FileStatus], bool]:
