@@ -31,7 +31,7 @@ from meshd.config import S3Config
 from meshd.core import MeshNode
 from meshd.servers.guard import REFUSE
 
-from . import listing, objects, xmlio
+from . import listing, objects, versions, xmlio
 from .errors import (
     S3Error,
     access_denied,
@@ -202,8 +202,9 @@ class Gateway:
     def error(self, request: web.Request, e: S3Error, bucket: str, key: str, request_id: str) -> web.Response:
         resource = "/" + bucket + ("/" + key if key else "")
         if request.method == "HEAD":
-            return web.Response(status=e.status, headers={"x-amz-error-code": e.code})
-        return web.Response(status=e.status, body=e.to_xml(resource, request_id), content_type="application/xml")
+            return web.Response(status=e.status, headers={**e.headers, "x-amz-error-code": e.code})
+        return web.Response(status=e.status, headers=e.headers, body=e.to_xml(resource, request_id),
+                            content_type="application/xml")
 
     async def dispatch(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.StreamResponse:
         m, q = request.method, request.query
@@ -220,7 +221,13 @@ class Gateway:
         if m in ("GET", "HEAD"):
             if "uploadId" in q:
                 return await self.list_parts(request, bucket, key)
-            return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
+            if "versionId" in q:
+                return await versions.get_object(request, node, bucket, key, q["versionId"], head=(m == "HEAD"))
+            try:
+                return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
+            except S3Error as e:
+                await versions.note_delete_marker(node, bucket, key, e)
+                raise
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 return await self.upload_part(request, auth, bucket, key)
@@ -234,7 +241,7 @@ class Gateway:
                 upload = await self.uploads.get(bucket, key, q["uploadId"])
                 await self.uploads.abort(upload)
                 return web.Response(status=204)
-            return await objects.delete_object(node, bucket, key)
+            return await versions.delete_object(request, node, bucket, key)
         if m == "POST":
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)
@@ -264,6 +271,8 @@ class Gateway:
     async def bucket_op(self, request: web.Request, auth: AuthResult, bucket: str) -> web.StreamResponse:
         m, q = request.method, request.query
         if m == "PUT":
+            if "versioning" in q:
+                return await versions.put_versioning(self.node, bucket, await self.small_body(request, auth))
             if q:
                 raise not_implemented(f"PUT ?{next(iter(q))} on buckets")
             return await self.create_bucket(bucket)
@@ -279,7 +288,7 @@ class Gateway:
         if "location" in q:
             return _xml(xmlio.element("LocationConstraint"))
         if "versioning" in q:
-            return _xml(xmlio.element("VersioningConfiguration"))
+            return await versions.get_versioning(self.node, bucket)
         if "uploads" in q:
             return await self.list_uploads(request, bucket)
         if "versions" in q:
@@ -367,10 +376,14 @@ class Gateway:
         return _xml(xmlio.element("ListBucketResult", head + contents + cps))
 
     async def list_versions(self, request: web.Request, bucket: str) -> web.Response:
+        """ListObjectVersions: the store's versions where it keeps them (gateway/versions.py),
+        else every key once, as version ``null``."""
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         enc, e = _key_encoder(request)
         max_keys = self._max_keys(request)
+        if await versions.status_of(self.node, bucket):
+            return await versions.list_versions(request, self.node, bucket, max_keys, enc, e)
         page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
         items = []
@@ -451,13 +464,15 @@ class Gateway:
                 raise S3Error("MalformedXML", "every Part needs a PartNumber and an ETag", 400)
             parts.append((objects.digits(num.strip()), etag.strip()))
         stream, etag, size = await self.uploads.complete(upload, parts)
-        await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
+        st, _ = await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
                                    upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
                                    size_hint=size)
         await self.uploads.finish(upload)
-        return _xml(xmlio.element("CompleteMultipartUploadResult", [
+        done = _xml(xmlio.element("CompleteMultipartUploadResult", [
             xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
             xmlio.leaf("ETag", etag)]))
+        done.headers.update(objects.version_header(st))
+        return done
 
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])

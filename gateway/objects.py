@@ -94,6 +94,11 @@ def write_mode(request: web.Request) -> bool | None:
                                ArgumentValue=raw or "") from None
 
 
+def version_header(st: FileStatus) -> dict[str, str]:
+    """``x-amz-version-id`` of a write, where the under-store kept a version of it."""
+    return {"x-amz-version-id": st.version_id} if st.version_id else {}
+
+
 def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
     h = {"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime), "Content-Type": a.content_type,
          "Accept-Ranges": "bytes"}
@@ -318,16 +323,22 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400)
     mode = write_mode(request)
     await require_bucket(node, bucket)
-    _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
-                                 request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1)
-    return web.Response(status=200, headers={"ETag": etag})
+    st, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
+                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
+                                  size_hint=digits(length) if length is not None and length.isdigit() else -1)
+    return web.Response(status=200, headers={"ETag": etag, **version_header(st)})
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
+def copy_source_version(value: str) -> str | None:
+    """The ``versionId`` of an ``x-amz-copy-source`` (None: its current version)."""
+    return unquote(value.split("versionId=", 1)[1]) if "versionId=" in value else None
+
+
+def parse_copy_source(value: str, *, any_version: bool = False) -> tuple[str, str]:
+    """Bucket and key of an ``x-amz-copy-source``; a version other than ``null`` is
+    NoSuchVersion unless the caller reads versions (``any_version``)."""
     src = unquote(value.split("?", 1)[0]).lstrip("/")
-    version = value.split("versionId=", 1)[1] if "versionId=" in value else None
-    if version not in (None, "null"):
+    if not any_version and copy_source_version(value) not in (None, "null"):
         raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
     bucket, _, key = src.partition("/")
     if not bucket or not key:
@@ -337,7 +348,14 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 
 async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
-                      rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
+                      rng: tuple[int, int] | None = None,
+                      version_id: str | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
+    if version_id is not None:  # a kept version (gateway/versions.py), or null: the object itself
+        from . import versions
+
+        found = await versions.read_source(request, node, bucket, key, version_id, rng)
+        if found is not None:
+            return found
     for _attempt in (0, 1):
         st = await stat_object(node, bucket, key)
         a = await attrs_of(node, st)
@@ -380,17 +398,19 @@ class _SourceChunks:
 
 
 async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
-    sb, sk = parse_copy_source(request.headers["x-amz-copy-source"])
+    sb, sk = parse_copy_source(request.headers["x-amz-copy-source"], any_version=True)
+    source_version = copy_source_version(request.headers["x-amz-copy-source"])
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise invalid_argument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    if (sb, sk) == (bucket, key) and directive == "COPY":
+    # onto itself, unchanged: refused, except from another version (how S3 restores one)
+    if (sb, sk) == (bucket, key) and directive == "COPY" and source_version in (None, "null"):
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
-    sst, a, chunks = await read_source(request, node, sb, sk)
+    sst, a, chunks = await read_source(request, node, sb, sk, version_id=source_version)
     if directive == "COPY":
         ct, meta = a.content_type, a.metadata
     else:
@@ -402,7 +422,10 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
         await chunks.aclose()
     body = xmlio.document(xmlio.element("CopyObjectResult", [
         xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag)]))
-    return web.Response(body=body, content_type="application/xml")
+    headers = version_header(nst)
+    if source_version is not None:
+        headers["x-amz-copy-source-version-id"] = source_version
+    return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
 async def delete_key(node: MeshNode, bucket: str, key: str) -> None:

@@ -1,0 +1,320 @@
+"""Object versions through the S3 gateway, passed through to a versioned S3 under-store.
+
+A real ``meshd embedded`` with the gateway mounts buckets of a real S3 endpoint (moto in
+a subprocess, tests/s3server.py): ``/vers`` a prefix ``p`` of a bucket with versioning
+on, ``/plain`` a bucket that never had it, ``/ro`` the versioned bucket read-only,
+``/toggle`` a bucket whose versioning the tests turn on and off through the gateway.
+boto3 (current, default checksums) talks to the gateway; a plain boto3 client on the
+store checks what landed there (versions under the mount's prefix, their ids).
+"""
+
+from __future__ import annotations
+
+# The S3 fixtures are imported and then used as test parameters.
+# ruff: noqa: F811
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.conftest_s3 import s3_server  # noqa: F401 (fixture)
+from tests.meshd_proc import MeshdProcess
+from tests.s3server import S3Server
+
+AK = "AKIDMESHVERSIONS"
+SK = "versions/secret+Key=7"
+MiB = 1 << 20
+PREFIX = "p"
+
+
+@dataclass
+class Setup:
+    node: MeshdProcess
+    s3: Any  # boto3 on the gateway
+    store: Any  # boto3 on the under-store
+    versioned: str  # the under-store buckets
+    plain: str
+    toggle: str
+
+
+def _drop_bucket(client: Any, name: str) -> None:
+    with contextlib.suppress(Exception):
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
+        client.delete_bucket(Bucket=name)
+
+
+def _mount(path: str, server: S3Server, uri: str, **extra: str) -> str:
+    opts = {**server.options(), **extra}
+    return f"{path}={uri}," + ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+@pytest.fixture(scope="module")
+def setup(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    store = s3_server.client()
+    versioned, plain, toggle = (f"mesh-{n}-{uuid.uuid4().hex[:12]}" for n in ("vers", "plain", "toggle"))
+    for name in (versioned, plain, toggle):
+        store.create_bucket(Bucket=name)
+    store.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
+    base: Path = tmp_path_factory.mktemp("s3vers")
+    node = MeshdProcess(base / "node", [
+        _mount("/vers", s3_server, f"s3://{versioned}/{PREFIX}"),
+        _mount("/plain", s3_server, f"s3://{plain}"),
+        _mount("/ro", s3_server, f"s3://{versioned}/{PREFIX}", read_only="true"),
+        _mount("/toggle", s3_server, f"s3://{toggle}"),
+    ], ["--s3-access-key", AK, "--s3-secret-key", SK, "--no-default-mount", "--page-size", "1MiB"]).start()
+    s3 = boto3.client("s3", endpoint_url=node.endpoints["s3"], aws_access_key_id=AK, aws_secret_access_key=SK,
+                      region_name="us-east-1",
+                      config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"}))
+    try:
+        yield Setup(node, s3, store, versioned, plain, toggle)
+    finally:
+        s3.close()
+        node.stop()
+        for name in (versioned, plain, toggle):
+            _drop_bucket(store, name)
+        store.close()
+
+
+def err(e: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
+    return str(e.value.response["Error"]["Code"]), int(e.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def headers(e: pytest.ExceptionInfo[ClientError]) -> dict[str, str]:
+    return dict(e.value.response["ResponseMetadata"]["HTTPHeaders"])
+
+
+def md5(data: bytes) -> str:
+    return '"' + hashlib.md5(data).hexdigest() + '"'
+
+
+def three_versions(setup: Setup, key: str, size: int = 3 * MiB + 5) -> list[tuple[str, bytes]]:
+    """Three PUTs of ``key`` through the gateway: (version id, bytes) oldest first."""
+    out = []
+    for _ in range(3):
+        data = os.urandom(size)
+        r = setup.s3.put_object(Bucket="vers", Key=key, Body=data)
+        assert r["ETag"] == md5(data)
+        out.append((r["VersionId"], data))
+    return out
+
+
+def versions_of(s3: Any, bucket: str, **kw: Any) -> list[tuple[str, str, bool, bool]]:
+    """Every (key, version id, is latest, is delete marker) of a listing, by key, the
+    latest first (botocore splits versions and markers into two lists; each in S3's order)."""
+    out: list[tuple[str, str, bool, bool]] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, **kw):
+        out += [(v["Key"], v["VersionId"], v["IsLatest"], False) for v in page.get("Versions", [])]
+        out += [(v["Key"], v["VersionId"], v["IsLatest"], True) for v in page.get("DeleteMarkers", [])]
+    return sorted(out, key=lambda v: (v[0].encode(), not v[2]))
+
+
+# --------------------------------------------------------------------------- bucket versioning
+
+
+def test_bucket_versioning_is_the_stores(setup: Setup) -> None:
+    assert setup.s3.get_bucket_versioning(Bucket="vers")["Status"] == "Enabled"
+    assert "Status" not in setup.s3.get_bucket_versioning(Bucket="plain")
+    assert "Status" not in setup.s3.get_bucket_versioning(Bucket="toggle")
+    # PutBucketVersioning goes to the store, for the whole bucket
+    setup.s3.put_bucket_versioning(Bucket="toggle", VersioningConfiguration={"Status": "Enabled"})
+    assert setup.s3.get_bucket_versioning(Bucket="toggle")["Status"] == "Enabled"
+    assert setup.store.get_bucket_versioning(Bucket=setup.toggle)["Status"] == "Enabled"
+    first = setup.s3.put_object(Bucket="toggle", Key="t", Body=b"1")["VersionId"]
+    second = setup.s3.put_object(Bucket="toggle", Key="t", Body=b"2")["VersionId"]
+    assert setup.s3.get_object(Bucket="toggle", Key="t", VersionId=first)["Body"].read() == b"1"
+    setup.s3.put_bucket_versioning(Bucket="toggle", VersioningConfiguration={"Status": "Suspended"})
+    assert setup.s3.get_bucket_versioning(Bucket="toggle")["Status"] == "Suspended"
+    assert setup.store.get_bucket_versioning(Bucket=setup.toggle)["Status"] == "Suspended"
+    # suspended: the versions made stay
+    assert [(vid, latest) for _, vid, latest, _ in versions_of(setup.s3, "toggle")] == [
+        (second, True), (first, False)]
+    # a write while suspended is the "null" version (moto then drops the older ones, and
+    # answers a HEAD by version id in a suspended bucket with 400: neither is checked)
+    assert "VersionId" not in setup.s3.put_object(Bucket="toggle", Key="t", Body=b"3")
+    assert setup.s3.get_object(Bucket="toggle", Key="t")["Body"].read() == b"3"
+    assert versions_of(setup.s3, "toggle")[0][1:3] == ("null", True)
+    with pytest.raises(ClientError) as e:  # a read-only mount changes nothing
+        setup.s3.put_bucket_versioning(Bucket="ro", VersioningConfiguration={"Status": "Suspended"})
+    assert err(e) == ("AccessDenied", 403)
+    assert setup.store.get_bucket_versioning(Bucket=setup.versioned)["Status"] == "Enabled"
+    with pytest.raises(ClientError) as e:
+        setup.s3.put_bucket_versioning(Bucket="vers", VersioningConfiguration={"Status": "Sometimes"})
+    assert err(e) == ("MalformedXML", 400)
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_three_versions_listed_read_and_headed(setup: Setup) -> None:
+    vs = three_versions(setup, "doc.bin")
+    ids = [vid for vid, _ in vs]
+    assert len(set(ids)) == 3 and "null" not in ids
+    # the store holds them under the mount's prefix, with the same ids
+    raw = setup.store.list_object_versions(Bucket=setup.versioned, Prefix=f"{PREFIX}/doc.bin")
+    assert sorted(v["VersionId"] for v in raw["Versions"]) == sorted(ids)
+    listed = versions_of(setup.s3, "vers", Prefix="doc.bin")
+    assert listed == [("doc.bin", ids[2], True, False), ("doc.bin", ids[1], False, False),
+                      ("doc.bin", ids[0], False, False)]
+    r = setup.s3.list_object_versions(Bucket="vers", Prefix="doc.bin")
+    assert {v["VersionId"]: v["ETag"] for v in r["Versions"]} == {vid: md5(d) for vid, d in vs}
+    assert all(v["Size"] == len(d) for v, (_, d) in zip(r["Versions"], reversed(vs), strict=True))
+    for vid, data in vs:
+        got = setup.s3.get_object(Bucket="vers", Key="doc.bin", VersionId=vid)
+        assert got["Body"].read() == data
+        assert got["VersionId"] == vid and got["ETag"] == md5(data)
+        h = setup.s3.head_object(Bucket="vers", Key="doc.bin", VersionId=vid)
+        assert h["ContentLength"] == len(data) and h["VersionId"] == vid and h["ETag"] == md5(data)
+        part = setup.s3.get_object(Bucket="vers", Key="doc.bin", VersionId=vid, Range="bytes=1048570-2097160")
+        assert part["Body"].read() == data[1048570:2097161]
+        assert part["ContentRange"] == f"bytes 1048570-2097160/{len(data)}"
+    assert setup.s3.get_object(Bucket="vers", Key="doc.bin")["Body"].read() == vs[2][1]
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="vers", Key="doc.bin", VersionId="no-such-version-id")
+    assert err(e) == ("NoSuchVersion", 404)
+
+
+def test_old_version_is_cached_and_never_the_latest_pages(setup: Setup, s3_server: S3Server) -> None:
+    vs = three_versions(setup, "cached.bin", 2 * MiB + 3)
+    store_key = f"{PREFIX}/cached.bin"
+    # the latest is read (and cached) first; same size, same keys of pages but for the version
+    assert setup.s3.get_object(Bucket="vers", Key="cached.bin")["Body"].read() == vs[2][1]
+    for vid, data in vs[:2]:
+        assert setup.s3.get_object(Bucket="vers", Key="cached.bin", VersionId=vid)["Body"].read() == data
+    fetched = s3_server.get_bytes(setup.versioned, store_key)
+    gets = s3_server.get_requests(setup.versioned, store_key)
+    for vid, data in vs:  # again: from the cache, each version its own bytes
+        assert setup.s3.get_object(Bucket="vers", Key="cached.bin", VersionId=vid)["Body"].read() == data
+    first = setup.s3.get_object(Bucket="vers", Key="cached.bin", VersionId=vs[0][0])["Body"].read()
+    assert first == vs[0][1]
+    # the two old versions are not fetched again (the latest by id once: its pages are keyed by the id)
+    assert s3_server.get_bytes(setup.versioned, store_key) - fetched <= len(vs[2][1])
+    assert s3_server.get_requests(setup.versioned, store_key) - gets <= 3
+
+
+def test_delete_marker_and_deleting_versions(setup: Setup) -> None:
+    vs = three_versions(setup, "gone.txt", 100)
+    d = setup.s3.delete_object(Bucket="vers", Key="gone.txt")
+    assert d["DeleteMarker"] is True
+    marker = d["VersionId"]
+    assert marker not in [vid for vid, _ in vs]
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="vers", Key="gone.txt")
+    assert err(e) == ("NoSuchKey", 404)
+    assert headers(e)["x-amz-delete-marker"] == "true" and headers(e)["x-amz-version-id"] == marker
+    with pytest.raises(ClientError) as e:
+        setup.s3.head_object(Bucket="vers", Key="gone.txt")
+    assert err(e)[1] == 404 and headers(e)["x-amz-delete-marker"] == "true"
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="vers", Key="gone.txt", VersionId=marker)
+    assert err(e) == ("MethodNotAllowed", 405) and headers(e)["x-amz-delete-marker"] == "true"
+    assert "gone.txt" not in [o["Key"] for o in setup.s3.list_objects_v2(Bucket="vers").get("Contents", [])]
+    listed = versions_of(setup.s3, "vers", Prefix="gone.txt")
+    assert ("gone.txt", marker, True, True) in listed and len(listed) == 4
+    assert [x for x in listed if x[2]] == [("gone.txt", marker, True, True)]
+    # old versions stay readable
+    assert setup.s3.get_object(Bucket="vers", Key="gone.txt", VersionId=vs[0][0])["Body"].read() == vs[0][1]
+    # removing the marker brings the last version back
+    d = setup.s3.delete_object(Bucket="vers", Key="gone.txt", VersionId=marker)
+    assert d["VersionId"] == marker and d["DeleteMarker"] is True
+    assert setup.s3.get_object(Bucket="vers", Key="gone.txt")["Body"].read() == vs[2][1]
+    # removing one version for good
+    d = setup.s3.delete_object(Bucket="vers", Key="gone.txt", VersionId=vs[1][0])
+    assert d["VersionId"] == vs[1][0] and not d.get("DeleteMarker")
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="vers", Key="gone.txt", VersionId=vs[1][0])
+    assert err(e) == ("NoSuchVersion", 404)
+    assert versions_of(setup.s3, "vers", Prefix="gone.txt") == [("gone.txt", vs[2][0], True, False),
+                                                                  ("gone.txt", vs[0][0], False, False)]
+    # removing the latest makes the one before it current
+    setup.s3.delete_object(Bucket="vers", Key="gone.txt", VersionId=vs[2][0])
+    assert setup.s3.get_object(Bucket="vers", Key="gone.txt")["Body"].read() == vs[0][1]
+
+
+def test_copy_from_a_version_and_restore(setup: Setup) -> None:
+    vs = three_versions(setup, "src.bin", 1000)
+    c = setup.s3.copy_object(Bucket="vers", Key="copy.bin",
+                             CopySource={"Bucket": "vers", "Key": "src.bin", "VersionId": vs[0][0]})
+    assert c["CopySourceVersionId"] == vs[0][0]
+    assert c["VersionId"] and c["CopyObjectResult"]["ETag"] == md5(vs[0][1])
+    got = setup.s3.get_object(Bucket="vers", Key="copy.bin")
+    assert got["Body"].read() == vs[0][1]
+    assert setup.s3.get_object(Bucket="vers", Key="copy.bin", VersionId=c["VersionId"])["Body"].read() == vs[0][1]
+    # S3's way to restore an old version: copy it onto its own key
+    r = setup.s3.copy_object(Bucket="vers", Key="src.bin",
+                             CopySource={"Bucket": "vers", "Key": "src.bin", "VersionId": vs[1][0]})
+    assert setup.s3.get_object(Bucket="vers", Key="src.bin")["Body"].read() == vs[1][1]
+    assert [x[1] for x in versions_of(setup.s3, "vers", Prefix="src.bin")][0] == r["VersionId"]
+    with pytest.raises(ClientError) as e:
+        setup.s3.copy_object(Bucket="vers", Key="x.bin",
+                             CopySource={"Bucket": "vers", "Key": "src.bin", "VersionId": "not-a-version"})
+    assert err(e) == ("NoSuchVersion", 404)
+
+
+def test_multipart_complete_returns_its_version(setup: Setup) -> None:
+    parts = [os.urandom(5 * MiB), os.urandom(1000)]
+    up = setup.s3.create_multipart_upload(Bucket="vers", Key="mp.bin")
+    etags = [setup.s3.upload_part(Bucket="vers", Key="mp.bin", UploadId=up["UploadId"], PartNumber=i + 1,
+                                  Body=p)["ETag"] for i, p in enumerate(parts)]
+    done = setup.s3.complete_multipart_upload(
+        Bucket="vers", Key="mp.bin", UploadId=up["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": t} for i, t in enumerate(etags)]})
+    assert done["VersionId"]
+    assert versions_of(setup.s3, "vers", Prefix="mp.bin") == [("mp.bin", done["VersionId"], True, False)]
+    got = setup.s3.get_object(Bucket="vers", Key="mp.bin", VersionId=done["VersionId"])
+    assert got["Body"].read() == b"".join(parts) and got["ETag"] == done["ETag"]
+
+
+def test_listing_pages_markers_and_prefixes(setup: Setup) -> None:
+    setup.store.put_object(Bucket=setup.versioned, Key="outside-the-mount", Body=b"x")
+    for key in ("l/a", "l/b", "l/c/d"):
+        for i in range(2):
+            setup.s3.put_object(Bucket="vers", Key=key, Body=f"{key} {i}".encode())
+    setup.s3.delete_object(Bucket="vers", Key="l/b")
+    whole = versions_of(setup.s3, "vers", Prefix="l/")
+    assert [(k, latest, marker) for k, _, latest, marker in whole] == [
+        ("l/a", True, False), ("l/a", False, False),
+        ("l/b", True, True), ("l/b", False, False), ("l/b", False, False),
+        ("l/c/d", True, False), ("l/c/d", False, False)]
+    seen: list[tuple[str, str]] = []
+    kw: dict[str, str] = {}
+    for _ in range(10):  # by hand, two at a time
+        r = setup.s3.list_object_versions(Bucket="vers", Prefix="l/", MaxKeys=2, **kw)
+        seen += [(v["Key"], v["VersionId"]) for v in r.get("Versions", []) + r.get("DeleteMarkers", [])]
+        if not r["IsTruncated"]:
+            break
+        kw = {"KeyMarker": r["NextKeyMarker"], "VersionIdMarker": r["NextVersionIdMarker"]}
+    assert sorted(seen) == sorted((k, vid) for k, vid, _, _ in whole) and len(seen) == len(whole)
+    r = setup.s3.list_object_versions(Bucket="vers", Prefix="l/", Delimiter="/")
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["l/c/"]
+    assert {v["Key"] for v in r["Versions"]} == {"l/a", "l/b"}
+    everything = versions_of(setup.s3, "vers")
+    assert all(not k.startswith(("outside", PREFIX)) for k, _, _, _ in everything)
+
+
+def test_unversioned_mount_answers_null(setup: Setup) -> None:
+    r = setup.s3.put_object(Bucket="plain", Key="n.txt", Body=b"one")
+    assert "VersionId" not in r
+    setup.s3.put_object(Bucket="plain", Key="n.txt", Body=b"two")
+    listed = setup.s3.list_object_versions(Bucket="plain", Prefix="n.txt")["Versions"]
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in listed] == [("n.txt", "null", True)]
+    got = setup.s3.get_object(Bucket="plain", Key="n.txt", VersionId="null")
+    assert got["Body"].read() == b"two" and "VersionId" not in got
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="plain", Key="n.txt", VersionId="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")
+    assert err(e) == ("NoSuchVersion", 404)
+    setup.s3.delete_object(Bucket="plain", Key="n.txt", VersionId="null")
+    with pytest.raises(ClientError) as e:
+        setup.s3.get_object(Bucket="plain", Key="n.txt")
+    assert err(e) == ("NoSuchKey", 404) and "x-amz-delete-marker" not in headers(e)
+    assert setup.store.list_object_versions(Bucket=setup.plain, Prefix="n.txt").get("Versions", []) == []
