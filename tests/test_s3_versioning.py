@@ -254,7 +254,7 @@ def test_copy_from_a_version_and_restore(setup: Setup) -> None:
     r = setup.s3.copy_object(Bucket="vers", Key="src.bin",
                              CopySource={"Bucket": "vers", "Key": "src.bin", "VersionId": vs[1][0]})
     assert setup.s3.get_object(Bucket="vers", Key="src.bin")["Body"].read() == vs[1][1]
-    assert [x[1] for x in versions_of(setup.s3, "vers", Prefix="src.bin")][0] == r["VersionId"]
+    assert versions_of(setup.s3, "vers", Prefix="src.bin")[0][1] == r["VersionId"]
     with pytest.raises(ClientError) as e:
         setup.s3.copy_object(Bucket="vers", Key="x.bin",
                              CopySource={"Bucket": "vers", "Key": "src.bin", "VersionId": "not-a-version"})
