@@ -475,10 +475,17 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
         key = xmlio.child_text(o, "Key")
         if key is None:
             raise S3Error("MalformedXML", "every Object needs a Key", 400)
+        version_id = xmlio.child_text(o, "VersionId")
         try:
-            await delete_key(node, bucket, key)
+            said: list[Any] = []
+            if version_id is None:
+                await delete_key(node, bucket, key)
+            else:  # one version (gateway/versions.py)
+                from . import versions
+
+                said = await versions.delete_version_of(node, bucket, key, version_id)
             if not quiet:
-                results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key)]))
+                results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key), *said]))
         except S3Error as e:
             results.append(xmlio.element("Error", [xmlio.leaf("Key", key), xmlio.leaf("Code", e.code),
                                                    xmlio.leaf("Message", e.message)]))

@@ -234,6 +234,40 @@ async def note_delete_marker(node: MeshNode, bucket: str, key: str, e: S3Error) 
         e.headers.update(headers_of(latest))
 
 
+async def remove_version(node: MeshNode, bucket: str, key: str, version_id: str) -> ObjectVersion:
+    """Remove one version of a key, as S3 does: a version that does not exist is removed
+    already (success, with its id); ``null`` where the store keeps no versions is the
+    object itself; any other id there names nothing (success too)."""
+    path = objects.mesh_path(bucket, key)
+    await objects.require_bucket(node, bucket)
+    if not version_id:
+        raise invalid_argument("Version id cannot be the empty string", ArgumentName="versionId",
+                               ArgumentValue="")
+    if not await status_of(node, bucket):
+        if version_id == "null":
+            await objects.delete_key(node, bucket, key)
+        return ObjectVersion(path, version_id, False)
+    try:
+        return await node.delete_version(path, version_id)
+    except me.NotFound:
+        return ObjectVersion(path, version_id, False)
+    except me.InvalidArgument:
+        raise invalid_argument("Invalid version id specified", ArgumentName="versionId",
+                               ArgumentValue=version_id) from None
+    except me.MeshError as e:
+        raise from_mesh(e, key) from None
+
+
+async def delete_version_of(node: MeshNode, bucket: str, key: str, version_id: str) -> list[Any]:
+    """DeleteObjects' ``<Object>`` with a ``<VersionId>``: that version removed; what its
+    ``<Deleted>`` says besides the key (the id, and whether it was a delete marker)."""
+    gone = await remove_version(node, bucket, key, version_id)
+    said = [xmlio.leaf("VersionId", version_id)]
+    if gone.delete_marker:
+        said += [xmlio.leaf("DeleteMarker", True), xmlio.leaf("DeleteMarkerVersionId", version_id)]
+    return said
+
+
 async def delete_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
     version_id = request.query.get("versionId")
     if version_id is None:
@@ -245,15 +279,7 @@ async def delete_object(request: web.Request, node: MeshNode, bucket: str, key: 
         if latest is not None and latest.delete_marker:
             resp.headers.update(headers_of(latest))
         return resp
-    v = await version_of(node, bucket, key, version_id)
-    if v is None:
-        return await objects.delete_object(node, bucket, key)
-    try:
-        gone = await node.delete_version(objects.mesh_path(bucket, key), version_id)
-    except me.NotFound:  # removed meanwhile: a delete is idempotent
-        return web.Response(status=204, headers={VERSION_ID: version_id})
-    except me.MeshError as e:
-        raise from_mesh(e, key) from None
+    gone = await remove_version(node, bucket, key, version_id)
     return web.Response(status=204, headers=headers_of(gone))
 
 

@@ -318,3 +318,22 @@ def test_unversioned_mount_answers_null(setup: Setup) -> None:
         setup.s3.get_object(Bucket="plain", Key="n.txt")
     assert err(e) == ("NoSuchKey", 404) and "x-amz-delete-marker" not in headers(e)
     assert setup.store.list_object_versions(Bucket=setup.plain, Prefix="n.txt").get("Versions", []) == []
+
+
+def test_delete_objects_by_version(setup: Setup) -> None:
+    vs = three_versions(setup, "many.txt", 10)
+    marker = setup.s3.delete_object(Bucket="vers", Key="many.txt")["VersionId"]
+    r = setup.s3.delete_objects(Bucket="vers", Delete={"Objects": [
+        {"Key": "many.txt", "VersionId": vs[0][0]}, {"Key": "many.txt", "VersionId": marker},
+        {"Key": "many.txt", "VersionId": "never-was"}]})
+    assert not r.get("Errors")
+    deleted = {d["VersionId"]: d.get("DeleteMarker", False) for d in r["Deleted"]}
+    assert deleted == {vs[0][0]: False, marker: True, "never-was": False}
+    # no delete marker was made by these: the last version is current again
+    assert versions_of(setup.s3, "vers", Prefix="many.txt") == [("many.txt", vs[2][0], True, False),
+                                                                  ("many.txt", vs[1][0], False, False)]
+    assert setup.s3.get_object(Bucket="vers", Key="many.txt")["Body"].read() == vs[2][1]
+    # a version that does not exist is deleted already (S3: success, with its id)
+    d = setup.s3.delete_object(Bucket="vers", Key="many.txt", VersionId="never-was")
+    assert d["VersionId"] == "never-was" and d["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert len(versions_of(setup.s3, "vers", Prefix="many.txt")) == 2
