@@ -308,9 +308,11 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     except me.MeshError as e:
         raise from_mesh(e, key) from None
     tag = etag or digest.etag
-    await node.set_object_attrs(st.path, st.version, {
-        "etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
-        "meta": metadata})
+    attrs = {"etag": tag, "ct": content_type or mimetypes.guess_type(path)[0] or "application/octet-stream",
+             "meta": metadata}
+    await node.set_object_attrs(st.path, st.version, attrs)
+    if st.version_id:  # a kept version of the store's (gateway/versions.py): they outlive the next write
+        await node.set_version_attrs(st.path, st.version_id, attrs)
     return st, tag
 
 

@@ -18,14 +18,15 @@ is ``NoSuchVersion``, as before. Where it does, the store's versions are the obj
 * ListObjectVersions lists the store's versions and delete markers (``IsLatest``,
   key and version-id markers), in its order.
 
-The ETag of a version is the one the gateway recorded for it while it was the
-current version (its attributes are kept by version), else the store's; content type
-and user metadata likewise (else guessed, and none).
+The ETag, content type and user metadata of a version are those the gateway recorded
+when it wrote it (kept by its version id, for as long as the version is), else the
+store's ETag, a content type guessed from the key and none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +128,12 @@ def _marker_error(request: web.Request, v: ObjectVersion) -> S3Error:
 
 async def attrs_of(node: MeshNode, v: ObjectVersion) -> objects.ObjectAttrs:
     """ETag, content type and user metadata of a version: as the gateway recorded them
-    for its bytes (attributes are kept by the store's version, its ETag), else the store's ETag."""
+    when it wrote it (kept by its version id), else as recorded for its bytes (by the
+    store's ETag, while it was current), else the store's ETag."""
+    a = await node.version_attrs(v.path, v.version_id)
+    if a is not None:
+        guessed = mimetypes.guess_type(v.path)[0] or "application/octet-stream"
+        return objects.ObjectAttrs(a["etag"], a.get("ct") or guessed, dict(a.get("meta") or {}))
     return await objects.attrs_of(node, FileStatus(v.path, v.size, v.mtime, v.etag, False))
 
 

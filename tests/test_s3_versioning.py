@@ -263,7 +263,8 @@ def test_copy_from_a_version_and_restore(setup: Setup) -> None:
 
 def test_multipart_complete_returns_its_version(setup: Setup) -> None:
     parts = [os.urandom(5 * MiB), os.urandom(1000)]
-    up = setup.s3.create_multipart_upload(Bucket="vers", Key="mp.bin")
+    up = setup.s3.create_multipart_upload(Bucket="vers", Key="mp.bin", ContentType="application/x-test",
+                                          Metadata={"colour": "teal"})
     etags = [setup.s3.upload_part(Bucket="vers", Key="mp.bin", UploadId=up["UploadId"], PartNumber=i + 1,
                                   Body=p)["ETag"] for i, p in enumerate(parts)]
     done = setup.s3.complete_multipart_upload(
@@ -273,6 +274,14 @@ def test_multipart_complete_returns_its_version(setup: Setup) -> None:
     assert versions_of(setup.s3, "vers", Prefix="mp.bin") == [("mp.bin", done["VersionId"], True, False)]
     got = setup.s3.get_object(Bucket="vers", Key="mp.bin", VersionId=done["VersionId"])
     assert got["Body"].read() == b"".join(parts) and got["ETag"] == done["ETag"]
+    # its ETag (the parts', not the store's), type and metadata outlive a newer version and a delete
+    setup.s3.put_object(Bucket="vers", Key="mp.bin", Body=b"newer")
+    setup.s3.delete_object(Bucket="vers", Key="mp.bin")
+    h = setup.s3.head_object(Bucket="vers", Key="mp.bin", VersionId=done["VersionId"])
+    assert h["ETag"] == done["ETag"] and done["ETag"].endswith('-2"')
+    assert h["ContentType"] == "application/x-test" and h["Metadata"] == {"colour": "teal"}
+    listed = setup.s3.list_object_versions(Bucket="vers", Prefix="mp.bin")["Versions"]
+    assert {v["VersionId"]: v["ETag"] for v in listed}[done["VersionId"]] == done["ETag"]
 
 
 def test_listing_pages_markers_and_prefixes(setup: Setup) -> None:

@@ -64,7 +64,7 @@ from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import ObjectInfo
-from meshd.understore.base import ObjectVersion, UnderStore, VersionPage, file_chunks
+from meshd.understore.base import ObjectVersion, UnderStore, VersionPage, file_chunks, version_pin
 from meshd.writeback import Entry, Writeback, is_pending_version
 from meshd.writeback.journal import writer_of
 from meshd.writeback.overlay import PendingStore, info_of
@@ -236,6 +236,19 @@ class MeshNode:
         landed = self.writeback.switched.get(version) if self.writeback is not None else None
         if landed is not None:  # a write-back upload already landed: they belong to its new version too
             await self.metadata.set_attrs(path, landed, attrs)
+
+    async def version_attrs(self, path: str, version_id: str) -> dict[str, Any] | None:
+        """The attributes a front end recorded for the store's kept version ``version_id``
+        of ``path`` (kept while the version is: :meth:`set_version_attrs`); None if none."""
+        self.access.check(READ, paths.normalize(path))
+        return await self.metadata.attrs(path, version_pin(version_id))
+
+    async def set_version_attrs(self, path: str, version_id: str, attrs: dict[str, Any]) -> None:
+        """Record attributes of the kept version ``version_id`` of ``path`` (a write's
+        ``FileStatus.version_id``): unlike :meth:`set_object_attrs`'s, neither the next
+        write nor a delete (a delete marker) removes them."""
+        self.access.check(WRITE, paths.normalize(path))
+        await self.metadata.set_attrs(path, version_pin(version_id), attrs)
 
     async def drop_object_attrs(self, path: str) -> None:
         self.access.check(WRITE, paths.normalize(path))
