@@ -68,7 +68,7 @@ def setup(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     store.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
     base: Path = tmp_path_factory.mktemp("s3vers")
     node = MeshdProcess(base / "node", [
-        _mount("/vers", s3_server, f"s3://{versioned}/{PREFIX}"),
+        _mount("/vers", s3_server, f"s3://{versioned}/{PREFIX}", sync_interval="600"),
         _mount("/plain", s3_server, f"s3://{plain}"),
         _mount("/ro", s3_server, f"s3://{versioned}/{PREFIX}", read_only="true"),
         _mount("/toggle", s3_server, f"s3://{toggle}"),
@@ -346,3 +346,20 @@ def test_delete_objects_by_version(setup: Setup) -> None:
     d = setup.s3.delete_object(Bucket="vers", Key="many.txt", VersionId="never-was")
     assert d["VersionId"] == "never-was" and d["ResponseMetadata"]["HTTPStatusCode"] == 204
     assert len(versions_of(setup.s3, "vers", Prefix="many.txt")) == 2
+
+
+def test_listings_follow_a_removed_delete_marker(setup: Setup) -> None:
+    v = setup.s3.put_object(Bucket="vers", Key="deep/er/x", Body=b"x")["VersionId"]
+
+    def prefixes() -> list[str]:
+        r = setup.s3.list_objects_v2(Bucket="vers", Prefix="deep/", Delimiter="/")
+        return [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+
+    assert prefixes() == ["deep/er/"]
+    marker = setup.s3.delete_object(Bucket="vers", Key="deep/er/x")["VersionId"]
+    assert prefixes() == []
+    setup.s3.delete_object(Bucket="vers", Key="deep/er/x", VersionId=marker)
+    assert prefixes() == ["deep/er/"]  # cached listings of its directories are not believed
+    assert setup.s3.list_objects_v2(Bucket="vers", Prefix="deep/er/")["Contents"][0]["Key"] == "deep/er/x"
+    assert setup.s3.head_object(Bucket="vers", Key="deep/er/x")["ContentLength"] == 1
+    assert setup.s3.get_object(Bucket="vers", Key="deep/er/x", VersionId=v)["Body"].read() == b"x"

@@ -293,6 +293,10 @@ class MeshNode:
         t.mount.check_writable()
         v = await _own_store(t.store).delete_version(t.rel, version_id)
         await self.metadata.forget_subtree(t.path)
+        up = t.path
+        while up != t.mount.path and up != "/":  # a file back from a delete marker: its directories too
+            up = paths.parent(up)
+            await self.metadata.invalidate(up)
         return replace(v, path=t.path)
 
     async def versions(self, prefix: str, *, after: str = "", after_version_id: str = "", limit: int = 1000,
