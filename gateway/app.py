@@ -434,19 +434,20 @@ class Gateway:
             digest = objects._Digest(request.headers.get("Content-MD5"), objects.MAX_PUT)
             part = await self.uploads.put_part(upload, number, digest.wrap(self.body(request, auth)))
             return web.Response(status=200, headers={"ETag": part.etag})
-        sb, sk = objects.parse_copy_source(source)
+        sb, sk = objects.parse_copy_source(source, any_version=True)
+        source_version = objects.copy_source_version(source)
         rng = None
         raw_range = request.headers.get("x-amz-copy-source-range")
-        st = await objects.stat_object(self.node, sb, sk)
+        size = await versions.source_size(self.node, sb, sk, source_version)
         if raw_range:
             m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
-            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)) or objects.digits(m.group(2)) >= st.size:
+            if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)) or objects.digits(m.group(2)) >= size:
                 raise invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last "
                                        "where first and last are the zero-based offsets of the first and last "
                                        "bytes to copy, within the source object",
                                        ArgumentName="x-amz-copy-source-range")
             rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
-        _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
+        _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng, version_id=source_version)
         try:
             part = await self.uploads.put_part(upload, number, chunks)
         finally:

@@ -213,6 +213,17 @@ async def read_source(request: web.Request, node: MeshNode, bucket: str, key: st
     return FileStatus(v.path, v.size, v.mtime, v.pin, False), a, objects._SourceChunks(stream)
 
 
+async def source_size(node: MeshNode, bucket: str, key: str, version_id: str | None) -> int:
+    """The size of a copy's source (``x-amz-copy-source``, at ``version_id`` if given)."""
+    v = await version_of(node, bucket, key, version_id) if version_id is not None else None
+    if v is None:
+        return (await objects.stat_object(node, bucket, key)).size
+    if v.delete_marker:
+        raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a "
+                      "delete marker by version id.", 400)
+    return v.size
+
+
 async def latest_of(node: MeshNode, bucket: str, key: str) -> ObjectVersion | None:
     """The current version of a key on a versioned bucket (a delete marker too); None
     when the bucket keeps no versions or the key has none."""

@@ -363,3 +363,29 @@ def test_listings_follow_a_removed_delete_marker(setup: Setup) -> None:
     assert setup.s3.list_objects_v2(Bucket="vers", Prefix="deep/er/")["Contents"][0]["Key"] == "deep/er/x"
     assert setup.s3.head_object(Bucket="vers", Key="deep/er/x")["ContentLength"] == 1
     assert setup.s3.get_object(Bucket="vers", Key="deep/er/x", VersionId=v)["Body"].read() == b"x"
+
+
+def test_upload_part_copy_from_a_version(setup: Setup) -> None:
+    vs = three_versions(setup, "big.bin", 6 * MiB + 7)
+    old, data = vs[0]
+    setup.s3.put_object(Bucket="vers", Key="big.bin", Body=os.urandom(7 * MiB))  # a longer latest
+    up = setup.s3.create_multipart_upload(Bucket="vers", Key="parts.bin")
+    src = {"Bucket": "vers", "Key": "big.bin", "VersionId": old}
+    p1 = setup.s3.upload_part_copy(Bucket="vers", Key="parts.bin", UploadId=up["UploadId"], PartNumber=1,
+                                   CopySource=src, CopySourceRange=f"bytes=0-{5 * MiB - 1}")
+    p2 = setup.s3.upload_part_copy(Bucket="vers", Key="parts.bin", UploadId=up["UploadId"], PartNumber=2,
+                                   CopySource=src, CopySourceRange=f"bytes={5 * MiB}-{len(data) - 1}")
+    with pytest.raises(ClientError) as e:  # a range past the end of that version (not of the latest)
+        setup.s3.upload_part_copy(Bucket="vers", Key="parts.bin", UploadId=up["UploadId"], PartNumber=3,
+                                  CopySource=src, CopySourceRange=f"bytes=0-{len(data)}")
+    assert err(e) == ("InvalidArgument", 400)
+    setup.s3.complete_multipart_upload(Bucket="vers", Key="parts.bin", UploadId=up["UploadId"], MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]},
+                  {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]})
+    assert setup.s3.get_object(Bucket="vers", Key="parts.bin")["Body"].read() == data
+    # boto3's managed copy of a version (UploadPartCopy with versionId above its threshold)
+    from boto3.s3.transfer import TransferConfig
+
+    setup.s3.copy(src, "vers", "managed.bin", Config=TransferConfig(multipart_threshold=5 * MiB,
+                                                                    multipart_chunksize=5 * MiB))
+    assert setup.s3.get_object(Bucket="vers", Key="managed.bin")["Body"].read() == data
