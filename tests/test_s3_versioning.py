@@ -389,3 +389,31 @@ def test_upload_part_copy_from_a_version(setup: Setup) -> None:
     setup.s3.copy(src, "vers", "managed.bin", Config=TransferConfig(multipart_threshold=5 * MiB,
                                                                     multipart_chunksize=5 * MiB))
     assert setup.s3.get_object(Bucket="vers", Key="managed.bin")["Body"].read() == data
+
+
+async def test_versioning_that_cannot_be_asked_is_never_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that may not GetBucketVersioning, or an endpoint without it: the mount
+    lists and reads as before (no versions) instead of failing; other errors still fail."""
+    from meshd.errors import UnderStoreError
+    from meshd.understore.s3 import S3UnderStore
+
+    store = S3UnderStore("s3://b/p", {"endpoint": "http://127.0.0.1:9", "access_key": "a", "secret_key": "b"})
+    answer = {"Code": "AccessDenied", "status": 403}
+
+    async def refused(op: str, **kw: Any) -> Any:
+        assert op == "get_bucket_versioning"
+        raise ClientError({"Error": {"Code": answer["Code"]},
+                           "ResponseMetadata": {"HTTPStatusCode": answer["status"]}}, "GetBucketVersioning")
+
+    monkeypatch.setattr(store, "_raw", refused)
+    try:
+        assert await store.versioning() == ""
+        store._versioning = None
+        answer.update(Code="NotImplemented", status=501)
+        assert await store.versioning() == ""
+        store._versioning = None
+        answer.update(Code="ServiceUnavailable", status=503)
+        with pytest.raises(UnderStoreError):
+            await store.versioning()
+    finally:
+        await store.close()

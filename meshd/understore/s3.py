@@ -1374,7 +1374,19 @@ class S3UnderStore(UnderStore):
         cached = self._versioning
         if cached is not None and time.monotonic() - cached[1] < VERSIONING_TTL:
             return cached[0]
-        resp = await self._call("get_bucket_versioning", self._what(""))
+        try:
+            resp = await self._raw("get_bucket_versioning")
+        except ClientError as e:
+            code, status_code = error_code(e)
+            if not (_is_not_implemented(e) or code in _DENIED or status_code == 403):
+                raise translate_error(e, self._what("")) from e
+            # an endpoint without versioning, or credentials that may not ask: as before
+            # versions were passed through (none kept), rather than failing every listing
+            log.info("%s: the S3 bucket's versioning cannot be asked (%s): taken as never enabled",
+                     self._shown(""), code or status_code)
+            resp = {}
+        except BotoCoreError as e:
+            raise translate_error(e, self._what("")) from e
         status = str(resp.get("Status") or "")
         self._versioning = (status, time.monotonic())
         return status
