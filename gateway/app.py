@@ -466,8 +466,8 @@ class Gateway:
             parts.append((objects.digits(num.strip()), etag.strip()))
         stream, etag, size = await self.uploads.complete(upload, parts)
         st, _ = await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
-                                   upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=size)
+                                           upload.metadata, etag=etag, limit=1 << 62, writeback=upload.writeback,
+                                           size_hint=size)
         await self.uploads.finish(upload)
         done = _xml(xmlio.element("CompleteMultipartUploadResult", [
             xmlio.leaf("Location", f"/{bucket}/{key}"), xmlio.leaf("Bucket", bucket), xmlio.leaf("Key", key),
