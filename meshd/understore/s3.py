@@ -1479,9 +1479,11 @@ class S3UnderStore(UnderStore):
         prefixes = [str(c["Prefix"])[len(base):] for c in resp.get("CommonPrefixes", [])
                     if str(c.get("Prefix", "")).startswith(base)]
         truncated = bool(resp.get("IsTruncated"))
-        next_key = str(resp.get("NextKeyMarker") or "")
+        next_key, next_vid = str(resp.get("NextKeyMarker") or ""), str(resp.get("NextVersionIdMarker") or "")
+        if truncated and not next_key and order:  # a store that leaves the markers out: the last entry
+            _, next_key, next_vid = order[-1]
         return VersionPage(out, prefixes, truncated, next_key[len(base):] if next_key.startswith(base) else "",
-                           str(resp.get("NextVersionIdMarker") or ""))
+                           next_vid)
 
     async def close(self) -> None:
         with self._client_lock:
