@@ -3,7 +3,8 @@
 A real ``meshd embedded`` with the gateway mounts buckets of a real S3 endpoint (moto in
 a subprocess, tests/s3server.py): ``/vers`` a prefix ``p`` of a bucket with versioning
 on, ``/plain`` a bucket that never had it, ``/ro`` the versioned bucket read-only,
-``/toggle`` a bucket whose versioning the tests turn on and off through the gateway.
+``/toggle`` a bucket whose versioning the tests turn on and off through the gateway,
+``/local`` a directory (a store that keeps no versions).
 boto3 (current, default checksums) talks to the gateway; a plain boto3 client on the
 store checks what landed there (versions under the mount's prefix, their ids).
 """
@@ -67,11 +68,13 @@ def setup(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         store.create_bucket(Bucket=name)
     store.put_bucket_versioning(Bucket=versioned, VersioningConfiguration={"Status": "Enabled"})
     base: Path = tmp_path_factory.mktemp("s3vers")
+    (base / "local").mkdir()
     node = MeshdProcess(base / "node", [
         _mount("/vers", s3_server, f"s3://{versioned}/{PREFIX}", sync_interval="600"),
         _mount("/plain", s3_server, f"s3://{plain}"),
         _mount("/ro", s3_server, f"s3://{versioned}/{PREFIX}", read_only="true"),
         _mount("/toggle", s3_server, f"s3://{toggle}"),
+        f"/local=file://{base / 'local'}",
     ], ["--s3-access-key", AK, "--s3-secret-key", SK, "--no-default-mount", "--page-size", "1MiB"]).start()
     s3 = boto3.client("s3", endpoint_url=node.endpoints["s3"], aws_access_key_id=AK, aws_secret_access_key=SK,
                       region_name="us-east-1",
@@ -151,6 +154,14 @@ def test_bucket_versioning_is_the_stores(setup: Setup) -> None:
     with pytest.raises(ClientError) as e:
         setup.s3.put_bucket_versioning(Bucket="vers", VersioningConfiguration={"Status": "Sometimes"})
     assert err(e) == ("MalformedXML", 400)
+    # a store that keeps no versions: never enabled, and cannot be
+    assert "Status" not in setup.s3.get_bucket_versioning(Bucket="local")
+    with pytest.raises(ClientError) as e:
+        setup.s3.put_bucket_versioning(Bucket="local", VersioningConfiguration={"Status": "Enabled"})
+    assert err(e) == ("NotImplemented", 501)
+    with pytest.raises(ClientError) as e:
+        setup.s3.put_bucket_versioning(Bucket="nosuchbucket", VersioningConfiguration={"Status": "Enabled"})
+    assert err(e) == ("NoSuchBucket", 404)
 
 
 # --------------------------------------------------------------------------- versions
@@ -311,22 +322,24 @@ def test_listing_pages_markers_and_prefixes(setup: Setup) -> None:
     assert all(not k.startswith(("outside", PREFIX)) for k, _, _, _ in everything)
 
 
-def test_unversioned_mount_answers_null(setup: Setup) -> None:
-    r = setup.s3.put_object(Bucket="plain", Key="n.txt", Body=b"one")
+@pytest.mark.parametrize("bucket", ["plain", "local"])
+def test_unversioned_mount_answers_null(setup: Setup, bucket: str) -> None:
+    r = setup.s3.put_object(Bucket=bucket, Key="n.txt", Body=b"one")
     assert "VersionId" not in r
-    setup.s3.put_object(Bucket="plain", Key="n.txt", Body=b"two")
-    listed = setup.s3.list_object_versions(Bucket="plain", Prefix="n.txt")["Versions"]
+    setup.s3.put_object(Bucket=bucket, Key="n.txt", Body=b"two")
+    listed = setup.s3.list_object_versions(Bucket=bucket, Prefix="n.txt")["Versions"]
     assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in listed] == [("n.txt", "null", True)]
-    got = setup.s3.get_object(Bucket="plain", Key="n.txt", VersionId="null")
+    got = setup.s3.get_object(Bucket=bucket, Key="n.txt", VersionId="null")
     assert got["Body"].read() == b"two" and "VersionId" not in got
     with pytest.raises(ClientError) as e:
-        setup.s3.get_object(Bucket="plain", Key="n.txt", VersionId="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")
+        setup.s3.get_object(Bucket=bucket, Key="n.txt", VersionId="3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY")
     assert err(e) == ("NoSuchVersion", 404)
-    setup.s3.delete_object(Bucket="plain", Key="n.txt", VersionId="null")
+    setup.s3.delete_object(Bucket=bucket, Key="n.txt", VersionId="null")
     with pytest.raises(ClientError) as e:
-        setup.s3.get_object(Bucket="plain", Key="n.txt")
+        setup.s3.get_object(Bucket=bucket, Key="n.txt")
     assert err(e) == ("NoSuchKey", 404) and "x-amz-delete-marker" not in headers(e)
-    assert setup.store.list_object_versions(Bucket=setup.plain, Prefix="n.txt").get("Versions", []) == []
+    if bucket == "plain":
+        assert setup.store.list_object_versions(Bucket=setup.plain, Prefix="n.txt").get("Versions", []) == []
 
 
 def test_delete_objects_by_version(setup: Setup) -> None:
