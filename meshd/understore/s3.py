@@ -84,8 +84,8 @@ Design
   returns the ``x-amz-version-id`` S3 gave it (``ObjectInfo.version_id``); a delete
   without an id is S3's (a delete marker); ``delete_version`` removes one version
   (DeleteObject with ``VersionId``); ``list_versions`` is ListObjectVersions in the
-  order S3 sends (versions and delete markers interleaved, newest first: botocore
-  parses them into two lists, so the order is taken from the XML body).
+  order S3 sends (by key, the current version first, then newest first: botocore parses
+  versions and delete markers into two lists, merged again by LastModified).
 * **Errors** are translated in one place, :func:`translate_error`. Messages
   name the bucket, key and endpoint, never credentials.
 
@@ -503,27 +503,6 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 
 KEY_MAX = 1024  # bytes of an S3 object key (UTF-8)
 VERSIONING_TTL = 30.0  # seconds a bucket's versioning status is believed before it is asked again
-_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_listed_order = threading.local()  # the (tag, key, version id) order of this thread's last version listing
-
-
-def _note_version_order(http_response: Any = None, **_: Any) -> None:
-    """botocore's ``after-call`` of ListObjectVersions: the order of the entries as S3
-    sent them (parsing puts versions and delete markers into two separate lists)."""
-    import xml.etree.ElementTree as ET
-
-    order: list[tuple[str, str, str]] = []
-    try:
-        root = ET.fromstring(getattr(http_response, "content", b"") or b"")
-    except ET.ParseError:
-        root = None
-    if root is not None:
-        for el in root:
-            tag = el.tag.removeprefix(_S3_NS)
-            if tag in ("Version", "DeleteMarker"):
-                order.append((tag, el.findtext(f"{_S3_NS}Key") or el.findtext("Key") or "",
-                              el.findtext(f"{_S3_NS}VersionId") or el.findtext("VersionId") or ""))
-    _listed_order.value = order
 
 
 class S3UnderStore(UnderStore):
@@ -582,7 +561,6 @@ class S3UnderStore(UnderStore):
                 session._session.register_component("response_parser_factory", factory)
                 self._client = session.client("s3", **self._client_args)
                 _cheaper_200_check(self._client)
-                self._client.meta.events.register("after-call.s3.ListObjectVersions", _note_version_order)
                 if self._rcvbuf:
                     _set_receive_buffer(self._client, self._rcvbuf)
             return self._client
@@ -1449,22 +1427,15 @@ class S3UnderStore(UnderStore):
         if len(args["Prefix"].encode()) > KEY_MAX or len(args.get("KeyMarker", "").encode()) > KEY_MAX:
             return VersionPage([], [], False)
 
-        def listed() -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-            _listed_order.value = []
-            r = self._invoke("list_object_versions", args)
-            return r, list(getattr(_listed_order, "value", []))
-
-        try:
-            resp, order = await asyncio.to_thread(listed)
-        except (ClientError, BotoCoreError) as e:
-            raise translate_error(e, what) from e
+        resp = await self._call("list_object_versions", what, **args)
         found: dict[tuple[str, str, str], dict[str, Any]] = {}
         for tag, field in (("Version", "Versions"), ("DeleteMarker", "DeleteMarkers")):
             for v in resp.get(field, []):
                 found[(tag, str(v.get("Key", "")), str(v.get("VersionId", "")))] = v
-        if sorted(order) != sorted(found):  # the body was not what botocore parsed: its own order
-            order = sorted(found, key=lambda t: (t[1].encode(), not found[t].get("IsLatest"),
-                                                 -_mtime(found[t].get("LastModified"))))
+        # botocore parses versions and delete markers into two lists: S3's order (by key, the
+        # current version first, then newest first) is made again; ties keep versions first
+        order = sorted(found, key=lambda t: (t[1].encode(), not found[t].get("IsLatest"),
+                                             -_mtime(found[t].get("LastModified"))))
         out: list[ObjectVersion] = []
         for tag, key, vid in order:
             v = found[(tag, key, vid)]
