@@ -3,7 +3,8 @@ with versioning on; docs/S3_COMPAT.md).
 
 Where a bucket's mount keeps no versions (any other store, or an S3 bucket whose
 versioning was never turned on), ``versionId=null`` names the object and any other id
-is ``NoSuchVersion``, as before. Where it does, the store's versions are the object's:
+is ``NoSuchVersion`` (a DELETE of one removes nothing: 204, as S3 answers for a version
+that does not exist). Where it does, the store's versions are the object's:
 
 * GetBucketVersioning says the store's status; PutBucketVersioning sets it (the under-store
   bucket's, for every mount of it: ADMIN on the mount and a writable mount; a store that
@@ -16,7 +17,8 @@ is ``NoSuchVersion``, as before. Where it does, the store's versions are the obj
   id the answer carries; a GET of the key is then ``404 NoSuchKey`` with
   ``x-amz-delete-marker: true``.
 * ListObjectVersions lists the store's versions and delete markers (``IsLatest``,
-  key and version-id markers), in its order.
+  key and version-id markers), by key, the current one first, then newest first.
+* DeleteObjects removes the version each ``<Object>`` names by ``<VersionId>``.
 
 The ETag, content type and user metadata of a version are those the gateway recorded
 when it wrote it (kept by its version id, for as long as the version is), else the
