@@ -42,6 +42,7 @@ from . import (
     post,
     storageclass,
     tagging,
+    versions,
     xmlio,
 )
 from . import headers as hdrs
@@ -227,8 +228,9 @@ class Gateway:
     def error(self, request: web.Request, e: S3Error, bucket: str, key: str, request_id: str) -> web.Response:
         resource = "/" + bucket + ("/" + key if key else "")
         if request.method == "HEAD":
-            return web.Response(status=e.status, headers={"x-amz-error-code": e.code})
-        return web.Response(status=e.status, body=e.to_xml(resource, request_id), content_type="application/xml")
+            return web.Response(status=e.status, headers={**e.headers, "x-amz-error-code": e.code})
+        return web.Response(status=e.status, headers=e.headers, body=e.to_xml(resource, request_id),
+                            content_type="application/xml")
 
     async def dispatch(self, request: web.Request, auth: AuthResult, bucket: str, key: str) -> web.StreamResponse:
         m, q = request.method, request.query
@@ -256,7 +258,13 @@ class Gateway:
                 return await self.list_parts(request, bucket, key)
             if "attributes" in q and m == "GET":
                 return await attributes.get_object_attributes(request, node, bucket, key)
-            return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
+            if "versionId" in q:
+                return await versions.get_object(request, node, bucket, key, q["versionId"], head=(m == "HEAD"))
+            try:
+                return await objects.get_object(request, node, bucket, key, head=(m == "HEAD"))
+            except S3Error as e:
+                await versions.note_delete_marker(node, bucket, key, e)
+                raise
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 return await self.upload_part(request, auth, bucket, key)
@@ -269,7 +277,7 @@ class Gateway:
                 upload = await self.uploads.get(bucket, key, q["uploadId"])
                 await self.uploads.abort(upload)
                 return web.Response(status=204)
-            return await objects.delete_object(request, node, bucket, key)
+            return await versions.delete_object(request, node, bucket, key)
         if m == "POST":
             if "uploads" in q:
                 return await self.create_upload(request, bucket, key)
@@ -303,6 +311,8 @@ class Gateway:
     async def bucket_op(self, request: web.Request, auth: AuthResult, bucket: str) -> web.StreamResponse:
         m, q = request.method, request.query
         if m == "PUT":
+            if "versioning" in q:
+                return await versions.put_versioning(self.node, bucket, await self.small_body(request, auth))
             if q:
                 raise not_implemented(f"PUT ?{next(iter(q))} on buckets")
             return await self.create_bucket(bucket)
@@ -318,7 +328,7 @@ class Gateway:
         if "location" in q:
             return _xml(xmlio.element("LocationConstraint"))
         if "versioning" in q:
-            return _xml(xmlio.element("VersioningConfiguration"))
+            return await versions.get_versioning(self.node, bucket)
         if "uploads" in q:
             return await self.list_uploads(request, bucket)
         if "versions" in q:
@@ -408,10 +418,14 @@ class Gateway:
         return _xml(xmlio.element("ListBucketResult", head + contents + cps))
 
     async def list_versions(self, request: web.Request, bucket: str) -> web.Response:
+        """ListObjectVersions: the store's versions where it keeps them (gateway/versions.py),
+        else every key once, as version ``null``."""
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         enc, e = _key_encoder(request)
         max_keys = self._max_keys(request)
+        if await versions.status_of(self.node, bucket):
+            return await versions.list_versions(request, self.node, bucket, max_keys, enc, e)
         page = await listing.list_page(self.node, bucket, prefix, delimiter, q.get("key-marker", ""), max_keys)
         owner = xmlio.element("Owner", [xmlio.leaf("ID", OWNER_ID), xmlio.leaf("DisplayName", OWNER_ID)])
         items = []
@@ -482,10 +496,11 @@ class Gateway:
             if part.checksum_algorithm is not None and part.checksum is not None:
                 headers[checksums.header_name(part.checksum_algorithm)] = part.checksum
             return web.Response(status=200, headers=headers)
-        sb, sk = objects.parse_copy_source(source)
+        sb, sk = objects.parse_copy_source(source, any_version=True)
+        source_version = objects.copy_source_version(source)
         rng = None
         raw_range = request.headers.get("x-amz-copy-source-range")
-        st = await objects.stat_object(self.node, sb, sk)
+        size = await versions.source_size(self.node, sb, sk, source_version)
         if raw_range:
             m = re.fullmatch(r"bytes=(\d+)-(\d+)", raw_range.strip())
             if not m or objects.digits(m.group(1)) > objects.digits(m.group(2)):
@@ -493,11 +508,11 @@ class Gateway:
                                        "where first and last are the zero-based offsets of the first and last "
                                        "bytes to copy",
                                        ArgumentName="x-amz-copy-source-range")
-            if objects.digits(m.group(2)) >= st.size:  # past the source's end: AWS's 416
+            if objects.digits(m.group(2)) >= size:  # past the source's end: AWS's 416
                 raise S3Error("InvalidRange", "The requested range is not satisfiable", 416,
-                              RangeRequested=raw_range.strip()[:100], ActualObjectSize=str(st.size))
+                              RangeRequested=raw_range.strip()[:100], ActualObjectSize=str(size))
             rng = (objects.digits(m.group(1)), objects.digits(m.group(2)) + 1)
-        _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng)
+        _, _, chunks = await objects.read_source(request, self.node, sb, sk, rng, version_id=source_version)
         cks = checksums.RequestChecksum(upload.checksum_algorithm)  # S3 computes the upload's checksum
         try:
             part = await self.uploads.put_part(upload, number, cks.wrap(chunks), checksum=cks)
@@ -542,13 +557,15 @@ class Gateway:
                 entry = check.stored()
             return {"cksum": entry} if entry is not None else {}
 
-        await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
-                                   upload.metadata, etag=done.etag, limit=1 << 62, writeback=upload.writeback,
-                                   size_hint=done.size, cond=cond,
-                                   extra={**upload.attrs, "hdrs": upload.headers, "parts": part_list},
-                                   more_attrs=more_attrs)
+        st, _ = await objects.write_object(self.node, bucket, key, stream, None, upload.content_type or None,
+                                           upload.metadata, etag=done.etag, limit=1 << 62,
+                                           writeback=upload.writeback, size_hint=done.size, cond=cond,
+                                           extra={**upload.attrs, "hdrs": upload.headers, "parts": part_list},
+                                           more_attrs=more_attrs)
         await self.uploads.finish(upload, parts, done.etag)
-        return _completed_xml(bucket, key, done.etag, objects.checksum_elements(entry))
+        resp = _completed_xml(bucket, key, done.etag, objects.checksum_elements(entry))
+        resp.headers.update(objects.version_header(st))
+        return resp
 
     async def list_parts(self, request: web.Request, bucket: str, key: str) -> web.Response:
         upload = await self.uploads.get(bucket, key, request.query["uploadId"])

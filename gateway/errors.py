@@ -32,6 +32,7 @@ class S3Error(Exception):
         self.message = message
         self.status = status
         self.extra = extra  # extra XML elements, e.g. BucketName, Key
+        self.headers: dict[str, str] = {}  # extra response headers (x-amz-delete-marker, ...)
 
     def to_xml(self, resource: str, request_id: str) -> bytes:
         extra = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in self.extra.items())

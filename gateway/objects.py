@@ -122,6 +122,11 @@ def write_mode(request: web.Request) -> bool | None:
                                ArgumentValue=raw or "") from None
 
 
+def version_header(st: FileStatus) -> dict[str, str]:
+    """``x-amz-version-id`` of a write, where the under-store kept a version of it."""
+    return {"x-amz-version-id": st.version_id} if st.version_id else {}
+
+
 def object_headers(st: FileStatus, a: ObjectAttrs) -> dict[str, str]:
     h = {"ETag": a.etag, "Last-Modified": xmlio.http_date(st.mtime), "Content-Type": a.content_type,
          "Accept-Ranges": "bytes"}
@@ -458,6 +463,8 @@ async def write_object(node: MeshNode, bucket: str, key: str, chunks: AsyncItera
     if more_attrs is not None:
         attrs.update(more_attrs())
     await node.set_object_attrs(st.path, st.version, attrs)
+    if st.version_id:  # a kept version of the store's (gateway/versions.py): they outlive the next write
+        await node.set_version_attrs(st.path, st.version_id, attrs)
     return st, tag
 
 
@@ -502,21 +509,27 @@ async def put_object(request: web.Request, node: MeshNode, bucket: str, key: str
     mode = write_mode(request)
     extra = request_attrs(request.headers)
     await require_bucket(node, bucket)
-    _, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
-                                 request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
-                                 size_hint=digits(length) if length is not None and length.isdigit() else -1,
-                                 cond=cond, extra={**extra, "hdrs": hdrs.content_headers(request.headers)},
-                                 more_attrs=checksum_attrs(checksum) if checksum is not None else None)
-    headers = {"ETag": etag}
+    st, etag = await write_object(node, bucket, key, body, request.headers.get("Content-MD5"),
+                                  request.headers.get("Content-Type"), user_metadata(request), writeback=mode,
+                                  size_hint=digits(length) if length is not None and length.isdigit() else -1,
+                                  cond=cond, extra={**extra, "hdrs": hdrs.content_headers(request.headers)},
+                                  more_attrs=checksum_attrs(checksum) if checksum is not None else None)
+    headers = {"ETag": etag, **version_header(st)}
     if checksum is not None:
         headers.update(checksum_headers(checksum))
     return web.Response(status=200, headers=headers)
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
+def copy_source_version(value: str) -> str | None:
+    """The ``versionId`` of an ``x-amz-copy-source`` (None: its current version)."""
+    return unquote(value.split("versionId=", 1)[1]) if "versionId=" in value else None
+
+
+def parse_copy_source(value: str, *, any_version: bool = False) -> tuple[str, str]:
+    """Bucket and key of an ``x-amz-copy-source``; a version other than ``null`` is
+    NoSuchVersion unless the caller reads versions (``any_version``)."""
     src = unquote(value.split("?", 1)[0]).lstrip("/")
-    version = value.split("versionId=", 1)[1] if "versionId=" in value else None
-    if version not in (None, "null"):
+    if not any_version and copy_source_version(value) not in (None, "null"):
         raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
     bucket, _, key = src.partition("/")
     if not bucket or not key:
@@ -526,7 +539,14 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 
 async def read_source(request: web.Request, node: MeshNode, bucket: str, key: str,
-                      rng: tuple[int, int] | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
+                      rng: tuple[int, int] | None = None,
+                      version_id: str | None = None) -> tuple[FileStatus, ObjectAttrs, _SourceChunks]:
+    if version_id is not None:  # a kept version (gateway/versions.py), or null: the object itself
+        from . import versions
+
+        found = await versions.read_source(request, node, bucket, key, version_id, rng)
+        if found is not None:
+            return found
     for _attempt in (0, 1):
         st = await stat_object(node, bucket, key)
         a = await attrs_of(node, st)
@@ -569,11 +589,15 @@ class _SourceChunks:
 
 
 async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: str) -> web.Response:
-    sb, sk = parse_copy_source(request.headers["x-amz-copy-source"])
+    sb, sk = parse_copy_source(request.headers["x-amz-copy-source"], any_version=True)
+    source_version = copy_source_version(request.headers["x-amz-copy-source"])
     directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise invalid_argument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
-    if (sb, sk) == (bucket, key) and directive == "COPY" and storageclass.HEADER not in request.headers:
+    # onto itself, unchanged: refused, except from another version (how S3 restores one) or
+    # to change its storage class
+    if (sb, sk) == (bucket, key) and directive == "COPY" and storageclass.HEADER not in request.headers \
+            and source_version in (None, "null"):
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                       "to itself without changing the object's metadata.", 400)
     mode = write_mode(request)
@@ -583,7 +607,7 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     acl.check_write_acl(request.headers)
     await require_bucket(node, bucket)
     mesh_path(bucket, key)  # refuse a bad destination before opening the source
-    sst, a, chunks = await read_source(request, node, sb, sk)
+    sst, a, chunks = await read_source(request, node, sb, sk, version_id=source_version)
     if directive == "COPY":
         ct, meta, kept = a.content_type, a.metadata, a.headers
     else:
@@ -601,7 +625,10 @@ async def copy_object(request: web.Request, node: MeshNode, bucket: str, key: st
     body = xmlio.document(xmlio.element("CopyObjectResult", [
         xmlio.leaf("LastModified", xmlio.iso8601(nst.mtime)), xmlio.leaf("ETag", etag),
         *checksum_elements(cks.stored())]))
-    return web.Response(body=body, content_type="application/xml")
+    headers = version_header(nst)
+    if source_version is not None:
+        headers["x-amz-copy-source-version-id"] = source_version
+    return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
 async def delete_key(node: MeshNode, bucket: str, key: str, if_match: str | None = None) -> None:
@@ -664,10 +691,17 @@ async def delete_objects(request: web.Request, node: MeshNode, bucket: str, body
         key = xmlio.child_text(o, "Key")
         if key is None:
             raise S3Error("MalformedXML", "every Object needs a Key", 400)
+        version_id = xmlio.child_text(o, "VersionId")
         try:
-            await delete_key(node, bucket, key, xmlio.child_text(o, "ETag"))
+            said: list[Any] = []
+            if version_id is None:
+                await delete_key(node, bucket, key, xmlio.child_text(o, "ETag"))
+            else:  # one version (gateway/versions.py)
+                from . import versions
+
+                said = await versions.delete_version_of(node, bucket, key, version_id)
             if not quiet:
-                results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key)]))
+                results.append(xmlio.element("Deleted", [xmlio.leaf("Key", key), *said]))
         except S3Error as e:
             results.append(xmlio.element("Error", [xmlio.leaf("Key", key), xmlio.leaf("Code", e.code),
                                                    xmlio.leaf("Message", e.message)]))

@@ -11,6 +11,7 @@ from meshd.core.handle import FileHandle, ReadStream, Segment
 from meshd.core.node import MeshNode, MountPoint
 from meshd.core.placing import XATTR_NAMES, MeshState
 from meshd.metadata.shard import FileStatus
+from meshd.understore.base import ObjectVersion, VersionPage
 
-__all__ = ["XATTR_NAMES", "FileHandle", "FileStatus", "MeshNode", "MeshState", "MountPoint", "ReadStream",
-           "Segment"]
+__all__ = ["XATTR_NAMES", "FileHandle", "FileStatus", "MeshNode", "MeshState", "MountPoint", "ObjectVersion",
+           "ReadStream", "Segment", "VersionPage"]

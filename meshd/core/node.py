@@ -64,7 +64,7 @@ from meshd.metadata.sharded import ShardedMetadata
 from meshd.metrics import Stats
 from meshd.region.federation import Federation
 from meshd.understore import ObjectInfo
-from meshd.understore.base import file_chunks
+from meshd.understore.base import ObjectVersion, UnderStore, VersionPage, file_chunks, version_pin
 from meshd.writeback import Entry, Writeback, is_pending_version
 from meshd.writeback.journal import writer_of
 from meshd.writeback.overlay import PendingStore, info_of
@@ -238,6 +238,19 @@ class MeshNode:
         if landed is not None:  # a write-back upload already landed: they belong to its new version too
             await self.metadata.set_attrs(path, landed, attrs)
 
+    async def version_attrs(self, path: str, version_id: str) -> dict[str, Any] | None:
+        """The attributes a front end recorded for the store's kept version ``version_id``
+        of ``path`` (kept while the version is: :meth:`set_version_attrs`); None if none."""
+        self.access.check(READ, paths.normalize(path))
+        return await self.metadata.attrs(path, version_pin(version_id))
+
+    async def set_version_attrs(self, path: str, version_id: str, attrs: dict[str, Any]) -> None:
+        """Record attributes of the kept version ``version_id`` of ``path`` (a write's
+        ``FileStatus.version_id``): unlike :meth:`set_object_attrs`'s, neither the next
+        write nor a delete (a delete marker) removes them."""
+        self.access.check(WRITE, paths.normalize(path))
+        await self.metadata.set_attrs(path, version_pin(version_id), attrs)
+
     async def drop_object_attrs(self, path: str) -> None:
         self.access.check(WRITE, paths.normalize(path))
         await self.metadata.drop_attrs(path)
@@ -273,6 +286,76 @@ class MeshNode:
         else:
             found[name] = value
         await self.metadata.set_attrs(norm, self.BUCKET_CONFIG, found)
+
+    # ---- kept versions (an S3 bucket with versioning on: docs/S3_COMPAT.md) ----
+    # A version is read with ``open(path, version=v.pin, size=v.size)``: its pages are
+    # keyed by the pin, so a read of it is cached, single-flight, and never served bytes
+    # of another version.
+
+    async def versioning(self, path: str) -> str:
+        """The versioning of the store holding ``path``: ``"Enabled"``, ``"Suspended"``,
+        or ``""`` (never on, a store that keeps no versions, a directory above mounts)."""
+        self._see(path)
+        t = self.resolve(path)
+        if t is None:
+            return ""
+        store = _own_store(t.store)
+        return await store.versioning() if store.capabilities.versions else ""
+
+    async def set_versioning(self, path: str, enabled: bool) -> None:
+        """Turn the versioning of the store holding ``path`` on or off (suspended): the
+        store's whole bucket, so ADMIN on the path and a writable mount."""
+        self.access.check(ADMIN, paths.normalize(path))
+        t = self._target(path)
+        t.mount.check_writable()
+        await _own_store(t.store).set_versioning(enabled)
+
+    async def stat_version(self, path: str, version_id: str) -> ObjectVersion:
+        """The kept version ``version_id`` of the file ``path`` (or a delete marker)."""
+        self.access.check(READ, paths.normalize(path))
+        t = self.resolve(path)
+        if t is None:
+            raise NotFound(f"no such version of {paths.normalize(path)}")
+        return replace(await _own_store(t.store).head_version(t.rel, version_id), path=t.path)
+
+    async def delete_version(self, path: str, version_id: str) -> ObjectVersion:
+        """Remove one kept version of ``path`` for good (a delete marker too); what it was.
+        The file's current version may change: its status is looked up again next time."""
+        self.access.check(WRITE, paths.normalize(path))
+        t = self._target(path)
+        t.mount.check_writable()
+        v = await _own_store(t.store).delete_version(t.rel, version_id)
+        await self.metadata.forget_subtree(t.path)
+        up = t.path
+        while up != t.mount.path and up != "/":  # a file back from a delete marker: its directories too
+            up = paths.parent(up)
+            await self.metadata.invalidate(up)
+        return replace(v, path=t.path)
+
+    async def versions(self, prefix: str, *, after: str = "", after_version_id: str = "", limit: int = 1000,
+                       delimiter: str = "") -> VersionPage:
+        """Kept versions and delete markers of the files whose mesh path starts with the
+        string ``prefix`` (``/bucket/dir/fi``: the mount of ``/bucket/dir``), by path then
+        newest first, after (``after``, a mesh path, and ``after_version_id``), at most
+        ``limit``; paths are mesh paths. Nothing for a directory above mounts."""
+        head, _, tail = prefix.rpartition("/")
+        self._see(head or "/")
+        t = self.resolve(head or "/")
+        if t is None:
+            return VersionPage([], [], False)
+        mp = t.mount.path.rstrip("/")
+
+        def rel(mesh: str) -> str:
+            return mesh[len(mp) + 1:] if mesh.startswith(mp + "/") else ""
+
+        page = await _own_store(t.store).list_versions(
+            (t.rel + "/" if t.rel else "") + tail, after_path=rel(after) if after else "",
+            after_version_id=after_version_id, limit=limit, delimiter=delimiter)
+        found = [replace(v, path=f"{mp}/{v.path}") for v in page.versions]
+        if not self.access.check_list(head or "/"):
+            found = [v for v in found if self.access.sees(v.path)]
+        return replace(page, versions=found, prefixes=[f"{mp}/{p}" for p in page.prefixes],
+                       next_path=f"{mp}/{page.next_path}" if page.next_path else "")
 
     # ---- this node's shard (calls forwarded by peers that do not own the key) ----
 
@@ -941,6 +1024,16 @@ class MeshNode:
     async def rename_snapshot(self, path: str, old: str, new: str) -> None:
         t, fn = self._snapshots(path, "rename_snapshot")
         await fn(t.rel, old, new)
+
+
+def _own_store(store: UnderStore) -> UnderStore:
+    """The mount's own store under its wrappers (metrics, link quotas, the write-back
+    overlay), which forward the store contract only, not kept versions."""
+    inner: Any = store
+    while getattr(inner, "inner", None) is not None:
+        inner = inner.inner
+    found: UnderStore = inner
+    return found
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshd import paths
@@ -30,6 +30,7 @@ from meshd.errors import MeshError
 from meshd.metadata.kv import KV
 from meshd.metadata.mounts import Mount
 from meshd.understore import ObjectInfo, UnderStore
+from meshd.understore.base import VERSION_PIN
 
 log = logging.getLogger(__name__)
 _json_str = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with (C)
@@ -45,6 +46,9 @@ class FileStatus:
     is_dir: bool
     fetched_at: float = 0.0
     attrs: Attrs | None = None  # mode, owner, times, link target (meshd/attrs.py); None: not kept
+    # the store's id of the kept version a write made (S3 x-amz-version-id): on a write's
+    # answer only, never recorded
+    version_id: str | None = field(default=None, compare=False)
 
     def to_json(self) -> bytes:
         if self.attrs is not None:
@@ -60,7 +64,7 @@ class FileStatus:
 
     @classmethod
     def of(cls, path: str, info: ObjectInfo, now: float) -> FileStatus:
-        return cls(path, info.size, info.mtime, info.version, info.is_dir, now, info.attrs)
+        return cls(path, info.size, info.mtime, info.version, info.is_dir, now, info.attrs, info.version_id)
 
 
 def page_of(entries: list[FileStatus], after: str, limit: int) -> tuple[list[FileStatus], bool]:
@@ -301,6 +305,9 @@ class MetadataCache:
     # with, whatever order two racing writers' attributes arrive in (they may
     # come from two nodes). Other versions' entries older than ATTRS_GRACE are
     # removed when a new one is set; younger ones may belong to a racing writer.
+    # Entries of a store's kept version (``version_pin(id)``: an S3 bucket with
+    # versioning on) stay while the version does: neither a new version nor a
+    # delete (a delete marker) removes them.
 
     ATTRS_GRACE = 60.0
 
@@ -320,13 +327,17 @@ class MetadataCache:
     def set_attrs(self, path: str, version: str, attrs: dict[str, Any]) -> None:
         now = self._clock()
         stale = [b"a:" + path.encode()]
+        kept = self._akey(path, VERSION_PIN)
         for k, v in self._kv.scan(self._akey(path)):
-            if not k.endswith(b"\x00" + version.encode()) and now - float(json.loads(v).get("t", 0)) > self.ATTRS_GRACE:
+            if not k.endswith(b"\x00" + version.encode()) and not k.startswith(kept) \
+                    and now - float(json.loads(v).get("t", 0)) > self.ATTRS_GRACE:
                 stale.append(k)
         self._put({self._akey(path, version): json.dumps({**attrs, "v": version, "t": now}).encode()}, stale)
 
     def drop_attrs(self, path: str) -> None:
-        self._put({}, [b"a:" + path.encode(), *(k for k, _ in self._kv.scan(self._akey(path)))])
+        kept = self._akey(path, VERSION_PIN)
+        self._put({}, [b"a:" + path.encode(),
+                       *(k for k, _ in self._kv.scan(self._akey(path)) if not k.startswith(kept))])
 
     def counts(self) -> dict[str, int]:
         """Keys held by this shard: statuses, listings, listing entries (a full scan)."""

@@ -11,6 +11,14 @@ so a changed object is a different key and can never be served stale.
 ``get_range(..., version=v)`` fails with :class:`~meshd.errors.VersionChanged`
 instead of returning bytes of another version.
 
+Kept versions (``capabilities.versions``: an S3 bucket with versioning on) are
+the store's own: each write makes one, named by a *version id* (S3's
+``x-amz-version-id``), and old ones stay readable until deleted by id. A read
+of one passes ``version=version_pin(id)``: that exact version, from the store,
+never another (its pages are keyed by the pin, so never shared with the
+current version's). Stores without kept versions refuse the ``*_version``
+methods (NotFound: no such version) and say ``versioning() == ""``.
+
 Implementations register by URI scheme (see ``meshd.understore``) and all pass
 ``tests/test_understore_conformance.py``.
 """
@@ -38,6 +46,51 @@ class ObjectInfo:
     version: str  # "" for directories
     is_dir: bool = False
     attrs: Attrs | None = None  # mode, owner, times, link target: None when the store keeps none
+    version_id: str | None = None  # the store's id of the kept version a write made (S3 x-amz-version-id)
+
+
+VERSION_PIN = "vid:"  # a ``version`` naming one kept version of the store by its id
+
+
+def version_pin(version_id: str) -> str:
+    """The ``version`` argument of a read of the kept version ``version_id``."""
+    return VERSION_PIN + version_id
+
+
+def pinned_version_id(version: str | None) -> str | None:
+    """The kept version's id a ``version`` pins (:func:`version_pin`); None for any other."""
+    if version and version.startswith(VERSION_PIN):
+        return version[len(VERSION_PIN):]
+    return None
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One kept version of a file, or a delete marker (a version saying "deleted")."""
+
+    path: str  # relative to the mount root (a mesh path once the facade hands it out)
+    version_id: str  # the store's id ("null": the version made while versioning was off)
+    is_latest: bool  # the current version (known in listings; False where not known)
+    delete_marker: bool = False
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""  # the store's ETag, unquoted ("" for a delete marker)
+
+    @property
+    def pin(self) -> str:
+        """The ``version`` a read of exactly this version passes (pages keyed by it)."""
+        return version_pin(self.version_id)
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    """One page of a listing of kept versions, in the store's order (key, newest first)."""
+
+    versions: list[ObjectVersion]
+    prefixes: list[str]  # common prefixes (with a delimiter), ending in it
+    truncated: bool
+    next_path: str = ""  # where the next page starts: a path and a version id
+    next_version_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +103,7 @@ class Capabilities:
     links: bool = False  # ``link``: hard links
     special: bool = False  # ``mknod``: FIFOs, sockets, device nodes
     max_size: int = 0  # the largest file the store holds (0: the file system says, with EFBIG)
+    versions: bool = False  # keeps old versions when versioning is on (``versioning``, ``*_version``)
 
 
 def without_userinfo(url: str) -> str:
@@ -259,6 +313,37 @@ class UnderStore(abc.ABC):
     async def read_all(self, path: str, start: int, end: int, version: str | None = None) -> bytes:
         parts = [c async for c in self.get_range(path, start, end, version)]
         return b"".join(parts)
+
+    # ---- kept versions (``capabilities.versions``) ----------------------------
+
+    async def versioning(self) -> str:
+        """The store's versioning: ``"Enabled"``, ``"Suspended"`` or ``""`` (never on)."""
+        return ""
+
+    async def set_versioning(self, enabled: bool) -> None:
+        """Turn versioning on (``Enabled``) or off (``Suspended``: kept versions stay)."""
+        raise NotSupported(f"{self.scheme}:// under-stores keep no versions")
+
+    async def head_version(self, path: str, version_id: str) -> ObjectVersion:
+        """The kept version ``version_id`` of ``path`` (a delete marker too); NotFound."""
+        from meshd.errors import NotFound
+
+        raise NotFound(f"no such version of {self._shown(path)}: {self.scheme}:// under-stores keep none")
+
+    async def delete_version(self, path: str, version_id: str) -> ObjectVersion:
+        """Remove the kept version ``version_id`` of ``path`` for good (a delete marker
+        too, which makes the version before it current again); what was removed."""
+        from meshd.errors import NotFound
+
+        raise NotFound(f"no such version of {self._shown(path)}: {self.scheme}:// under-stores keep none")
+
+    async def list_versions(self, prefix: str, *, after_path: str = "", after_version_id: str = "",
+                            limit: int = 1000, delimiter: str = "") -> VersionPage:
+        """Kept versions and delete markers of the paths starting with the string
+        ``prefix`` (not only a directory: ``dir/fi`` too), by path, newest first, after
+        (``after_path``, ``after_version_id``), at most ``limit``; with ``delimiter``,
+        paths with it after the prefix are rolled up into ``prefixes``."""
+        raise NotSupported(f"{self.scheme}:// under-stores keep no versions")
 
 
 def _keep(attrs: Attrs | None, mtime: float) -> AttrChange | None:

@@ -80,6 +80,15 @@ Design
   and the old objects deleted only once every copy succeeded. Readers can see both
   names meanwhile; a crash in the middle leaves both copies (or the new one whole and
   part of the old), never neither: rename again, or delete the old name.
+* **Kept versions** (a bucket with versioning on, ``capabilities.versions``): whether
+  the bucket is versioned is asked (GetBucketVersioning) when first needed and again
+  after ``VERSIONING_TTL`` seconds. A read of a kept version (``version_pin(id)``) is a
+  GetObject/HeadObject with ``VersionId`` (immutable: no If-Match needed); a put
+  returns the ``x-amz-version-id`` S3 gave it (``ObjectInfo.version_id``); a delete
+  without an id is S3's (a delete marker); ``delete_version`` removes one version
+  (DeleteObject with ``VersionId``); ``list_versions`` is ListObjectVersions in the
+  order S3 sends (by key, the current version first, then newest first: botocore parses
+  versions and delete markers into two lists, merged again by LastModified).
 * **Errors** are translated in one place, :func:`translate_error`. Messages
   name the bucket, key and endpoint, never credentials.
 
@@ -143,10 +152,13 @@ from meshd.errors import (
 from meshd.understore.base import (
     Capabilities,
     ObjectInfo,
+    ObjectVersion,
     Pace,
     UnderStore,
+    VersionPage,
     check_options,
     finished,
+    pinned_version_id,
     without_userinfo,
 )
 from meshd.understore.s3_listing import ListingParserFactory
@@ -167,7 +179,7 @@ OPTIONS = frozenset({
     "max_attempts", "rename",
 })
 
-_NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_NOT_FOUND = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload", "NoSuchVersion"})
 _DENIED = frozenset({
     "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
     "ExpiredToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
@@ -493,12 +505,13 @@ def _client_settings(opts: Mapping[str, str]) -> _ClientSettings:
 
 
 KEY_MAX = 1024  # bytes of an S3 object key (UTF-8)
+VERSIONING_TTL = 30.0  # seconds a bucket's versioning status is believed before it is asked again
 
 
 class S3UnderStore(UnderStore):
     scheme = "s3"
     capabilities = Capabilities(rename=False, directories=False, attrs=True, symlinks=True, special=True, links=False,
-                                max_size=5 << 40)
+                                max_size=5 << 40, versions=True)
     OPTIONS = OPTIONS
 
     def __init__(self, uri: str, options: Mapping[str, str]) -> None:
@@ -517,7 +530,9 @@ class S3UnderStore(UnderStore):
         if self.rename_mode not in ("copy", "refuse"):
             raise MountError(f"s3 mount option rename must be copy or refuse, got {self.rename_mode!r}")
         self.capabilities = Capabilities(rename=self.rename_mode == "copy", directories=False, attrs=True,
-                                         symlinks=True, special=True, links=False, max_size=5 << 40)
+                                         symlinks=True, special=True, links=False, max_size=5 << 40,
+                                         versions=True)
+        self._versioning: tuple[str, float] | None = None  # (status, when asked: monotonic)
         # Whether the endpoint honours If-None-Match: * on writes: AWS does (since 2024);
         # another endpoint is unknown (None) until it refuses a write with 412 (True) or
         # answers NotImplemented (False). Unknown or False: exclusive writes HEAD first.
@@ -732,7 +747,11 @@ class S3UnderStore(UnderStore):
         path = path.strip("/")
         key, what = self._key(path), self._what(path)
         start = max(start, 0)
-        if_match = {"IfMatch": f'"{version}"'} if version else {}
+        pinned = pinned_version_id(version)
+        if pinned is not None:  # a kept version: immutable, named by its id
+            if_match = {"VersionId": pinned}
+        else:
+            if_match = {"IfMatch": f'"{version}"'} if version else {}
         if end <= start:
             # Nothing to read, but a missing object or an old version still fail.
             await self._head_for_read(path, if_match)
@@ -748,6 +767,8 @@ class S3UnderStore(UnderStore):
                 await self._head_for_read(path, if_match)
                 return
             err = translate_error(e, what)
+            if pinned is not None and (status == 405 or isinstance(err, NotFound)):
+                raise NotFound(f"no such version of {what}: {pinned}") from None
             if isinstance(err, NotFound) and code != "NoSuchBucket":
                 exists, _, _, _ = await self._dir_state(path)
                 if exists:
@@ -780,6 +801,11 @@ class S3UnderStore(UnderStore):
             body.close()
 
     async def _head_for_read(self, path: str, if_match: dict[str, str]) -> None:
+        if "VersionId" in if_match:
+            v = await self.head_version(path, if_match["VersionId"])
+            if v.delete_marker:
+                raise NotFound(f"no such version of {self._what(path)}: {v.version_id} is a delete marker")
+            return
         try:
             await self._call("head_object", self._what(path), Key=self._key(path), **if_match)
         except NotFound:
@@ -971,7 +997,7 @@ class S3UnderStore(UnderStore):
         etag = str(resp.get("ETag", "")).strip('"')
         if not etag:
             return await self.head(path)
-        return ObjectInfo(path, size, mtime, etag, False, final[0])
+        return ObjectInfo(path, size, mtime, etag, False, final[0], version_id=resp.get("VersionId"))
 
     async def _write(self, path: str, absent: bool, match: str | None, op: str, **kwargs: Any) -> Any:
         """A PutObject or CompleteMultipartUpload; ``absent``: only if the key does not exist
@@ -1338,6 +1364,116 @@ class S3UnderStore(UnderStore):
             if resp.get("Errors"):
                 raise UnderStoreError(f"{what}: renamed to {self._what(dst)}, but S3 kept "
                                       f"{len(resp['Errors'])} of the old objects (remove them by hand)")
+
+    # ------------------------------------------------------------------ kept versions
+
+    async def versioning(self) -> str:
+        cached = self._versioning
+        if cached is not None and time.monotonic() - cached[1] < VERSIONING_TTL:
+            return cached[0]
+        try:
+            resp = await self._raw("get_bucket_versioning")
+        except ClientError as e:
+            code, status_code = error_code(e)
+            if not (_is_not_implemented(e) or code in _DENIED or status_code == 403):
+                raise translate_error(e, self._what("")) from e
+            # an endpoint without versioning, or credentials that may not ask: as before
+            # versions were passed through (none kept), rather than failing every listing
+            log.info("%s: the S3 bucket's versioning cannot be asked (%s): taken as never enabled",
+                     self._shown(""), code or status_code)
+            resp = {}
+        except BotoCoreError as e:
+            raise translate_error(e, self._what("")) from e
+        status = str(resp.get("Status") or "")
+        self._versioning = (status, time.monotonic())
+        return status
+
+    async def set_versioning(self, enabled: bool) -> None:
+        status = "Enabled" if enabled else "Suspended"
+        await self._call("put_bucket_versioning", self._what(""), VersioningConfiguration={"Status": status})
+        self._versioning = (status, time.monotonic())
+
+    def _version_args(self, path: str, version_id: str) -> dict[str, Any]:
+        if not version_id or len(version_id) > 1024:
+            raise InvalidArgument(f"bad version id {version_id!r} of {self._what(path)}")
+        return {"Key": self._key(path), "VersionId": version_id}
+
+    async def head_version(self, path: str, version_id: str) -> ObjectVersion:
+        path = path.strip("/")
+        what = self._what(path)
+        if not path:
+            raise NotFound(f"no such version of {what}: the root is no object")
+        try:
+            resp = await self._raw("head_object", **self._version_args(path, version_id))
+        except ClientError as e:
+            code, status = error_code(e)
+            headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            if status == 405 or code == "MethodNotAllowed":  # a delete marker has no bytes
+                modified = headers.get("last-modified")
+                return ObjectVersion(path, version_id, False, delete_marker=True,
+                                     mtime=_mtime(botocore_parse_timestamp(modified)) if modified else 0.0)
+            if code in ("InvalidArgument", "400") or status == 400:
+                raise InvalidArgument(f"invalid version id {version_id!r} of {what}") from None
+            err = translate_error(e, what)
+            if isinstance(err, NotFound):
+                raise NotFound(f"no such version of {what}: {version_id}") from None
+            raise err from e
+        except BotoCoreError as e:
+            raise translate_error(e, what) from e
+        # LastModified, as the listing of versions has it (not x-amz-meta-mtime)
+        return ObjectVersion(path, str(resp.get("VersionId") or version_id), False,
+                             size=int(resp.get("ContentLength", 0)), mtime=_mtime(resp.get("LastModified")),
+                             etag=_etag(resp.get("ETag")))
+
+    async def delete_version(self, path: str, version_id: str) -> ObjectVersion:
+        path = path.strip("/")
+        what = self._what(path)
+        before = await self.head_version(path, version_id)  # not every store says it removed a marker
+        resp = await self._call("delete_object", what, **self._version_args(path, version_id))
+        return replace(before, delete_marker=before.delete_marker or bool(resp.get("DeleteMarker")))
+
+    async def list_versions(self, prefix: str, *, after_path: str = "", after_version_id: str = "",
+                            limit: int = 1000, delimiter: str = "") -> VersionPage:
+        base = self.prefix + "/" if self.prefix else ""
+        what = self._what(prefix.rsplit("/", 1)[0] if "/" in prefix else "")
+        args: dict[str, Any] = {"Prefix": base + prefix.lstrip("/"), "MaxKeys": max(1, min(limit, 1000))}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        if after_path:
+            args["KeyMarker"] = base + after_path.lstrip("/")
+            if after_version_id:
+                args["VersionIdMarker"] = after_version_id
+        if len(args["Prefix"].encode()) > KEY_MAX or len(args.get("KeyMarker", "").encode()) > KEY_MAX:
+            return VersionPage([], [], False)
+
+        resp = await self._call("list_object_versions", what, **args)
+        found: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for tag, field in (("Version", "Versions"), ("DeleteMarker", "DeleteMarkers")):
+            for v in resp.get(field, []):
+                found[(tag, str(v.get("Key", "")), str(v.get("VersionId", "")))] = v
+        # botocore parses versions and delete markers into two lists: S3's order (by key, the
+        # current version first, then newest first) is made again; ties keep versions first
+        order = sorted(found, key=lambda t: (t[1].encode(), not found[t].get("IsLatest"),
+                                             -_mtime(found[t].get("LastModified"))))
+        out: list[ObjectVersion] = []
+        for tag, key, vid in order:
+            v = found[(tag, key, vid)]
+            if not key.startswith(base) or key.endswith("/") or key == base:
+                continue  # directory markers are no files
+            mtime = _mtime(v.get("LastModified"))
+            if tag == "DeleteMarker":
+                out.append(ObjectVersion(key[len(base):], vid, bool(v.get("IsLatest")), True, mtime=mtime))
+            else:
+                out.append(ObjectVersion(key[len(base):], vid, bool(v.get("IsLatest")), size=int(v.get("Size", 0)),
+                                         mtime=mtime, etag=_etag(v.get("ETag"))))
+        prefixes = [str(c["Prefix"])[len(base):] for c in resp.get("CommonPrefixes", [])
+                    if str(c.get("Prefix", "")).startswith(base)]
+        truncated = bool(resp.get("IsTruncated"))
+        next_key, next_vid = str(resp.get("NextKeyMarker") or ""), str(resp.get("NextVersionIdMarker") or "")
+        if truncated and not next_key and order:  # a store that leaves the markers out: the last entry
+            _, next_key, next_vid = order[-1]
+        return VersionPage(out, prefixes, truncated, next_key[len(base):] if next_key.startswith(base) else "",
+                           next_vid)
 
     async def close(self) -> None:
         with self._client_lock:
