@@ -315,7 +315,7 @@ class Gateway:
                 return await versions.put_versioning(self.node, bucket, await self.small_body(request, auth))
             if q:
                 raise not_implemented(f"PUT ?{next(iter(q))} on buckets")
-            return await self.create_bucket(bucket)
+            return await self.create_bucket(bucket, await self.small_body(request, auth))
         if m == "DELETE":
             return await self.delete_bucket(bucket)
         if m == "POST" and "delete" in q:
@@ -335,11 +335,21 @@ class Gateway:
             return await self.list_versions(request, bucket)
         return await self.list_objects(request, bucket, v2=q.get("list-type") == "2")
 
-    async def create_bucket(self, bucket: str) -> web.Response:
+    async def create_bucket(self, bucket: str, body: bytes = b"") -> web.Response:
+        """CreateBucket. The gateway is one region, us-east-1 (GetBucketLocation, HeadBucket):
+        re-creating a bucket you already own answers 200, as AWS's us-east-1 does (every other
+        AWS region answers 409 BucketAlreadyOwnedByYou, which a LocationConstraint naming
+        another region gets here too)."""
         buckets.check_bucket_name(bucket)
+        constraint = ""
+        if body.strip():
+            root = xmlio.parse(body, "CreateBucketConfiguration")
+            constraint = (xmlio.child_text(root, "LocationConstraint") or "").strip()
         try:
             st = await self.node.stat("/" + bucket)
             if st.is_dir:
+                if constraint in ("", "us-east-1"):
+                    return web.Response(status=200, headers={"Location": "/" + bucket})
                 raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named bucket "
                               "succeeded and you already own it.", 409, BucketName=bucket)
         except me.NotFound:
