@@ -121,6 +121,16 @@ def check_write_acl(headers: Mapping[str, str]) -> None:
         raise _not_supported()
 
 
+def check_bucket_acl(headers: Mapping[str, str]) -> None:
+    """CreateBucket's ``x-amz-acl`` / ``x-amz-grant-*``: a new S3 bucket has ACLs disabled
+    (BucketOwnerEnforced), so anything but ``private`` is refused, with AWS's code for it."""
+    canned = headers.get("x-amz-acl")
+    if (canned is not None and canned not in CANNED_OK) or any(h.lower().startswith("x-amz-grant-")
+                                                                for h in headers):
+        raise S3Error("InvalidBucketAclWithObjectOwnership", "Bucket cannot have ACLs set with ObjectOwnership's "
+                      "BucketOwnerEnforced setting: " + _SEE_ACCESS, 400)
+
+
 def check_put_acl(request: web.Request, body: bytes) -> None:
     """PutBucketAcl / PutObjectAcl: only what changes nothing (``private``) is accepted."""
     canned = request.headers.get("x-amz-acl")

@@ -315,7 +315,7 @@ class Gateway:
                 return await versions.put_versioning(self.node, bucket, await self.small_body(request, auth))
             if q:
                 raise not_implemented(f"PUT ?{next(iter(q))} on buckets")
-            return await self.create_bucket(bucket, await self.small_body(request, auth))
+            return await self.create_bucket(bucket, await self.small_body(request, auth), request.headers)
         if m == "DELETE":
             return await self.delete_bucket(bucket)
         if m == "POST" and "delete" in q:
@@ -335,12 +335,14 @@ class Gateway:
             return await self.list_versions(request, bucket)
         return await self.list_objects(request, bucket, v2=q.get("list-type") == "2")
 
-    async def create_bucket(self, bucket: str, body: bytes = b"") -> web.Response:
+    async def create_bucket(self, bucket: str, body: bytes = b"",
+                            headers: Mapping[str, str] | None = None) -> web.Response:
         """CreateBucket. The gateway is one region, us-east-1 (GetBucketLocation, HeadBucket):
         re-creating a bucket you already own answers 200, as AWS's us-east-1 does (every other
         AWS region answers 409 BucketAlreadyOwnedByYou, which a LocationConstraint naming
         another region gets here too)."""
         buckets.check_bucket_name(bucket)
+        acl.check_bucket_acl(headers or {})
         constraint = ""
         if body.strip():
             root = xmlio.parse(body, "CreateBucketConfiguration")
@@ -709,11 +711,25 @@ def make_app(node: MeshNode, cfg: S3Config, uploads: MultipartStore) -> web.Appl
     async def handler(request: web.Request) -> web.StreamResponse:
         return await gw.handle(request)
 
-    async def expect(request: web.Request) -> None:
-        """Answer 100-continue; ignore other Expect values (aiohttp would send a bare 417)."""
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        """Answer 100-continue once the request's signature holds (as S3: a client whose
+        request is refused gets the error at once and never sends the body); ignore other
+        Expect values (aiohttp would send a bare 417)."""
         if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            bucket = key = ""
+            form = request.method == "POST" and request.content_type == "multipart/form-data"
+            try:
+                bucket, key = gw.address(request)
+                if not form:  # a browser POST upload is signed inside its form, read later
+                    gw.authenticate(request, bucket)
+            except S3Error as e:
+                request["request_id"] = secrets.token_hex(8)
+                resp = gw.error(request, e, bucket, key, request["request_id"])
+                resp.force_close()  # the body the client may still send is not read
+                return resp
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
+        return None
 
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))

