@@ -241,6 +241,7 @@ class Gateway:
             if m == "GET":
                 return await self.list_buckets(request)
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+
         async def body() -> bytes:
             return await self.small_body(request, auth)
 
