@@ -92,9 +92,9 @@ def queued_until(ready_at: float) -> Behaviour:
 async def test_a_queued_page_is_waited_for_far_beyond_the_peer_timeout(
         owner: tuple[str, dict[str, Behaviour], list[float]]) -> None:
     url, behaviour, holds = owner
+    t0 = time.monotonic()  # before the owner's clock starts: the page cannot come sooner than 4 s after
     behaviour["pages"] = queued_until(time.monotonic() + 4 * PEER_TIMEOUT)
     c, _ = cluster_with(o := member("owner", url))
-    t0 = time.monotonic()
     try:
         assert await c.fetch_page(o, "/d/f", "v1", len(PAGE), 0) == PAGE
     finally:
