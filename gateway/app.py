@@ -394,7 +394,7 @@ class Gateway:
         max_keys = self._max_keys(request)
         if v2:
             token = q.get("continuation-token")
-            after = _untoken(token) if token is not None else q.get("start-after", "")
+            after = buckets.after_token(token) if token is not None else q.get("start-after", "")
         else:
             after = q.get("marker", "")
         page = await listing.list_page(self.node, bucket, prefix, delimiter, after, max_keys)
@@ -417,7 +417,7 @@ class Gateway:
             if "start-after" in q:
                 head.append(xmlio.leaf("StartAfter", e(q["start-after"])))
             if page.truncated:
-                head.append(xmlio.leaf("NextContinuationToken", _token(page.next_marker)))
+                head.append(xmlio.leaf("NextContinuationToken", buckets.continuation_token(page.next_marker)))
         else:
             head += [xmlio.leaf("Marker", e(after)), xmlio.leaf("MaxKeys", max_keys)]
             if page.truncated and delimiter:
@@ -670,23 +670,6 @@ def _part_checksum(p: Part) -> list[Any]:
 
 def _xml(root: Any) -> web.Response:
     return web.Response(body=xmlio.document(root), content_type="application/xml")
-
-
-def _token(marker: str) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(marker.encode("utf-8", "surrogatepass")).decode()
-
-
-def _untoken(token: str) -> str:
-    import base64
-    import binascii
-
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise invalid_argument("The continuation token provided is incorrect",
-                               ArgumentName="continuation-token") from None
 
 
 def bad_request(status: int, reason: str) -> web.Response:

@@ -51,18 +51,20 @@ def page_of_buckets(names: list[str], max_buckets: str | None, prefix: str,
             raise invalid_argument("max-buckets must be an integer between 1 and 10000",
                                    ArgumentName="max-buckets", ArgumentValue=max_buckets[:64])
         limit = int(digits)
-    after = _untoken(token) if token else ""
+    after = after_token(token) if token else ""
     chosen = sorted(n for n in names if n.startswith(prefix) and n > after)
     if len(chosen) <= limit:
         return BucketPage(chosen, None)
-    return BucketPage(chosen[:limit], _token(chosen[limit - 1]))
+    return BucketPage(chosen[:limit], continuation_token(chosen[limit - 1]))
 
 
-def _token(name: str) -> str:
+def continuation_token(name: str) -> str:
+    """A continuation token for a listing that goes on after ``name`` (ListBuckets, ListObjectsV2)."""
     return base64.urlsafe_b64encode(name.encode("utf-8", "surrogatepass")).decode()
 
 
-def _untoken(token: str) -> str:
+def after_token(token: str) -> str:
+    """The name or key a continuation token goes on after; InvalidArgument for a bad one."""
     try:
         return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
     except (binascii.Error, ValueError, UnicodeDecodeError):
